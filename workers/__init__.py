@@ -1,0 +1,1 @@
+"""LLM worker speaking the vLLM OpenAI-compatible dialect, backed by transformers."""
