@@ -125,6 +125,9 @@ def evaluate(
         None
     ),
     model: Annotated[str, typer.Option(help="In-process worker's model.")] = "smollm2",
+    resume: Annotated[
+        bool, typer.Option(help="Reuse finished (instance, seed, proposal) units cached in OUT/cache.")
+    ] = True,
 ) -> None:
     """Reproduce the paper's experiments (Figures 1-3, C.5-C.8) with plots and a report."""
     from app.evaluate import run_evaluation
@@ -140,6 +143,7 @@ def evaluate(
         max_tokens=max_tokens,
         url=url,
         model=model,
+        resume=resume,
     )
 
 

@@ -1,0 +1,115 @@
+"""`mosaic auction "query" -a id:Name:description ...`: one auction, printed as a reply and a table.
+
+Against a running gateway (`--url`) or in process (the embedded default app, driven through httpx's
+ASGI transport with its lifespan: the same code path as the HTTP service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from app.settings import Settings
+
+console = Console()
+
+
+def parse_advertiser(spec: str) -> dict[str, str]:
+    """`id:Name:description` (the description may contain ':')."""
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not all(part.strip() for part in parts):
+        raise ValueError(f"advertiser {spec!r} is not id:Name:description")
+    advertiser_id, name, description = (part.strip() for part in parts)
+    return {"id": re.sub(r"[^A-Za-z0-9_.\-]", "-", advertiser_id), "name": name, "description": description}
+
+
+async def _post_auction(
+    payload: dict[str, Any], url: str | None, api_key: str | None, model: str | None
+) -> Any:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if url is not None:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            return await client.post("/auction", json=payload, headers=headers)
+    from app.main import create_app
+
+    overrides: dict[str, Any] = {"log_level": "WARNING"}
+    if model is not None:
+        overrides["worker_model"] = model
+    app = create_app(Settings(**overrides))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://mosaic", timeout=600) as client:
+            return await client.post("/auction", json=payload, headers=headers)
+
+
+def run_auction_command(
+    *,
+    query: str,
+    advertisers: list[str],
+    url: str | None,
+    api_key: str | None,
+    candidates: int | None,
+    proposal: str,
+    tau: float | None,
+    max_tokens: int | None,
+    seed: int | None,
+    model: str | None,
+    show_candidates: bool,
+) -> int:
+    try:
+        parsed = [parse_advertiser(spec) for spec in advertisers]
+    except ValueError as error:
+        console.print(f"[red]{error}[/red]")
+        return 2
+    payload: dict[str, Any] = {"query": query, "advertisers": parsed, "proposal": proposal}
+    for key, value in (("candidates", candidates), ("tau", tau), ("max_tokens", max_tokens), ("seed", seed)):
+        if value is not None:
+            payload[key] = value
+    payload["include_candidates"] = show_candidates
+    with console.status("running the auction…"):
+        response = asyncio.run(_post_auction(payload, url, api_key, model))
+    if response.status_code != 200:
+        console.print(f"[red]HTTP {response.status_code}[/red] {response.text}")
+        return 1
+    body = response.json()
+    console.print(Panel(body["reply"], title=f"reply (candidate {body['chosen_index']})", expand=False))
+    table = Table(title=f"auction {body['auction_id']}  τ={body['tau']:g}  proposal={body['proposal']}")
+    for column in ("advertiser", "payment", "expected reward", "expected utility"):
+        table.add_column(column, justify="right" if column != "advertiser" else "left")
+    for row in body["advertisers"]:
+        table.add_row(
+            row["id"],
+            f"{row['payment']:.6f}",
+            f"{row['expected_reward']:.6f}",
+            f"{row['expected_utility']:.6f}",
+        )
+    table.add_section()
+    table.add_row("revenue", f"{body['revenue']:.6f}", "", "")
+    console.print(table)
+    timings = body["timings_ms"]
+    console.print(
+        f"ESS {body['effective_sample_size']:.2f}  ·  "
+        + "  ".join(f"{stage} {milliseconds:.0f} ms" for stage, milliseconds in timings.items())
+    )
+    if show_candidates and body.get("candidates"):
+        candidates_table = Table(title="candidates")
+        for column in ("#", "π_j", "log π_ref", "log q", "rewards", "text"):
+            candidates_table.add_column(column)
+        for index, candidate in enumerate(body["candidates"]):
+            rewards = ", ".join(f"{k}={v:.2f}" for k, v in candidate["rewards"].items())
+            candidates_table.add_row(
+                str(index),
+                f"{candidate['probability']:.3f}",
+                f"{candidate['log_ref']:.2f}",
+                f"{candidate['log_proposal']:.2f}",
+                rewards,
+                candidate["text"][:80].replace("\n", " "),
+            )
+        console.print(candidates_table)
+    return 0

@@ -1,0 +1,332 @@
+"""The gateway's client of LLM workers (vLLM's OpenAI-compatible dialect, VLLM_PROTOCOL.md).
+
+One pooled httpx.AsyncClient per worker. Requests are parsed with the worker's own pydantic models
+(`workers.protocol`), so the gateway reads exactly the shapes that the worker (and vLLM) emit.
+A failed request (connection error, timeout, 5xx) is retried on the next worker; a worker 4xx is the
+worker refusing our request, answered 502 with its message; all workers failed → 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from app.prompts import ChatMessage
+from app.settings import Settings
+from workers.protocol import (
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+    TokenizeChatRequest,
+    TokenizeResponse,
+)
+
+logger = logging.getLogger(__name__)
+
+ResponseModel = TypeVar("ResponseModel", bound=BaseModel)
+
+
+class WorkerRequestError(Exception):
+    """A worker refused a request (4xx) or answered something that is not the contract: 502."""
+
+    def __init__(self, worker_url: str, message: str) -> None:
+        super().__init__(f"worker {worker_url}: {message}")
+        self.worker_url = worker_url
+
+
+class WorkersUnavailableError(Exception):
+    """No worker could answer (refused, timed out, 5xx on every try): 503."""
+
+
+@dataclass(frozen=True)
+class GeneratedCandidate:
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+    log_proposal: float  # Σ of the sampled tokens' processed log-probs: log q(y)
+
+
+@dataclass
+class WorkerCallStats:
+    """When worker requests were in flight, for the gateway-overhead figure (total − time in workers)."""
+
+    intervals: list[tuple[float, float]] = field(default_factory=list)
+
+    def add(self, started: float, ended: float) -> None:
+        self.intervals.append((started, ended))
+
+    def busy_seconds(self) -> float:
+        """Length of the union of the intervals: wall time with at least one request in flight."""
+        total = 0.0
+        current_start = current_end = None
+        for start, end in sorted(self.intervals):
+            if current_end is None or start > current_end:
+                if current_end is not None and current_start is not None:
+                    total += current_end - current_start
+                current_start, current_end = start, end
+            else:
+                current_end = max(current_end, end)
+        if current_end is not None and current_start is not None:
+            total += current_end - current_start
+        return total
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` items over `parts` workers as evenly as possible, larger shares first."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if index < extra else 0) for index in range(parts)]
+
+
+def derive_seed(seed: int, stream: int) -> int:
+    """Independent, reproducible per-request seeds from one auction seed (SplitMix64 step)."""
+    value = (seed + 0x9E3779B97F4A7C15 * (stream + 1)) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (value ^ (value >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+class EngineClient:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_urls: Sequence[str],
+        transports: dict[str, httpx.AsyncBaseTransport] | None = None,
+        on_worker_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        if not worker_urls:
+            raise ValueError("at least one worker URL is needed")
+        self.settings = settings
+        self.worker_urls = list(worker_urls)
+        timeout = httpx.Timeout(settings.worker_timeout_s, connect=settings.worker_connect_timeout_s)
+        limits = httpx.Limits(
+            max_connections=settings.worker_max_connections,
+            max_keepalive_connections=settings.worker_max_connections,
+        )
+        transports = transports or {}
+        self._clients = {
+            url: httpx.AsyncClient(
+                base_url=url, timeout=timeout, limits=limits, transport=transports.get(url)
+            )
+            for url in self.worker_urls
+        }
+        self._model_name: str | None = settings.served_model_name
+        self._on_worker_error = on_worker_error
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+
+    # --- transport with retry on another worker ---------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        payload: BaseModel | None,
+        response_model: type[ResponseModel],
+        first_worker: int = 0,
+        stats: WorkerCallStats | None = None,
+    ) -> ResponseModel:
+        attempts = min(len(self.worker_urls), 1 + self.settings.worker_retries)
+        if len(self.worker_urls) == 1:
+            attempts = 1 + self.settings.worker_retries  # one worker: retry it (a transient blip)
+        causes: list[str] = []
+        body = payload.model_dump(mode="json", exclude_none=True) if payload is not None else None
+        for attempt in range(attempts):
+            url = self.worker_urls[(first_worker + attempt) % len(self.worker_urls)]
+            started = time.perf_counter()
+            try:
+                response = await self._clients[url].request(method, path, json=body)
+            except httpx.HTTPError as error:
+                cause = f"{url}{path}: {type(error).__name__} {error}".strip()
+                causes.append(cause)
+                self._record_error(url, type(error).__name__)
+                continue
+            finally:
+                if stats is not None:
+                    stats.add(started, time.perf_counter())
+            if response.status_code >= 500:
+                causes.append(f"{url}{path}: HTTP {response.status_code} {_error_message(response)}")
+                self._record_error(url, f"http_{response.status_code}")
+                continue
+            if response.status_code >= 400:
+                self._record_error(url, f"http_{response.status_code}")
+                raise WorkerRequestError(url, f"HTTP {response.status_code}: {_error_message(response)}")
+            try:
+                return response_model.model_validate_json(response.content)
+            except ValidationError as error:
+                self._record_error(url, "bad_response")
+                raise WorkerRequestError(url, f"response breaks the worker contract: {error}") from error
+        raise WorkersUnavailableError("no worker answered: " + "; ".join(causes))
+
+    def _record_error(self, url: str, kind: str) -> None:
+        logger.warning("worker request failed", extra={"worker": url, "error": kind})
+        if self._on_worker_error is not None:
+            self._on_worker_error(url, kind)
+
+    # --- the contract ----------------------------------------------------------------------------
+
+    async def model_name(self) -> str:
+        if self._model_name is None:
+            models = await self._call("GET", "/v1/models", None, ModelList)
+            if not models.data:
+                raise WorkerRequestError(self.worker_urls[0], "GET /v1/models listed no model")
+            self._model_name = models.data[0].id
+        return self._model_name
+
+    async def tokenize_chat(
+        self, messages: list[ChatMessage], first_worker: int = 0, stats: WorkerCallStats | None = None
+    ) -> list[int]:
+        request = TokenizeChatRequest(
+            model=await self.model_name(),
+            messages=[dict(message) for message in messages],
+            add_generation_prompt=True,
+            add_special_tokens=False,
+        )
+        response = await self._call("POST", "/tokenize", request, TokenizeResponse, first_worker, stats)
+        return list(response.tokens)
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        num_candidates: int,
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        ignore_eos: bool = False,
+        stats: WorkerCallStats | None = None,
+    ) -> list[GeneratedCandidate]:
+        """M candidates, split across all workers, all requests in parallel; order is deterministic."""
+        model = await self.model_name()
+        shares = split_evenly(num_candidates, len(self.worker_urls))
+        requests = []
+        for worker_index, share in enumerate(shares):
+            if share == 0:
+                continue
+            request = CompletionRequest(
+                model=model,
+                prompt=prompt_ids,
+                n=share,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=derive_seed(seed, worker_index),
+                logprobs=0,
+                return_tokens_as_token_ids=True,
+                return_token_ids=True,
+                ignore_eos=ignore_eos,
+            )
+            requests.append(
+                self._call("POST", "/v1/completions", request, CompletionResponse, worker_index, stats)
+            )
+        responses = await asyncio.gather(*requests)
+        candidates: list[GeneratedCandidate] = []
+        for response in responses:
+            for choice in sorted(response.choices, key=lambda choice: choice.index):
+                candidates.append(_candidate_from_choice(choice))
+        return candidates
+
+    async def score(
+        self, sequences: list[list[int]], prompt_lengths: list[int], stats: WorkerCallStats | None = None
+    ) -> list[float]:
+        """log-prob of each sequence's tail after its prompt (teacher forcing, temperature 1).
+
+        The batch is split into contiguous chunks, one request per worker, all in parallel; contiguous
+        keeps the sequences that share a context prompt together (the worker prefills it once).
+        """
+        if len(sequences) != len(prompt_lengths):
+            raise ValueError("one prompt length per sequence")
+        model = await self.model_name()
+        shares = split_evenly(len(sequences), len(self.worker_urls))
+        requests = []
+        start = 0
+        for worker_index, share in enumerate(shares):
+            if share == 0:
+                continue
+            chunk = sequences[start : start + share]
+            request = CompletionRequest(
+                model=model,
+                prompt=chunk,
+                max_tokens=1,
+                temperature=1.0,
+                prompt_logprobs=0,
+                return_token_ids=True,
+            )
+            requests.append(
+                self._call("POST", "/v1/completions", request, CompletionResponse, worker_index, stats)
+            )
+            start += share
+        responses = await asyncio.gather(*requests)
+        scores: list[float] = []
+        for response in responses:
+            scores.extend(_sequence_logprob_sums(response, sequences, prompt_lengths, offset=len(scores)))
+        return scores
+
+    async def health(self) -> dict[str, bool]:
+        async def probe(url: str) -> bool:
+            try:
+                response = await self._clients[url].get(
+                    "/health", timeout=self.settings.worker_connect_timeout_s
+                )
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200
+
+        results = await asyncio.gather(*(probe(url) for url in self.worker_urls))
+        return dict(zip(self.worker_urls, results, strict=True))
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", body["error"]))
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])[:500]
+    return str(body)[:500]
+
+
+def _candidate_from_choice(choice: Any) -> GeneratedCandidate:
+    if choice.token_ids is None or choice.logprobs is None:
+        raise WorkerRequestError("worker", "generation choice without token_ids/logprobs")
+    token_logprobs = choice.logprobs.token_logprobs
+    if len(token_logprobs) != len(choice.token_ids) or any(value is None for value in token_logprobs):
+        raise WorkerRequestError("worker", "one sampled log-prob per generated token expected")
+    return GeneratedCandidate(
+        token_ids=list(choice.token_ids),
+        text=choice.text,
+        finish_reason=choice.finish_reason,
+        log_proposal=float(sum(token_logprobs)),
+    )
+
+
+def _sequence_logprob_sums(
+    response: CompletionResponse, sequences: list[list[int]], prompt_lengths: list[int], offset: int
+) -> list[float]:
+    choices = sorted(response.choices, key=lambda choice: choice.index)
+    sums: list[float] = []
+    for local_index, choice in enumerate(choices):
+        sequence = sequences[offset + local_index]
+        prompt_length = prompt_lengths[offset + local_index]
+        entries = choice.prompt_logprobs
+        if entries is None or len(entries) != len(sequence):
+            raise WorkerRequestError("worker", "prompt_logprobs missing or of the wrong length")
+        total = 0.0
+        for position in range(prompt_length, len(sequence)):
+            entry = entries[position]
+            token_key = str(sequence[position])
+            if entry is None or token_key not in entry:
+                raise WorkerRequestError("worker", f"no prompt log-prob for token {token_key} at {position}")
+            total += float(entry[token_key].logprob)
+        sums.append(total)
+    return sums

@@ -1,0 +1,72 @@
+"""Prometheus metrics of the gateway (DESIGN.md § Observability), in a per-app registry.
+
+A registry per app (not the process default) lets tests and the CLI build several apps in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STAGES = ("tokenize", "generate", "score", "mechanism", "billing", "total")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Histogram(
+            "mosaic_http_request_duration_seconds",
+            "HTTP request latency by route and status.",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "mosaic_auction_stage_seconds",
+            "Latency of each stage of an auction.",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.auctions = Counter(
+            "mosaic_auctions_total", "Auctions by outcome.", ["outcome", "proposal"], registry=self.registry
+        )
+        self.candidates = Histogram(
+            "mosaic_auction_candidates",
+            "Candidates (M) per auction.",
+            buckets=(1, 2, 4, 8, 16, 20, 32, 64, 128, 256, 512, 1024),
+            registry=self.registry,
+        )
+        self.effective_sample_size = Histogram(
+            "mosaic_auction_effective_sample_size",
+            "Effective sample size 1/Σπ² of the allocation.",
+            buckets=(1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
+            registry=self.registry,
+        )
+        # A gauge, not a counter: a payment can be negative (a credit), and counters only go up.
+        self.revenue = Gauge(
+            "mosaic_revenue_cumulative",
+            "Platform revenue billed since start (currency units).",
+            ["currency"],
+            registry=self.registry,
+        )
+        self.worker_errors = Counter(
+            "mosaic_worker_errors_total",
+            "Failed worker requests.",
+            ["worker", "kind"],
+            registry=self.registry,
+        )
+        self.billing_stream_length = Gauge(
+            "mosaic_billing_stream_length", "Entries in the billing stream.", registry=self.registry
+        )
+        self.billing_pending = Gauge(
+            "mosaic_billing_pending",
+            "Billing events delivered but not yet acknowledged.",
+            registry=self.registry,
+        )
+        self.billing_lag = Gauge(
+            "mosaic_billing_lag",
+            "Billing events not yet delivered to the ledger group.",
+            registry=self.registry,
+        )

@@ -1,0 +1,197 @@
+"""Request and response models of the gateway's HTTP API, and the limits enforced on them.
+
+Static bounds live on the fields; the limits that are settings (query length, advertisers, M,
+max_tokens, ...) are checked by `enforce_limits` before any model work, answered 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.settings import Settings
+
+ProposalName = Literal["context", "reference", "mixture"]
+
+ADVERTISER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class AdvertiserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    id: str = Field(
+        pattern=ADVERTISER_ID_PATTERN,
+        description="Stable account id (letters, digits, '_', '.', '-'; at most 64).",
+        examples=["strummaster"],
+    )
+    name: str = Field(min_length=1, description="Name the reply may mention.", examples=["StrumMaster"])
+    description: str = Field(
+        min_length=1,
+        description="What the advertiser offers, in a few words.",
+        examples=["selling guitars, tuners, and learning materials for beginners"],
+    )
+    instruction: str | None = Field(
+        None,
+        min_length=1,
+        description="System prompt defining the advertiser's LLM π_i; default: "
+        "'Answer the question advertising <name>, <description>.'",
+    )
+    value_scale: float = Field(
+        1.0, gt=0, le=1e6, allow_inf_nan=False, description="s_i: money per nat of log-likelihood ratio."
+    )
+
+
+class AuctionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    query: str = Field(
+        min_length=1, description="The user's query.", examples=["Learning to play the guitar."]
+    )
+    advertisers: list[AdvertiserIn] = Field(min_length=1, description="The advertisers in this auction.")
+    tau: float | None = Field(
+        None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Weight on the user (τ). Default: 1 for ≤ 2 advertisers, n/2 above (the paper).",
+    )
+    candidates: int | None = Field(None, ge=1, description="M, the number of candidate replies.")
+    proposal: ProposalName = Field("context", description="Where candidates are drawn from.")
+    max_tokens: int | None = Field(None, ge=1, description="Longest reply, in tokens.")
+    temperature: float = Field(1.0, gt=0, le=2, allow_inf_nan=False, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed: the same seed replays the auction.")
+    include_candidates: bool = Field(False, description="Return the candidate table (for audits).")
+
+    @field_validator("advertisers")
+    @classmethod
+    def _unique_ids(cls, advertisers: list[AdvertiserIn]) -> list[AdvertiserIn]:
+        seen: set[str] = set()
+        for advertiser in advertisers:
+            if advertiser.id in seen:
+                raise ValueError(f"advertiser ids must be unique; '{advertiser.id}' appears twice")
+            seen.add(advertiser.id)
+        return advertisers
+
+    @model_validator(mode="after")
+    def _mixture_needs_raw_sampling(self) -> AuctionRequest:
+        # The mixture's log q needs every candidate's probability under BOTH proposals; scoring gives
+        # temperature-1 log-probs only, so a processed (tempered / top-p) mixture density is unavailable.
+        if self.proposal == "mixture" and (self.temperature != 1.0 or self.top_p != 1.0):
+            raise ValueError("proposal 'mixture' requires temperature 1 and top_p 1")
+        return self
+
+
+class AdvertiserResult(BaseModel):
+    id: str
+    payment: float = Field(description="p_i = R_i − U_i, charged (expected, not realised).")
+    expected_reward: float = Field(description="R_i = Σ_j π_j r_i(y_j).")
+    expected_utility: float = Field(description="U_i = τ LSE(ℓ) − τ LSE(β_{-i}).")
+
+
+class CandidateRecord(BaseModel):
+    text: str
+    log_ref: float = Field(description="log π_ref(y_j | x).")
+    log_proposal: float = Field(description="log q(y_j), the density it was drawn from.")
+    rewards: dict[str, float] = Field(description="r_i(y_j) by advertiser id.")
+    probability: float = Field(description="π_j, the allocation probability.")
+    proposal: Literal["context", "reference"] = Field(description="Which proposal drew it.")
+    num_tokens: int
+    finish_reason: str | None
+
+
+class AuctionTimings(BaseModel):
+    tokenize: float
+    generate: float
+    score: float
+    mechanism: float
+    billing: float
+    total: float
+    workers: float = Field(description="Wall time with at least one worker request in flight.")
+
+
+class AuctionResponse(BaseModel):
+    auction_id: str
+    reply: str
+    chosen_index: int
+    tau: float
+    proposal: ProposalName
+    seed: int = Field(description="The seed used (drawn when the request gave none).")
+    currency: str
+    advertisers: list[AdvertiserResult]
+    revenue: float
+    effective_sample_size: float
+    timings_ms: AuctionTimings
+    candidates: list[CandidateRecord] | None = None
+
+
+class AuctionRecord(AuctionResponse):
+    """What GET /auctions/{id} returns: the full response, candidates included, plus the request."""
+
+    request: dict[str, Any]
+    created_at_ms: int
+    payments_micro: dict[str, int]
+
+
+def _limit_error(loc: tuple[str | int, ...], message: str, limit: int) -> dict[str, Any]:
+    return {
+        "type": "limit_exceeded",
+        "loc": ("body", *loc),
+        "msg": message,
+        "input": None,
+        "ctx": {"limit": limit},
+    }
+
+
+def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
+    """Raise 422 (FastAPI's validation shape) naming every field over a configured limit."""
+    errors: list[dict[str, Any]] = []
+    if len(request.query) > settings.max_query_chars:
+        errors.append(
+            _limit_error(
+                ("query",),
+                f"query longer than {settings.max_query_chars} characters",
+                settings.max_query_chars,
+            )
+        )
+    if len(request.advertisers) > settings.max_advertisers:
+        errors.append(
+            _limit_error(
+                ("advertisers",),
+                f"more than {settings.max_advertisers} advertisers",
+                settings.max_advertisers,
+            )
+        )
+    for index, advertiser in enumerate(request.advertisers):
+        for field, limit in (
+            ("name", settings.max_name_chars),
+            ("description", settings.max_description_chars),
+            ("instruction", settings.max_instruction_chars),
+        ):
+            value = getattr(advertiser, field)
+            if value is not None and len(value) > limit:
+                errors.append(
+                    _limit_error(
+                        ("advertisers", index, field), f"{field} longer than {limit} characters", limit
+                    )
+                )
+    if request.candidates is not None and request.candidates > settings.max_candidates:
+        errors.append(
+            _limit_error(
+                ("candidates",),
+                f"candidates above the limit {settings.max_candidates}",
+                settings.max_candidates,
+            )
+        )
+    if request.max_tokens is not None and request.max_tokens > settings.max_tokens_limit:
+        errors.append(
+            _limit_error(
+                ("max_tokens",),
+                f"max_tokens above the limit {settings.max_tokens_limit}",
+                settings.max_tokens_limit,
+            )
+        )
+    if errors:
+        raise RequestValidationError(errors)
