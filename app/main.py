@@ -209,6 +209,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _redis_down(request: Request, error: RedisError) -> JSONResponse:
         return _error(503, f"Redis unavailable: {type(error).__name__}: {error}")
 
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, error: Exception) -> JSONResponse:
+        # Last resort: still a clear 5xx naming the cause (nothing was billed: billing is the last step).
+        logger.exception("unhandled error", extra={"path": request.url.path})
+        _count_failure(request, "internal_error")
+        return _error(500, f"internal error: {type(error).__name__}: {error}")
+
     def _count_failure(request: Request, outcome: str) -> None:
         metrics.auctions.labels(outcome, "unknown").inc()
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
 from app.settings import Settings
 
 ProposalName = Literal["context", "reference", "mixture"]
@@ -39,8 +40,19 @@ class AdvertiserIn(BaseModel):
         "'Answer the question advertising <name>, <description>.'",
     )
     value_scale: float = Field(
-        1.0, gt=0, le=1e6, allow_inf_nan=False, description="s_i: money per nat of log-likelihood ratio."
+        1.0, gt=0, le=1e3, allow_inf_nan=False, description="s_i: money per nat of log-likelihood ratio."
     )
+
+    @model_validator(mode="after")
+    def _renders(self) -> AdvertiserIn:
+        # The prompts neutralise template control sequences; text with nothing left is refused here
+        # (422) rather than failing later inside the auction.
+        profile = AdvertiserProfile(
+            name=self.name, description=self.description, instruction=self.instruction
+        )
+        advertiser_messages("query", profile)
+        context_messages("query", [profile])
+        return self
 
 
 class AuctionRequest(BaseModel):
@@ -52,7 +64,7 @@ class AuctionRequest(BaseModel):
     advertisers: list[AdvertiserIn] = Field(min_length=1, description="The advertisers in this auction.")
     tau: float | None = Field(
         None,
-        gt=0,
+        ge=0.01,
         le=1e6,
         allow_inf_nan=False,
         description="Weight on the user (τ). Default: 1 for ≤ 2 advertisers, n/2 above (the paper).",
@@ -64,6 +76,12 @@ class AuctionRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Seed: the same seed replays the auction.")
     include_candidates: bool = Field(False, description="Return the candidate table (for audits).")
+
+    @field_validator("query")
+    @classmethod
+    def _query_renders(cls, query: str) -> str:
+        reference_messages(query)
+        return query
 
     @field_validator("advertisers")
     @classmethod
