@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     billing_fault_pause_before_ack_s: float = Field(
         0.0, ge=0, description="Fault injection for tests: pause between the Lua apply and XACK."
     )
+    billing_append_timeout_s: float = Field(
+        2.0, gt=0, description="Longest wait for the billing XADD; past it the auction fails with 503."
+    )
 
     @field_validator("api_keys", "worker_urls", mode="before")
     @classmethod

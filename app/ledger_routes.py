@@ -1,0 +1,47 @@
+"""Read-only HTTP API of the billing ledger: an advertiser's balance and history, and a summary.
+
+Redis comes from ``request.app.state.redis`` (a ``redis.asyncio.Redis``), settings from
+``request.app.state.settings``. Amounts are integer micro-units (``*_micro``) plus the same value as
+an exact decimal string; ``balance`` is the advertiser's ledger account (minus what it paid).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from app.billing import MAX_ID_LENGTH, LedgerReader
+from app.security import require_api_key
+from app.settings import Settings
+
+router = APIRouter(prefix="/ledger", tags=["ledger"], dependencies=[Depends(require_api_key)])
+
+
+def _reader(request: Request) -> LedgerReader:
+    redis: aioredis.Redis = request.app.state.redis
+    settings: Settings = request.app.state.settings
+    return LedgerReader(redis, settings)
+
+
+@router.get(
+    "/advertisers/{advertiser_id}",
+    summary="An advertiser's balance, auctions billed and latest ledger entries (newest first)",
+    responses={503: {"description": "Redis unavailable"}},
+)
+async def get_advertiser(
+    request: Request,
+    advertiser_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
+    limit: Annotated[int, Query(ge=1, le=1000, description="History entries to return.")] = 50,
+) -> dict[str, Any]:
+    return await _reader(request).advertiser(advertiser_id, limit=limit)
+
+
+@router.get(
+    "/summary",
+    summary="Platform revenue, events applied, stream length, pending, lag and dead letters",
+    responses={503: {"description": "Redis unavailable"}},
+)
+async def get_summary(request: Request) -> dict[str, Any]:
+    return await _reader(request).summary()

@@ -1,0 +1,179 @@
+"""Ledger benchmark against a real redis-server (AOF on, appendfsync always) started here.
+
+* producer: the latency BillingProducer.append adds to an auction (one XADD, fsynced before the
+  reply), p50/p99 over --appends sequential appends, over loopback TCP and over the unix socket
+  (the embedded default's transport);
+* consumer: events applied per second by ONE LedgerConsumer (pipelined EVALSHA batches of
+  BILLING_BATCH_SIZE, then XACK) draining --events pre-loaded events over loopback TCP.
+
+Prints a table; the last line is ``events_per_s=<n> producer_p50_ms=<ms>`` (TCP figures).
+Run: ``.venv/bin/python bench/ledger.py [--events 20000] [--appends 2000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.utils import HIREDIS_AVAILABLE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.billing import (
+    BillingEvent,
+    BillingProducer,
+    LedgerConsumer,
+    LedgerReader,
+    make_billing_event,
+    reconcile,
+)
+from app.redis_store import RedisServer, free_loopback_port, make_client
+from app.settings import Settings
+
+
+def make_events(n: int, seed: int, prefix: str) -> list[BillingEvent]:
+    rng = random.Random(seed)
+    advertisers = [f"adv-{i}" for i in range(50)]
+    return [
+        make_billing_event(
+            f"{prefix}-{i}",
+            {a: rng.uniform(-0.1, 2.0) for a in rng.sample(advertisers, rng.randint(1, 4))},
+            "USD",
+        )
+        for i in range(n)
+    ]
+
+
+def fdatasync_ms(directory: Path, n: int = 200) -> list[float]:
+    """The disk's floor: one appended record + fdatasync, as Redis does per write with appendfsync always."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    latencies = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 256)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def producer_latency(client: aioredis.Redis, settings: Settings, n: int, prefix: str) -> list[float]:
+    producer = BillingProducer(client, settings)
+    events = make_events(n + 50, seed=1, prefix=prefix)
+    for event in events[:50]:  # warm-up: connections, allocator
+        await producer.append(event)
+    latencies = []
+    for event in events[50:]:
+        started = time.perf_counter()
+        await producer.append(event)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+async def consumer_throughput(client: aioredis.Redis, settings: Settings, n: int) -> tuple[float, int]:
+    settings = settings.model_copy(update={"billing_stream": "bench:consumer"})  # only these events
+    events = make_events(n, seed=2, prefix="c")
+    for start in range(0, n, 1000):  # pre-load quickly (pipelined XADDs)
+        pipe = client.pipeline(transaction=False)
+        for event in events[start : start + 1000]:
+            pipe.xadd(settings.billing_stream, dict(event.stream_fields()))  # type: ignore[arg-type]
+        await pipe.execute()
+    consumer = LedgerConsumer(client, settings, "bench")
+    await consumer.ensure_group()
+    applied_before = (await LedgerReader(client, settings).summary())["events_applied"]
+    started = time.perf_counter()
+    handled = 0
+    while handled < n:
+        handled += await consumer.process_batch()
+    elapsed = time.perf_counter() - started
+    applied = (await LedgerReader(client, settings).summary())["events_applied"] - applied_before
+    return elapsed, applied
+
+
+async def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="mosaic-bench-ledger-", dir=args.dir) as tmp:
+        port = free_loopback_port()
+        sock = Path(tmp) / "redis.sock"
+        server = RedisServer(Path(tmp), port=port, unix_socket=sock, appendfsync=args.appendfsync)
+        server.start()
+        try:
+            tcp_url = f"redis://127.0.0.1:{port}/0"
+            settings = Settings(redis_url=tcp_url, billing_batch_size=args.batch_size, billing_block_ms=100)
+            tcp = make_client(tcp_url, settings)
+            unix = make_client(server.url, settings)
+            try:
+                disk = fdatasync_ms(Path(args.dir or tmp))
+                tcp_lat = await producer_latency(tcp, settings, args.appends, "p-tcp")
+                unix_lat = await producer_latency(unix, settings, args.appends, "p-unix")
+                elapsed, applied = await consumer_throughput(tcp, settings, args.events)
+                report = await reconcile(
+                    tcp, settings.model_copy(update={"billing_stream": "bench:consumer"})
+                )
+                version = (await tcp.info("server"))["redis_version"]
+            finally:
+                await tcp.aclose()
+                await unix.aclose()
+        finally:
+            server.stop()
+    events_per_s = applied / elapsed
+    rows = [
+        ("redis-server", f"{server.binary} ({version})"),
+        (
+            "redis-py reply parser",
+            "hiredis (C)" if HIREDIS_AVAILABLE else "pure Python (pip install hiredis)",
+        ),
+        ("AOF", f"appendonly yes, appendfsync {args.appendfsync}, dir {tmp}"),
+        ("disk floor: write + fdatasync in that dir", _lat(disk)),
+        (f"producer append latency, TCP, n={len(tcp_lat)}", _lat(tcp_lat)),
+        (f"producer append latency, unix socket, n={len(unix_lat)}", _lat(unix_lat)),
+        (
+            f"consumer: {applied} events, batches of {args.batch_size}, TCP",
+            f"{elapsed:.2f} s = {events_per_s:,.0f} events/s",
+        ),
+        ("reconcile after the run", "ok" if report.ok else f"{len(report.differences)} differences"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    print(f"{'measure'.ljust(width)} | result")
+    print(f"{'-' * width}-+-{'-' * 40}")
+    for label, value in rows:
+        print(f"{label.ljust(width)} | {value}")
+    print(f"events_per_s={events_per_s:.0f} producer_p50_ms={statistics.median(tcp_lat):.3f}")
+    return 0 if report.ok else 1
+
+
+def _lat(values: list[float]) -> str:
+    return (
+        f"p50 {statistics.median(values):.3f} ms, p99 {percentile(values, 0.99):.3f} ms, "
+        f"max {max(values):.3f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=20_000, help="Events the consumer applies.")
+    parser.add_argument("--appends", type=int, default=2_000, help="Timed producer appends per transport.")
+    parser.add_argument("--batch-size", type=int, default=256, help="BILLING_BATCH_SIZE of the consumer.")
+    parser.add_argument("--appendfsync", choices=["always", "everysec"], default="always")
+    parser.add_argument("--dir", default=None, help="Where Redis keeps its AOF (default: a temp dir).")
+    raise SystemExit(asyncio.run(run(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
