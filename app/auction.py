@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from app.settings import Settings
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+CandidateSource = Literal["context", "reference"]
 
 AUCTION_KEY_PREFIX = "mosaic:auction:"
 
@@ -78,7 +80,7 @@ class CandidateSet:
     """The M candidates with where each came from; fixed before any advertiser is scored."""
 
     candidates: list[GeneratedCandidate]
-    sources: list[str]  # "context" or "reference", per candidate
+    sources: list[CandidateSource]  # which proposal drew each candidate
     context_share: float  # fraction of the draws taken from the context-aware proposal
 
 
@@ -138,7 +140,7 @@ class AuctionService:
                 log_proposal=float(log_proposal[j]),
                 rewards={aid: float(rewards[i, j]) for i, aid in enumerate(advertiser_ids)},
                 probability=float(outcome.probabilities[j]),
-                proposal=candidate_set.sources[j],  # type: ignore[arg-type]
+                proposal=candidate_set.sources[j],
                 num_tokens=len(candidate.token_ids),
                 finish_reason=candidate.finish_reason,
             )
@@ -331,9 +333,10 @@ class AuctionService:
             )
         results = await asyncio.gather(*draws)
         candidates: list[GeneratedCandidate] = []
-        sources: list[str] = []
+        sources: list[CandidateSource] = []
         index = 0
-        for source, count in (("context", counts[0]), ("reference", counts[1])):
+        pools: tuple[tuple[CandidateSource, int], ...] = (("context", counts[0]), ("reference", counts[1]))
+        for source, count in pools:
             if count == 0:
                 continue
             candidates.extend(results[index])
