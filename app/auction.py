@@ -278,7 +278,9 @@ class AuctionService:
             scoring_prompts.append(context_ids)
         sequences = [prompt + c.token_ids for prompt in scoring_prompts for c in candidates]
         prompt_lengths = [len(prompt) for prompt in scoring_prompts for _ in candidates]
-        scores = await clock.timed("score", self.engine.score(sequences, prompt_lengths, worker_stats))
+        scores = await clock.timed(
+            "score", self.engine.score(sequences, prompt_lengths, worker_stats, groups=len(scoring_prompts))
+        )
         score_matrix = np.asarray(scores, dtype=np.float64).reshape(len(scoring_prompts), len(candidates))
 
         log_ref = score_matrix[0]

@@ -235,40 +235,46 @@ class EngineClient:
         return candidates
 
     async def score(
-        self, sequences: list[list[int]], prompt_lengths: list[int], stats: WorkerCallStats | None = None
+        self,
+        sequences: list[list[int]],
+        prompt_lengths: list[int],
+        stats: WorkerCallStats | None = None,
+        groups: int = 1,
     ) -> list[float]:
         """log-prob of each sequence's tail after its prompt (teacher forcing, temperature 1).
 
-        The batch is split into contiguous chunks, one request per worker, all in parallel; contiguous
-        keeps the sequences that share a context prompt together (the worker prefills it once).
+        `groups`: how many context prompts the (group-contiguous) batch holds. The batch is cut into
+        W·⌈groups/W⌉ contiguous chunks for W workers, dealt round-robin, all requests in parallel:
+        contiguous keeps the sequences of one context together (the worker prefills that prompt once),
+        and several chunks per worker let the gateway parse one answer while the worker computes the next.
         """
         if len(sequences) != len(prompt_lengths):
             raise ValueError("one prompt length per sequence")
         model = await self.model_name()
-        shares = split_evenly(len(sequences), len(self.worker_urls))
-        requests = []
-        start = 0
-        for worker_index, share in enumerate(shares):
-            if share == 0:
-                continue
-            chunk = sequences[start : start + share]
+        num_workers = len(self.worker_urls)
+        num_chunks = num_workers * -(-max(1, groups) // num_workers)
+
+        async def score_chunk(chunk_index: int, start: int, stop: int) -> list[float]:
             request = CompletionRequest(
                 model=model,
-                prompt=chunk,
+                prompt=sequences[start:stop],
                 max_tokens=1,
                 temperature=1.0,
                 prompt_logprobs=0,
                 return_token_ids=True,
             )
-            requests.append(
-                self._call("POST", "/v1/completions", request, CompletionResponse, worker_index, stats)
+            response = await self._call(
+                "POST", "/v1/completions", request, CompletionResponse, chunk_index % num_workers, stats
             )
+            return _sequence_logprob_sums(response, sequences, prompt_lengths, offset=start)
+
+        chunks = []
+        start = 0
+        for chunk_index, share in enumerate(split_evenly(len(sequences), num_chunks)):
+            if share:
+                chunks.append(score_chunk(chunk_index, start, start + share))
             start += share
-        responses = await asyncio.gather(*requests)
-        scores: list[float] = []
-        for response in responses:
-            scores.extend(_sequence_logprob_sums(response, sequences, prompt_lengths, offset=len(scores)))
-        return scores
+        return [score for chunk_scores in await asyncio.gather(*chunks) for score in chunk_scores]
 
     async def health(self) -> dict[str, bool]:
         async def probe(url: str) -> bool:

@@ -329,6 +329,19 @@ def test_failed_worker_is_retried_on_another(
         assert "mosaic_worker_errors_total" in gateway.get("/metrics").text
 
 
+def test_two_workers_share_generation_and_scoring(
+    worker: WorkerProcess, tiny_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
+) -> None:
+    settings = make_settings([worker.url, tiny_worker.url], redis_process.url, tmp_path)
+    with TestClient(create_app(settings)) as gateway:
+        body = gateway.post("/auction", json=auction_body(candidates=5, proposal="mixture")).json()
+        np.testing.assert_allclose(
+            [c["probability"] for c in body["candidates"]], recompute(body)["probabilities"], atol=1e-6
+        )
+        again = gateway.post("/auction", json=auction_body(candidates=5, proposal="mixture")).json()
+        assert [c["text"] for c in again["candidates"]] == [c["text"] for c in body["candidates"]]
+
+
 def test_deadline_is_504_and_nothing_billed(
     worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
 ) -> None:
