@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         None, description="The `model` field sent to workers; default: the first id of GET /v1/models."
     )
     worker_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the worker.")
+    worker_torch_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of the in-process worker's torch; 0: all cores but one, which the "
+        "gateway's event loop needs (oversubscribed cores halve throughput under load).",
+    )
     worker_score_token_budget: int = Field(
         8192, ge=64, description="Max padded tokens per forward pass when the worker scores a batch."
     )
