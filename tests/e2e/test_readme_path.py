@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.fixtures_worker import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INSTANCES = REPO.parent / "shared" / "data" / "instances.jsonl"
@@ -36,12 +37,6 @@ COMMON_WORDS = {
 }
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

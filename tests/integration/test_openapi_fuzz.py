@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from tests.fixtures_redis import RedisServerProcess
-from tests.fixtures_worker import WorkerProcess
+from tests.fixtures_worker import WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
