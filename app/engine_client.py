@@ -333,6 +333,6 @@ def _sequence_logprob_sums(
             token_key = str(sequence[position])
             if entry is None or token_key not in entry:
                 raise WorkerRequestError("worker", f"no prompt log-prob for token {token_key} at {position}")
-            total += float(entry[token_key].logprob)
+            total += float(entry[token_key]["logprob"])
         sums.append(total)
     return sums

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing_extensions import TypedDict
 
 __all__ = [
     "ChatMessage",
@@ -223,12 +224,16 @@ class CompletionRequest(_Model):
         return 1.0 if self.top_p is None else float(self.top_p)
 
 
-class PromptLogprob(_Model):
-    """vLLM's ``Logprob``: one entry of a ``prompt_logprobs`` position."""
+class PromptLogprob(TypedDict):
+    """vLLM's ``Logprob``: one entry of a ``prompt_logprobs`` position.
+
+    A TypedDict, not a model: a scoring answer holds one per prompt token (thousands), and pydantic
+    validates plain dicts about twice as fast as it builds model instances (gateway overhead).
+    """
 
     logprob: float
-    rank: int | None = None
-    decoded_token: str | None = None
+    rank: NotRequired[int | None]
+    decoded_token: NotRequired[str | None]
 
 
 class CompletionLogprobs(_Model):
@@ -266,9 +271,9 @@ class CompletionChoice(_Model):
             if entry is None:
                 out.append(None)
             elif ids is not None:
-                out.append(entry[str(ids[t])].logprob)
+                out.append(entry[str(ids[t])]["logprob"])
             elif len(entry) == 1:
-                out.append(next(iter(entry.values())).logprob)
+                out.append(next(iter(entry.values()))["logprob"])
             else:
                 raise ValueError("several tokens per position: pass prompt_token_ids")
         return out
