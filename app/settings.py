@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     worker_max_model_len: int = Field(
         2048, ge=16, description="Longest prompt + reply the worker accepts (tokens)."
     )
+    worker_decode: Literal["fast", "eager", "legacy"] = Field(
+        "fast",
+        description="Decode loop of the transformers worker: `fast` (static KV cache; CUDA graphs on a "
+        "GPU), `eager` (static KV cache, no graphs) or `legacy` (transformers forward). Same numbers.",
+    )
+    worker_force_ignore_eos: bool = Field(
+        False,
+        description="Benchmarks only: every generation decodes exactly max_tokens (vLLM's ignore_eos) "
+        "so timings compare. Never in production: replies would run past their end.",
+    )
     worker_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout to a worker.")
     worker_timeout_s: float = Field(120.0, gt=0, description="Read timeout of one worker request.")
     worker_retries: int = Field(1, ge=0, le=5, description="Retries of a failed worker request.")

@@ -1,13 +1,25 @@
 """The transformers engine: batched sampling with a KV cache and batched teacher-forced scoring.
 
 Generation (:meth:`Engine.complete` with ``max_tokens`` > 0)
-    The prompt is prefilled once (batch 1); its KV cache is repeated over the ``n`` samples, which
-    then decode together, one forward pass per step for the whole batch. Finished samples are
-    dropped from the batch (``batch_select_indices``); the KV cache is preallocated for prompt +
-    ``max_tokens`` (no per-step ``torch.cat`` of the whole cache). A sample stops on any EOS id of
+    The prompt is prefilled once (batch 1); its KV cache is shared by the ``n`` samples, which then
+    decode together, one forward pass per step for the whole batch. A sample stops on any EOS id of
     the model (unless ``ignore_eos``), on ``stop_token_ids`` / ``stop`` strings, or at ``max_tokens``.
     A request with several prompts decodes them one after the other (each prompt's n samples
     batched); a scoring request's single sampled token (``max_tokens: 1``) reuses the scoring pass.
+
+    Decode modes (``WORKER_DECODE``; the numbers and the random stream are the same in all three):
+
+    * ``fast`` (default): :mod:`workers.fast_decode` — a static KV cache (one pool, reused across
+      requests), a functional forward of Llama-family models and, on CUDA, one CUDA-graph replay per
+      decode step; the next step is queued before the sampled tokens are read back, so the GPU never
+      waits for Python. On CPU finished samples are dropped from the batch; on CUDA they keep
+      decoding (ignored) so every step has the captured shape.
+    * ``eager``: the same without CUDA graphs.
+    * ``legacy``: the transformers forward with a preallocated ``DynamicCache``, finished samples
+      dropped (``batch_select_indices``); also used for models the fast path does not support.
+
+    ``WORKER_FORCE_IGNORE_EOS`` (benchmarks only) makes every generation request decode exactly
+    ``max_tokens`` tokens, as if it had sent vLLM's ``ignore_eos: true``.
 
 Sampling and the returned log-probs (vLLM ``--logprobs-mode processed_logprobs``)
     ``logits / T`` → top-p filter (vLLM's rule: sort ascending, drop the tokens whose cumulative
@@ -42,18 +54,21 @@ import secrets
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from workers import fast_decode
 from workers.models import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
 SAMPLING_EPS = 1e-5
+DECODE_MODES = ("fast", "eager", "legacy")
+DecodeMode = Literal["fast", "eager", "legacy"]
 _LM_HEAD_ROWS = 512  # rows of hidden states per lm_head slice when scoring (bounds logits memory)
 
 
@@ -120,6 +135,91 @@ class EngineStats:
 class _Scored:
     scores: PromptScores
     last_logprobs: torch.Tensor | None  # [V] full-distribution log-probs after the prompt
+
+
+class _DecodeState:
+    """Per-sample bookkeeping of one generation request (the same for every decode loop)."""
+
+    def __init__(self, engine: Engine, opts: SamplingOptions) -> None:
+        self.engine = engine
+        self.opts = opts
+        n = opts.n
+        self.stop_ids = set(opts.stop_token_ids)
+        self.eos_ids = set() if opts.ignore_eos else set(engine.eos_token_ids)
+        self.ending_ids = self.eos_ids | self.stop_ids
+        self.min_banned = sorted(
+            (set(engine.eos_token_ids) | self.stop_ids) if opts.min_tokens > 0 else set()
+        )
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.lps: list[list[float]] = [[] for _ in range(n)]
+        self.tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(n)]
+        self.finish: list[tuple[str, int | str | None]] = [("length", None)] * n
+        self.active = list(range(n))  # sample index of each row being decoded
+        self.step = 0
+
+    def banned(self, step: int) -> list[int]:
+        return self.min_banned if step < self.opts.min_tokens else []
+
+    def record(
+        self, drawn: list[int], chosen: list[float], top: tuple[list[list[float]], list[list[int]]]
+    ) -> list[int]:
+        """One step's tokens of the active rows; returns the rows (positions in ``active``) that go on."""
+        opts = self.opts
+        top_vals, top_ids = top
+        still: list[int] = []
+        for row, seq in enumerate(self.active):
+            tok = int(drawn[row])
+            value = float(chosen[row])
+            self.tokens[seq].append(tok)
+            self.lps[seq].append(value)
+            if opts.logprobs is not None:
+                entry = [(tok, value)]
+                if top_ids:
+                    entry += [(i, v) for i, v in zip(top_ids[row], top_vals[row], strict=True) if i != tok]
+                self.tops[seq].append(entry)
+            if tok in self.ending_ids:
+                self.finish[seq] = ("stop", tok if tok in self.stop_ids and tok not in self.eos_ids else None)
+            elif opts.stop and (hit := self.engine._stop_string_hit(self.tokens[seq], opts)) is not None:
+                self.finish[seq] = ("stop", hit)
+            else:
+                still.append(row)
+        return still
+
+    def keep(self, rows: list[int]) -> None:
+        self.active = [self.active[r] for r in rows]
+
+    def samples(self) -> list[Sample]:
+        out: list[Sample] = []
+        for seq in range(self.opts.n):
+            reason, stop_reason = self.finish[seq]
+            sample = Sample(
+                token_ids=self.tokens[seq],
+                logprobs=self.lps[seq],
+                top_logprobs=self.tops[seq] if self.opts.logprobs is not None else None,
+                finish_reason=reason,
+                stop_reason=stop_reason,
+            )
+            sample.text = self.engine._sample_text(sample, self.opts)
+            out.append(sample)
+        return out
+
+
+def _host_top(
+    top: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[list[list[float]], list[list[int]]]:
+    if top is None:
+        return [], []
+    return top[0].tolist(), top[1].tolist()
+
+
+def _start_readback(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """Copy device tensors to (pinned) host memory without waiting; the event marks their arrival."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return tensors, None
+    host = [t.to("cpu", non_blocking=True) for t in tensors]
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -202,8 +302,10 @@ class Engine:
         max_logprobs: int = 20,
         prefix_sharing: bool = True,
         min_shared_prefix: int = 16,
+        decode: DecodeMode | None = None,
+        force_ignore_eos: bool | None = None,
     ) -> None:
-        if max_model_len is None or score_token_budget is None:
+        if max_model_len is None or score_token_budget is None or decode is None or force_ignore_eos is None:
             from app.settings import get_settings
 
             settings = get_settings()
@@ -211,6 +313,12 @@ class Engine:
             score_token_budget = (
                 score_token_budget if score_token_budget is not None else settings.worker_score_token_budget
             )
+            decode = decode if decode is not None else settings.worker_decode
+            force_ignore_eos = (
+                force_ignore_eos if force_ignore_eos is not None else settings.worker_force_ignore_eos
+            )
+        if decode not in DECODE_MODES:
+            raise ValueError(f"unknown decode mode {decode!r} (one of {', '.join(DECODE_MODES)})")
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -236,6 +344,25 @@ class Engine:
         self._lm_head = self.model.get_output_embeddings()
         self._softcap: float | None = getattr(self.model.config, "final_logit_softcapping", None)
         self._token_text: dict[int, str] = {}
+        self.force_ignore_eos = bool(force_ignore_eos)
+        self.fast: fast_decode.FastDecoder | None = None
+        self.fast_path_reason: str | None = None  # why generation runs the legacy loop (None: it does not)
+        if decode == "legacy":
+            self.fast_path_reason = "WORKER_DECODE=legacy"
+        else:
+            self.fast_path_reason = fast_decode.unsupported_reason(self.model)
+        if self.fast_path_reason is None:
+            self.fast = fast_decode.FastDecoder(
+                self.model,
+                graphs=decode == "fast" and self.device.type == "cuda",
+                on_forward=self._count_forward,
+            )
+        else:
+            log.info("generation uses the transformers loop: %s", self.fast_path_reason)
+        self.decode_mode: str = decode if self.fast is not None else "legacy"
+
+    def _count_forward(self) -> None:
+        self.stats.forward_passes += 1
 
     # ------------------------------------------------------------------------------ tokenization
     def tokenize_chat(
@@ -329,6 +456,8 @@ class Engine:
                 f"{self.max_logprobs}"
             )
         seed = options.seed if options.seed is not None else secrets.randbits(63)
+        if self.force_ignore_eos and not options.ignore_eos:
+            options = replace(options, ignore_eos=True)
         with self.lock, torch.inference_mode():
             generator = torch.Generator(device=self.device).manual_seed(seed % (2**63))
             results = [PromptResult(prompt_ids=p, scores=None) for p in prompt_lists]
@@ -438,6 +567,18 @@ class Engine:
         generator: torch.Generator,
         first_logprobs: torch.Tensor | None = None,
     ) -> list[Sample]:
+        if self.fast is None or (first_logprobs is not None and opts.max_tokens == 1):
+            return self._generate_legacy(prompt, opts, generator, first_logprobs)
+        return self._generate_fast(prompt, opts, generator)
+
+    def _generate_legacy(
+        self,
+        prompt: list[int],
+        opts: SamplingOptions,
+        generator: torch.Generator,
+        first_logprobs: torch.Tensor | None = None,
+    ) -> list[Sample]:
+        """The transformers loop: ``DynamicCache`` with preallocated layers, finished rows dropped."""
         n = opts.n
         max_tokens = opts.max_tokens
         cache = _decode_cache(self.model.config, len(prompt) + max_tokens)
@@ -449,67 +590,81 @@ class Engine:
             if n > 1:
                 cache.batch_repeat_interleave(n)
                 logits = logits.expand(n, -1)
-        stop_ids = set(opts.stop_token_ids)
-        eos_ids = set() if opts.ignore_eos else set(self.eos_token_ids)
-        ending_ids = eos_ids | stop_ids
-        min_banned = sorted((set(self.eos_token_ids) | stop_ids) if opts.min_tokens > 0 else set())
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        lps: list[list[float]] = [[] for _ in range(n)]
-        tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(n)]
-        finish: list[tuple[str, int | str | None]] = [("length", None)] * n
-        active = list(range(n))
-        k = opts.logprobs or 0
+        state = _DecodeState(self, opts)
         for step in range(max_tokens):
-            banned = min_banned if step < opts.min_tokens else []
-            logprobs = self.processed_logprobs(logits, opts.temperature, opts.top_p, banned)
-            drawn = self._draw(logprobs, opts.greedy, generator)
-            chosen = logprobs.gather(1, drawn[:, None])[:, 0]
-            drawn_list = drawn.tolist()
-            chosen_list = chosen.tolist()
-            top_vals: list[list[float]] = []
-            top_ids: list[list[int]] = []
-            if opts.logprobs is not None and k > 0:
-                tv, ti = torch.topk(logprobs, k, dim=-1)
-                top_vals, top_ids = tv.tolist(), ti.tolist()
-            still: list[int] = []
-            for row, seq in enumerate(active):
-                tok = int(drawn_list[row])
-                tokens[seq].append(tok)
-                lps[seq].append(float(chosen_list[row]))
-                if opts.logprobs is not None:
-                    entry = [(tok, float(chosen_list[row]))]
-                    if k > 0:
-                        entry += [
-                            (i, v) for i, v in zip(top_ids[row], top_vals[row], strict=True) if i != tok
-                        ]
-                    tops[seq].append(entry)
-                if tok in ending_ids:
-                    finish[seq] = ("stop", tok if tok in stop_ids and tok not in eos_ids else None)
-                elif opts.stop and (hit := self._stop_string_hit(tokens[seq], opts)) is not None:
-                    finish[seq] = ("stop", hit)
-                else:
-                    still.append(row)
+            drawn, chosen, top = self._sample_step(logits, opts, generator, state.banned(step))
+            still = state.record(drawn.tolist(), chosen.tolist(), _host_top(top))
             if not still or step == max_tokens - 1:
                 break
-            if len(still) < len(active):
+            if len(still) < len(state.active):
                 index = torch.tensor(still, dtype=torch.long, device=self.device)
                 cache.batch_select_indices(index)
                 drawn = drawn[index]
-                active = [active[r] for r in still]
+                state.keep(still)
             logits = self._forward_last(drawn[:, None], cache)
-        samples: list[Sample] = []
-        for seq in range(n):
-            reason, stop_reason = finish[seq]
-            sample = Sample(
-                token_ids=tokens[seq],
-                logprobs=lps[seq],
-                top_logprobs=tops[seq] if opts.logprobs is not None else None,
-                finish_reason=reason,
-                stop_reason=stop_reason,
+        return state.samples()
+
+    def _generate_fast(
+        self, prompt: list[int], opts: SamplingOptions, generator: torch.Generator
+    ) -> list[Sample]:
+        """Static-cache decoding (:mod:`workers.fast_decode`), the same sampling as the legacy loop.
+
+        With ``overlap`` (CUDA) step t+1 is queued before the tokens of step t are read back (the
+        copies to the host complete first, the forward runs while Python does the bookkeeping), and
+        finished rows stay in the batch; the random draws are still one per unfinished row per step,
+        in row order, as in the legacy loop, so a seed gives the same samples either way.
+        """
+        assert self.fast is not None
+        n, max_tokens = opts.n, opts.max_tokens
+        batch = self.fast.begin(len(prompt), n, max_tokens)
+        logits = batch.prefill(prompt)
+        if n > 1:
+            logits = logits.expand(n, -1)
+        state = _DecodeState(self, opts)
+        active_rows: torch.Tensor | None = None  # device index of the unfinished rows (overlap mode)
+        for step in range(max_tokens):
+            drawn, chosen, top = self._sample_step(logits, opts, generator, state.banned(step))
+            last = step == max_tokens - 1
+            if batch.compact:
+                still = state.record(drawn.tolist(), chosen.tolist(), _host_top(top))
+                if not still or last:
+                    break
+                if len(still) < len(state.active):
+                    batch.keep(still)
+                    drawn = drawn[torch.tensor(still, dtype=torch.long, device=self.device)]
+                    state.keep(still)
+                batch.launch(drawn)
+                logits = batch.logits(count=len(state.active))
+                continue
+            host, ready = _start_readback([drawn, chosen, *(top or ())])
+            if not last:
+                batch.launch(drawn, active_rows)  # queued behind the copies: runs while we read them
+            if ready is not None:
+                ready.synchronize()
+            still = state.record(
+                host[0].tolist(), host[1].tolist(), (host[2].tolist(), host[3].tolist()) if top else ([], [])
             )
-            sample.text = self._sample_text(sample, opts)
-            samples.append(sample)
-        return samples
+            if not still or last:
+                break
+            if len(still) < len(state.active):
+                state.keep(still)
+                active_rows = torch.tensor(state.active, dtype=torch.long, device=self.device)
+            logits = batch.logits(active_rows, count=n)
+        return state.samples()
+
+    def _sample_step(
+        self, logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator, banned: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Draw one token per row: (token ids, their processed log-probs, top-k values and ids)."""
+        logprobs = self.processed_logprobs(logits, opts.temperature, opts.top_p, banned)
+        drawn = self._draw(logprobs, opts.greedy, generator)
+        chosen = logprobs.gather(1, drawn[:, None])[:, 0]
+        k = opts.logprobs or 0
+        top = None
+        if opts.logprobs is not None and k > 0:
+            values, ids = torch.topk(logprobs, k, dim=-1)
+            top = (values, ids)
+        return drawn, chosen, top
 
     def _stop_string_hit(self, token_ids: list[int], opts: SamplingOptions) -> str | None:
         # Only the tail can contain a new match: decode a short window.

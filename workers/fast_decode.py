@@ -1,0 +1,535 @@
+"""The engine's fast decode path: a static KV cache, a functional Llama forward and CUDA graphs.
+
+Why: a transformers forward pass launches ~20 kernels per layer from Python. For a 7B model on an
+H100 that is ~25 ms of CPU time per decode step against ~5 ms of GPU work (the weights read once),
+so decoding was launch bound. Here one decode step of the whole batch is one CUDA-graph replay.
+
+What this module does (sampling stays in :mod:`workers.engine`, unchanged):
+
+* :class:`LlamaRunner` — the forward pass of a ``LlamaForCausalLM`` written with plain tensor ops
+  over the model's own weights (no copies; q/k/v and gate/up are fused into one matrix each, the
+  model's ``nn.Linear`` weights become views into them, so the transformers forward used for scoring
+  reads the same memory). The same math as transformers' Llama (RMSNorm in fp32, rotary embedding,
+  SDPA with the same scale), so on CPU in fp32 it agrees with it to float rounding.
+* :class:`FastDecoder` — a KV pool allocated once and reused: each request's cache is a view
+  ``[rows, kv_heads, capacity, head_dim]`` per layer into it, so CUDA graphs captured for one
+  request are valid for the next one of the same shape. The prompt is prefilled once (row 0) and its
+  keys/values are copied to the other rows (the ``n`` samples share it).
+* :class:`DecodeBatch` — one request: ``prefill`` then ``launch(tokens)`` per step (writes the new
+  token's K/V at its position, attends to the cache, leaves the last-position logits in a static
+  buffer).
+
+CUDA graphs (``graphs=True``): one graph per (batch bucket, cache capacity, attention window). The
+batch is rounded up to a bucket (``BATCH_BUCKETS``; extra rows are computed and ignored), the cache
+capacity and the attention window to multiples of ``KV_ALIGN`` positions; positions beyond the
+current one are masked. A graph is captured the first time its shape is needed (warm-up run first,
+which is idempotent: it writes the same K/V and logits the replay writes again) and replayed from
+then on. If capture fails the step runs eagerly (same numbers) and graphs stay off for this decoder.
+
+Without graphs (CPU, or ``WORKER_DECODE=eager``) the same forward runs eagerly with exact shapes,
+and finished rows are dropped from the batch (``keep``), as the transformers loop did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+KV_ALIGN = 64  # cache capacities and attention windows are multiples of this (graph reuse)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+MAX_GRAPHS = 256  # captured graphs kept per decoder (all are dropped beyond that)
+_RUNTIME_ROPE = ("dynamic", "longrope")  # rope types whose frequencies depend on the sequence length
+_FUSED_ATTR = "_mosaic_fused_layers"
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why ``model`` cannot use the fast path (None: it can)."""
+    name = type(model).__name__
+    if name != "LlamaForCausalLM":
+        return f"architecture {name} (fast path: LlamaForCausalLM)"
+    inner = getattr(model, "model", None)
+    rotary = getattr(inner, "rotary_emb", None)
+    if rotary is None or not isinstance(getattr(rotary, "inv_freq", None), torch.Tensor):
+        return "no rotary embedding module with inv_freq"
+    rope_type = str(getattr(rotary, "rope_type", "default"))
+    if any(kind in rope_type for kind in _RUNTIME_ROPE):
+        return f"rope type {rope_type!r} changes with the sequence length"
+    config = model.config
+    if getattr(config, "sliding_window", None):
+        return "sliding-window attention"
+    if getattr(config, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
+    return None
+
+
+def bucket_rows(n: int) -> int:
+    """The batch bucket of ``n`` rows (graphs are captured per bucket)."""
+    for size in BATCH_BUCKETS:
+        if size >= n:
+            return size
+    return n
+
+
+def align(positions: int) -> int:
+    return -(-positions // KV_ALIGN) * KV_ALIGN
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, op for op."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for several linears on the same input; their weights become views."""
+    with torch.no_grad():
+        weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+        biases = [lin.bias for lin in linears]
+        bias = (
+            torch.cat([b.detach() for b in biases if b is not None])
+            if all(b is not None for b in biases)
+            else None
+        )
+        start = 0
+        for lin in linears:
+            rows = lin.weight.shape[0]
+            lin.weight.data = weight[start : start + rows]
+            if bias is not None and lin.bias is not None:
+                lin.bias.data = bias[start : start + rows]
+            start += rows
+    if bias is None and any(b is not None for b in biases):
+        raise ValueError("mixed bias / no-bias linears cannot be fused")
+    return weight, bias
+
+
+@dataclass
+class _Layer:
+    qkv: list[torch.Tensor]  # [q, k, v] weights, or one fused weight
+    qkv_bias: list[torch.Tensor | None]
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    gate_up: list[torch.Tensor]  # [gate, up] weights, or one fused weight
+    gate_up_bias: list[torch.Tensor | None]
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+    ln_attn: torch.Tensor
+    eps_attn: float
+    ln_mlp: torch.Tensor
+    eps_mlp: float
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [rows, kv_heads, S, head_dim]
+
+
+class LlamaRunner:
+    """The forward pass of a transformers ``LlamaForCausalLM`` over its own weights (no copies)."""
+
+    def __init__(self, model: nn.Module, fuse: bool = False) -> None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"fast path unsupported: {reason}")
+        hf: Any = model
+        config = hf.config
+        inner: Any = hf.model
+        self.num_heads = int(config.num_attention_heads)
+        self.num_kv_heads = int(getattr(config, "num_key_value_heads", None) or self.num_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.num_heads)
+        self.groups = self.num_heads // self.num_kv_heads
+        first_attn = inner.layers[0].self_attn
+        self.scale = float(getattr(first_attn, "scaling", self.head_dim**-0.5))
+        self.embed: torch.Tensor = inner.embed_tokens.weight
+        self.norm: torch.Tensor = inner.norm.weight
+        self.norm_eps = float(inner.norm.variance_epsilon)
+        head = hf.get_output_embeddings()
+        self.lm_head: torch.Tensor = head.weight
+        self.lm_head_bias: torch.Tensor | None = head.bias
+        rotary = inner.rotary_emb
+        self.inv_freq: torch.Tensor = rotary.inv_freq
+        self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self.dtype = self.embed.dtype
+        self.device = self.embed.device
+        self.num_layers = len(inner.layers)
+        self.vocab_size = int(self.lm_head.shape[0])
+        self.fused = fuse
+        fused: list[Any] = getattr(model, _FUSED_ATTR, None) or []
+        if fuse and len(fused) != self.num_layers:
+            fused = []
+            for layer in inner.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                fused.append(
+                    (_fuse([attn.q_proj, attn.k_proj, attn.v_proj]), _fuse([mlp.gate_proj, mlp.up_proj]))
+                )
+            setattr(model, _FUSED_ATTR, fused)  # the model's linears now view these (no extra memory)
+        self.layers: list[_Layer] = []
+        for index, layer in enumerate(inner.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            if fuse:
+                (qkv, qkv_bias), (gate_up, gate_up_bias) = fused[index]
+                qkv_w, qkv_b, gu_w, gu_b = [qkv], [qkv_bias], [gate_up], [gate_up_bias]
+            else:  # the transformers forward's own matrix products (bit-identical on CPU)
+                qkv_w = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+                qkv_b = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+                gu_w = [mlp.gate_proj.weight, mlp.up_proj.weight]
+                gu_b = [mlp.gate_proj.bias, mlp.up_proj.bias]
+            self.layers.append(
+                _Layer(
+                    qkv=qkv_w,
+                    qkv_bias=qkv_b,
+                    o=attn.o_proj.weight,
+                    o_bias=attn.o_proj.bias,
+                    gate_up=gu_w,
+                    gate_up_bias=gu_b,
+                    down=mlp.down_proj.weight,
+                    down_bias=mlp.down_proj.bias,
+                    ln_attn=layer.input_layernorm.weight,
+                    eps_attn=float(layer.input_layernorm.variance_epsilon),
+                    ln_mlp=layer.post_attention_layernorm.weight,
+                    eps_mlp=float(layer.post_attention_layernorm.variance_epsilon),
+                    act=mlp.act_fn,
+                )
+            )
+        self._arange = torch.arange(
+            int(getattr(config, "max_position_embeddings", 4096)) + KV_ALIGN, device=self.device
+        )
+
+    # ------------------------------------------------------------------------------------ pieces
+    def kv_bytes_per_position(self) -> int:
+        """Bytes of K and V per token position and batch row (all layers)."""
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * element
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [rows, T, head_dim] of positions [rows, T] (transformers' formula)."""
+        freqs = positions[..., None].float() * self.inv_freq.to(dtype=torch.float32)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.rope_scaling
+        sin = emb.sin() * self.rope_scaling
+        return cos.to(self.dtype), sin.to(self.dtype)
+
+    def _qkv(
+        self, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, length, _ = x.shape
+        h = _rms_norm(x, layer.ln_attn, layer.eps_attn)
+        if len(layer.qkv) == 1:
+            q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            qkv = F.linear(h, layer.qkv[0], layer.qkv_bias[0])
+            q, k, v = qkv.split((q_size, kv_size, kv_size), dim=-1)
+        else:
+            q, k, v = (F.linear(h, w, b) for w, b in zip(layer.qkv, layer.qkv_bias, strict=True))
+        q = q.view(rows, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(rows, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(rows, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        return q, k, v
+
+    def _finish_layer(self, layer: _Layer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        x = x + F.linear(attn, layer.o, layer.o_bias)
+        h = _rms_norm(x, layer.ln_mlp, layer.eps_mlp)
+        if len(layer.gate_up) == 1:
+            gate, up = F.linear(h, layer.gate_up[0], layer.gate_up_bias[0]).chunk(2, dim=-1)
+            inner = layer.act(gate) * up
+        else:
+            gate_w, up_w = layer.gate_up
+            gate_b, up_b = layer.gate_up_bias
+            inner = layer.act(F.linear(h, gate_w, gate_b)) * F.linear(h, up_w, up_b)
+        return x + F.linear(inner, layer.down, layer.down_bias)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of final-normed hidden rows [..., H]."""
+        return F.linear(hidden, self.lm_head, self.lm_head_bias).float()
+
+    # ------------------------------------------------------------------------------------ passes
+    def prefill(self, ids: torch.Tensor, kv: KVCache) -> torch.Tensor:
+        """Prompt ``ids`` [rows, T] from position 0: K/V into ``kv[:, :, :T]``; returns hidden [rows, H]
+        of the last position (final norm applied)."""
+        rows, length = ids.shape
+        x = F.embedding(ids, self.embed)
+        positions = torch.arange(length, device=ids.device)[None, :]
+        cos, sin = self._rope(positions)
+        for layer, (keys, values) in zip(self.layers, kv, strict=True):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            keys[:rows, :, :length] = k
+            values[:rows, :, :length] = v
+            # As transformers' SDPA path: attend to the cache's view, GQA inside the kernel.
+            attn = F.scaled_dot_product_attention(
+                q,
+                keys[:rows, :, :length],
+                values[:rows, :, :length],
+                is_causal=length > 1,
+                scale=self.scale,
+                enable_gqa=self.groups > 1,
+            )
+            x = self._finish_layer(layer, x, attn.transpose(1, 2).reshape(rows, length, -1))
+        return _rms_norm(x[:, -1], self.norm, self.norm_eps)
+
+    def decode(
+        self, ids: torch.Tensor, position: torch.Tensor, kv: KVCache, window: int, masked: bool
+    ) -> torch.Tensor:
+        """One token per row: ``ids`` [rows] at ``position`` (0-dim long tensor, the same for every
+        row). Writes its K/V there and attends to positions ``< window`` of the cache (``masked``:
+        positions after ``position`` are masked out; else ``window`` must be ``position + 1``).
+        Returns hidden [rows, H] (final norm applied). No host synchronisation: graph-capturable."""
+        rows = ids.shape[0]
+        x = F.embedding(ids[:, None], self.embed)
+        cos, sin = self._rope(position.view(1, 1))
+        index = position.view(1)
+        mask = (self._arange[:window] <= position).view(1, 1, 1, window) if masked else None
+        for layer, (keys, values) in zip(self.layers, kv, strict=True):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            keys = keys[:rows]
+            values = values[:rows]
+            keys.index_copy_(2, index, k)
+            values.index_copy_(2, index, v)
+            if mask is None:  # exact window: transformers' own SDPA call
+                attn = F.scaled_dot_product_attention(
+                    q,
+                    keys[:, :, :window],
+                    values[:, :, :window],
+                    scale=self.scale,
+                    enable_gqa=self.groups > 1,
+                ).transpose(1, 2)
+            else:
+                # Grouped-query attention without repeating K/V and with a mask (any SDPA kernel):
+                # the query heads of one KV head become its query rows (transformers' pack_gqa).
+                q = q.reshape(rows, self.num_kv_heads, self.groups, self.head_dim)
+                attn = F.scaled_dot_product_attention(
+                    q, keys[:, :, :window], values[:, :, :window], attn_mask=mask, scale=self.scale
+                )
+            x = self._finish_layer(layer, x, attn.reshape(rows, 1, -1))
+        return _rms_norm(x[:, 0], self.norm, self.norm_eps)
+
+
+class DecodeBatch:
+    """One request's decode state: rows, KV views, position, the static input and logits buffers."""
+
+    def __init__(
+        self,
+        decoder: FastDecoder,
+        n: int,
+        rows: int,
+        capacity: int,
+        kv: KVCache,
+        inputs: torch.Tensor,
+        logits: torch.Tensor,
+        position: torch.Tensor,
+    ) -> None:
+        self.decoder = decoder
+        self.n = n
+        self.rows = rows  # rows computed per step (≥ n with graphs: the bucket)
+        self.capacity = capacity
+        self.kv = kv
+        self.inputs = inputs  # [rows] long: the token each row feeds into the next step
+        self.logits_buf = logits  # [rows, V] fp32: the last step's logits
+        self.position_buf = position  # 0-dim long: the position the next step writes
+        self.position = 0  # host copy
+        self.compact = not decoder.graphs and not decoder.overlap
+
+    def prefill(self, prompt: list[int]) -> torch.Tensor:
+        """Prefill the prompt once (row 0), copy its K/V to every row; fp32 logits [1, V]."""
+        runner = self.decoder.runner
+        length = len(prompt)
+        ids = torch.tensor([prompt], dtype=torch.long, device=runner.device)
+        hidden = runner.prefill(ids, self.kv)
+        if self.rows > 1:
+            for keys, values in self.kv:
+                keys[1 : self.rows, :, :length] = keys[0:1, :, :length]
+                values[1 : self.rows, :, :length] = values[0:1, :, :length]
+        self.position = length
+        self.decoder.stats_forward()
+        return runner.logits(hidden)
+
+    def launch(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Queue one decode step: ``tokens`` are fed for ``rows`` (device index; None: the first
+        ``len(tokens)`` rows). The logits land in :meth:`logits` (asynchronously on CUDA)."""
+        if self.position >= self.capacity:
+            raise RuntimeError(f"decode past the cache capacity ({self.capacity})")
+        if rows is None:
+            self.inputs[: tokens.shape[0]].copy_(tokens)
+        else:
+            self.inputs.index_copy_(0, rows, tokens)
+        self.position_buf.fill_(self.position)
+        self.decoder.run_step(self)
+        self.position += 1
+
+    def logits(self, rows: torch.Tensor | None = None, count: int | None = None) -> torch.Tensor:
+        """The last step's logits of ``rows`` (device index) or of the first ``count`` rows."""
+        if rows is not None:
+            return self.logits_buf.index_select(0, rows)
+        return self.logits_buf[: count if count is not None else self.n]
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every row not in ``rows`` (ascending): the kept rows move to the front."""
+        if not self.compact:
+            raise RuntimeError("rows are only dropped when decoding without graphs")
+        if rows == list(range(len(rows))):
+            self.rows = len(rows)
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.inputs.device)
+        end = self.position
+        for keys, values in self.kv:
+            keys[: len(rows), :, :end] = keys.index_select(0, index)[:, :, :end]
+            values[: len(rows), :, :end] = values.index_select(0, index)[:, :, :end]
+        self.rows = len(rows)
+
+    def step_body(self, window: int, masked: bool) -> Callable[[], None]:
+        runner = self.decoder.runner
+        rows = self.rows
+        kv = self.kv
+        inputs, position, out = self.inputs, self.position_buf, self.logits_buf
+
+        def body() -> None:
+            hidden = runner.decode(inputs[:rows], position, kv, window, masked)
+            out[:rows].copy_(runner.logits(hidden))
+
+        return body
+
+
+class FastDecoder:
+    """Static-cache decoding for one model: the KV pool, static buffers and captured graphs.
+
+    ``graphs``: capture one CUDA graph per step shape (CUDA only). ``overlap``: the engine queues the
+    next step before it reads the sampled tokens back (no row dropping; on by default on CUDA).
+    ``bucketed``: round rows / capacity / attention window up to buckets (what graphs need; on by
+    default with graphs, settable on CPU to run the graph-shaped code in tests). ``fuse``: one matrix
+    for q/k/v and one for gate/up (default: on CUDA).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        graphs: bool | None = None,
+        overlap: bool | None = None,
+        bucketed: bool | None = None,
+        fuse: bool | None = None,
+        on_forward: Callable[[], None] | None = None,
+    ) -> None:
+        device = next(model.parameters()).device
+        cuda = device.type == "cuda"
+        # Fused q/k/v and gate/up products on CUDA (fewer, larger GEMMs). Not on CPU: the
+        # transformers forward's own products keep decoding bit-identical to the legacy loop.
+        self.runner = LlamaRunner(model, fuse=cuda if fuse is None else fuse)
+        self.device = self.runner.device
+        self.graphs = bool(graphs if graphs is not None else cuda) and cuda
+        self.overlap = bool(overlap if overlap is not None else cuda)
+        self.bucketed = bool(bucketed if bucketed is not None else self.graphs)
+        self._on_forward = on_forward
+        self._pool: torch.Tensor | None = None
+        self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
+        self._graph_pool: Any = None
+        self.captures = 0
+        self.replays = 0
+        self.graph_error: str | None = None
+
+    def stats_forward(self) -> None:
+        if self._on_forward is not None:
+            self._on_forward()
+
+    def begin(self, prompt_len: int, n: int, max_tokens: int) -> DecodeBatch:
+        """A batch for ``n`` samples of a ``prompt_len``-token prompt decoding ``max_tokens`` tokens."""
+        rows = bucket_rows(n) if self.bucketed else n
+        needed = prompt_len + max_tokens
+        capacity = align(needed) if self.bucketed else needed
+        kv = self._kv(rows, capacity)
+        inputs, logits, position = self._static_buffers(rows)
+        inputs.zero_()
+        return DecodeBatch(self, n, rows, capacity, kv, inputs, logits, position)
+
+    def _kv(self, rows: int, capacity: int) -> KVCache:
+        r = self.runner
+        shape = (r.num_layers, 2, rows, r.num_kv_heads, capacity, r.head_dim)
+        size = 1
+        for dim in shape:
+            size *= dim
+        keep_pool = self.device.type == "cuda"  # graphs hold its address; CPU memory is returned
+        pool = self._pool
+        if pool is None or pool.numel() < size:
+            self._graphs.clear()  # they point into the old pool
+            self._pool = pool = None
+            # Zeroed: masked positions are still read (weight 0), and 0 x NaN from uninitialised
+            # memory would poison the attention. Later requests leave finite values behind.
+            pool = torch.zeros(size, dtype=r.dtype, device=self.device)
+            if keep_pool:
+                self._pool = pool
+        view = pool[:size].view(shape)
+        return [(view[layer, 0], view[layer, 1]) for layer in range(r.num_layers)]
+
+    def _static_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        buffers = self._buffers.get(rows)
+        if buffers is None:
+            buffers = (
+                torch.zeros(rows, dtype=torch.long, device=self.device),
+                torch.zeros((rows, self.runner.vocab_size), dtype=torch.float32, device=self.device),
+                torch.zeros((), dtype=torch.long, device=self.device),
+            )
+            if self.device.type == "cuda":
+                self._buffers[rows] = buffers  # graphs read and write these addresses
+        return buffers
+
+    def run_step(self, batch: DecodeBatch) -> None:
+        self.stats_forward()
+        if self.bucketed:
+            window = min(align(batch.position + 1), batch.capacity)
+            body = batch.step_body(window, masked=True)
+        else:
+            window = batch.position + 1
+            body = batch.step_body(window, masked=False)
+        if not self.graphs:
+            body()
+            return
+        key = (batch.rows, batch.capacity, window)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._capture(body)
+            if graph is None:
+                body()
+                return
+            if len(self._graphs) >= MAX_GRAPHS:
+                self._graphs.clear()
+            self._graphs[key] = graph
+        graph.replay()
+        self.replays += 1
+
+    def _capture(self, body: Callable[[], None]) -> torch.cuda.CUDAGraph | None:
+        """Warm up ``body`` on a side stream (it is idempotent), then capture it; None on failure."""
+        try:
+            stream = torch.cuda.Stream(device=self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                body()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: CUDA calls of other threads (the server's) cannot invalidate the capture.
+            with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
+                body()
+            self.captures += 1
+            return graph
+        except Exception as error:  # pragma: no cover - CUDA only
+            self.graph_error = f"{type(error).__name__}: {error}"
+            log.warning("CUDA graph capture failed, decoding eagerly from now on: %s", self.graph_error)
+            self.graphs = False
+            self._graphs.clear()
+            torch.cuda.synchronize(self.device)
+            return None
