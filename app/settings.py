@@ -59,8 +59,8 @@ class Settings(BaseSettings):
     worker_torch_threads: int = Field(
         0,
         ge=0,
-        description="CPU threads of the in-process worker's torch; 0: all cores but one, which the "
-        "gateway's event loop needs (oversubscribed cores halve throughput under load).",
+        description="torch CPU threads of a worker; 0: a standalone worker uses all cores, the in-process "
+        "worker all but one, which the gateway's event loop needs (oversubscribed cores halve throughput).",
     )
     worker_score_token_budget: int = Field(
         8192, ge=64, description="Max padded tokens per forward pass when the worker scores a batch."

@@ -274,7 +274,7 @@ def local_stack(args: argparse.Namespace, log_dir: Path) -> Iterator[tuple[str, 
             "WORKER_MAX_MODEL_LEN": "4096",
         }
         if args.threads:
-            worker_env["MOSAIC_TORCH_THREADS"] = str(args.threads)
+            worker_env["WORKER_TORCH_THREADS"] = str(args.threads)
         gateway_env = {
             **env,
             "WORKER_URLS": worker_url,

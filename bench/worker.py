@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--score-token-budget", type=int, default=8192, help="padded tokens per scoring pass")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (median)")
     parser.add_argument(
-        "--threads", type=int, default=int(os.environ.get("MOSAIC_TORCH_THREADS", "0")), help="torch threads"
+        "--threads", type=int, default=int(os.environ.get("WORKER_TORCH_THREADS", "0")), help="torch threads"
     )
     args = parser.parse_args(argv)
     if args.threads > 0:

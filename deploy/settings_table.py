@@ -35,7 +35,6 @@ NON_SETTINGS: dict[str, str] = {
     "HOME": "vLLM pod: home directory (a writable volume; the root filesystem is read-only).",
     "MPLCONFIGDIR": "Matplotlib's config/cache directory (image: `/tmp/matplotlib`).",
     "MOSAIC_CACHE_DIR": "Workers' de-quantised SmolLM2 (image: `/opt/mosaic-cache`, converted at build).",
-    "MOSAIC_TORCH_THREADS": "torch threads of a CPU worker (compose: `MOSAIC_WORKER_THREADS`, default 2).",
     "PATH": "Image: `/opt/venv/bin` first (the virtualenv with `mosaic`).",
     "PYTHONDONTWRITEBYTECODE": "Image: no .pyc files at run time (read-only root filesystem).",
     "PYTHONUNBUFFERED": "Image: unbuffered stdout/stderr, so logs appear at once.",

@@ -94,7 +94,7 @@ def start_worker_process(
     """Start ``python -m workers.server --model MODEL --port PORT`` and wait for ``/health``."""
     port = port or free_port()
     child_env = dict(os.environ)
-    child_env.setdefault("MOSAIC_TORCH_THREADS", "1")
+    child_env.setdefault("WORKER_TORCH_THREADS", "1")
     child_env.setdefault("HF_HUB_OFFLINE", "1")
     child_env.setdefault("TOKENIZERS_PARALLELISM", "false")
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))

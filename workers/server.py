@@ -408,9 +408,12 @@ def create_app(engine: Engine, served_model_name: str | None = None) -> FastAPI:
 def _configure_threads() -> None:
     import torch
 
-    threads = os.environ.get("MOSAIC_TORCH_THREADS")
+    from app.settings import get_settings
+
+    # WORKER_TORCH_THREADS > 0 pins it; 0 keeps torch's default (all cores) for a standalone worker.
+    threads = get_settings().worker_torch_threads
     if threads:
-        torch.set_num_threads(max(1, int(threads)))
+        torch.set_num_threads(threads)
 
 
 def vllm_command(model: str, host: str, port: int, max_model_len: int | None = None) -> list[str]:
