@@ -220,16 +220,23 @@ def _load_pretrained_dir(name: str, path: Path, device: torch.device) -> LoadedM
     return _finish(name, model, tokenizer, device)
 
 
-def build_tiny_random(device: torch.device) -> LoadedModel:
-    """2-layer Llama with deterministic weights and the real SmolLM2 tokenizer."""
-    tokenizer = load_smollm2_tokenizer()
+def _llama_config(
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+) -> LlamaConfig:
+    """A Llama config of the given shape over the SmolLM2 tokenizer's vocabulary, SDPA attention."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
@@ -238,6 +245,13 @@ def build_tiny_random(device: torch.device) -> LoadedModel:
         pad_token_id=tokenizer.pad_token_id,
     )
     config._attn_implementation = "sdpa"
+    return config
+
+
+def build_tiny_random(device: torch.device) -> LoadedModel:
+    """2-layer Llama with deterministic weights and the real SmolLM2 tokenizer."""
+    tokenizer = load_smollm2_tokenizer()
+    config = _llama_config(tokenizer, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2)
     generator = torch.Generator().manual_seed(TINY_RANDOM_SEED)
     with torch.device("cpu"):
         model = LlamaForCausalLM(config)
@@ -265,21 +279,7 @@ def build_random_7b(device: torch.device) -> LoadedModel:
     if device.type != "cuda":
         raise RuntimeError("model 'random-7b' is for GPU timing only: run it with a CUDA device")
     tokenizer = load_smollm2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config._attn_implementation = "sdpa"
+    config = _llama_config(tokenizer, hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32)
     # Allocated and initialised on the GPU directly (rotary buffers stay fp32, as in from_pretrained).
     with torch.device(device):
         model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
