@@ -74,6 +74,18 @@ class StageClock:
     def total_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
+    def timings(self, worker_stats: WorkerCallStats) -> AuctionTimings:
+        stage = self.stages_ms.get
+        return AuctionTimings(
+            tokenize=stage("tokenize", 0.0),
+            generate=stage("generate", 0.0),
+            score=stage("score", 0.0),
+            mechanism=stage("mechanism", 0.0),
+            billing=stage("billing", 0.0),
+            total=self.total_ms(),
+            workers=worker_stats.busy_seconds() * 1000,
+        )
+
 
 @dataclass(frozen=True)
 class CandidateSet:
@@ -297,9 +309,8 @@ class AuctionService:
             ],
             revenue=float(outcome.revenue),
             effective_sample_size=float(outcome.effective_sample_size),
-            timings_ms=AuctionTimings(
-                tokenize=0, generate=0, score=0, mechanism=0, billing=0, total=0, workers=0
-            ),
+            # Up to here; the stored record keeps these (billing 0: it is the write of the record).
+            timings_ms=clock.timings(worker_stats),
         )
         record = AuctionRecord(
             **response.model_dump(exclude={"candidates"}),
@@ -317,15 +328,7 @@ class AuctionService:
                 audit=(auction_key(auction_id), record.model_dump_json(), self.settings.audit_ttl_s),
             ),
         )
-        timings = AuctionTimings(
-            tokenize=clock.stages_ms.get("tokenize", 0.0),
-            generate=clock.stages_ms.get("generate", 0.0),
-            score=clock.stages_ms.get("score", 0.0),
-            mechanism=clock.stages_ms.get("mechanism", 0.0),
-            billing=clock.stages_ms.get("billing", 0.0),
-            total=clock.total_ms(),
-            workers=worker_stats.busy_seconds() * 1000,
-        )
+        timings = clock.timings(worker_stats)
         response.timings_ms = timings
         if request.include_candidates:
             response.candidates = candidates_table

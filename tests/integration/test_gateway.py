@@ -145,6 +145,7 @@ def test_auction_numbers_recompute_from_its_candidate_table(client: TestClient) 
     }
     record = client.get(f"/auctions/{body['auction_id']}").json()
     assert record["candidates"] == body["candidates"]
+    assert record["timings_ms"]["generate"] > 0 and record["timings_ms"]["score"] > 0
     for aid, row in by_id.items():
         assert abs(record["payments_micro"][aid] - row["payment"] * 1e6) <= 0.5 + 1e-6
 
