@@ -28,6 +28,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from locust import HttpUser, between, task
@@ -66,6 +67,26 @@ class _Shared:
             return cls.instances
 
 
+def judge(response: Any, check: Callable[[dict[str, Any]], list[str]]) -> dict[str, Any] | None:
+    """Mark a catch_response response: 200, a JSON object, and no problems from `check`.
+
+    Returns the body when the response passed, else None (the failure is recorded with its reason).
+    """
+    if response.status_code != 200:
+        response.failure(f"status {response.status_code}: {response.text[:300]!r}")
+        return None
+    body, error = json_object(response)
+    if body is None:
+        response.failure(error)
+        return None
+    problems = check(body)
+    if problems:
+        response.failure("; ".join(problems[:5]))
+        return None
+    response.success()
+    return body
+
+
 class AuctionUser(HttpUser):
     """Runs auctions (weight 10), reads audit records (1), the ledger summary (2) and advertiser
     accounts (2)."""
@@ -97,18 +118,9 @@ class AuctionUser(HttpUser):
         with self.client.post(
             "/auction", json=payload, headers=self.headers, name="POST /auction", catch_response=True
         ) as response:
-            if response.status_code != 200:
-                response.failure(f"status {response.status_code}: {response.text[:300]!r}")
-                return
-            body, error = json_object(response)
+            body = judge(response, lambda body: check_auction_response(body, payload))
             if body is None:
-                response.failure(error)
                 return
-            problems = check_auction_response(body, payload)
-            if problems:
-                response.failure("; ".join(problems[:5]))
-                return
-            response.success()
             now = time.monotonic()
             with _Shared.lock:
                 _Shared.auction_ids.append(body["auction_id"])
@@ -124,37 +136,24 @@ class AuctionUser(HttpUser):
         with self.client.get(
             f"/auctions/{auction_id}", headers=self.headers, name="GET /auctions/[id]", catch_response=True
         ) as response:
-            if response.status_code != 200:
-                response.failure(f"status {response.status_code}: {response.text[:300]!r}")
-                return
-            body, error = json_object(response)
-            if body is None:
-                response.failure(error)
-            elif body.get("auction_id") != auction_id:
-                response.failure(f"auction_id {body.get('auction_id')!r} != {auction_id!r}")
-            else:
-                response.success()
+            judge(
+                response,
+                lambda body: (
+                    []
+                    if body.get("auction_id") == auction_id
+                    else [f"auction_id {body.get('auction_id')!r} != {auction_id!r}"]
+                ),
+            )
 
     @task(2)
     def ledger_summary(self) -> None:
         with self.client.get(
             "/ledger/summary", headers=self.headers, name="GET /ledger/summary", catch_response=True
         ) as response:
-            if response.status_code != 200:
-                response.failure(f"status {response.status_code}: {response.text[:300]!r}")
-                return
-            body, error = json_object(response)
-            if body is None:
-                response.failure(error)
-                return
             with _Shared.lock:
                 baseline = _Shared.summary_baseline
-            problems = check_ledger_summary(body, baseline)
-            if problems:
-                response.failure("; ".join(problems[:5]))
-                return
-            response.success()
-            if baseline is None:
+            body = judge(response, lambda body: check_ledger_summary(body, baseline))
+            if body is not None and baseline is None:
                 with _Shared.lock:
                     if _Shared.summary_baseline is None:
                         _Shared.summary_baseline = {k: body[k] for k in ("conflicts", "dead_letters")}
@@ -173,15 +172,4 @@ class AuctionUser(HttpUser):
             name="GET /ledger/advertisers/[id]",
             catch_response=True,
         ) as response:
-            if response.status_code != 200:
-                response.failure(f"status {response.status_code}: {response.text[:300]!r}")
-                return
-            body, error = json_object(response)
-            if body is None:
-                response.failure(error)
-                return
-            problems = check_ledger_advertiser(body, advertiser_id)
-            if problems:
-                response.failure("; ".join(problems[:5]))
-            else:
-                response.success()
+            judge(response, lambda body: check_ledger_advertiser(body, advertiser_id))
