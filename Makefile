@@ -44,6 +44,7 @@ bench: venv
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/dtype.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .mosaic-data

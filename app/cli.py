@@ -44,6 +44,9 @@ def worker(
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8001,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[
+        str | None, typer.Option(help="auto, float32 or bfloat16 (default: WORKER_DTYPE).")
+    ] = None,
     engine: Annotated[str, typer.Option(help="transformers (this project) or vllm (exec `vllm serve`).")] = (
         "transformers"
     ),
@@ -51,7 +54,7 @@ def worker(
     """Run one LLM worker that speaks vLLM's OpenAI-compatible dialect."""
     from workers.server import serve as run_worker
 
-    run_worker(model=model, host=host, port=port, device=device, engine=engine)
+    run_worker(model=model, host=host, port=port, device=device, engine=engine, dtype=dtype)
 
 
 @cli.command()

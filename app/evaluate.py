@@ -545,7 +545,7 @@ async def _open_engine(url: str | None, model: str) -> _Engine:
         from workers.server import load_engine
 
         settings = Settings(worker_model=model, worker_timeout_s=EVALUATION_WORKER_TIMEOUT_S)
-        engine = await asyncio.to_thread(load_engine, model, settings.worker_device)
+        engine = await asyncio.to_thread(load_engine, model, settings.worker_device, settings.worker_dtype)
         transports[EMBEDDED_WORKER_URL] = httpx.ASGITransport(app=create_worker_app(engine))
         worker_urls = [EMBEDDED_WORKER_URL]
     client = EngineClient(settings, worker_urls, transports)

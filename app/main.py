@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -131,7 +132,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             _limit_torch_threads(settings)
             logger.info("loading the in-process worker", extra={"model": settings.worker_model})
-            engine = await asyncio.to_thread(load_engine, settings.worker_model, settings.worker_device)
+            engine = await asyncio.to_thread(
+                load_engine, settings.worker_model, settings.worker_device, settings.worker_dtype
+            )
             transports[EMBEDDED_WORKER_URL] = httpx.ASGITransport(app=create_worker_app(engine))
             worker_urls = [EMBEDDED_WORKER_URL]
         engine_client = EngineClient(
@@ -151,6 +154,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             consumer = LedgerConsumer(redis_handle.client, settings, name="embedded")
             await consumer.ensure_group()
             consumer_task = asyncio.create_task(consumer.run(stop_consumer), name="ledger-consumer")
+        # Everything loaded so far (modules, the model, settings) lives as long as the process: move it
+        # out of the collector's generations, so a full collection during an auction scans only what
+        # auctions allocate (measured: ~50 ms gen-2 pauses in 1 of ~10 auctions before, with torch).
+        gc.collect()
+        gc.freeze()
         logger.info(
             "gateway ready",
             extra={

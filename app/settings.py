@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         None, description="The `model` field sent to workers; default: the first id of GET /v1/models."
     )
     worker_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the worker.")
+    worker_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Weights of the transformers worker. auto: bf16 on CUDA and on CPUs with native bf16 "
+        "(AVX512-BF16/AMX; vLLM's CPU default), else fp32. float32: exact log-probs (slower).",
+    )
     worker_torch_threads: int = Field(
         0,
         ge=0,

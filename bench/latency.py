@@ -5,6 +5,7 @@ WORKER_URLS pointing at that worker and an embedded Redis in a temp dir), so bot
 same worker. Gateway overhead = total − wall time with a worker request in flight (timings_ms.workers).
 
     .venv/bin/python bench/latency.py                     # SmolLM2 on CPU, M=8, 2 advertisers, 64 tokens
+    .venv/bin/python bench/latency.py --dtype float32     # the same with fp32 weights
     .venv/bin/python bench/latency.py --url http://gw:8000 --worker-url http://worker:8001
 
 Last line: `ratio=<auction/single> overhead_ms_p50=<ms>`.
@@ -62,11 +63,11 @@ def wait_ready(url: str, path: str, process: subprocess.Popen[bytes], timeout_s:
 
 
 @contextlib.contextmanager
-def local_stack(model: str) -> Iterator[tuple[str, str]]:
+def local_stack(model: str, dtype: str) -> Iterator[tuple[str, str]]:
     worker_port, gateway_port = free_port(), free_port()
     worker_url, gateway_url = f"http://127.0.0.1:{worker_port}", f"http://127.0.0.1:{gateway_port}"
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "LOG_LEVEL": "WARNING", "WORKER_DTYPE": dtype}
         worker = subprocess.Popen(
             [sys.executable, "-m", "workers.server", "--model", model, "--port", str(worker_port)],
             cwd=REPO,
@@ -102,6 +103,12 @@ def main() -> None:
     parser.add_argument("--url", help="a running gateway (needs --worker-url too)")
     parser.add_argument("--worker-url", help="the worker behind it, for the single-reply baseline")
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument(
+        "--dtype",
+        default=os.environ.get("WORKER_DTYPE", "auto"),
+        choices=["auto", "float32", "bfloat16"],
+        help="weights of the worker it starts (auto: bf16 where the CPU has native bf16)",
+    )
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
@@ -110,7 +117,11 @@ def main() -> None:
     if bool(args.url) != bool(args.worker_url):
         parser.error("--url and --worker-url go together")
 
-    stack = contextlib.nullcontext((args.url, args.worker_url)) if args.url else local_stack(args.model)
+    stack = (
+        contextlib.nullcontext((args.url, args.worker_url))
+        if args.url
+        else local_stack(args.model, args.dtype)
+    )
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with stack as (gateway_url, worker_url), httpx.Client(timeout=900) as client:
         model = client.get(f"{worker_url}/v1/models").json()["data"][0]["id"]
@@ -181,7 +192,7 @@ def main() -> None:
     console = Console()
     table = Table(
         title=f"auction (M={args.candidates}, 2 advertisers, ≤{args.max_tokens} tokens) vs one reply, "
-        f"medians of {args.repeats}"
+        f"medians of {args.repeats}" + ("" if args.url else f", worker {args.model} dtype={args.dtype}")
     )
     table.add_column("what")
     table.add_column("median", justify="right")

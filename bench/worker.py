@@ -3,7 +3,8 @@
 Runs the transformers engine in process (the same code the worker serves), so the figures are the
 model work itself: prefill once, decode the n samples together with a KV cache.
 
-    .venv/bin/python bench/worker.py                                  # SmolLM2, CPU fp32, 64 tokens, n=8
+    .venv/bin/python bench/worker.py                                  # SmolLM2, CPU, 64 tokens, n=8
+    .venv/bin/python bench/worker.py --dtype float32                  # the same in fp32
     .venv/bin/python bench/worker.py --model random-7b --device cuda  # 7B shapes, bf16, 256 tok, n=20
 
 Every reply decodes exactly ``--tokens`` tokens (``ignore_eos``). Scoring: a batch of
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--n", type=int, default=None, help="samples in the batched request (default 8; 20 on GPU)"
     )
+    parser.add_argument(
+        "--dtype",
+        default=os.environ.get("WORKER_DTYPE", "auto"),
+        choices=["auto", "float32", "bfloat16"],
+        help="weights (auto: bf16 on CUDA and on CPUs with native bf16)",
+    )
     parser.add_argument("--score-batch", type=int, default=24, help="sequences in the scoring batch")
     parser.add_argument("--score-token-budget", type=int, default=8192, help="padded tokens per scoring pass")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (median)")
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     load_start = time.perf_counter()
-    loaded = load_model(args.model, args.device)
+    loaded = load_model(args.model, args.device, args.dtype)
     load_s = time.perf_counter() - load_start
     gpu = loaded.device.type == "cuda"
     tokens = args.tokens or (256 if gpu else 64)

@@ -69,7 +69,10 @@ log = logging.getLogger(__name__)
 SAMPLING_EPS = 1e-5
 DECODE_MODES = ("fast", "eager", "legacy")
 DecodeMode = Literal["fast", "eager", "legacy"]
-_LM_HEAD_ROWS = 512  # rows of hidden states per lm_head slice when scoring (bounds logits memory)
+# Rows of hidden states per lm_head slice when scoring. On CPU a [64, vocab] fp32 slice (12.6 MB for
+# 49k tokens) stays in cache through conversion, log-softmax, gather and rank: 1.4x faster than 512
+# rows, which stream four 100 MB passes through memory. On CUDA larger slices mean fewer launches.
+_LM_HEAD_ROWS = {"cpu": 64, "cuda": 512}
 
 
 class EngineInputError(ValueError):
@@ -769,9 +772,10 @@ class Engine:
             top_empty = torch.zeros((0, top_k), device=hidden.device) if top_k > 0 else None
             return empty, empty.long(), top_empty, top_empty.long() if top_empty is not None else None
         lp_parts, rank_parts, tv_parts, ti_parts = [], [], [], []
-        for start in range(0, hidden.shape[0], _LM_HEAD_ROWS):
-            h = hidden[start : start + _LM_HEAD_ROWS]
-            t = targets[start : start + _LM_HEAD_ROWS]
+        rows = _LM_HEAD_ROWS.get(hidden.device.type, 512)
+        for start in range(0, hidden.shape[0], rows):
+            h = hidden[start : start + rows]
+            t = targets[start : start + rows]
             logprobs = self._logprobs_of(h)
             lp = logprobs.gather(1, t[:, None])[:, 0]
             lp_parts.append(lp)
@@ -946,6 +950,11 @@ class Engine:
         return [out[i] for i in members]
 
 
-def load_engine(model: str, device: str = "auto") -> Engine:
-    """Load ``model`` (see :mod:`workers.models`) and wrap it in an :class:`Engine` (blocking)."""
-    return Engine(load_model(model, device))
+def load_engine(model: str, device: str = "auto", dtype: str | None = None) -> Engine:
+    """Load ``model`` (see :mod:`workers.models`) and wrap it in an :class:`Engine` (blocking).
+    ``dtype`` None: the WORKER_DTYPE setting."""
+    if dtype is None:
+        from app.settings import get_settings
+
+        dtype = get_settings().worker_dtype
+    return Engine(load_model(model, device, dtype))

@@ -164,6 +164,9 @@ class LlamaRunner:
         self.rope_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.dtype = self.embed.dtype
         self.device = self.embed.device
+        # bf16/fp16 on CPU: decode attention in fp32 arithmetic (see _attend_fp32); fp32 on CPU keeps
+        # transformers' own SDPA call (decoding bit-identical to the transformers loop).
+        self.cpu_low_precision = self.device.type == "cpu" and self.dtype != torch.float32
         self.num_layers = len(inner.layers)
         self.vocab_size = int(self.lm_head.shape[0])
         self.fused = fuse
@@ -253,6 +256,45 @@ class LlamaRunner:
             inner = layer.act(F.linear(h, gate_w, gate_b)) * F.linear(h, up_w, up_b)
         return x + F.linear(inner, layer.down, layer.down_bias)
 
+    def _attend_fp32(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """One query per row, in fp32 arithmetic over low-precision K/V: [rows, 1, heads·head_dim].
+
+        Why: PyTorch's CPU flash-attention kernel costs ~0.6 ms per call for 8 bf16 rows (it is
+        built for long queries); this is ~0.15 ms, with the kernel's own fp32 accumulation.
+        ``prefix``: fp32 K/V of the first P positions, shared by all rows — every row's queries meet
+        it in one product (cascade attention), so the shared prompt is read once per step, not once
+        per row, and never converted again; one softmax spans prefix and own positions."""
+        rows, window = q.shape[0], keys.shape[2]
+        # The query heads of one KV head are its query rows (GQA without repeating K/V).
+        grouped = q.reshape(rows, self.num_kv_heads, self.groups, self.head_dim).float()
+        shared = 0 if prefix is None else prefix[0].shape[1]
+        own_keys = keys[:, :, shared:].float()
+        scores = torch.matmul(grouped, own_keys.transpose(-1, -2))  # [rows, kv_heads, groups, W - P]
+        if prefix is not None:
+            prefix_keys = prefix[0]
+            # [kv_heads, rows·groups, head_dim] x [kv_heads, head_dim, P]
+            stacked = grouped.permute(1, 0, 2, 3).reshape(self.num_kv_heads, rows * self.groups, -1)
+            prefix_scores = torch.bmm(stacked, prefix_keys.transpose(1, 2))
+            prefix_scores = prefix_scores.view(self.num_kv_heads, rows, self.groups, shared)
+            scores = torch.cat((prefix_scores.permute(1, 0, 2, 3), scores), dim=-1)
+        scores.mul_(self.scale)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.view(1, 1, 1, window), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        attn = torch.matmul(weights[..., shared:], values[:, :, shared:].float())
+        if prefix is not None:
+            prefix_weights = weights[..., :shared].permute(1, 0, 2, 3).reshape(self.num_kv_heads, -1, shared)
+            from_prefix = torch.bmm(prefix_weights, prefix[1])  # [kv_heads, rows·groups, head_dim]
+            attn = attn + from_prefix.view(self.num_kv_heads, rows, self.groups, -1).permute(1, 0, 2, 3)
+        return attn.to(q.dtype).reshape(rows, 1, -1)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits of final-normed hidden rows [..., H]."""
         return F.linear(hidden, self.lm_head, self.lm_head_bias).float()
@@ -282,24 +324,35 @@ class LlamaRunner:
         return _rms_norm(x[:, -1], self.norm, self.norm_eps)
 
     def decode(
-        self, ids: torch.Tensor, position: torch.Tensor, kv: KVCache, window: int, masked: bool
+        self,
+        ids: torch.Tensor,
+        position: torch.Tensor,
+        kv: KVCache,
+        window: int,
+        masked: bool,
+        prefix: KVCache | None = None,
     ) -> torch.Tensor:
         """One token per row: ``ids`` [rows] at ``position`` (0-dim long tensor, the same for every
         row). Writes its K/V there and attends to positions ``< window`` of the cache (``masked``:
         positions after ``position`` are masked out; else ``window`` must be ``position + 1``).
-        Returns hidden [rows, H] (final norm applied). No host synchronisation: graph-capturable."""
+        ``prefix`` (CPU low precision only): fp32 K/V [kv_heads, P, head_dim] per layer of the first P
+        positions, the same in every row (the shared prompt). Returns hidden [rows, H] (final norm
+        applied). No host synchronisation: graph-capturable."""
         rows = ids.shape[0]
         x = F.embedding(ids[:, None], self.embed)
         cos, sin = self._rope(position.view(1, 1))
         index = position.view(1)
         mask = (self._arange[:window] <= position).view(1, 1, 1, window) if masked else None
-        for layer, (keys, values) in zip(self.layers, kv, strict=True):
+        for number, (layer, (keys, values)) in enumerate(zip(self.layers, kv, strict=True)):
             q, k, v = self._qkv(layer, x, cos, sin)
             keys = keys[:rows]
             values = values[:rows]
             keys.index_copy_(2, index, k)
             values.index_copy_(2, index, v)
-            if mask is None:  # exact window: transformers' own SDPA call
+            if self.cpu_low_precision:
+                shared = prefix[number] if prefix is not None else None
+                attn = self._attend_fp32(q, keys[:, :, :window], values[:, :, :window], mask, shared)
+            elif mask is None:  # exact window: transformers' own SDPA call
                 attn = F.scaled_dot_product_attention(
                     q,
                     keys[:, :, :window],
@@ -342,6 +395,7 @@ class DecodeBatch:
         self.position_buf = position  # 0-dim long: the position the next step writes
         self.position = 0  # host copy
         self.compact = not decoder.graphs and not decoder.overlap
+        self.prefix: KVCache | None = None  # fp32 copy of the shared prompt's K/V (CPU low precision)
 
     def prefill(self, prompt: list[int]) -> torch.Tensor:
         """Prefill the prompt once (row 0), copy its K/V to every row; fp32 logits [1, V]."""
@@ -349,7 +403,16 @@ class DecodeBatch:
         length = len(prompt)
         ids = torch.tensor([prompt], dtype=torch.long, device=runner.device)
         hidden = runner.prefill(ids, self.kv)
-        if self.rows > 1:
+        if runner.cpu_low_precision and not self.decoder.bucketed:
+            # Rows attend to the prompt through one shared fp32 copy (see LlamaRunner._attend_fp32).
+            self.prefix = [
+                (
+                    keys[0, :, :length].to(torch.float32, copy=True),
+                    values[0, :, :length].to(torch.float32, copy=True),
+                )
+                for keys, values in self.kv
+            ]
+        elif self.rows > 1:
             for keys, values in self.kv:
                 keys[1 : self.rows, :, :length] = keys[0:1, :, :length]
                 values[1 : self.rows, :, :length] = values[0:1, :, :length]
@@ -384,20 +447,22 @@ class DecodeBatch:
             self.rows = len(rows)
             return
         index = torch.tensor(rows, dtype=torch.long, device=self.inputs.device)
+        start = self.prefix[0][0].shape[1] if self.prefix is not None else 0  # the shared prompt stays
         end = self.position
         for keys, values in self.kv:
-            keys[: len(rows), :, :end] = keys.index_select(0, index)[:, :, :end]
-            values[: len(rows), :, :end] = values.index_select(0, index)[:, :, :end]
+            keys[: len(rows), :, start:end] = keys[:, :, start:end].index_select(0, index)
+            values[: len(rows), :, start:end] = values[:, :, start:end].index_select(0, index)
         self.rows = len(rows)
 
     def step_body(self, window: int, masked: bool) -> Callable[[], None]:
         runner = self.decoder.runner
         rows = self.rows
         kv = self.kv
+        prefix = self.prefix
         inputs, position, out = self.inputs, self.position_buf, self.logits_buf
 
         def body() -> None:
-            hidden = runner.decode(inputs[:rows], position, kv, window, masked)
+            hidden = runner.decode(inputs[:rows], position, kv, window, masked, prefix)
             out[:rows].copy_(runner.logits(hidden))
 
         return body

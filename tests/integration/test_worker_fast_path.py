@@ -39,7 +39,7 @@ CASES: list[dict[str, Any]] = [
 @pytest.fixture(scope="module")
 def tiny() -> LoadedModel:
     torch.set_num_threads(1)
-    return load_model("tiny-random", "cpu")
+    return load_model("tiny-random", "cpu", "float32")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,12 @@ def engines(tiny: LoadedModel) -> Iterator[dict[str, Engine]]:
             tiny.model, overlap=overlap, bucketed=bucketed, on_forward=engine._count_forward
         )
         made[name] = engine
+    # The CPU bf16 attention (fp32 arithmetic, one shared copy of the prompt's K/V) run on fp32
+    # weights: its only difference from the transformers loop is then the attention arithmetic.
+    cascade = _engine(tiny, "fast")
+    assert cascade.fast is not None
+    cascade.fast.runner.cpu_low_precision = True
+    made["cascade"] = cascade
     yield made
     for engine in made.values():
         engine.close()
@@ -203,6 +209,28 @@ def test_cuda_shaped_decode_reproducible_and_consistent(
     long = _run(engine, prompt, n=5, max_tokens=70, seed=4, ignore_eos=True)  # crosses window buckets
     assert all(len(s.token_ids) == 70 and s.finish_reason == "length" for s in long)
     assert all(math.isfinite(v) and v <= 0 for s in long for v in s.logprobs)
+
+
+# Unprocessed distributions only (temperature 1, top-p 1, no min_tokens ban): teacher forcing's own.
+@pytest.mark.parametrize(
+    "case", [CASES[0], CASES[3], CASES[5], CASES[6]], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+)
+def test_cpu_low_precision_attention_is_teacher_forcing(
+    engines: dict[str, Engine], prompt: list[int], case: dict[str, Any]
+) -> None:
+    """The bf16-on-CPU attention (fp32 arithmetic; the prompt's K/V shared by all rows, finished rows
+    dropped) gives every sampled token the log-prob that teacher forcing gives it, position by
+    position. (Token-for-token equality with the transformers loop is not required: a 1e-7 change
+    of the probabilities may move an inverse-CDF draw in the long tail to the next token id.)"""
+    engine = engines["cascade"]
+    samples = _run(engine, prompt, **case)
+    assert [s.token_ids for s in _run(engine, prompt, **case)] == [s.token_ids for s in samples]
+    scores = engine.score([prompt + s.token_ids for s in samples])
+    for sample, scored in zip(samples, scores, strict=True):
+        teacher = scored.token_logprobs[len(prompt) :]
+        assert sample.logprobs == pytest.approx(teacher, abs=TOL)
+    if case.get("ignore_eos") is None and case["n"] > 1:
+        assert len({len(s.token_ids) for s in samples}) > 1  # rows finished early and were dropped
 
 
 def test_force_ignore_eos(tiny: LoadedModel, prompt: list[int]) -> None:
