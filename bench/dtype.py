@@ -99,6 +99,7 @@ def main() -> None:
     sequence_errors: list[float] = []
     allocation_tv: list[float] = []
     payment_errors: list[float] = []
+    payment_sizes: list[float] = []
     same_choice = 0
     instances = load_instances(INSTANCES, args.instances)
     for index, instance in enumerate(tqdm(instances, desc="instances")):
@@ -136,6 +137,7 @@ def main() -> None:
             0.5 * float(np.abs(exact_outcome.probabilities - rounded_outcome.probabilities).sum())
         )
         payment_errors.extend(np.abs(exact_outcome.payments - rounded_outcome.payments).tolist())
+        payment_sizes.extend(np.abs(exact_outcome.payments).tolist())
         same_choice += int(exact_outcome.chosen_index == rounded_outcome.chosen_index)
 
     # Speed, each dtype: decode n=1 / n=8 and scoring, on the first instance's prompts.
@@ -168,6 +170,7 @@ def main() -> None:
         ("|Δ log-prob| per reply (nats)", sequence_errors),
         ("allocation TV distance", allocation_tv),
         ("|Δ payment| (value units)", payment_errors),
+        ("|payment| in fp32, for scale", payment_sizes),
     ):
         median, p90, worst = quantiles(values)
         precision.add_row(label, f"{median:.4f}", f"{p90:.4f}", f"{worst:.4f}")
