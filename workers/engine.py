@@ -813,6 +813,51 @@ class Engine:
             top_entries = [[]] + [list(zip(ids[t], values[t], strict=True)) for t in range(len(prompt) - 1)]
         return PromptScores(token_logprobs=token_logprobs, ranks=ranks, top=top_entries)
 
+    def _chunk_rows(
+        self,
+        hidden: torch.Tensor,
+        prompts: list[list[int]],
+        chunk: list[int],
+        offset: int,
+        top_k: int,
+        keep_last: bool,
+    ) -> tuple[
+        list[float],
+        list[int],
+        list[list[float]] | None,
+        list[list[int]] | None,
+        list[tuple[int, int]],
+        torch.Tensor | None,
+    ]:
+        """Log-probs of a forward pass over ``prompts[i][offset:]`` for each ``i`` in ``chunk`` (row b of
+        ``hidden`` holds member b from position ``offset``): flat per-position lists, each member's span
+        in them, and (``keep_last``) the full log-prob rows after each member's last token."""
+        rows, targets, spans = [], [], []
+        start = 0
+        for b, i in enumerate(chunk):
+            length = len(prompts[i]) - offset
+            rows.append(hidden[b, : length - 1])
+            targets.extend(prompts[i][offset + 1 :])
+            spans.append((start, start + length - 1))
+            start += length - 1
+        flat = torch.cat(rows) if rows else hidden.new_zeros((0, hidden.shape[-1]))
+        lp_t, rank_t, tv_t, ti_t = self._rows_logprobs(
+            flat, torch.tensor(targets, dtype=torch.long, device=self.device), top_k
+        )
+        last_rows = None
+        if keep_last:
+            last_rows = self._logprobs_of(
+                torch.stack([hidden[b, len(prompts[i]) - offset - 1] for b, i in enumerate(chunk)])
+            )
+        return (
+            lp_t.tolist(),
+            rank_t.tolist(),
+            tv_t.tolist() if tv_t is not None else None,
+            ti_t.tolist() if ti_t is not None else None,
+            spans,
+            last_rows,
+        )
+
     def _score_plain(
         self, prompts: list[list[int]], chunk: list[int], top_k: int, keep_last: bool
     ) -> list[_Scored]:
@@ -830,26 +875,7 @@ class Engine:
             position_ids=positions.to(self.device),
             use_cache=False,
         )
-        rows, targets, spans = [], [], []
-        start = 0
-        for b, i in enumerate(chunk):
-            length = len(prompts[i])
-            rows.append(hidden[b, : length - 1])
-            targets.extend(prompts[i][1:])
-            spans.append((start, start + length - 1))
-            start += length - 1
-        flat = torch.cat(rows) if rows else hidden.new_zeros((0, hidden.shape[-1]))
-        lp_t, rank_t, tv_t, ti_t = self._rows_logprobs(
-            flat, torch.tensor(targets, dtype=torch.long, device=self.device), top_k
-        )
-        lp, rank = lp_t.tolist(), rank_t.tolist()
-        tv = tv_t.tolist() if tv_t is not None else None
-        ti = ti_t.tolist() if ti_t is not None else None
-        last_rows = None
-        if keep_last:
-            last_rows = self._logprobs_of(
-                torch.stack([hidden[b, len(prompts[i]) - 1] for b, i in enumerate(chunk)])
-            )
+        lp, rank, tv, ti, spans, last_rows = self._chunk_rows(hidden, prompts, chunk, 0, top_k, keep_last)
         out = []
         for b, i in enumerate(chunk):
             s, e = spans[b]
@@ -909,26 +935,9 @@ class Engine:
                 use_cache=True,
             )
             del chunk_cache
-            rows, targets, spans = [], [], []
-            start = 0
-            for b, i in enumerate(chunk):
-                s_len = len(prompts[i]) - prefix_len
-                rows.append(hidden[b, : s_len - 1])
-                targets.extend(prompts[i][prefix_len + 1 :])
-                spans.append((start, start + s_len - 1))
-                start += s_len - 1
-            flat = torch.cat(rows)
-            lp_t, rank_t, tv_t, ti_t = self._rows_logprobs(
-                flat, torch.tensor(targets, dtype=torch.long, device=self.device), top_k
+            lp, rank, tv, ti, spans, last_rows = self._chunk_rows(
+                hidden, prompts, chunk, prefix_len, top_k, keep_last
             )
-            lp, rank = lp_t.tolist(), rank_t.tolist()
-            tv = tv_t.tolist() if tv_t is not None else None
-            ti = ti_t.tolist() if ti_t is not None else None
-            last_rows = None
-            if keep_last:
-                last_rows = self._logprobs_of(
-                    torch.stack([hidden[b, len(prompts[i]) - prefix_len - 1] for b, i in enumerate(chunk)])
-                )
             for b, i in enumerate(chunk):
                 s, e = spans[b]
                 first = prompts[i][prefix_len]
