@@ -58,6 +58,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -291,6 +292,40 @@ def _decode_cache(config: Any, capacity: int) -> DynamicCache:
         _PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers
     ]
     return cache
+
+
+SAMPLE_BLOCK = 256  # tokens per block of the two-level CDF (about √vocab for 50k-token vocabularies)
+
+
+def inverse_cdf_sample(
+    probs: torch.Tensor, uniforms: torch.Tensor, block: int = SAMPLE_BLOCK
+) -> torch.Tensor:
+    """Token ``j`` per row with ``CDF[j-1] <= u·total < CDF[j]``: ``probs`` [rows, V] (unnormalised,
+    ≥ 0, positive total), ``uniforms`` [rows] in [0, 1), float64 arithmetic.
+
+    Two levels, the same token as one float64 cumulative sum over the whole vocabulary: the block
+    whose cumulative mass passes ``u·total`` (float64 sums of ``block`` tokens, a cumulative sum over
+    V/block of them), then the token inside that block (a cumulative sum of ``block`` values). Why:
+    a float64 cumulative sum over 49k tokens runs sequentially per row (3.1 ms for 8 rows on a
+    2-core CPU, 0.4 ms this way). A token of probability 0 is never drawn (its interval is empty;
+    rounding at the ends of an interval is clamped into it).
+    """
+    rows, vocab = probs.shape
+    pad = (-vocab) % block
+    padded = F.pad(probs, (0, pad)) if pad else probs
+    blocks = padded.reshape(rows, -1, block)
+    block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # [rows, V / block]
+    total = block_cdf[:, -1:]
+    zero = torch.zeros_like(total)
+    target = torch.minimum(uniforms.to(torch.float64)[:, None] * total, torch.nextafter(total, zero))
+    chosen_block = torch.searchsorted(block_cdf, target, right=True)  # [rows, 1]: its mass passes target
+    before = torch.where(chosen_block > 0, block_cdf.gather(1, (chosen_block - 1).clamp(min=0)), zero)
+    inner = blocks.gather(1, chosen_block[:, :, None].expand(-1, -1, block))[:, 0]
+    inner_cdf = inner.cumsum(dim=-1, dtype=torch.float64)  # [rows, block]
+    inner_total = inner_cdf[:, -1:]
+    rest = torch.minimum((target - before).clamp(min=0.0), torch.nextafter(inner_total, zero))
+    within = torch.searchsorted(inner_cdf, rest, right=True)
+    return (chosen_block * block + within)[:, 0]
 
 
 class Engine:
@@ -545,18 +580,17 @@ class Engine:
     def _draw(logprobs: torch.Tensor, greedy: bool, generator: torch.Generator) -> torch.Tensor:
         """One token per row from ``exp(logprobs)``: argmax when greedy, else inverse-CDF sampling.
 
-        One uniform draw per row from the request's generator (cheap and reproducible); the CDF is
-        accumulated in float64 so no token's probability is distorted by rounding.
+        One uniform draw per row from the request's generator (cheap and reproducible), inverted
+        through the float64 CDF by :func:`inverse_cdf_sample` (no token's probability is distorted by
+        rounding).
         """
         best = logprobs.argmax(dim=-1)
         if greedy:
             return best
-        cdf = logprobs.exp().cumsum(dim=-1, dtype=torch.float64)
-        u = torch.rand(
-            (logprobs.shape[0], 1), generator=generator, device=logprobs.device, dtype=torch.float64
+        uniforms = torch.rand(
+            (logprobs.shape[0],), generator=generator, device=logprobs.device, dtype=torch.float64
         )
-        drawn = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0]
-        return torch.where(drawn >= logprobs.shape[-1], best, drawn)
+        return inverse_cdf_sample(logprobs.exp(), uniforms)
 
     def _forward_last(self, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)

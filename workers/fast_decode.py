@@ -533,9 +533,11 @@ class FastDecoder:
         if pool is None or pool.numel() < size:
             self._graphs.clear()  # they point into the old pool
             self._pool = pool = None
-            # Zeroed: masked positions are still read (weight 0), and 0 x NaN from uninitialised
-            # memory would poison the attention. Later requests leave finite values behind.
-            pool = torch.zeros(size, dtype=r.dtype, device=self.device)
+            # Bucketed shapes: zeroed, masked positions are still read (weight 0), and 0 x NaN from
+            # uninitialised memory would poison the attention (later requests leave finite values
+            # behind). Exact windows read only written positions: no need to zero 20+ MB per request.
+            allocate = torch.zeros if self.bucketed else torch.empty
+            pool = allocate(size, dtype=r.dtype, device=self.device)
             if keep_pool:
                 self._pool = pool
         view = pool[:size].view(shape)
