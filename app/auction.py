@@ -145,25 +145,30 @@ class CandidateSampler:
         context_chat = context_messages(request.query, profiles)
         advertiser_chats = [advertiser_messages(request.query, profile) for profile in profiles]
 
-        # One tokenize per prompt, spread over the workers, in parallel.
+        # One tokenize per prompt, spread over the workers, all sent at once. Generation waits only for
+        # the prompts it samples from (0: reference, 1: context); the other answers are read while it runs.
         chats = [reference_chat, context_chat, *advertiser_chats]
-        prompt_ids = await clock.timed(
-            "tokenize",
-            asyncio.gather(
-                *(
-                    self.engine.tokenize_chat(chat, first_worker=index, stats=worker_stats)
-                    for index, chat in enumerate(chats)
-                )
-            ),
-        )
+        tokenized = [
+            asyncio.ensure_future(self.engine.tokenize_chat(chat, first_worker=index, stats=worker_stats))
+            for index, chat in enumerate(chats)
+        ]
+        sampled_from = {"reference": (0,), "context": (1,), "mixture": (0, 1)}[request.proposal]
+        try:
+            await clock.timed("tokenize", asyncio.gather(*(tokenized[index] for index in sampled_from)))
+            ready = [tokenized[index].result() if index in sampled_from else [] for index in (0, 1)]
+            candidate_set = await clock.timed(
+                "generate",
+                self._draw_candidates(
+                    request, num_candidates, max_tokens, seed, ready[0], ready[1], worker_stats
+                ),
+            )
+            prompt_ids = await asyncio.gather(*tokenized)
+        finally:
+            for pending in tokenized:  # a failed auction leaves no request behind, no error unread
+                if pending.done() and not pending.cancelled():
+                    pending.exception()
+                pending.cancel()
         reference_ids, context_ids, advertiser_ids = prompt_ids[0], prompt_ids[1], prompt_ids[2:]
-
-        candidate_set = await clock.timed(
-            "generate",
-            self._draw_candidates(
-                request, num_candidates, max_tokens, seed, reference_ids, context_ids, worker_stats
-            ),
-        )
         candidates = candidate_set.candidates
         # Score every candidate's exact reply tokens (EOS included) under π_ref, each π_i, and for the
         # mixture under the context prompt too: one batch, split over the workers.

@@ -449,10 +449,11 @@ class _Pending:
 class LedgerConsumer:
     """One member of the ledger consumer group. Safe to run several, and to kill at any point."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings, name: str) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, name: str, linger_s: float = 0.0) -> None:
         self.redis = redis
         self.settings = settings
         self.name = name
+        self.linger_s = linger_s  # pause between a read and its apply (the embedded consumer)
         self.keys = LedgerKeys.default()
         self._apply_sha: str | None = None
         self._dead_sha: str | None = None
@@ -658,6 +659,11 @@ class LedgerConsumer:
             raw += await self._read(">", size - len(raw), block)
         if not raw:
             return 0
+        if self.linger_s > 0:
+            # Inside the gateway: the read wakes up the moment an auction's XADD lands, while that
+            # auction is still answering; apply after it (~0.5 ms less gateway overhead). The entries
+            # stay pending meanwhile: a crash here redelivers them, as at any other point.
+            await asyncio.sleep(self.linger_s)
 
         items: list[_Pending] = []
         for entry_id, fields in raw:

@@ -22,7 +22,7 @@ from app.prompts import ChatMessage
 from app.settings import Settings
 from workers.protocol import (
     CompletionRequest,
-    CompletionResponse,
+    CompletionResponseView,
     ModelList,
     TokenizeChatRequest,
     TokenizeResponse,
@@ -225,7 +225,7 @@ class EngineClient:
                 ignore_eos=ignore_eos,
             )
             requests.append(
-                self._call("POST", "/v1/completions", request, CompletionResponse, worker_index, stats)
+                self._call("POST", "/v1/completions", request, CompletionResponseView, worker_index, stats)
             )
         responses = await asyncio.gather(*requests)
         candidates: list[GeneratedCandidate] = []
@@ -264,7 +264,7 @@ class EngineClient:
                 return_token_ids=True,
             )
             response = await self._call(
-                "POST", "/v1/completions", request, CompletionResponse, chunk_index % num_workers, stats
+                "POST", "/v1/completions", request, CompletionResponseView, chunk_index % num_workers, stats
             )
             return _sequence_logprob_sums(response, sequences, prompt_lengths, offset=start)
 
@@ -317,7 +317,7 @@ def _candidate_from_choice(choice: Any) -> GeneratedCandidate:
 
 
 def _sequence_logprob_sums(
-    response: CompletionResponse, sequences: list[list[int]], prompt_lengths: list[int], offset: int
+    response: CompletionResponseView, sequences: list[list[int]], prompt_lengths: list[int], offset: int
 ) -> list[float]:
     choices = sorted(response.choices, key=lambda choice: choice.index)
     sums: list[float] = []

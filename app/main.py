@@ -151,7 +151,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stop_consumer = asyncio.Event()
         consumer_task: asyncio.Task[None] | None = None
         if settings.billing_embedded_consumer:
-            consumer = LedgerConsumer(redis_handle.client, settings, name="embedded")
+            consumer = LedgerConsumer(
+                redis_handle.client,
+                settings,
+                name="embedded",
+                linger_s=settings.billing_embedded_linger_ms / 1000,
+            )
             await consumer.ensure_group()
             consumer_task = asyncio.create_task(consumer.run(stop_consumer), name="ledger-consumer")
         # Everything loaded so far (modules, the model, settings) lives as long as the process: move it

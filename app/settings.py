@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     billing_embedded_consumer: bool = Field(
         True, description="Run the ledger consumer inside `mosaic serve` (the embedded default)."
     )
+    billing_embedded_linger_ms: float = Field(
+        5.0,
+        ge=0,
+        description="The embedded consumer waits this long after a read before applying it, so the "
+        "auction that appended the event sends its reply first (they share one event loop).",
+    )
     billing_fault_pause_before_ack_s: float = Field(
         0.0, ge=0, description="Fault injection for tests: pause between the Lua apply and XACK."
     )

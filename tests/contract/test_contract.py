@@ -14,7 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from workers.protocol import CompletionResponse, ErrorResponse, ModelList, TokenizeResponse
+from workers.protocol import (
+    CompletionResponse,
+    CompletionResponseView,
+    ErrorResponse,
+    ModelList,
+    TokenizeResponse,
+)
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -47,7 +53,24 @@ def _complete(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     response = client.post("/v1/completions", json=body)
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
-    CompletionResponse.model_validate(data)  # the gateway's parser accepts it
+    CompletionResponse.model_validate(data)  # the full contract model accepts it
+    view = CompletionResponseView.model_validate(data)  # and so does the gateway's reader, same values
+    for choice, read in zip(data["choices"], view.choices, strict=True):
+        assert (read.index, read.text, read.token_ids) == (
+            choice["index"],
+            choice["text"],
+            choice.get("token_ids"),
+        )
+        if choice.get("logprobs") is not None:
+            assert read.logprobs is not None
+            assert read.logprobs.token_logprobs == choice["logprobs"]["token_logprobs"]
+        if choice.get("prompt_logprobs") is not None:
+            assert read.prompt_logprobs == [
+                None
+                if entry is None
+                else {key: {"logprob": value["logprob"]} for key, value in entry.items()}
+                for entry in choice["prompt_logprobs"]
+            ]
     return data
 
 
