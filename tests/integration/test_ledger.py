@@ -148,6 +148,32 @@ def test_events_are_applied_once_with_double_entry(redis_server: RedisServerProc
     run_with_client(redis_server.url, body)
 
 
+def test_embedded_linger_lets_the_writer_answer_first_then_applies(redis_server: RedisServerProcess) -> None:
+    """The embedded consumer (linger) shares the writer's event loop: after its read wakes up it
+    waits, so a coroutine that runs on right after its own XADD finishes before any apply work; the
+    event is applied once all the same, and left pending (redeliverable) during the wait."""
+    settings = ledger_settings(redis_server.url, billing_block_ms=5000)
+    event = random_events(1, seed=7, prefix="linger")[0]
+
+    async def body(redis: aioredis.Redis) -> None:
+        consumer = LedgerConsumer(redis, settings, "embedded", linger_s=0.3)
+        await consumer.ensure_group()
+        batch = asyncio.create_task(consumer.process_batch())
+        await asyncio.sleep(0.05)  # the consumer is now blocked in XREADGROUP
+        await BillingProducer(redis, settings).append(event)
+        appended = time.monotonic()
+        await asyncio.sleep(0.1)  # the writer's own work after its XADD, inside the linger
+        assert not batch.done()
+        summary = await LedgerReader(redis, settings).summary()
+        assert (summary["events_applied"], summary["pending"]) == (0, 1)
+        assert await batch == 1
+        assert time.monotonic() - appended >= 0.3 - 0.02
+        assert consumer.stats["applied"] == 1
+        assert (await LedgerReader(redis, settings).summary())["pending"] == 0
+
+    run_with_client(redis_server.url, body)
+
+
 def test_conflicting_duplicate_is_dead_lettered_not_applied(redis_server: RedisServerProcess) -> None:
     settings = ledger_settings(redis_server.url)
     first = make_billing_event("dup-1", {"a": 1.0, "b": 2.0}, "USD", now_ms=1)
