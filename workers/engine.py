@@ -70,10 +70,11 @@ log = logging.getLogger(__name__)
 SAMPLING_EPS = 1e-5
 DECODE_MODES = ("fast", "eager", "legacy")
 DecodeMode = Literal["fast", "eager", "legacy"]
-# Rows of hidden states per lm_head slice when scoring. On CPU a [64, vocab] fp32 slice (12.6 MB for
-# 49k tokens) stays in cache through conversion, log-softmax, gather and rank: 1.4x faster than 512
-# rows, which stream four 100 MB passes through memory. On CUDA larger slices mean fewer launches.
-_LM_HEAD_ROWS = {"cpu": 64, "cuda": 512}
+# Scoring's lm_head: (rows per matrix product, rows per log-softmax/gather/rank slice). On CPU the
+# product wants many rows (the [vocab, H] weight is streamed once per product: 256 rows take 20% less
+# time than 4 x 64), while a [16, vocab] fp32 slice (3 MB) stays in cache through conversion,
+# log-softmax, gather and rank (half the time of 64-row slices). On CUDA: fewer, larger launches.
+_LM_HEAD_ROWS = {"cpu": (256, 16), "cuda": (512, 512)}
 
 
 class EngineInputError(ValueError):
@@ -806,18 +807,19 @@ class Engine:
             top_empty = torch.zeros((0, top_k), device=hidden.device) if top_k > 0 else None
             return empty, empty.long(), top_empty, top_empty.long() if top_empty is not None else None
         lp_parts, rank_parts, tv_parts, ti_parts = [], [], [], []
-        rows = _LM_HEAD_ROWS.get(hidden.device.type, 512)
-        for start in range(0, hidden.shape[0], rows):
-            h = hidden[start : start + rows]
-            t = targets[start : start + rows]
-            logprobs = self._logprobs_of(h)
-            lp = logprobs.gather(1, t[:, None])[:, 0]
-            lp_parts.append(lp)
-            rank_parts.append((logprobs > lp[:, None]).sum(dim=-1) + 1)
-            if top_k > 0:
-                tv, ti = torch.topk(logprobs, top_k, dim=-1)
-                tv_parts.append(tv)
-                ti_parts.append(ti)
+        product_rows, slice_rows = _LM_HEAD_ROWS.get(hidden.device.type, (512, 512))
+        for start in range(0, hidden.shape[0], product_rows):
+            logits = self._lm_head(hidden[start : start + product_rows])
+            for offset in range(0, logits.shape[0], slice_rows):
+                logprobs = self._normalise(logits[offset : offset + slice_rows])
+                first = start + offset
+                lp = logprobs.gather(1, targets[first : first + logprobs.shape[0], None])[:, 0]
+                lp_parts.append(lp)
+                rank_parts.append(torch.count_nonzero(logprobs > lp[:, None], dim=-1) + 1)
+                if top_k > 0:
+                    tv, ti = torch.topk(logprobs, top_k, dim=-1)
+                    tv_parts.append(tv)
+                    ti_parts.append(ti)
         return (
             torch.cat(lp_parts),
             torch.cat(rank_parts),
@@ -826,7 +828,11 @@ class Engine:
         )
 
     def _logprobs_of(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self._lm_head(hidden).float()
+        return self._normalise(self._lm_head(hidden))
+
+    def _normalise(self, logits: torch.Tensor) -> torch.Tensor:
+        """Full-distribution fp32 log-probs of raw lm_head rows (softcap first, as the model does)."""
+        logits = logits.float()
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return torch.log_softmax(logits, dim=-1)

@@ -376,3 +376,32 @@ def test_in_process_apps_share_one_process(local_model: LoadedModel) -> None:
         asyncio.run(run())
     finally:
         engine.close()
+
+
+def test_scores_and_ranks_equal_a_direct_forward(local_model: LoadedModel, prompt: list[int]) -> None:
+    """Every position's log-prob and rank against one plain forward + log_softmax, for sequences long
+    enough to cross the scoring pass's lm_head product and slice boundaries (256 and 16 rows on CPU)."""
+    from workers.engine import Engine
+
+    gen = torch.Generator().manual_seed(3)
+    vocab = local_model.vocab_size
+    sequences = [prompt + torch.randint(3, vocab, (length,), generator=gen).tolist() for length in (300, 41)]
+    engine = Engine(local_model, prefix_sharing=False)
+    scored = engine.score(sequences)
+    engine.close()
+    exact_ranks = positions = 0
+    for sequence, got in zip(sequences, scored, strict=True):
+        with torch.inference_mode():
+            logits = local_model.model(input_ids=torch.tensor([sequence])).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for position in range(1, len(sequence)):
+            row = logprobs[position - 1]
+            expected = float(row[sequence[position]])
+            assert got.token_logprobs[position] == pytest.approx(expected, abs=TOL)
+            rank = got.ranks[position]
+            assert rank is not None
+            expected_rank = int((row > row[sequence[position]]).sum()) + 1
+            assert abs(rank - expected_rank) <= max(2, expected_rank // 1000)  # float near-ties
+            exact_ranks += rank == expected_rank
+            positions += 1
+    assert exact_ranks >= 0.95 * positions
