@@ -23,7 +23,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: PORT).")] = None,
 ) -> None:
     """Run the gateway. With nothing configured: + in-process worker + embedded Redis + ledger."""
-    from app.main import serve as run_gateway
+    from app.gateway.app import serve as run_gateway
     from app.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -75,7 +75,7 @@ def auction(
     show_candidates: Annotated[bool, typer.Option(help="Print the candidate table.")] = False,
 ) -> None:
     """Run one auction and print the reply and a payments table."""
-    from app.auction_cli import run_auction_command
+    from app.auction.cli import run_auction_command
 
     raise typer.Exit(
         run_auction_command(

@@ -8,7 +8,7 @@ row is then computed from the cache by `app.mechanism` alone, so a rerun skips f
 
 Smaller M reuse prefixes of the largest draw. The candidates of one proposal are i.i.d., so the first
 M of them are a draw of M candidates. For ``mixture`` the service draws a context pool and a reference
-pool (`app.auction.mixture_counts` of the largest M) with independent seeds; M's candidate set is the
+pool (`app.auction.sampler.mixture_counts` of the largest M) with independent seeds; M's candidate set is the
 first ``mixture_counts(M)`` of each pool, and its ``log q`` is the balance-heuristic mixture with the
 shares of that M (exactly what the service computes for an auction of M candidates).
 
@@ -47,11 +47,11 @@ from tqdm import tqdm
 
 from app import evaluation_metrics as metrics
 from app import mechanism
-from app.engine_client import derive_seed
+from app.auction.engine_client import derive_seed
 
 if TYPE_CHECKING:
-    from app.auction import CandidateSampler
-    from app.engine_client import EngineClient
+    from app.auction.engine_client import EngineClient
+    from app.auction.sampler import CandidateSampler
 
 logger = logging.getLogger(__name__)
 
@@ -344,8 +344,8 @@ def tau_grid(num_advertisers: int, taus: Sequence[float] | None) -> list[TauSett
 
 
 def mixture_counts(num_candidates: int, context_share: float) -> tuple[int, int]:
-    """The service's (context, reference) split of M mixture draws (`app.auction.mixture_counts`)."""
-    from app.auction import mixture_counts as service_mixture_counts
+    """The service's (context, reference) split of M mixture draws (`app.auction.sampler.mixture_counts`)."""
+    from app.auction.sampler import mixture_counts as service_mixture_counts
 
     return service_mixture_counts(num_candidates, context_share)
 
@@ -532,8 +532,8 @@ class _Engine:
 async def _open_engine(url: str | None, model: str) -> _Engine:
     import httpx
 
-    from app.auction import CandidateSampler
-    from app.engine_client import EngineClient
+    from app.auction.engine_client import EngineClient
+    from app.auction.sampler import CandidateSampler
     from app.settings import Settings
 
     transports: dict[str, httpx.AsyncBaseTransport] = {}
@@ -556,7 +556,7 @@ async def _open_engine(url: str | None, model: str) -> _Engine:
 async def _collect_unit(
     engine: _Engine, spec: UnitSpec, num_candidates: int, max_tokens: int, config: dict[str, Any]
 ) -> UnitData:
-    from app.schemas import AdvertiserIn, AuctionRequest
+    from app.gateway.schemas import AdvertiserIn, AuctionRequest
 
     request = AuctionRequest(
         query=spec.instance.query,

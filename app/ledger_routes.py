@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from app.billing import MAX_ID_LENGTH, LedgerReader
-from app.security import require_api_key
+from app.gateway.security import require_api_key
 from app.settings import Settings
 
 router = APIRouter(prefix="/ledger", tags=["ledger"], dependencies=[Depends(require_api_key)])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.auction_cli import parse_advertiser
+from app.auction.cli import parse_advertiser
 from app.cli import cli
 
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app.main import create_app
+from app.gateway.app import create_app
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess, start_redis_server
 from tests.fixtures_worker import WorkerProcess, start_worker_process

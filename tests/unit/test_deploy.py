@@ -3,7 +3,7 @@ k8s/ and the settings table of docs/DEPLOY.md.
 
 No Docker engine or cluster is needed. What they check against is the code itself: the settings
 (app.settings.Settings), the `mosaic` command (the typer app of app.cli, through its click object),
-the gateway's routes (app.main.create_app) and each other (ports, names, selectors, secrets). Where a
+the gateway's routes (app.gateway.app.create_app) and each other (ports, names, selectors, secrets). Where a
 validator is installed (docker-compose, the compose-spec schema of check-jsonschema,
 kubernetes-validate, hadolint) its test runs it; otherwise that test is skipped.
 """
@@ -1195,9 +1195,7 @@ def test_kubernetes_redis_is_a_durable_statefulset() -> None:
 
 # ======================================================================== routes of the code
 def _gateway_routes() -> set[str]:
-    if not (ROOT / "app" / "main.py").exists():
-        pytest.skip("app/main.py (create_app) does not exist yet")
-    from app.main import create_app
+    from app.gateway.app import create_app
 
     app = create_app(Settings(worker_urls=["http://127.0.0.1:9"], redis_url="redis://127.0.0.1:9/0"))
     # Top-level routes, plus the OpenAPI paths (FastAPI may include routers lazily, so their routes

@@ -36,7 +36,7 @@ async def _post_auction(
     if url is not None:
         async with httpx.AsyncClient(base_url=url, timeout=600) as client:
             return await client.post("/auction", json=payload, headers=headers)
-    from app.main import create_app
+    from app.gateway.app import create_app
 
     overrides: dict[str, Any] = {"log_level": "WARNING"}
     if model is not None:

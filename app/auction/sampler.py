@@ -1,19 +1,17 @@
-"""Orchestration of one auction: prompts → tokenize → generate → score → mechanism → bill.
+"""The candidate set of one auction: prompts → tokenize → generate M candidates → score them.
 
-I/O lives here and in the clients it calls; the mathematics is `app.mechanism` (pure). The candidate
-set (M, proposal, mixture shares, seeds) depends only on the request's query, descriptions and
-settings, never on the advertisers' rewards (MECHANISM.md, last section).
+Report-independent by construction: the candidate set (M, proposal, mixture shares, seeds) depends only
+on the request's query, descriptions and settings, never on the advertisers' rewards (MECHANISM.md,
+last section). The service (`app.auction.service`) and the evaluation (`app.evaluation`) both draw
+through this class. Imports: the prompts, the mechanism's mixture density, the engine client and the
+request models; no billing, no HTTP server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import math
-import secrets
 import time
-import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -21,40 +19,19 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from app import mechanism
-from app.billing import BillingProducer, make_billing_event
-from app.engine_client import EngineClient, GeneratedCandidate, WorkerCallStats, derive_seed
-from app.metrics import GatewayMetrics
+from app.auction.engine_client import EngineClient, GeneratedCandidate, WorkerCallStats, derive_seed
+from app.gateway.schemas import AuctionRequest, AuctionTimings
 from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
-from app.schemas import (
-    AdvertiserResult,
-    AuctionRecord,
-    AuctionRequest,
-    AuctionResponse,
-    AuctionTimings,
-    CandidateRecord,
-)
 from app.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 CandidateSource = Literal["context", "reference"]
 
-AUCTION_KEY_PREFIX = "mosaic:auction:"
-
 # Stream numbers for derive_seed: each random choice of an auction gets its own reproducible seed.
-_SEED_CONTEXT_DRAWS = 1
-_SEED_REFERENCE_DRAWS = 2
-_SEED_ALLOCATION = 3
-
-
-class AuctionDeadlineError(Exception):
-    """The auction deadline (AUCTION_DEADLINE_S) passed before the mechanism ran: 504."""
-
-
-def auction_key(auction_id: str) -> str:
-    return f"{AUCTION_KEY_PREFIX}{auction_id}"
+SEED_CONTEXT_DRAWS = 1
+SEED_REFERENCE_DRAWS = 2
+SEED_ALLOCATION = 3
 
 
 @dataclass
@@ -216,8 +193,8 @@ class CandidateSampler:
             counts = mixture_counts(num_candidates, self.settings.mixture_context_share)
         draws: list[asyncio.Future[list[GeneratedCandidate]] | Any] = []
         for prompt, count, stream in (
-            (context_ids, counts[0], _SEED_CONTEXT_DRAWS),
-            (reference_ids, counts[1], _SEED_REFERENCE_DRAWS),
+            (context_ids, counts[0], SEED_CONTEXT_DRAWS),
+            (reference_ids, counts[1], SEED_REFERENCE_DRAWS),
         ):
             if count == 0:
                 continue
@@ -246,140 +223,3 @@ class CandidateSampler:
         if len(candidates) != num_candidates:
             raise RuntimeError(f"workers returned {len(candidates)} candidates, {num_candidates} asked")
         return CandidateSet(candidates=candidates, sources=sources, context_share=counts[0] / num_candidates)
-
-
-class AuctionService:
-    """One auction end to end: sample and score candidates, resolve, record and bill."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        engine: EngineClient,
-        billing: BillingProducer,
-        metrics: GatewayMetrics,
-    ) -> None:
-        self.settings = settings
-        self.sampler = CandidateSampler(settings, engine)
-        self.billing = billing
-        self.metrics = metrics
-
-    async def run(self, request: AuctionRequest) -> AuctionResponse:
-        clock = StageClock()
-        auction_id = uuid.uuid4().hex
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        worker_stats = WorkerCallStats()
-        try:
-            async with asyncio.timeout(self.settings.auction_deadline_s):
-                outcome, candidate_set, rewards, log_ref, log_proposal = await self._resolve(
-                    request, seed, clock, worker_stats
-                )
-        except TimeoutError as error:
-            self.metrics.auctions.labels("deadline", request.proposal).inc()
-            raise AuctionDeadlineError(
-                f"auction did not finish within AUCTION_DEADLINE_S={self.settings.auction_deadline_s}s"
-            ) from error
-
-        advertiser_ids = [advertiser.id for advertiser in request.advertisers]
-        payments = {aid: float(outcome.payments[i]) for i, aid in enumerate(advertiser_ids)}
-        event = make_billing_event(auction_id, payments, self.settings.currency)
-        candidates_table = [
-            CandidateRecord(
-                text=candidate.text,
-                log_ref=float(log_ref[j]),
-                log_proposal=float(log_proposal[j]),
-                rewards={aid: float(rewards[i, j]) for i, aid in enumerate(advertiser_ids)},
-                probability=float(outcome.probabilities[j]),
-                proposal=candidate_set.sources[j],
-                num_tokens=len(candidate.token_ids),
-                finish_reason=candidate.finish_reason,
-            )
-            for j, candidate in enumerate(candidate_set.candidates)
-        ]
-        response = AuctionResponse(
-            auction_id=auction_id,
-            reply=candidate_set.candidates[outcome.chosen_index].text,
-            chosen_index=outcome.chosen_index,
-            tau=outcome.tau,
-            proposal=request.proposal,
-            seed=seed,
-            currency=self.settings.currency,
-            advertisers=[
-                AdvertiserResult(
-                    id=aid,
-                    payment=float(outcome.payments[i]),
-                    expected_reward=float(outcome.expected_rewards[i]),
-                    expected_utility=float(outcome.expected_utilities[i]),
-                )
-                for i, aid in enumerate(advertiser_ids)
-            ],
-            revenue=float(outcome.revenue),
-            effective_sample_size=float(outcome.effective_sample_size),
-            # Up to here; the stored record keeps these (billing 0: it is the write of the record).
-            timings_ms=clock.timings(worker_stats),
-        )
-        record = AuctionRecord(
-            **response.model_dump(exclude={"candidates"}),
-            candidates=candidates_table,
-            request=request.model_dump(mode="json"),
-            created_at_ms=event.created_at_ms,
-            payments_micro=event.payments_micro,
-        )
-        # The audit record and the billing event are written in one MULTI: both or neither, so a
-        # served auction always has its record and nothing is billed for an auction we fail.
-        await clock.timed(
-            "billing",
-            self.billing.append(
-                event,
-                audit=(auction_key(auction_id), record.model_dump_json(), self.settings.audit_ttl_s),
-            ),
-        )
-        timings = clock.timings(worker_stats)
-        response.timings_ms = timings
-        if request.include_candidates:
-            response.candidates = candidates_table
-        self._observe(request, response, len(candidate_set.candidates), worker_stats)
-        logger.info(
-            "auction served",
-            extra={
-                "auction_id": auction_id,
-                "advertisers": len(advertiser_ids),
-                "candidates": len(candidate_set.candidates),
-                "proposal": request.proposal,
-                "revenue": response.revenue,
-                "ess": response.effective_sample_size,
-                "total_ms": round(timings.total, 2),
-                "worker_ms": round(timings.workers, 2),
-            },
-        )
-        return response
-
-    async def _resolve(
-        self, request: AuctionRequest, seed: int, clock: StageClock, worker_stats: WorkerCallStats
-    ) -> tuple[mechanism.AuctionOutcome, CandidateSet, np.ndarray, np.ndarray, np.ndarray]:
-        scored = await self.sampler.collect(request, seed, clock, worker_stats)
-        begin = time.perf_counter()
-        value_scales = np.array([a.value_scale for a in request.advertisers], dtype=np.float64)
-        rewards = mechanism.rewards_from_logprobs(scored.log_advertisers, scored.log_ref, value_scales)
-        tau = request.tau if request.tau is not None else mechanism.default_tau(len(request.advertisers))
-        rng = np.random.default_rng(derive_seed(seed, _SEED_ALLOCATION))
-        outcome = mechanism.run_auction(rewards, scored.log_ref, scored.log_proposal, tau, rng)
-        clock.stages_ms["mechanism"] = (time.perf_counter() - begin) * 1000
-        return outcome, scored.candidate_set, rewards, scored.log_ref, scored.log_proposal
-
-    def _observe(
-        self, request: AuctionRequest, response: AuctionResponse, num_candidates: int, stats: WorkerCallStats
-    ) -> None:
-        metrics = self.metrics
-        metrics.auctions.labels("served", request.proposal).inc()
-        for stage in ("tokenize", "generate", "score", "mechanism", "billing", "total"):
-            metrics.stage_seconds.labels(stage).observe(getattr(response.timings_ms, stage) / 1000)
-        metrics.candidates.observe(num_candidates)
-        metrics.effective_sample_size.observe(response.effective_sample_size)
-        metrics.revenue.labels(response.currency).inc(response.revenue)
-
-
-def load_record(raw: bytes | str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    record: dict[str, Any] = json.loads(raw)
-    return record

@@ -1,0 +1,96 @@
+"""ASGI middleware of the gateway: the body-size limit (before parsing) and per-route request metrics.
+
+Imports only the gateway's metrics; knows nothing of auctions or billing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.gateway.metrics import GatewayMetrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodySizeLimit:
+    """Refuse bodies over MAX_BODY_BYTES before they are parsed (422 naming `body`)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, int(declared))
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLargeError(received)
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _BodyTooLargeError as error:
+            await self._refuse(scope, receive, send, error.size)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        response = JSONResponse(
+            status_code=422,
+            content={
+                "detail": [
+                    {
+                        "type": "limit_exceeded",
+                        "loc": ["body"],
+                        "msg": f"request body of {size} bytes exceeds MAX_BODY_BYTES={self.max_bytes}",
+                        "ctx": {"limit": self.max_bytes},
+                    }
+                ]
+            },
+        )
+        await response(scope, receive, send)
+
+
+class _BodyTooLargeError(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def add_request_metrics(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """Latency of every request by method, route template and status (`mosaic_http_request_*`)."""
+
+    @app.middleware("http")
+    async def observe_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.http_requests.labels(request.method, template, str(status)).observe(
+                time.perf_counter() - started
+            )
