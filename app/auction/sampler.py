@@ -34,6 +34,46 @@ SEED_REFERENCE_DRAWS = 2
 SEED_ALLOCATION = 3
 
 
+class PromptTooLongError(ValueError):
+    """A rendered prompt is over MAX_PROMPT_TOKENS; `loc` names the request field that made it long."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]], limit: int) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+        self.limit = limit
+
+
+def check_prompt_lengths(lengths: list[int], limit: int) -> None:
+    """Raise PromptTooLongError unless every prompt has at most `limit` tokens.
+
+    `lengths` in tokenize order: reference (the query alone), context (the query and every
+    advertiser), then each advertiser's own prompt. A long query makes every prompt long, so it is
+    named alone; otherwise each advertiser whose own prompt is too long, else all of them together.
+    """
+    reference, context, own = lengths[0], lengths[1], lengths[2:]
+    problems: list[tuple[tuple[str | int, ...], str]]
+    if reference > limit:
+        problems = [
+            (("query",), f"query renders to a {reference}-token prompt, over MAX_PROMPT_TOKENS={limit}")
+        ]
+    else:
+        problems = [
+            (("advertisers", index), f"advertiser {index} renders to a {length}-token prompt, over {limit}")
+            for index, length in enumerate(own)
+            if length > limit
+        ]
+        if not problems and context > limit:
+            problems = [
+                (
+                    ("advertisers",),
+                    f"the advertisers together render to a {context}-token context prompt, over "
+                    f"MAX_PROMPT_TOKENS={limit}",
+                )
+            ]
+    if problems:
+        raise PromptTooLongError(problems, limit)
+
+
 @dataclass
 class StageClock:
     """Wall time per stage, in milliseconds."""
@@ -122,24 +162,24 @@ class CandidateSampler:
         context_chat = context_messages(request.query, profiles)
         advertiser_chats = [advertiser_messages(request.query, profile) for profile in profiles]
 
-        # One tokenize per prompt, spread over the workers, all sent at once. Generation waits only for
-        # the prompts it samples from (0: reference, 1: context); the other answers are read while it runs.
+        # One tokenize per prompt (0: reference, 1: context, 2+i: advertiser i), spread over the
+        # workers, all sent at once.
         chats = [reference_chat, context_chat, *advertiser_chats]
         tokenized = [
             asyncio.ensure_future(self.engine.tokenize_chat(chat, first_worker=index, stats=worker_stats))
             for index, chat in enumerate(chats)
         ]
-        sampled_from = {"reference": (0,), "context": (1,), "mixture": (0, 1)}[request.proposal]
         try:
-            await clock.timed("tokenize", asyncio.gather(*(tokenized[index] for index in sampled_from)))
-            ready = [tokenized[index].result() if index in sampled_from else [] for index in (0, 1)]
+            # Every prompt's length is checked before any generation: cost is tokens, and a prompt
+            # over MAX_PROMPT_TOKENS is refused (422) before the workers spend anything on it.
+            prompt_ids = await clock.timed("tokenize", asyncio.gather(*tokenized))
+            check_prompt_lengths([len(ids) for ids in prompt_ids], settings.max_prompt_tokens)
             candidate_set = await clock.timed(
                 "generate",
                 self._draw_candidates(
-                    request, num_candidates, max_tokens, seed, ready[0], ready[1], worker_stats
+                    request, num_candidates, max_tokens, seed, prompt_ids[0], prompt_ids[1], worker_stats
                 ),
             )
-            prompt_ids = await asyncio.gather(*tokenized)
         finally:
             for pending in tokenized:  # a failed auction leaves no request behind, no error unread
                 if pending.done() and not pending.cancelled():

@@ -7,13 +7,20 @@ step of an auction. Imports the exception types of the auction and the ledger, a
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from app.auction.engine_client import WorkerRequestError, WorkersUnavailableError
+from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
 from app.billing import BillingUnavailableError
 from app.gateway.metrics import GatewayMetrics
@@ -26,6 +33,8 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    add_validation_handler(app)
+
     def count_failure(outcome: str) -> None:
         metrics.auctions.labels(outcome, "unknown").inc()
 
@@ -38,6 +47,14 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
     async def _worker_refused(request: Request, error: WorkerRequestError) -> JSONResponse:
         count_failure("worker_error")
         return error_response(502, f"LLM worker error: {error}")
+
+    @app.exception_handler(PromptTooLongError)
+    async def _prompt_too_long(request: Request, error: PromptTooLongError) -> JSONResponse:
+        detail = [
+            {"type": "limit_exceeded", "loc": ["body", *loc], "msg": message, "ctx": {"limit": error.limit}}
+            for loc, message in error.problems
+        ]
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(AuctionDeadlineError)
     async def _deadline(request: Request, error: AuctionDeadlineError) -> JSONResponse:
@@ -58,3 +75,40 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
         logger.exception("unhandled error", extra={"path": request.url.path})
         count_failure("internal_error")
         return error_response(500, f"internal error: {type(error).__name__}: {error}")
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
+        return False
+    return True
+
+
+def safe_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """FastAPI's 422 detail, minus whatever part of it cannot be written as UTF-8 JSON.
+
+    The default handler echoes each error's ``input``; for a NaN, a lone surrogate or raw bytes that
+    echo raised while the response was encoded (a 500 and a dropped connection). Here an input (or a
+    context) that does not encode is left out; the type, location and message always stay.
+    """
+    safe: list[dict[str, Any]] = []
+    for error in errors:
+        entry = {key: error[key] for key in ("type", "loc", "msg") if key in error}
+        entry["loc"] = [part if isinstance(part, int) else str(part) for part in entry.get("loc", ())]
+        if not _encodable(entry):
+            entry = {"type": str(error.get("type", "invalid")), "loc": ["body"], "msg": "invalid value"}
+        for optional in ("input", "ctx"):
+            if optional in error:
+                with contextlib.suppress(Exception):
+                    encoded = jsonable_encoder(error[optional])
+                    if _encodable(encoded):
+                        entry[optional] = encoded
+        safe.append(entry)
+    return safe
+
+
+def add_validation_handler(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": safe_validation_errors(error.errors())})

@@ -22,9 +22,10 @@ from app.billing import LedgerReader
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import AuctionRecord, AuctionRequest, AuctionResponse, enforce_limits
 from app.gateway.security import require_api_key
+from app.gateway.strict_json import StrictJSONRoute
 from app.settings import Settings
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJSONRoute)
 
 
 @router.get("/healthz", tags=["health"], summary="Liveness")

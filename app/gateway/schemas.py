@@ -6,6 +6,7 @@ max_tokens, ...) are checked by `enforce_limits` before any model work, answered
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,8 @@ ADVERTISER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 
 class AdvertiserIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # strict: JSON types as they are (no true → 1, no "2" → 2, no "yes" → True).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 
     id: str = Field(
         pattern=ADVERTISER_ID_PATTERN,
@@ -56,7 +58,8 @@ class AdvertiserIn(BaseModel):
 
 
 class AuctionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # strict: JSON types as they are (no true → 1, no "2" → 2, no "yes" → True).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 
     query: str = Field(
         min_length=1, description="The user's query.", examples=["Learning to play the guitar."]
@@ -163,14 +166,23 @@ def _limit_error(loc: tuple[str | int, ...], message: str, limit: int) -> dict[s
     }
 
 
+def normalized_length(text: str) -> int:
+    """Characters of `text` after NFKC, the form the prompts are built from (one U+FDFA is 18)."""
+    return len(unicodedata.normalize("NFKC", text))
+
+
 def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
-    """Raise 422 (FastAPI's validation shape) naming every field over a configured limit."""
+    """Raise 422 (FastAPI's validation shape) naming every field over a configured limit.
+
+    Character limits count the NFKC-normalised text and are only the cheap first gate; the cost is
+    tokens, checked on every rendered prompt by `app.auction.sampler.check_prompt_lengths`.
+    """
     errors: list[dict[str, Any]] = []
-    if len(request.query) > settings.max_query_chars:
+    if normalized_length(request.query) > settings.max_query_chars:
         errors.append(
             _limit_error(
                 ("query",),
-                f"query longer than {settings.max_query_chars} characters",
+                f"query longer than {settings.max_query_chars} characters (after NFKC)",
                 settings.max_query_chars,
             )
         )
@@ -189,10 +201,10 @@ def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
             ("instruction", settings.max_instruction_chars),
         ):
             value = getattr(advertiser, field)
-            if value is not None and len(value) > limit:
+            if value is not None and normalized_length(value) > limit:
                 errors.append(
                     _limit_error(
-                        ("advertisers", index, field), f"{field} longer than {limit} characters", limit
+                        ("advertisers", index, field), f"{field} longer than {limit} characters (after NFKC)", limit
                     )
                 )
     if request.candidates is not None and request.candidates > settings.max_candidates:

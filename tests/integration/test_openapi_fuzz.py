@@ -6,63 +6,28 @@ small limits so that the valid inputs hypothesis finds stay cheap to serve.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.fixtures_redis import RedisServerProcess
-from tests.fixtures_worker import WorkerProcess, free_port
+from tests.fixtures_gateway import start_gateway_process
+from tests.fixtures_redis import RedisServerProcess, start_redis_server
+from tests.fixtures_worker import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def gateway_url(tiny_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.fixtures_redis import start_redis_server
-
     redis_server: RedisServerProcess = start_redis_server(tmp_path_factory.mktemp("fuzz-redis"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "WORKER_URLS": tiny_worker.url,
-        "REDIS_URL": redis_server.url,
-        "PORT": str(port),
-        "DATA_DIR": str(tmp_path_factory.mktemp("fuzz-data")),
-        "MAX_CANDIDATES": "3",
-        "MAX_TOKENS_LIMIT": "4",
-        "MAX_ADVERTISERS": "3",
-        "DEFAULT_CANDIDATES": "2",
-        "DEFAULT_MAX_TOKENS": "4",
-        "LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=env, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
+    gateway = start_gateway_process(tiny_worker.url, redis_server.url, tmp_path_factory.mktemp("fuzz-data"))
     try:
-        while True:
-            assert process.poll() is None, "gateway exited"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() - started < 120
-            time.sleep(0.3)
-        yield url
+        yield gateway.url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        gateway.stop()
         redis_server.stop()
 
 
