@@ -2,7 +2,10 @@
 
 Every field is read from the environment variable of the same name in upper case
 (``WORKER_URLS``, ``REDIS_URL``, ``API_KEYS`` ...) or from a ``.env`` file. Lists are given as
-JSON (``WORKER_URLS='["http://w1:8001","http://w2:8001"]'``) or comma separated.
+JSON (``WORKER_URLS='["http://w1:8001","http://w2:8001"]'``) or comma separated. The worker's own
+fields (``WORKER_MODEL``, ``WORKER_DTYPE``, ``WORKER_DECODE`` ...) are defined once, in
+``workers.settings.WorkerSettings``, which :class:`Settings` extends (the gateway configures the
+in-process worker it starts); the worker reads them without importing ``app``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from workers.settings import WorkerSettings
 
 
 def _split_list(value: Any) -> Any:
@@ -29,8 +34,9 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+class Settings(WorkerSettings):
+    # From WorkerSettings: model_config (env_file=".env", extra="ignore", case_sensitive=False) and the
+    # worker's own fields, worker_model ... worker_force_ignore_eos (first in model_fields and DEPLOY.md).
 
     # --- gateway -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the gateway binds to.")
@@ -47,41 +53,8 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Base URLs of LLM workers (vLLM or `mosaic worker`). Empty: an in-process worker.",
     )
-    worker_model: str = Field(
-        "smollm2",
-        description="Model of the in-process worker / `mosaic worker`: smollm2, tiny-random, random-7b, "
-        "or a local Hugging Face directory.",
-    )
     served_model_name: str | None = Field(
         None, description="The `model` field sent to workers; default: the first id of GET /v1/models."
-    )
-    worker_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the worker.")
-    worker_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto",
-        description="Weights of the transformers worker. auto: bf16 on CUDA and on CPUs with native bf16 "
-        "(AVX512-BF16/AMX; vLLM's CPU default), else fp32. float32: exact log-probs (slower).",
-    )
-    worker_torch_threads: int = Field(
-        0,
-        ge=0,
-        description="torch CPU threads of a worker; 0: a standalone worker uses all cores, the in-process "
-        "worker all but one, which the gateway's event loop needs (oversubscribed cores halve throughput).",
-    )
-    worker_score_token_budget: int = Field(
-        8192, ge=64, description="Max padded tokens per forward pass when the worker scores a batch."
-    )
-    worker_max_model_len: int = Field(
-        2048, ge=16, description="Longest prompt + reply the worker accepts (tokens)."
-    )
-    worker_decode: Literal["fast", "eager", "legacy"] = Field(
-        "fast",
-        description="Decode loop of the transformers worker: `fast` (static KV cache; CUDA graphs on a "
-        "GPU), `eager` (static KV cache, no graphs) or `legacy` (transformers forward). Same numbers.",
-    )
-    worker_force_ignore_eos: bool = Field(
-        False,
-        description="Benchmarks only: every generation decodes exactly max_tokens (vLLM's ignore_eos) "
-        "so timings compare. Never in production: replies would run past their end.",
     )
     worker_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout to a worker.")
     worker_timeout_s: float = Field(120.0, gt=0, description="Read timeout of one worker request.")

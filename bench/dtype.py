@@ -44,7 +44,8 @@ from app.prompts import (  # noqa: E402
     context_messages,
     reference_messages,
 )
-from workers.engine import Engine, SamplingOptions  # noqa: E402
+from workers.engine.core import Engine  # noqa: E402
+from workers.engine.sampling import SamplingOptions  # noqa: E402
 from workers.models import cpu_has_native_bf16, load_model  # noqa: E402
 
 INSTANCES = REPO.parent / "shared" / "data" / "instances.jsonl"

@@ -138,7 +138,8 @@ def engine_part(args: argparse.Namespace, report: Report) -> None:
     import torch
 
     from app.prompts import AdvertiserProfile, advertiser_messages, reference_messages
-    from workers.engine import Engine, SamplingOptions
+    from workers.engine.core import Engine
+    from workers.engine.sampling import SamplingOptions
     from workers.models import load_model
 
     if args.threads:

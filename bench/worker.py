@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from workers.engine import Engine, SamplingOptions
+from workers.engine.core import Engine
+from workers.engine.sampling import SamplingOptions
 from workers.models import load_model
 
 QUESTION = "Give me three tips for learning to play the guitar, with a short reason for each."

@@ -1,4 +1,6 @@
-"""The worker's HTTP server: the subset of vLLM's OpenAI-compatible API that MOSAIC uses.
+"""The worker's HTTP server: the subset of vLLM's OpenAI-compatible API that MOSAIC uses, and the CLI
+that runs it. Imports :mod:`workers.engine`, :mod:`workers.completions` (the completion request and
+response), :mod:`workers.protocol` and :mod:`workers.settings`; never ``app``.
 
 Routes (shapes: ``workers.protocol``, contract: ``docs/VLLM_PROTOCOL.md``)::
 
@@ -50,10 +52,9 @@ from prometheus_client import (
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workers.engine import Engine, EngineInputError, PromptResult, SamplingOptions, load_engine
+from workers.completions import build_choices, check_unsupported, prompt_lists, sampling_options
+from workers.engine.core import Engine, EngineInputError, PromptResult, load_engine
 from workers.protocol import (
-    CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     CompletionUsage,
@@ -62,18 +63,16 @@ from workers.protocol import (
     ErrorResponse,
     ModelCard,
     ModelList,
-    PromptLogprob,
     TokenizeChatRequest,
     TokenizeCompletionRequest,
     TokenizeResponse,
-    token_id_str,
 )
+from workers.settings import get_worker_settings
 
 __all__ = ["Engine", "create_app", "load_engine", "serve", "vllm_command"]
 
 log = logging.getLogger(__name__)
 
-MAX_N = 256
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "BadRequestError"}
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
@@ -135,127 +134,6 @@ class WorkerMetrics:
         self.model_name = model_name
         for gauge in (self.running, self.waiting):
             gauge.labels(model_name).set(0)
-
-
-def _prompt_lists(engine: Engine, request: CompletionRequest) -> list[list[int]]:
-    prompt = request.prompt
-    if isinstance(prompt, str):
-        return [engine.tokenize_text(prompt, add_special_tokens=request.add_special_tokens)]
-    if not prompt:
-        raise EngineInputError("`prompt` must not be empty.")
-    first = prompt[0]
-    if isinstance(first, int):
-        return [[int(t) for t in prompt]]  # type: ignore[arg-type]
-    if isinstance(first, str):
-        return [engine.tokenize_text(str(p), add_special_tokens=request.add_special_tokens) for p in prompt]
-    return [[int(t) for t in p] for p in prompt]  # type: ignore[union-attr]
-
-
-def _check_unsupported(request: CompletionRequest) -> None:
-    if request.echo:
-        raise EngineInputError("`echo` is not supported by this worker.")
-    unsupported = {
-        "top_k": request.top_k not in (None, 0, -1),
-        "min_p": request.min_p not in (None, 0.0),
-        "repetition_penalty": request.repetition_penalty not in (None, 1.0),
-        "frequency_penalty": request.frequency_penalty not in (None, 0.0),
-        "presence_penalty": request.presence_penalty not in (None, 0.0),
-    }
-    named = [name for name, bad in unsupported.items() if bad]
-    if named:
-        raise EngineInputError(f"Unsupported sampling parameter(s) for this worker: {', '.join(named)}.")
-
-
-def _options(engine: Engine, request: CompletionRequest, prompts: list[list[int]]) -> SamplingOptions:
-    if request.n > MAX_N:
-        raise EngineInputError(f"n must be at most {MAX_N}, got {request.n}.")
-    max_tokens = request.max_tokens
-    if max_tokens is None:
-        max_tokens = engine.max_model_len - max(len(p) for p in prompts)
-    if max_tokens < 1:
-        raise EngineInputError(f"max_tokens must be at least 1, got {max_tokens}.")
-    stop: tuple[str, ...] = ()
-    if isinstance(request.stop, str):
-        stop = (request.stop,) if request.stop else ()
-    elif request.stop:
-        stop = tuple(s for s in request.stop if s)
-    return SamplingOptions(
-        n=request.n,
-        max_tokens=max_tokens,
-        temperature=request.effective_temperature(),
-        top_p=request.effective_top_p(),
-        seed=request.seed,
-        logprobs=request.logprobs,
-        ignore_eos=request.ignore_eos,
-        min_tokens=request.min_tokens,
-        stop=stop,
-        stop_token_ids=tuple(request.stop_token_ids or ()),
-        include_stop_str_in_output=request.include_stop_str_in_output,
-        skip_special_tokens=request.skip_special_tokens,
-    )
-
-
-def _build_choices(
-    engine: Engine, request: CompletionRequest, results: list[PromptResult]
-) -> list[CompletionChoice]:
-    as_ids = bool(request.return_tokens_as_token_ids)
-    with_ids = bool(request.return_token_ids)
-    choices: list[CompletionChoice] = []
-    for p, result in enumerate(results):
-        prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
-        if result.scores is not None:
-            ids = result.prompt_ids
-            texts = engine.token_texts(ids)
-            prompt_logprobs = [None]
-            for t in range(1, len(ids)):
-                value = result.scores.token_logprobs[t]
-                assert value is not None
-                entry: dict[str, PromptLogprob] = {
-                    str(ids[t]): PromptLogprob(
-                        logprob=value, rank=result.scores.ranks[t], decoded_token=texts[t]
-                    )
-                }
-                if result.scores.top is not None:
-                    for rank, (tid, lp) in enumerate(result.scores.top[t], start=1):
-                        if str(tid) not in entry:
-                            entry[str(tid)] = PromptLogprob(
-                                logprob=lp, rank=rank, decoded_token=engine.token_text(tid)
-                            )
-                prompt_logprobs.append(entry)
-        for j, sample in enumerate(result.samples):
-            logprobs: CompletionLogprobs | None = None
-            if request.logprobs is not None:
-                names = (
-                    [token_id_str(t) for t in sample.token_ids]
-                    if as_ids
-                    else engine.token_texts(sample.token_ids)
-                )
-                offsets: list[int] = []
-                position = 0
-                for name in names:
-                    offsets.append(position)
-                    position += len(name)
-                top: list[dict[str, float] | None] = []
-                for step in sample.top_logprobs or []:
-                    top.append(
-                        {(token_id_str(tid) if as_ids else engine.token_text(tid)): lp for tid, lp in step}
-                    )
-                logprobs = CompletionLogprobs(
-                    text_offset=offsets, token_logprobs=list(sample.logprobs), tokens=names, top_logprobs=top
-                )
-            choices.append(
-                CompletionChoice(
-                    index=p * request.n + j,
-                    text=sample.text,
-                    logprobs=logprobs,
-                    finish_reason=sample.finish_reason,
-                    stop_reason=sample.stop_reason,
-                    token_ids=list(sample.token_ids) if with_ids else None,
-                    prompt_logprobs=prompt_logprobs,
-                    prompt_token_ids=list(result.prompt_ids) if with_ids else None,
-                )
-            )
-    return choices
 
 
 def create_app(engine: Engine, served_model_name: str | None = None) -> FastAPI:
@@ -353,10 +231,10 @@ def create_app(engine: Engine, served_model_name: str | None = None) -> FastAPI:
     @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
     async def completions(body: CompletionRequest) -> CompletionResponse:
         check_model(body.model)
-        _check_unsupported(body)
+        check_unsupported(body)
         start = time.perf_counter()
-        prompts = await asyncio.to_thread(_prompt_lists, engine, body)
-        options = _options(engine, body, prompts)
+        prompts = await asyncio.to_thread(prompt_lists, engine, body)
+        options = sampling_options(engine, body, prompts)
         engine.check_request(prompts, options)
         running = metrics.running.labels(model_name)
         waiting = metrics.waiting.labels(model_name)
@@ -379,7 +257,7 @@ def create_app(engine: Engine, served_model_name: str | None = None) -> FastAPI:
         finally:
             if not started:
                 waiting.dec()
-        choices = await asyncio.to_thread(_build_choices, engine, body, results)
+        choices = await asyncio.to_thread(build_choices, engine, body, results)
         prompt_tokens = sum(len(p) for p in prompts)
         completion_tokens = sum(len(s.token_ids) for r in results for s in r.samples)
         metrics.prompt_tokens.labels(model_name).inc(prompt_tokens)
@@ -409,17 +287,14 @@ def create_app(engine: Engine, served_model_name: str | None = None) -> FastAPI:
 def _configure_threads() -> None:
     import torch
 
-    from app.settings import get_settings
-
     # WORKER_TORCH_THREADS > 0 pins it; 0 keeps torch's default (all cores) for a standalone worker.
-    threads = get_settings().worker_torch_threads
+    threads = get_worker_settings().worker_torch_threads
     if threads:
         torch.set_num_threads(threads)
 
 
 def vllm_command(model: str, host: str, port: int, max_model_len: int | None = None) -> list[str]:
     """The exact ``vllm serve`` command of a worker for ``model`` (registry names mapped to paths)."""
-    from app.settings import get_settings
     from workers.models import ensure_smollm2_converted
 
     path = model
@@ -447,7 +322,7 @@ def vllm_command(model: str, host: str, port: int, max_model_len: int | None = N
         "1",
         "--no-enable-prefix-caching",
         "--max-model-len",
-        str(max_model_len or get_settings().worker_max_model_len),
+        str(max_model_len or get_worker_settings().worker_max_model_len),
         *extra,
     ]
     return command

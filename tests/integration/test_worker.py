@@ -334,7 +334,7 @@ def test_chunking_and_prefix_sharing_do_not_change_scores(
     local_model: LoadedModel, prompt: list[int]
 ) -> None:
     """Tiny token budgets (many chunks) and prefix sharing on/off give the same numbers."""
-    from workers.engine import Engine
+    from workers.engine.core import Engine
 
     gen = torch.Generator().manual_seed(0)
     replies = [torch.randint(3, 40000, (int(k),), generator=gen).tolist() for k in (1, 5, 17, 30, 2)]
@@ -353,7 +353,7 @@ def test_chunking_and_prefix_sharing_do_not_change_scores(
 
 def test_in_process_apps_share_one_process(local_model: LoadedModel) -> None:
     """The gateway embeds the worker through httpx.ASGITransport: two apps, one process, no clash."""
-    from workers.engine import Engine
+    from workers.engine.core import Engine
     from workers.server import create_app
 
     engine = Engine(local_model)
@@ -381,7 +381,7 @@ def test_in_process_apps_share_one_process(local_model: LoadedModel) -> None:
 def test_scores_and_ranks_equal_a_direct_forward(local_model: LoadedModel, prompt: list[int]) -> None:
     """Every position's log-prob and rank against one plain forward + log_softmax, for sequences long
     enough to cross the scoring pass's lm_head product and slice boundaries (256 and 16 rows on CPU)."""
-    from workers.engine import Engine
+    from workers.engine.core import Engine
 
     gen = torch.Generator().manual_seed(3)
     vocab = local_model.vocab_size

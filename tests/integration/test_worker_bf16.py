@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from workers import models
-from workers.engine import Engine, SamplingOptions
+from workers.engine.core import Engine
+from workers.engine.sampling import SamplingOptions
 from workers.models import load_model, resolve_dtype
 
 MEDIAN_TOL = 0.05  # nats per token

@@ -1,4 +1,4 @@
-"""The fast decode path (workers/fast_decode.py): same numbers, same samples, same contract.
+"""The fast decode path (workers/engine/fast_decode.py, llama.py): same numbers, same samples, same contract.
 
 On CPU the default ``fast`` mode must reproduce the transformers loop (``legacy``) exactly: same
 tokens, same log-probs, bit for bit, for every sampling option. The CUDA-shaped variant (batch rows
@@ -19,9 +19,12 @@ import pytest
 import torch
 
 from tests.fixtures_worker import start_worker_process
-from workers import fast_decode
-from workers.engine import Engine, Sample, SamplingOptions
-from workers.fast_decode import FastDecoder, LlamaRunner, align, bucket_rows
+from workers.engine import llama
+from workers.engine.core import Engine
+from workers.engine.fast_decode import FastDecoder, align, bucket_rows
+from workers.engine.generate import Sample
+from workers.engine.llama import LlamaRunner
+from workers.engine.sampling import SamplingOptions
 from workers.models import LoadedModel, load_model
 
 TOL = 1e-4
@@ -147,7 +150,7 @@ def test_unsupported_architecture_uses_legacy_loop(tiny: LoadedModel, prompt: li
     )
     torch.manual_seed(0)
     other = dataclasses.replace(tiny, name="qwen2-tiny", model=Qwen2ForCausalLM(config).eval())
-    assert fast_decode.unsupported_reason(other.model) is not None
+    assert llama.unsupported_reason(other.model) is not None
     engine = _engine(other, "fast")
     try:
         assert engine.fast is None and engine.decode_mode == "legacy" and engine.fast_path_reason

@@ -1,4 +1,4 @@
-"""The worker's token draw (workers.engine.inverse_cdf_sample): the two-level inverse CDF picks the
+"""The worker's token draw (workers.engine.sampling.inverse_cdf_sample): the two-level inverse CDF picks the
 same token as one float64 cumulative sum over the vocabulary, never a token of probability 0, and
 its frequencies match the probabilities."""
 
@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from workers.engine import Engine, inverse_cdf_sample
+from workers.engine.core import Engine
+from workers.engine.sampling import inverse_cdf_sample
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

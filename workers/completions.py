@@ -1,0 +1,140 @@
+"""The ``/v1/completions`` request and response of the worker's server: prompts (token ids or text)
+and vLLM's sampling fields to :class:`~workers.engine.sampling.SamplingOptions`, engine results to
+OpenAI completion choices (processed and prompt log-probs, token ids). Imports
+:mod:`workers.protocol` and :mod:`workers.engine`; :mod:`workers.server` calls it.
+"""
+
+from __future__ import annotations
+
+from workers.engine.core import Engine, EngineInputError, PromptResult
+from workers.engine.sampling import SamplingOptions
+from workers.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    PromptLogprob,
+    token_id_str,
+)
+
+MAX_N = 256
+
+
+def prompt_lists(engine: Engine, request: CompletionRequest) -> list[list[int]]:
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return [engine.tokenize_text(prompt, add_special_tokens=request.add_special_tokens)]
+    if not prompt:
+        raise EngineInputError("`prompt` must not be empty.")
+    first = prompt[0]
+    if isinstance(first, int):
+        return [[int(t) for t in prompt]]  # type: ignore[arg-type]
+    if isinstance(first, str):
+        return [engine.tokenize_text(str(p), add_special_tokens=request.add_special_tokens) for p in prompt]
+    return [[int(t) for t in p] for p in prompt]  # type: ignore[union-attr]
+
+
+def check_unsupported(request: CompletionRequest) -> None:
+    if request.echo:
+        raise EngineInputError("`echo` is not supported by this worker.")
+    unsupported = {
+        "top_k": request.top_k not in (None, 0, -1),
+        "min_p": request.min_p not in (None, 0.0),
+        "repetition_penalty": request.repetition_penalty not in (None, 1.0),
+        "frequency_penalty": request.frequency_penalty not in (None, 0.0),
+        "presence_penalty": request.presence_penalty not in (None, 0.0),
+    }
+    named = [name for name, bad in unsupported.items() if bad]
+    if named:
+        raise EngineInputError(f"Unsupported sampling parameter(s) for this worker: {', '.join(named)}.")
+
+
+def sampling_options(engine: Engine, request: CompletionRequest, prompts: list[list[int]]) -> SamplingOptions:
+    if request.n > MAX_N:
+        raise EngineInputError(f"n must be at most {MAX_N}, got {request.n}.")
+    max_tokens = request.max_tokens
+    if max_tokens is None:
+        max_tokens = engine.max_model_len - max(len(p) for p in prompts)
+    if max_tokens < 1:
+        raise EngineInputError(f"max_tokens must be at least 1, got {max_tokens}.")
+    stop: tuple[str, ...] = ()
+    if isinstance(request.stop, str):
+        stop = (request.stop,) if request.stop else ()
+    elif request.stop:
+        stop = tuple(s for s in request.stop if s)
+    return SamplingOptions(
+        n=request.n,
+        max_tokens=max_tokens,
+        temperature=request.effective_temperature(),
+        top_p=request.effective_top_p(),
+        seed=request.seed,
+        logprobs=request.logprobs,
+        ignore_eos=request.ignore_eos,
+        min_tokens=request.min_tokens,
+        stop=stop,
+        stop_token_ids=tuple(request.stop_token_ids or ()),
+        include_stop_str_in_output=request.include_stop_str_in_output,
+        skip_special_tokens=request.skip_special_tokens,
+    )
+
+
+def build_choices(
+    engine: Engine, request: CompletionRequest, results: list[PromptResult]
+) -> list[CompletionChoice]:
+    as_ids = bool(request.return_tokens_as_token_ids)
+    with_ids = bool(request.return_token_ids)
+    choices: list[CompletionChoice] = []
+    for p, result in enumerate(results):
+        prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
+        if result.scores is not None:
+            ids = result.prompt_ids
+            texts = engine.token_texts(ids)
+            prompt_logprobs = [None]
+            for t in range(1, len(ids)):
+                value = result.scores.token_logprobs[t]
+                assert value is not None
+                entry: dict[str, PromptLogprob] = {
+                    str(ids[t]): PromptLogprob(
+                        logprob=value, rank=result.scores.ranks[t], decoded_token=texts[t]
+                    )
+                }
+                if result.scores.top is not None:
+                    for rank, (tid, lp) in enumerate(result.scores.top[t], start=1):
+                        if str(tid) not in entry:
+                            entry[str(tid)] = PromptLogprob(
+                                logprob=lp, rank=rank, decoded_token=engine.token_text(tid)
+                            )
+                prompt_logprobs.append(entry)
+        for j, sample in enumerate(result.samples):
+            logprobs: CompletionLogprobs | None = None
+            if request.logprobs is not None:
+                names = (
+                    [token_id_str(t) for t in sample.token_ids]
+                    if as_ids
+                    else engine.token_texts(sample.token_ids)
+                )
+                offsets: list[int] = []
+                position = 0
+                for name in names:
+                    offsets.append(position)
+                    position += len(name)
+                top: list[dict[str, float] | None] = []
+                for step in sample.top_logprobs or []:
+                    top.append(
+                        {(token_id_str(tid) if as_ids else engine.token_text(tid)): lp for tid, lp in step}
+                    )
+                logprobs = CompletionLogprobs(
+                    text_offset=offsets, token_logprobs=list(sample.logprobs), tokens=names, top_logprobs=top
+                )
+            choices.append(
+                CompletionChoice(
+                    index=p * request.n + j,
+                    text=sample.text,
+                    logprobs=logprobs,
+                    finish_reason=sample.finish_reason,
+                    stop_reason=sample.stop_reason,
+                    token_ids=list(sample.token_ids) if with_ids else None,
+                    prompt_logprobs=prompt_logprobs,
+                    prompt_token_ids=list(result.prompt_ids) if with_ids else None,
+                )
+            )
+    return choices

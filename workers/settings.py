@@ -1,0 +1,56 @@
+"""The worker's own settings (pydantic-settings): :class:`WorkerSettings`, read from the environment
+variables of the same names in upper case (``WORKER_DTYPE``, ``WORKER_DECODE`` ...) or from a ``.env``
+file, and the cached :func:`get_worker_settings`. The gateway's ``app.settings.Settings`` inherits
+these fields (it configures the in-process worker it starts). Imports pydantic only; never ``app``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    worker_model: str = Field(
+        "smollm2",
+        description="Model of the in-process worker / `mosaic worker`: smollm2, tiny-random, random-7b, "
+        "or a local Hugging Face directory.",
+    )
+    worker_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the worker.")
+    worker_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Weights of the transformers worker. auto: bf16 on CUDA and on CPUs with native bf16 "
+        "(AVX512-BF16/AMX; vLLM's CPU default), else fp32. float32: exact log-probs (slower).",
+    )
+    worker_torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch CPU threads of a worker; 0: a standalone worker uses all cores, the in-process "
+        "worker all but one, which the gateway's event loop needs (oversubscribed cores halve throughput).",
+    )
+    worker_score_token_budget: int = Field(
+        8192, ge=64, description="Max padded tokens per forward pass when the worker scores a batch."
+    )
+    worker_max_model_len: int = Field(
+        2048, ge=16, description="Longest prompt + reply the worker accepts (tokens)."
+    )
+    worker_decode: Literal["fast", "eager", "legacy"] = Field(
+        "fast",
+        description="Decode loop of the transformers worker: `fast` (static KV cache; CUDA graphs on a "
+        "GPU), `eager` (static KV cache, no graphs) or `legacy` (transformers forward). Same numbers.",
+    )
+    worker_force_ignore_eos: bool = Field(
+        False,
+        description="Benchmarks only: every generation decodes exactly max_tokens (vLLM's ignore_eos) "
+        "so timings compare. Never in production: replies would run past their end.",
+    )
+
+
+@lru_cache(maxsize=1)
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()
