@@ -204,7 +204,9 @@ def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
             if value is not None and normalized_length(value) > limit:
                 errors.append(
                     _limit_error(
-                        ("advertisers", index, field), f"{field} longer than {limit} characters (after NFKC)", limit
+                        ("advertisers", index, field),
+                        f"{field} longer than {limit} characters (after NFKC)",
+                        limit,
                     )
                 )
     if request.candidates is not None and request.candidates > settings.max_candidates:
