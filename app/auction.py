@@ -21,8 +21,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from app import mechanism
-from app.billing import BillingProducer, make_billing_event
 from app.engine_client import EngineClient, GeneratedCandidate, WorkerCallStats, derive_seed
+from app.ledger.events import make_billing_event
+from app.ledger.producer import BillingProducer
 from app.metrics import GatewayMetrics
 from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
 from app.schemas import (

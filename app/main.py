@@ -25,12 +25,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from app.auction import AuctionDeadlineError, AuctionService, auction_key, load_record
-from app.billing import BillingProducer, BillingUnavailableError, LedgerConsumer, LedgerReader
 from app.engine_client import EngineClient, WorkerRequestError, WorkersUnavailableError
-from app.ledger_routes import router as ledger_router
+from app.ledger.consumer import LedgerConsumer
+from app.ledger.producer import BillingProducer, BillingUnavailableError
+from app.ledger.reader import LedgerReader
+from app.ledger.redis_store import open_redis
+from app.ledger.routes import router as ledger_router
 from app.logging_setup import configure_logging
 from app.metrics import GatewayMetrics
-from app.redis_store import open_redis
 from app.schemas import AuctionRecord, AuctionRequest, AuctionResponse, enforce_limits
 from app.security import require_api_key
 from app.settings import Settings, get_settings
