@@ -99,7 +99,7 @@ def ledger_consume(
     consumer_name: Annotated[str | None, typer.Option(help="Consumer name (default: host-pid).")] = None,
 ) -> None:
     """Apply billing events from the stream exactly once (runs until stopped)."""
-    from app.billing import run_consumer_forever
+    from app.ledger.commands import run_consumer_forever
     from app.settings import Settings
 
     run_consumer_forever(Settings(), consumer_name=consumer_name)
@@ -108,7 +108,7 @@ def ledger_consume(
 @ledger_cli.command("reconcile")
 def ledger_reconcile() -> None:
     """Recompute every balance from the event history; exit 1 on any difference."""
-    from app.billing import reconcile_command
+    from app.ledger.commands import reconcile_command
     from app.settings import Settings
 
     raise typer.Exit(reconcile_command(Settings()))

@@ -27,15 +27,12 @@ from redis.utils import HIREDIS_AVAILABLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.billing import (
-    BillingEvent,
-    BillingProducer,
-    LedgerConsumer,
-    LedgerReader,
-    make_billing_event,
-    reconcile,
-)
-from app.redis_store import RedisServer, free_loopback_port, make_client
+from app.ledger.consumer import LedgerConsumer
+from app.ledger.events import BillingEvent, make_billing_event
+from app.ledger.producer import BillingProducer
+from app.ledger.reader import LedgerReader
+from app.ledger.reconcile import reconcile
+from app.ledger.redis_store import RedisServer, free_loopback_port, make_client
 from app.settings import Settings
 
 

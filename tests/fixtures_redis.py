@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from app.redis_store import RedisServer
+from app.ledger.redis_store import RedisServer
 
 _counter = itertools.count()
 

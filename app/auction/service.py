@@ -20,7 +20,6 @@ import numpy as np
 from app import mechanism
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
 from app.auction.sampler import SEED_ALLOCATION, CandidateSampler, CandidateSet, StageClock
-from app.billing import BillingProducer, make_billing_event
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import (
     AdvertiserResult,
@@ -29,6 +28,8 @@ from app.gateway.schemas import (
     AuctionResponse,
     CandidateRecord,
 )
+from app.ledger.events import make_billing_event
+from app.ledger.producer import BillingProducer
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)

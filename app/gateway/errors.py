@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 from app.auction.engine_client import WorkerRequestError, WorkersUnavailableError
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
-from app.billing import BillingUnavailableError
 from app.gateway.metrics import GatewayMetrics
+from app.ledger.producer import BillingUnavailableError
 
 logger = logging.getLogger(__name__)
 

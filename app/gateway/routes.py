@@ -18,11 +18,11 @@ from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService, auction_key, load_record
-from app.billing import LedgerReader
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import AuctionRecord, AuctionRequest, AuctionResponse, enforce_limits
 from app.gateway.security import require_api_key
 from app.gateway.strict_json import StrictJSONRoute
+from app.ledger.reader import LedgerReader
 from app.settings import Settings
 
 router = APIRouter(route_class=StrictJSONRoute)

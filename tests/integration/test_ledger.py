@@ -19,20 +19,15 @@ import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from app.billing import (
-    PLATFORM_ACCOUNT,
-    BillingEvent,
-    BillingProducer,
-    BillingUnavailableError,
-    LedgerConsumer,
-    LedgerKeys,
-    LedgerReader,
-    make_billing_event,
-    reconcile,
-    reconcile_command,
-)
-from app.ledger_routes import router
-from app.redis_store import make_client, open_redis
+from app.ledger.commands import reconcile_command
+from app.ledger.consumer import LedgerConsumer
+from app.ledger.events import BillingEvent, make_billing_event
+from app.ledger.keys import PLATFORM_ACCOUNT, LedgerKeys
+from app.ledger.producer import BillingProducer, BillingUnavailableError
+from app.ledger.reader import LedgerReader
+from app.ledger.reconcile import reconcile
+from app.ledger.redis_store import make_client, open_redis
+from app.ledger.routes import router
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess
 

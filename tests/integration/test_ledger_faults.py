@@ -1,6 +1,6 @@
 """Exactly-once billing under process crashes, against real processes:
 
-* the ledger consumer runs as its own process (``python -m app.billing``) and is SIGKILLed at random
+* the ledger consumer runs as its own process (``python -m app.ledger``) and is SIGKILLed at random
   points and inside its fault-injection pause between the Lua apply and XACK, then restarted, under
   the same name (own pending entries) and under new names (XAUTOCLAIM), several times;
 * the Redis server (AOF, appendfsync always) is SIGKILLed and restarted while appends are in flight.
@@ -25,18 +25,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.billing import (
-    PLATFORM_ACCOUNT,
-    BillingEvent,
-    BillingProducer,
-    BillingUnavailableError,
-    LedgerConsumer,
-    LedgerKeys,
-    LedgerReader,
-    make_billing_event,
-    reconcile,
-)
-from app.redis_store import open_redis
+from app.ledger.consumer import LedgerConsumer
+from app.ledger.events import BillingEvent, make_billing_event
+from app.ledger.keys import PLATFORM_ACCOUNT, LedgerKeys
+from app.ledger.producer import BillingProducer, BillingUnavailableError
+from app.ledger.reader import LedgerReader
+from app.ledger.reconcile import reconcile
+from app.ledger.redis_store import open_redis
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess
 
@@ -67,7 +62,7 @@ def expected_balances(events: list[BillingEvent]) -> dict[str, int]:
 
 
 class ConsumerProcess:
-    """``python -m app.billing`` with settings from the environment; its stderr lines are collected."""
+    """``python -m app.ledger`` with settings from the environment; its stderr lines are collected."""
 
     def __init__(self, url: str, name: str, workdir: Path, **settings: Any) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BILLING_", "REDIS_"))}
@@ -81,7 +76,7 @@ class ConsumerProcess:
         env.update({key.upper(): str(value) for key, value in settings.items()})
         # cwd outside the repository: a developer's .env must not change the test's settings
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.billing", "--consumer-name", name],
+            [sys.executable, "-m", "app.ledger", "--consumer-name", name],
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.billing import (
+from app.ledger.events import (
     MAX_ABS_PAYMENT_MICRO,
     MICRO_UNITS_PER_UNIT,
     MalformedEventError,

@@ -1,5 +1,8 @@
 """Connecting to Redis, or running a real embedded Redis server when none is configured.
 
+Job: the one Redis connection of a process (the gateway's audit records and billing, the ledger
+consumer, reconcile) and the ``redis-server`` process wrapper. Imports app.settings only.
+
 `open_redis(settings)`:
 
 * ``REDIS_URL`` set: connect to it (and warn when its AOF settings do not make XADD durable);
@@ -13,7 +16,7 @@
 
 The client is created with ``decode_responses=True`` (every reply is ``str``) and
 ``encoding_errors="surrogateescape"`` (bytes that are not UTF-8 round-trip unchanged instead of
-failing the read of a whole batch); the billing code also accepts a client created with
+failing the read of a whole batch); the ledger code also accepts a client created with
 ``decode_responses=False``. Its ``socket_timeout`` is longer than the
 ledger's blocking XREADGROUP (``BILLING_BLOCK_MS``), so one client can be shared by the producer, the
 embedded consumer and the read side; the producer bounds its own wait separately

@@ -1,5 +1,7 @@
 """Read-only HTTP API of the billing ledger: an advertiser's balance and history, and a summary.
 
+Job: the ``/ledger`` FastAPI router over `LedgerReader`, behind the gateway's API-key check. Imports
+app.settings, app.gateway.security (`require_api_key`) and app.ledger.events / app.ledger.reader only.
 Redis comes from ``request.app.state.redis`` (a ``redis.asyncio.Redis``), settings from
 ``request.app.state.settings``. Amounts are integer micro-units (``*_micro``) plus the same value as
 an exact decimal string; ``balance`` is the advertiser's ledger account (minus what it paid).
@@ -12,8 +14,9 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from app.billing import MAX_ID_LENGTH, LedgerReader
 from app.gateway.security import require_api_key
+from app.ledger.events import MAX_ID_LENGTH
+from app.ledger.reader import LedgerReader
 from app.settings import Settings
 
 router = APIRouter(prefix="/ledger", tags=["ledger"], dependencies=[Depends(require_api_key)])

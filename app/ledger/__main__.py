@@ -1,0 +1,8 @@
+"""``python -m app.ledger [--consumer-name NAME]``: run one ledger consumer (`app.ledger.commands.main`).
+
+Imports app.ledger.commands only.
+"""
+
+from app.ledger.commands import main
+
+main()

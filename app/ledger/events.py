@@ -1,0 +1,185 @@
+"""The billing event: money in integer micro-units, building an event, parsing a stream entry.
+
+Job: the pure rules of one payment, with no Redis and no I/O: `to_micro_units` / `format_micro`,
+`BillingEvent` and `make_billing_event` (what the gateway appends), and `parse_entry` (what the
+consumer reads back, checked before the apply script sees it). Imports the standard library only.
+
+Money is integer micro-units (1 unit = 1_000_000 micro) everywhere after `to_micro_units`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+
+MICRO_UNITS_PER_UNIT = 1_000_000
+# Largest |payment| of one advertiser in one auction (10 million units). It keeps every sum inside a
+# Lua script exact (Lua numbers are doubles: exact below 2**53) with up to MAX_ADVERTISERS_PER_EVENT.
+MAX_ABS_PAYMENT_MICRO = 10_000_000 * MICRO_UNITS_PER_UNIT
+MAX_ADVERTISERS_PER_EVENT = 256
+MAX_ID_LENGTH = 256
+EVENT_VERSION = "1"
+
+
+# --- money ---------------------------------------------------------------------------------------
+
+
+def to_micro_units(amount: float) -> int:
+    """Units -> integer micro-units, rounding half to even.
+
+    The float is read as the shortest decimal that round-trips it (``repr``), so ``0.1`` is exactly
+    100_000 micro and ``2.5e-06`` (exactly half a micro-unit as written) rounds to 2, whereas
+    ``amount * 1e6`` would carry binary noise into the rounding. NaN and infinities raise ValueError.
+    """
+    if isinstance(amount, bool):
+        raise ValueError("a payment must be a number, not a bool")
+    if isinstance(amount, int):
+        return amount * MICRO_UNITS_PER_UNIT
+    if not math.isfinite(amount):
+        raise ValueError(f"a payment must be finite, got {amount!r}")
+    try:
+        exact = Decimal(repr(float(amount))).scaleb(6)
+    except InvalidOperation as error:  # pragma: no cover - repr of a finite float always parses
+        raise ValueError(f"not a number: {amount!r}") from error
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def format_micro(micro: int) -> str:
+    """Integer micro-units -> an exact decimal string with 6 places (``-1.250000``)."""
+    return f"{Decimal(micro).scaleb(-6):.6f}"
+
+
+# --- the event -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BillingEvent:
+    """One auction's payments; `revenue_micro` is the sum of the rounded payments, so it balances."""
+
+    auction_id: str
+    created_at_ms: int
+    currency: str
+    payments_micro: dict[str, int]
+    revenue_micro: int
+
+    def stream_fields(self) -> dict[str, str]:
+        """The fields of the stream entry (payments as canonical JSON: sorted keys, integers)."""
+        return {
+            "v": EVENT_VERSION,
+            "auction_id": self.auction_id,
+            "created_at_ms": str(self.created_at_ms),
+            "currency": self.currency,
+            "revenue_micro": str(self.revenue_micro),
+            "payments": json.dumps(self.payments_micro, sort_keys=True, separators=(",", ":")),
+        }
+
+
+def _check_id(kind: str, value: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{kind} must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{kind} is not valid Unicode text: {value!r}") from error
+
+
+def make_billing_event(
+    auction_id: str, payments: Mapping[str, float], currency: str, now_ms: int | None = None
+) -> BillingEvent:
+    """Round each payment to micro-units (`to_micro_units`); revenue = sum of the rounded payments.
+
+    Payments may be negative (a credit). Raises ValueError on an empty id, a non-finite or too large
+    payment, too many advertisers or a currency that is not three upper-case letters.
+    """
+    _check_id("auction_id", auction_id)
+    if not (isinstance(currency, str) and len(currency) == 3 and currency.isascii() and currency.isupper()):
+        raise ValueError(f"currency must be three upper-case letters, got {currency!r}")
+    if len(payments) > MAX_ADVERTISERS_PER_EVENT:
+        raise ValueError(f"at most {MAX_ADVERTISERS_PER_EVENT} advertisers per billing event")
+    micro: dict[str, int] = {}
+    for advertiser_id in sorted(payments):
+        _check_id("advertiser id", advertiser_id)
+        value = to_micro_units(payments[advertiser_id])
+        if abs(value) > MAX_ABS_PAYMENT_MICRO:
+            raise ValueError(f"payment of {advertiser_id!r} exceeds {format_micro(MAX_ABS_PAYMENT_MICRO)}")
+        micro[advertiser_id] = value
+    created = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    if created < 0:
+        raise ValueError("created_at_ms must not be negative")
+    return BillingEvent(
+        auction_id=auction_id,
+        created_at_ms=created,
+        currency=currency,
+        payments_micro=micro,
+        revenue_micro=sum(micro.values()),
+    )
+
+
+# --- a stream entry --------------------------------------------------------------------------------
+
+
+class MalformedEventError(ValueError):
+    """A stream entry that cannot be a billing event (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """A stream entry parsed into the script's arguments (payments sorted by advertiser id)."""
+
+    stream_id: str
+    auction_id: str
+    created_at_ms: str
+    currency: str
+    revenue_micro: str
+    payments: tuple[tuple[str, str], ...]
+
+
+_INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
+
+
+def _int_text(value: Any, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedEventError(f"{what} is not an integer: {value!r}")
+    return str(value)
+
+
+def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
+    """Parse the fields of a stream entry; raises MalformedEventError with the reason."""
+    version = fields.get("v", EVENT_VERSION)
+    if version != EVENT_VERSION:
+        raise MalformedEventError(f"unknown event version {version!r}")
+    missing = [
+        k for k in ("auction_id", "created_at_ms", "currency", "revenue_micro", "payments") if k not in fields
+    ]
+    if missing:
+        raise MalformedEventError(f"missing field(s) {', '.join(missing)}")
+    try:
+        payments = json.loads(fields["payments"])
+    except ValueError as error:
+        raise MalformedEventError(f"payments is not JSON: {error}") from error
+    if not isinstance(payments, dict):
+        raise MalformedEventError("payments is not a JSON object")
+    for name in ("created_at_ms", "revenue_micro"):
+        text = fields[name]
+        if not _INT_RE.fullmatch(text):
+            raise MalformedEventError(f"{name} is not an integer: {text!r}")
+    pairs = tuple((str(adv), _int_text(payments[adv], f"payment of {adv!r}")) for adv in sorted(payments))
+    for text in (fields["auction_id"], fields["currency"], *(adv for adv, _ in pairs)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise MalformedEventError(f"not UTF-8 text: {text!r}") from error
+    return StreamEvent(
+        stream_id=stream_id,
+        auction_id=fields["auction_id"],
+        created_at_ms=fields["created_at_ms"],
+        currency=fields["currency"],
+        revenue_micro=fields["revenue_micro"],
+        payments=pairs,
+    )

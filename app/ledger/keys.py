@@ -1,0 +1,71 @@
+"""The ledger's Redis keys and account names, and Redis replies read as text.
+
+Job: name every key the ledger keeps in Redis (`LedgerKeys`, the account names) and decode reply
+elements to ``str`` (`as_str`, `decode_fields`) whether or not the client was created with
+``decode_responses``. Imports the standard library only.
+
+Redis keys of the ledger (prefix ``mosaic:ledger:``):
+
+``applied``  hash auction id -> ``{"s": stream id, "f": canonical payload}``: the idempotency marker
+             and the record every balance is recomputed from by `reconcile`.
+``balances`` hash account -> micro-units. Double entry: an advertiser's payment ``p`` debits
+             ``advertiser:<id>`` by ``p`` and credits ``platform:revenue`` by ``p``; the sum over all
+             accounts is always 0. An advertiser's balance is therefore minus what it has paid
+             (a credit, ``p < 0``, raises it).
+``history:<advertiser id>``  list of JSON entries (auction id, stream id, created_at_ms,
+             payment_micro), oldest first; never trimmed (it is the advertiser's statement); its
+             length is the number of auctions billed to the advertiser.
+``meta``     hash of counters: duplicates, conflicts, dead_letters (events applied = HLEN applied).
+             The script does as few Redis calls as it can (4 + 2 per advertiser): throughput.
+``dead``     hash stream id -> kind: makes dead-lettering idempotent (each stream entry is written to
+             the dead-letter stream at most once, however often it is redelivered).
+``duplicates`` hash stream id -> auction id: a second stream entry with the same auction id and the
+             same payload (a producer retry): acknowledged, counted once, not applied again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LEDGER_PREFIX = "mosaic:ledger:"
+PLATFORM_ACCOUNT = "platform:revenue"
+ADVERTISER_ACCOUNT_PREFIX = "advertiser:"
+
+
+@dataclass(frozen=True)
+class LedgerKeys:
+    applied: str
+    balances: str
+    meta: str
+    duplicates: str
+    dead: str
+    history_prefix: str
+
+    @classmethod
+    def default(cls) -> LedgerKeys:
+        p = LEDGER_PREFIX
+        return cls(
+            applied=p + "applied",
+            balances=p + "balances",
+            meta=p + "meta",
+            duplicates=p + "duplicates",
+            dead=p + "dead",
+            history_prefix=p + "history:",
+        )
+
+    def history(self, advertiser_id: str) -> str:
+        return self.history_prefix + advertiser_id
+
+
+def as_str(value: Any) -> str:
+    """A reply element as str (clients with or without decode_responses)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)
+
+
+def decode_fields(raw: Any) -> dict[str, str]:
+    if not raw:
+        return {}
+    return {as_str(k): as_str(v) for k, v in dict(raw).items()}

@@ -1,0 +1,288 @@
+"""Reconcile: recompute the ledger from its applied events and compare it with everything else.
+
+Job: `reconcile` checks the balances, counters and histories against the applied-events record, the
+stream against what was applied, dead-lettered or recorded as a duplicate, and the gateway's audit
+records against what was billed (``mosaic ledger reconcile``, app.ledger.commands, prints the
+result). Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader) only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app.ledger.events import to_micro_units
+from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str, decode_fields
+from app.ledger.reader import LedgerReader
+from app.settings import Settings
+
+AUDIT_KEY_PATTERN = "mosaic:auction:*"
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str
+    subject: str
+    expected: str
+    actual: str
+    detail: str = ""
+
+
+@dataclass
+class ReconcileReport:
+    """What `reconcile` found; `ok` when there is no difference (dead letters are reported, not errors)."""
+
+    differences: list[Difference] = field(default_factory=list)
+    events_applied: int = 0
+    accounts: int = 0
+    accounts_sum_micro: int = 0
+    revenue_micro: int = 0
+    stream_entries: int = 0
+    in_flight: int = 0
+    dead_letters: int = 0
+    audit_records: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def add(self, kind: str, subject: str, expected: object, actual: object, detail: str = "") -> None:
+        self.differences.append(Difference(kind, subject, str(expected), str(actual), detail))
+
+
+@dataclass(frozen=True)
+class _AppliedEvent:
+    stream_id: str
+    payments: dict[str, int]
+    revenue: int
+
+
+async def _scan_hash(redis: aioredis.Redis, key: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    async for k, v in redis.hscan_iter(key, count=1000):
+        out[as_str(k)] = as_str(v)
+    return out
+
+
+def _audit_payments(record: Mapping[str, Any]) -> dict[str, int] | None:
+    """The payments of a gateway audit record in micro-units (payments_micro, payments or advertisers)."""
+    if isinstance(record.get("payments_micro"), dict):
+        return {str(k): int(v) for k, v in record["payments_micro"].items()}
+    if isinstance(record.get("payments"), dict):
+        return {str(k): to_micro_units(float(v)) for k, v in record["payments"].items()}
+    if isinstance(record.get("advertisers"), list):
+        return {str(a["id"]): to_micro_units(float(a["payment"])) for a in record["advertisers"]}
+    return None
+
+
+def _id_tuple(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class _Reconciler:
+    """The checks of `reconcile`, one method each, sharing what was read."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = LedgerKeys.default()
+        self.report = ReconcileReport()
+        self.applied: dict[str, _AppliedEvent] = {}
+        self.expected_balance: dict[str, int] = defaultdict(int)
+        self.expected_auctions: dict[str, int] = defaultdict(int)
+        self.stream_auctions: set[str] = set()
+
+    async def run(self) -> ReconcileReport:
+        await self.load_applied()
+        await self.check_balances()
+        await self.check_histories()
+        await self.check_stream()
+        await self.check_audit_records()
+        return self.report
+
+    async def load_applied(self) -> None:
+        """Recompute every balance and count from the applied-events record."""
+        add = self.report.add
+        for auction_id, raw in (await _scan_hash(self.redis, self.keys.applied)).items():
+            record = json.loads(raw)
+            parts = json.loads(record["f"])  # [created_at_ms, currency, revenue, adv1, p1, adv2, p2, ...]
+            currency, revenue = parts[1], int(parts[2])
+            payments = {parts[i]: int(parts[i + 1]) for i in range(3, len(parts), 2)}
+            if revenue != sum(payments.values()):
+                add("event_unbalanced", auction_id, sum(payments.values()), revenue)
+            if currency != self.settings.currency:
+                add("currency", auction_id, self.settings.currency, currency)
+            self.applied[auction_id] = _AppliedEvent(record["s"], payments, revenue)
+            for adv, amount in payments.items():
+                self.expected_balance[ADVERTISER_ACCOUNT_PREFIX + adv] -= amount
+                self.expected_auctions[adv] += 1
+            self.expected_balance[PLATFORM_ACCOUNT] += revenue
+        self.report.events_applied = len(self.applied)
+
+    async def check_balances(self) -> None:
+        add, report = self.report.add, self.report
+        balances = {k: int(v) for k, v in (await _scan_hash(self.redis, self.keys.balances)).items()}
+        report.accounts = len(balances)
+        report.accounts_sum_micro = sum(balances.values())
+        report.revenue_micro = balances.get(PLATFORM_ACCOUNT, 0)
+        if report.accounts_sum_micro != 0:
+            add("accounts_sum", "all accounts", 0, report.accounts_sum_micro, "double entry broken")
+        for account in sorted(set(balances) | set(self.expected_balance)):
+            expected, actual = self.expected_balance.get(account, 0), balances.get(account, 0)
+            if expected != actual:
+                add("balance", account, expected, actual, "differs from the sum of the applied events")
+        meta = {k: int(v) for k, v in (await _scan_hash(self.redis, self.keys.meta)).items()}
+        dead = await self.redis.hlen(self.keys.dead)
+        report.dead_letters = int(dead)
+        if meta.get("dead_letters", 0) != dead:
+            add("dead_letters_counter", "meta", dead, meta.get("dead_letters", 0))
+
+    async def check_histories(self) -> None:
+        """Each advertiser's history holds one entry per applied auction, with the applied amount."""
+        add = self.report.add
+        for adv in sorted(self.expected_auctions):
+            raw_entries = await self.redis.lrange(self.keys.history(adv), 0, -1)
+            entries = [json.loads(as_str(x)) for x in raw_entries]
+            seen: set[str] = set()
+            for entry in entries:
+                aid, amount = entry["auction_id"], int(entry["payment_micro"])
+                if aid in seen:
+                    add("history_duplicate", adv, "1 entry", "2+ entries", f"auction {aid}")
+                seen.add(aid)
+                applied = self.applied.get(aid)
+                if applied is None or applied.payments.get(adv) != amount:
+                    add("history_entry", adv, "an applied payment", amount, f"auction {aid}")
+            paid = -self.expected_balance[ADVERTISER_ACCOUNT_PREFIX + adv]
+            total = sum(int(e["payment_micro"]) for e in entries)
+            if len(entries) != self.expected_auctions[adv] or total != paid:
+                expected = f"{self.expected_auctions[adv]} entries, {paid} micro"
+                add("history", adv, expected, f"{len(entries)} entries, {total} micro")
+        async for key in self.redis.scan_iter(match=self.keys.history_prefix + "*", count=1000):
+            adv = as_str(key).removeprefix(self.keys.history_prefix)
+            if adv not in self.expected_auctions:
+                add(
+                    "history_orphan",
+                    adv,
+                    "no history (no applied event)",
+                    f"{await self.redis.llen(key)} entries",
+                )
+
+    async def _pending_ids(self, group: Mapping[str, Any]) -> set[str]:
+        pending: set[str] = set()
+        start = "-"
+        while group and int(group.get("pending", 0) or 0):
+            rows = await self.redis.xpending_range(
+                self.settings.billing_stream, self.settings.billing_group, start, "+", 1000
+            )
+            pending.update(as_str(r["message_id"]) for r in rows)
+            if len(rows) < 1000:
+                break
+            start = "(" + as_str(rows[-1]["message_id"])
+        return pending
+
+    async def check_stream(self) -> None:
+        """Every delivered, acknowledged entry is applied, a recorded duplicate, or dead-lettered;
+        every applied event is in the stream."""
+        add, report = self.report.add, self.report
+        group = await LedgerReader(self.redis, self.settings)._group_info()
+        last_delivered = _id_tuple(as_str(group.get("last-delivered-id", "0-0")) if group else "0-0")
+        pending = await self._pending_ids(group)
+        dead = await _scan_hash(self.redis, self.keys.dead)
+        duplicates = await _scan_hash(self.redis, self.keys.duplicates)
+        stream_ids: set[str] = set()
+        first_id: str | None = None
+        start = "-"
+        while True:
+            chunk: Any = await self.redis.xrange(self.settings.billing_stream, start, "+", count=1000)
+            for entry_id_raw, fields_raw in chunk:
+                entry_id = as_str(entry_id_raw)
+                first_id = first_id or entry_id
+                stream_ids.add(entry_id)
+                report.stream_entries += 1
+                auction_id = decode_fields(fields_raw).get("auction_id", "")
+                self.stream_auctions.add(auction_id)
+                if _id_tuple(entry_id) > last_delivered or entry_id in pending:
+                    report.in_flight += 1
+                elif entry_id in dead:
+                    continue
+                elif auction_id not in self.applied:
+                    add(
+                        "unapplied_event",
+                        entry_id,
+                        "applied or dead-lettered",
+                        "neither",
+                        f"auction {auction_id}",
+                    )
+                elif (
+                    self.applied[auction_id].stream_id != entry_id and duplicates.get(entry_id) != auction_id
+                ):
+                    applied_as = self.applied[auction_id].stream_id
+                    add(
+                        "unrecorded_duplicate",
+                        entry_id,
+                        f"applied as {applied_as}",
+                        "not recorded",
+                        auction_id,
+                    )
+            if len(chunk) < 1000:
+                break
+            start = "(" + as_str(chunk[-1][0])
+        trimmed = 0
+        for auction_id, applied in self.applied.items():
+            if applied.stream_id in stream_ids:
+                continue
+            if first_id is None or _id_tuple(applied.stream_id) < _id_tuple(first_id):
+                trimmed += 1  # trimmed below the oldest pending id: expected, not a difference
+            else:
+                add("applied_not_in_stream", auction_id, f"stream entry {applied.stream_id}", "missing")
+        if trimmed:
+            report.notes.append(f"{trimmed} applied events are older than the stream's first entry (trimmed)")
+
+    async def check_audit_records(self) -> None:
+        """The gateway's audit records of served auctions (optional input) match what was billed."""
+        add, report = self.report.add, self.report
+        prefix = AUDIT_KEY_PATTERN.removesuffix("*")
+        async for key_raw in self.redis.scan_iter(match=AUDIT_KEY_PATTERN, count=1000):
+            key = as_str(key_raw)
+            raw = await self.redis.get(key)
+            if raw is None:
+                continue  # expired meanwhile
+            try:
+                record = json.loads(as_str(raw))
+                audit = _audit_payments(record)
+            except (ValueError, TypeError, KeyError):
+                report.notes.append(f"unreadable audit record {key}")
+                continue
+            if audit is None:
+                report.notes.append(f"audit record {key} has no payments")
+                continue
+            report.audit_records += 1
+            auction_id = str(record.get("auction_id") or key.removeprefix(prefix))
+            applied = self.applied.get(auction_id)
+            if applied is None:
+                if auction_id not in self.stream_auctions:
+                    add(
+                        "served_not_billed", auction_id, "a billing event", "none in the stream or the ledger"
+                    )
+                continue  # in flight, or dead-lettered (the dead letter carries the reason)
+            if applied.payments != audit:
+                add(
+                    "audit_mismatch",
+                    auction_id,
+                    json.dumps(audit, sort_keys=True),
+                    json.dumps(applied.payments),
+                )
+
+
+async def reconcile(redis: aioredis.Redis, settings: Settings) -> ReconcileReport:
+    """Recompute every balance from the applied events; compare with the ledger's accounts, counters
+    and histories, with the stream, and with the gateway's audit records. Reads it all into memory.
+    """
+    return await _Reconciler(redis, settings).run()

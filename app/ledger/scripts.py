@@ -1,0 +1,20 @@
+"""The ledger's two Lua scripts, read from ``apply.lua`` and ``dead_letter.lua`` beside this module.
+
+Job: load the script texts once, at import (package data: pyproject ships ``app/ledger/*.lua``); the
+consumer SCRIPT LOADs them and calls them by EVALSHA. Their KEYS, ARGV and replies are described at
+the top of each ``.lua`` file. Imports the standard library only.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+
+def _read(name: str) -> str:
+    return files("app.ledger").joinpath(name).read_text(encoding="utf-8")
+
+
+# Validates one event, then marks its auction applied and posts both ledger legs (LedgerConsumer).
+APPLY_SCRIPT = _read("apply.lua")
+# Writes one entry to the dead-letter stream, at most once per stream id.
+DEAD_LETTER_SCRIPT = _read("dead_letter.lua")
