@@ -50,11 +50,14 @@ def worker(
     engine: Annotated[str, typer.Option(help="transformers (this project) or vllm (exec `vllm serve`).")] = (
         "transformers"
     ),
+    api_key: Annotated[
+        str | None, typer.Option(help="Bearer token required on /v1 (default: WORKER_API_KEY).")
+    ] = None,
 ) -> None:
     """Run one LLM worker that speaks vLLM's OpenAI-compatible dialect."""
     from workers.server import serve as run_worker
 
-    run_worker(model=model, host=host, port=port, device=device, engine=engine, dtype=dtype)
+    run_worker(model=model, host=host, port=port, device=device, engine=engine, dtype=dtype, api_key=api_key)
 
 
 @cli.command()

@@ -43,7 +43,19 @@ class Settings(WorkerSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port of the gateway.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Accepted bearer tokens; empty disables authentication (health stays open always).",
+        description="Platform bearer tokens (run auctions, read everything); empty disables authentication "
+        "(logged as a warning at start; health stays open always).",
+    )
+    advertiser_api_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Advertiser-scoped bearer tokens as JSON, advertiser id -> keys: each reads only that "
+        "advertiser's ledger account and auctions, and cannot run auctions. Keys (here and in API_KEYS) "
+        "may be given as `sha256:<hex digest>`.",
+    )
+    allow_insecure_keys: bool = Field(
+        False,
+        description="Development only: start although a key is empty or a known placeholder "
+        "(otherwise the gateway refuses to start).",
     )
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(True, description="Structured JSON logs (one object per line).")
@@ -125,6 +137,17 @@ class Settings(WorkerSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("advertiser_api_keys", mode="before")
+    @classmethod
+    def _advertiser_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+        return value
 
     @field_validator("worker_urls")
     @classmethod

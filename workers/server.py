@@ -32,7 +32,6 @@ import contextlib
 import gc
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -52,6 +51,7 @@ from prometheus_client import (
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from workers.auth import BearerKeyMiddleware
 from workers.completions import build_choices, check_unsupported, prompt_lists, sampling_options
 from workers.engine.core import Engine, EngineInputError, PromptResult, load_engine
 from workers.protocol import (
@@ -68,8 +68,9 @@ from workers.protocol import (
     TokenizeResponse,
 )
 from workers.settings import get_worker_settings
+from workers.vllm_launch import exec_vllm
 
-__all__ = ["Engine", "create_app", "load_engine", "serve", "vllm_command"]
+__all__ = ["Engine", "create_app", "load_engine", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,19 @@ class WorkerMetrics:
             gauge.labels(model_name).set(0)
 
 
-def create_app(engine: Engine, served_model_name: str | None = None) -> FastAPI:
-    """The worker's FastAPI app around an already loaded ``engine`` (no loading in the lifespan)."""
+def create_app(engine: Engine, served_model_name: str | None = None, api_key: str | None = None) -> FastAPI:
+    """The worker's FastAPI app around an already loaded ``engine`` (no loading in the lifespan).
+
+    With ``api_key``, requests to /v1 and /tokenize need ``Authorization: Bearer <api_key>``.
+    """
     model_name = served_model_name or engine.name
     metrics = WorkerMetrics(model_name)
     app = FastAPI(title="MOSAIC worker (vLLM OpenAI-compatible subset)", version="0.1.0")
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.model_name = model_name
+    if api_key:
+        app.add_middleware(BearerKeyMiddleware, api_key=api_key)
 
     # ------------------------------------------------------------------------------- errors
     @app.exception_handler(RequestValidationError)
@@ -293,41 +299,6 @@ def _configure_threads() -> None:
         torch.set_num_threads(threads)
 
 
-def vllm_command(model: str, host: str, port: int, max_model_len: int | None = None) -> list[str]:
-    """The exact ``vllm serve`` command of a worker for ``model`` (registry names mapped to paths)."""
-    from workers.models import ensure_smollm2_converted
-
-    path = model
-    extra: list[str] = []
-    if model == "smollm2":
-        path = str(ensure_smollm2_converted())
-    elif model in ("tiny-random", "random-7b"):
-        raise RuntimeError(
-            f"model {model!r} is built in process by the transformers engine; vLLM cannot serve it "
-            "(use smollm2, a local Hugging Face directory or a Hub id)"
-        )
-    command = [
-        "vllm",
-        "serve",
-        path,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--served-model-name",
-        model,
-        "--logprobs-mode",
-        "processed_logprobs",
-        "--max-logprobs",
-        "1",
-        "--no-enable-prefix-caching",
-        "--max-model-len",
-        str(max_model_len or get_worker_settings().worker_max_model_len),
-        *extra,
-    ]
-    return command
-
-
 def serve(
     model: str,
     host: str,
@@ -335,22 +306,23 @@ def serve(
     device: str = "auto",
     engine: str = "transformers",
     dtype: str | None = None,
+    api_key: str | None = None,
 ) -> None:
-    """Run one worker until stopped. ``engine="vllm"`` replaces this process with ``vllm serve``."""
+    """Run one worker until stopped. ``engine="vllm"`` replaces this process with ``vllm serve``.
+
+    ``api_key`` (default WORKER_API_KEY): the bearer token required on /v1 (and /tokenize here);
+    vLLM gets it as VLLM_API_KEY in its environment (not on its command line, visible in ps).
+    """
+    api_key = api_key if api_key is not None else get_worker_settings().worker_api_key
     if engine == "vllm":
-        executable = shutil.which("vllm")
-        if executable is None:
-            raise RuntimeError("engine 'vllm' needs vLLM installed (pip install 'mosaic-auction[vllm]')")
-        command = vllm_command(model, host, port)
-        log.info("exec %s", " ".join(command))
-        os.execv(executable, command)
+        exec_vllm(model, host, port, api_key)
     if engine != "transformers":
         raise ValueError(f"unknown engine {engine!r} (transformers or vllm)")
     import uvicorn
 
     _configure_threads()
     loaded = load_engine(model, device, dtype)
-    app = create_app(loaded)
+    app = create_app(loaded, api_key=api_key)
     gc.collect()
     gc.freeze()  # the model and modules live as long as the process: keep them out of GC scans
     log.info(
@@ -374,10 +346,21 @@ def main(argv: list[str] | None = None) -> None:
         "--dtype", default=None, choices=["auto", "float32", "bfloat16"], help="default: WORKER_DTYPE"
     )
     parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    parser.add_argument(
+        "--api-key", default=None, help="bearer token required on /v1 (default: WORKER_API_KEY)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.model, args.host, args.port, device=args.device, engine=args.engine, dtype=args.dtype)
+        serve(
+            args.model,
+            args.host,
+            args.port,
+            device=args.device,
+            engine=args.engine,
+            dtype=args.dtype,
+            api_key=args.api_key,
+        )
 
 
 if __name__ == "__main__":

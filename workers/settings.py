@@ -44,6 +44,11 @@ class WorkerSettings(BaseSettings):
         description="Decode loop of the transformers worker: `fast` (static KV cache; CUDA graphs on a "
         "GPU), `eager` (static KV cache, no graphs) or `legacy` (transformers forward). Same numbers.",
     )
+    worker_api_key: str | None = Field(
+        None,
+        description="Bearer token of the workers (vLLM's --api-key): `mosaic worker` requires it on /v1 "
+        "and /tokenize, the gateway sends it. Empty: workers are open (keep them on a private network).",
+    )
     worker_force_ignore_eos: bool = Field(
         False,
         description="Benchmarks only: every generation decodes exactly max_tokens (vLLM's ignore_eos) "

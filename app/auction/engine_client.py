@@ -110,9 +110,11 @@ class EngineClient:
             max_keepalive_connections=settings.worker_max_connections,
         )
         transports = transports or {}
+        # The workers' key (vLLM's --api-key); the in-process worker has none and needs none.
+        headers = {"Authorization": f"Bearer {settings.worker_api_key}"} if settings.worker_api_key else {}
         self._clients = {
             url: httpx.AsyncClient(
-                base_url=url, timeout=timeout, limits=limits, transport=transports.get(url)
+                base_url=url, timeout=timeout, limits=limits, transport=transports.get(url), headers=headers
             )
             for url in self.worker_urls
         }

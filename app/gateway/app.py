@@ -26,6 +26,7 @@ from app.gateway.errors import add_error_handlers
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.middleware import BodySizeLimit, add_request_metrics
 from app.gateway.routes import router
+from app.gateway.security import KeyRing, check_key_settings
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.producer import BillingProducer
 from app.ledger.reader import LedgerReader
@@ -50,6 +51,7 @@ def _limit_torch_threads(settings: Settings) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    check_key_settings(settings)  # refuses placeholder / empty keys before anything starts
     metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
@@ -126,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.key_ring = KeyRing(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     add_request_metrics(app, metrics)

@@ -20,7 +20,7 @@ from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService, auction_key, load_record
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import AuctionRecord, AuctionRequest, AuctionResponse, enforce_limits
-from app.gateway.security import require_api_key
+from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
 from app.ledger.reader import LedgerReader
 from app.settings import Settings
@@ -52,11 +52,12 @@ async def readyz(request: Request) -> JSONResponse:
     "/auction",
     response_model=AuctionResponse,
     response_model_exclude_none=True,
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require_platform_key)],
     tags=["auction"],
     summary="Run one MOSAIC auction and return the sampled reply",
     responses={
         401: {"description": "Missing or invalid API key"},
+        403: {"description": "An advertiser-scoped key (it cannot run auctions)"},
         422: {"description": "Invalid input or over a limit; names the field"},
         502: {"description": "A worker refused the request"},
         503: {"description": "Workers or the billing ledger unavailable; nothing billed"},
@@ -73,22 +74,37 @@ async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse
 @router.get(
     "/auctions/{auction_id}",
     response_model=AuctionRecord,
-    dependencies=[Depends(require_api_key)],
     tags=["auction"],
     summary="The full audit record of a served auction (candidates included)",
+    responses={
+        401: {"description": "Missing or invalid API key"},
+        404: {"description": "No such auction (or expired, or not one of this advertiser key's)"},
+    },
 )
-async def get_auction(auction_id: str, request: Request) -> Any:
+async def get_auction(
+    auction_id: str, request: Request, principal: Principal = Depends(require_api_key)
+) -> Any:
     if len(auction_id) > 64 or not auction_id.isalnum():
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
     redis_client: aioredis.Redis = request.app.state.redis
     record = load_record(await redis_client.get(auction_key(auction_id)))
+    # An advertiser key sees only the auctions it took part in; others answer as if absent.
+    if (
+        record is not None
+        and principal.scope == "advertiser"
+        and principal.advertiser_id not in {row.get("id") for row in record.get("advertisers", [])}
+    ):
+        record = None
     if record is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
     return record
 
 
 @router.get(
-    "/metrics", dependencies=[Depends(require_api_key)], tags=["health"], summary="Prometheus metrics"
+    "/metrics",
+    dependencies=[Depends(require_platform_key)],
+    tags=["health"],
+    summary="Prometheus metrics",
 )
 async def prometheus_metrics(request: Request) -> PlainTextResponse:
     metrics: GatewayMetrics = request.app.state.metrics

@@ -1,34 +1,162 @@
-"""Bearer-token authentication from settings (API_KEYS); health routes never use it."""
+"""Bearer-token authentication with two scopes, and the start-up check of the configured keys.
+
+Scopes: a *platform* key (API_KEYS) runs auctions and reads everything; an *advertiser* key
+(ADVERTISER_API_KEYS, bound to one advertiser id) reads only that advertiser's ledger account and the
+auctions it took part in, and cannot run auctions. A key is configured either as the token itself or
+as ``sha256:<64 hex>`` (the SHA-256 of the token), so a deployment's config need not hold the secret.
+Presented tokens are hashed and compared with `hmac.compare_digest` against every configured digest:
+no early exit that would tell which key came close.
+
+At start (`check_key_settings`): an empty or blank key entry, or a known placeholder (the values
+shipped in docker-compose.yml and k8s/secret.yaml), refuses to start unless ALLOW_INSECURE_KEYS=true
+(development only); no key at all turns auth off, with a warning in the log. Health routes never
+ask for a key. Imports only the settings.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import logging
+import re
+from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import HTTPException, Request, status
 
 from app.settings import Settings
 
+logger = logging.getLogger(__name__)
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+# Values that have been shipped in this repository's examples, and the usual stand-ins.
+KNOWN_PLACEHOLDER_KEYS = frozenset(
+    {
+        "mosaic-local-dev-key",
+        "change-me-api-key",
+        "change-me",
+        "changeme",
+        "secret",
+        "password",
+        "api-key",
+        "apikey",
+        "test",
+    }
+)
+_DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
+
+Scope = Literal["platform", "advertiser", "open"]
 
 
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency: 401 unless `Authorization: Bearer <key>` names a configured key."""
-    keys = _settings(request).api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    # compare_digest on every key: no early exit that would leak which prefix matched
-    valid = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token.encode(), key.encode()) for key in keys
-    )
-    if not valid:
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or invalid API key (Authorization: Bearer <key>)",
-            headers={"WWW-Authenticate": "Bearer"},
+class InsecureKeysError(ValueError):
+    """The configured keys must not be used (empty entry or a known placeholder)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: `open` when auth is off (every route allowed)."""
+
+    scope: Scope
+    advertiser_id: str | None = None
+
+    def may_read_advertiser(self, advertiser_id: str) -> bool:
+        return self.scope != "advertiser" or self.advertiser_id == advertiser_id
+
+
+def digest_of(key: str) -> bytes:
+    """The SHA-256 a configured key stands for: given as ``sha256:<hex>``, or of the token itself."""
+    match = _DIGEST.fullmatch(key.strip())
+    if match:
+        return bytes.fromhex(match.group(1))
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _problems(keys: list[str], setting: str) -> list[str]:
+    problems = []
+    for index, key in enumerate(keys):
+        if not key.strip():
+            problems.append(f"{setting}[{index}] is empty (a bare 'Authorization: Bearer' would match it)")
+        elif key.strip().lower() in KNOWN_PLACEHOLDER_KEYS:
+            problems.append(f"{setting}[{index}] is the known placeholder {key.strip()!r}")
+    return problems
+
+
+def check_key_settings(settings: Settings) -> None:
+    """Refuse insecure keys (unless ALLOW_INSECURE_KEYS) and warn when authentication is off."""
+    problems = _problems(settings.api_keys, "API_KEYS")
+    for advertiser_id, keys in settings.advertiser_api_keys.items():
+        problems += _problems(keys, f"ADVERTISER_API_KEYS[{advertiser_id!r}]")
+    if problems and not settings.allow_insecure_keys:
+        raise InsecureKeysError(
+            "refusing to start: " + "; ".join(problems) + ". Set real keys (or their sha256: digests); "
+            "ALLOW_INSECURE_KEYS=true accepts them for local development only."
         )
+    if problems:
+        logger.warning("insecure API keys accepted (ALLOW_INSECURE_KEYS=true)", extra={"problems": problems})
+    if not settings.api_keys and not settings.advertiser_api_keys:
+        logger.warning(
+            "authentication is OFF: API_KEYS is empty, every route is open (set API_KEYS in production)"
+        )
+
+
+class KeyRing:
+    """The configured keys as digests, with the scope each one grants."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.platform = [digest_of(key) for key in settings.api_keys if key.strip()]
+        self.advertisers = [
+            (digest_of(key), advertiser_id)
+            for advertiser_id, keys in settings.advertiser_api_keys.items()
+            for key in keys
+            if key.strip()
+        ]
+        self.enabled = bool(settings.api_keys or settings.advertiser_api_keys)
+
+    def identify(self, token: str) -> Principal | None:
+        presented = hashlib.sha256(token.encode()).digest()
+        platform = False
+        for digest in self.platform:  # every comparison runs: constant time over the key set
+            platform |= hmac.compare_digest(presented, digest)
+        advertiser: str | None = None
+        for digest, advertiser_id in self.advertisers:
+            if hmac.compare_digest(presented, digest):
+                advertiser = advertiser_id
+        if platform:
+            return Principal("platform")
+        if advertiser is not None:
+            return Principal("advertiser", advertiser)
+        return None
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail="missing or invalid API key (Authorization: Bearer <key>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def require_api_key(request: Request) -> Principal:
+    """FastAPI dependency: the caller, or 401 unless `Authorization: Bearer <key>` names a key."""
+    ring: KeyRing | None = getattr(request.app.state, "key_ring", None)
+    if ring is None:
+        ring = request.app.state.key_ring = KeyRing(request.app.state.settings)
+    if not ring.enabled:
+        return Principal("open")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    principal = ring.identify(token) if scheme.lower() == "bearer" and token else None
+    if principal is None:
+        raise _unauthorized()
+    return principal
+
+
+async def require_platform_key(request: Request) -> Principal:
+    """As `require_api_key`, and 403 for an advertiser key (it may only read its own account)."""
+    principal = await require_api_key(request)
+    if principal.scope == "advertiser":
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail=f"this key is scoped to advertiser {principal.advertiser_id!r}: it may read that "
+            "advertiser's account and auctions only",
+        )
+    return principal

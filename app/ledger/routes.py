@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
-from app.gateway.security import require_api_key
+from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.ledger.events import MAX_ID_LENGTH
 from app.ledger.reader import LedgerReader
 from app.settings import Settings
@@ -31,20 +31,32 @@ def _reader(request: Request) -> LedgerReader:
 @router.get(
     "/advertisers/{advertiser_id}",
     summary="An advertiser's balance, auctions billed and latest ledger entries (newest first)",
-    responses={503: {"description": "Redis unavailable"}},
+    responses={
+        403: {"description": "An advertiser key of another advertiser"},
+        503: {"description": "Redis unavailable"},
+    },
 )
 async def get_advertiser(
     request: Request,
     advertiser_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
     limit: Annotated[int, Query(ge=1, le=1000, description="History entries to return.")] = 50,
+    principal: Principal = Depends(require_api_key),
 ) -> dict[str, Any]:
+    if not principal.may_read_advertiser(advertiser_id):
+        raise HTTPException(
+            status_code=403, detail=f"this key is scoped to advertiser {principal.advertiser_id!r}"
+        )
     return await _reader(request).advertiser(advertiser_id, limit=limit)
 
 
 @router.get(
     "/summary",
     summary="Platform revenue, events applied, stream length, pending, lag and dead letters",
-    responses={503: {"description": "Redis unavailable"}},
+    responses={
+        403: {"description": "An advertiser-scoped key (the summary is the platform's)"},
+        503: {"description": "Redis unavailable"},
+    },
+    dependencies=[Depends(require_platform_key)],
 )
 async def get_summary(request: Request) -> dict[str, Any]:
     return await _reader(request).summary()

@@ -1,0 +1,63 @@
+"""``mosaic worker --engine vllm``: exec the stock vLLM server with the flags of VLLM_PROTOCOL.md.
+
+Processed log-probs (``--logprobs-mode processed_logprobs``: log q is the density the candidates were
+drawn from), one log-prob per position, the project's max_model_len, and the worker's API key passed
+as VLLM_API_KEY in the environment (not on the command line, visible in ps). Imports the model
+registry and the worker settings only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+from workers.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+
+
+def vllm_command(model: str, host: str, port: int, max_model_len: int | None = None) -> list[str]:
+    """The exact ``vllm serve`` command of a worker for ``model`` (registry names mapped to paths)."""
+    from workers.models import ensure_smollm2_converted
+
+    path = model
+    extra: list[str] = []
+    if model == "smollm2":
+        path = str(ensure_smollm2_converted())
+    elif model in ("tiny-random", "random-7b"):
+        raise RuntimeError(
+            f"model {model!r} is built in process by the transformers engine; vLLM cannot serve it "
+            "(use smollm2, a local Hugging Face directory or a Hub id)"
+        )
+    command = [
+        "vllm",
+        "serve",
+        path,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        model,
+        "--logprobs-mode",
+        "processed_logprobs",
+        "--max-logprobs",
+        "1",
+        "--no-enable-prefix-caching",
+        "--max-model-len",
+        str(max_model_len or get_worker_settings().worker_max_model_len),
+        *extra,
+    ]
+    return command
+
+
+def exec_vllm(model: str, host: str, port: int, api_key: str | None) -> None:
+    """Never returns: ``execve`` of ``vllm serve`` with `vllm_command`'s flags."""
+    executable = shutil.which("vllm")
+    if executable is None:
+        raise RuntimeError("engine 'vllm' needs vLLM installed (pip install 'mosaic-auction[vllm]')")
+    command = vllm_command(model, host, port)
+    log.info("exec %s", " ".join(command))
+    env = {**os.environ, "VLLM_API_KEY": api_key} if api_key else dict(os.environ)
+    os.execve(executable, command, env)
