@@ -136,7 +136,7 @@ def evaluate(
     ] = True,
 ) -> None:
     """Reproduce the paper's experiments (Figures 1-3, C.5-C.8) with plots and a report."""
-    from app.evaluate import run_evaluation
+    from app.evaluation.run import run_evaluation
 
     run_evaluation(
         instances=instances,

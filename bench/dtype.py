@@ -37,7 +37,7 @@ from rich.table import Table  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from app import mechanism  # noqa: E402
-from app.evaluate import load_instances  # noqa: E402
+from app.evaluation.instances import load_instances  # noqa: E402
 from app.prompts import (  # noqa: E402
     AdvertiserProfile,
     advertiser_messages,

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import app.evaluate as evaluate
+import app.evaluation.run as evaluation_run
 from app.cli import cli
-from app.evaluate import ADVERTISER_COLUMNS, AUCTION_COLUMNS, DEFAULT_TAU_MULTIPLIERS, run_evaluation
+from app.evaluation.rows import ADVERTISER_COLUMNS, AUCTION_COLUMNS, DEFAULT_TAU_MULTIPLIERS
+from app.evaluation.run import run_evaluation
 from tests.fixtures_worker import WorkerProcess
 
 PLOTS = [
@@ -109,7 +110,7 @@ def test_evaluate_in_process_writes_every_file_and_resumes(
     # rows are identical (deterministic by seed).
     first_rows = (out / "rows.csv").read_bytes()
     cache_mtimes = [path.stat().st_mtime_ns for path in cache_files]
-    monkeypatch.setattr(evaluate, "_open_engine", _refuse_engine)
+    monkeypatch.setattr(evaluation_run, "_open_engine", _refuse_engine)
     result = CliRunner().invoke(
         cli,
         [

@@ -1,5 +1,5 @@
-"""Unit tests of the evaluation's metrics (app.evaluation_metrics) and row building (app.evaluate),
-on hand-made inputs whose answers are worked out by hand."""
+"""Unit tests of the evaluation's metrics (app.evaluation.metrics), row building (app.evaluation.rows)
+and claim verdicts (app.evaluation.claims), on hand-made inputs whose answers are worked out by hand."""
 
 from __future__ import annotations
 
@@ -9,25 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app import evaluation_metrics as em
 from app import mechanism
-from app.evaluate import (
+from app.evaluation import metrics as em
+from app.evaluation.claims import FAILS, HOLDS, INCONCLUSIVE, UNTESTED, _sign_verdict, paper_claims
+from app.evaluation.instances import Instance
+from app.evaluation.rows import (
     ADVERTISER_COLUMNS,
     AUCTION_COLUMNS,
-    FAILS,
-    HOLDS,
-    INCONCLUSIVE,
-    UNTESTED,
-    Instance,
-    UnitData,
-    _sign_verdict,
     build_frames,
     candidate_log_proposal,
-    paper_claims,
     prefix_indices,
     tau_grid,
     unit_rows,
 )
+from app.evaluation.units import UnitData
 
 # --------------------------------------------------------------------------------------------
 # expectation

@@ -14,6 +14,8 @@ carry the paper's figure numbers:
 * ``fig12_fraction_named_vs_m`` fraction of advertisers named (App. C.7, Fig. 12);
 * ``tau_sweep``              the τ sweep at the largest M;
 * ``ess_vs_m``               effective sample size of the allocation.
+
+Imports `metrics`, matplotlib, numpy and pandas only.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from app import evaluation_metrics as metrics
+from app.evaluation import metrics
 
 __all__ = ["PROPOSAL_STYLE", "write_all_plots"]
 
@@ -266,30 +268,8 @@ def plot_scatter(advertisers: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, out, "fig5_6_utility_vs_reward_scatter")
 
 
-def correlation_table(advertisers: pd.DataFrame) -> pd.DataFrame:
-    """Pearson r of reward gain and utility gain, with/without offset, per (proposal, M, counterfactual)."""
-    frame = _primary(advertisers)
-    records = []
-    for (proposal, m), group in frame.groupby(["proposal", "M"], sort=True):
-        for counterfactual, gain, with_offset, without_offset in (
-            ("exact", "reward_gain", "utility_gain", "utility_gain_without_offset"),
-            ("approx", "reward_gain_approx", "utility_gain_approx", "utility_gain_approx_without_offset"),
-        ):
-            records.append(
-                {
-                    "proposal": proposal,
-                    "M": m,
-                    "counterfactual": counterfactual,
-                    "pearson_with_offset": metrics.pearson(group[gain], group[with_offset]),
-                    "pearson_without_offset": metrics.pearson(group[gain], group[without_offset]),
-                    "count": int((group[gain].notna()).sum()),
-                }
-            )
-    return pd.DataFrame.from_records(records)
-
-
 def plot_correlation(advertisers: pd.DataFrame, out: Path) -> list[Path]:
-    table = correlation_table(advertisers)
+    table = metrics.correlation_table(advertisers)
     m_values = sorted(table["M"].unique())
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
     for ax, counterfactual, title in (

@@ -14,7 +14,10 @@ plots (MECHANISM.md § "Quantities the paper plots"):
 * utility gain = reward gain − payment (with the offset, and without: ``p_i = R_i − τ·LSE(ℓ)``);
 * which advertisers a reply names (`names_matrix`, case-insensitive substring match);
 * summaries: mean with a normal 95% confidence interval (`mean_ci`, `summarise`), Pearson
-  correlation (`pearson`) and a least-squares line with its R² (`linear_fit`).
+  correlation (`pearson`) and a least-squares line with its R² (`linear_fit`); the Pearson table of
+  reward gain against utility gain per (proposal, M) that Fig. 7 plots (`correlation_table`).
+
+Imports numpy, pandas and `app.mechanism` only (the bottom of the package: nothing else here).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "MeanCI",
     "approximate_counterfactual_rewards",
     "centre_by_group",
+    "correlation_table",
     "counterfactual_rewards",
     "expectation",
     "linear_fit",
@@ -243,3 +247,25 @@ def linear_fit(x: ArrayLike, y: ArrayLike) -> LinearFit:
     syy = float(dy @ dy)
     r_squared = 1.0 - float(residual @ residual) / syy if syy > 0.0 else math.nan
     return LinearFit(slope, intercept, r_squared, count)
+
+
+def correlation_table(advertisers: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r of reward gain and utility gain, with/without offset, per (proposal, M, counterfactual)."""
+    frame = advertisers[advertisers["primary_tau"].astype(bool)]
+    records = []
+    for (proposal, m), group in frame.groupby(["proposal", "M"], sort=True):
+        for counterfactual, gain, with_offset, without_offset in (
+            ("exact", "reward_gain", "utility_gain", "utility_gain_without_offset"),
+            ("approx", "reward_gain_approx", "utility_gain_approx", "utility_gain_approx_without_offset"),
+        ):
+            records.append(
+                {
+                    "proposal": proposal,
+                    "M": m,
+                    "counterfactual": counterfactual,
+                    "pearson_with_offset": pearson(group[gain], group[with_offset]),
+                    "pearson_without_offset": pearson(group[gain], group[without_offset]),
+                    "count": int((group[gain].notna()).sum()),
+                }
+            )
+    return pd.DataFrame.from_records(records)
