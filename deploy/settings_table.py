@@ -41,6 +41,7 @@ NON_SETTINGS: dict[str, str] = {
     "REDISCLI_AUTH": "Redis pod: password for `redis-cli` in the readiness probe.",
     "REDIS_PASSWORD": "Redis pod: `requirepass`; must match the password inside REDIS_URL.",
     "USER": "vLLM pod: a user name for torch's `getpass` (the uid has no /etc/passwd entry).",
+    "VLLM_API_KEY": "vLLM workers: its --api-key (the same secret as the gateway's WORKER_API_KEY).",
     "VLLM_NO_USAGE_STATS": "vLLM: no usage statistics.",
     "XDG_CACHE_HOME": "Cache directory of torch, Triton and others (image: `/tmp/.cache`).",
 }

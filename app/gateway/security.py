@@ -33,6 +33,7 @@ KNOWN_PLACEHOLDER_KEYS = frozenset(
     {
         "mosaic-local-dev-key",
         "change-me-api-key",
+        "change-me-worker-api-key",
         "change-me",
         "changeme",
         "secret",
@@ -85,6 +86,8 @@ def check_key_settings(settings: Settings) -> None:
     problems = _problems(settings.api_keys, "API_KEYS")
     for advertiser_id, keys in settings.advertiser_api_keys.items():
         problems += _problems(keys, f"ADVERTISER_API_KEYS[{advertiser_id!r}]")
+    if settings.worker_api_key is not None and settings.worker_api_key.strip():
+        problems += _problems([settings.worker_api_key], "WORKER_API_KEY")
     if problems and not settings.allow_insecure_keys:
         raise InsecureKeysError(
             "refusing to start: " + "; ".join(problems) + ". Set real keys (or their sha256: digests); "

@@ -1231,3 +1231,37 @@ def test_deploy_md_settings_table_is_generated_from_settings() -> None:
     )
     for name in SETTING_NAMES:
         assert f"`{name}`" in block
+
+
+# ======================================================================== keys in the shipped configs
+def test_k8s_gateway_refuses_its_placeholder_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k8s never allows insecure keys: shipped as is, the gateway refuses to start (no live known key)."""
+    from app.gateway.security import InsecureKeysError, check_key_settings
+
+    gateway = _workload_by_component("gateway")
+    (container,) = [c for c in _containers(gateway) if _is_mosaic(c)]
+    env = _container_env(container)
+    assert env.get("ALLOW_INSECURE_KEYS", "false").lower() in {"false", "0", ""}
+    for kind, _ in _k8s_docs():
+        assert "ALLOW_INSECURE_KEYS" not in json.dumps(_), f"{kind} sets ALLOW_INSECURE_KEYS"
+    settings = _settings_from_env(monkeypatch, env)
+    with pytest.raises(InsecureKeysError):
+        check_key_settings(settings)
+    # The workers' key reaches vLLM as its --api-key (VLLM_API_KEY), the same secret the gateway sends.
+    (vllm,) = list(_containers(_workload_by_component("vllm-worker")))
+    assert _container_env(vllm)["VLLM_API_KEY"] == env["WORKER_API_KEY"]
+
+
+def test_compose_dev_stack_accepts_its_dev_key_only_by_the_explicit_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.gateway.security import InsecureKeysError, check_key_settings
+
+    for name, svc in _services().items():
+        if _service_role(svc) != "gateway":
+            continue
+        env = _env_dict(svc.get("environment"))
+        check_key_settings(_settings_from_env(monkeypatch, env))
+        with pytest.raises(InsecureKeysError):
+            check_key_settings(_settings_from_env(monkeypatch, {**env, "ALLOW_INSECURE_KEYS": "false"}))
+        assert env["WORKER_API_KEY"] == "", name
