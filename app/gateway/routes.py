@@ -19,7 +19,13 @@ from redis.exceptions import RedisError
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService, auction_key, load_record
 from app.gateway.metrics import GatewayMetrics
-from app.gateway.schemas import AuctionRecord, AuctionRequest, AuctionResponse, enforce_limits
+from app.gateway.schemas import (
+    AuctionRecord,
+    AuctionRequest,
+    AuctionResponse,
+    enforce_limits,
+    error_responses,
+)
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
 from app.ledger.reader import LedgerReader
@@ -33,7 +39,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"], summary="Readiness: workers and Redis reachable")
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="Readiness: workers and Redis reachable",
+    responses={503: {"description": "Not ready (the same body, `ready: false`)"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, Any] = {}
     engine_client: EngineClient | None = getattr(request.app.state, "engine_client", None)
@@ -55,14 +66,7 @@ async def readyz(request: Request) -> JSONResponse:
     dependencies=[Depends(require_platform_key)],
     tags=["auction"],
     summary="Run one MOSAIC auction and return the sampled reply",
-    responses={
-        401: {"description": "Missing or invalid API key"},
-        403: {"description": "An advertiser-scoped key (it cannot run auctions)"},
-        422: {"description": "Invalid input or over a limit; names the field"},
-        502: {"description": "A worker refused the request"},
-        503: {"description": "Workers or the billing ledger unavailable; nothing billed"},
-        504: {"description": "Auction deadline passed; nothing billed"},
-    },
+    responses=error_responses(401, 403, 422, 500, 502, 503, 504),
 )
 async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse:
     settings: Settings = request.app.state.settings
@@ -76,10 +80,7 @@ async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse
     response_model=AuctionRecord,
     tags=["auction"],
     summary="The full audit record of a served auction (candidates included)",
-    responses={
-        401: {"description": "Missing or invalid API key"},
-        404: {"description": "No such auction (or expired, or not one of this advertiser key's)"},
-    },
+    responses=error_responses(401, 404, 422, 503),
 )
 async def get_auction(
     auction_id: str, request: Request, principal: Principal = Depends(require_api_key)
@@ -104,7 +105,12 @@ async def get_auction(
     "/metrics",
     dependencies=[Depends(require_platform_key)],
     tags=["health"],
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **error_responses(401, 403),
+    },
 )
 async def prometheus_metrics(request: Request) -> PlainTextResponse:
     metrics: GatewayMetrics = request.app.state.metrics

@@ -77,7 +77,7 @@ class AuctionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Longest reply, in tokens.")
     temperature: float = Field(1.0, gt=0, le=2, allow_inf_nan=False, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed: the same seed replays the auction.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed: the same seed replays the auction.")
     include_candidates: bool = Field(False, description="Return the candidate table (for audits).")
 
     @field_validator("query")
@@ -227,3 +227,44 @@ def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
         )
     if errors:
         raise RequestValidationError(errors)
+
+
+class ErrorMessage(BaseModel):
+    """Every 4xx/5xx answer but 422: one message naming the cause."""
+
+    detail: str = Field(description="What went wrong, naming the cause.")
+
+
+class FieldError(BaseModel):
+    type: str = Field(description="Machine-readable kind, e.g. `limit_exceeded`, `json_invalid`.")
+    loc: list[str | int] = Field(description="Where: `body` then the JSON path of the field.")
+    msg: str
+    input: Any = Field(None, description="The offending value, when it can be written back as JSON.")
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    """422: the request was refused before any model work; each entry names a field."""
+
+    detail: list[FieldError]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these statuses, each with its body schema."""
+    descriptions = {
+        401: "Missing or invalid API key",
+        403: "The key's scope does not allow this (an advertiser key)",
+        404: "Not found",
+        422: "Invalid input or over a limit; names the field (nothing billed)",
+        500: "Internal error, naming its cause (nothing billed)",
+        502: "A worker refused the request (nothing billed)",
+        503: "Workers, Redis or the billing ledger unavailable (nothing billed)",
+        504: "Auction deadline passed (nothing billed)",
+    }
+    return {
+        status: {
+            "description": descriptions[status],
+            "model": ValidationErrorBody if status == 422 else ErrorMessage,
+        }
+        for status in statuses
+    }

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
+from app.gateway.schemas import error_responses
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.ledger.events import MAX_ID_LENGTH
 from app.ledger.reader import LedgerReader
@@ -31,10 +32,7 @@ def _reader(request: Request) -> LedgerReader:
 @router.get(
     "/advertisers/{advertiser_id}",
     summary="An advertiser's balance, auctions billed and latest ledger entries (newest first)",
-    responses={
-        403: {"description": "An advertiser key of another advertiser"},
-        503: {"description": "Redis unavailable"},
-    },
+    responses=error_responses(401, 403, 422, 503),
 )
 async def get_advertiser(
     request: Request,
@@ -52,10 +50,7 @@ async def get_advertiser(
 @router.get(
     "/summary",
     summary="Platform revenue, events applied, stream length, pending, lag and dead letters",
-    responses={
-        403: {"description": "An advertiser-scoped key (the summary is the platform's)"},
-        503: {"description": "Redis unavailable"},
-    },
+    responses=error_responses(401, 403, 503),
     dependencies=[Depends(require_platform_key)],
 )
 async def get_summary(request: Request) -> dict[str, Any]:
