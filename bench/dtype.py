@@ -21,9 +21,8 @@ seq_abs_err_p50=<nats> allocation_tv_p50=<p> payment_abs_err_p50=<units>``.
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from app import mechanism  # noqa: E402
@@ -44,6 +41,7 @@ from app.prompts import (  # noqa: E402
     context_messages,
     reference_messages,
 )
+from bench.common import median_time, rich_table  # noqa: E402
 from workers.engine.core import Engine  # noqa: E402
 from workers.engine.sampling import SamplingOptions  # noqa: E402
 from workers.models import cpu_has_native_bf16, load_model  # noqa: E402
@@ -70,15 +68,6 @@ def reply_scores(
         tokens.append(values)
         sums[k] = sum(values)
     return sums.reshape(len(prompts), len(replies)), tokens
-
-
-def median_time(fn: object, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -152,20 +141,13 @@ def main() -> None:
         for n in (1, 8):
             options = SamplingOptions(n=n, max_tokens=args.max_tokens, seed=1, ignore_eos=True)
             engine.complete([speed_prompt], options)  # warm-up
-            results[f"decode_n{n}"] = median_time(
-                lambda engine=engine, options=options: engine.complete([speed_prompt], options), args.repeats
-            )
+            decode = functools.partial(engine.complete, [speed_prompt], options)
+            results[f"decode_n{n}"] = median_time(decode, args.repeats)
         engine.score(score_batch[:2])
-        results["score"] = median_time(lambda engine=engine: engine.score(score_batch), args.repeats)
+        results["score"] = median_time(functools.partial(engine.score, score_batch), args.repeats)
         timing[name] = results
 
-    console = Console()
-    precision = Table(
-        title=f"bf16 vs fp32, {args.model}, {len(instances)} instances x M={args.candidates}, "
-        f"<= {args.max_tokens} tokens (CPU native bf16: {cpu_has_native_bf16()})"
-    )
-    for column in ("quantity", "median", "p90", "max"):
-        precision.add_column(column, justify="right" if column != "quantity" else "left")
+    precision = []
     for label, values in (
         ("|Δ log-prob| per token (nats)", token_errors),
         ("|Δ log-prob| per reply (nats)", sequence_errors),
@@ -174,21 +156,28 @@ def main() -> None:
         ("|payment| in fp32, for scale", payment_sizes),
     ):
         median, p90, worst = quantiles(values)
-        precision.add_row(label, f"{median:.4f}", f"{p90:.4f}", f"{worst:.4f}")
-    precision.add_row("same candidate chosen", f"{same_choice}/{len(instances)}", "", "")
-    console.print(precision)
-    speed = Table(title=f"speed, {torch.get_num_threads()} threads, medians of {args.repeats}")
-    for column in ("case", "float32 (s)", "bfloat16 (s)", "speed-up"):
-        speed.add_column(column, justify="right" if column != "case" else "left")
+        precision.append([label, f"{median:.4f}", f"{p90:.4f}", f"{worst:.4f}"])
+    precision.append(["same candidate chosen", f"{same_choice}/{len(instances)}", "", ""])
+    rich_table(
+        f"bf16 vs fp32, {args.model}, {len(instances)} instances x M={args.candidates}, "
+        f"<= {args.max_tokens} tokens (CPU native bf16: {cpu_has_native_bf16()})",
+        ["quantity", "median", "p90", "max"],
+        precision,
+    )
     labels = {
         "decode_n1": f"decode n=1, {args.max_tokens} tok",
         "decode_n8": f"decode n=8, {args.max_tokens} tok",
         "score": f"score {len(score_batch)} replies ({score_tokens} tok)",
     }
+    speed = []
     for key, label in labels.items():
         a, b = timing["float32"][key], timing["bfloat16"][key]
-        speed.add_row(label, f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}x")
-    console.print(speed)
+        speed.append([label, f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}x"])
+    rich_table(
+        f"speed, {torch.get_num_threads()} threads, medians of {args.repeats}",
+        ["case", "float32 (s)", "bfloat16 (s)", "speed-up"],
+        speed,
+    )
     decode_speedup = timing["float32"]["decode_n8"] / timing["bfloat16"]["decode_n8"]
     score_speedup = timing["float32"]["score"] / timing["bfloat16"]["score"]
     print(

@@ -17,22 +17,18 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from rich.console import Console
-from rich.table import Table
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common
+
 QUERY = "Learning to play the guitar."
 ADVERTISERS = [
     {
@@ -44,56 +40,10 @@ ADVERTISERS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, path: str, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"{url}{path} not ready after {timeout_s} s")
-
-
-@contextlib.contextmanager
-def local_stack(model: str, dtype: str) -> Iterator[tuple[str, str]]:
-    worker_port, gateway_port = free_port(), free_port()
-    worker_url, gateway_url = f"http://127.0.0.1:{worker_port}", f"http://127.0.0.1:{gateway_port}"
-    with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "LOG_LEVEL": "WARNING", "WORKER_DTYPE": dtype}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers.server", "--model", model, "--port", str(worker_port)],
-            cwd=REPO,
-            env=env,
-            start_new_session=True,
-        )
-        gateway_env = {**env, "WORKER_URLS": worker_url, "PORT": str(gateway_port), "DATA_DIR": data_dir}
-        gateway_env.pop("REDIS_URL", None)
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=REPO, env=gateway_env, start_new_session=True
-        )
-        try:
-            wait_ready(worker_url, "/health", worker)
-            wait_ready(gateway_url, "/readyz", gateway)
-            yield gateway_url, worker_url
-        finally:
-            for process in (gateway, worker):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=20)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def local_stack(model: str, dtype: str) -> contextlib.AbstractContextManager[tuple[str, str]]:
+    """A worker (``--model``, WORKER_DTYPE=dtype) and a gateway in front of it; (gateway_url, worker_url)."""
+    env = {**os.environ, "LOG_LEVEL": "WARNING", "WORKER_DTYPE": dtype}
+    return common.local_stack(model, [], env, {}, {}, ready_timeout_s=300, stop_timeout_s=20)
 
 
 def main() -> None:
@@ -189,32 +139,27 @@ def main() -> None:
                 stages.setdefault(stage, []).append(value)
             auction_tokens.append(statistics.mean(c["num_tokens"] for c in body["candidates"]))
 
-    console = Console()
-    table = Table(
-        title=f"auction (M={args.candidates}, 2 advertisers, ≤{args.max_tokens} tokens) vs one reply, "
-        f"medians of {args.repeats}" + ("" if args.url else f", worker {args.model} dtype={args.dtype}")
+    def row(label: str, values: list[float], digits: int) -> list[str]:
+        return [
+            label,
+            f"{statistics.median(values):.{digits}f}",
+            f"{common.percentile(values, 0.9):.{digits}f}",
+        ]
+
+    rows = [
+        row("single reply (s)", single_s, 3),
+        row("auction, client-side (s)", auction_s, 3),
+        *(row(f"  stage {stage} (ms)", values, 1) for stage, values in stages.items()),
+        row("gateway overhead (ms)", overhead_ms, 2),
+        ["tokens: single reply", f"{statistics.median(single_tokens):.0f}", ""],
+        ["tokens: mean per candidate", f"{statistics.median(auction_tokens):.1f}", ""],
+    ]
+    common.rich_table(
+        f"auction (M={args.candidates}, 2 advertisers, ≤{args.max_tokens} tokens) vs one reply, "
+        f"medians of {args.repeats}" + ("" if args.url else f", worker {args.model} dtype={args.dtype}"),
+        ["what", "median", "p90"],
+        rows,
     )
-    table.add_column("what")
-    table.add_column("median", justify="right")
-    table.add_column("p90", justify="right")
-    table.add_row(
-        "single reply (s)", f"{statistics.median(single_s):.3f}", f"{percentile(single_s, 0.9):.3f}"
-    )
-    table.add_row(
-        "auction, client-side (s)", f"{statistics.median(auction_s):.3f}", f"{percentile(auction_s, 0.9):.3f}"
-    )
-    for stage, values in stages.items():
-        table.add_row(
-            f"  stage {stage} (ms)", f"{statistics.median(values):.1f}", f"{percentile(values, 0.9):.1f}"
-        )
-    table.add_row(
-        "gateway overhead (ms)",
-        f"{statistics.median(overhead_ms):.2f}",
-        f"{percentile(overhead_ms, 0.9):.2f}",
-    )
-    table.add_row("tokens: single reply", f"{statistics.median(single_tokens):.0f}", "")
-    table.add_row("tokens: mean per candidate", f"{statistics.median(auction_tokens):.1f}", "")
-    console.print(table)
     ratio = statistics.median(auction_s) / statistics.median(single_s)
     print(json.dumps({"single_s": single_s, "auction_s": auction_s, "overhead_ms": overhead_ms}))
     print(f"ratio={ratio:.3f} overhead_ms_p50={statistics.median(overhead_ms):.2f}")

@@ -34,6 +34,7 @@ from app.ledger.reader import LedgerReader
 from app.ledger.reconcile import reconcile
 from app.ledger.redis_store import RedisServer, free_loopback_port, make_client
 from app.settings import Settings
+from bench.common import percentile
 
 
 def make_events(n: int, seed: int, prefix: str) -> list[BillingEvent]:
@@ -64,11 +65,6 @@ def fdatasync_ms(directory: Path, n: int = 200) -> list[float]:
         os.close(fd)
         path.unlink()
     return latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def producer_latency(client: aioredis.Redis, settings: Settings, n: int, prefix: str) -> list[float]:

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-# The package is not installed editable: make `app` importable when run as a script.
+# The package is not installed editable: make `app` and `bench` importable when run as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.mechanism import default_tau, run_auction
+from bench.common import rich_table
 
 SIZES = [(2, 20), (10, 64), (10, 1024)]  # (advertisers n, candidates M)
 INPUT_SETS = 64  # distinct random instances, cycled through, so no single input is cached
@@ -71,19 +72,7 @@ def _print_table(rows: list[tuple[int, int, list[float]]]) -> None:
         cells.append(
             (str(n), str(m), f"{median:.1f}", f"{deciles[0]:.1f}", f"{deciles[-1]:.1f}", str(len(samples)))
         )
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # rich is a dependency, but the numbers matter more than the frame
-        for line in [header, *cells]:
-            print("  ".join(cell.rjust(10) for cell in line))
-        return
-    table = Table(title="run_auction, µs per auction")
-    for column in header:
-        table.add_column(column, justify="right")
-    for line in cells:
-        table.add_row(*line)
-    Console().print(table)
+    rich_table("run_auction, µs per auction", header, cells, left=0)
 
 
 def main() -> None:

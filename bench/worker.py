@@ -15,36 +15,22 @@ Last line: ``n8_over_n1=<ratio>`` (GPU mode prints ``n20_over_n1=<ratio>`` just 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.common import median_time
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
 from workers.models import load_model
 
 QUESTION = "Give me three tips for learning to play the guitar, with a short reason for each."
-
-
-def timed(fn: Callable[[], object], repeats: int, sync: bool) -> float:
-    """Median wall time of ``repeats`` calls (seconds)."""
-    times = []
-    for _ in range(repeats):
-        if sync:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     loaded = load_model(args.model, args.device, args.dtype)
     load_s = time.perf_counter() - load_start
     gpu = loaded.device.type == "cuda"
+    sync = torch.cuda.synchronize if gpu else None
     tokens = args.tokens or (256 if gpu else 64)
     big_n = args.n or (20 if gpu else 8)
     engine = Engine(loaded, max_model_len=4096, score_token_budget=args.score_token_budget)
@@ -88,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
     generate(2, 4)  # warm-up (kernels, allocator)
     ns = sorted({1, 8, big_n})
-    wall = {n: timed(lambda n=n: generate(n), args.repeats, gpu) for n in ns}
+    wall = {n: median_time(functools.partial(generate, n), args.repeats, sync) for n in ns}
 
     replies: list[list[int]] = []
     while len(replies) < args.score_batch:
@@ -96,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     sequences = [prompt + r for r in replies]
     scored_tokens = sum(len(s) for s in sequences)
     engine.prefix_sharing = False
-    score_plain = timed(lambda: engine.score(sequences), args.repeats, gpu)
+    score_plain = median_time(lambda: engine.score(sequences), args.repeats, sync)
     engine.prefix_sharing = True
-    score_shared = timed(lambda: engine.score(sequences), args.repeats, gpu)
+    score_shared = median_time(lambda: engine.score(sequences), args.repeats, sync)
 
     threads = torch.get_num_threads()
     print(
