@@ -5,7 +5,8 @@ or Debian's redis-server, started as a child process with its own directory.
   ``.url``, ``.kill()`` (SIGKILL), ``.restart()`` (same directory and port: reloads the AOF),
   ``.stop()`` (SIGTERM);
 * `start_redis_server(tmp_path)` - start one in a new directory under `tmp_path`;
-* the function-scoped fixture `redis_server` - one per test, stopped afterwards.
+* the function-scoped fixture `redis_server` - one per test, stopped afterwards; the
+  module-scoped `redis_process` - one per test module.
 
 Registered for every test by ``tests/conftest.py`` (``pytest_plugins``).
 """
@@ -51,3 +52,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServerProcess]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
+    """One real Redis server shared by the tests of a module."""
+    server = start_redis_server(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

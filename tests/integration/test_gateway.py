@@ -57,13 +57,6 @@ def worker() -> Iterator[WorkerProcess]:
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
-    server = start_redis_server(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
 def make_settings(worker_urls: list[str], redis_url: str, tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "worker_urls": worker_urls,

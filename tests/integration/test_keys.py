@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from app.gateway.app import create_app
 from app.gateway.security import InsecureKeysError, KeyRing, check_key_settings
 from app.settings import Settings
-from tests.fixtures_redis import RedisServerProcess, start_redis_server
+from tests.fixtures_redis import RedisServerProcess
 from tests.fixtures_worker import WorkerProcess, start_worker_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,13 +55,6 @@ def keyed_worker() -> Iterator[WorkerProcess]:
     worker = start_worker_process("tiny-random", env={"WORKER_API_KEY": WORKER_KEY})
     yield worker
     worker.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
-    server = start_redis_server(tmp_path_factory.mktemp("keys-redis"))
-    yield server
-    server.stop()
 
 
 def settings_for(worker: WorkerProcess, redis: RedisServerProcess, tmp: Path, **overrides: Any) -> Settings:
