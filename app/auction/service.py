@@ -63,7 +63,7 @@ class AuctionService:
     async def run(self, request: AuctionRequest) -> AuctionResponse:
         clock = StageClock()
         auction_id = uuid.uuid4().hex
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
         try:
             async with asyncio.timeout(self.settings.auction_deadline_s):

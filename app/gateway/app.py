@@ -25,6 +25,7 @@ from app.auction.service import AuctionService
 from app.gateway.errors import add_error_handlers
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.middleware import BodySizeLimit, add_request_metrics
+from app.gateway.openapi import document_schemas
 from app.gateway.routes import router
 from app.gateway.security import KeyRing, check_key_settings
 from app.ledger.consumer import LedgerConsumer
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_ring = KeyRing(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
+    document_schemas(app, settings)
     add_request_metrics(app, metrics)
     add_error_handlers(app, metrics)
     app.include_router(router)

@@ -7,15 +7,28 @@ max_tokens, ...) are checked by `enforce_limits` before any model work, answered
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
 from app.settings import Settings
 
 ProposalName = Literal["context", "reference", "mixture"]
+
+MAX_SEED = 2**53 - 1
+
+
+def _integral_number(value: Any) -> Any:
+    # JSON has one number type: 2.0 is the integer 2 (JSON Schema counts it as "integer" too). Strict
+    # still refuses 2.5, true and "2".
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_AS_INT = BeforeValidator(_integral_number)  # last in Annotated, so the bounds stay in the schema
 
 ADVERTISER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
@@ -58,13 +71,28 @@ class AdvertiserIn(BaseModel):
 
 
 class AuctionRequest(BaseModel):
-    # strict: JSON types as they are (no true → 1, no "2" → 2, no "yes" → True).
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
+    # strict: JSON types as they are (no true → 1, no "2" → 2, no "yes" → True). The schema also says
+    # the one cross-field rule (`_mixture_needs_raw_sampling`): mixture only at temperature 1, top_p 1.
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"not": {"properties": {"proposal": {"const": "mixture"}}, "required": ["proposal"]}},
+                {"properties": {"temperature": {"const": 1}, "top_p": {"const": 1}}},
+            ]
+        },
+    )
 
     query: str = Field(
         min_length=1, description="The user's query.", examples=["Learning to play the guitar."]
     )
-    advertisers: list[AdvertiserIn] = Field(min_length=1, description="The advertisers in this auction.")
+    advertisers: list[AdvertiserIn] = Field(
+        min_length=1,
+        description="The advertisers in this auction (ids unique).",
+        json_schema_extra={"uniqueItems": True},
+    )
     tau: float | None = Field(
         None,
         ge=0.01,
@@ -72,12 +100,20 @@ class AuctionRequest(BaseModel):
         allow_inf_nan=False,
         description="Weight on the user (τ). Default: 1 for ≤ 2 advertisers, n/2 above (the paper).",
     )
-    candidates: int | None = Field(None, ge=1, description="M, the number of candidate replies.")
+    candidates: Annotated[int, Field(ge=1), _AS_INT] | None = Field(
+        None, description="M, the number of candidate replies."
+    )
     proposal: ProposalName = Field("context", description="Where candidates are drawn from.")
-    max_tokens: int | None = Field(None, ge=1, description="Longest reply, in tokens.")
+    max_tokens: Annotated[int, Field(ge=1), _AS_INT] | None = Field(
+        None, description="Longest reply, in tokens."
+    )
     temperature: float = Field(1.0, gt=0, le=2, allow_inf_nan=False, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed: the same seed replays the auction.")
+    # At most 2^53 - 1: JSON numbers beyond it are not interoperable (RFC 8259 §6; a JavaScript client
+    # would round a 63-bit seed and could never replay the auction).
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), _AS_INT] | None = Field(
+        None, description="Seed (0 … 2^53 − 1): the same seed replays the auction."
+    )
     include_candidates: bool = Field(False, description="Return the candidate table (for audits).")
 
     @field_validator("query")
@@ -171,6 +207,27 @@ def normalized_length(text: str) -> int:
     return len(unicodedata.normalize("NFKC", text))
 
 
+def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, int]]]:
+    """JSON-schema bounds of the limits `enforce_limits` checks, for the OpenAPI document.
+
+    Lengths are code points of the text as sent; the server counts them after NFKC, which only a
+    few compatibility characters lengthen (the token limit, MAX_PROMPT_TOKENS, cannot be stated).
+    """
+    return {
+        "AuctionRequest": {
+            "query": {"maxLength": settings.max_query_chars},
+            "advertisers": {"maxItems": settings.max_advertisers},
+            "candidates": {"maximum": settings.max_candidates},
+            "max_tokens": {"maximum": settings.max_tokens_limit},
+        },
+        "AdvertiserIn": {
+            "name": {"maxLength": settings.max_name_chars},
+            "description": {"maxLength": settings.max_description_chars},
+            "instruction": {"maxLength": settings.max_instruction_chars},
+        },
+    }
+
+
 def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
     """Raise 422 (FastAPI's validation shape) naming every field over a configured limit.
 
@@ -249,8 +306,25 @@ class ValidationErrorBody(BaseModel):
     detail: list[FieldError]
 
 
+def _error_model(status: int) -> type[BaseModel]:
+    return ValidationErrorBody if status == 422 else ErrorMessage
+
+
+def error_component_schemas() -> dict[str, Any]:
+    """The JSON schemas `error_responses` refers to, for the OpenAPI document's components."""
+    schema = ValidationErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components: dict[str, Any] = schema.pop("$defs", {})
+    components["ValidationErrorBody"] = schema
+    components["ErrorMessage"] = ErrorMessage.model_json_schema(ref_template="#/components/schemas/{model}")
+    return components
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for these statuses, each with its body schema."""
+    """OpenAPI `responses` for these statuses, each with its JSON body schema.
+
+    Written as explicit `application/json` content (not `model=`): FastAPI would otherwise document
+    the body under the route's own media type, e.g. text/plain for /metrics.
+    """
     descriptions = {
         401: "Missing or invalid API key",
         403: "The key's scope does not allow this (an advertiser key)",
@@ -261,10 +335,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "Workers, Redis or the billing ledger unavailable (nothing billed)",
         504: "Auction deadline passed (nothing billed)",
     }
+
+    def name(status: int) -> str:
+        return _error_model(status).__name__
+
     return {
         status: {
             "description": descriptions[status],
-            "model": ValidationErrorBody if status == 422 else ErrorMessage,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name(status)}"}}},
         }
         for status in statuses
     }

@@ -22,7 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.settings import Settings
 
@@ -138,7 +139,17 @@ def _unauthorized() -> HTTPException:
     )
 
 
-async def require_api_key(request: Request) -> Principal:
+# Declares the scheme in the OpenAPI document (clients and fuzzers see which routes need a key); the
+# header itself is parsed below, so a malformed one is a plain 401 like a wrong key.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    description="A platform key (API_KEYS) or an advertiser key (ADVERTISER_API_KEYS).",
+)
+
+
+async def require_api_key(
+    request: Request, _declared: HTTPAuthorizationCredentials | None = Security(_BEARER)
+) -> Principal:
     """FastAPI dependency: the caller, or 401 unless `Authorization: Bearer <key>` names a key."""
     ring: KeyRing | None = getattr(request.app.state, "key_ring", None)
     if ring is None:
@@ -153,9 +164,8 @@ async def require_api_key(request: Request) -> Principal:
     return principal
 
 
-async def require_platform_key(request: Request) -> Principal:
+async def require_platform_key(principal: Principal = Security(require_api_key)) -> Principal:
     """As `require_api_key`, and 403 for an advertiser key (it may only read its own account)."""
-    principal = await require_api_key(request)
     if principal.scope == "advertiser":
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN,

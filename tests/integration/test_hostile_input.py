@@ -248,3 +248,10 @@ def test_fuzz_json_values(client: Client, field: str, value: Any, in_advertiser:
     else:
         body[field] = value
     client.post(json.dumps(body).encode())
+
+
+def test_duplicate_advertiser_ids_are_422(client: Client) -> None:
+    advertiser = VALID["advertisers"][0]
+    twice = {**VALID, "advertisers": [advertiser, {**advertiser, "name": "Other"}]}
+    status, payload = client.post(json.dumps(twice).encode())
+    assert status == 422 and payload["detail"][0]["loc"] == ["body", "advertisers"]
