@@ -96,9 +96,8 @@ async def _collect_unit(
             "max_tokens": max_tokens,
             "temperature": float(config["temperature"]),
             "top_p": float(config["top_p"]),
-            "seed": spec.unit_seed,
         }
-    )
+    )  # the unit's seed (63 bits, as the cached units were drawn) goes to collect, not the request
     started = time.perf_counter()
     scored = await engine.sampler.collect(request, spec.unit_seed)
     elapsed = time.perf_counter() - started
