@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,10 +93,25 @@ def gateway(tiny_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
 class Client:
     """One keep-alive connection; `post` checks the answer and that the connection still serves."""
 
+    # uvicorn closes a keep-alive connection idle for 5 s (its timeout_keep_alive): that is not a
+    # dropped connection, so one idle for longer (hypothesis shrinking, a loaded CI machine) is
+    # reopened before the next request. The check that matters runs right after each answer.
+    IDLE_REOPEN_S = 3.0
+
     def __init__(self, port: int) -> None:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.last_used = time.monotonic()
 
     def post(self, body: bytes, content_type: str = "application/json") -> tuple[int, Any]:
+        if time.monotonic() - self.last_used > self.IDLE_REOPEN_S:
+            self.connection.close()
+        try:
+            return self._post(body, content_type)
+        except BaseException:
+            self.connection.close()  # a failure here must not leave the next test a half-used connection
+            raise
+
+    def _post(self, body: bytes, content_type: str) -> tuple[int, Any]:
         self.connection.request("POST", "/auction", body=body, headers={"Content-Type": content_type})
         response = self.connection.getresponse()
         raw = response.read()
@@ -105,6 +121,7 @@ class Client:
         self.connection.request("GET", "/healthz")
         follow_up = self.connection.getresponse()
         assert follow_up.status == 200 and json.loads(follow_up.read()) == {"status": "ok"}
+        self.last_used = time.monotonic()
         return response.status, payload
 
 
