@@ -87,13 +87,16 @@ class Settings(WorkerSettings):
     max_name_chars: int = Field(80, ge=1, description="Longest advertiser name (characters).")
     max_description_chars: int = Field(500, ge=1, description="Longest advertiser description.")
     max_instruction_chars: int = Field(1000, ge=1, description="Longest advertiser instruction.")
-    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body (bytes).")
+    max_body_bytes: int = Field(
+        65536, ge=1024, description="Largest request body (bytes); over it → 413 naming `body`."
+    )
     max_prompt_tokens: int = Field(
         1536,
         ge=1,
         description="Longest rendered prompt (tokens), checked on every prompt after tokenize and before "
-        "generation (422 naming the field). Character limits are only a cheap first gate: NFKC can "
-        "turn one character into many tokens. Keep it + MAX_TOKENS_LIMIT <= the workers' max_model_len.",
+        "generation (422 naming the field). Character limits (code points as sent) are only a cheap "
+        "first gate: NFKC can turn one character into 18, and those into many tokens. Keep it + "
+        "MAX_TOKENS_LIMIT <= the workers' max_model_len.",
     )
 
     # --- Redis, audit records and billing --------------------------------------------------------

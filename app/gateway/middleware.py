@@ -22,7 +22,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BodySizeLimit:
-    """Refuse bodies over MAX_BODY_BYTES before they are parsed (422 naming `body`)."""
+    """Refuse bodies over MAX_BODY_BYTES before they are parsed: 413 (RFC 9110 §15.5.14) naming `body`.
+
+    The body has the 422 shape (`detail`, one entry at loc ["body"]) so clients read one error format.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -54,7 +57,7 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
         response = JSONResponse(
-            status_code=422,
+            status_code=413,
             content={
                 "detail": [
                     {

@@ -66,7 +66,7 @@ async def readyz(request: Request) -> JSONResponse:
     dependencies=[Depends(require_platform_key)],
     tags=["auction"],
     summary="Run one MOSAIC auction and return the sampled reply",
-    responses=error_responses(401, 403, 422, 500, 502, 503, 504),
+    responses=error_responses(401, 403, 413, 422, 500, 502, 503, 504),
 )
 async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse:
     settings: Settings = request.app.state.settings

@@ -202,16 +202,22 @@ def _limit_error(loc: tuple[str | int, ...], message: str, limit: int) -> dict[s
     }
 
 
-def normalized_length(text: str) -> int:
-    """Characters of `text` after NFKC, the form the prompts are built from (one U+FDFA is 18)."""
+# NFKC lengthens a code point at most this much (U+FDFA; Unicode's stability policy fixes existing
+# decompositions, and tests/unit/test_prompt_limits.py recomputes the bound over every code point). So the
+# character gate on the text as sent bounds the text the workers tokenize to this times the limit.
+NFKC_MAX_EXPANSION = 18
+
+
+def nfkc_length(text: str) -> int:
+    """Code points of `text` after NFKC, the form the prompts are built from (one U+FDFA is 18)."""
     return len(unicodedata.normalize("NFKC", text))
 
 
 def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, int]]]:
     """JSON-schema bounds of the limits `enforce_limits` checks, for the OpenAPI document.
 
-    Lengths are code points of the text as sent; the server counts them after NFKC, which only a
-    few compatibility characters lengthen (the token limit, MAX_PROMPT_TOKENS, cannot be stated).
+    Lengths are code points of the text as sent, exactly what `enforce_limits` counts (the token limit,
+    MAX_PROMPT_TOKENS, cannot be stated in JSON Schema).
     """
     return {
         "AuctionRequest": {
@@ -231,15 +237,18 @@ def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, 
 def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
     """Raise 422 (FastAPI's validation shape) naming every field over a configured limit.
 
-    Character limits count the NFKC-normalised text and are only the cheap first gate; the cost is
-    tokens, checked on every rendered prompt by `app.auction.sampler.check_prompt_lengths`.
+    Character limits count code points as sent, the bound the OpenAPI document states (a schema cannot
+    state a length after NFKC, so counting that would refuse schema-valid text such as `¼`). They are
+    only the cheap first gate: NFKC lengthens text at most NFKC_MAX_EXPANSION times, and the cost is
+    tokens, checked on every rendered prompt by `app.auction.sampler.check_prompt_lengths` before any
+    generation (a query of U+FDFA is refused there, naming `query`).
     """
     errors: list[dict[str, Any]] = []
-    if normalized_length(request.query) > settings.max_query_chars:
+    if len(request.query) > settings.max_query_chars:
         errors.append(
             _limit_error(
                 ("query",),
-                f"query longer than {settings.max_query_chars} characters (after NFKC)",
+                f"query longer than {settings.max_query_chars} characters",
                 settings.max_query_chars,
             )
         )
@@ -258,11 +267,11 @@ def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
             ("instruction", settings.max_instruction_chars),
         ):
             value = getattr(advertiser, field)
-            if value is not None and normalized_length(value) > limit:
+            if value is not None and len(value) > limit:
                 errors.append(
                     _limit_error(
                         ("advertisers", index, field),
-                        f"{field} longer than {limit} characters (after NFKC)",
+                        f"{field} longer than {limit} characters",
                         limit,
                     )
                 )
@@ -301,13 +310,13 @@ class FieldError(BaseModel):
 
 
 class ValidationErrorBody(BaseModel):
-    """422: the request was refused before any model work; each entry names a field."""
+    """422 (and 413): the request was refused before any model work; each entry names a field."""
 
     detail: list[FieldError]
 
 
 def _error_model(status: int) -> type[BaseModel]:
-    return ValidationErrorBody if status == 422 else ErrorMessage
+    return ValidationErrorBody if status in (413, 422) else ErrorMessage
 
 
 def error_component_schemas() -> dict[str, Any]:
@@ -329,6 +338,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or invalid API key",
         403: "The key's scope does not allow this (an advertiser key)",
         404: "Not found",
+        413: "Request body over MAX_BODY_BYTES; names `body` (nothing billed)",
         422: "Invalid input or over a limit; names the field (nothing billed)",
         500: "Internal error, naming its cause (nothing billed)",
         502: "A worker refused the request (nothing billed)",

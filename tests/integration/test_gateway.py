@@ -250,14 +250,21 @@ def test_bad_input_is_422_naming_the_field(
     assert stream_length(redis_process.url) == before
 
 
-def test_body_over_the_limit_is_422(client: TestClient) -> None:
-    response = client.post(
-        "/auction",
-        content=b'{"query": "' + b"x" * 70_000 + b'"}',
-        headers={"content-type": "application/json"},
-    )
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body"]
+def test_body_over_the_limit_is_413(client: TestClient, redis_process: RedisServerProcess) -> None:
+    """Declared (Content-Length) and undeclared (chunked) bodies over MAX_BODY_BYTES: 413, nothing billed."""
+    before = stream_length(redis_process.url)
+    oversized = b'{"query": "' + b"x" * 70_000 + b'"}'
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(oversized), 8192):
+            yield oversized[start : start + 8192]
+
+    for content in (oversized, chunks()):
+        response = client.post("/auction", content=content, headers={"content-type": "application/json"})
+        assert response.status_code == 413, response.text
+        assert response.json()["detail"][0]["loc"] == ["body"]
+        assert "MAX_BODY_BYTES" in response.json()["detail"][0]["msg"]
+    assert stream_length(redis_process.url) == before
 
 
 def test_api_keys(worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path) -> None:

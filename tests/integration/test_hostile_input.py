@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.settings import Settings
 from tests.fixtures_gateway import start_gateway_process
 from tests.fixtures_redis import start_redis_server
 from tests.fixtures_worker import WorkerProcess
@@ -188,12 +189,14 @@ def _worker_tokens(worker: WorkerProcess) -> float:
     ("override", "loc"),
     [
         ({"query": "\U0001f600" * 450}, ["body", "query"]),
+        # 200 code points as sent (within MAX_QUERY_CHARS=2000), 3,600 after NFKC: the token gate refuses it.
+        ({"query": "\ufdfa" * 200}, ["body", "query"]),
         (
             {"advertisers": [{"id": "a", "name": "A", "description": "\U0001f3b8" * 450}]},
             ["body", "advertisers", 0],
         ),
     ],
-    ids=["query", "advertiser"],
+    ids=["query", "query-nfkc", "advertiser"],
 )
 def test_prompt_token_limit_before_generation(
     client: Client, tiny_worker: WorkerProcess, override: dict[str, Any], loc: list[str | int]
@@ -210,12 +213,15 @@ def test_prompt_token_limit_before_generation(
     assert _worker_tokens(tiny_worker) == before
 
 
-def test_character_limits_count_nfkc(client: Client) -> None:
-    """200 characters of U+FDFA are 3,600 after NFKC: over MAX_QUERY_CHARS=2000."""
-    status, payload = client.post(json.dumps({**VALID, "query": "\ufdfa" * 200}).encode())
-    assert status == 422
-    assert payload["detail"][0]["loc"] == ["body", "query"]
-    assert "NFKC" in payload["detail"][0]["msg"]
+def test_character_limits_count_code_points_as_sent(client: Client) -> None:
+    """The OpenAPI maxLength is the gate: a name of exactly MAX_NAME_CHARS code points is accepted even
+    where NFKC lengthens it (`¼` is `1⁄4`), one more is refused naming the field."""
+    limit = Settings().max_name_chars
+    for name, expected in (("\u00bc" * limit, 200), ("\u00bc" * (limit + 1), 422)):
+        advertiser = {**VALID["advertisers"][0], "name": name}  # type: ignore[index]
+        status, payload = client.post(json.dumps({**VALID, "advertisers": [advertiser]}).encode())
+        assert status == expected, payload
+    assert payload["detail"][0]["loc"] == ["body", "advertisers", 0, "name"]
 
 
 def _mutate(data: st.DataObject) -> bytes:

@@ -1,14 +1,16 @@
 """Which request field a too-long prompt is blamed on (app.auction.sampler.check_prompt_lengths),
-and the NFKC character gate (app.gateway.schemas.normalized_length)."""
+and the bound NFKC puts on the text behind a character limit (app.gateway.schemas.NFKC_MAX_EXPANSION)."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.auction.sampler import PromptTooLongError, check_prompt_lengths
-from app.gateway.schemas import normalized_length
+from app.gateway.schemas import NFKC_MAX_EXPANSION, nfkc_length
 
 LIMIT = 100
 
@@ -44,7 +46,11 @@ def test_refused_exactly_when_some_prompt_is_over(lengths: list[int]) -> None:
         assert _locs(lengths)
 
 
-def test_the_character_gate_counts_nfkc() -> None:
-    assert normalized_length("\ufdfa") == 18
-    assert normalized_length("ﬁ") == 2
-    assert normalized_length("plain") == 5
+def test_nfkc_lengthens_no_code_point_more_than_the_stated_bound() -> None:
+    """Every code point of this Python's Unicode: the character gate (code points as sent) bounds the text
+    the workers tokenize to NFKC_MAX_EXPANSION times the limit; U+FDFA reaches the bound."""
+    scalar_values = (point for point in range(sys.maxunicode + 1) if not 0xD800 <= point < 0xE000)
+    longest = max(nfkc_length(chr(point)) for point in scalar_values)
+    assert longest == NFKC_MAX_EXPANSION == nfkc_length("\ufdfa")
+    assert nfkc_length("ﬁ") == 2
+    assert nfkc_length("plain") == 5
