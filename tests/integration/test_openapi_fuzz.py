@@ -108,5 +108,6 @@ def test_every_check_passes(gateway_url: str, tmp_path: Path) -> None:
     ]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     summary = done.stdout[-6000:]
+    print(summary)  # the counts (cases, checks, failures): `pytest -s` shows them
     assert done.returncode == 0, summary
     assert "Test cases:" in summary and " failures" not in summary.split("SUMMARY")[-1], summary
