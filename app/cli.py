@@ -170,6 +170,9 @@ def compare(
     ] = 200,
     url: Annotated[str | None, typer.Option(help="Worker URLs; default: an in-process worker.")] = None,
     model: Annotated[str, typer.Option(help="In-process worker's model.")] = "smollm2",
+    cache_from: Annotated[
+        Path | None, typer.Option(help="Reuse another output directory's cache/ (e.g. an `evaluate` run's).")
+    ] = None,
 ) -> None:
     """MOSAIC beside no-ads, best-of-M + VCG, first-price and a segment auction, on the same candidates."""
     from app.comparison.run import run_comparison
@@ -186,6 +189,7 @@ def compare(
         url=url,
         model=model,
         optimise_evaluations=optimise_evaluations,
+        cache_from=cache_from,
     )
     typer.echo(
         f"{len(summary.frame)} rows; report: {summary.out / 'compare.md'} ({summary.wall_seconds:.1f} s)"

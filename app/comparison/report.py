@@ -150,7 +150,7 @@ def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> li
     files += _vs_m(frame, out, "incentive_gap", "incentive gap", "incentive_gap_vs_m", symlog=True)
     files += _vs_m(frame, out, "revenue", "revenue", "revenue_vs_m")
     files += _vs_m(frame, out, "reward_gain", "advertiser reward gain", "reward_gain_vs_m")
-    m_values = sorted(frame["M"].unique())
+    m_values = sorted(int(m) for m in frame["M"].unique())
     largest = int(m_values[-1])
     runs = frame[["instance_id", "seed"]].drop_duplicates().shape[0]
     lines = [
@@ -164,9 +164,8 @@ def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> li
         "Every mechanism resolves the same cached candidates (`mosaic evaluate`'s cache). Reward gain",
         "and the user's gap are measured against the no-ads reply on those candidates; the incentive gap",
         "is the largest gain in true utility the misreport search found (scaled, shifted, concentrated,",
-        "noisy reports,",
-        f"then Powell with {run_info.get('optimise_evaluations')} evaluations), per auction, maximised over",
-        "advertisers. A DSIC mechanism's gap is 0 up to rounding.",
+        f"noisy reports, then Powell with {run_info.get('optimise_evaluations')} evaluations), per auction,",
+        "maximised over advertisers. A DSIC mechanism's gap is 0 up to rounding (~1e-14 here).",
         "",
         f"## Who wins on what (M = {largest})",
         "",

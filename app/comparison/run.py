@@ -50,6 +50,7 @@ def run_comparison(
     optimise_evaluations: int = 200,
     resume: bool = True,
     show_progress: bool = True,
+    cache_from: Path | None = None,
 ) -> ComparisonSummary:
     """Run every mechanism on the same candidates and write the report into ``out``."""
     started = time.perf_counter()
@@ -79,6 +80,7 @@ def run_comparison(
         resume=resume,
         show_progress=show_progress,
         description="compare: draw",
+        cache_from=cache_from,
     )
     resolve_started = time.perf_counter()
     frame = build_frame(
@@ -100,6 +102,7 @@ def run_comparison(
         "model_names": sorted({str(data.model_name) for data, _ in collected.units}),
         "units_total": len(collected.units),
         "units_computed": len(collected.computed),
+        "cache": str((cache_from or out) / "cache"),
         "resolve_seconds": round(resolve_seconds, 2),
     }
     files = [csv_path, *write_report(frame, out, run_info)]

@@ -171,10 +171,12 @@ def collect_units(
     top_p: float = 1.0,
     show_progress: bool = True,
     description: str = "evaluate",
+    cache_from: Path | None = None,
 ) -> CollectedUnits:
     """Every unit's scored candidates (at least ``num_candidates`` of them): from ``out/cache`` where a
     unit with the same configuration is there, else drawn now through the service's sampler and cached.
-    `mosaic evaluate` and `mosaic compare` share it, so both read the same candidates."""
+    `mosaic evaluate` and `mosaic compare` share it, so both read the same candidates; ``cache_from``
+    reads (and fills) another output directory's cache instead of ``out``'s."""
     engine_tag = "remote" if url else model
     share = default_mixture_share()
     specs = [
@@ -186,7 +188,7 @@ def collect_units(
     cached: dict[Path, UnitData] = {}
     pending: list[tuple[UnitSpec, Path, dict[str, Any]]] = []
     for spec in specs:
-        path = cache_path(out, spec)
+        path = cache_path(cache_from or out, spec)
         config = unit_config(
             spec,
             max_tokens=max_tokens,
@@ -221,6 +223,6 @@ def collect_units(
     finally:
         progress.close()
     return CollectedUnits(
-        units=[(cached[cache_path(out, spec)], spec.instance) for spec in specs],
+        units=[(cached[cache_path(cache_from or out, spec)], spec.instance) for spec in specs],
         computed=list(computed.values()),
     )
