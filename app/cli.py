@@ -153,6 +153,49 @@ def evaluate(
     )
 
 
+@cli.command()
+def compare(
+    instances: Annotated[Path, typer.Option(help="JSONL of {query, advertisers}.")],
+    out: Annotated[
+        Path, typer.Option(help="Output directory (its cache/ is shared with `evaluate`).")
+    ] = Path("out/compare"),
+    seeds: Annotated[int, typer.Option(help="Seeds per instance.")] = 3,
+    candidates: Annotated[str, typer.Option(help="Comma-separated M values.")] = "1,2,4,8,16",
+    proposals: Annotated[str, typer.Option(help="Comma-separated proposals.")] = "context,reference",
+    mechanisms: Annotated[str | None, typer.Option(help="Comma-separated mechanisms (default: all).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N instances.")] = 8,
+    max_tokens: Annotated[int, typer.Option(help="Reply length limit.")] = 48,
+    optimise_evaluations: Annotated[
+        int, typer.Option(help="Powell evaluations per advertiser in the misreport search (0: none).")
+    ] = 200,
+    url: Annotated[str | None, typer.Option(help="Worker URLs; default: an in-process worker.")] = None,
+    model: Annotated[str, typer.Option(help="In-process worker's model.")] = "smollm2",
+    cache_from: Annotated[
+        Path | None, typer.Option(help="Reuse another output directory's cache/ (e.g. an `evaluate` run's).")
+    ] = None,
+) -> None:
+    """MOSAIC beside no-ads, best-of-M + VCG, first-price and a segment auction, on the same candidates."""
+    from app.comparison.run import run_comparison
+
+    summary = run_comparison(
+        instances,
+        out,
+        seeds=seeds,
+        candidates=[int(m) for m in candidates.split(",")],
+        proposals=proposals.split(","),
+        mechanisms=mechanisms.split(",") if mechanisms else None,
+        limit=limit,
+        max_tokens=max_tokens,
+        url=url,
+        model=model,
+        optimise_evaluations=optimise_evaluations,
+        cache_from=cache_from,
+    )
+    typer.echo(
+        f"{len(summary.frame)} rows; report: {summary.out / 'compare.md'} ({summary.wall_seconds:.1f} s)"
+    )
+
+
 def main() -> None:
     cli()
 

@@ -27,6 +27,7 @@ _SHARE_SUM_TOLERANCE = 1e-9
 __all__ = [
     "AuctionOutcome",
     "ProposalKind",
+    "allocation_and_payments",
     "allocation_probabilities",
     "default_tau",
     "effective_sample_size",
@@ -241,6 +242,16 @@ def allocation_probabilities(
 ) -> FloatArray:
     """The allocation π = softmax(ℓ) over the candidates, shape (M,)."""
     return _solve(rewards, log_ref, log_proposal, tau)[3]
+
+
+def allocation_and_payments(
+    rewards: ArrayLike, log_ref: ArrayLike, log_proposal: ArrayLike, tau: float
+) -> tuple[FloatArray, FloatArray]:
+    """(π, p): what `run_auction` decides apart from the draw, in one pass (for analysis: what-if,
+    `mosaic compare`'s incentive search). Bit-identical to `run_auction`'s probabilities and payments."""
+    _, rewards_array, _, probabilities, utilities, _ = _solve(rewards, log_ref, log_proposal, tau)
+    payments: FloatArray = rewards_array @ probabilities - utilities
+    return probabilities, payments
 
 
 def expected_utilities(

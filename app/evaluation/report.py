@@ -17,7 +17,7 @@ from app.evaluation import metrics
 from app.evaluation.claims import FAILS, HOLDS, INCONCLUSIVE, fmt_ci, paper_claims
 
 
-def _markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     body = ["| " + " | ".join(str(value) for value in row) + " |" for row in frame.itertuples(index=False)]
@@ -111,7 +111,7 @@ def write_report(
         f"{run_info['collect_seconds_total']:.1f} s. Runs into this directory (a resumed run only "
         "re-renders; `load` is the 1-minute load average of the machine, CPUs shared with other work):",
         "",
-        _markdown_table(_history_table(run_info.get("history", []))),
+        markdown_table(_history_table(run_info.get("history", []))),
         "",
         "## The paper's claims beside our numbers",
         "",
@@ -123,17 +123,17 @@ def write_report(
         "contains 0 or its mean is at most a quarter of the context-aware mean in size. The claims are "
         'checked at the primary τ; "baseline" is the reference proposal.',
         "",
-        _markdown_table(claim_table),
+        markdown_table(claim_table),
         "",
         _observations(auctions),
         "",
         "## Means per proposal and M (primary τ)",
         "",
-        _markdown_table(summary_table(auctions)),
+        markdown_table(summary_table(auctions)),
         "",
         "## τ sweep at the largest M",
         "",
-        _markdown_table(tau_table(auctions)),
+        markdown_table(tau_table(auctions)),
         "",
         "## Figures",
         "",

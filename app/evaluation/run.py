@@ -1,17 +1,11 @@
-"""`mosaic evaluate` itself: `run_evaluation` draws what the cache lacks and writes every output.
-
-A unit draws and scores the largest M once through exactly the service's code
-(`CandidateSampler.collect`: prompts → tokenize → generate → score, no billing), against worker URLs
-or an in-process worker (`_open_engine`, `_collect_unit`, `_compute_units`); finished units come from
-the cache, so a rerun is resumable. Then the rows (`rows.build_frames`), the tables (`write_tables`),
-the plots, the report and ``run.json`` (with the history of runs into that directory). Imports every
-module of the package; the service (`app.auction.sampler`, `app.auction.engine_client`,
-`app.gateway.schemas`, `app.settings`, `workers.server`) and the plots are imported lazily.
+"""`mosaic evaluate` itself: `run_evaluation` gets the units (`collect.collect_units`: from the cache, or
+drawn through the service's sampler) and writes every output: the rows (`rows.build_frames`), the tables
+(`write_tables`), the plots, the report and ``run.json`` (with the history of runs into that directory).
+Imports every module of the package; the plots are imported lazily.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -19,142 +13,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from app.evaluation.collect import PROPOSALS, collect_units, default_mixture_share
 from app.evaluation.instances import load_instances
 from app.evaluation.report import write_report
 from app.evaluation.rows import DEFAULT_TAU_MULTIPLIERS, build_frames
-from app.evaluation.units import (
-    UnitData,
-    UnitSpec,
-    cache_path,
-    read_cached_unit,
-    unit_config,
-    write_cached_unit,
-)
-
-if TYPE_CHECKING:
-    from app.auction.engine_client import EngineClient
-    from app.auction.sampler import CandidateSampler
 
 logger = logging.getLogger(__name__)
-
-PROPOSALS = ("context", "reference", "mixture")
-EMBEDDED_WORKER_URL = "http://embedded-worker"
-# Batch evaluation on CPU: one generate request of 16 × 48 tokens can take minutes on a busy machine.
-EVALUATION_WORKER_TIMEOUT_S = 3600.0
-_REMOTE_CONCURRENCY = 4
-
-
-@dataclass
-class _Engine:
-    sampler: CandidateSampler
-    client: EngineClient
-    settings_share: float
-
-
-async def _open_engine(url: str | None, model: str) -> _Engine:
-    import httpx
-
-    from app.auction.engine_client import EngineClient
-    from app.auction.sampler import CandidateSampler
-    from app.settings import Settings
-
-    transports: dict[str, httpx.AsyncBaseTransport] = {}
-    if url:
-        worker_urls = [part.strip().rstrip("/") for part in url.split(",") if part.strip()]
-        settings = Settings(worker_urls=worker_urls, worker_timeout_s=EVALUATION_WORKER_TIMEOUT_S)
-    else:
-        from workers.server import create_app as create_worker_app
-        from workers.server import load_engine
-
-        settings = Settings(worker_model=model, worker_timeout_s=EVALUATION_WORKER_TIMEOUT_S)
-        engine = await asyncio.to_thread(load_engine, model, settings.worker_device, settings.worker_dtype)
-        transports[EMBEDDED_WORKER_URL] = httpx.ASGITransport(app=create_worker_app(engine))
-        worker_urls = [EMBEDDED_WORKER_URL]
-    client = EngineClient(settings, worker_urls, transports)
-    sampler = CandidateSampler(settings, client)
-    return _Engine(sampler=sampler, client=client, settings_share=settings.mixture_context_share)
-
-
-async def _collect_unit(
-    engine: _Engine, spec: UnitSpec, num_candidates: int, max_tokens: int, config: dict[str, Any]
-) -> UnitData:
-    from app.gateway.schemas import AuctionRequest
-
-    # Validated as the gateway validates a request body (the same strict model).
-    request = AuctionRequest.model_validate(
-        {
-            "query": spec.instance.query,
-            "advertisers": list(spec.instance.advertisers),
-            "candidates": num_candidates,
-            "proposal": spec.proposal,
-            "max_tokens": max_tokens,
-            "temperature": float(config["temperature"]),
-            "top_p": float(config["top_p"]),
-        }
-    )  # the unit's seed (63 bits, as the cached units were drawn) goes to collect, not the request
-    started = time.perf_counter()
-    scored = await engine.sampler.collect(request, spec.unit_seed)
-    elapsed = time.perf_counter() - started
-    candidates = scored.candidate_set.candidates
-    return UnitData(
-        instance_id=spec.instance.id,
-        seed=spec.seed,
-        proposal=spec.proposal,
-        unit_seed=spec.unit_seed,
-        config=json.loads(json.dumps(config)),
-        collect_seconds=elapsed,
-        model_name=await engine.client.model_name(),
-        texts=[c.text for c in candidates],
-        num_tokens=[len(c.token_ids) for c in candidates],
-        finish_reasons=[c.finish_reason for c in candidates],
-        sources=list(scored.candidate_set.sources),
-        log_ref=np.asarray(scored.log_ref, dtype=np.float64),
-        log_advertisers=np.asarray(scored.log_advertisers, dtype=np.float64),
-        log_proposal=np.asarray(scored.log_proposal, dtype=np.float64),
-        log_context=None if scored.log_context is None else np.asarray(scored.log_context, dtype=np.float64),
-    )
-
-
-async def _compute_units(
-    pending: list[tuple[UnitSpec, Path, dict[str, Any]]],
-    *,
-    url: str | None,
-    model: str,
-    num_candidates: int,
-    max_tokens: int,
-    concurrency: int,
-    progress: tqdm,
-) -> dict[Path, UnitData]:
-    engine = await _open_engine(url, model)
-    results: dict[Path, UnitData] = {}
-    semaphore = asyncio.Semaphore(concurrency)
-
-    async def one(spec: UnitSpec, path: Path, config: dict[str, Any]) -> None:
-        async with semaphore:
-            data = await _collect_unit(engine, spec, num_candidates, max_tokens, config)
-        write_cached_unit(path, data)
-        results[path] = data
-        progress.set_postfix_str(
-            f"{spec.instance.id}/s{spec.seed}/{spec.proposal} {data.collect_seconds:.1f}s"
-        )
-        progress.update(1)
-
-    try:
-        await asyncio.gather(*(one(spec, path, config) for spec, path, config in pending))
-    finally:
-        await engine.client.aclose()
-    return results
-
-
-# --------------------------------------------------------------------------------------------
-# the command
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -168,12 +36,6 @@ class EvaluationSummary:
     files: list[Path] = field(default_factory=list)
     auctions: pd.DataFrame | None = None
     advertisers: pd.DataFrame | None = None
-
-
-def _default_mixture_share() -> float:
-    from app.settings import Settings
-
-    return float(Settings().mixture_context_share)
 
 
 def run_evaluation(
@@ -216,56 +78,25 @@ def run_evaluation(
     m_max = m_values[-1]
     instance_list = load_instances(instances, limit)
     engine_tag = "remote" if url else model
-    share = _default_mixture_share()
+    share = default_mixture_share()
     out.mkdir(parents=True, exist_ok=True)
 
-    specs = [
-        UnitSpec(instance, seed, proposal)
-        for instance in instance_list
-        for seed in range(seeds)
-        for proposal in proposals
-    ]
-    cached: dict[Path, UnitData] = {}
-    pending: list[tuple[UnitSpec, Path, dict[str, Any]]] = []
-    for spec in specs:
-        path = cache_path(out, spec)
-        config = unit_config(
-            spec,
-            max_tokens=max_tokens,
-            engine_tag=engine_tag,
-            temperature=temperature,
-            top_p=top_p,
-            share=share,
-        )
-        hit = read_cached_unit(path, config, m_max) if resume else None
-        if hit is None:
-            pending.append((spec, path, config))
-        else:
-            cached[path] = hit
-
-    computed_units: list[UnitData] = []
-    progress = tqdm(
-        total=len(specs), initial=len(cached), desc="evaluate", unit="unit", disable=not show_progress
+    collected = collect_units(
+        instance_list,
+        out,
+        seeds=seeds,
+        proposals=proposals,
+        num_candidates=m_max,
+        max_tokens=max_tokens,
+        url=url,
+        model=model,
+        resume=resume,
+        concurrency=concurrency,
+        temperature=temperature,
+        top_p=top_p,
+        show_progress=show_progress,
     )
-    try:
-        if pending:
-            computed = asyncio.run(
-                _compute_units(
-                    pending,
-                    url=url,
-                    model=model,
-                    num_candidates=m_max,
-                    max_tokens=max_tokens,
-                    concurrency=concurrency or (_REMOTE_CONCURRENCY if url else 1),
-                    progress=progress,
-                )
-            )
-            cached.update(computed)
-            computed_units = list(computed.values())
-    finally:
-        progress.close()
-
-    units = [(cached[cache_path(out, spec)], spec.instance) for spec in specs]
+    units, computed_units = collected.units, collected.computed
     auctions, advertisers = build_frames(units, m_values, taus)
 
     from app.evaluation.plots import write_all_plots
@@ -276,9 +107,9 @@ def run_evaluation(
     wall = time.perf_counter() - started
     summary = EvaluationSummary(
         out=out,
-        units_total=len(specs),
-        units_computed=len(pending),
-        units_reused=len(specs) - len(pending),
+        units_total=len(units),
+        units_computed=len(computed_units),
+        units_reused=len(units) - len(computed_units),
         wall_seconds=wall,
         collect_seconds_total=sum(data.collect_seconds for data, _ in units),
         auctions=auctions,

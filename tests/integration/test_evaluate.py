@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import app.evaluation.run as evaluation_run
+import app.evaluation.collect as evaluation_collect
 from app.cli import cli
 from app.evaluation.rows import ADVERTISER_COLUMNS, AUCTION_COLUMNS, DEFAULT_TAU_MULTIPLIERS
 from app.evaluation.run import run_evaluation
@@ -110,7 +110,7 @@ def test_evaluate_in_process_writes_every_file_and_resumes(
     # rows are identical (deterministic by seed).
     first_rows = (out / "rows.csv").read_bytes()
     cache_mtimes = [path.stat().st_mtime_ns for path in cache_files]
-    monkeypatch.setattr(evaluation_run, "_open_engine", _refuse_engine)
+    monkeypatch.setattr(evaluation_collect, "_open_engine", _refuse_engine)
     result = CliRunner().invoke(
         cli,
         [

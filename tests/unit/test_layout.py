@@ -38,6 +38,15 @@ def test_the_mechanism_and_prompts_are_pure() -> None:
         assert _offending(path, forbidden) == [], path
 
 
+def test_the_compared_mechanisms_are_pure() -> None:
+    """`mosaic compare`'s mechanisms and misreport search: numpy/scipy and the service's mechanism only."""
+    forbidden = ("fastapi", "starlette", "httpx", "redis", "pydantic", "torch", "workers", "app.auction")
+    forbidden += ("app.gateway", "app.ledger", "app.evaluation", "pandas", "matplotlib")
+    for name in ("mechanisms.py", "incentives.py"):
+        path = ROOT / "app" / "comparison" / name
+        assert _offending(path, forbidden) == [], path
+
+
 @pytest.mark.parametrize("path", _modules("workers"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_workers_never_import_app(path: Path) -> None:
     assert _offending(path, ("app",)) == []
