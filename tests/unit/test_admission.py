@@ -1,0 +1,200 @@
+"""Admission control (app.auction.admission): limits, the bounded wait, fairness, and that no sequence of
+arrivals, completions and cancellations leaks a place (property test over random schedules)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from app.auction.admission import (
+    AdmissionController,
+    AdmissionLimits,
+    AdmissionMetrics,
+    AdmissionRefusedError,
+    auction_token_cost,
+)
+
+
+def _limits(**overrides: float) -> AdmissionLimits:
+    values: dict[str, float] = {
+        "max_concurrent": 2,
+        "max_per_key": 2,
+        "max_tokens_in_flight": 1000,
+        "max_waiting": 2,
+        "max_wait_s": 5.0,
+    }
+    values.update(overrides)
+    return AdmissionLimits(
+        max_concurrent=int(values["max_concurrent"]),
+        max_per_key=int(values["max_per_key"]),
+        max_tokens_in_flight=int(values["max_tokens_in_flight"]),
+        max_waiting=int(values["max_waiting"]),
+        max_wait_s=float(values["max_wait_s"]),
+    )
+
+
+def _run(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(body(), 10))
+
+
+async def _hold(
+    controller: AdmissionController, key: str, cost: int, release: asyncio.Event, log: list[str]
+) -> None:
+    async with controller.admit(key, cost):
+        log.append(f"in {key}{cost}")
+        await release.wait()
+
+
+def test_token_cost_counts_generation_and_every_scoring() -> None:
+    assert auction_token_cost(8, 64, 2, "context") == 8 * 64 * 4
+    assert auction_token_cost(8, 64, 2, "mixture") == 8 * 64 * 5
+
+
+def test_past_the_queue_refused_with_retry_after_and_counted() -> None:
+    async def body() -> None:
+        registry = CollectorRegistry()
+        controller = AdmissionController(_limits(max_waiting=1), AdmissionMetrics(registry))
+        release, log = asyncio.Event(), []
+        running = [asyncio.create_task(_hold(controller, "a", 1, release, log)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert (controller.in_flight, controller.waiting) == (2, 1)
+        with pytest.raises(AdmissionRefusedError) as refused:
+            async with controller.admit("b", 1):
+                raise AssertionError("must not be admitted")
+        assert refused.value.reason == "queue_full" and refused.value.retry_after_s >= 1
+        assert registry.get_sample_value("mosaic_admission_refused_total", {"reason": "queue_full"}) == 1
+        assert registry.get_sample_value("mosaic_admission_queue_depth") == 1
+        release.set()
+        await asyncio.gather(*running)
+        assert (controller.in_flight, controller.waiting) == (0, 0) and len(log) == 3
+
+    _run(body)
+
+
+def test_a_wait_past_the_limit_is_refused() -> None:
+    async def body() -> None:
+        controller = AdmissionController(_limits(max_concurrent=1, max_wait_s=0.05))
+        release = asyncio.Event()
+        holder = asyncio.create_task(_hold(controller, "a", 1, release, []))
+        await asyncio.sleep(0.01)
+        with pytest.raises(AdmissionRefusedError) as refused:
+            async with controller.admit("b", 1):
+                pass
+        assert refused.value.reason == "wait_timeout" and controller.waiting == 0
+        release.set()
+        await holder
+
+    _run(body)
+
+
+def test_tokens_limit_but_a_lone_auction_always_runs() -> None:
+    async def body() -> None:
+        controller = AdmissionController(_limits(max_concurrent=5, max_tokens_in_flight=100, max_wait_s=0.05))
+        async with controller.admit("a", 10_000):  # over the limit alone: admitted, nothing else runs
+            with pytest.raises(AdmissionRefusedError):
+                async with controller.admit("b", 1):
+                    pass
+
+    _run(body)
+
+
+def test_fifo_for_global_limits_and_keys_do_not_block_each_other() -> None:
+    async def body() -> None:
+        controller = AdmissionController(_limits(max_concurrent=2, max_per_key=1, max_waiting=5))
+        release_a, release_b, log = asyncio.Event(), asyncio.Event(), []
+        first = asyncio.create_task(_hold(controller, "a", 1, release_a, log))
+        await asyncio.sleep(0.01)
+        # a second "a" waits for its key; a "b" behind it is not held up by that.
+        second_a = asyncio.create_task(_hold(controller, "a", 2, release_b, log))
+        await asyncio.sleep(0.01)
+        b = asyncio.create_task(_hold(controller, "b", 3, release_b, log))
+        await asyncio.sleep(0.01)
+        assert log == ["in a1", "in b3"]
+        release_a.set()
+        await first
+        await asyncio.sleep(0.01)
+        assert log == ["in a1", "in b3", "in a2"]
+        release_b.set()
+        await asyncio.gather(second_a, b)
+
+    _run(body)
+
+
+def test_a_large_waiter_is_not_overtaken_by_small_ones() -> None:
+    """No starvation: with a large auction waiting for tokens, a small one that would fit waits behind it."""
+
+    async def body() -> None:
+        controller = AdmissionController(_limits(max_concurrent=5, max_tokens_in_flight=100, max_waiting=5))
+        release_first, release_rest, log = asyncio.Event(), asyncio.Event(), []
+        first = asyncio.create_task(_hold(controller, "a", 60, release_first, log))
+        await asyncio.sleep(0.01)
+        large = asyncio.create_task(_hold(controller, "b", 80, release_rest, log))
+        await asyncio.sleep(0.01)
+        small = asyncio.create_task(_hold(controller, "c", 10, release_rest, log))
+        await asyncio.sleep(0.01)
+        assert log == ["in a60"] and controller.waiting == 2
+        release_first.set()
+        await first
+        await asyncio.sleep(0.01)
+        assert log == ["in a60", "in b80", "in c10"]
+        release_rest.set()
+        await asyncio.gather(large, small)
+
+    _run(body)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(1, 400), st.floats(0, 0.004), st.booleans()),
+        min_size=1,
+        max_size=25,
+    ),
+    st.integers(1, 3),
+    st.integers(1, 3),
+)
+def test_no_place_leaks_and_no_limit_is_passed(
+    schedule: list[tuple[str, int, float, bool]], max_concurrent: int, max_per_key: int
+) -> None:
+    """Random arrivals, durations and client cancellations: limits hold at every moment, and at the end
+    nothing is in flight or waiting."""
+
+    async def body() -> None:
+        limits = _limits(
+            max_concurrent=max_concurrent, max_per_key=max_per_key, max_tokens_in_flight=600, max_waiting=6
+        )
+        controller = AdmissionController(limits)
+        violations: list[str] = []
+
+        async def one(key: str, cost: int, duration: float) -> None:
+            try:
+                async with controller.admit(key, cost):
+                    if controller.in_flight > 1 and (
+                        controller.in_flight > max_concurrent or controller._tokens > 600
+                    ):
+                        violations.append(f"{controller.in_flight} {controller._tokens}")
+                    if controller._per_key.get(key, 0) > max_per_key:
+                        violations.append(f"key {key}")
+                    await asyncio.sleep(duration)
+            except AdmissionRefusedError:
+                pass
+
+        tasks = []
+        for key, cost, duration, cancel in schedule:
+            task = asyncio.create_task(one(key, cost, duration))
+            tasks.append((task, cancel))
+            await asyncio.sleep(0)
+        for task, cancel in tasks:
+            if cancel:
+                task.cancel()
+        await asyncio.gather(*(task for task, _ in tasks), return_exceptions=True)
+        assert violations == []
+        assert (controller.in_flight, controller.waiting, controller._tokens) == (0, 0, 0)
+        assert controller._per_key == {}
+
+    _run(body)
