@@ -66,6 +66,12 @@ def main() -> None:
     parser.add_argument("--advertisers", default="1,2,5,10", help="comma-separated n values (≤ 10)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=3600.0,
+        help="worker timeout and auction deadline of the stack it starts",
+    )
     parser.add_argument("--api-key", default=os.environ.get("MOSAIC_API_KEY"))
     args = parser.parse_args()
     if bool(args.url) != bool(args.worker_url):
@@ -78,7 +84,15 @@ def main() -> None:
     stack = (
         contextlib.nullcontext((args.url, args.worker_url))
         if args.url
-        else common.local_stack(args.model, [], env, {}, {}, ready_timeout_s=300, stop_timeout_s=20)
+        else common.local_stack(
+            args.model,
+            [],
+            env,
+            {},
+            {"WORKER_TIMEOUT_S": str(args.timeout_s), "AUCTION_DEADLINE_S": str(args.timeout_s)},
+            ready_timeout_s=300,
+            stop_timeout_s=20,
+        )
     )
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     results: dict[tuple[int, int], dict[str, list[float]]] = {}
