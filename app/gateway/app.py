@@ -19,9 +19,12 @@ from collections.abc import AsyncIterator
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
+from app.explorer.routes import add_explorer
+from app.gateway.docs import add_offline_docs
 from app.gateway.errors import add_error_handlers
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.middleware import BodySizeLimit, add_request_metrics
@@ -48,6 +51,11 @@ def _limit_torch_threads(settings: Settings) -> None:
 
     threads = settings.worker_torch_threads or max(1, (os.cpu_count() or 2) - 1)
     torch.set_num_threads(threads)
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operationId is its function's name (`run_auction`, `get_auction`, ...)."""
+    return route.name
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -126,6 +134,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="A truthful auction that lets advertisers influence an LLM's reply "
         "(softmax importance-weighted allocation + Rochet payments with the offset).",
         lifespan=lifespan,
+        docs_url=None,  # add_offline_docs: the same pages with local assets
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -137,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_error_handlers(app, metrics)
     app.include_router(router)
     app.include_router(ledger_router)
+    add_offline_docs(app)
+    add_explorer(app)
 
     return app
 

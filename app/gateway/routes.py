@@ -1,8 +1,10 @@
-"""The gateway's HTTP routes: health, readiness, `POST /auction`, stored records, Prometheus metrics.
+"""The gateway's HTTP routes: health, readiness, `POST /auction`, stored records and their what-if
+(`POST /auctions/{id}/resolve`: the pure mechanism on the stored candidates, never billed), metrics.
 
 Each handler is thin: it validates (the request models and `enforce_limits`), hands the work to the
 service objects that `app.gateway.app` put on `app.state`, and returns their answer. Imports: the
-auction service (types), the ledger reader, the request/response models and the security dependency.
+auction service (types) and its what-if, the ledger reader, the request/response models and the
+security dependency. Every route's function name is its OpenAPI operationId (`app.gateway.app`).
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ import contextlib
 from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService, auction_key, load_record
+from app.auction.whatif import WhatIfInputError, WhatIfRequest, WhatIfResponse, resolve_record
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import (
     AuctionRecord,
     AuctionRequest,
     AuctionResponse,
+    auction_request_examples,
     enforce_limits,
     error_responses,
 )
@@ -68,7 +73,10 @@ async def readyz(request: Request) -> JSONResponse:
     summary="Run one MOSAIC auction and return the sampled reply",
     responses=error_responses(401, 403, 413, 422, 500, 502, 503, 504),
 )
-async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse:
+async def run_auction(
+    request: Request,
+    body: AuctionRequest = Body(openapi_examples=auction_request_examples()),
+) -> AuctionResponse:
     settings: Settings = request.app.state.settings
     enforce_limits(body, settings)
     service: AuctionService = request.app.state.auctions
@@ -85,11 +93,16 @@ async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse
 async def get_auction(
     auction_id: str, request: Request, principal: Principal = Depends(require_api_key)
 ) -> Any:
+    return await _readable_record(auction_id, request, principal)
+
+
+async def _readable_record(auction_id: str, request: Request, principal: Principal) -> dict[str, Any]:
+    """The stored record, or 404 when absent, expired, or not the caller's (an advertiser key sees only
+    the auctions it took part in; others answer as if absent)."""
     if len(auction_id) > 64 or not auction_id.isalnum():
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
     redis_client: aioredis.Redis = request.app.state.redis
     record = load_record(await redis_client.get(auction_key(auction_id)))
-    # An advertiser key sees only the auctions it took part in; others answer as if absent.
     if (
         record is not None
         and principal.scope == "advertiser"
@@ -99,6 +112,40 @@ async def get_auction(
     if record is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
     return record
+
+
+@router.post(
+    "/auctions/{auction_id}/resolve",
+    response_model=WhatIfResponse,
+    tags=["auction"],
+    summary="What-if: the mechanism again on a served auction's candidates (never billed, never stored)",
+    description="Allocation, payments and ESS under another τ, a subset of the advertisers or changed "
+    "value scales, on the SAME stored candidates: no model call, no draw, no billing, no record. "
+    "Same keys as `GET /auctions/{auction_id}`.",
+    responses=error_responses(401, 404, 413, 422, 503),
+)
+async def resolve_auction(
+    auction_id: str,
+    request: Request,
+    body: WhatIfRequest = Body(
+        openapi_examples={
+            "tau": {"summary": "another τ", "value": {"tau": 2.0}},
+            "subset": {"summary": "τ = 1, one advertiser", "value": {"tau": 1.0, "advertisers": ["a"]}},
+        }
+    ),
+    principal: Principal = Depends(require_api_key),
+) -> WhatIfResponse:
+    record = await _readable_record(auction_id, request, principal)
+    try:
+        return resolve_record(record, body)
+    except WhatIfInputError as error:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", *error.loc), "msg": str(error), "input": None}]
+        ) from None
+    except ValueError as error:  # the mechanism: rewards / τ beyond float64
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "tau"), "msg": str(error), "input": body.tau}]
+        ) from None
 
 
 @router.get(

@@ -141,6 +141,32 @@ class AuctionRequest(BaseModel):
         return self
 
 
+def auction_request_examples() -> dict[str, dict[str, Any]]:
+    """The request examples of the OpenAPI document (Swagger's "Try it out" body): each one valid under
+    the default limits and the fuzz test's small ones, every integer JSON-safe (≤ MAX_SEED).
+    tests/unit/test_api_docs.py validates them."""
+    guitar = [
+        {"id": "strummaster", "name": "StrumMaster", "description": "selling guitars and tuners"},
+        {"id": "chordify", "name": "Chordify", "description": "online guitar lessons"},
+    ]
+    return {
+        "two-advertisers": {
+            "summary": "Two advertisers, seeded (replayable)",
+            "value": {"query": "Learning to play the guitar.", "advertisers": guitar, "seed": 7},
+        },
+        "with-candidates": {
+            "summary": "One advertiser, τ = 2, the candidate table returned",
+            "value": {
+                "query": "Best skin care routine for dry skin.",
+                "advertisers": [{"id": "hydraskin", "name": "HydraSkin", "description": "moisturizers"}],
+                "tau": 2.0,
+                "seed": MAX_SEED,
+                "include_candidates": True,
+            },
+        },
+    }
+
+
 class AdvertiserResult(BaseModel):
     id: str
     payment: float = Field(description="p_i = R_i − U_i, charged (expected, not realised).")

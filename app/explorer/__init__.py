@@ -1,0 +1,1 @@
+"""The auction explorer: a static page served by the gateway at `/` (no CDN, no build step)."""

@@ -1,0 +1,317 @@
+// MOSAIC explorer: plain modern JavaScript, no library, no network beyond this gateway's own API.
+// Every text from the API is inserted with textContent (never as HTML).
+
+const $ = (selector) => document.querySelector(selector);
+const KEY_STORAGE = "mosaic.apiKey";
+
+const state = {
+  auction: null,      // the auction as shown: {auction_id, candidates, advertisers, ...}
+  names: {},          // advertiser id -> name (for the "names her" flag)
+  whatIf: null,       // the AbortController of the what-if in flight
+};
+
+// ---------------------------------------------------------------- the API
+
+function headers() {
+  const key = $("#api-key").value.trim();
+  const result = { "Content-Type": "application/json" };
+  if (key) result.Authorization = `Bearer ${key}`;
+  return result;
+}
+
+/** The API's own message for a failed answer: 422 lists "field: reason", others their detail. */
+export function errorMessage(status, body) {
+  const detail = body && body.detail;
+  if (Array.isArray(detail)) {
+    return `HTTP ${status}: ` + detail.map((e) => `${(e.loc || []).join(".")}: ${e.msg}`).join("\n");
+  }
+  if (typeof detail === "string") return `HTTP ${status}: ${detail}`;
+  return `HTTP ${status}`;
+}
+
+async function api(method, path, body, signal) {
+  const response = await fetch(path, {
+    method,
+    headers: headers(),
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal,
+  });
+  let payload = null;
+  try {
+    payload = await response.json();
+  } catch {
+    payload = null;
+  }
+  if (!response.ok) throw new Error(errorMessage(response.status, payload));
+  return payload;
+}
+
+// ---------------------------------------------------------------- status and errors
+
+function setStatus(stateName, text) {
+  const element = $("#status");
+  element.dataset.state = stateName;
+  element.textContent = text;
+}
+
+function showError(message) {
+  const element = $("#error");
+  element.textContent = message;
+  element.hidden = !message;
+}
+
+// ---------------------------------------------------------------- the form
+
+let instances = [];
+
+function advertiserRow(advertiser = {}) {
+  const row = document.createElement("div");
+  row.className = "advertiser";
+  for (const [field, placeholder] of [["id", "id"], ["name", "Name"], ["description", "description"]]) {
+    const input = document.createElement("input");
+    input.dataset.field = field;
+    input.placeholder = placeholder;
+    input.value = advertiser[field] || "";
+    row.append(input);
+  }
+  const scale = document.createElement("input");
+  scale.dataset.field = "value_scale";
+  scale.type = "number";
+  scale.step = "any";
+  scale.min = "0";
+  scale.title = "value scale s_i";
+  scale.value = advertiser.value_scale ?? 1;
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.textContent = "×";
+  remove.title = "remove";
+  remove.addEventListener("click", () => row.remove());
+  row.append(scale, remove);
+  return row;
+}
+
+function fill(instance) {
+  $("#query").value = instance.query;
+  const list = $("#advertisers");
+  list.replaceChildren(...instance.advertisers.map((a) => advertiserRow(a)));
+}
+
+function optionalNumber(selector, parse) {
+  const text = $(selector).value.trim();
+  return text === "" ? undefined : parse(text);
+}
+
+function requestBody() {
+  const advertisers = [...document.querySelectorAll("#advertisers .advertiser")].map((row) => {
+    const value = (field) => row.querySelector(`[data-field="${field}"]`).value.trim();
+    const advertiser = { id: value("id"), name: value("name"), description: value("description") };
+    const scale = value("value_scale");
+    if (scale !== "" && Number(scale) !== 1) advertiser.value_scale = Number(scale);
+    return advertiser;
+  });
+  const body = { query: $("#query").value.trim(), advertisers, proposal: $("#proposal").value };
+  const numbers = [
+    ["candidates", "#candidates", (t) => Number.parseInt(t, 10)],
+    ["tau", "#tau", Number],
+    ["seed", "#seed", (t) => Number.parseInt(t, 10)],
+    ["max_tokens", "#max-tokens", (t) => Number.parseInt(t, 10)],
+  ];
+  for (const [field, selector, parse] of numbers) {
+    const value = optionalNumber(selector, parse);
+    if (value !== undefined) body[field] = value;
+  }
+  body.include_candidates = true;
+  return body;
+}
+
+// ---------------------------------------------------------------- rendering
+
+const fmt = (x, digits = 4) => (Number.isFinite(x) ? x.toFixed(digits) : String(x));
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function namesHer(text, name) {
+  return Boolean(name) && text.toLowerCase().includes(name.toLowerCase());
+}
+
+function renderAdvertisers(rows) {
+  const body = $("#advertiser-table tbody");
+  body.replaceChildren(
+    ...rows.map((row) => {
+      const tr = document.createElement("tr");
+      tr.dataset.advertiser = row.id;
+      tr.append(cell(row.id, "text"), cell(fmt(row.payment, 6)), cell(fmt(row.expected_reward, 6)),
+        cell(fmt(row.expected_utility, 6)));
+      return tr;
+    }),
+  );
+}
+
+function renderSummary(tau, ess, revenue) {
+  const auction = state.auction;
+  $("#summary").textContent =
+    `τ = ${tau} · ESS = ${fmt(ess, 3)} of M = ${auction.candidates.length} · revenue = ${fmt(revenue, 6)} ` +
+    `${auction.currency} · proposal = ${auction.proposal} · seed = ${auction.seed}`;
+  $("#result").dataset.tau = String(tau);
+}
+
+function renderTimings(timings) {
+  const stages = Object.keys(timings);
+  $("#timings-table thead tr").replaceChildren(...stages.map((s) => {
+    const th = document.createElement("th");
+    th.textContent = s;
+    return th;
+  }));
+  $("#timings-table tbody tr").replaceChildren(...stages.map((s) => cell(fmt(timings[s], 1))));
+}
+
+function renderCandidates(probabilities) {
+  const auction = state.auction;
+  const ids = auction.advertisers.map((a) => a.id);
+  const head = document.createElement("tr");
+  for (const title of ["#", "π (probability)", "log π_ref", "log q", ...ids.map((id) => `r: ${id}`),
+    ...ids.map((id) => `names ${state.names[id] || id}`), "text"]) {
+    const th = document.createElement("th");
+    th.textContent = title;
+    head.append(th);
+  }
+  $("#candidate-table thead").replaceChildren(head);
+  const order = probabilities.map((p, j) => j).sort((a, b) => probabilities[b] - probabilities[a] || a - b);
+  const top = Math.max(...probabilities);
+  const rows = order.map((j) => {
+    const candidate = auction.candidates[j];
+    const tr = document.createElement("tr");
+    tr.dataset.index = String(j);
+    tr.dataset.probability = String(probabilities[j]);
+    if (j === auction.chosen_index) tr.className = "chosen";
+    const prob = document.createElement("td");
+    prob.className = "prob";
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${top > 0 ? (8 * probabilities[j]) / top : 0}rem`;
+    prob.append(bar, document.createTextNode(fmt(probabilities[j], 4)));
+    tr.append(cell(String(j)), prob, cell(fmt(candidate.log_ref, 2)), cell(fmt(candidate.log_proposal, 2)));
+    for (const id of ids) tr.append(cell(fmt(candidate.rewards[id], 3)));
+    for (const id of ids) tr.append(cell(namesHer(candidate.text, state.names[id]) ? "✓" : "", "names"));
+    tr.append(cell(candidate.text, "text"));
+    return tr;
+  });
+  $("#candidate-table tbody").replaceChildren(...rows);
+}
+
+function sliderFor(tau) {
+  const slider = $("#tau-slider");
+  slider.value = String(Math.min(2, Math.max(-2, Math.log10(tau))));
+  $("#tau-value").textContent = String(tau);
+}
+
+/** Show an auction (a POST /auction answer with candidates, or a GET /auctions/{id} record). */
+function showAuction(auction, advertisersIn) {
+  state.auction = auction;
+  state.names = Object.fromEntries(advertisersIn.map((a) => [a.id, a.name]));
+  $("#auction-id").textContent = auction.auction_id;
+  $("#reply").textContent = auction.reply;
+  renderSummary(auction.tau, auction.effective_sample_size, auction.revenue);
+  renderAdvertisers(auction.advertisers);
+  renderTimings(auction.timings_ms);
+  renderCandidates(auction.candidates.map((c) => c.probability));
+  sliderFor(auction.tau);
+  $("#result").hidden = false;
+  $("#open-id").value = auction.auction_id;
+  history.replaceState(null, "", `#auction=${auction.auction_id}`);
+}
+
+// ---------------------------------------------------------------- actions
+
+async function runAuction(event) {
+  event.preventDefault();
+  showError("");
+  const body = requestBody();
+  setStatus("running", "running the auction…");
+  $("#run").disabled = true;
+  try {
+    const auction = await api("POST", "/auction", body);
+    showAuction(auction, body.advertisers);
+    setStatus("done", `auction ${auction.auction_id} served`);
+  } catch (error) {
+    setStatus("error", "failed");
+    showError(error.message);
+  } finally {
+    $("#run").disabled = false;
+  }
+}
+
+async function openAuction(auctionId) {
+  showError("");
+  setStatus("running", `opening ${auctionId}…`);
+  try {
+    const record = await api("GET", `/auctions/${encodeURIComponent(auctionId)}`);
+    showAuction(record, record.request.advertisers);
+    setStatus("done", `auction ${record.auction_id} opened`);
+  } catch (error) {
+    setStatus("error", "failed");
+    showError(error.message);
+  }
+}
+
+async function whatIf() {
+  const auction = state.auction;
+  if (!auction) return;
+  const tau = Number((10 ** Number($("#tau-slider").value)).toPrecision(3));
+  $("#tau-value").textContent = String(tau);
+  state.whatIf?.abort();
+  const controller = new AbortController();
+  state.whatIf = controller;
+  setStatus("resolving", `what-if τ = ${tau}…`);
+  try {
+    const result = await api("POST", `/auctions/${auction.auction_id}/resolve`, { tau }, controller.signal);
+    if (controller.signal.aborted) return;
+    renderCandidates(result.probabilities);
+    renderAdvertisers(result.advertisers);
+    renderSummary(result.tau, result.effective_sample_size, result.revenue);
+    showError("");
+    setStatus("resolved", `what-if τ = ${result.tau} (not billed)`);
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    setStatus("error", "what-if failed");
+    showError(error.message);
+  }
+}
+
+async function start() {
+  const keyInput = $("#api-key");
+  keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  keyInput.addEventListener("input", () => sessionStorage.setItem(KEY_STORAGE, keyInput.value));
+  $("#key-form").addEventListener("submit", (event) => event.preventDefault());
+  $("#auction-form").addEventListener("submit", runAuction);
+  $("#open-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    openAuction($("#open-id").value.trim());
+  });
+  $("#add-advertiser").addEventListener("click", () => $("#advertisers").append(advertiserRow()));
+  $("#tau-slider").addEventListener("input", whatIf);
+  try {
+    instances = (await (await fetch("/explorer/instances.json")).json()).instances;
+  } catch {
+    instances = [];
+  }
+  const select = $("#instance");
+  select.replaceChildren(...instances.map((instance, index) => {
+    const option = document.createElement("option");
+    option.value = String(index);
+    option.textContent = `${instance.id}. ${instance.query}`;
+    return option;
+  }));
+  select.addEventListener("change", () => fill(instances[Number(select.value)]));
+  if (instances.length) fill(instances[0]);
+  const match = /^#auction=([A-Za-z0-9]{1,64})$/.exec(location.hash);
+  if (match) await openAuction(match[1]);
+  document.body.dataset.ready = "true";
+}
+
+start();
