@@ -15,23 +15,28 @@ Environment:
     MOSAIC_LOAD_LEDGER_SETTLE_S   read an advertiser's ledger only this long after its auction
                               (default 5: the ledger consumer applies events asynchronously)
 
-Every response is checked: status 200, the schema of the body (required fields and their types),
-and for auctions that the payments add up to the revenue (within 1e-6) and that the advertisers are
-the ones sent. Any violation is a locust failure, so `--exit-code-on-error 1` turns it into exit 1.
+Requests go through the project's typed client (`mosaic_client.MosaicClient`, retries off so that
+every failure is counted; each auction carries an Idempotency-Key); each call is reported to locust
+as a request event. Every response is checked: status 200, the schema of the body (the API's
+pydantic models; required fields and their types), and for auctions that the payments add up to
+the revenue (within 1e-6) and that the advertisers are the ones sent. Any violation is a locust
+failure, so `--exit-code-on-error 1` turns it into exit 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-from locust import HttpUser, between, task
+from locust import User, between, task
+from pydantic import ValidationError
 
 # locust puts this file's folder on sys.path.
 from traffic import (
@@ -41,10 +46,12 @@ from traffic import (
     check_ledger_summary,
     env_float,
     env_int,
-    json_object,
     load_instances,
     resolve_instances_path,
 )
+
+# The typed client is installed with the project (`pip install -e .`).
+from mosaic_client import MosaicClient, MosaicError
 
 
 class _Shared:
@@ -67,27 +74,59 @@ class _Shared:
             return cls.instances
 
 
-def judge(response: Any, check: Callable[[dict[str, Any]], list[str]]) -> dict[str, Any] | None:
-    """Mark a catch_response response: 200, a JSON object, and no problems from `check`.
+class Call:
+    """One timed API call: `success()` / `failure(reason)` report it to locust (once)."""
 
-    Returns the body when the response passed, else None (the failure is recorded with its reason).
-    """
-    if response.status_code != 200:
-        response.failure(f"status {response.status_code}: {response.text[:300]!r}")
-        return None
-    body, error = json_object(response)
-    if body is None:
-        response.failure(error)
-        return None
+    def __init__(self, user: User, name: str) -> None:
+        self.user = user
+        self.name = name
+        self.started = time.perf_counter()
+        self.reported = False
+
+    def _fire(self, exception: Exception | None, length: int = 0) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        self.user.environment.events.request.fire(
+            request_type=self.name.split(" ", 1)[0],
+            name=self.name,
+            response_time=(time.perf_counter() - self.started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+
+    def success(self) -> None:
+        self._fire(None)
+
+    def failure(self, reason: str) -> None:
+        self._fire(AssertionError(reason))
+
+
+@contextlib.contextmanager
+def call(user: User, name: str) -> Iterator[Call]:
+    """Time a client call; a MosaicError (any non-2xx, a transport failure) is a locust failure."""
+    timed = Call(user, name)
+    try:
+        yield timed
+    except MosaicError as error:
+        timed.failure(str(error)[:300])
+    except ValidationError as error:  # the answer is not the model the API declares
+        timed.failure(f"schema: {str(error)[:300]}")
+    else:
+        timed.success()
+
+
+def judge(timed: Call, body: dict[str, Any], check: Callable[[dict[str, Any]], list[str]]) -> bool:
+    """Report `body` as a failure when `check` finds problems; True when it passed."""
     problems = check(body)
     if problems:
-        response.failure("; ".join(problems[:5]))
-        return None
-    response.success()
-    return body
+        timed.failure("; ".join(problems[:5]))
+        return False
+    return True
 
 
-class AuctionUser(HttpUser):
+class AuctionUser(User):
     """Runs auctions (weight 10), reads audit records (1), the ledger summary (2) and advertiser
     accounts (2)."""
 
@@ -103,8 +142,11 @@ class AuctionUser(HttpUser):
             p.strip() for p in os.environ.get("MOSAIC_LOAD_PROPOSALS", "context").split(",") if p.strip()
         ]
         self.settle_s = env_float("MOSAIC_LOAD_LEDGER_SETTLE_S", 5.0)
-        key = os.environ.get("MOSAIC_API_KEY", "").strip()
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        key = os.environ.get("MOSAIC_API_KEY", "").strip() or None
+        self.mosaic = MosaicClient(self.host or "http://127.0.0.1:8000", api_key=key, retries=0)
+
+    def on_stop(self) -> None:
+        self.mosaic.close()
 
     @task(10)
     def auction(self) -> None:
@@ -115,11 +157,10 @@ class AuctionUser(HttpUser):
             max_tokens=self.max_tokens,
             proposals=self.proposals,
         )
-        with self.client.post(
-            "/auction", json=payload, headers=self.headers, name="POST /auction", catch_response=True
-        ) as response:
-            body = judge(response, lambda body: check_auction_response(body, payload))
-            if body is None:
+        with call(self, "POST /auction") as timed:
+            answer = self.mosaic.auction(payload["query"], payload["advertisers"], **_fields(payload))
+            body = answer.model_dump(mode="json", exclude_none=True)
+            if not judge(timed, body, lambda body: check_auction_response(body, payload)):
                 return
             now = time.monotonic()
             with _Shared.lock:
@@ -133,27 +174,18 @@ class AuctionUser(HttpUser):
         if not ids:
             return
         auction_id = self.rng.choice(ids)
-        with self.client.get(
-            f"/auctions/{auction_id}", headers=self.headers, name="GET /auctions/[id]", catch_response=True
-        ) as response:
-            judge(
-                response,
-                lambda body: (
-                    []
-                    if body.get("auction_id") == auction_id
-                    else [f"auction_id {body.get('auction_id')!r} != {auction_id!r}"]
-                ),
-            )
+        with call(self, "GET /auctions/[id]") as timed:
+            record = self.mosaic.get_auction(auction_id)
+            if record.auction_id != auction_id:
+                timed.failure(f"auction_id {record.auction_id!r} != {auction_id!r}")
 
     @task(2)
     def ledger_summary(self) -> None:
-        with self.client.get(
-            "/ledger/summary", headers=self.headers, name="GET /ledger/summary", catch_response=True
-        ) as response:
+        with call(self, "GET /ledger/summary") as timed:
             with _Shared.lock:
                 baseline = _Shared.summary_baseline
-            body = judge(response, lambda body: check_ledger_summary(body, baseline))
-            if body is not None and baseline is None:
+            body = self.mosaic.ledger_summary()
+            if judge(timed, body, lambda body: check_ledger_summary(body, baseline)) and baseline is None:
                 with _Shared.lock:
                     if _Shared.summary_baseline is None:
                         _Shared.summary_baseline = {k: body[k] for k in ("conflicts", "dead_letters")}
@@ -166,10 +198,10 @@ class AuctionUser(HttpUser):
         if not settled:
             return
         advertiser_id = self.rng.choice(settled)
-        with self.client.get(
-            f"/ledger/advertisers/{advertiser_id}",
-            headers=self.headers,
-            name="GET /ledger/advertisers/[id]",
-            catch_response=True,
-        ) as response:
-            judge(response, lambda body: check_ledger_advertiser(body, advertiser_id))
+        with call(self, "GET /ledger/advertisers/[id]") as timed:
+            body = self.mosaic.advertiser_account(advertiser_id)
+            judge(timed, body, lambda body: check_ledger_advertiser(body, advertiser_id))
+
+
+def _fields(payload: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in payload.items() if key not in ("query", "advertisers")}

@@ -1,7 +1,8 @@
 """`mosaic auction "query" -a id:Name:description ...`: one auction, printed as a reply and a table.
 
 Against a running gateway (`--url`) or in process (the embedded default app, driven through httpx's
-ASGI transport with its lifespan: the same code path as the HTTP service).
+ASGI transport with its lifespan: the same code path as the HTTP service); both through the typed
+client `mosaic_client.AsyncMosaicClient` (retries, Idempotency-Key, one exception per status).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import re
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from app.gateway.schemas import AuctionResponse
 from app.settings import Settings
+from mosaic_client import AsyncMosaicClient, MosaicError
 
 console = Console()
 
@@ -31,11 +35,10 @@ def parse_advertiser(spec: str) -> dict[str, str]:
 
 async def _post_auction(
     payload: dict[str, Any], url: str | None, api_key: str | None, model: str | None
-) -> Any:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+) -> AuctionResponse:
     if url is not None:
-        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-            return await client.post("/auction", json=payload, headers=headers)
+        async with AsyncMosaicClient(url, api_key=api_key, timeout_s=600) as client:
+            return await client.auction(payload["query"], payload["advertisers"], **_fields(payload))
     from app.gateway.app import create_app
 
     overrides: dict[str, Any] = {"log_level": "WARNING"}
@@ -44,8 +47,14 @@ async def _post_auction(
     app = create_app(Settings(**overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://mosaic", timeout=600) as client:
-            return await client.post("/auction", json=payload, headers=headers)
+        async with AsyncMosaicClient(
+            "http://mosaic", api_key=api_key, timeout_s=600, transport=transport, retries=0
+        ) as client:
+            return await client.auction(payload["query"], payload["advertisers"], **_fields(payload))
+
+
+def _fields(payload: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in payload.items() if key not in ("query", "advertisers")}
 
 
 def run_auction_command(
@@ -72,12 +81,16 @@ def run_auction_command(
         if value is not None:
             payload[key] = value
     payload["include_candidates"] = show_candidates
-    with console.status("running the auction…"):
-        response = asyncio.run(_post_auction(payload, url, api_key, model))
-    if response.status_code != 200:
-        console.print(f"[red]HTTP {response.status_code}[/red] {response.text}")
+    try:
+        with console.status("running the auction…"):
+            answer = asyncio.run(_post_auction(payload, url, api_key, model))
+    except MosaicError as error:
+        console.print(f"[red]{error}[/red]")
         return 1
-    body = response.json()
+    except ValidationError as error:  # refused by the request model before anything was sent
+        console.print(f"[red]invalid request: {error}[/red]")
+        return 2
+    body = answer.model_dump(mode="json", exclude_none=True)
     console.print(Panel(body["reply"], title=f"reply (candidate {body['chosen_index']})", expand=False))
     table = Table(title=f"auction {body['auction_id']}  τ={body['tau']:g}  proposal={body['proposal']}")
     for column in ("advertiser", "payment", "expected reward", "expected utility"):

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.models import Example
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -129,8 +130,11 @@ async def resolve_auction(
     request: Request,
     body: WhatIfRequest = Body(
         openapi_examples={
-            "tau": {"summary": "another τ", "value": {"tau": 2.0}},
-            "subset": {"summary": "τ = 1, one advertiser", "value": {"tau": 1.0, "advertisers": ["a"]}},
+            "tau": Example(summary="another τ", value={"tau": 2.0}),
+            "scales": Example(
+                summary="τ = 1, a value scale doubled",
+                value={"tau": 1.0, "value_scales": {"strummaster": 2.0}},
+            ),
         }
     ),
     principal: Principal = Depends(require_api_key),

@@ -10,6 +10,7 @@ import unicodedata
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.models import Example
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
@@ -141,7 +142,7 @@ class AuctionRequest(BaseModel):
         return self
 
 
-def auction_request_examples() -> dict[str, dict[str, Any]]:
+def auction_request_examples() -> dict[str, Example]:
     """The request examples of the OpenAPI document (Swagger's "Try it out" body): each one valid under
     the default limits and the fuzz test's small ones, every integer JSON-safe (≤ MAX_SEED).
     tests/unit/test_api_docs.py validates them."""
@@ -150,20 +151,20 @@ def auction_request_examples() -> dict[str, dict[str, Any]]:
         {"id": "chordify", "name": "Chordify", "description": "online guitar lessons"},
     ]
     return {
-        "two-advertisers": {
-            "summary": "Two advertisers, seeded (replayable)",
-            "value": {"query": "Learning to play the guitar.", "advertisers": guitar, "seed": 7},
-        },
-        "with-candidates": {
-            "summary": "One advertiser, τ = 2, the candidate table returned",
-            "value": {
+        "two-advertisers": Example(
+            summary="Two advertisers, seeded (replayable)",
+            value={"query": "Learning to play the guitar.", "advertisers": guitar, "seed": 7},
+        ),
+        "with-candidates": Example(
+            summary="One advertiser, τ = 2, the candidate table returned",
+            value={
                 "query": "Best skin care routine for dry skin.",
                 "advertisers": [{"id": "hydraskin", "name": "HydraSkin", "description": "moisturizers"}],
                 "tau": 2.0,
                 "seed": MAX_SEED,
                 "include_candidates": True,
             },
-        },
+        ),
     }
 
 

@@ -1,0 +1,62 @@
+"""`mosaic_client`: typed sync and async clients of the MOSAIC auction API (httpx + the API's models).
+
+    from mosaic_client import MosaicClient
+    result = MosaicClient("http://127.0.0.1:8000").auction("Guitars?", ["strum:StrumMaster:guitars"])
+    print(result.reply, [(row.id, row.payment) for row in result.advertisers])
+
+Exceptions: `mosaic_client.errors` (one per status, all `MosaicError`).
+"""
+
+from app.auction.whatif import WhatIfRequest, WhatIfResponse
+from app.gateway.schemas import (
+    AdvertiserIn,
+    AdvertiserResult,
+    AuctionRecord,
+    AuctionRequest,
+    AuctionResponse,
+    CandidateRecord,
+)
+from mosaic_client.client import AsyncMosaicClient, MosaicClient, auction_request, parse_advertiser
+from mosaic_client.errors import (
+    AuthenticationError,
+    ConflictError,
+    DeadlineError,
+    InvalidRequestError,
+    MosaicError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    UnavailableError,
+    WorkerError,
+)
+
+__all__ = [
+    "AdvertiserIn",
+    "AdvertiserResult",
+    "AsyncMosaicClient",
+    "AuctionRecord",
+    "AuctionRequest",
+    "AuctionResponse",
+    "AuthenticationError",
+    "CandidateRecord",
+    "ConflictError",
+    "DeadlineError",
+    "InvalidRequestError",
+    "MosaicClient",
+    "MosaicError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitedError",
+    "ServerError",
+    "TransportError",
+    "UnavailableError",
+    "WhatIfRequest",
+    "WhatIfResponse",
+    "WorkerError",
+    "auction_request",
+    "parse_advertiser",
+]

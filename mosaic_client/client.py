@@ -1,0 +1,266 @@
+"""Typed clients of the MOSAIC API on httpx: `MosaicClient` (sync) and `AsyncMosaicClient` (async).
+
+They send and return the API's own pydantic models (`app.gateway.schemas`, `app.auction.whatif`), so
+a request is validated before it leaves and an answer is parsed into the model the server declared.
+Failures raise one exception per status (`mosaic_client.errors`).
+
+Retries: a call is tried up to `retries + 1` times on a connection failure, a timeout, or an answer of
+429/502/503/504 (none of those bills anything), waiting Retry-After when the server gives it, else an
+exponential backoff. Every `POST /auction` carries an `Idempotency-Key` header (a fresh UUID per call,
+the same on each retry of it; or the caller's), so a retry after a lost answer is answered from the
+first attempt by a gateway that honours the key instead of running and billing a second auction.
+Imports httpx, the API's models and the errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from app.auction.whatif import WhatIfRequest, WhatIfResponse
+from app.gateway.schemas import AdvertiserIn, AuctionRecord, AuctionRequest, AuctionResponse
+from mosaic_client.errors import MosaicError, TransportError, error_for, retry_after
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+DEFAULT_TIMEOUT_S = 300.0
+AdvertiserLike = AdvertiserIn | Mapping[str, Any] | str
+
+
+def _path(*parts: str) -> str:
+    """`/auctions/<id>` with every part percent-encoded (an id can never add a path segment)."""
+    return "/" + "/".join(quote(part, safe="") for part in parts)
+
+
+def parse_advertiser(spec: str) -> dict[str, str]:
+    """`id:Name:description` (the description may contain ':') as an advertiser's fields."""
+    parts = spec.split(":", 2)
+    if len(parts) != 3 or not all(part.strip() for part in parts):
+        raise ValueError(f"advertiser {spec!r} is not id:Name:description")
+    advertiser_id, name, description = (part.strip() for part in parts)
+    return {"id": advertiser_id, "name": name, "description": description}
+
+
+def auction_request(
+    query: str | AuctionRequest, advertisers: Iterable[AdvertiserLike] = (), **fields: Any
+) -> AuctionRequest:
+    """An `AuctionRequest` from a query, advertisers (models, dicts or `id:Name:description`) and fields."""
+    if isinstance(query, AuctionRequest):
+        return query
+    rows = [
+        parse_advertiser(a) if isinstance(a, str) else a.model_dump() if isinstance(a, AdvertiserIn) else a
+        for a in advertisers
+    ]
+    given = {key: value for key, value in fields.items() if value is not None}
+    return AuctionRequest.model_validate({"query": query, "advertisers": rows, **given})
+
+
+def _whatif_body(
+    tau: float, advertisers: Iterable[str] | None, value_scales: Mapping[str, float] | None
+) -> dict[str, Any]:
+    request = WhatIfRequest.model_validate(
+        {
+            "tau": tau,
+            "advertisers": list(advertisers) if advertisers is not None else None,
+            "value_scales": dict(value_scales) if value_scales is not None else None,
+        }
+    )
+    return request.model_dump(mode="json", exclude_none=True)
+
+
+class _Base:
+    def __init__(self, api_key: str | None, retries: int, backoff_s: float, max_backoff_s: float) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        advised = retry_after(response)
+        if advised is not None:
+            return min(advised, self.max_backoff_s)
+        return min(self.backoff_s * (2**attempt), self.max_backoff_s)
+
+    @staticmethod
+    def _check(response: httpx.Response) -> Any:
+        if response.is_success:
+            return response.json()
+        raise error_for(response)
+
+    @staticmethod
+    def _auction_headers(idempotency_key: str | None) -> dict[str, str]:
+        return {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+
+
+class MosaicClient(_Base):
+    """Synchronous client. `with MosaicClient(url, api_key=...) as mosaic: mosaic.auction(...)`."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(api_key, retries, backoff_s, max_backoff_s)
+        self.http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
+
+    def __enter__(self) -> MosaicClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] = {}) -> Any:
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self.http.request(method, path, json=json, headers={**self.headers, **headers})
+            except httpx.TransportError as error:
+                if last:
+                    raise TransportError(f"{method} {path}: {type(error).__name__}: {error}") from error
+                time.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                time.sleep(self._delay(attempt, response))
+                continue
+            return self._check(response)
+        raise MosaicError("unreachable")  # pragma: no cover
+
+    def auction(
+        self,
+        query: str | AuctionRequest,
+        advertisers: Iterable[AdvertiserLike] = (),
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> AuctionResponse:
+        """Run one auction (`POST /auction`); `fields` are the request's other fields (tau, seed, ...)."""
+        body = auction_request(query, advertisers, **fields).model_dump(mode="json", exclude_none=True)
+        answer = self._call("POST", "/auction", json=body, headers=self._auction_headers(idempotency_key))
+        return AuctionResponse.model_validate(answer)
+
+    def get_auction(self, auction_id: str) -> AuctionRecord:
+        """The stored audit record, candidates included (`GET /auctions/{id}`)."""
+        return AuctionRecord.model_validate(self._call("GET", _path("auctions", auction_id)))
+
+    def resolve(
+        self,
+        auction_id: str,
+        tau: float,
+        *,
+        advertisers: Iterable[str] | None = None,
+        value_scales: Mapping[str, float] | None = None,
+    ) -> WhatIfResponse:
+        """What-if on the stored candidates (`POST /auctions/{id}/resolve`): never billed."""
+        body = _whatif_body(tau, advertisers, value_scales)
+        return WhatIfResponse.model_validate(
+            self._call("POST", _path("auctions", auction_id, "resolve"), json=body)
+        )
+
+    def ledger_summary(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/ledger/summary")
+        return result
+
+    def advertiser_account(self, advertiser_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", _path("ledger", "advertisers", advertiser_id))
+        return result
+
+
+class AsyncMosaicClient(_Base):
+    """Asynchronous client: `async with AsyncMosaicClient(url) as mosaic: await mosaic.auction(...)`."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(api_key, retries, backoff_s, max_backoff_s)
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
+
+    async def __aenter__(self) -> AsyncMosaicClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _call(
+        self, method: str, path: str, *, json: Any = None, headers: Mapping[str, str] = {}
+    ) -> Any:
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await self.http.request(
+                    method, path, json=json, headers={**self.headers, **headers}
+                )
+            except httpx.TransportError as error:
+                if last:
+                    raise TransportError(f"{method} {path}: {type(error).__name__}: {error}") from error
+                await asyncio.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                await asyncio.sleep(self._delay(attempt, response))
+                continue
+            return self._check(response)
+        raise MosaicError("unreachable")  # pragma: no cover
+
+    async def auction(
+        self,
+        query: str | AuctionRequest,
+        advertisers: Iterable[AdvertiserLike] = (),
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> AuctionResponse:
+        """Run one auction (`POST /auction`); `fields` are the request's other fields (tau, seed, ...)."""
+        body = auction_request(query, advertisers, **fields).model_dump(mode="json", exclude_none=True)
+        answer = await self._call(
+            "POST", "/auction", json=body, headers=self._auction_headers(idempotency_key)
+        )
+        return AuctionResponse.model_validate(answer)
+
+    async def get_auction(self, auction_id: str) -> AuctionRecord:
+        return AuctionRecord.model_validate(await self._call("GET", _path("auctions", auction_id)))
+
+    async def resolve(
+        self,
+        auction_id: str,
+        tau: float,
+        *,
+        advertisers: Iterable[str] | None = None,
+        value_scales: Mapping[str, float] | None = None,
+    ) -> WhatIfResponse:
+        body = _whatif_body(tau, advertisers, value_scales)
+        answer = await self._call("POST", _path("auctions", auction_id, "resolve"), json=body)
+        return WhatIfResponse.model_validate(answer)
+
+    async def ledger_summary(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/ledger/summary")
+        return result
+
+    async def advertiser_account(self, advertiser_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", _path("ledger", "advertisers", advertiser_id))
+        return result
