@@ -49,6 +49,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY app ./app
 COPY workers ./workers
+COPY mosaic_client ./mosaic_client
 RUN pip install --no-deps .
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: venv serve test lint unit integration e2e bench clean
+CHROMIUM ?= /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv chromium serve test lint unit integration e2e bench clean
 
 venv: $(STAMP)
 
@@ -19,12 +22,17 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# Debian's chromium for the explorer's browser test (Playwright drives it: no browser download).
+chromium:
+	test -x $(CHROMIUM) || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium)
+
 serve: venv
 	$(BIN)/mosaic serve
 
 lint: venv
-	$(BIN)/ruff check app workers tests bench loadtests
-	$(BIN)/ruff format --check app workers tests bench loadtests
+	$(BIN)/ruff check app workers tests bench loadtests mosaic_client
+	$(BIN)/ruff format --check app workers tests bench loadtests mosaic_client
 	$(BIN)/mypy
 
 unit: venv
@@ -36,7 +44,7 @@ integration: venv
 e2e: venv
 	$(BIN)/pytest -q tests/e2e
 
-test: lint
+test: lint chromium
 	$(BIN)/pytest -q tests
 
 bench: venv

@@ -225,3 +225,17 @@ def test_auction_command_with_url(gateway: GatewayProcess, tmp_path: Path) -> No
         assert text in result.output
     refused = CliRunner().invoke(cli, ["auction", QUERY, "-a", ADVERTISERS[0], "--url", gateway.url])
     assert refused.exit_code == 1 and "401" in refused.output
+
+
+def test_the_readme_python_example_runs(gateway: GatewayProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    """README's three lines, against this gateway (its key, and M within its small limits)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) == 3, block
+    code = block.replace(
+        'MosaicClient("http://127.0.0.1:8000")', f'MosaicClient("{gateway.url}", api_key="{KEY}")'
+    )
+    code = code.replace("candidates=8", "candidates=2, max_tokens=3")
+    assert code != block
+    exec(compile(code, "README.md", "exec"), {})
+    assert "hydraskin" in capsys.readouterr().out

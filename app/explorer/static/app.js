@@ -193,7 +193,7 @@ function renderCandidates(probabilities) {
     prob.className = "prob";
     const bar = document.createElement("span");
     bar.className = "bar";
-    bar.style.width = `${top > 0 ? (8 * probabilities[j]) / top : 0}rem`;
+    bar.style.width = `${top > 0 ? (6 * probabilities[j]) / top : 0}rem`;
     prob.append(bar, document.createTextNode(fmt(probabilities[j], 4)));
     tr.append(cell(String(j)), prob, cell(fmt(candidate.log_ref, 2)), cell(fmt(candidate.log_proposal, 2)));
     for (const id of ids) tr.append(cell(fmt(candidate.rewards[id], 3)));
