@@ -65,12 +65,25 @@ def test_the_auction_never_imports_the_gateway_app(path: Path) -> None:
         assert _offending(path, ("app.gateway.app", "app.gateway.routes", "app.evaluation")) == []
 
 
-@pytest.mark.parametrize("path", _modules("app", "workers", "bench"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path", _modules("app", "workers", "bench", "mosaic_client"), ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_modules_are_small_and_say_their_job(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= MAX_LINES, f"{path}: over {MAX_LINES} lines"
     if path.name != "__main__.py":
         assert ast.get_docstring(ast.parse(text)), f"{path}: no module docstring"
+
+
+@pytest.mark.parametrize("path", _modules("mosaic_client"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_client_uses_only_the_api_models(path: Path) -> None:
+    forbidden = ("app.gateway.app", "app.gateway.routes", "app.auction.service", "app.ledger", "redis")
+    assert _offending(path, (*forbidden, "torch", "workers.server", "app.evaluation")) == []
+
+
+def test_the_whatif_has_no_io() -> None:
+    path = ROOT / "app" / "auction" / "whatif.py"
+    assert _offending(path, ("redis", "httpx", "fastapi", "starlette", "torch", "app.ledger")) == []
 
 
 def test_lua_scripts_are_files() -> None:
