@@ -19,9 +19,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app import mechanism
-from app.gateway.schemas import AdvertiserResult
+from app.gateway.schemas import ADVERTISER_ID_PATTERN, AdvertiserResult
 
 ValueScale = Annotated[float, Field(gt=0, le=1e3, allow_inf_nan=False)]
+AdvertiserId = Annotated[str, Field(pattern=ADVERTISER_ID_PATTERN)]
 
 
 class WhatIfRequest(BaseModel):
@@ -34,7 +35,7 @@ class WhatIfRequest(BaseModel):
     )
 
     tau: float = Field(ge=0.01, le=1e6, allow_inf_nan=False, description="Weight on the user (τ).")
-    advertisers: list[str] | None = Field(
+    advertisers: list[AdvertiserId] | None = Field(
         None,
         min_length=1,
         description="Resolve with only these advertisers (ids of the stored auction; default: all).",
@@ -67,7 +68,10 @@ class WhatIfResponse(BaseModel):
 
 
 class WhatIfInputError(ValueError):
-    """The what-if names an advertiser the auction did not have: 422 naming the field."""
+    """The what-if names an advertiser the auction did not have: 404 naming the field and the id.
+
+    404, not 422: the body is valid (any id is), the advertiser is absent from this auction, as an
+    auction id that was never served is (and the OpenAPI document cannot list an auction's ids)."""
 
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
@@ -86,13 +90,15 @@ def resolve_record(record: dict[str, Any], request: WhatIfRequest) -> WhatIfResp
     for index, advertiser_id in enumerate(chosen):
         if advertiser_id not in all_ids:
             raise WhatIfInputError(
-                ("advertisers", index), f"advertiser {advertiser_id!r} did not take part in this auction"
+                ("advertisers", index),
+                f"advertisers[{index}]: advertiser {advertiser_id!r} did not take part in this auction",
             )
     for advertiser_id in request.value_scales or {}:
         if advertiser_id not in all_ids:
             raise WhatIfInputError(
                 ("value_scales", advertiser_id),
-                f"advertiser {advertiser_id!r} did not take part in this auction",
+                f"value_scales[{advertiser_id!r}]: advertiser {advertiser_id!r} did not take part in "
+                "this auction",
             )
     ids = [advertiser_id for advertiser_id in all_ids if advertiser_id in set(chosen)]
     candidates = record["candidates"]

@@ -126,9 +126,11 @@ def test_whatif_is_the_mechanism_on_the_stored_candidates(
 def test_whatif_errors_and_keys(gateway: GatewayProcess, client: MosaicClient, record: AuctionRecord) -> None:
     with pytest.raises(NotFoundError):
         client.resolve("0" * 32, 1.0)
-    with pytest.raises(InvalidRequestError) as invalid:
-        client.resolve(record.auction_id, 1.0, advertisers=["nobody"])
-    assert invalid.value.errors[0]["loc"] == ["body", "advertisers", 0]
+    with pytest.raises(NotFoundError) as absent:  # a valid body, an advertiser this auction lacks
+        client.resolve(record.auction_id, 1.0, advertisers=["chordify", "nobody"])
+    assert "advertisers[1]: advertiser 'nobody' did not take part" in str(absent.value)
+    with pytest.raises(NotFoundError, match=r"value_scales\['ghost'\]"):
+        client.resolve(record.auction_id, 1.0, value_scales={"ghost": 2.0})
     with MosaicClient(gateway.url, retries=0) as anonymous, pytest.raises(AuthenticationError):
         anonymous.resolve(record.auction_id, 1.0)
     with MosaicClient(gateway.url, api_key=STRUM_KEY, retries=0) as strum:

@@ -6,7 +6,8 @@ proven to work offline. Checks: the page runs an auction and its candidate table
 API's candidates (index, text, probability, sorted by probability); moving the τ slider redraws the
 probabilities to exactly what `POST /auctions/{id}/resolve` answers for that τ; the key survives a
 reload (sessionStorage) and `#auction=<id>` reopens the auction; an unknown id shows the API's
-message; Swagger UI and ReDoc render the operations. Screenshots go to the test's tmp_path (and to
+message; Swagger UI and ReDoc render the operations, and Swagger's Authorize + "Try it out" runs an
+auction with its default example body (200). Screenshots go to the test's tmp_path (and to
 MOSAIC_SCREENSHOTS_DIR when set: `MOSAIC_SCREENSHOTS_DIR=docs/img .venv/bin/pytest <this file>`
 regenerates the README's).
 
@@ -200,6 +201,21 @@ def test_docs_render_offline(page: tuple[Any, list[str], list[str]], gateway: st
         assert operation in text, operation
     assert current.locator(".btn.authorize").count() == 1  # the bearer scheme: Authorize
     assert current.locator(".opblock").count() >= 7
+    # Authorize with the key, then "Try it out" → Execute on POST /auction with Swagger's default
+    # example body: it validates, and the key is sent (200, not 401 or 422).
+    current.click(".btn.authorize")
+    current.fill(".auth-container input", API_KEY)
+    current.click(".auth-btn-wrapper .btn.modal-btn.auth.authorize")
+    current.click(".btn-done")
+    operation = current.locator("#operations-auction-run_auction")
+    operation.locator(".opblock-summary").click()
+    operation.locator(".try-out__btn").click()
+    operation.locator(".btn.execute").click()
+    status = operation.locator(".live-responses-table .response-col_status").first
+    status.wait_for(timeout=120_000)
+    assert status.inner_text().strip().startswith("200"), operation.locator(
+        ".live-responses-table"
+    ).inner_text()
     _shot(current, tmp_path, "docs-swagger.png")
     current.goto(f"{gateway}/redoc")
     current.locator("h2", has_text="What-if").first.wait_for(timeout=60_000)  # an operation rendered
