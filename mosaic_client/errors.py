@@ -41,7 +41,8 @@ class NotFoundError(MosaicError):
 
 
 class ConflictError(MosaicError):
-    """409: e.g. an Idempotency-Key reused with another body."""
+    """409: the body conflicts with the resource's state (a what-if naming an advertiser the auction
+    did not have; an Idempotency-Key reused with another body)."""
 
 
 class PayloadTooLargeError(MosaicError):

@@ -68,10 +68,10 @@ class WhatIfResponse(BaseModel):
 
 
 class WhatIfInputError(ValueError):
-    """The what-if names an advertiser the auction did not have: 404 naming the field and the id.
+    """The what-if names an advertiser the auction did not have: 409 naming the field and the id.
 
-    404, not 422: the body is valid (any id is), the advertiser is absent from this auction, as an
-    auction id that was never served is (and the OpenAPI document cannot list an auction's ids)."""
+    409 (the body conflicts with this auction's state), not 422: the body is schema-valid (the OpenAPI
+    document cannot list one auction's advertisers), and not 404: the auction exists."""
 
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
         super().__init__(message)

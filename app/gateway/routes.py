@@ -122,8 +122,9 @@ async def _readable_record(auction_id: str, request: Request, principal: Princip
     summary="What-if: the mechanism again on a served auction's candidates (never billed, never stored)",
     description="Allocation, payments and ESS under another τ, a subset of the advertisers or changed "
     "value scales, on the SAME stored candidates: no model call, no draw, no billing, no record. "
-    "Same keys as `GET /auctions/{auction_id}`; 404 also for an advertiser the auction did not have.",
-    responses=error_responses(401, 404, 413, 422, 503),
+    "Same keys as `GET /auctions/{auction_id}`; 409 naming the field for an advertiser the auction did "
+    "not have.",
+    responses=error_responses(401, 404, 409, 413, 422, 503),
 )
 async def resolve_auction(
     auction_id: str,
@@ -142,8 +143,8 @@ async def resolve_auction(
     record = await _readable_record(auction_id, request, principal)
     try:
         return resolve_record(record, body)
-    except WhatIfInputError as error:  # an advertiser this auction did not have: absent, as an id is
-        raise HTTPException(status_code=404, detail=f"auction {auction_id!r}: {error}") from None
+    except WhatIfInputError as error:  # an advertiser this auction did not have (WhatIfInputError: 409)
+        raise HTTPException(status_code=409, detail=f"auction {auction_id!r}: {error}") from None
     except ValueError as error:  # the mechanism: rewards / τ beyond float64
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "tau"), "msg": str(error), "input": body.tau}]

@@ -365,6 +365,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or invalid API key",
         403: "The key's scope does not allow this (an advertiser key)",
         404: "Not found",
+        409: "The body names an advertiser this auction did not have (the field is named)",
         413: "Request body over MAX_BODY_BYTES; names `body` (nothing billed)",
         422: "Invalid input or over a limit; names the field (nothing billed)",
         500: "Internal error, naming its cause (nothing billed)",

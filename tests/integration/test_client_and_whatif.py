@@ -3,9 +3,10 @@
 The gateway runs over a real tiny-random worker process and a real Redis server (API keys on, an
 advertiser key too). Invariants: the what-if equals `app.mechanism` recomputed from the stored record
 to 1e-12 and never bills or stores anything (the billing stream and the audit records are unchanged);
-it answers 404 for unknown ids and follows the read routes' keys; the client returns the API's models
-and raises one exception per status; its retries resend the same Idempotency-Key (a real socket
-server that answers 503 twice); `mosaic auction --url` goes through it.
+it answers 404 for unknown ids, 409 for an advertiser the auction lacks, and follows the read routes'
+keys; the client returns the API's models and raises one exception per status; its retries resend the
+same Idempotency-Key (a real socket server that answers 503 twice); `mosaic auction --url` goes
+through it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mosaic_client import (
     AsyncMosaicClient,
     AuctionRecord,
     AuthenticationError,
+    ConflictError,
     InvalidRequestError,
     MosaicClient,
     NotFoundError,
@@ -126,10 +128,10 @@ def test_whatif_is_the_mechanism_on_the_stored_candidates(
 def test_whatif_errors_and_keys(gateway: GatewayProcess, client: MosaicClient, record: AuctionRecord) -> None:
     with pytest.raises(NotFoundError):
         client.resolve("0" * 32, 1.0)
-    with pytest.raises(NotFoundError) as absent:  # a valid body, an advertiser this auction lacks
+    with pytest.raises(ConflictError) as absent:  # a valid body, an advertiser this auction lacks
         client.resolve(record.auction_id, 1.0, advertisers=["chordify", "nobody"])
     assert "advertisers[1]: advertiser 'nobody' did not take part" in str(absent.value)
-    with pytest.raises(NotFoundError, match=r"value_scales\['ghost'\]"):
+    with pytest.raises(ConflictError, match=r"value_scales\['ghost'\]"):
         client.resolve(record.auction_id, 1.0, value_scales={"ghost": 2.0})
     with MosaicClient(gateway.url, retries=0) as anonymous, pytest.raises(AuthenticationError):
         anonymous.resolve(record.auction_id, 1.0)
