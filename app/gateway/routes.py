@@ -28,7 +28,6 @@ from app.gateway.schemas import (
     AuctionRecord,
     AuctionRequest,
     AuctionResponse,
-    auction_request_examples,
     enforce_limits,
     error_responses,
 )
@@ -74,10 +73,7 @@ async def readyz(request: Request) -> JSONResponse:
     summary="Run one MOSAIC auction and return the sampled reply",
     responses=error_responses(401, 403, 413, 422, 500, 502, 503, 504),
 )
-async def run_auction(
-    request: Request,
-    body: AuctionRequest = Body(openapi_examples=auction_request_examples()),
-) -> AuctionResponse:
+async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse:
     settings: Settings = request.app.state.settings
     enforce_limits(body, settings)
     service: AuctionService = request.app.state.auctions

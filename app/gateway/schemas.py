@@ -10,7 +10,6 @@ import unicodedata
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.models import Example
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
@@ -47,7 +46,7 @@ class AdvertiserIn(BaseModel):
     description: str = Field(
         min_length=1,
         description="What the advertiser offers, in a few words.",
-        examples=["selling guitars, tuners, and learning materials for beginners"],
+        examples=["selling guitars, tuners and lessons for beginners"],
     )
     instruction: str | None = Field(
         None,
@@ -140,32 +139,6 @@ class AuctionRequest(BaseModel):
         if self.proposal == "mixture" and (self.temperature != 1.0 or self.top_p != 1.0):
             raise ValueError("proposal 'mixture' requires temperature 1 and top_p 1")
         return self
-
-
-def auction_request_examples() -> dict[str, Example]:
-    """The request examples of the OpenAPI document (Swagger's "Try it out" body): each one valid under
-    the default limits and the fuzz test's small ones, every integer JSON-safe (≤ MAX_SEED).
-    tests/unit/test_api_docs.py validates them."""
-    guitar = [
-        {"id": "strummaster", "name": "StrumMaster", "description": "selling guitars and tuners"},
-        {"id": "chordify", "name": "Chordify", "description": "online guitar lessons"},
-    ]
-    return {
-        "two-advertisers": Example(
-            summary="Two advertisers, seeded (replayable)",
-            value={"query": "Learning to play the guitar.", "advertisers": guitar, "seed": 7},
-        ),
-        "with-candidates": Example(
-            summary="One advertiser, τ = 2, the candidate table returned",
-            value={
-                "query": "Best skin care routine for dry skin.",
-                "advertisers": [{"id": "hydraskin", "name": "HydraSkin", "description": "moisturizers"}],
-                "tau": 2.0,
-                "seed": MAX_SEED,
-                "include_candidates": True,
-            },
-        ),
-    }
 
 
 class AdvertiserResult(BaseModel):

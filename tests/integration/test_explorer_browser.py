@@ -209,9 +209,8 @@ def test_docs_render_offline(page: tuple[Any, list[str], list[str]], gateway: st
     current.click(".btn-done")
     operation = current.locator("#operations-auction-run_auction")
     operation.locator(".opblock-summary").click()
-    operation.locator(".try-out__btn").click()
     operation.locator(".btn.execute").click()
-    status = operation.locator(".live-responses-table .response-col_status").first
+    status = operation.locator(".live-responses-table tbody .response-col_status").first
     status.wait_for(timeout=120_000)
     assert status.inner_text().strip().startswith("200"), operation.locator(
         ".live-responses-table"
