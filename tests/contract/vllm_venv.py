@@ -13,7 +13,7 @@ prints its python; later calls only check it (cached: well under a second). How:
 Built in a temporary directory and renamed into place under a lock (racing builders are harmless);
 a ``.complete`` stamp names what was installed, so a changed pin builds a new venv. ``make
 clean-cache`` removes it with the model cache. Imports the standard library and
-``workers.vllm_launch`` (the pin) only.
+``workers.vllm_launch`` (the pin) and ``workers.cache`` only.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from workers.cache import cache_root  # noqa: E402
 from workers.vllm_launch import VLLM_VERSION  # noqa: E402
 
 # What `vllm.entrypoints.openai.completion.protocol`, `...serve.tokenize.protocol` and
@@ -57,11 +58,6 @@ PROTOCOL_MODULES = (
     "vllm.entrypoints.serve.tokenize.protocol",
     "vllm.entrypoints.serve.engine.protocol",
 )
-
-
-def cache_root() -> Path:
-    env = os.environ.get("MOSAIC_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mosaic"
 
 
 def venv_dir() -> Path:
