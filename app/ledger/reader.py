@@ -14,12 +14,11 @@ from redis.exceptions import ResponseError
 
 from app.ledger.events import format_micro
 from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, LEDGER_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str
+from app.settings import Settings
 
 # The last `mosaic ledger reconcile`'s result (differences, unix time): the gateway exports it as
 # mosaic_ledger_reconcile_differences / _timestamp_seconds for alerting.
 RECONCILE_KEY = LEDGER_PREFIX + "reconcile"
-from app.settings import Settings
-
 LAG_COUNT_CAP = 1000
 
 
