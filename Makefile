@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: venv vllm-venv promtool serve worker test lint unit integration e2e bench alerts-test env-example clean clean-cache
+.PHONY: venv vllm-venv promtool serve worker mosaic test lint unit integration e2e bench alerts-test env-example clean clean-cache
 
 venv: $(STAMP)
 
@@ -31,8 +31,12 @@ promtool:
 serve: venv
 	$(BIN)/mosaic serve
 
+ARGS ?=
 worker: venv
-	$(BIN)/mosaic worker
+	$(BIN)/mosaic worker $(if $(ARGS),$(ARGS),--model tiny-random)
+
+mosaic: venv
+	$(BIN)/mosaic $(ARGS)
 
 alerts-test: promtool
 	promtool check rules deploy/prometheus/alerts.yml
