@@ -9,7 +9,7 @@ import re
 
 import httpx
 
-from tests.fixtures_worker import WorkerProcess
+from tests.fixtures_worker import WorkerProcess, start_worker_process
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -57,3 +57,20 @@ def test_every_log_line_is_json(tiny_worker: WorkerProcess) -> None:
         assert "color_message" not in record
     assert "it/s" not in log and "FutureWarning" not in log and "\x1b[" not in log
     assert any(json.loads(line)["message"].startswith("worker ready") for line in lines)
+
+
+def test_served_model_name_and_max_logprobs() -> None:
+    """vLLM's --served-model-name / --max-logprobs, here through their settings."""
+    worker = start_worker_process(env={"WORKER_SERVED_MODEL_NAME": "house-model", "WORKER_MAX_LOGPROBS": "2"})
+    try:
+        with httpx.Client(base_url=worker.url, timeout=60) as http:
+            assert http.get("/v1/models").json()["data"][0]["id"] == "house-model"
+            body = {"model": "house-model", "prompt": [1, 2, 3], "max_tokens": 2, "logprobs": 2}
+            answer = http.post("/v1/completions", json=body)
+            assert answer.status_code == 200 and answer.json()["model"] == "house-model"
+            refused = http.post("/v1/completions", json={**body, "logprobs": 3})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "logprobs"
+            metrics = http.get("/metrics").text
+            assert 'model_name="house-model"' in metrics
+    finally:
+        worker.stop()
