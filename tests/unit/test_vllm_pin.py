@@ -44,3 +44,12 @@ def test_vllm_command_flags() -> None:
     assert command[command.index("--served-model-name") + 1] == "m"
     assert command[command.index("--max-logprobs") + 1] == "3"
     assert command[command.index("--logprobs-mode") + 1] == "processed_logprobs"
+
+
+def test_make_test_installs_its_prerequisites() -> None:
+    """`make test` on a fresh machine builds the vLLM side venv and runs the promtool rule tests."""
+    makefile = (ROOT / "Makefile").read_text()
+    test_line = next(line for line in makefile.splitlines() if line.startswith("test:"))
+    assert {"lint", "vllm-venv", "alerts-test"} <= set(test_line.split(":", 1)[1].split())
+    assert "promtool test rules deploy/prometheus/alerts_test.yml" in makefile
+    assert "apt-get install" in makefile and "prometheus" in makefile
