@@ -57,8 +57,6 @@ class Settings(WorkerSettings):
         description="Development only: start although a key is empty or a known placeholder "
         "(otherwise the gateway refuses to start).",
     )
-    log_level: str = Field("INFO", description="Python log level.")
-    log_json: bool = Field(True, description="Structured JSON logs (one object per line).")
 
     # --- workers -------------------------------------------------------------------------------
     worker_urls: Annotated[list[str], NoDecode] = Field(

@@ -57,6 +57,9 @@ async def readyz(request: Request) -> JSONResponse:
     except (RedisError, OSError):
         checks["redis"] = False
     ready = bool(workers) and any(workers.values()) and checks["redis"]
+    metrics: GatewayMetrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.ready.set(1 if ready else 0)
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, **checks})
 
 
@@ -132,4 +135,10 @@ async def prometheus_metrics(request: Request) -> PlainTextResponse:
             metrics.billing_stream_length.set(summary.get("stream_length", 0) or 0)
             metrics.billing_pending.set(summary.get("pending", 0) or 0)
             metrics.billing_lag.set(summary.get("lag", 0) or 0)
+            metrics.dead_letters.set(summary.get("dead_letters", 0) or 0)
+            metrics.conflicts.set(summary.get("conflicts", 0) or 0)
+            if summary.get("reconcile_unix") is not None:
+                metrics.reconcile_differences.set(summary.get("reconcile_differences") or 0)
+                metrics.reconcile_timestamp.set(summary["reconcile_unix"])
+    await readyz(request)  # refreshes mosaic_ready
     return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
