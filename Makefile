@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv chromium serve test lint unit integration e2e bench clean
+.PHONY: venv vllm-venv promtool chromium serve worker mosaic test lint unit integration e2e bench alerts-test env-example clean clean-cache
 
 venv: $(STAMP)
 
@@ -22,6 +22,15 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# The pinned vLLM wheel (--no-deps) in a side venv under ~/.cache/mosaic, once per machine: the
+# contract test validates our traffic with vLLM's own protocol models (tests/contract/vllm_venv.py).
+vllm-venv: venv
+	$(BIN)/python tests/contract/vllm_venv.py
+
+# promtool (Debian's `prometheus` package) for the alert rules' unit tests.
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+
 # Debian's chromium for the explorer's browser test (Playwright drives it: no browser download).
 chromium:
 	test -x $(CHROMIUM) || ($(SUDO) apt-get update -qq && \
@@ -29,6 +38,20 @@ chromium:
 
 serve: venv
 	$(BIN)/mosaic serve
+
+ARGS ?=
+worker: venv
+	$(BIN)/mosaic worker $(if $(ARGS),$(ARGS),--model tiny-random)
+
+mosaic: venv
+	$(BIN)/mosaic $(ARGS)
+
+alerts-test: promtool
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
+
+env-example: venv
+	$(BIN)/python deploy/settings_table.py --env-example .env.example
 
 lint: venv
 	$(BIN)/ruff check app workers tests bench loadtests mosaic_client
@@ -38,13 +61,13 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-integration: venv
+integration: vllm-venv
 	$(BIN)/pytest -q tests/integration tests/contract
 
 e2e: venv
 	$(BIN)/pytest -q tests/e2e
 
-test: lint chromium
+test: lint vllm-venv alerts-test chromium
 	$(BIN)/pytest -q tests
 
 bench: venv
@@ -56,3 +79,8 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .mosaic-data
+
+# The machine-wide caches: de-quantised SmolLM2 and the vLLM side venv (~/.cache/mosaic or
+# $MOSAIC_CACHE_DIR); the next start converts again (~25 s), the next `make test` rebuilds the venv.
+clean-cache:
+	$(BIN)/mosaic cache clean

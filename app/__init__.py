@@ -1,1 +1,3 @@
-"""MOSAIC auction gateway: schemas, mechanism, orchestration, billing."""
+"""The MOSAIC gateway, auction, ledger and tools; imports ``workers`` first (its quiet-output rules)."""
+
+import workers  # noqa: F401  (progress bars off a terminal: see workers/__init__.py)

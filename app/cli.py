@@ -14,6 +14,10 @@ import typer
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="MOSAIC auction service.")
 ledger_cli = typer.Typer(no_args_is_help=True, help="The Redis billing ledger.")
 cli.add_typer(ledger_cli, name="ledger")
+cache_cli = typer.Typer(
+    no_args_is_help=True, help="The machine-wide cache (~/.cache/mosaic or MOSAIC_CACHE_DIR)."
+)
+cli.add_typer(cache_cli, name="cache")
 
 
 @cli.command()
@@ -53,11 +57,31 @@ def worker(
     api_key: Annotated[
         str | None, typer.Option(help="Bearer token required on /v1 (default: WORKER_API_KEY).")
     ] = None,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(help="Model id answered and listed in /v1/models (default: WORKER_SERVED_MODEL_NAME)."),
+    ] = None,
+    max_logprobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Most logprobs / prompt_logprobs a request may ask for (default: WORKER_MAX_LOGPROBS)."
+        ),
+    ] = None,
 ) -> None:
     """Run one LLM worker that speaks vLLM's OpenAI-compatible dialect."""
     from workers.server import serve as run_worker
 
-    run_worker(model=model, host=host, port=port, device=device, engine=engine, dtype=dtype, api_key=api_key)
+    run_worker(
+        model=model,
+        host=host,
+        port=port,
+        device=device,
+        engine=engine,
+        dtype=dtype,
+        api_key=api_key,
+        served_model_name=served_model_name,
+        max_logprobs=max_logprobs,
+    )
 
 
 @cli.command()
@@ -95,6 +119,26 @@ def auction(
             show_candidates=show_candidates,
         )
     )
+
+
+@cache_cli.command("list")
+def cache_list() -> None:
+    """Print the cache's entries (SmolLM2 conversions, the vLLM side venv) and their sizes."""
+    from workers.cache import cache_root, entries
+
+    found = entries()
+    for path, size in found:
+        typer.echo(f"{size / 1e6:10.1f} MB  {path}")
+    typer.echo(f"{sum(s for _, s in found) / 1e6:10.1f} MB  total in {cache_root()}")
+
+
+@cache_cli.command("clean")
+def cache_clean() -> None:
+    """Remove every cache entry; the next worker start converts SmolLM2 again (~25 s)."""
+    from workers.cache import cache_root, clean
+
+    freed = clean()
+    typer.echo(f"removed {freed / 1e6:.1f} MB from {cache_root()}")
 
 
 @ledger_cli.command("consume")

@@ -57,8 +57,6 @@ class Settings(WorkerSettings):
         description="Development only: start although a key is empty or a known placeholder "
         "(otherwise the gateway refuses to start).",
     )
-    log_level: str = Field("INFO", description="Python log level.")
-    log_json: bool = Field(True, description="Structured JSON logs (one object per line).")
 
     # --- workers -------------------------------------------------------------------------------
     worker_urls: Annotated[list[str], NoDecode] = Field(
@@ -97,6 +95,26 @@ class Settings(WorkerSettings):
         "generation (422 naming the field). Character limits (code points as sent) are only a cheap "
         "first gate: NFKC can turn one character into 18, and those into many tokens. Keep it + "
         "MAX_TOKENS_LIMIT <= the workers' max_model_len.",
+    )
+
+    # --- admission (backpressure before any model work; past a limit: 429 with Retry-After) -----------
+    max_concurrent_auctions: int = Field(
+        16, ge=1, description="Auctions a gateway process runs at once; more wait (bounded) or get 429."
+    )
+    max_auctions_per_key: int = Field(
+        8, ge=1, description="Auctions one API key may run at once in a gateway process (fairness)."
+    )
+    max_tokens_in_flight: int = Field(
+        262144,
+        ge=1,
+        description="Worker tokens the running auctions may cost at most (M × max_tokens × (1 + scorings) "
+        "each); an auction alone is always admitted. Keep it near the workers' WORKER_MAX_QUEUED_TOKENS.",
+    )
+    max_waiting_auctions: int = Field(
+        64, ge=0, description="Auctions that may wait for admission; past it: 429 at once."
+    )
+    admission_wait_s: float = Field(
+        30.0, gt=0, description="Longest wait for admission; past it: 429 with Retry-After."
     )
 
     # --- Redis, audit records and billing --------------------------------------------------------

@@ -1,11 +1,13 @@
 """The ``/v1/completions`` request and response of the worker's server: prompts (token ids or text)
 and vLLM's sampling fields to :class:`~workers.engine.sampling.SamplingOptions`, engine results to
-OpenAI completion choices (processed and prompt log-probs, token ids). Imports
-:mod:`workers.protocol` and :mod:`workers.engine`; :mod:`workers.server` calls it.
+OpenAI completion choices (processed and prompt log-probs, token ids; ``-inf`` clamped to vLLM's
+-9999.0). Imports :mod:`workers.protocol`, :mod:`workers.dialect` and :mod:`workers.engine`;
+:mod:`workers.server` calls it.
 """
 
 from __future__ import annotations
 
+from workers.dialect import DialectError, clamp_logprob, effective_max_tokens
 from workers.engine.core import Engine, EngineInputError, PromptResult
 from workers.engine.sampling import SamplingOptions
 from workers.protocol import (
@@ -33,29 +35,12 @@ def prompt_lists(engine: Engine, request: CompletionRequest) -> list[list[int]]:
     return [[int(t) for t in p] for p in prompt]  # type: ignore[union-attr]
 
 
-def check_unsupported(request: CompletionRequest) -> None:
-    if request.echo:
-        raise EngineInputError("`echo` is not supported by this worker.")
-    unsupported = {
-        "top_k": request.top_k not in (None, 0, -1),
-        "min_p": request.min_p not in (None, 0.0),
-        "repetition_penalty": request.repetition_penalty not in (None, 1.0),
-        "frequency_penalty": request.frequency_penalty not in (None, 0.0),
-        "presence_penalty": request.presence_penalty not in (None, 0.0),
-    }
-    named = [name for name, bad in unsupported.items() if bad]
-    if named:
-        raise EngineInputError(f"Unsupported sampling parameter(s) for this worker: {', '.join(named)}.")
-
-
 def sampling_options(engine: Engine, request: CompletionRequest, prompts: list[list[int]]) -> SamplingOptions:
     if request.n > MAX_N:
-        raise EngineInputError(f"n must be at most {MAX_N}, got {request.n}.")
-    max_tokens = request.max_tokens
-    if max_tokens is None:
-        max_tokens = engine.max_model_len - max(len(p) for p in prompts)
+        raise DialectError(f"n must be at most {MAX_N}, got {request.n}.", "n")
+    max_tokens = effective_max_tokens(request)
     if max_tokens < 1:
-        raise EngineInputError(f"max_tokens must be at least 1, got {max_tokens}.")
+        raise DialectError(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
     stop: tuple[str, ...] = ()
     if isinstance(request.stop, str):
         stop = (request.stop,) if request.stop else ()
@@ -92,6 +77,7 @@ def build_choices(
             for t in range(1, len(ids)):
                 value = result.scores.token_logprobs[t]
                 assert value is not None
+                value = clamp_logprob(value)
                 entry: dict[str, PromptLogprob] = {
                     str(ids[t]): PromptLogprob(
                         logprob=value, rank=result.scores.ranks[t], decoded_token=texts[t]
@@ -101,7 +87,7 @@ def build_choices(
                     for rank, (tid, lp) in enumerate(result.scores.top[t], start=1):
                         if str(tid) not in entry:
                             entry[str(tid)] = PromptLogprob(
-                                logprob=lp, rank=rank, decoded_token=engine.token_text(tid)
+                                logprob=clamp_logprob(lp), rank=rank, decoded_token=engine.token_text(tid)
                             )
                 prompt_logprobs.append(entry)
         for j, sample in enumerate(result.samples):
@@ -120,10 +106,16 @@ def build_choices(
                 top: list[dict[str, float] | None] = []
                 for step in sample.top_logprobs or []:
                     top.append(
-                        {(token_id_str(tid) if as_ids else engine.token_text(tid)): lp for tid, lp in step}
+                        {
+                            (token_id_str(tid) if as_ids else engine.token_text(tid)): clamp_logprob(lp)
+                            for tid, lp in step
+                        }
                     )
                 logprobs = CompletionLogprobs(
-                    text_offset=offsets, token_logprobs=list(sample.logprobs), tokens=names, top_logprobs=top
+                    text_offset=offsets,
+                    token_logprobs=[clamp_logprob(v) for v in sample.logprobs],
+                    tokens=names,
+                    top_logprobs=top,
                 )
             choices.append(
                 CompletionChoice(

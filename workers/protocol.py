@@ -14,7 +14,8 @@ Notes on vLLM's wire shapes that are easy to get wrong:
 * ``token_ids`` / ``prompt_token_ids`` on a choice appear only with ``return_token_ids: true``.
 * Errors are ``{"error": {"message", "type", "param", "code"}}``.
 
-Extra request fields are ignored (vLLM accepts and logs them); extra response fields from a real
+Extra request fields are ignored (vLLM accepts and logs them) except those ``workers.dialect``
+refuses; extra response fields from a real
 vLLM (``stop_reason``, ``service_tier``, ``kv_transfer_params`` ...) are ignored when parsing.
 """
 
@@ -170,7 +171,11 @@ class CompletionRequest(_Model):
 
     ``prompt``: one token-id list (generation) or a batch of token-id lists (scoring); a string or a
     list of strings is also accepted and tokenized by the worker (with ``add_special_tokens``).
+    Unknown fields are kept in ``model_extra``: :mod:`workers.dialect` refuses the vLLM fields the
+    worker does not implement (``logit_bias``, ``suffix`` ...) and ignores the rest, as vLLM does.
     """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     model: str | None = None
     prompt: list[int] | list[list[int]] | str | list[str]
@@ -209,8 +214,6 @@ class CompletionRequest(_Model):
                 raise ValueError("`prompt` must not be empty.")
             if isinstance(prompt[0], list) and any(len(p) == 0 for p in prompt):
                 raise ValueError("`prompt` must not contain an empty token list.")
-        if self.stream:
-            raise ValueError("`stream` is not supported by this worker.")
         return self
 
     # helpers -----------------------------------------------------------------------------------

@@ -40,20 +40,16 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workers.auth import BearerKeyMiddleware
-from workers.completions import build_choices, check_unsupported, prompt_lists, sampling_options
+from workers.completions import build_choices, prompt_lists, sampling_options
+from workers.dialect import DialectError, check_request
 from workers.engine.core import Engine, EngineInputError, PromptResult, load_engine
+from workers.logging_setup import configure_logging
+from workers.metrics import WorkerMetrics
 from workers.protocol import (
     CompletionRequest,
     CompletionResponse,
@@ -67,6 +63,7 @@ from workers.protocol import (
     TokenizeCompletionRequest,
     TokenizeResponse,
 )
+from workers.queue_limit import QueueFullError, TokenQueue, request_cost
 from workers.settings import get_worker_settings
 from workers.vllm_launch import exec_vllm
 
@@ -74,67 +71,21 @@ __all__ = ["Engine", "create_app", "load_engine", "serve"]
 
 log = logging.getLogger(__name__)
 
-_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "BadRequestError"}
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    405: "MethodNotAllowed",
+    413: "BadRequestError",
+    429: "TooManyRequestsError",
+}
 
 
-def error_response(message: str, code: int = 400, type_: str | None = None) -> JSONResponse:
+def error_response(
+    message: str, code: int = 400, type_: str | None = None, param: str | None = None
+) -> JSONResponse:
     error_type = type_ or _ERROR_TYPES.get(code, "InternalServerError" if code >= 500 else "BadRequestError")
-    body = ErrorResponse.build(message=message, code=code, type=error_type)
+    body = ErrorResponse.build(message=message, code=code, type=error_type, param=param)
     return JSONResponse(status_code=code, content=body.model_dump(mode="json"))
-
-
-class WorkerMetrics:
-    """vLLM-named metrics in a registry of this app's own (two apps in one process never clash)."""
-
-    def __init__(self, model_name: str) -> None:
-        self.registry = CollectorRegistry()
-        labels = ["model_name"]
-        self.running = Gauge(
-            "vllm:num_requests_running",
-            "Requests being processed by the model.",
-            labels,
-            registry=self.registry,
-        )
-        self.waiting = Gauge(
-            "vllm:num_requests_waiting", "Requests waiting for the model.", labels, registry=self.registry
-        )
-        self.prompt_tokens = Counter(
-            "vllm:prompt_tokens", "Prefill tokens processed.", labels, registry=self.registry
-        )
-        self.generation_tokens = Counter(
-            "vllm:generation_tokens", "Generation tokens processed.", labels, registry=self.registry
-        )
-        self.request_success = Counter(
-            "vllm:request_success",
-            "Finished sequences by finish reason.",
-            [*labels, "finished_reason"],
-            registry=self.registry,
-        )
-        self.e2e_latency = Histogram(
-            "vllm:e2e_request_latency_seconds",
-            "End-to-end latency of completion requests.",
-            labels,
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.queue_time = Histogram(
-            "vllm:request_queue_time_seconds",
-            "Time a completion request waited for the model.",
-            labels,
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.http_latency = Histogram(
-            "mosaic_worker_http_request_duration_seconds",
-            "HTTP request latency by route and status.",
-            ["route", "method", "status"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.model_name = model_name
-        for gauge in (self.running, self.waiting):
-            gauge.labels(model_name).set(0)
 
 
 def create_app(engine: Engine, served_model_name: str | None = None, api_key: str | None = None) -> FastAPI:
@@ -150,15 +101,20 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
     app.state.model_name = model_name
     if api_key:
         app.add_middleware(BearerKeyMiddleware, api_key=api_key)
+    queue = TokenQueue(get_worker_settings().worker_max_queued_tokens)
 
     # ------------------------------------------------------------------------------- errors
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
+        params: list[str] = []
         for err in exc.errors():
-            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+            where = ".".join(loc)
+            if loc:
+                params.append(loc[0])
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return error_response("; ".join(parts) or "invalid request", 400)
+        return error_response("; ".join(parts) or "invalid request", 400, param=params[0] if params else None)
 
     @app.exception_handler(ValidationError)
     async def _pydantic(request: Request, exc: ValidationError) -> JSONResponse:
@@ -166,7 +122,13 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
 
     @app.exception_handler(EngineInputError)
     async def _engine_input(request: Request, exc: EngineInputError) -> JSONResponse:
-        return error_response(str(exc), 400)
+        return error_response(str(exc), 400, param=exc.param if isinstance(exc, DialectError) else None)
+
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
+        response = error_response(str(exc), 429)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -237,40 +199,39 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
     @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
     async def completions(body: CompletionRequest) -> CompletionResponse:
         check_model(body.model)
-        check_unsupported(body)
+        check_request(body, engine.max_logprobs)
         start = time.perf_counter()
         prompts = await asyncio.to_thread(prompt_lists, engine, body)
         options = sampling_options(engine, body, prompts)
         engine.check_request(prompts, options)
-        running = metrics.running.labels(model_name)
-        waiting = metrics.waiting.labels(model_name)
+        running = metrics.running.labels(*metrics.label_values)
+        waiting = metrics.waiting.labels(*metrics.label_values)
         started = False
 
         def run() -> list[PromptResult]:
             nonlocal started
             started = True
             waiting.dec()
-            metrics.queue_time.labels(model_name).observe(time.perf_counter() - start)
+            metrics.queue_time.labels(*metrics.label_values).observe(time.perf_counter() - start)
             running.inc()
             try:
                 return engine.complete(prompts, options, body.prompt_logprobs)
             finally:
                 running.dec()
 
-        waiting.inc()
-        try:
-            results: list[PromptResult] = await engine.arun(run)
-        finally:
-            if not started:
-                waiting.dec()
+        cost = request_cost([len(p) for p in prompts], options.n, options.max_tokens)
+        with queue.hold(cost):  # 429 here, before any model work, when the worker holds too much
+            waiting.inc()
+            try:
+                results: list[PromptResult] = await engine.arun(run)
+            finally:
+                if not started:
+                    waiting.dec()
+        queue.observe(cost, time.perf_counter() - start)
         choices = await asyncio.to_thread(build_choices, engine, body, results)
         prompt_tokens = sum(len(p) for p in prompts)
         completion_tokens = sum(len(s.token_ids) for r in results for s in r.samples)
-        metrics.prompt_tokens.labels(model_name).inc(prompt_tokens)
-        metrics.generation_tokens.labels(model_name).inc(completion_tokens)
-        for choice in choices:
-            metrics.request_success.labels(model_name, choice.finish_reason or "unknown").inc()
-        metrics.e2e_latency.labels(model_name).observe(time.perf_counter() - start)
+        metrics.finished(start, time.perf_counter(), prompt_tokens, [s for r in results for s in r.samples])
         return CompletionResponse(
             id=f"cmpl-{uuid.uuid4().hex}",
             model=model_name,
@@ -307,22 +268,30 @@ def serve(
     engine: str = "transformers",
     dtype: str | None = None,
     api_key: str | None = None,
+    served_model_name: str | None = None,
+    max_logprobs: int | None = None,
 ) -> None:
     """Run one worker until stopped. ``engine="vllm"`` replaces this process with ``vllm serve``.
 
     ``api_key`` (default WORKER_API_KEY): the bearer token required on /v1 (and /tokenize here);
     vLLM gets it as VLLM_API_KEY in its environment (not on its command line, visible in ps).
+    ``served_model_name`` / ``max_logprobs`` (defaults WORKER_SERVED_MODEL_NAME / WORKER_MAX_LOGPROBS):
+    vLLM's flags of the same names, for either engine.
     """
-    api_key = api_key if api_key is not None else get_worker_settings().worker_api_key
-    if engine == "vllm":
-        exec_vllm(model, host, port, api_key)
+    settings = get_worker_settings()
+    configure_logging(settings)
+    api_key = api_key if api_key is not None else settings.worker_api_key
+    served_model_name = served_model_name or settings.worker_served_model_name
+    if engine == "vllm":  # vLLM: --max-logprobs 1 (VLLM_PROTOCOL.md) unless given explicitly
+        exec_vllm(model, host, port, api_key, served_model_name, 1 if max_logprobs is None else max_logprobs)
+    max_logprobs = max_logprobs if max_logprobs is not None else settings.worker_max_logprobs
     if engine != "transformers":
         raise ValueError(f"unknown engine {engine!r} (transformers or vllm)")
     import uvicorn
 
     _configure_threads()
-    loaded = load_engine(model, device, dtype)
-    app = create_app(loaded, api_key=api_key)
+    loaded = load_engine(model, device, dtype, max_logprobs=max_logprobs)
+    app = create_app(loaded, served_model_name=served_model_name, api_key=api_key)
     gc.collect()
     gc.freeze()  # the model and modules live as long as the process: keep them out of GC scans
     log.info(
@@ -333,7 +302,8 @@ def serve(
         host,
         port,
     )
-    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("MOSAIC_WORKER_LOG_LEVEL", "warning"))
+    # log_config=None: uvicorn's loggers propagate to the one JSON handler (workers.logging_setup)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -349,8 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--api-key", default=None, help="bearer token required on /v1 (default: WORKER_API_KEY)"
     )
+    parser.add_argument("--served-model-name", default=None, help="default: WORKER_SERVED_MODEL_NAME")
+    parser.add_argument("--max-logprobs", type=int, default=None, help="default: WORKER_MAX_LOGPROBS")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         serve(
             args.model,
@@ -360,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
             engine=args.engine,
             dtype=args.dtype,
             api_key=args.api_key,
+            served_model_name=args.served_model_name,
+            max_logprobs=args.max_logprobs,
         )
 
 

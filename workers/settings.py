@@ -44,11 +44,30 @@ class WorkerSettings(BaseSettings):
         description="Decode loop of the transformers worker: `fast` (static KV cache; CUDA graphs on a "
         "GPU), `eager` (static KV cache, no graphs) or `legacy` (transformers forward). Same numbers.",
     )
+    worker_max_queued_tokens: int = Field(
+        262144,
+        ge=1,
+        description="Most tokens (prompts + n × max_tokens) of the requests a worker holds; past it a new "
+        "request is answered 429 with Retry-After before any model work (a request alone is always taken).",
+    )
     worker_api_key: str | None = Field(
         None,
         description="Bearer token of the workers (vLLM's --api-key): `mosaic worker` requires it on /v1 "
         "and /tokenize, the gateway sends it. Empty: workers are open (keep them on a private network).",
     )
+    worker_max_logprobs: int = Field(
+        20,
+        ge=0,
+        description="Most `logprobs` / `prompt_logprobs` a request may ask for (vLLM's --max-logprobs; "
+        "more is a 400 naming the field).",
+    )
+    worker_served_model_name: str | None = Field(
+        None,
+        description="Model id a worker answers to and lists in /v1/models (vLLM's --served-model-name); "
+        "empty: the model's name (smollm2, tiny-random, ...). The gateway's MODEL_NAME must match.",
+    )
+    log_level: str = Field("INFO", description="Log level of every process (DEBUG, INFO, WARNING, ERROR).")
+    log_json: bool = Field(True, description="JSON log lines (one object per line) instead of plain text.")
     worker_force_ignore_eos: bool = Field(
         False,
         description="Benchmarks only: every generation decodes exactly max_tokens (vLLM's ignore_eos) "

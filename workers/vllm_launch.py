@@ -16,8 +16,24 @@ from workers.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
 
+# The one pin of vLLM: pyproject's `vllm` / `gpu` extras, docker-compose.yml's and k8s/vllm.yaml's
+# `vllm/vllm-openai:v<VERSION>` images and the contract test's side venv (tests/contract/
+# test_vllm_models.py) all use it; tests/unit/test_vllm_pin.py checks that they agree.
+VLLM_VERSION = "0.33.0"
+# The oldest vLLM whose /v1/completions has `return_token_ids` (choice.token_ids and
+# prompt_token_ids), which the gateway reads: 0.10.2. Older ones ignore the flag, so every
+# generation would come back without token ids and the gateway would answer 502 (docs/DEPLOY.md).
+VLLM_OLDEST_SUPPORTED = "0.10.2"
 
-def vllm_command(model: str, host: str, port: int, max_model_len: int | None = None) -> list[str]:
+
+def vllm_command(
+    model: str,
+    host: str,
+    port: int,
+    max_model_len: int | None = None,
+    served_model_name: str | None = None,
+    max_logprobs: int = 1,
+) -> list[str]:
     """The exact ``vllm serve`` command of a worker for ``model`` (registry names mapped to paths)."""
     from workers.models import ensure_smollm2_converted
 
@@ -39,11 +55,11 @@ def vllm_command(model: str, host: str, port: int, max_model_len: int | None = N
         "--port",
         str(port),
         "--served-model-name",
-        model,
+        served_model_name or model,
         "--logprobs-mode",
         "processed_logprobs",
         "--max-logprobs",
-        "1",
+        str(max_logprobs),
         "--no-enable-prefix-caching",
         "--max-model-len",
         str(max_model_len or get_worker_settings().worker_max_model_len),
@@ -52,12 +68,21 @@ def vllm_command(model: str, host: str, port: int, max_model_len: int | None = N
     return command
 
 
-def exec_vllm(model: str, host: str, port: int, api_key: str | None) -> None:
+def exec_vllm(
+    model: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    served_model_name: str | None = None,
+    max_logprobs: int = 1,
+) -> None:
     """Never returns: ``execve`` of ``vllm serve`` with `vllm_command`'s flags."""
     executable = shutil.which("vllm")
     if executable is None:
-        raise RuntimeError("engine 'vllm' needs vLLM installed (pip install 'mosaic-auction[vllm]')")
-    command = vllm_command(model, host, port)
+        raise RuntimeError(
+            f"engine 'vllm' needs vLLM {VLLM_VERSION} installed (pip install 'mosaic-auction[vllm]')"
+        )
+    command = vllm_command(model, host, port, served_model_name=served_model_name, max_logprobs=max_logprobs)
     log.info("exec %s", " ".join(command))
     env = {**os.environ, "VLLM_API_KEY": api_key} if api_key else dict(os.environ)
     os.execve(executable, command, env)

@@ -65,6 +65,31 @@ class GatewayMetrics:
             "Billing events delivered but not yet acknowledged.",
             registry=self.registry,
         )
+        self.dead_letters = Gauge(
+            "mosaic_ledger_dead_letters",
+            "Billing events the ledger set aside as dead letters (should stay 0).",
+            registry=self.registry,
+        )
+        self.conflicts = Gauge(
+            "mosaic_ledger_conflicts",
+            "Billing events whose id came again with a different body (should stay 0).",
+            registry=self.registry,
+        )
+        self.reconcile_differences = Gauge(
+            "mosaic_ledger_reconcile_differences",
+            "Differences found by the last `mosaic ledger reconcile` (absent before the first run).",
+            registry=self.registry,
+        )
+        self.reconcile_timestamp = Gauge(
+            "mosaic_ledger_reconcile_timestamp_seconds",
+            "Unix time of the last `mosaic ledger reconcile`.",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "mosaic_ready",
+            "1 when the gateway is ready (a worker and Redis answer, as /readyz), else 0.",
+            registry=self.registry,
+        )
         self.billing_lag = Gauge(
             "mosaic_billing_lag",
             "Billing events not yet delivered to the ledger group.",

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from app.auction.admission import AdmissionController, auction_token_cost
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService, auction_key, load_record
 from app.auction.whatif import WhatIfInputError, WhatIfRequest, WhatIfResponse, resolve_record
@@ -61,6 +62,9 @@ async def readyz(request: Request) -> JSONResponse:
     except (RedisError, OSError):
         checks["redis"] = False
     ready = bool(workers) and any(workers.values()) and checks["redis"]
+    metrics: GatewayMetrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.ready.set(1 if ready else 0)
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, **checks})
 
 
@@ -68,16 +72,26 @@ async def readyz(request: Request) -> JSONResponse:
     "/auction",
     response_model=AuctionResponse,
     response_model_exclude_none=True,
-    dependencies=[Depends(require_platform_key)],
     tags=["auction"],
     summary="Run one MOSAIC auction and return the sampled reply",
-    responses=error_responses(401, 403, 413, 422, 500, 502, 503, 504),
+    responses=error_responses(401, 403, 413, 422, 429, 500, 502, 503, 504),
 )
-async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse:
+async def run_auction(
+    body: AuctionRequest, request: Request, principal: Principal = Depends(require_platform_key)
+) -> AuctionResponse:
     settings: Settings = request.app.state.settings
     enforce_limits(body, settings)
     service: AuctionService = request.app.state.auctions
-    return await service.run(body)
+    admission: AdmissionController = request.app.state.admission
+    cost = auction_token_cost(
+        body.candidates or settings.default_candidates,
+        body.max_tokens or settings.default_max_tokens,
+        len(body.advertisers),
+        body.proposal,
+    )
+    # Admission comes after validation and before any model work: a refusal (429) costs nothing.
+    async with admission.admit(principal.key_id, cost):
+        return await service.run(body)
 
 
 @router.get(
@@ -167,4 +181,10 @@ async def prometheus_metrics(request: Request) -> PlainTextResponse:
             metrics.billing_stream_length.set(summary.get("stream_length", 0) or 0)
             metrics.billing_pending.set(summary.get("pending", 0) or 0)
             metrics.billing_lag.set(summary.get("lag", 0) or 0)
+            metrics.dead_letters.set(summary.get("dead_letters", 0) or 0)
+            metrics.conflicts.set(summary.get("conflicts", 0) or 0)
+            if summary.get("reconcile_unix") is not None:
+                metrics.reconcile_differences.set(summary.get("reconcile_differences") or 0)
+                metrics.reconcile_timestamp.set(summary["reconcile_unix"])
+    await readyz(request)  # refreshes mosaic_ready
     return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

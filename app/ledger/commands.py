@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,7 +64,10 @@ def run_consumer_forever(settings: Settings, consumer_name: str | None = None) -
 async def _reconcile_once(settings: Settings) -> tuple[ReconcileReport, dict[str, Any]]:
     handle = await open_redis(settings)
     try:
-        return await reconcile(handle.client, settings), await LedgerReader(handle.client, settings).summary()
+        report = await reconcile(handle.client, settings)
+        reader = LedgerReader(handle.client, settings)
+        await reader.record_reconcile(len(report.differences), int(time.time()))
+        return report, await reader.summary()
     finally:
         await handle.close()
 

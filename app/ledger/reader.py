@@ -13,9 +13,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app.ledger.events import format_micro
-from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str
+from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, LEDGER_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str
 from app.settings import Settings
 
+# The last `mosaic ledger reconcile`'s result (differences, unix time): the gateway exports it as
+# mosaic_ledger_reconcile_differences / _timestamp_seconds for alerting.
+RECONCILE_KEY = LEDGER_PREFIX + "reconcile"
 LAG_COUNT_CAP = 1000
 
 
@@ -74,7 +77,9 @@ class LedgerReader:
         pipe.hget(self.keys.balances, PLATFORM_ACCOUNT)
         pipe.xlen(self.settings.billing_stream)
         pipe.xlen(self.settings.billing_dead_letter_stream)
-        meta_raw, applied, revenue_raw, stream_length, dead_length = await pipe.execute()
+        pipe.hgetall(RECONCILE_KEY)
+        meta_raw, applied, revenue_raw, stream_length, dead_length, reconcile_raw = await pipe.execute()
+        last_reconcile = {as_str(k): int(as_str(v)) for k, v in (reconcile_raw or {}).items()}
         meta = {as_str(k): int(as_str(v)) for k, v in (meta_raw or {}).items()}
         group = await self._group_info()
         pending = int(group.get("pending", 0) or 0)
@@ -109,4 +114,10 @@ class LedgerReader:
             "lag": lag,
             "lag_capped": lag_capped,
             "consumers": int(group.get("consumers", 0) or 0),
+            "reconcile_differences": last_reconcile.get("differences"),
+            "reconcile_unix": last_reconcile.get("unix"),
         }
+
+    async def record_reconcile(self, differences: int, unix: int) -> None:
+        """Keep the result of one reconcile run (read back by :meth:`summary`)."""
+        await self.redis.hset(RECONCILE_KEY, mapping={"differences": differences, "unix": unix})

@@ -65,14 +65,16 @@ class Engine(GenerateMixin, ScoreMixin):
         *,
         max_model_len: int | None = None,
         score_token_budget: int | None = None,
-        max_logprobs: int = 20,
+        max_logprobs: int | None = None,
         prefix_sharing: bool = True,
         min_shared_prefix: int = 16,
         decode: DecodeMode | None = None,
         force_ignore_eos: bool | None = None,
     ) -> None:
+        settings = get_worker_settings()
+        if max_logprobs is None:
+            max_logprobs = settings.worker_max_logprobs
         if max_model_len is None or score_token_budget is None or decode is None or force_ignore_eos is None:
-            settings = get_worker_settings()
             max_model_len = max_model_len if max_model_len is not None else settings.worker_max_model_len
             score_token_budget = (
                 score_token_budget if score_token_budget is not None else settings.worker_score_token_budget
@@ -267,9 +269,11 @@ class Engine(GenerateMixin, ScoreMixin):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def load_engine(model: str, device: str = "auto", dtype: str | None = None) -> Engine:
+def load_engine(
+    model: str, device: str = "auto", dtype: str | None = None, max_logprobs: int | None = None
+) -> Engine:
     """Load ``model`` (see :mod:`workers.models`) and wrap it in an :class:`Engine` (blocking).
-    ``dtype`` None: the WORKER_DTYPE setting."""
+    ``dtype`` / ``max_logprobs`` None: the WORKER_DTYPE / WORKER_MAX_LOGPROBS settings."""
     if dtype is None:
         dtype = get_worker_settings().worker_dtype
-    return Engine(load_model(model, device, dtype))
+    return Engine(load_model(model, device, dtype), max_logprobs=max_logprobs)

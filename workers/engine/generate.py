@@ -28,8 +28,9 @@ Generation (:meth:`Engine.complete` with ``max_tokens`` > 0)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -53,6 +54,8 @@ class Sample:
     finish_reason: str
     stop_reason: int | str | None
     text: str = ""
+    # perf_counter() when each token was drawn (the worker's TTFT / inter-token latency metrics)
+    token_times: list[float] = field(default_factory=list)
 
 
 class _DecodeState:
@@ -71,6 +74,7 @@ class _DecodeState:
         self.tokens: list[list[int]] = [[] for _ in range(n)]
         self.lps: list[list[float]] = [[] for _ in range(n)]
         self.tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(n)]
+        self.times: list[list[float]] = [[] for _ in range(n)]
         self.finish: list[tuple[str, int | str | None]] = [("length", None)] * n
         self.active = list(range(n))  # sample index of each row being decoded
         self.step = 0
@@ -85,10 +89,12 @@ class _DecodeState:
         opts = self.opts
         top_vals, top_ids = top
         still: list[int] = []
+        now = time.perf_counter()
         for row, seq in enumerate(self.active):
             tok = int(drawn[row])
             value = float(chosen[row])
             self.tokens[seq].append(tok)
+            self.times[seq].append(now)
             self.lps[seq].append(value)
             if opts.logprobs is not None:
                 entry = [(tok, value)]
@@ -116,6 +122,7 @@ class _DecodeState:
                 top_logprobs=self.tops[seq] if self.opts.logprobs is not None else None,
                 finish_reason=reason,
                 stop_reason=stop_reason,
+                token_times=self.times[seq],
             )
             sample.text = self.engine._sample_text(sample, self.opts)
             out.append(sample)
