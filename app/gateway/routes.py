@@ -1,34 +1,39 @@
 """The gateway's HTTP routes: health, readiness, `POST /auction`, stored records, Prometheus metrics.
 
 Each handler is thin: it validates (the request models and `enforce_limits`), hands the work to the
-service objects that `app.gateway.app` put on `app.state`, and returns their answer. Imports: the
+service objects that `app.gateway.app` put on `app.state` (`POST /auction` through
+`app.gateway.auction_call`: idempotency keys, abandoned requests), and returns their answer. Imports: the
 auction service (types), the ledger reader, the request/response models and the security dependency.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
-from app.auction.service import AuctionService, auction_key, load_record
+from app.auction.service import auction_key, load_record
+from app.gateway.auction_call import serve_auction
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import (
     AuctionRecord,
     AuctionRequest,
     AuctionResponse,
+    RenderResult,
     enforce_limits,
     error_responses,
 )
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
+from app.ledger.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
 from app.ledger.reader import LedgerReader
+from app.ledger.render import RenderLedger
 from app.settings import Settings
 
 router = APIRouter(route_class=StrictJSONRoute)
@@ -63,16 +68,75 @@ async def readyz(request: Request) -> JSONResponse:
     "/auction",
     response_model=AuctionResponse,
     response_model_exclude_none=True,
-    dependencies=[Depends(require_platform_key)],
     tags=["auction"],
     summary="Run one MOSAIC auction and return the sampled reply",
-    responses=error_responses(401, 403, 413, 422, 500, 502, 503, 504),
+    description="With an `Idempotency-Key` the first request's outcome (a success, or a 5xx after "
+    "model work began) is stored for IDEMPOTENCY_TTL_S; a retry with the same key and body gets that "
+    "status and body again with `Idempotent-Replayed: true` and is not billed again.",
+    responses={
+        200: {
+            "description": "The auction's outcome (or, with `Idempotent-Replayed: true`, a stored one)",
+            "headers": {
+                REPLAYED_HEADER: {
+                    "description": "`true` when this is the stored answer of an earlier request",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            },
+        },
+        **error_responses(401, 403, 409, 413, 422, 500, 502, 503, 504),
+    },
 )
-async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse:
+async def run_auction(
+    body: AuctionRequest,
+    request: Request,
+    principal: Principal = Depends(require_platform_key),
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            pattern=KEY_PATTERN,
+            description="1-255 visible ASCII characters, scoped to the API key: a retry with the same "
+            "key and body is answered the first outcome and billed once (same key, other body: 422; "
+            "while the first runs: 409).",
+        ),
+    ] = None,
+) -> AuctionResponse | Response:
     settings: Settings = request.app.state.settings
-    enforce_limits(body, settings)
-    service: AuctionService = request.app.state.auctions
-    return await service.run(body)
+    enforce_limits(body, settings)  # refused (4xx) before any work: nothing stored under the key
+    return await serve_auction(body, request, principal, idempotency_key)
+
+
+@router.post(
+    "/auctions/{auction_id}/render",
+    response_model=RenderResult,
+    dependencies=[Depends(require_platform_key)],
+    tags=["auction"],
+    summary="BILLING_MODE=render: the reply was shown, bill its pending charge (exactly once)",
+    responses=error_responses(401, 403, 404, 409, 410, 422, 503),
+)
+async def render_auction(auction_id: str, request: Request) -> RenderResult:
+    if len(auction_id) > 64 or not auction_id.isalnum():
+        raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
+    redis_client: aioredis.Redis = request.app.state.redis
+    record = load_record(await redis_client.get(auction_key(auction_id)))
+    if record is None:
+        raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
+    if record.get("test"):
+        raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a test auction: never billed")
+    settings: Settings = request.app.state.settings
+    state, stream_id, changed = await RenderLedger(redis_client, settings).render(auction_id)
+    if state == "missing":  # billed when it was served (BILLING_MODE=auction)
+        return RenderResult(auction_id=auction_id, billing="billed", billed_now=False)
+    if state == "expired":
+        raise HTTPException(
+            status_code=410,
+            detail=f"auction {auction_id!r} was not rendered within RENDER_WINDOW_S="
+            f"{settings.render_window_s}s: its charge expired and is never billed",
+        )
+    if changed:
+        metrics: GatewayMetrics = request.app.state.metrics
+        metrics.revenue.labels(str(record.get("currency", settings.currency))).inc(float(record["revenue"]))
+    return RenderResult(auction_id=auction_id, billing="billed", stream_id=stream_id, billed_now=changed)
 
 
 @router.get(
@@ -98,6 +162,9 @@ async def get_auction(
         record = None
     if record is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
+    if record.get("billing") == "pending":  # BILLING_MODE=render: the charge's state now
+        settings: Settings = request.app.state.settings
+        record["billing"] = await RenderLedger(redis_client, settings).state(auction_id) or "expired"
     return record
 
 

@@ -16,6 +16,7 @@ from app.prompts import AdvertiserProfile, advertiser_messages, context_messages
 from app.settings import Settings
 
 ProposalName = Literal["context", "reference", "mixture"]
+BillingState = Literal["billed", "pending", "expired", "test"]
 
 MAX_SEED = 2**53 - 1
 
@@ -115,6 +116,16 @@ class AuctionRequest(BaseModel):
         None, description="Seed (0 … 2^53 − 1): the same seed replays the auction."
     )
     include_candidates: bool = Field(False, description="Return the candidate table (for audits).")
+    test: bool = Field(
+        False,
+        description="A test auction (OpenRTB `test=1`): run in full, its record flagged, never billed, "
+        "not counted in revenue metrics.",
+    )
+    tmax_ms: Annotated[int, Field(ge=1), _AS_INT] | None = Field(
+        None,
+        description="This auction's own deadline in ms (at most AUCTION_DEADLINE_S); past it: 504, "
+        "nothing billed.",
+    )
 
     @field_validator("query")
     @classmethod
@@ -167,6 +178,7 @@ class AuctionTimings(BaseModel):
     billing: float
     total: float
     workers: float = Field(description="Wall time with at least one worker request in flight.")
+    idempotency: float = Field(0.0, description="Claiming the Idempotency-Key (0 without one).")
 
 
 class AuctionResponse(BaseModel):
@@ -181,6 +193,12 @@ class AuctionResponse(BaseModel):
     revenue: float
     effective_sample_size: float
     timings_ms: AuctionTimings
+    billing: BillingState = Field(
+        "billed",
+        description="`billed` (in the ledger), `pending` (BILLING_MODE=render, awaiting "
+        "POST /auctions/{id}/render), `expired` (not rendered in time, never billed), `test` (never billed).",
+    )
+    test: bool | None = Field(None, description="Present (true) on test auctions only.")
     candidates: list[CandidateRecord] | None = None
 
 
@@ -190,6 +208,15 @@ class AuctionRecord(AuctionResponse):
     request: dict[str, Any]
     created_at_ms: int
     payments_micro: dict[str, int]
+
+
+class RenderResult(BaseModel):
+    """POST /auctions/{id}/render: the charge is billed (now, or by an earlier render)."""
+
+    auction_id: str
+    billing: Literal["billed"]
+    billed_now: bool = Field(description="This call billed it (false: it was billed before).")
+    stream_id: str | None = Field(None, description="The billing event's id in the stream.")
 
 
 def _limit_error(loc: tuple[str | int, ...], message: str, limit: int) -> dict[str, Any]:
@@ -225,6 +252,7 @@ def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, 
             "advertisers": {"maxItems": settings.max_advertisers},
             "candidates": {"maximum": settings.max_candidates},
             "max_tokens": {"maximum": settings.max_tokens_limit},
+            "tmax_ms": {"maximum": max_tmax_ms(settings)},
         },
         "AdvertiserIn": {
             "name": {"maxLength": settings.max_name_chars},
@@ -232,6 +260,11 @@ def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, 
             "instruction": {"maxLength": settings.max_instruction_chars},
         },
     }
+
+
+def max_tmax_ms(settings: Settings) -> int:
+    """The largest `tmax_ms` a request may give: AUCTION_DEADLINE_S in whole milliseconds."""
+    return int(settings.auction_deadline_s * 1000)
 
 
 def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
@@ -291,6 +324,14 @@ def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
                 settings.max_tokens_limit,
             )
         )
+    if request.tmax_ms is not None and request.tmax_ms > max_tmax_ms(settings):
+        errors.append(
+            _limit_error(
+                ("tmax_ms",),
+                f"tmax_ms above AUCTION_DEADLINE_S ({max_tmax_ms(settings)} ms)",
+                max_tmax_ms(settings),
+            )
+        )
     if errors:
         raise RequestValidationError(errors)
 
@@ -339,7 +380,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "The key's scope does not allow this (an advertiser key)",
         404: "Not found",
         413: "Request body over MAX_BODY_BYTES; names `body` (nothing billed)",
-        422: "Invalid input or over a limit; names the field (nothing billed)",
+        409: "Conflict: the Idempotency-Key's first request is still running, or the auction cannot be "
+        "rendered (expired, a test auction); names the cause (nothing billed)",
+        410: "The pending charge's render window passed: expired, never billed",
+        422: "Invalid input or over a limit; names the field (nothing billed); also an Idempotency-Key "
+        "reused with different parameters",
         500: "Internal error, naming its cause (nothing billed)",
         502: "A worker refused the request (nothing billed)",
         503: "Workers, Redis or the billing ledger unavailable (nothing billed)",

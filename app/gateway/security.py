@@ -59,6 +59,8 @@ class Principal:
 
     scope: Scope
     advertiser_id: str | None = None
+    # Which key (a short SHA-256 prefix of the token, never the token): scopes idempotency keys.
+    key_id: str = "open"
 
     def may_read_advertiser(self, advertiser_id: str) -> bool:
         return self.scope != "advertiser" or self.advertiser_id == advertiser_id
@@ -124,10 +126,11 @@ class KeyRing:
         for digest, advertiser_id in self.advertisers:
             if hmac.compare_digest(presented, digest):
                 advertiser = advertiser_id
+        key_id = presented[:16].hex()
         if platform:
-            return Principal("platform")
+            return Principal("platform", key_id=key_id)
         if advertiser is not None:
-            return Principal("advertiser", advertiser)
+            return Principal("advertiser", advertiser, key_id=key_id)
         return None
 
 

@@ -1,7 +1,7 @@
 """The ledger's read side: an advertiser's balance and history, and a summary of the whole ledger.
 
 Job: `LedgerReader`, used by the HTTP routes (app.ledger.routes), the gateway's billing metrics and
-`reconcile`; it only reads. Imports app.settings and app.ledger.events / app.ledger.keys only.
+`reconcile`; it only reads. Imports app.settings and app.ledger (events, keys, render) only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 
 from app.ledger.events import format_micro
 from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str
+from app.ledger.render import RenderLedger
 from app.settings import Settings
 
 LAG_COUNT_CAP = 1000
@@ -109,4 +110,6 @@ class LedgerReader:
             "lag": lag,
             "lag_capped": lag_capped,
             "consumers": int(group.get("consumers", 0) or 0),
+            # BILLING_MODE=render: charges awaiting a render, billed by one, expired unrendered
+            "render": await RenderLedger(self.redis, self.settings).counts(),
         }

@@ -1,0 +1,175 @@
+"""Idempotency keys of `POST /auction` (Stripe semantics), kept in Redis.
+
+Job: claim a key before any model work (`IdempotencyStore.claim`: a new claim, the stored outcome to
+replay, or a refusal), give it back when nothing is stored (`release`), store a failure's outcome
+(`store_failure`), and say what the final write must check and set (`IdempotencyWrite`, used by
+`app.ledger.producer` inside its MULTI/EXEC). Imports app.settings and app.ledger.keys only.
+
+One Redis string per (API key, idempotency key): ``mosaic:idem:<key id>:<sha256 of the key>`` (the
+key id is a prefix of the SHA-256 of the bearer token, never the token). Its JSON value is either
+
+* running: ``{"state": "running", "fp": <fingerprint>, "owner": <random>}``, SET NX with a lease
+  (PX) of the auction's deadline + BILLING_APPEND_TIMEOUT_S + LEASE_MARGIN_S: a gateway killed
+  mid-auction leaves it, and it lapses on its own, so a retry runs the auction afresh;
+* done: ``{"state": "done", "fp", "status", "body", "auction_id"}``, kept IDEMPOTENCY_TTL_S.
+
+Invariants: a done value is written only over this request's own running value (or over nothing,
+its lease having lapsed unclaimed): the final write WATCHes the key and EXEC fails if anyone else
+touched it, `store_failure` compares and sets in one script. So two gateways can never both store
+(and bill) one key. The fingerprint is the SHA-256 of the validated body as canonical JSON (sorted
+keys, defaults filled in): the same parameters spelled differently are the same request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app.ledger.keys import as_str
+from app.settings import Settings
+
+IDEMPOTENCY_PREFIX = "mosaic:idem:"
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+# What the header may be: 1-255 visible ASCII characters (Stripe allows 255).
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+LEASE_MARGIN_S = 2.0
+
+# Compare-and-set: write ARGV[2] only where the key still holds this request's running value
+# ARGV[1], or holds nothing (the lease lapsed and no one claimed the key since).
+_STORE_IF_OWNED = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+_RELEASE_IF_OWNED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class IdempotencyMismatchError(Exception):
+    """The key was used before with different parameters: 422 naming `Idempotency-Key`."""
+
+
+class IdempotencyInProgressError(Exception):
+    """The key's first request is still running: 409 (retry later)."""
+
+
+class IdempotencyLostError(Exception):
+    """This request's lease lapsed and another request took the key: nothing written (409)."""
+
+
+def fingerprint(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of the request's parameters as canonical JSON."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def redis_key(key_id: str, idempotency_key: str) -> str:
+    digest = hashlib.sha256(idempotency_key.encode("ascii", errors="backslashreplace")).hexdigest()
+    return f"{IDEMPOTENCY_PREFIX}{key_id}:{digest}"
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """The right to run one keyed request: the key and this request's running value."""
+
+    key: str
+    running_value: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    """A finished request's answer, replayed as is."""
+
+    status: int
+    body: str
+
+
+@dataclass(frozen=True)
+class IdempotencyWrite:
+    """What the producer's MULTI/EXEC sets for the key (after WATCHing it): the done value."""
+
+    claim: IdempotencyClaim
+    value: str
+    ttl_s: int
+
+
+def done_value(claim: IdempotencyClaim, status: int, body: str, auction_id: str | None) -> str:
+    return json.dumps(
+        {"state": "done", "fp": claim.fingerprint, "status": status, "body": body, "auction_id": auction_id},
+        separators=(",", ":"),
+    )
+
+
+def owned(current: Any, claim: IdempotencyClaim) -> bool:
+    """The key holds this request's running value, or nothing (its lease lapsed, no one else claimed)."""
+    return current is None or as_str(current) == claim.running_value
+
+
+class IdempotencyStore:
+    """Claims, releases and failure outcomes of idempotency keys (the success is the producer's write)."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+
+    def lease_ms(self, deadline_s: float) -> int:
+        return int((deadline_s + self.settings.billing_append_timeout_s + LEASE_MARGIN_S) * 1000)
+
+    async def claim(
+        self, key_id: str, idempotency_key: str, fp: str, deadline_s: float
+    ) -> IdempotencyClaim | StoredOutcome:
+        """Claim the key (SET NX with a lease), or return its stored outcome to replay.
+
+        Raises IdempotencyMismatchError when it was used with other parameters, and
+        IdempotencyInProgressError while its first request runs.
+        """
+        key = redis_key(key_id, idempotency_key)
+        running = json.dumps(
+            {"state": "running", "fp": fp, "owner": secrets.token_hex(8)}, separators=(",", ":")
+        )
+        for _ in range(3):  # the key may lapse between the SET NX and the GET: try again
+            if await self.redis.set(key, running, nx=True, px=self.lease_ms(deadline_s)):
+                return IdempotencyClaim(key=key, running_value=running, fingerprint=fp)
+            raw = await self.redis.get(key)
+            if raw is None:
+                continue
+            record = json.loads(as_str(raw))
+            if record.get("fp") != fp:
+                raise IdempotencyMismatchError(
+                    f"{HEADER} reused with different parameters (a key stands for one request; "
+                    "use a new key for a new request)"
+                )
+            if record.get("state") != "done":
+                raise IdempotencyInProgressError(
+                    f"a request with this {HEADER} is still running; retry after it finishes"
+                )
+            return StoredOutcome(status=int(record["status"]), body=str(record["body"]))
+        raise IdempotencyInProgressError(f"a request with this {HEADER} is still running")
+
+    def write_for(self, claim: IdempotencyClaim, status: int, body: str, auction_id: str) -> IdempotencyWrite:
+        return IdempotencyWrite(
+            claim, done_value(claim, status, body, auction_id), self.settings.idempotency_ttl_s
+        )
+
+    async def store_failure(self, claim: IdempotencyClaim, status: int, body: str) -> bool:
+        """Store a failure's outcome (a 5xx after model work began) if the key is still ours."""
+        value = done_value(claim, status, body, None)
+        stored = await self.redis.eval(
+            _STORE_IF_OWNED, 1, claim.key, claim.running_value, value, str(self.settings.idempotency_ttl_s)
+        )
+        return bool(stored)
+
+    async def release(self, claim: IdempotencyClaim) -> None:
+        """Give the key back (nothing stored: refused, abandoned): a retry runs afresh."""
+        await self.redis.eval(_RELEASE_IF_OWNED, 1, claim.key, claim.running_value)
