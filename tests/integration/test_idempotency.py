@@ -360,7 +360,7 @@ def test_reconcile_is_clean_after_all_of_the_above(
         deadline = time.monotonic() + 20
         while True:
             report = await reconcile(redis_client, settings)
-            if report.ok and report.in_flight == 0 or time.monotonic() > deadline:
+            if (report.ok and report.in_flight == 0) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
         await redis_client.aclose()
