@@ -9,12 +9,13 @@ auction service (types), the ledger reader, the request/response models and the 
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
@@ -25,7 +26,6 @@ from app.gateway.schemas import (
     AuctionRecord,
     AuctionRequest,
     AuctionResponse,
-    RenderResult,
     enforce_limits,
     error_responses,
 )
@@ -37,6 +37,15 @@ from app.ledger.render import RenderLedger
 from app.settings import Settings
 
 router = APIRouter(route_class=StrictJSONRoute)
+
+
+class RenderResult(BaseModel):
+    """POST /auctions/{id}/render: the charge is billed (now, or by an earlier render)."""
+
+    auction_id: str
+    billing: Literal["billed"]
+    billed_now: bool = Field(description="This call billed it (false: it was billed before).")
+    stream_id: str | None = Field(None, description="The billing event's id in the stream.")
 
 
 @router.get("/healthz", tags=["health"], summary="Liveness")

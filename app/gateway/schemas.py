@@ -210,15 +210,6 @@ class AuctionRecord(AuctionResponse):
     payments_micro: dict[str, int]
 
 
-class RenderResult(BaseModel):
-    """POST /auctions/{id}/render: the charge is billed (now, or by an earlier render)."""
-
-    auction_id: str
-    billing: Literal["billed"]
-    billed_now: bool = Field(description="This call billed it (false: it was billed before).")
-    stream_id: str | None = Field(None, description="The billing event's id in the stream.")
-
-
 def _limit_error(loc: tuple[str | int, ...], message: str, limit: int) -> dict[str, Any]:
     return {
         "type": "limit_exceeded",

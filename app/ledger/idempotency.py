@@ -3,7 +3,8 @@
 Job: claim a key before any model work (`IdempotencyStore.claim`: a new claim, the stored outcome to
 replay, or a refusal), give it back when nothing is stored (`release`), store a failure's outcome
 (`store_failure`), and say what the final write must check and set (`IdempotencyWrite`, used by
-`app.ledger.producer` inside its MULTI/EXEC). Imports app.settings and app.ledger.keys only.
+`app.ledger.producer` inside its MULTI/EXEC). Imports app.settings and app.ledger (keys, scripts:
+idempotency_*.lua) only.
 
 One Redis string per (API key, idempotency key): ``mosaic:idem:<key id>:<sha256 of the key>`` (the
 key id is a prefix of the SHA-256 of the bearer token, never the token). Its JSON value is either
@@ -32,6 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from app.ledger.keys import as_str
+from app.ledger.scripts import IDEMPOTENCY_RELEASE_SCRIPT, IDEMPOTENCY_STORE_SCRIPT
 from app.settings import Settings
 
 IDEMPOTENCY_PREFIX = "mosaic:idem:"
@@ -40,19 +42,6 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 # What the header may be: 1-255 visible ASCII characters (Stripe allows 255).
 KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 LEASE_MARGIN_S = 2.0
-
-# Compare-and-set: write ARGV[2] only where the key still holds this request's running value
-# ARGV[1], or holds nothing (the lease lapsed and no one claimed the key since).
-_STORE_IF_OWNED = """
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-_RELEASE_IF_OWNED = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class IdempotencyMismatchError(Exception):
@@ -164,12 +153,12 @@ class IdempotencyStore:
 
     async def store_failure(self, claim: IdempotencyClaim, status: int, body: str) -> bool:
         """Store a failure's outcome (a 5xx after model work began) if the key is still ours."""
-        value = done_value(claim, status, body, None)
+        value, ttl = done_value(claim, status, body, None), self.settings.idempotency_ttl_s
         stored = await self.redis.eval(
-            _STORE_IF_OWNED, 1, claim.key, claim.running_value, value, str(self.settings.idempotency_ttl_s)
+            IDEMPOTENCY_STORE_SCRIPT, 1, claim.key, claim.running_value, value, str(ttl)
         )
         return bool(stored)
 
     async def release(self, claim: IdempotencyClaim) -> None:
         """Give the key back (nothing stored: refused, abandoned): a retry runs afresh."""
-        await self.redis.eval(_RELEASE_IF_OWNED, 1, claim.key, claim.running_value)
+        await self.redis.eval(IDEMPOTENCY_RELEASE_SCRIPT, 1, claim.key, claim.running_value)

@@ -4,7 +4,7 @@ Job: the Redis side of a charge that waits for its ad to be shown (OpenRTB's `bu
 queues `pending_commands` in its MULTI (with the audit record), `RenderLedger.render` bills a
 pending charge exactly once (one Lua script: XADD the billing event and mark it billed), and
 `expire_due` (the ledger consumer calls it) marks charges past RENDER_WINDOW_S expired, never billed.
-Imports app.settings, app.ledger.events and app.ledger.keys only.
+Imports app.settings and app.ledger (events, keys, scripts: render.lua) only.
 
 Keys: ``mosaic:render:charge:<auction id>`` hash {state: pending|billed|expired, event: the stream
 fields as JSON, deadline_ms, stream_id once billed}, kept AUDIT_TTL_S; ``mosaic:render:due`` sorted
@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError
 
 from app.ledger.events import BillingEvent
 from app.ledger.keys import as_str
+from app.ledger.scripts import RENDER_SCRIPT
 from app.settings import Settings
 
 RENDER_PREFIX = "mosaic:render:"
@@ -33,34 +34,6 @@ CHARGE_PREFIX = RENDER_PREFIX + "charge:"
 DUE_KEY = RENDER_PREFIX + "due"
 COUNTS_KEY = RENDER_PREFIX + "counts"
 STATES = ("pending", "billed", "expired")
-
-# KEYS: charge hash, billing stream, due set, counts. ARGV: now_ms, action (render|expire), auction id.
-_TRANSITION = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'missing', '', 0} end
-if state ~= 'pending' then return {state, redis.call('HGET', KEYS[1], 'stream_id') or '', 0} end
-local now = tonumber(ARGV[1])
-local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms'))
-if ARGV[2] == 'render' and now <= deadline then
-  local fields = cjson.decode(redis.call('HGET', KEYS[1], 'event'))
-  local flat = {}
-  for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
-  local id = redis.call('XADD', KEYS[2], '*', unpack(flat))
-  redis.call('HSET', KEYS[1], 'state', 'billed', 'stream_id', id, 'changed_at_ms', ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('HINCRBY', KEYS[4], 'pending', -1)
-  redis.call('HINCRBY', KEYS[4], 'billed', 1)
-  return {'billed', id, 1}
-end
-if now > deadline then
-  redis.call('HSET', KEYS[1], 'state', 'expired', 'changed_at_ms', ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('HINCRBY', KEYS[4], 'pending', -1)
-  redis.call('HINCRBY', KEYS[4], 'expired', 1)
-  return {'expired', '', 1}
-end
-return {'pending', '', 0}
-"""
 
 
 def charge_key(auction_id: str) -> str:
@@ -97,7 +70,7 @@ class RenderLedger:
         keys = [charge_key(auction_id), self.settings.billing_stream, DUE_KEY, COUNTS_KEY]
         for _ in range(2):
             if self._sha is None:
-                self._sha = as_str(await self.redis.script_load(_TRANSITION))
+                self._sha = as_str(await self.redis.script_load(RENDER_SCRIPT))
             try:
                 state, stream_id, changed = await self.redis.evalsha(
                     self._sha, 4, *keys, now, action, auction_id

@@ -27,7 +27,7 @@ from app.ledger.idempotency import IdempotencyLostError, IdempotencyStore, finge
 from app.ledger.producer import BillingProducer
 from app.ledger.reconcile import reconcile
 from app.settings import Settings
-from tests.fixtures_gateway import start_gateway_process
+from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
 from tests.fixtures_worker import WorkerProcess
 from tests.integration.test_gateway import auction_body, make_settings, stream_length
@@ -156,38 +156,43 @@ def _key_id(token: str) -> str:
     return hashlib.sha256(token.encode()).digest()[:16].hex()
 
 
-def test_a_key_still_running_is_409(
-    tiny_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def slow_gateway(
+    tiny_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A real `mosaic serve` process whose limits allow an auction slow enough to be caught running."""
     gateway = start_gateway_process(
-        tiny_worker.url, redis_process.url, tmp_path, MAX_CANDIDATES="16", MAX_TOKENS_LIMIT="64"
+        tiny_worker.url,
+        redis_process.url,
+        tmp_path_factory.mktemp("slow-gw"),
+        MAX_CANDIDATES="16",
+        MAX_TOKENS_LIMIT="64",
     )
-    try:
-        slow = auction_body(candidates=16, max_tokens=64, seed=108, include_candidates=False)
-        results: list[httpx.Response] = []
-        first = threading.Thread(
-            target=lambda: results.append(
-                httpx.post(
-                    f"{gateway.url}/auction", json=slow, headers={"Idempotency-Key": "busy"}, timeout=60
-                )
-            )
-        )
-        first.start()
-        time.sleep(0.3)
-        second = httpx.post(
-            f"{gateway.url}/auction", json=slow, headers={"Idempotency-Key": "busy"}, timeout=60
-        )
-        first.join(timeout=60)
-        assert results and results[0].status_code == 200, results
-        assert second.status_code == 409, second.text
-        assert "still running" in second.json()["detail"]
-        third = httpx.post(
-            f"{gateway.url}/auction", json=slow, headers={"Idempotency-Key": "busy"}, timeout=60
-        )
-        assert third.headers["idempotent-replayed"] == "true"
-        assert third.json()["auction_id"] == results[0].json()["auction_id"]
-    finally:
-        gateway.stop()
+    yield gateway
+    gateway.stop()
+
+
+def slow_body(seed: int) -> dict[str, Any]:
+    return auction_body(candidates=16, max_tokens=64, seed=seed, include_candidates=False)
+
+
+def post_keyed(gateway: GatewayProcess, payload: dict[str, Any], key: str) -> httpx.Response:
+    return httpx.post(f"{gateway.url}/auction", json=payload, headers={"Idempotency-Key": key}, timeout=60)
+
+
+def test_a_key_still_running_is_409(slow_gateway: GatewayProcess) -> None:
+    results: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: results.append(post_keyed(slow_gateway, slow_body(108), "busy")))
+    first.start()
+    time.sleep(0.3)
+    second = post_keyed(slow_gateway, slow_body(108), "busy")
+    first.join(timeout=60)
+    assert results and results[0].status_code == 200, results
+    assert second.status_code == 409, second.text
+    assert "still running" in second.json()["detail"]
+    third = post_keyed(slow_gateway, slow_body(108), "busy")
+    assert third.headers["idempotent-replayed"] == "true"
+    assert third.json()["auction_id"] == results[0].json()["auction_id"]
 
 
 def test_two_writers_of_one_key_never_both_write(redis_process: RedisServerProcess, tmp_path: Path) -> None:
@@ -266,36 +271,28 @@ def _disconnect_after(port: int, payload: dict[str, Any], headers: dict[str, str
 
 
 def test_an_abandoned_request_is_cancelled_and_never_billed(
-    tiny_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
+    slow_gateway: GatewayProcess, redis_process: RedisServerProcess
 ) -> None:
-    gateway = start_gateway_process(
-        tiny_worker.url, redis_process.url, tmp_path, MAX_CANDIDATES="16", MAX_TOKENS_LIMIT="64"
-    )
-    try:
-        slow = auction_body(candidates=16, max_tokens=64, seed=110, include_candidates=False)
-        timed = httpx.post(f"{gateway.url}/auction", json=slow, timeout=60)
-        assert timed.status_code == 200 and timed.json()["timings_ms"]["total"] > 600, timed.text
-        before = stream_length(redis_process.url)
-        started = time.monotonic()
-        _disconnect_after(gateway.port, slow, {"Idempotency-Key": "abandoned"}, after_s=0.2)
-        abandoned = 0.0
-        while time.monotonic() - started < 20 and not abandoned:
-            time.sleep(0.1)
-            for line in httpx.get(f"{gateway.url}/metrics").text.splitlines():
-                if line.startswith("mosaic_auctions_total{") and 'outcome="abandoned"' in line:
-                    abandoned = float(line.rsplit(" ", 1)[1])
-        assert abandoned == 1
-        # cancelled at once (well before the auction's own time), nothing billed, nothing stored
-        assert time.monotonic() - started < timed.json()["timings_ms"]["total"] / 1000 + 0.5
-        time.sleep(0.5)
-        assert stream_length(redis_process.url) == before
-        retry = httpx.post(
-            f"{gateway.url}/auction", json=slow, headers={"Idempotency-Key": "abandoned"}, timeout=60
-        )
-        assert retry.status_code == 200 and "idempotent-replayed" not in retry.headers
-        assert stream_length(redis_process.url) == before + 1
-    finally:
-        gateway.stop()
+    timed = httpx.post(f"{slow_gateway.url}/auction", json=slow_body(110), timeout=60)
+    auction_s = timed.json()["timings_ms"]["total"] / 1000
+    assert timed.status_code == 200 and auction_s > 0.6, timed.text
+    before = stream_length(redis_process.url)
+    started = time.monotonic()
+    _disconnect_after(slow_gateway.port, slow_body(110), {"Idempotency-Key": "abandoned"}, after_s=0.2)
+    abandoned = 0.0
+    while time.monotonic() - started < 20 and not abandoned:
+        time.sleep(0.05)
+        for line in httpx.get(f"{slow_gateway.url}/metrics").text.splitlines():
+            if line.startswith("mosaic_auctions_total{") and 'outcome="abandoned"' in line:
+                abandoned = float(line.rsplit(" ", 1)[1])
+    assert abandoned == 1
+    # cancelled at the disconnect (well before the auction would have ended), nothing billed or stored
+    assert time.monotonic() - started < 0.2 + auction_s / 2
+    time.sleep(auction_s)
+    assert stream_length(redis_process.url) == before
+    retry = post_keyed(slow_gateway, slow_body(110), "abandoned")
+    assert retry.status_code == 200 and "idempotent-replayed" not in retry.headers
+    assert stream_length(redis_process.url) == before + 1
 
 
 def test_after_the_billing_write_a_disconnect_does_not_undo_the_auction(
