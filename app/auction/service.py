@@ -54,10 +54,12 @@ class RunControl:
 
     `billing_started` turns true, with no await in between, just before the final write begins: a
     caller may cancel the auction (an abandoned request) only while it is false; after that the
-    write runs shielded and the auction stands. With a claim, `body` is the exact JSON answered,
+    write runs shielded and the auction stands. With a key, `claim_ready` (sent by the caller as
+    model work begins) is awaited before the write; `body` is then the exact JSON answered,
     the one stored under the Idempotency-Key in the same MULTI as the record and the billing event.
     """
 
+    claim_ready: asyncio.Future[IdempotencyClaim] | None = None  # the key's claim, under way
     claim: IdempotencyClaim | None = None
     idempotency_ms: float = 0.0
     billing_started: bool = False
@@ -169,6 +171,8 @@ class AuctionService:
         # are written in one MULTI: all or none, so a served auction always has its record, nothing is
         # billed for an auction we fail, and a retried key is billed once.
         idempotent = None
+        if control.claim_ready is not None:  # shielded: a cancel must not lose a claim that was taken
+            control.claim = await asyncio.shield(control.claim_ready)
         if control.claim is not None:
             control.body = response.model_dump_json(exclude_none=True)
             idempotent = self.idempotency.write_for(control.claim, 200, control.body, auction_id)

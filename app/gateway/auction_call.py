@@ -1,15 +1,17 @@
 """One `POST /auction` call around the auction: Idempotency-Key replay, abandonment, stored outcome.
 
 Job: `serve_auction` (the route hands it the validated body, the caller and the key) 1. with a key,
-claims it before any model work, or answers the stored outcome (`Idempotent-Replayed: true`, nothing
-billed) or 409/422; 2. runs the auction as a task beside a watch of the client's connection: a
-client that disconnects before the billing write cancels the task (its worker requests with it),
-nothing is billed or stored, the key is given back, `mosaic_auctions_total{outcome="abandoned"}`;
-after the billing write the auction stands (retrievable by id and by its key); 3. stores a 5xx
-that happened after the claim under the key (`app.gateway.errors.fault_answer`: the same answer
-as the handlers), and gives the key back after a 4xx (refused: not stored). Admission control,
-when wired, goes after the replay check (a replay costs no admission). Imports the auction
-service, the ledger's idempotency store, the gateway's errors, metrics and models.
+checks it before any model work (a read: the stored outcome is answered with `Idempotent-Replayed:
+true`, nothing billed; 409 while it runs; 422 reused with other parameters), then claims it (SET NX,
+sent as model work begins: its fsync overlaps the work; lost → the auction is cancelled, 409); 2.
+runs the auction as a task beside a watch of the client's connection: a client that disconnects
+before the billing write cancels the task (its worker requests with it), nothing is billed or
+stored, the key is given back, `mosaic_auctions_total{outcome="abandoned"}`; after the billing write
+the auction stands (retrievable by id and by its key); 3. stores a 5xx that happened after the claim
+under the key (`app.gateway.errors.fault_answer`: the same answer as the handlers), and gives the
+key back after a 4xx (refused: not stored). Admission control, when wired, goes after the replay
+check (a replay costs no admission). Imports the auction service, the ledger's idempotency store,
+the gateway's errors, metrics and models.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -28,13 +31,7 @@ from app.gateway.errors import fault_answer
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import AuctionRequest, AuctionResponse
 from app.gateway.security import Principal
-from app.ledger.idempotency import (
-    REPLAYED_HEADER,
-    IdempotencyClaim,
-    IdempotencyLostError,
-    StoredOutcome,
-    fingerprint,
-)
+from app.ledger.idempotency import REPLAYED_HEADER, IdempotencyClaim, IdempotencyLostError, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -57,30 +54,40 @@ async def serve_auction(
     control = RunControl()
     if idempotency_key is not None:
         begin = time.perf_counter()
-        claimed = await service.idempotency.claim(
-            principal.key_id,
-            idempotency_key,
-            fingerprint(body.model_dump(mode="json")),
-            deadline_s(body, service.settings),
-        )
-        if isinstance(claimed, StoredOutcome):
+        fp = fingerprint(body.model_dump(mode="json"))
+        stored = await service.idempotency.lookup(principal.key_id, idempotency_key, fp)
+        if stored is not None:
             return Response(
-                content=claimed.body,
-                status_code=claimed.status,
+                content=stored.body,
+                status_code=stored.status,
                 media_type="application/json",
                 headers={REPLAYED_HEADER: "true"},
             )
-        control.claim = claimed
+        # [admission control goes here: after the replay check, before the claim and any model work]
+        control.claim_ready = asyncio.ensure_future(
+            service.idempotency.claim(
+                principal.key_id, idempotency_key, fp, deadline_s(body, service.settings)
+            )
+        )
         control.idempotency_ms = (time.perf_counter() - begin) * 1000
     try:
         response = await _run_watched(service, body, request, control)
     except Exception as error:
-        if control.claim is not None:
-            await _settle_failure(service, control.claim, error)
+        claim = await _claim_taken(control)
+        if claim is not None:
+            await _settle_failure(service, claim, error)
         raise
     if control.body is not None:
         return Response(content=control.body, media_type="application/json")
     return response
+
+
+async def _claim_taken(control: RunControl) -> IdempotencyClaim | None:
+    """This request's claim if it got one (waiting for the SET NX if it is still under way)."""
+    if control.claim is None and control.claim_ready is not None:
+        with contextlib.suppress(Exception):
+            control.claim = await control.claim_ready
+    return control.claim
 
 
 async def _run_watched(
@@ -88,8 +95,23 @@ async def _run_watched(
 ) -> AuctionResponse | Response:
     task = asyncio.ensure_future(service.run(body, control))
     watch = asyncio.ensure_future(_client_gone(request))
+    waiting: set[asyncio.Future[Any]] = {task, watch}
+    if control.claim_ready is not None:
+        waiting.add(control.claim_ready)
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            claim = control.claim_ready
+            if claim is None or not claim.done() or claim not in waiting:
+                break
+            waiting.discard(claim)
+            if claim.exception() is not None and not control.billing_started:
+                task.cancel()  # the key is another request's: stop the model work, answer 409
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise claim.exception()  # type: ignore[misc]
+            if task.done() or watch.done():
+                break
     finally:
         watch.cancel()
     if task.done() or control.billing_started:
@@ -101,9 +123,10 @@ async def _run_watched(
         metrics: GatewayMetrics = request.app.state.metrics
         metrics.auctions.labels("abandoned", body.proposal).inc()
         logger.info("auction abandoned: the client disconnected before billing (nothing billed)")
-        if control.claim is not None:
+        claim_taken = await _claim_taken(control)
+        if claim_taken is not None:
             with contextlib.suppress(RedisError, OSError):
-                await service.idempotency.release(control.claim)
+                await service.idempotency.release(claim_taken)
         return Response(status_code=CLIENT_CLOSED_STATUS)
     return await task  # pragma: no cover - the write began as it was cancelled: it stands
 

@@ -1,9 +1,10 @@
 """Idempotency keys of `POST /auction` (Stripe semantics), kept in Redis.
 
-Job: claim a key before any model work (`IdempotencyStore.claim`: a new claim, the stored outcome to
-replay, or a refusal), give it back when nothing is stored (`release`), store a failure's outcome
-(`store_failure`), and say what the final write must check and set (`IdempotencyWrite`, used by
-`app.ledger.producer` inside its MULTI/EXEC). Imports app.settings and app.ledger (keys, scripts:
+Job: the replay check before any model work (`IdempotencyStore.lookup`: one GET, the stored outcome
+to replay, a refusal, or free), taking the key (`claim`: SET NX of a running marker), giving it back
+when nothing is stored (`release`), storing a failure's outcome (`store_failure`), and saying what
+the final write must check and set (`IdempotencyWrite`, used by `app.ledger.producer` inside its
+MULTI/EXEC). Imports app.settings and app.ledger (keys, scripts:
 idempotency_*.lua) only.
 
 One Redis string per (API key, idempotency key): ``mosaic:idem:<key id>:<sha256 of the key>`` (the
@@ -13,6 +14,10 @@ key id is a prefix of the SHA-256 of the bearer token, never the token). Its JSO
   (PX) of the auction's deadline + BILLING_APPEND_TIMEOUT_S + LEASE_MARGIN_S: a gateway killed
   mid-auction leaves it, and it lapses on its own, so a retry runs the auction afresh;
 * done: ``{"state": "done", "fp", "status", "body", "auction_id"}``, kept IDEMPOTENCY_TTL_S.
+
+With appendfsync always every Redis write waits for an fsync (~4 ms on a plain disk), reads do not:
+so the replay check is a read, and the claim's write is sent as model work begins and overlaps it;
+the auction is cancelled (409) if the claim is lost, and its final write waits for the claim.
 
 Invariants: a done value is written only over this request's own running value (or over nothing,
 its lease having lapsed unclaimed): the final write WATCHes the key and EXEC fails if anyone else
@@ -100,6 +105,23 @@ def done_value(claim: IdempotencyClaim, status: int, body: str, auction_id: str 
     )
 
 
+def _judge(raw: Any, fp: str) -> StoredOutcome | None:
+    """What a key's current value means for a request with fingerprint `fp` (None: free)."""
+    if raw is None:
+        return None
+    record = json.loads(as_str(raw))
+    if record.get("fp") != fp:
+        raise IdempotencyMismatchError(
+            f"{HEADER} reused with different parameters (a key stands for one request; "
+            "use a new key for a new request)"
+        )
+    if record.get("state") != "done":
+        raise IdempotencyInProgressError(
+            f"a request with this {HEADER} is still running; retry after it finishes"
+        )
+    return StoredOutcome(status=int(record["status"]), body=str(record["body"]))
+
+
 def owned(current: Any, claim: IdempotencyClaim) -> bool:
     """The key holds this request's running value, or nothing (its lease lapsed, no one else claimed)."""
     return current is None or as_str(current) == claim.running_value
@@ -115,14 +137,17 @@ class IdempotencyStore:
     def lease_ms(self, deadline_s: float) -> int:
         return int((deadline_s + self.settings.billing_append_timeout_s + LEASE_MARGIN_S) * 1000)
 
-    async def claim(
-        self, key_id: str, idempotency_key: str, fp: str, deadline_s: float
-    ) -> IdempotencyClaim | StoredOutcome:
-        """Claim the key (SET NX with a lease), or return its stored outcome to replay.
+    async def lookup(self, key_id: str, idempotency_key: str, fp: str) -> StoredOutcome | None:
+        """The replay check (one GET, no write): the stored outcome, or None when the key is free.
 
         Raises IdempotencyMismatchError when it was used with other parameters, and
         IdempotencyInProgressError while its first request runs.
         """
+        return _judge(await self.redis.get(redis_key(key_id, idempotency_key)), fp)
+
+    async def claim(self, key_id: str, idempotency_key: str, fp: str, deadline_s: float) -> IdempotencyClaim:
+        """Take the key: SET NX of the running marker with its lease. Raises as `lookup` when another
+        request has it (taken between the lookup and here: IdempotencyInProgressError)."""
         key = redis_key(key_id, idempotency_key)
         running = json.dumps(
             {"state": "running", "fp": fp, "owner": secrets.token_hex(8)}, separators=(",", ":")
@@ -131,20 +156,10 @@ class IdempotencyStore:
             if await self.redis.set(key, running, nx=True, px=self.lease_ms(deadline_s)):
                 return IdempotencyClaim(key=key, running_value=running, fingerprint=fp)
             raw = await self.redis.get(key)
-            if raw is None:
-                continue
-            record = json.loads(as_str(raw))
-            if record.get("fp") != fp:
-                raise IdempotencyMismatchError(
-                    f"{HEADER} reused with different parameters (a key stands for one request; "
-                    "use a new key for a new request)"
-                )
-            if record.get("state") != "done":
-                raise IdempotencyInProgressError(
-                    f"a request with this {HEADER} is still running; retry after it finishes"
-                )
-            return StoredOutcome(status=int(record["status"]), body=str(record["body"]))
-        raise IdempotencyInProgressError(f"a request with this {HEADER} is still running")
+            if raw is not None:
+                _judge(raw, fp)
+                break  # done meanwhile: the retry will be answered the replay
+        raise IdempotencyInProgressError(f"a request with this {HEADER} is still running; retry later")
 
     def write_for(self, claim: IdempotencyClaim, status: int, body: str, auction_id: str) -> IdempotencyWrite:
         return IdempotencyWrite(
