@@ -77,7 +77,7 @@ async def serve_auction(
         if claim is not None:
             await _settle_failure(service, claim, error)
         raise
-    if control.body is not None:
+    if control.body is not None and not isinstance(response, Response):  # not the abandoned 499
         return Response(content=control.body, media_type="application/json")
     return response
 
