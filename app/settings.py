@@ -154,6 +154,22 @@ class Settings(WorkerSettings):
         2.0, gt=0, description="Longest wait for the billing XADD; past it the auction fails with 503."
     )
 
+    # --- idempotency and billing modes (app.ledger.idempotency, app.ledger.render) --------------
+    idempotency_ttl_s: int = Field(
+        86400,
+        ge=60,
+        description="How long an `Idempotency-Key`'s outcome is kept (a replay within it returns the "
+        "stored status and body and bills nothing).",
+    )
+    billing_mode: Literal["auction", "render"] = Field(
+        "auction",
+        description="`auction`: each served auction is billed at once. `render`: it writes a pending "
+        "charge, billed by `POST /auctions/{id}/render` within RENDER_WINDOW_S, else expired unbilled.",
+    )
+    render_window_s: int = Field(
+        3600, ge=1, description="BILLING_MODE=render: how long a pending charge may still be rendered."
+    )
+
     @field_validator("api_keys", "worker_urls", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:

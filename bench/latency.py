@@ -9,6 +9,16 @@ same worker. Gateway overhead = total − wall time with a worker request in fli
     .venv/bin/python bench/latency.py --url http://gw:8000 --worker-url http://worker:8001
 
 Last line: `ratio=<auction/single> overhead_ms_p50=<ms>`.
+
+    .venv/bin/python bench/latency.py --idempotency --model tiny-random --candidates 2 --max-tokens 4 \
+        --repeats 200                                     # what an Idempotency-Key adds
+
+`--idempotency`: auctions in interleaved pairs, one with a fresh `Idempotency-Key` and one without;
+gateway overhead of each = client-side wall time − wall time with a worker request in flight (so it
+counts the claim, the WATCHed final write and HTTP, which the reply's own `timings_ms` of a keyed
+auction cannot: they are stored with it before its final write). Last line:
+`overhead_ms_p50_no_key=<ms> overhead_ms_p50_key=<ms> idempotency_added_ms_p50=<ms>` (the median of
+the paired differences).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -63,9 +74,15 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--api-key", default=os.environ.get("MOSAIC_API_KEY"))
+    parser.add_argument(
+        "--idempotency", action="store_true", help="gateway overhead with and without an Idempotency-Key"
+    )
     args = parser.parse_args()
     if bool(args.url) != bool(args.worker_url):
         parser.error("--url and --worker-url go together")
+    if args.idempotency:
+        idempotency_overhead(args)
+        return
 
     stack = (
         contextlib.nullcontext((args.url, args.worker_url))
@@ -163,6 +180,66 @@ def main() -> None:
     ratio = statistics.median(auction_s) / statistics.median(single_s)
     print(json.dumps({"single_s": single_s, "auction_s": auction_s, "overhead_ms": overhead_ms}))
     print(f"ratio={ratio:.3f} overhead_ms_p50={statistics.median(overhead_ms):.2f}")
+
+
+def idempotency_overhead(args: argparse.Namespace) -> None:
+    """Interleaved pairs (keyed, not keyed): client wall − worker time, medians and paired differences."""
+    stack = (
+        contextlib.nullcontext((args.url, args.worker_url))
+        if args.url
+        else local_stack(args.model, args.dtype)
+    )
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    overhead: dict[bool, list[float]] = {False: [], True: []}
+    before_write: dict[bool, list[float]] = {False: [], True: []}  # in-body, up to the final write
+    with stack as (gateway_url, _worker_url), httpx.Client(timeout=900) as client:
+
+        def one(repeat: int, keyed: bool) -> float:
+            extra = {"Idempotency-Key": f"bench-{uuid.uuid4().hex}"} if keyed else {}
+            payload = {
+                "query": QUERY,
+                "advertisers": ADVERTISERS,
+                "candidates": args.candidates,
+                "max_tokens": args.max_tokens,
+                "seed": repeat,
+            }
+            started = time.perf_counter()
+            response = client.post(f"{gateway_url}/auction", headers={**headers, **extra}, json=payload)
+            wall_ms = (time.perf_counter() - started) * 1000
+            response.raise_for_status()
+            timings = response.json()["timings_ms"]
+            before_write[keyed].append(timings["total"] - timings["billing"] - timings["workers"])
+            return wall_ms - timings["workers"]
+
+        for repeat in range(3):  # warm-up
+            one(repeat, True)
+            one(repeat, False)
+        for repeat in tqdm(range(args.repeats), desc="with and without a key"):
+            first = repeat % 2 == 0  # alternate which goes first
+            overhead[first].append(one(repeat, first))
+            overhead[not first].append(one(repeat, not first))
+    added = [k - n for k, n in zip(overhead[True], overhead[False], strict=True)]
+
+    def row(label: str, values: list[float]) -> list[str]:
+        return [label, f"{statistics.median(values):.3f}", f"{common.percentile(values, 0.9):.3f}"]
+
+    common.rich_table(
+        f"gateway overhead (client wall − worker time, ms), M={args.candidates}, ≤{args.max_tokens} tokens, "
+        f"{args.repeats} interleaved pairs",
+        ["what", "p50", "p90"],
+        [
+            row("without a key", overhead[False]),
+            row("with an Idempotency-Key", overhead[True]),
+            row("added by the key (paired)", added),
+            row("in-body, before the final write, no key", before_write[False]),
+            row("in-body, before the final write, key", before_write[True]),
+        ],
+    )
+    print(
+        f"overhead_ms_p50_no_key={statistics.median(overhead[False]):.3f} "
+        f"overhead_ms_p50_key={statistics.median(overhead[True]):.3f} "
+        f"idempotency_added_ms_p50={statistics.median(added):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ def env_example() -> str:
     for name, field in Settings.model_fields.items():
         lines.append("")
         description = " ".join((field.description or "").split())
-        lines += [f"# {part}" for part in textwrap.wrap(description, 100)]
-        lines.append(f"# type: {_type_name(field.annotation).replace(chr(92), '').replace('`', '')}")
+        # "## " for the text, "# " only for the NAME=default line (what uncommenting turns on).
+        lines += [f"## {part}" for part in textwrap.wrap(description, 100)]
+        lines.append(f"## type: {_type_name(field.annotation).replace(chr(92), '').replace('`', '')}")
         lines.append(f"# {name.upper()}={_env_value(field)}")
     return "\n".join(lines) + "\n"
 

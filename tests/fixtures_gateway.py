@@ -1,6 +1,7 @@
 """A real gateway process for tests: ``python -m app.cli serve`` over real worker and Redis processes.
 
-`start_gateway_process(worker_url, redis_url, data_dir, **env)` starts one on a free port and waits
+`start_gateway_process(worker_url, redis_url, data_dir, **env)` starts one on a free port (or `port`:
+a restart after a kill) and waits
 until ``/readyz`` answers 200; `GatewayProcess.stop()` sends SIGTERM to its process group. The
 limits default small so that the valid inputs a fuzzer finds stay cheap to serve.
 """
@@ -39,6 +40,12 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def kill(self) -> None:
+        """SIGKILL (crash tests): no shutdown, nothing flushed."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -46,9 +53,14 @@ class GatewayProcess:
 
 
 def start_gateway_process(
-    worker_url: str, redis_url: str, data_dir: Path, timeout_s: float = 120, **env: str
+    worker_url: str,
+    redis_url: str,
+    data_dir: Path,
+    timeout_s: float = 120,
+    port: int | None = None,
+    **env: str,
 ) -> GatewayProcess:
-    port = free_port()
+    port = port or free_port()
     child_env = {
         **os.environ,
         "WORKER_URLS": worker_url,

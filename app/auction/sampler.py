@@ -99,6 +99,7 @@ class StageClock:
             score=stage("score", 0.0),
             mechanism=stage("mechanism", 0.0),
             billing=stage("billing", 0.0),
+            idempotency=stage("idempotency", 0.0),
             total=self.total_ms(),
             workers=worker_stats.busy_seconds() * 1000,
         )

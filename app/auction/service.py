@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,10 +27,12 @@ from app.gateway.schemas import (
     AuctionRecord,
     AuctionRequest,
     AuctionResponse,
+    AuctionTimings,
     CandidateRecord,
 )
 from app.ledger.events import make_billing_event
-from app.ledger.producer import BillingProducer
+from app.ledger.idempotency import IdempotencyClaim, IdempotencyStore
+from app.ledger.producer import BillingProducer, BillMode
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,31 @@ class AuctionDeadlineError(Exception):
 
 def auction_key(auction_id: str) -> str:
     return f"{AUCTION_KEY_PREFIX}{auction_id}"
+
+
+@dataclass
+class RunControl:
+    """One auction's link to its caller (the route).
+
+    `billing_started` turns true, with no await in between, just before the final write begins: a
+    caller may cancel the auction (an abandoned request) only while it is false; after that the
+    write runs shielded and the auction stands. With a key, `claim_ready` (sent by the caller as
+    model work begins) is awaited before the write; `body` is then the exact JSON answered,
+    the one stored under the Idempotency-Key in the same MULTI as the record and the billing event.
+    """
+
+    claim_ready: asyncio.Future[IdempotencyClaim] | None = None  # the key's claim, under way
+    claim: IdempotencyClaim | None = None
+    idempotency_ms: float = 0.0
+    billing_started: bool = False
+    body: str | None = None
+
+
+def deadline_s(request: AuctionRequest, settings: Settings) -> float:
+    """This auction's deadline: its `tmax_ms`, at most AUCTION_DEADLINE_S."""
+    if request.tmax_ms is None:
+        return settings.auction_deadline_s
+    return min(settings.auction_deadline_s, request.tmax_ms / 1000)
 
 
 class AuctionService:
@@ -59,22 +87,36 @@ class AuctionService:
         self.sampler = CandidateSampler(settings, engine)
         self.billing = billing
         self.metrics = metrics
+        self.idempotency = IdempotencyStore(billing.redis, settings)
 
-    async def run(self, request: AuctionRequest) -> AuctionResponse:
+    def bill_mode(self, request: AuctionRequest) -> BillMode:
+        if request.test:
+            return "none"
+        return "pending" if self.settings.billing_mode == "render" else "bill"
+
+    async def run(self, request: AuctionRequest, control: RunControl | None = None) -> AuctionResponse:
+        control = control or RunControl()
         clock = StageClock()
+        if control.idempotency_ms:
+            clock.started -= control.idempotency_ms / 1000  # the claim is part of the gateway's work
+            clock.stages_ms["idempotency"] = control.idempotency_ms
         auction_id = uuid.uuid4().hex
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
+        limit_s = deadline_s(request, self.settings)
         try:
-            async with asyncio.timeout(self.settings.auction_deadline_s):
+            async with asyncio.timeout(limit_s):
                 outcome, candidate_set, rewards, log_ref, log_proposal = await self._resolve(
                     request, seed, clock, worker_stats
                 )
         except TimeoutError as error:
             self.metrics.auctions.labels("deadline", request.proposal).inc()
-            raise AuctionDeadlineError(
-                f"auction did not finish within AUCTION_DEADLINE_S={self.settings.auction_deadline_s}s"
-            ) from error
+            what = (
+                f"tmax_ms={request.tmax_ms}"
+                if limit_s < self.settings.auction_deadline_s
+                else f"AUCTION_DEADLINE_S={self.settings.auction_deadline_s}s"
+            )
+            raise AuctionDeadlineError(f"auction did not finish within {what} (nothing billed)") from error
 
         advertiser_ids = [advertiser.id for advertiser in request.advertisers]
         payments = {aid: float(outcome.payments[i]) for i, aid in enumerate(advertiser_ids)}
@@ -113,6 +155,8 @@ class AuctionService:
             effective_sample_size=float(outcome.effective_sample_size),
             # Up to here; the stored record keeps these (billing 0: it is the write of the record).
             timings_ms=clock.timings(worker_stats),
+            billing={"none": "test", "pending": "pending", "bill": "billed"}[self.bill_mode(request)],
+            test=True if request.test else None,
         )
         record = AuctionRecord(
             **response.model_dump(exclude={"candidates"}),
@@ -121,20 +165,25 @@ class AuctionService:
             created_at_ms=event.created_at_ms,
             payments_micro=event.payments_micro,
         )
-        # The audit record and the billing event are written in one MULTI: both or neither, so a
-        # served auction always has its record and nothing is billed for an auction we fail.
-        await clock.timed(
-            "billing",
-            self.billing.append(
-                event,
-                audit=(auction_key(auction_id), record.model_dump_json(), self.settings.audit_ttl_s),
-            ),
-        )
-        timings = clock.timings(worker_stats)
-        response.timings_ms = timings
         if request.include_candidates:
             response.candidates = candidates_table
-        self._observe(request, response, len(candidate_set.candidates), worker_stats)
+        # The audit record, the billing event (or pending charge) and the Idempotency-Key's outcome
+        # are written in one MULTI: all or none, so a served auction always has its record, nothing is
+        # billed for an auction we fail, and a retried key is billed once.
+        idempotent = None
+        if control.claim_ready is not None:  # shielded: a cancel must not lose a claim that was taken
+            control.claim = await asyncio.shield(control.claim_ready)
+        if control.claim is not None:
+            control.body = response.model_dump_json(exclude_none=True)
+            idempotent = self.idempotency.write_for(control.claim, 200, control.body, auction_id)
+        audit = (auction_key(auction_id), record.model_dump_json(), self.settings.audit_ttl_s)
+        control.billing_started = True  # no await since the last check: from here the auction stands
+        write = asyncio.ensure_future(self.billing.record(event, audit, self.bill_mode(request), idempotent))
+        await clock.timed("billing", asyncio.shield(write))
+        timings = clock.timings(worker_stats)
+        if control.claim is None:
+            response.timings_ms = timings
+        self._observe(request, response, len(candidate_set.candidates), timings)
         logger.info(
             "auction served",
             extra={
@@ -164,15 +213,19 @@ class AuctionService:
         return outcome, scored.candidate_set, rewards, scored.log_ref, scored.log_proposal
 
     def _observe(
-        self, request: AuctionRequest, response: AuctionResponse, num_candidates: int, stats: WorkerCallStats
+        self, request: AuctionRequest, response: AuctionResponse, num_candidates: int, timings: AuctionTimings
     ) -> None:
         metrics = self.metrics
+        if request.test:
+            metrics.auctions.labels("test", request.proposal).inc()  # not in the revenue metrics
+            return
         metrics.auctions.labels("served", request.proposal).inc()
         for stage in ("tokenize", "generate", "score", "mechanism", "billing", "total"):
-            metrics.stage_seconds.labels(stage).observe(getattr(response.timings_ms, stage) / 1000)
+            metrics.stage_seconds.labels(stage).observe(getattr(timings, stage) / 1000)
         metrics.candidates.observe(num_candidates)
         metrics.effective_sample_size.observe(response.effective_sample_size)
-        metrics.revenue.labels(response.currency).inc(response.revenue)
+        if response.billing == "billed":  # a pending charge counts when rendered
+            metrics.revenue.labels(response.currency).inc(response.revenue)
 
 
 def load_record(raw: bytes | str | None) -> dict[str, Any] | None:

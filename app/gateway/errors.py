@@ -1,7 +1,10 @@
 """How failures become HTTP answers: each known fault a clear 5xx naming its cause.
 
-Workers down → 503, a worker refusing → 502, the deadline → 504, billing or Redis unavailable → 503,
-anything else → 500 with the exception's type. Nothing is billed for any of them: billing is the last
+Workers down → 503, a worker refusing → 502, the deadline (or `tmax_ms`) → 504, billing or Redis
+unavailable → 503, an admission limit → 429 with Retry-After,
+an Idempotency-Key still running → 409, reused with other parameters → 422 naming
+it, anything else → 500 with the exception's type (`fault_answer`, also what a key stores).
+Nothing is billed for any of them: billing is the last
 step of an auction. Imports the exception types of the auction and the ledger, and the metrics.
 """
 
@@ -24,6 +27,12 @@ from app.auction.engine_client import WorkerRequestError, WorkersUnavailableErro
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
 from app.gateway.metrics import GatewayMetrics
+from app.ledger.idempotency import (
+    HEADER,
+    IdempotencyInProgressError,
+    IdempotencyLostError,
+    IdempotencyMismatchError,
+)
 from app.ledger.producer import BillingUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -33,56 +42,84 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": message})
 
 
-def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
-    add_validation_handler(app)
+# exception type -> (status, the metrics outcome or None, how the message starts)
+_FAULTS: tuple[tuple[type[Exception], int, str | None, str], ...] = (
+    (WorkersUnavailableError, 503, "workers_unavailable", "LLM workers unavailable: "),
+    (WorkerRequestError, 502, "worker_error", "LLM worker error: "),
+    (AuctionDeadlineError, 504, None, ""),
+    (
+        BillingUnavailableError,
+        503,
+        "billing_unavailable",
+        "billing ledger unavailable, auction not served and not billed: ",
+    ),
+    (IdempotencyInProgressError, 409, None, ""),
+    (IdempotencyLostError, 409, "idempotency_lost", ""),
+)
 
-    def count_failure(outcome: str) -> None:
-        metrics.auctions.labels(outcome, "unknown").inc()
 
-    @app.exception_handler(AdmissionRefusedError)
-    async def _refused(request: Request, error: AdmissionRefusedError) -> JSONResponse:
-        count_failure(f"refused_{error.reason}")
-        response = error_response(429, str(error))
-        response.headers["Retry-After"] = str(error.retry_after_s)
-        return response
-
-    @app.exception_handler(WorkersUnavailableError)
-    async def _workers_down(request: Request, error: WorkersUnavailableError) -> JSONResponse:
-        count_failure("workers_unavailable")
-        return error_response(503, f"LLM workers unavailable: {error}")
-
-    @app.exception_handler(WorkerRequestError)
-    async def _worker_refused(request: Request, error: WorkerRequestError) -> JSONResponse:
-        count_failure("worker_error")
-        return error_response(502, f"LLM worker error: {error}")
-
-    @app.exception_handler(PromptTooLongError)
-    async def _prompt_too_long(request: Request, error: PromptTooLongError) -> JSONResponse:
+def fault_answer(error: Exception) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body a failure is answered with (the handlers below and the
+    Idempotency-Key's stored outcome use this one function, so a replay is the same answer)."""
+    if isinstance(error, PromptTooLongError):
         detail = [
             {"type": "limit_exceeded", "loc": ["body", *loc], "msg": message, "ctx": {"limit": error.limit}}
             for loc, message in error.problems
         ]
-        return JSONResponse(status_code=422, content={"detail": detail})
+        return 422, {"detail": detail}
+    if isinstance(error, IdempotencyMismatchError):
+        mismatch = {"type": "idempotency_mismatch", "loc": ["header", HEADER], "msg": str(error)}
+        return 422, {"detail": [mismatch]}
+    for kind, status, _outcome, prefix in _FAULTS:
+        if isinstance(error, kind):
+            return status, {"detail": f"{prefix}{error}"}
+    if isinstance(error, RedisError):
+        return 503, {"detail": f"Redis unavailable: {type(error).__name__}: {error}"}
+    return 500, {"detail": f"internal error: {type(error).__name__}: {error}"}
 
-    @app.exception_handler(AuctionDeadlineError)
-    async def _deadline(request: Request, error: AuctionDeadlineError) -> JSONResponse:
-        return error_response(504, str(error))
 
-    @app.exception_handler(BillingUnavailableError)
-    async def _billing_down(request: Request, error: BillingUnavailableError) -> JSONResponse:
-        count_failure("billing_unavailable")
-        return error_response(503, f"billing ledger unavailable, auction not served and not billed: {error}")
+def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    add_validation_handler(app)
+
+    def answer(error: Exception) -> JSONResponse:
+        status, body = fault_answer(error)
+        return JSONResponse(status_code=status, content=body)
+
+    for kind, _status, outcome, _prefix in _FAULTS:
+
+        async def handler(request: Request, error: Exception, outcome: str | None = outcome) -> JSONResponse:
+            if outcome is not None:
+                metrics.auctions.labels(outcome, "unknown").inc()
+            return answer(error)
+
+        app.add_exception_handler(kind, handler)
+
+    @app.exception_handler(AdmissionRefusedError)
+    async def _refused(request: Request, error: AdmissionRefusedError) -> JSONResponse:
+        # Before any model work and before an Idempotency-Key is claimed: never stored, nothing billed.
+        metrics.auctions.labels(f"refused_{error.reason}", "unknown").inc()
+        response = error_response(429, str(error))
+        response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
+
+    @app.exception_handler(PromptTooLongError)
+    async def _prompt_too_long(request: Request, error: PromptTooLongError) -> JSONResponse:
+        return answer(error)
+
+    @app.exception_handler(IdempotencyMismatchError)
+    async def _reused(request: Request, error: IdempotencyMismatchError) -> JSONResponse:
+        return answer(error)
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, error: RedisError) -> JSONResponse:
-        return error_response(503, f"Redis unavailable: {type(error).__name__}: {error}")
+        return answer(error)
 
     @app.exception_handler(Exception)
     async def _fault(request: Request, error: Exception) -> JSONResponse:
         # Last resort: still a clear 5xx naming the cause (nothing was billed: billing is the last step).
         logger.exception("unhandled error", extra={"path": request.url.path})
-        count_failure("internal_error")
-        return error_response(500, f"internal error: {type(error).__name__}: {error}")
+        metrics.auctions.labels("internal_error", "unknown").inc()
+        return answer(error)
 
 
 def _encodable(value: Any) -> bool:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from app.gateway.metrics import GatewayMetrics
@@ -78,22 +78,38 @@ class _BodyTooLargeError(Exception):
         self.size = size
 
 
-def add_request_metrics(app: FastAPI, metrics: GatewayMetrics) -> None:
-    """Latency of every request by method, route template and status (`mosaic_http_request_*`)."""
+class RequestMetrics:
+    """Latency of every request by method, route template and status (`mosaic_http_request_*`).
 
-    @app.middleware("http")
-    async def observe_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    A plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's
+    `http.disconnect` from the app, and the auction route must see it (an abandoned request).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         status = 500
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, observing_send)
         finally:
-            route = request.scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            metrics.http_requests.labels(request.method, template, str(status)).observe(
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.http_requests.labels(scope.get("method", ""), template, str(status)).observe(
                 time.perf_counter() - started
             )
+
+
+def add_request_metrics(app: FastAPI, metrics: GatewayMetrics) -> None:
+    app.add_middleware(RequestMetrics, metrics=metrics)

@@ -2,28 +2,30 @@
 (`POST /auctions/{id}/resolve`: the pure mechanism on the stored candidates, never billed), metrics.
 
 Each handler is thin: it validates (the request models and `enforce_limits`), hands the work to the
-service objects that `app.gateway.app` put on `app.state`, and returns their answer. Imports: the
-auction service (types) and its what-if, the ledger reader, the request/response models and the
-security dependency. Every route's function name is its OpenAPI operationId (`app.gateway.app`).
+service objects that `app.gateway.app` put on `app.state` (`POST /auction` through
+`app.gateway.auction_call`: admission, idempotency keys, abandoned requests), and returns their answer.
+Imports: the auction service (types) and its what-if, the ledger reader, the request/response models and
+the security dependency. Every route's function name is its OpenAPI operationId (`app.gateway.app`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.models import Example
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
-from app.auction.admission import AdmissionController, auction_token_cost
 from app.auction.engine_client import EngineClient
-from app.auction.service import AuctionService, auction_key, load_record
+from app.auction.service import auction_key, load_record
 from app.auction.whatif import WhatIfInputError, WhatIfRequest, WhatIfResponse, resolve_record
+from app.gateway.auction_call import serve_auction
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import (
     AuctionRecord,
@@ -34,10 +36,21 @@ from app.gateway.schemas import (
 )
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
+from app.ledger.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
 from app.ledger.reader import LedgerReader
+from app.ledger.render import RenderLedger
 from app.settings import Settings
 
 router = APIRouter(route_class=StrictJSONRoute)
+
+
+class RenderResult(BaseModel):
+    """POST /auctions/{id}/render: the charge is billed (now, or by an earlier render)."""
+
+    auction_id: str
+    billing: Literal["billed"]
+    billed_now: bool = Field(description="This call billed it (false: it was billed before).")
+    stream_id: str | None = Field(None, description="The billing event's id in the stream.")
 
 
 @router.get("/healthz", tags=["health"], summary="Liveness")
@@ -74,24 +87,73 @@ async def readyz(request: Request) -> JSONResponse:
     response_model_exclude_none=True,
     tags=["auction"],
     summary="Run one MOSAIC auction and return the sampled reply",
-    responses=error_responses(401, 403, 413, 422, 429, 500, 502, 503, 504),
+    description="With an `Idempotency-Key` the first request's outcome (a success, or a 5xx after "
+    "model work began) is stored for IDEMPOTENCY_TTL_S; a retry with the same key and body gets that "
+    "status and body again with `Idempotent-Replayed: true` and is not billed again.",
+    responses={
+        200: {
+            "description": "The auction's outcome (or, with `Idempotent-Replayed: true`, a stored one)",
+            "headers": {
+                REPLAYED_HEADER: {
+                    "description": "`true` when this is the stored answer of an earlier request",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            },
+        },
+        **error_responses(401, 403, 409, 413, 422, 429, 500, 502, 503, 504),
+    },
 )
 async def run_auction(
-    body: AuctionRequest, request: Request, principal: Principal = Depends(require_platform_key)
-) -> AuctionResponse:
+    body: AuctionRequest,
+    request: Request,
+    principal: Principal = Depends(require_platform_key),
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            pattern=KEY_PATTERN,
+            description="1-255 visible ASCII characters, scoped to the API key: a retry with the same "
+            "key and body is answered the first outcome and billed once (same key, other body: 422; "
+            "while the first runs: 409).",
+        ),
+    ] = None,
+) -> AuctionResponse | Response:
     settings: Settings = request.app.state.settings
-    enforce_limits(body, settings)
-    service: AuctionService = request.app.state.auctions
-    admission: AdmissionController = request.app.state.admission
-    cost = auction_token_cost(
-        body.candidates or settings.default_candidates,
-        body.max_tokens or settings.default_max_tokens,
-        len(body.advertisers),
-        body.proposal,
-    )
-    # Admission comes after validation and before any model work: a refusal (429) costs nothing.
-    async with admission.admit(principal.key_id, cost):
-        return await service.run(body)
+    enforce_limits(body, settings)  # refused (4xx) before any work: nothing stored under the key
+    return await serve_auction(body, request, principal, idempotency_key)
+
+
+@router.post(
+    "/auctions/{auction_id}/render",
+    response_model=RenderResult,
+    dependencies=[Depends(require_platform_key)],
+    tags=["auction"],
+    summary="BILLING_MODE=render: the reply was shown, bill its pending charge (exactly once)",
+    responses=error_responses(401, 403, 404, 409, 410, 422, 503),
+)
+async def render_auction(auction_id: str, request: Request) -> RenderResult:
+    if len(auction_id) > 64 or not auction_id.isalnum():
+        raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
+    redis_client: aioredis.Redis = request.app.state.redis
+    record = load_record(await redis_client.get(auction_key(auction_id)))
+    if record is None:
+        raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
+    if record.get("test"):
+        raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a test auction: never billed")
+    settings: Settings = request.app.state.settings
+    state, stream_id, changed = await RenderLedger(redis_client, settings).render(auction_id)
+    if state == "missing":  # billed when it was served (BILLING_MODE=auction)
+        return RenderResult(auction_id=auction_id, billing="billed", billed_now=False)
+    if state == "expired":
+        raise HTTPException(
+            status_code=410,
+            detail=f"auction {auction_id!r} was not rendered within RENDER_WINDOW_S="
+            f"{settings.render_window_s}s: its charge expired and is never billed",
+        )
+    if changed:
+        metrics: GatewayMetrics = request.app.state.metrics
+        metrics.revenue.labels(str(record.get("currency", settings.currency))).inc(float(record["revenue"]))
+    return RenderResult(auction_id=auction_id, billing="billed", stream_id=stream_id, billed_now=changed)
 
 
 @router.get(
@@ -122,6 +184,9 @@ async def _readable_record(auction_id: str, request: Request, principal: Princip
         record = None
     if record is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
+    if record.get("billing") == "pending":  # BILLING_MODE=render: the charge's state now
+        settings: Settings = request.app.state.settings
+        record["billing"] = await RenderLedger(redis_client, settings).state(auction_id) or "expired"
     return record
 
 

@@ -12,10 +12,18 @@ from typing import Annotated, Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from app.gateway.error_models import (  # noqa: F401 - re-exported: the error models of every route
+    ErrorMessage,
+    FieldError,
+    ValidationErrorBody,
+    error_component_schemas,
+    error_responses,
+)
 from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
 from app.settings import Settings
 
 ProposalName = Literal["context", "reference", "mixture"]
+BillingState = Literal["billed", "pending", "expired", "test"]
 
 MAX_SEED = 2**53 - 1
 
@@ -115,6 +123,16 @@ class AuctionRequest(BaseModel):
         None, description="Seed (0 … 2^53 − 1): the same seed replays the auction."
     )
     include_candidates: bool = Field(False, description="Return the candidate table (for audits).")
+    test: bool = Field(
+        False,
+        description="A test auction (OpenRTB `test=1`): run in full, its record flagged, never billed, "
+        "not counted in revenue metrics.",
+    )
+    tmax_ms: Annotated[int, Field(ge=1), _AS_INT] | None = Field(
+        None,
+        description="This auction's own deadline in ms (at most AUCTION_DEADLINE_S); past it: 504, "
+        "nothing billed.",
+    )
 
     @field_validator("query")
     @classmethod
@@ -167,6 +185,7 @@ class AuctionTimings(BaseModel):
     billing: float
     total: float
     workers: float = Field(description="Wall time with at least one worker request in flight.")
+    idempotency: float = Field(0.0, description="Claiming the Idempotency-Key (0 without one).")
 
 
 class AuctionResponse(BaseModel):
@@ -181,6 +200,12 @@ class AuctionResponse(BaseModel):
     revenue: float
     effective_sample_size: float
     timings_ms: AuctionTimings
+    billing: BillingState = Field(
+        "billed",
+        description="`billed` (in the ledger), `pending` (BILLING_MODE=render, awaiting "
+        "POST /auctions/{id}/render), `expired` (not rendered in time, never billed), `test` (never billed).",
+    )
+    test: bool | None = Field(None, description="Present (true) on test auctions only.")
     candidates: list[CandidateRecord] | None = None
 
 
@@ -225,6 +250,7 @@ def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, 
             "advertisers": {"maxItems": settings.max_advertisers},
             "candidates": {"maximum": settings.max_candidates},
             "max_tokens": {"maximum": settings.max_tokens_limit},
+            "tmax_ms": {"maximum": max_tmax_ms(settings)},
         },
         "AdvertiserIn": {
             "name": {"maxLength": settings.max_name_chars},
@@ -232,6 +258,11 @@ def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, 
             "instruction": {"maxLength": settings.max_instruction_chars},
         },
     }
+
+
+def max_tmax_ms(settings: Settings) -> int:
+    """The largest `tmax_ms` a request may give: AUCTION_DEADLINE_S in whole milliseconds."""
+    return int(settings.auction_deadline_s * 1000)
 
 
 def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
@@ -291,78 +322,13 @@ def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
                 settings.max_tokens_limit,
             )
         )
+    if request.tmax_ms is not None and request.tmax_ms > max_tmax_ms(settings):
+        errors.append(
+            _limit_error(
+                ("tmax_ms",),
+                f"tmax_ms above AUCTION_DEADLINE_S ({max_tmax_ms(settings)} ms)",
+                max_tmax_ms(settings),
+            )
+        )
     if errors:
         raise RequestValidationError(errors)
-
-
-class ErrorMessage(BaseModel):
-    """Every 4xx/5xx answer but 422: one message naming the cause."""
-
-    detail: str = Field(description="What went wrong, naming the cause.")
-
-
-class FieldError(BaseModel):
-    type: str = Field(description="Machine-readable kind, e.g. `limit_exceeded`, `json_invalid`.")
-    loc: list[str | int] = Field(description="Where: `body` then the JSON path of the field.")
-    msg: str
-    input: Any = Field(None, description="The offending value, when it can be written back as JSON.")
-    ctx: dict[str, Any] | None = None
-
-
-class ValidationErrorBody(BaseModel):
-    """422 (and 413): the request was refused before any model work; each entry names a field."""
-
-    detail: list[FieldError]
-
-
-def _error_model(status: int) -> type[BaseModel]:
-    return ValidationErrorBody if status in (413, 422) else ErrorMessage
-
-
-def error_component_schemas() -> dict[str, Any]:
-    """The JSON schemas `error_responses` refers to, for the OpenAPI document's components."""
-    schema = ValidationErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
-    components: dict[str, Any] = schema.pop("$defs", {})
-    components["ValidationErrorBody"] = schema
-    components["ErrorMessage"] = ErrorMessage.model_json_schema(ref_template="#/components/schemas/{model}")
-    return components
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for these statuses, each with its JSON body schema.
-
-    Written as explicit `application/json` content (not `model=`): FastAPI would otherwise document
-    the body under the route's own media type, e.g. text/plain for /metrics.
-    """
-    descriptions = {
-        401: "Missing or invalid API key",
-        403: "The key's scope does not allow this (an advertiser key)",
-        404: "Not found",
-        409: "The body names an advertiser this auction did not have (the field is named)",
-        413: "Request body over MAX_BODY_BYTES; names `body` (nothing billed)",
-        422: "Invalid input or over a limit; names the field (nothing billed)",
-        429: "Over an admission limit (concurrency, per-key, worker tokens); retry after `Retry-After` "
-        "seconds (refused before any model work, nothing billed)",
-        500: "Internal error, naming its cause (nothing billed)",
-        502: "A worker refused the request (nothing billed)",
-        503: "Workers, Redis or the billing ledger unavailable (nothing billed)",
-        504: "Auction deadline passed (nothing billed)",
-    }
-
-    def name(status: int) -> str:
-        return _error_model(status).__name__
-
-    retry_after = {
-        "Retry-After": {
-            "description": "Seconds to wait before retrying",
-            "schema": {"type": "integer", "minimum": 1},
-        }
-    }
-    return {
-        status: {
-            "description": descriptions[status],
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name(status)}"}}},
-            **({"headers": retry_after} if status == 429 else {}),
-        }
-        for status in statuses
-    }

@@ -59,8 +59,8 @@ class Principal:
 
     scope: Scope
     advertiser_id: str | None = None
-    # Which key called (the first 16 hex digits of its SHA-256; "open" without auth): what per-key
-    # limits and scopes count by. Never the key itself.
+    # Which key called (a short SHA-256 prefix of the token; "open" without auth, never the token):
+    # what idempotency keys are scoped by and per-key admission limits count by.
     key_id: str = "open"
 
     def may_read_advertiser(self, advertiser_id: str) -> bool:
@@ -127,7 +127,7 @@ class KeyRing:
         for digest, advertiser_id in self.advertisers:
             if hmac.compare_digest(presented, digest):
                 advertiser = advertiser_id
-        key_id = presented.hex()[:16]
+        key_id = presented[:16].hex()
         if platform:
             return Principal("platform", key_id=key_id)
         if advertiser is not None:

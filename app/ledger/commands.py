@@ -95,6 +95,8 @@ def reconcile_command(settings: Settings) -> int:
         ("conflicts", summary["conflicts"]),
         ("dead letters", report.dead_letters),
         ("audit records checked", report.audit_records),
+        ("  of which test auctions (never billed)", report.test_records),
+        *((f"  render charges {state}", n) for state, n in sorted(report.render.items())),
         ("differences", len(report.differences)),
     ):
         overview.add_row(label, str(value))

@@ -3,14 +3,16 @@
 Job: `LedgerConsumer`, one member of the group BILLING_GROUP, embedded in ``mosaic serve`` or run
 on its own by app.ledger.commands (``mosaic ledger consume``, ``python -m app.ledger``); safe to run
 several and to kill at any point (the batch cycle, and why a crash anywhere is safe:
-app/ledger/__init__.py). Imports app.settings and app.ledger (events, keys, scripts) only.
+app/ledger/__init__.py). Imports app.settings and app.ledger (events, keys, render, scripts) only.
 
 Outcomes of an event: ``applied``; ``redelivered`` (this same stream entry was applied before, e.g.
 the consumer died between the apply and XACK); ``duplicate`` (same auction id and payload in a second
 stream entry: a producer retry); ``conflict`` (same auction id, different payload: recorded and
 dead-lettered at once, never applied, nothing overwritten); ``invalid`` (malformed: left pending,
 retried through XAUTOCLAIM, dead-lettered with the reason when its delivery count reaches
-BILLING_MAX_DELIVERIES). Nothing is dropped silently.
+BILLING_MAX_DELIVERIES). Nothing is dropped silently. With BILLING_MODE=render it also expires the
+pending charges whose RENDER_WINDOW_S passed (app.ledger.render; a rendered charge reaches it as a
+stream entry like any other), about once a second.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from app.ledger.events import MalformedEventError, StreamEvent, parse_entry
 from app.ledger.keys import LedgerKeys, as_str, decode_fields
+from app.ledger.render import RenderLedger
 from app.ledger.scripts import APPLY_SCRIPT, DEAD_LETTER_SCRIPT
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+RENDER_EXPIRY_SWEEP_S = 1.0
 DELETED_REASON = "deleted from the stream (trimmed or XDEL) before it was applied"
 
 
@@ -66,6 +70,8 @@ class LedgerConsumer:
         self._dead_sha: str | None = None
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0  # time.monotonic() of the next XAUTOCLAIM scan
+        self._next_expiry_at = 0.0  # time.monotonic() of the next sweep of pending render charges
+        self.render = RenderLedger(redis, settings)
         # On start, first re-read this consumer's own pending entries (it may have died mid-batch).
         self._own_pending_cursor: str | None = "0-0"
         self.stats: dict[str, int] = defaultdict(int)
@@ -238,6 +244,9 @@ class LedgerConsumer:
         """
         if self._apply_sha is None:
             await self.ensure_group()
+        if time.monotonic() >= self._next_expiry_at:  # BILLING_MODE=render: unrendered charges expire
+            self._next_expiry_at = time.monotonic() + RENDER_EXPIRY_SWEEP_S
+            self.stats["render_expired"] += await self.render.expire_due()
         size = self.settings.billing_batch_size
         raw: list[tuple[str, Any]] = []
         if self._own_pending_cursor is not None:

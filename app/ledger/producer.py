@@ -3,20 +3,30 @@
 Job: `BillingProducer.append` writes a `BillingEvent` to the stream BILLING_STREAM (with the
 auction's audit record in the same MULTI/EXEC when given) and turns any Redis error or a wait past
 BILLING_APPEND_TIMEOUT_S into `BillingUnavailableError` (the gateway answers 503, nothing billed).
-Imports app.settings and app.ledger.events / app.ledger.keys only.
+`record` is the auction's final write: the audit record, then the billing event (mode `bill`), a
+pending charge (`pending`, BILLING_MODE=render) or nothing (`none`, a test auction), and the
+idempotency key's outcome, all in one MULTI/EXEC under a WATCH of that key: after any crash all of
+them exist or none, and a key taken over by another gateway makes EXEC fail (nothing written).
+Imports app.settings and app.ledger (events, keys, idempotency, render) only.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from app.ledger.events import BillingEvent
+from app.ledger.idempotency import IdempotencyLostError, IdempotencyWrite, owned
 from app.ledger.keys import as_str
+from app.ledger.render import pending_commands
 from app.settings import Settings
+
+BillMode = Literal["bill", "pending", "none"]
 
 
 class BillingUnavailableError(RuntimeError):
@@ -30,26 +40,19 @@ class BillingProducer:
         self.redis = redis
         self.settings = settings
 
-    async def append(self, event: BillingEvent, audit: tuple[str, str, int] | None = None) -> str:
-        """XADD the event (never trimmed); returns its stream id.
-
-        `audit` = (key, JSON record, ttl seconds): the auction's audit record is SET in the same
-        MULTI/EXEC as the XADD, so both or neither are written. Any Redis error or a wait longer than
-        BILLING_APPEND_TIMEOUT_S raises BillingUnavailableError naming the cause.
-        """
+    @contextlib.asynccontextmanager
+    async def _write(self, event: BillingEvent) -> AsyncIterator[None]:
+        """BILLING_APPEND_TIMEOUT_S around one write; Redis errors and the timeout become
+        BillingUnavailableError naming the cause, a WATCH that fired IdempotencyLostError."""
         if event.revenue_micro != sum(event.payments_micro.values()):
             raise ValueError("revenue_micro must equal the sum of payments_micro")
-        fields: dict[Any, Any] = dict(event.stream_fields())
         try:
             async with asyncio.timeout(self.settings.billing_append_timeout_s):
-                if audit is None:
-                    stream_id = await self.redis.xadd(self.settings.billing_stream, fields)
-                else:
-                    key, record, ttl_s = audit
-                    pipe = self.redis.pipeline(transaction=True)
-                    pipe.set(key, record, ex=ttl_s)
-                    pipe.xadd(self.settings.billing_stream, fields)
-                    stream_id = (await pipe.execute())[1]
+                yield
+        except WatchError as error:
+            raise IdempotencyLostError(
+                f"the Idempotency-Key changed during the write of auction {event.auction_id}: not written"
+            ) from error
         except TimeoutError as error:
             raise BillingUnavailableError(
                 f"billing XADD took longer than {self.settings.billing_append_timeout_s}s "
@@ -59,4 +62,54 @@ class BillingProducer:
             raise BillingUnavailableError(
                 f"billing XADD failed for auction {event.auction_id}: {type(error).__name__}: {error}"
             ) from error
+
+    async def append(self, event: BillingEvent, audit: tuple[str, str, int] | None = None) -> str:
+        """XADD the event (never trimmed); returns its stream id.
+
+        `audit` = (key, JSON record, ttl seconds): the auction's audit record is SET in the same
+        MULTI/EXEC as the XADD, so both or neither are written. Any Redis error or a wait longer than
+        BILLING_APPEND_TIMEOUT_S raises BillingUnavailableError naming the cause.
+        """
+        fields: dict[Any, Any] = dict(event.stream_fields())
+        async with self._write(event):
+            if audit is None:
+                stream_id = await self.redis.xadd(self.settings.billing_stream, fields)
+            else:
+                key, record, ttl_s = audit
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.set(key, record, ex=ttl_s)
+                pipe.xadd(self.settings.billing_stream, fields)
+                stream_id = (await pipe.execute())[1]
         return as_str(stream_id)
+
+    async def record(
+        self,
+        event: BillingEvent,
+        audit: tuple[str, str, int],
+        mode: BillMode = "bill",
+        idempotency: IdempotencyWrite | None = None,
+    ) -> str:
+        """The auction's final write (see the module docstring); returns the stream id ('' unless billed).
+
+        Raises BillingUnavailableError (Redis down or slow) or IdempotencyLostError (the key is no
+        longer this request's: nothing was written).
+        """
+        if mode == "bill" and idempotency is None:
+            return await self.append(event, audit)
+        key, record, ttl_s = audit
+        async with self._write(event), self.redis.pipeline(transaction=True) as pipe:
+            if idempotency is not None:
+                await pipe.watch(idempotency.claim.key)
+                if not owned(await pipe.get(idempotency.claim.key), idempotency.claim):
+                    raise IdempotencyLostError("the Idempotency-Key was taken by another request")
+                pipe.multi()
+            pipe.set(key, record, ex=ttl_s)
+            if mode == "bill":
+                fields: dict[Any, Any] = dict(event.stream_fields())
+                pipe.xadd(self.settings.billing_stream, fields)
+            elif mode == "pending":
+                pending_commands(pipe, event, self.settings)
+            if idempotency is not None:
+                pipe.set(idempotency.claim.key, idempotency.value, ex=idempotency.ttl_s)
+            replies = await pipe.execute()
+        return as_str(replies[1]) if mode == "bill" else ""

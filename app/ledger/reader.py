@@ -1,7 +1,7 @@
 """The ledger's read side: an advertiser's balance and history, and a summary of the whole ledger.
 
 Job: `LedgerReader`, used by the HTTP routes (app.ledger.routes), the gateway's billing metrics and
-`reconcile`; it only reads. Imports app.settings and app.ledger.events / app.ledger.keys only.
+`reconcile`; it only reads. Imports app.settings and app.ledger (events, keys, render) only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 
 from app.ledger.events import format_micro
 from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, LEDGER_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str
+from app.ledger.render import RenderLedger
 from app.settings import Settings
 
 # The last `mosaic ledger reconcile`'s result (differences, unix time): the gateway exports it as
@@ -116,6 +117,8 @@ class LedgerReader:
             "consumers": int(group.get("consumers", 0) or 0),
             "reconcile_differences": last_reconcile.get("differences"),
             "reconcile_unix": last_reconcile.get("unix"),
+            # BILLING_MODE=render: charges awaiting a render, billed by one, expired unrendered
+            "render": await RenderLedger(self.redis, self.settings).counts(),
         }
 
     async def record_reconcile(self, differences: int, unix: int) -> None:

@@ -3,7 +3,9 @@
 Job: `reconcile` checks the balances, counters and histories against the applied-events record, the
 stream against what was applied, dead-lettered or recorded as a duplicate, and the gateway's audit
 records against what was billed (``mosaic ledger reconcile``, app.ledger.commands, prints the
-result). Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader) only.
+result): a test auction, and a render charge pending or expired, must not be billed; a billed one
+must. Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader,
+render) only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import redis.asyncio as aioredis
 from app.ledger.events import to_micro_units
 from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str, decode_fields
 from app.ledger.reader import LedgerReader
+from app.ledger.render import charge_key
 from app.settings import Settings
 
 AUDIT_KEY_PATTERN = "mosaic:auction:*"
@@ -46,6 +49,9 @@ class ReconcileReport:
     in_flight: int = 0
     dead_letters: int = 0
     audit_records: int = 0
+    test_records: int = 0
+    # BILLING_MODE=render: audit records by the state of their charge (pending, billed, expired)
+    render: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -265,6 +271,8 @@ class _Reconciler:
                 continue
             report.audit_records += 1
             auction_id = str(record.get("auction_id") or key.removeprefix(prefix))
+            if await self._never_billed(record, auction_id):
+                continue
             applied = self.applied.get(auction_id)
             if applied is None:
                 if auction_id not in self.stream_auctions:
@@ -279,6 +287,25 @@ class _Reconciler:
                     json.dumps(audit, sort_keys=True),
                     json.dumps(applied.payments),
                 )
+
+    async def _never_billed(self, record: Mapping[str, Any], auction_id: str) -> bool:
+        """A test auction, or a render charge still pending or expired: it must not be billed (a
+        difference if it is). False for the records that must be (billed, the default)."""
+        billing = record.get("billing", "billed")
+        if billing == "test" or record.get("test"):
+            self.report.test_records += 1
+            state = "test"
+        elif billing == "pending":
+            raw = await self.redis.hget(charge_key(auction_id), "state")
+            state = as_str(raw) if raw is not None else "expired"
+            self.report.render[state] = self.report.render.get(state, 0) + 1
+            if state == "billed":
+                return False
+        else:
+            return False
+        if auction_id in self.applied or auction_id in self.stream_auctions:
+            self.report.add("billed_unbillable", auction_id, f"never billed ({state})", "billed")
+        return True
 
 
 async def reconcile(redis: aioredis.Redis, settings: Settings) -> ReconcileReport:

@@ -1,4 +1,4 @@
-"""The ledger's two Lua scripts, read from ``apply.lua`` and ``dead_letter.lua`` beside this module.
+"""The ledger's Lua scripts, read from the ``.lua`` files beside this module.
 
 Job: load the script texts once, at import (package data: pyproject ships ``app/ledger/*.lua``); the
 consumer SCRIPT LOADs them and calls them by EVALSHA. Their KEYS, ARGV and replies are described at
@@ -18,3 +18,8 @@ def _read(name: str) -> str:
 APPLY_SCRIPT = _read("apply.lua")
 # Writes one entry to the dead-letter stream, at most once per stream id.
 DEAD_LETTER_SCRIPT = _read("dead_letter.lua")
+# Bills or expires one render charge (app.ledger.render).
+RENDER_SCRIPT = _read("render.lua")
+# Compare-and-set and release of an Idempotency-Key's running marker (app.ledger.idempotency).
+IDEMPOTENCY_STORE_SCRIPT = _read("idempotency_store.lua")
+IDEMPOTENCY_RELEASE_SCRIPT = _read("idempotency_release.lua")

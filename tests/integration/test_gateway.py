@@ -135,6 +135,7 @@ def test_auction_numbers_recompute_from_its_candidate_table(client: TestClient) 
         "billing",
         "total",
         "workers",
+        "idempotency",
     }
     record = client.get(f"/auctions/{body['auction_id']}").json()
     assert record["candidates"] == body["candidates"]

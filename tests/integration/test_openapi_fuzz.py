@@ -75,7 +75,9 @@ def test_no_server_errors(api_schema: schemathesis.BaseSchema) -> None:
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case: schemathesis.Case) -> None:
             response = case.call(timeout=60, headers=AUTH)
-            if response.status_code >= 500:
+            # a 504 past the request's own `tmax_ms` is its documented answer (tested elsewhere)
+            deadline = response.status_code == 504 and "tmax_ms" in response.text
+            if response.status_code >= 500 and not deadline:
                 failures.append(f"{case.method} {case.path} -> {response.status_code}: {response.text[:300]}")
 
         check()

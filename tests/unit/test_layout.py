@@ -87,6 +87,12 @@ def test_the_whatif_has_no_io() -> None:
 
 
 def test_lua_scripts_are_files() -> None:
-    assert sorted(p.name for p in (ROOT / "app" / "ledger").glob("*.lua")) == ["apply.lua", "dead_letter.lua"]
+    assert sorted(p.name for p in (ROOT / "app" / "ledger").glob("*.lua")) == [
+        "apply.lua",
+        "dead_letter.lua",
+        "idempotency_release.lua",
+        "idempotency_store.lua",
+        "render.lua",
+    ]
     for path in _modules("app"):
         assert "redis.call(" not in path.read_text(encoding="utf-8"), f"{path}: Lua inside Python"

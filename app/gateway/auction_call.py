@@ -1,0 +1,161 @@
+"""One `POST /auction` call around the auction: Idempotency-Key replay, abandonment, stored outcome.
+
+Job: `serve_auction` (the route hands it the validated body, the caller and the key) 1. with a key,
+checks it before any model work (a read: the stored outcome is answered with `Idempotent-Replayed:
+true`, nothing billed; 409 while it runs; 422 reused with other parameters), then claims it (SET NX,
+sent as model work begins: its fsync overlaps the work; lost → the auction is cancelled, 409); 2.
+runs the auction as a task beside a watch of the client's connection: a client that disconnects
+before the billing write cancels the task (its worker requests with it), nothing is billed or
+stored, the key is given back, `mosaic_auctions_total{outcome="abandoned"}`; after the billing write
+the auction stands (retrievable by id and by its key); 3. stores a 5xx that happened after the claim
+under the key (`app.gateway.errors.fault_answer`: the same answer as the handlers), and gives the
+key back after a 4xx (refused: not stored). Admission control (`app.auction.admission`) comes after
+the replay check (a replay costs no place) and before the claim. Imports the auction service and its
+admission, the ledger's idempotency store, the gateway's errors, metrics and models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from app.auction.admission import AdmissionController, auction_token_cost
+from app.auction.service import AuctionService, RunControl, deadline_s
+from app.gateway.errors import fault_answer
+from app.gateway.metrics import GatewayMetrics
+from app.gateway.schemas import AuctionRequest, AuctionResponse
+from app.gateway.security import Principal
+from app.ledger.idempotency import REPLAYED_HEADER, IdempotencyClaim, IdempotencyLostError, fingerprint
+
+logger = logging.getLogger(__name__)
+
+# What an abandoned request is answered (nobody reads it: the client is gone). nginx's convention.
+CLIENT_CLOSED_STATUS = 499
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body is read already: the next message says it)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def serve_auction(
+    body: AuctionRequest, request: Request, principal: Principal, idempotency_key: str | None
+) -> AuctionResponse | Response:
+    service: AuctionService = request.app.state.auctions
+    control = RunControl()
+    lookup_ms = 0.0
+    fp = ""
+    if idempotency_key is not None:
+        begin = time.perf_counter()
+        fp = fingerprint(body.model_dump(mode="json"))
+        stored = await service.idempotency.lookup(principal.key_id, idempotency_key, fp)
+        if stored is not None:
+            return Response(
+                content=stored.body,
+                status_code=stored.status,
+                media_type="application/json",
+                headers={REPLAYED_HEADER: "true"},
+            )
+        lookup_ms = (time.perf_counter() - begin) * 1000
+    # Admission after the replay check (a replay costs no place) and before the claim and any model
+    # work: a refusal (429) stores nothing under the key and bills nothing.
+    admission: AdmissionController = request.app.state.admission
+    async with admission.admit(principal.key_id, _token_cost(body, service)):
+        if idempotency_key is not None:
+            begin = time.perf_counter()
+            control.claim_ready = asyncio.ensure_future(
+                service.idempotency.claim(
+                    principal.key_id, idempotency_key, fp, deadline_s(body, service.settings)
+                )
+            )
+            control.idempotency_ms = lookup_ms + (time.perf_counter() - begin) * 1000
+        try:
+            response = await _run_watched(service, body, request, control)
+        except Exception as error:
+            claim = await _claim_taken(control)
+            if claim is not None:
+                await _settle_failure(service, claim, error)
+            raise
+    if control.body is not None and not isinstance(response, Response):  # not the abandoned 499
+        return Response(content=control.body, media_type="application/json")
+    return response
+
+
+def _token_cost(body: AuctionRequest, service: AuctionService) -> int:
+    settings = service.settings
+    return auction_token_cost(
+        body.candidates or settings.default_candidates,
+        body.max_tokens or settings.default_max_tokens,
+        len(body.advertisers),
+        body.proposal,
+    )
+
+
+async def _claim_taken(control: RunControl) -> IdempotencyClaim | None:
+    """This request's claim if it got one (waiting for the SET NX if it is still under way)."""
+    if control.claim is None and control.claim_ready is not None:
+        with contextlib.suppress(Exception):
+            control.claim = await control.claim_ready
+    return control.claim
+
+
+async def _run_watched(
+    service: AuctionService, body: AuctionRequest, request: Request, control: RunControl
+) -> AuctionResponse | Response:
+    task = asyncio.ensure_future(service.run(body, control))
+    watch = asyncio.ensure_future(_client_gone(request))
+    waiting: set[asyncio.Future[Any]] = {task, watch}
+    if control.claim_ready is not None:
+        waiting.add(control.claim_ready)
+    try:
+        while True:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            claim = control.claim_ready
+            if claim is None or not claim.done() or claim not in waiting:
+                break
+            waiting.discard(claim)
+            if claim.exception() is not None and not control.billing_started:
+                task.cancel()  # the key is another request's: stop the model work, answer 409
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise claim.exception()  # type: ignore[misc]
+            if task.done() or watch.done():
+                break
+    finally:
+        watch.cancel()
+    if task.done() or control.billing_started:
+        return await task  # finished, or past the billing write: the auction stands
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if task.cancelled() or not control.billing_started:
+        metrics: GatewayMetrics = request.app.state.metrics
+        metrics.auctions.labels("abandoned", body.proposal).inc()
+        logger.info("auction abandoned: the client disconnected before billing (nothing billed)")
+        claim_taken = await _claim_taken(control)
+        if claim_taken is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await service.idempotency.release(claim_taken)
+        return Response(status_code=CLIENT_CLOSED_STATUS)
+    return await task  # pragma: no cover - the write began as it was cancelled: it stands
+
+
+async def _settle_failure(service: AuctionService, claim: IdempotencyClaim, error: Exception) -> None:
+    """A 5xx after the claim is the key's outcome; a 4xx (refused) and a lost key store nothing."""
+    status, answer = fault_answer(error)
+    with contextlib.suppress(RedisError, OSError):
+        if isinstance(error, IdempotencyLostError) or status < 500:
+            await service.idempotency.release(claim)
+        else:
+            stored = JSONResponse(status_code=status, content=answer).body  # the handlers' bytes
+            await service.idempotency.store_failure(claim, status, bytes(stored).decode())

@@ -1,0 +1,179 @@
+"""Idempotency keys of `POST /auction` (Stripe semantics), kept in Redis.
+
+Job: the replay check before any model work (`IdempotencyStore.lookup`: one GET, the stored outcome
+to replay, a refusal, or free), taking the key (`claim`: SET NX of a running marker), giving it back
+when nothing is stored (`release`), storing a failure's outcome (`store_failure`), and saying what
+the final write must check and set (`IdempotencyWrite`, used by `app.ledger.producer` inside its
+MULTI/EXEC). Imports app.settings and app.ledger (keys, scripts:
+idempotency_*.lua) only.
+
+One Redis string per (API key, idempotency key): ``mosaic:idem:<key id>:<sha256 of the key>`` (the
+key id is a prefix of the SHA-256 of the bearer token, never the token). Its JSON value is either
+
+* running: ``{"state": "running", "fp": <fingerprint>, "owner": <random>}``, SET NX with a lease
+  (PX) of the auction's deadline + BILLING_APPEND_TIMEOUT_S + LEASE_MARGIN_S: a gateway killed
+  mid-auction leaves it, and it lapses on its own, so a retry runs the auction afresh;
+* done: ``{"state": "done", "fp", "status", "body", "auction_id"}``, kept IDEMPOTENCY_TTL_S.
+
+With appendfsync always every Redis write waits for an fsync (~4 ms on a plain disk), reads do not:
+so the replay check is a read, and the claim's write is sent as model work begins and overlaps it;
+the auction is cancelled (409) if the claim is lost, and its final write waits for the claim.
+
+Invariants: a done value is written only over this request's own running value (or over nothing,
+its lease having lapsed unclaimed): the final write WATCHes the key and EXEC fails if anyone else
+touched it, `store_failure` compares and sets in one script. So two gateways can never both store
+(and bill) one key. The fingerprint is the SHA-256 of the validated body as canonical JSON (sorted
+keys, defaults filled in): the same parameters spelled differently are the same request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app.ledger.keys import as_str
+from app.ledger.scripts import IDEMPOTENCY_RELEASE_SCRIPT, IDEMPOTENCY_STORE_SCRIPT
+from app.settings import Settings
+
+IDEMPOTENCY_PREFIX = "mosaic:idem:"
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+# What the header may be: 1-255 visible ASCII characters (Stripe allows 255).
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+LEASE_MARGIN_S = 2.0
+
+
+class IdempotencyMismatchError(Exception):
+    """The key was used before with different parameters: 422 naming `Idempotency-Key`."""
+
+
+class IdempotencyInProgressError(Exception):
+    """The key's first request is still running: 409 (retry later)."""
+
+
+class IdempotencyLostError(Exception):
+    """This request's lease lapsed and another request took the key: nothing written (409)."""
+
+
+def fingerprint(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of the request's parameters as canonical JSON."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def redis_key(key_id: str, idempotency_key: str) -> str:
+    digest = hashlib.sha256(idempotency_key.encode("ascii", errors="backslashreplace")).hexdigest()
+    return f"{IDEMPOTENCY_PREFIX}{key_id}:{digest}"
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """The right to run one keyed request: the key and this request's running value."""
+
+    key: str
+    running_value: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    """A finished request's answer, replayed as is."""
+
+    status: int
+    body: str
+
+
+@dataclass(frozen=True)
+class IdempotencyWrite:
+    """What the producer's MULTI/EXEC sets for the key (after WATCHing it): the done value."""
+
+    claim: IdempotencyClaim
+    value: str
+    ttl_s: int
+
+
+def done_value(claim: IdempotencyClaim, status: int, body: str, auction_id: str | None) -> str:
+    return json.dumps(
+        {"state": "done", "fp": claim.fingerprint, "status": status, "body": body, "auction_id": auction_id},
+        separators=(",", ":"),
+    )
+
+
+def _judge(raw: Any, fp: str) -> StoredOutcome | None:
+    """What a key's current value means for a request with fingerprint `fp` (None: free)."""
+    if raw is None:
+        return None
+    record = json.loads(as_str(raw))
+    if record.get("fp") != fp:
+        raise IdempotencyMismatchError(
+            f"{HEADER} reused with different parameters (a key stands for one request; "
+            "use a new key for a new request)"
+        )
+    if record.get("state") != "done":
+        raise IdempotencyInProgressError(
+            f"a request with this {HEADER} is still running; retry after it finishes"
+        )
+    return StoredOutcome(status=int(record["status"]), body=str(record["body"]))
+
+
+def owned(current: Any, claim: IdempotencyClaim) -> bool:
+    """The key holds this request's running value, or nothing (its lease lapsed, no one else claimed)."""
+    return current is None or as_str(current) == claim.running_value
+
+
+class IdempotencyStore:
+    """Claims, releases and failure outcomes of idempotency keys (the success is the producer's write)."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+
+    def lease_ms(self, deadline_s: float) -> int:
+        return int((deadline_s + self.settings.billing_append_timeout_s + LEASE_MARGIN_S) * 1000)
+
+    async def lookup(self, key_id: str, idempotency_key: str, fp: str) -> StoredOutcome | None:
+        """The replay check (one GET, no write): the stored outcome, or None when the key is free.
+
+        Raises IdempotencyMismatchError when it was used with other parameters, and
+        IdempotencyInProgressError while its first request runs.
+        """
+        return _judge(await self.redis.get(redis_key(key_id, idempotency_key)), fp)
+
+    async def claim(self, key_id: str, idempotency_key: str, fp: str, deadline_s: float) -> IdempotencyClaim:
+        """Take the key: SET NX of the running marker with its lease. Raises as `lookup` when another
+        request has it (taken between the lookup and here: IdempotencyInProgressError)."""
+        key = redis_key(key_id, idempotency_key)
+        running = json.dumps(
+            {"state": "running", "fp": fp, "owner": secrets.token_hex(8)}, separators=(",", ":")
+        )
+        for _ in range(3):  # the key may lapse between the SET NX and the GET: try again
+            if await self.redis.set(key, running, nx=True, px=self.lease_ms(deadline_s)):
+                return IdempotencyClaim(key=key, running_value=running, fingerprint=fp)
+            raw = await self.redis.get(key)
+            if raw is not None:
+                _judge(raw, fp)
+                break  # done meanwhile: the retry will be answered the replay
+        raise IdempotencyInProgressError(f"a request with this {HEADER} is still running; retry later")
+
+    def write_for(self, claim: IdempotencyClaim, status: int, body: str, auction_id: str) -> IdempotencyWrite:
+        return IdempotencyWrite(
+            claim, done_value(claim, status, body, auction_id), self.settings.idempotency_ttl_s
+        )
+
+    async def store_failure(self, claim: IdempotencyClaim, status: int, body: str) -> bool:
+        """Store a failure's outcome (a 5xx after model work began) if the key is still ours."""
+        value, ttl = done_value(claim, status, body, None), self.settings.idempotency_ttl_s
+        stored = await self.redis.eval(
+            IDEMPOTENCY_STORE_SCRIPT, 1, claim.key, claim.running_value, value, str(ttl)
+        )
+        return bool(stored)
+
+    async def release(self, claim: IdempotencyClaim) -> None:
+        """Give the key back (nothing stored: refused, abandoned): a retry runs afresh."""
+        await self.redis.eval(IDEMPOTENCY_RELEASE_SCRIPT, 1, claim.key, claim.running_value)
