@@ -20,6 +20,7 @@ import numpy as np
 from app import mechanism
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
 from app.auction.sampler import SEED_ALLOCATION, CandidateSampler, CandidateSet, StageClock
+from app.auction.worker_dispatch import auction_deadline
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import (
     AdvertiserResult,
@@ -66,10 +67,12 @@ class AuctionService:
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
         try:
-            async with asyncio.timeout(self.settings.auction_deadline_s):
-                outcome, candidate_set, rewards, log_ref, log_proposal = await self._resolve(
-                    request, seed, clock, worker_stats
-                )
+            deadline_s = self.settings.auction_deadline_s
+            with auction_deadline(deadline_s):  # worker requests never wait past it
+                async with asyncio.timeout(deadline_s):
+                    outcome, candidate_set, rewards, log_ref, log_proposal = await self._resolve(
+                        request, seed, clock, worker_stats
+                    )
         except TimeoutError as error:
             self.metrics.auctions.labels("deadline", request.proposal).inc()
             raise AuctionDeadlineError(

@@ -19,11 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from app.auction.engine_client import WorkerRequestError, WorkersUnavailableError
+from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
+from app.auction.worker_dispatch import WorkersUnavailableError
 from app.gateway.metrics import GatewayMetrics
 from app.ledger.producer import BillingUnavailableError
+from app.ledger.redis_health import RedisUnwritableError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,17 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
     @app.exception_handler(BillingUnavailableError)
     async def _billing_down(request: Request, error: BillingUnavailableError) -> JSONResponse:
         count_failure("billing_unavailable")
+        redis_health = getattr(request.app.state, "redis_health", None)
+        if redis_health is not None:  # passive signal: refuse the next auctions early until a good probe
+            redis_health.report_failure(f"the last billing write failed: {error}")
         return error_response(503, f"billing ledger unavailable, auction not served and not billed: {error}")
+
+    @app.exception_handler(RedisUnwritableError)
+    async def _redis_unwritable(request: Request, error: RedisUnwritableError) -> JSONResponse:
+        count_failure("redis_unwritable")
+        response = error_response(503, f"Redis cannot take writes, auction not run and not billed: {error}")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, error: RedisError) -> JSONResponse:

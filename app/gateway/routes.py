@@ -29,34 +29,43 @@ from app.gateway.schemas import (
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
 from app.ledger.reader import LedgerReader
+from app.ledger.redis_health import RedisHealth
 from app.settings import Settings
 
 router = APIRouter(route_class=StrictJSONRoute)
 
 
-@router.get("/healthz", tags=["health"], summary="Liveness")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/healthz",
+    tags=["health"],
+    summary="Liveness: 503 only when the embedded Redis could not be brought back (restart the process)",
+    responses={503: {"description": "Not alive (`status: failing` and the cause)"}},
+)
+async def healthz(request: Request) -> JSONResponse:
+    supervisor = getattr(request.app.state, "redis_supervisor", None)
+    if supervisor is not None and not supervisor.alive:
+        return JSONResponse(status_code=503, content={"status": "failing", "cause": supervisor.cause})
+    return JSONResponse(content={"status": "ok"})
 
 
 @router.get(
     "/readyz",
     tags=["health"],
-    summary="Readiness: workers and Redis reachable",
+    summary="Readiness: can serve an auction now (a healthy worker and a Redis that takes writes)",
     responses={503: {"description": "Not ready (the same body, `ready: false`)"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    checks: dict[str, Any] = {}
+    # No I/O here: the states are kept current by background probes (app.auction.worker_health,
+    # app.ledger.redis_health), so this answers at once whatever hangs.
     engine_client: EngineClient | None = getattr(request.app.state, "engine_client", None)
-    redis_client: aioredis.Redis | None = getattr(request.app.state, "redis", None)
-    workers = await engine_client.health() if engine_client is not None else {}
-    checks["workers"] = workers
-    try:
-        checks["redis"] = bool(redis_client is not None and await redis_client.ping())
-    except (RedisError, OSError):
-        checks["redis"] = False
-    ready = bool(workers) and any(workers.values()) and checks["redis"]
-    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, **checks})
+    redis_health: RedisHealth | None = getattr(request.app.state, "redis_health", None)
+    workers = engine_client.health() if engine_client is not None else {}
+    redis_ok = redis_health is not None and redis_health.state.writable
+    ready = any(workers.values()) and redis_ok
+    content: dict[str, Any] = {"ready": ready, "workers": workers, "redis": redis_ok}
+    if redis_health is not None and not redis_ok:
+        content["redis_cause"] = redis_health.state.cause
+    return JSONResponse(status_code=200 if ready else 503, content=content)
 
 
 @router.post(
@@ -71,6 +80,9 @@ async def readyz(request: Request) -> JSONResponse:
 async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse:
     settings: Settings = request.app.state.settings
     enforce_limits(body, settings)
+    redis_health: RedisHealth | None = getattr(request.app.state, "redis_health", None)
+    if redis_health is not None:
+        redis_health.check()  # Redis down or full: 503 naming it, before any model work
     service: AuctionService = request.app.state.auctions
     return await service.run(body)
 

@@ -22,6 +22,7 @@ from app.ledger.events import format_micro
 from app.ledger.reader import LedgerReader
 from app.ledger.reconcile import ReconcileReport, reconcile
 from app.ledger.redis_store import open_redis
+from app.ledger.trim import LedgerTrimmer
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ async def _consume(settings: Settings, consumer_name: str) -> None:
             settings.billing_stream,
             settings.billing_group,
         )
+        trimmer = asyncio.create_task(LedgerTrimmer(handle.client, settings).run(stop), name="ledger-trim")
         await consumer.run(stop)
+        await trimmer
     finally:
         await handle.close()
 

@@ -3,12 +3,15 @@
 Job: `reconcile` checks the balances, counters and histories against the applied-events record, the
 stream against what was applied, dead-lettered or recorded as a duplicate, and the gateway's audit
 records against what was billed (``mosaic ledger reconcile``, app.ledger.commands, prints the
-result). Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader) only.
+result). Markers and history entries that trim.lua removed (older than BILLING_RETENTION_S) are
+counted from their settled totals (``mosaic:ledger:settled``): balance = settled + remaining
+markers. Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader) only.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ class ReconcileReport:
     in_flight: int = 0
     dead_letters: int = 0
     audit_records: int = 0
+    settled_events: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -97,6 +101,7 @@ class _Reconciler:
         self.applied: dict[str, _AppliedEvent] = {}
         self.expected_balance: dict[str, int] = defaultdict(int)
         self.expected_auctions: dict[str, int] = defaultdict(int)
+        self.settled_balance: dict[str, int] = defaultdict(int)
         self.stream_auctions: set[str] = set()
 
     async def run(self) -> ReconcileReport:
@@ -125,6 +130,13 @@ class _Reconciler:
                 self.expected_auctions[adv] += 1
             self.expected_balance[PLATFORM_ACCOUNT] += revenue
         self.report.events_applied = len(self.applied)
+        for name, value in (await _scan_hash(self.redis, self.keys.settled)).items():
+            if name.startswith("balance:"):
+                account = name.removeprefix("balance:")
+                self.settled_balance[account] += int(value)
+                self.expected_balance[account] += int(value)
+            elif name == "events":
+                self.report.settled_events = int(value)
 
     async def check_balances(self) -> None:
         add, report = self.report.add, self.report
@@ -159,7 +171,8 @@ class _Reconciler:
                 applied = self.applied.get(aid)
                 if applied is None or applied.payments.get(adv) != amount:
                     add("history_entry", adv, "an applied payment", amount, f"auction {aid}")
-            paid = -self.expected_balance[ADVERTISER_ACCOUNT_PREFIX + adv]
+            account = ADVERTISER_ACCOUNT_PREFIX + adv
+            paid = -(self.expected_balance[account] - self.settled_balance.get(account, 0))
             total = sum(int(e["payment_micro"]) for e in entries)
             if len(entries) != self.expected_auctions[adv] or total != paid:
                 expected = f"{self.expected_auctions[adv]} entries, {paid} micro"
@@ -249,6 +262,11 @@ class _Reconciler:
         """The gateway's audit records of served auctions (optional input) match what was billed."""
         add, report = self.report.add, self.report
         prefix = AUDIT_KEY_PATTERN.removesuffix("*")
+        # An auction created before this may have been settled (its marker trimmed): trim.lua removes
+        # a marker only when its entry is older than BILLING_RETENTION_S (Redis clock; the gateway's
+        # created_at_ms may lag it by up to the re-append window).
+        settled_before_ms = (time.time() - self.settings.billing_retention_s) * 1000
+        settled_before_ms += self.settings.billing_reappend_window_s * 1000
         async for key_raw in self.redis.scan_iter(match=AUDIT_KEY_PATTERN, count=1000):
             key = as_str(key_raw)
             raw = await self.redis.get(key)
@@ -267,6 +285,9 @@ class _Reconciler:
             auction_id = str(record.get("auction_id") or key.removeprefix(prefix))
             applied = self.applied.get(auction_id)
             if applied is None:
+                created = record.get("created_at_ms")
+                if report.settled_events and isinstance(created, int) and created < settled_before_ms:
+                    continue  # billed and settled by the trim (its amounts are in the settled totals)
                 if auction_id not in self.stream_auctions:
                     add(
                         "served_not_billed", auction_id, "a billing event", "none in the stream or the ledger"

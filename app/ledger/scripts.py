@@ -1,4 +1,4 @@
-"""The ledger's two Lua scripts, read from ``apply.lua`` and ``dead_letter.lua`` beside this module.
+"""The ledger's Lua scripts, read from ``apply.lua``, ``dead_letter.lua`` and ``trim.lua`` beside this module.
 
 Job: load the script texts once, at import (package data: pyproject ships ``app/ledger/*.lua``); the
 consumer SCRIPT LOADs them and calls them by EVALSHA. Their KEYS, ARGV and replies are described at
@@ -18,3 +18,5 @@ def _read(name: str) -> str:
 APPLY_SCRIPT = _read("apply.lua")
 # Writes one entry to the dead-letter stream, at most once per stream id.
 DEAD_LETTER_SCRIPT = _read("dead_letter.lua")
+# Trims the stream below every group's pending/delivered floor; settles old markers and histories.
+TRIM_SCRIPT = _read("trim.lua")

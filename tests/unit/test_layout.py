@@ -74,6 +74,7 @@ def test_modules_are_small_and_say_their_job(path: Path) -> None:
 
 
 def test_lua_scripts_are_files() -> None:
-    assert sorted(p.name for p in (ROOT / "app" / "ledger").glob("*.lua")) == ["apply.lua", "dead_letter.lua"]
+    scripts = sorted(p.name for p in (ROOT / "app" / "ledger").glob("*.lua"))
+    assert scripts == ["apply.lua", "dead_letter.lua", "trim.lua"]
     for path in _modules("app"):
         assert "redis.call(" not in path.read_text(encoding="utf-8"), f"{path}: Lua inside Python"
