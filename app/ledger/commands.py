@@ -83,6 +83,7 @@ def reconcile_command(settings: Settings) -> int:
     overview.add_column("value", justify="right")
     for label, value in (
         ("events applied", report.events_applied),
+        ("events settled (markers trimmed)", report.settled_events),
         ("accounts", report.accounts),
         ("sum over all accounts (micro)", report.accounts_sum_micro),
         (f"platform revenue ({settings.currency})", format_micro(report.revenue_micro)),
