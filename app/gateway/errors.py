@@ -18,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 
 from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
@@ -80,6 +81,15 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, error: RedisError) -> JSONResponse:
         return error_response(503, f"Redis unavailable: {type(error).__name__}: {error}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, error: ClientDisconnect) -> JSONResponse:
+        # The client left (or was cut off by the read timeout, app.gateway.http_limits) mid-body:
+        # nobody reads this answer, nothing was run or billed; not a server fault.
+        logger.info(
+            "client disconnected before its request body was complete", extra={"path": request.url.path}
+        )
+        return error_response(400, "client disconnected before the request body was complete")
 
     @app.exception_handler(Exception)
     async def _fault(request: Request, error: Exception) -> JSONResponse:

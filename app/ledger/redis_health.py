@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from app.gateway.metrics import GatewayMetrics
 from app.settings import Settings
@@ -84,8 +84,10 @@ class RedisHealth:
             return self._set(RedisState(False, f"Redis unreachable: {type(error).__name__}: {error}"))
         if isinstance(info, dict):
             used, maxmemory = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
-        if isinstance(written, ResponseError) and "OOM" in str(written):
-            cause = f"Redis is full (used {_mb(used)} of maxmemory {_mb(maxmemory)}): {written}"
+        if isinstance(written, OutOfMemoryError) or (
+            isinstance(written, ResponseError) and "maxmemory" in str(written)
+        ):
+            cause = f"Redis is full (used {_mb(used)} of maxmemory {_mb(maxmemory)}): OOM {written}"
             return self._set(RedisState(False, cause, used, maxmemory))
         if isinstance(written, Exception):
             cause = f"Redis refused a write: {type(written).__name__}: {written}"
