@@ -125,6 +125,7 @@ def redis_full(stack: Stack, args: argparse.Namespace, figures: Figures) -> None
             answer = response.json()
             load.results.append(Result(started, time.monotonic(), response.status_code))
             load.results[-1].auction_id = str(answer.get("auction_id", ""))
+            load.results[-1].detail = str(answer.get("detail", ""))
             return response.status_code
 
         for _ in range(5):
@@ -140,7 +141,7 @@ def redis_full(stack: Stack, args: argparse.Namespace, figures: Figures) -> None
             started = time.monotonic()
             statuses.add(post())
             times.append(time.monotonic() - started)
-            detail = str(client.post("/auction", json=BODY).json().get("detail", ""))
+            detail = load.results[-1].detail or detail
         figures["full_status"] = "/".join(sorted(map(str, statuses)))
         figures["full_median_ms"] = f"{statistics.median(times) * 1000:.1f}"
         figures["full_max_ms"] = f"{max(times) * 1000:.1f}"
@@ -171,6 +172,7 @@ def half_open(stack: Stack, args: argparse.Namespace, figures: Figures) -> None:
     opened = fd_count(process.pid)
     started = time.monotonic()
     time.sleep(args.half_open_wait_s)
+    held_fds = fd_count(process.pid)
     alive = 0
     for sock in sockets:
         sock.setblocking(False)
@@ -184,7 +186,7 @@ def half_open(stack: Stack, args: argparse.Namespace, figures: Figures) -> None:
     figures["half_open_opened"] = str(len(sockets))
     figures["half_open_still_open"] = str(alive)
     figures["half_open_after_s"] = f"{time.monotonic() - started:.1f}"
-    figures["half_open_fds"] = f"{before}->{opened}->{fd_count(process.pid)}"
+    figures["half_open_fds"] = f"{before}->{opened}->{held_fds}"
     figures["half_open_healthz"] = str(timed_get(gateway + "/healthz")[0])
 
 

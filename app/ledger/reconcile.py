@@ -225,6 +225,8 @@ class _Reconciler:
                     report.in_flight += 1
                 elif entry_id in dead:
                     continue
+                elif auction_id not in self.applied and duplicates.get(entry_id) == auction_id:
+                    continue  # a recorded duplicate of an auction whose marker the trim settled
                 elif auction_id not in self.applied:
                     add(
                         "unapplied_event",
