@@ -11,7 +11,9 @@ from app.gateway.app import memory_budget_bytes
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = {"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "Mi": 1 << 20, "Gi": 1 << 30, "m": 1 << 20, "g": 1 << 30}
+# Redis' kb/mb/gb are powers of 1024, as are Kubernetes' Mi/Gi and Docker's m/g.
+UNITS = {"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "Mi": 1 << 20, "Gi": 1 << 30, "m": 1 << 20}
+UNITS["g"] = 1 << 30
 
 
 def _bytes(text: str) -> float:
