@@ -95,6 +95,7 @@ class WorkerHealth:
         if breaker is None:
             return
         breaker.failures = 0
+        self.is_up(url)  # open past its cool-down: this success is the half-open trial
         if breaker.state == "half_open":
             breaker.state = "closed"
             logger.warning("worker back in service", extra={"worker": url})
