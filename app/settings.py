@@ -189,7 +189,7 @@ class Settings(WorkerSettings):
         30.0, gt=0, description="Embedded Redis down this long despite restarts: /healthz fails (503)."
     )
     audit_bytes_per_auction: int = Field(
-        6200,
+        6700,
         ge=1,
         description="Measured Redis bytes per auction (audit record + stream entry + marker + histories; "
         "bench/faults.py); the memory formula of DEPLOY.md and mosaic_redis_memory_budget_bytes.",

@@ -48,20 +48,19 @@ BODY: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def stack(
-    redis_process: RedisServerProcess, tmp_path_factory: pytest.TempPathFactory
+    redis_process: RedisServerProcess, tmp_path_factory: pytest.TempPathFactory, tiny_worker: WorkerProcess
 ) -> Iterator[tuple[WorkerProcess, WorkerProcess, GatewayProcess]]:
-    first, second = start_worker_process(), start_worker_process()
+    # The signalled worker is this module's own; the session's tiny worker stays healthy throughout.
+    first, second = start_worker_process(), tiny_worker
     data_dir: Path = tmp_path_factory.mktemp("gateway")
     gateway = start_gateway_process(f"{first.url},{second.url}", redis_process.url, data_dir, **FAST_HEALTH)
     try:
         yield first, second, gateway
     finally:
-        for process in (first, second):
-            if process.alive():
-                os.kill(process.pid, signal.SIGCONT)
+        if first.alive():
+            os.kill(first.pid, signal.SIGCONT)
         gateway.stop()
         first.stop()
-        second.stop()
 
 
 def _outcome(answer: dict[str, Any]) -> tuple[Any, ...]:
@@ -123,15 +122,15 @@ def test_a_hung_worker_is_ejected_hedged_around_and_readmitted(
 def test_a_killed_worker_is_ejected_and_auctions_keep_completing(
     stack: tuple[WorkerProcess, WorkerProcess, GatewayProcess], redis_process: RedisServerProcess
 ) -> None:
-    _, second, gateway = stack
+    first, _, gateway = stack
     billed_before = billed_count(redis_process.url)
     served: list[str] = []
     with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        second.kill()
+        first.kill()
         unseeded = {k: v for k, v in BODY.items() if k != "seed"}
         for _ in range(3):
             answer = client.post("/auction", json=unseeded).raise_for_status().json()
             served.append(answer["auction_id"])
-        _wait(lambda: client.get("/readyz").json()["workers"][second.url] is False, 10)
+        _wait(lambda: client.get("/readyz").json()["workers"][first.url] is False, 10)
         assert client.get("/readyz").status_code == 200  # one healthy worker is enough
     assert_billed_exactly_once(redis_process.url, served, billed_before)
