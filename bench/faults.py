@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import percentile, text_table
-from bench.faults_stack import BODY, Load, Result, Stack, fd_count, metric, timed_get
+from bench.faults_stack import BODY, Load, Result, Stack, fd_count, metric, model_tokens, timed_get
 
 Figures = dict[str, str]
 
@@ -135,7 +135,7 @@ def redis_full(stack: Stack, args: argparse.Namespace, figures: Figures) -> None
             for i in range(10_000):
                 client_redis.set(f"junk:{i}", b"x" * 65536)
         time.sleep(1.5)
-        generated = metric(gateway, "mosaic_auction_stage_seconds_count", 'stage="generate"')
+        tokens = model_tokens(worker)
         times, statuses, detail = [], set(), ""
         for _ in range(20):
             started = time.monotonic()
@@ -145,10 +145,7 @@ def redis_full(stack: Stack, args: argparse.Namespace, figures: Figures) -> None
         figures["full_status"] = "/".join(sorted(map(str, statuses)))
         figures["full_median_ms"] = f"{statistics.median(times) * 1000:.1f}"
         figures["full_max_ms"] = f"{max(times) * 1000:.1f}"
-        worked = (metric(gateway, "mosaic_auction_stage_seconds_count", 'stage="generate"') or 0) - (
-            generated or 0
-        )
-        figures["full_model_work_auctions"] = str(int(worked))
+        figures["full_model_tokens"] = str(int(model_tokens(worker) - tokens))  # worker tokens meanwhile
         figures["full_readyz"] = str(timed_get(gateway + "/readyz")[0])
         figures["full_detail"] = repr(str(detail)[:60])
         client_redis.delete(*[f"junk:{i}" for i in range(10_000)])

@@ -217,3 +217,10 @@ def metric(url: str, name: str, labels: str = "") -> float | None:
     pattern = re.escape(name) + (r"\{[^}]*" + re.escape(labels) + r"[^}]*\}" if labels else r"(\{[^}]*\})?")
     match = re.search(r"^" + pattern + r" ([0-9.e+-]+)$", text, re.M)
     return float(match.group(1)) if match else None
+
+
+def model_tokens(worker_url: str) -> float:
+    """Prompt + generation tokens a worker has processed (vLLM's counters): any model work moves it."""
+    text = httpx.get(worker_url + "/metrics", timeout=10).text
+    pattern = r"^vllm:(?:prompt|generation)_tokens_total\{[^}]*\} (\S+)$"
+    return sum(float(value) for value in re.findall(pattern, text, re.M))
