@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from workers.settings import WorkerSettings
@@ -67,7 +67,35 @@ class Settings(WorkerSettings):
         None, description="The `model` field sent to workers; default: the first id of GET /v1/models."
     )
     worker_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout to a worker.")
-    worker_timeout_s: float = Field(120.0, gt=0, description="Read timeout of one worker request.")
+    worker_timeout_s: float = Field(
+        120.0, gt=0, description="Ceiling of a worker request's read timeout (WORKER_TIMEOUT_PER_TOKEN_S)."
+    )
+    worker_timeout_base_s: float = Field(
+        5.0, gt=0, description="Read timeout of a worker request before its per-token share."
+    )
+    worker_timeout_per_token_s: float = Field(
+        0.05,
+        gt=0,
+        description="Read-timeout budget per token of work asked (prompt + n x max_tokens to generate, every "
+        "token to score): timeout = min(WORKER_TIMEOUT_S, base + tokens x this, the auction's time left).",
+    )
+    worker_hedge: bool = Field(
+        True, description="Re-send a worker request stuck past its hedge delay to another healthy worker."
+    )
+    worker_hedge_factor: float = Field(
+        3.0, gt=1, description="Hedge delay = this x the recent typical time of such a request (EWMA)."
+    )
+    worker_hedge_min_s: float = Field(0.5, gt=0, description="Shortest hedge delay.")
+    worker_probe_interval_s: float = Field(
+        1.0, gt=0, description="Period of the active health probe of each worker (GET /health)."
+    )
+    worker_probe_timeout_s: float = Field(0.5, gt=0, description="Timeout of one worker health probe.")
+    worker_eject_failures: int = Field(
+        2, ge=1, description="Consecutive failures (probe or request) that eject a worker."
+    )
+    worker_eject_cooldown_s: float = Field(
+        5.0, gt=0, description="How long an ejected worker gets no traffic before a half-open retry."
+    )
     worker_retries: int = Field(1, ge=0, le=5, description="Retries of a failed worker request.")
     worker_max_connections: int = Field(64, ge=1, description="HTTP pool size per gateway process.")
 
@@ -153,6 +181,73 @@ class Settings(WorkerSettings):
     billing_append_timeout_s: float = Field(
         2.0, gt=0, description="Longest wait for the billing XADD; past it the auction fails with 503."
     )
+    billing_retention_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="Billing stream entries, applied markers and histories older than this are trimmed "
+        "(never a pending one; DESIGN.md, Bounded Redis memory). Must exceed AUCTION_DEADLINE_S + "
+        "BILLING_APPEND_TIMEOUT_S.",
+    )
+    billing_trim_interval_s: float = Field(60.0, gt=0, description="Period of the ledger's trim task.")
+    billing_trim_batch: int = Field(1000, ge=1, description="Stream entries trimmed per script call.")
+    redis_probe_interval_s: float = Field(
+        0.5, gt=0, description="Period of the Redis write probe (readiness, early 503)."
+    )
+    redis_probe_timeout_s: float = Field(0.5, gt=0, description="Timeout of one Redis write probe.")
+    redis_min_free_bytes: int = Field(
+        1 << 20,
+        ge=0,
+        description="Redis counts as full (not ready, POST /auction 503) when maxmemory - used_memory is "
+        "below this.",
+    )
+    redis_restart_max_backoff_s: float = Field(
+        2.0, gt=0, description="Longest pause between restarts of a dead embedded Redis."
+    )
+    redis_restart_give_up_s: float = Field(
+        30.0, gt=0, description="Embedded Redis down this long despite restarts: /healthz fails (503)."
+    )
+    audit_bytes_per_auction: int = Field(
+        6700,
+        ge=1,
+        description="Measured Redis bytes per auction (audit record + stream entry + marker + histories; "
+        "bench/faults.py); the memory formula of DEPLOY.md and mosaic_redis_memory_budget_bytes.",
+    )
+    sizing_auctions_per_s: float = Field(
+        1.0, gt=0, description="Auction rate the Redis memory budget is sized for (DEPLOY.md formula)."
+    )
+
+    # --- HTTP server (uvicorn) limits: slow or idle clients cannot hold the gateway ----------------
+    http_timeout_keep_alive_s: int = Field(
+        5, ge=1, description="Idle keep-alive connections are closed after this (uvicorn timeout_keep_alive)."
+    )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="A request's headers must arrive within this, else the connection is closed."
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this after its headers, else closed."
+    )
+    http_limit_concurrency: int = Field(
+        0, ge=0, description="Connections + tasks before uvicorn answers 503 (limit_concurrency); 0: none."
+    )
+    http_backlog: int = Field(2048, ge=1, description="Listen backlog (uvicorn backlog).")
+    http_max_header_bytes: int = Field(
+        16384, ge=1024, description="Largest request head (h11_max_incomplete_event_size, h11 only)."
+    )
+
+    @model_validator(mode="after")
+    def _retention_outlives_a_request(self) -> Settings:
+        window = self.auction_deadline_s + self.billing_append_timeout_s
+        if self.billing_retention_s <= window:
+            raise ValueError(
+                f"BILLING_RETENTION_S={self.billing_retention_s} must exceed AUCTION_DEADLINE_S + "
+                f"BILLING_APPEND_TIMEOUT_S = {window} (an auction's billing event may be appended that late)"
+            )
+        return self
+
+    @property
+    def billing_reappend_window_s(self) -> float:
+        """The longest an auction's billing event may be appended after its first append (one request)."""
+        return self.auction_deadline_s + self.billing_append_timeout_s
 
     # --- idempotency and billing modes (app.ledger.idempotency, app.ledger.render) --------------
     idempotency_ttl_s: int = Field(

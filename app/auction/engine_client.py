@@ -2,8 +2,11 @@
 
 One pooled httpx.AsyncClient per worker. Requests are parsed with the worker's own pydantic models
 (`workers.protocol`), so the gateway reads exactly the shapes that the worker (and vLLM) emit.
-A failed request (connection error, timeout, 5xx) is retried on the next worker; a worker 4xx is the
-worker refusing our request, answered 502 with its message; all workers failed → 503.
+Which worker, how long to wait, hedging and retries are `app.auction.worker_dispatch`'s; each worker's
+circuit breaker is `app.auction.worker_health`'s (fed here: a timeout, connect error or 5xx is a
+failure, an answer a success). A failed request (connection error, timeout, 5xx) goes to the next
+healthy worker; a worker 4xx is the worker refusing our request, answered 502 with its message; all
+workers failed → 503.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from app.auction.worker_dispatch import RetryableWorkerError, WorkerDispatcher
+from app.auction.worker_health import WorkerHealth
+from app.gateway.metrics import GatewayMetrics
 from app.prompts import ChatMessage
 from app.settings import Settings
 from workers.protocol import (
@@ -39,10 +45,6 @@ class WorkerRequestError(Exception):
     def __init__(self, worker_url: str, message: str) -> None:
         super().__init__(f"worker {worker_url}: {message}")
         self.worker_url = worker_url
-
-
-class WorkersUnavailableError(Exception):
-    """No worker could answer (refused, timed out, 5xx on every try): 503."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class EngineClient:
         worker_urls: Sequence[str],
         transports: dict[str, httpx.AsyncBaseTransport] | None = None,
         on_worker_error: Callable[[str, str], None] | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         if not worker_urls:
             raise ValueError("at least one worker URL is needed")
@@ -120,6 +123,17 @@ class EngineClient:
         }
         self._model_name: str | None = settings.served_model_name
         self._on_worker_error = on_worker_error
+        self.worker_health = WorkerHealth(settings, self.worker_urls, metrics)
+        on_hedge = (lambda url: metrics.worker_hedges.labels(url).inc()) if metrics is not None else None
+        self.dispatcher = WorkerDispatcher(settings, self.worker_health, on_hedge)
+
+    async def run_health_probes(self, stop: asyncio.Event) -> None:
+        """The active probe of every worker, until `stop` (a background task of the gateway)."""
+        await self.worker_health.run(self._clients, stop)
+
+    @property
+    def clients(self) -> dict[str, httpx.AsyncClient]:
+        return self._clients
 
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
@@ -134,29 +148,31 @@ class EngineClient:
         response_model: type[ResponseModel],
         first_worker: int = 0,
         stats: WorkerCallStats | None = None,
+        tokens: int = 0,
+        kind: str | None = None,
     ) -> ResponseModel:
-        attempts = min(len(self.worker_urls), 1 + self.settings.worker_retries)
-        if len(self.worker_urls) == 1:
-            attempts = 1 + self.settings.worker_retries  # one worker: retry it (a transient blip)
-        causes: list[str] = []
         body = payload.model_dump(mode="json", exclude_none=True) if payload is not None else None
-        for attempt in range(attempts):
-            url = self.worker_urls[(first_worker + attempt) % len(self.worker_urls)]
+        health = self.worker_health
+
+        async def attempt(url: str, read_timeout: float) -> ResponseModel:
+            connect = min(read_timeout, self.settings.worker_connect_timeout_s)
+            timeout = httpx.Timeout(read_timeout, connect=connect)
             started = time.perf_counter()
             try:
-                response = await self._clients[url].request(method, path, json=body)
+                response = await self._clients[url].request(method, path, json=body, timeout=timeout)
             except httpx.HTTPError as error:
-                cause = f"{url}{path}: {type(error).__name__} {error}".strip()
-                causes.append(cause)
                 self._record_error(url, type(error).__name__)
-                continue
+                health.record_failure(url, type(error).__name__)
+                raise RetryableWorkerError(f"{url}{path}: {type(error).__name__} {error}".strip()) from error
             finally:
                 if stats is not None:
                     stats.add(started, time.perf_counter())
             if response.status_code >= 500:
-                causes.append(f"{url}{path}: HTTP {response.status_code} {_error_message(response)}")
                 self._record_error(url, f"http_{response.status_code}")
-                continue
+                health.record_failure(url, f"http_{response.status_code}")
+                message = _error_message(response)
+                raise RetryableWorkerError(f"{url}{path}: HTTP {response.status_code} {message}")
+            health.record_success(url)  # it answered: a 4xx is our request refused, not a sick worker
             if response.status_code >= 400:
                 self._record_error(url, f"http_{response.status_code}")
                 raise WorkerRequestError(url, f"HTTP {response.status_code}: {_error_message(response)}")
@@ -165,7 +181,8 @@ class EngineClient:
             except ValidationError as error:
                 self._record_error(url, "bad_response")
                 raise WorkerRequestError(url, f"response breaks the worker contract: {error}") from error
-        raise WorkersUnavailableError("no worker answered: " + "; ".join(causes))
+
+        return await self.dispatcher.call(kind or path, tokens, first_worker, attempt)
 
     def _record_error(self, url: str, kind: str) -> None:
         logger.warning("worker request failed", extra={"worker": url, "error": kind})
@@ -191,7 +208,9 @@ class EngineClient:
             add_generation_prompt=True,
             add_special_tokens=False,
         )
-        response = await self._call("POST", "/tokenize", request, TokenizeResponse, first_worker, stats)
+        response = await self._call(
+            "POST", "/tokenize", request, TokenizeResponse, first_worker, stats, kind="tokenize"
+        )
         return list(response.tokens)
 
     async def generate(
@@ -226,8 +245,20 @@ class EngineClient:
                 return_token_ids=True,
                 ignore_eos=ignore_eos,
             )
+            # The seed is the share's (worker_index), not the worker's: any worker, hedged or not, gives
+            # the same candidates for this share.
+            tokens = len(prompt_ids) + share * max_tokens
             requests.append(
-                self._call("POST", "/v1/completions", request, CompletionResponseView, worker_index, stats)
+                self._call(
+                    "POST",
+                    "/v1/completions",
+                    request,
+                    CompletionResponseView,
+                    worker_index,
+                    stats,
+                    tokens,
+                    "generate",
+                )
             )
         responses = await asyncio.gather(*requests)
         candidates: list[GeneratedCandidate] = []
@@ -265,8 +296,16 @@ class EngineClient:
                 prompt_logprobs=0,
                 return_token_ids=True,
             )
+            tokens = sum(len(sequence) for sequence in sequences[start:stop])
             response = await self._call(
-                "POST", "/v1/completions", request, CompletionResponseView, chunk_index % num_workers, stats
+                "POST",
+                "/v1/completions",
+                request,
+                CompletionResponseView,
+                chunk_index % num_workers,
+                stats,
+                tokens,
+                "score",
             )
             return _sequence_logprob_sums(response, sequences, prompt_lengths, offset=start)
 
@@ -278,18 +317,9 @@ class EngineClient:
             start += share
         return [score for chunk_scores in await asyncio.gather(*chunks) for score in chunk_scores]
 
-    async def health(self) -> dict[str, bool]:
-        async def probe(url: str) -> bool:
-            try:
-                response = await self._clients[url].get(
-                    "/health", timeout=self.settings.worker_connect_timeout_s
-                )
-            except httpx.HTTPError:
-                return False
-            return response.status_code == 200
-
-        results = await asyncio.gather(*(probe(url) for url in self.worker_urls))
-        return dict(zip(self.worker_urls, results, strict=True))
+    def health(self) -> dict[str, bool]:
+        """Which workers are up now (the breakers' state, kept current by the probe task; no I/O)."""
+        return self.worker_health.healthy()
 
 
 def _error_message(response: httpx.Response) -> str:

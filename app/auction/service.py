@@ -21,6 +21,7 @@ import numpy as np
 from app import mechanism
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
 from app.auction.sampler import SEED_ALLOCATION, CandidateSampler, CandidateSet, StageClock
+from app.auction.worker_dispatch import auction_deadline
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import (
     AdvertiserResult,
@@ -105,10 +106,11 @@ class AuctionService:
         worker_stats = WorkerCallStats()
         limit_s = deadline_s(request, self.settings)
         try:
-            async with asyncio.timeout(limit_s):
-                outcome, candidate_set, rewards, log_ref, log_proposal = await self._resolve(
-                    request, seed, clock, worker_stats
-                )
+            with auction_deadline(limit_s):  # worker requests never wait past it (tmax_ms included)
+                async with asyncio.timeout(limit_s):
+                    outcome, candidate_set, rewards, log_ref, log_proposal = await self._resolve(
+                        request, seed, clock, worker_stats
+                    )
         except TimeoutError as error:
             self.metrics.auctions.labels("deadline", request.proposal).inc()
             what = (

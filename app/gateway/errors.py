@@ -21,11 +21,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 
 from app.auction.admission import AdmissionRefusedError
-from app.auction.engine_client import WorkerRequestError, WorkersUnavailableError
+from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
+from app.auction.worker_dispatch import WorkersUnavailableError
 from app.gateway.metrics import GatewayMetrics
 from app.ledger.idempotency import (
     HEADER,
@@ -34,6 +36,7 @@ from app.ledger.idempotency import (
     IdempotencyMismatchError,
 )
 from app.ledger.producer import BillingUnavailableError
+from app.ledger.redis_health import RedisUnwritableError
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,30 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
     @app.exception_handler(IdempotencyMismatchError)
     async def _reused(request: Request, error: IdempotencyMismatchError) -> JSONResponse:
         return answer(error)
+
+    @app.exception_handler(BillingUnavailableError)
+    async def _billing_down(request: Request, error: BillingUnavailableError) -> JSONResponse:
+        metrics.auctions.labels("billing_unavailable", "unknown").inc()
+        redis_health = getattr(request.app.state, "redis_health", None)
+        if redis_health is not None:  # passive signal: refuse the next auctions early until a good probe
+            redis_health.report_failure(f"the last billing write failed: {error}")
+        return answer(error)
+
+    @app.exception_handler(RedisUnwritableError)
+    async def _redis_unwritable(request: Request, error: RedisUnwritableError) -> JSONResponse:
+        metrics.auctions.labels("redis_unwritable", "unknown").inc()
+        response = error_response(503, f"Redis cannot take writes, auction not run and not billed: {error}")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, error: ClientDisconnect) -> JSONResponse:
+        # The client left (or was cut off by the read timeout, app.gateway.http_limits) mid-body:
+        # nobody reads this answer, nothing was run or billed; not a server fault.
+        logger.info(
+            "client disconnected before its request body was complete", extra={"path": request.url.path}
+        )
+        return error_response(400, "client disconnected before the request body was complete")
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, error: RedisError) -> JSONResponse:

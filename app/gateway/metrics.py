@@ -95,3 +95,43 @@ class GatewayMetrics:
             "Billing events not yet delivered to the ledger group.",
             registry=self.registry,
         )
+        self.worker_up = Gauge(
+            "mosaic_worker_up",
+            "1 while the worker's circuit breaker lets traffic through (closed or half-open), 0 ejected.",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.worker_ejections = Counter(
+            "mosaic_worker_ejections_total",
+            "Times the worker was ejected (WORKER_EJECT_FAILURES consecutive failures).",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.worker_hedges = Counter(
+            "mosaic_worker_hedges_total",
+            "Requests re-sent to another worker because this one was slow past the hedge delay.",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.redis_writable = Gauge(
+            "mosaic_redis_writable",
+            "1 while Redis accepts writes (last probe), 0 when down or full (POST /auction answers 503).",
+            registry=self.registry,
+        )
+        self.redis_used_memory = Gauge(
+            "mosaic_redis_used_memory_bytes", "Redis used_memory (INFO memory).", registry=self.registry
+        )
+        self.redis_maxmemory = Gauge(
+            "mosaic_redis_maxmemory_bytes", "Redis maxmemory (0: no limit).", registry=self.registry
+        )
+        self.redis_memory_budget = Gauge(
+            "mosaic_redis_memory_budget_bytes",
+            "Steady-state Redis memory of the audit records and the ledger at SIZING_AUCTIONS_PER_S "
+            "(DEPLOY.md formula); keep maxmemory above it.",
+            registry=self.registry,
+        )
+        self.redis_restarts = Counter(
+            "mosaic_redis_restarts_total",
+            "Restarts of the embedded Redis by its supervisor.",
+            registry=self.registry,
+        )

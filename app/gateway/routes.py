@@ -38,6 +38,7 @@ from app.gateway.security import Principal, require_api_key, require_platform_ke
 from app.gateway.strict_json import StrictJSONRoute
 from app.ledger.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
 from app.ledger.reader import LedgerReader
+from app.ledger.redis_health import RedisHealth
 from app.ledger.render import RenderLedger
 from app.settings import Settings
 
@@ -53,32 +54,40 @@ class RenderResult(BaseModel):
     stream_id: str | None = Field(None, description="The billing event's id in the stream.")
 
 
-@router.get("/healthz", tags=["health"], summary="Liveness")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/healthz",
+    tags=["health"],
+    summary="Liveness: 503 only when the embedded Redis could not be brought back (restart the process)",
+    responses={503: {"description": "Not alive (`status: failing` and the cause)"}},
+)
+async def healthz(request: Request) -> JSONResponse:
+    supervisor = getattr(request.app.state, "redis_supervisor", None)
+    if supervisor is not None and not supervisor.alive:
+        return JSONResponse(status_code=503, content={"status": "failing", "cause": supervisor.cause})
+    return JSONResponse(content={"status": "ok"})
 
 
 @router.get(
     "/readyz",
     tags=["health"],
-    summary="Readiness: workers and Redis reachable",
+    summary="Readiness: can serve an auction now (a healthy worker and a Redis that takes writes)",
     responses={503: {"description": "Not ready (the same body, `ready: false`)"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    checks: dict[str, Any] = {}
+    # No I/O here: the states are kept current by background probes (app.auction.worker_health,
+    # app.ledger.redis_health), so this answers at once whatever hangs.
     engine_client: EngineClient | None = getattr(request.app.state, "engine_client", None)
-    redis_client: aioredis.Redis | None = getattr(request.app.state, "redis", None)
-    workers = await engine_client.health() if engine_client is not None else {}
-    checks["workers"] = workers
-    try:
-        checks["redis"] = bool(redis_client is not None and await redis_client.ping())
-    except (RedisError, OSError):
-        checks["redis"] = False
-    ready = bool(workers) and any(workers.values()) and checks["redis"]
+    redis_health: RedisHealth | None = getattr(request.app.state, "redis_health", None)
+    workers = engine_client.health() if engine_client is not None else {}
+    redis_ok = redis_health is not None and redis_health.state.writable
+    ready = any(workers.values()) and redis_ok
+    content: dict[str, Any] = {"ready": ready, "workers": workers, "redis": redis_ok}
+    if redis_health is not None and not redis_ok:
+        content["redis_cause"] = redis_health.state.cause
     metrics: GatewayMetrics | None = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.ready.set(1 if ready else 0)
-    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, **checks})
+    return JSONResponse(status_code=200 if ready else 503, content=content)
 
 
 @router.post(
@@ -120,6 +129,9 @@ async def run_auction(
 ) -> AuctionResponse | Response:
     settings: Settings = request.app.state.settings
     enforce_limits(body, settings)  # refused (4xx) before any work: nothing stored under the key
+    redis_health: RedisHealth | None = getattr(request.app.state, "redis_health", None)
+    if redis_health is not None:
+        redis_health.check()  # Redis down or full: 503 naming it, before any model work
     return await serve_auction(body, request, principal, idempotency_key)
 
 

@@ -14,12 +14,15 @@ The path of one payment::
 
 A crash anywhere is safe: an entry applied but not acknowledged is delivered again (to the same
 consumer name from its pending list at start, to any consumer through XAUTOCLAIM after
-BILLING_CLAIM_IDLE_MS) and the script answers ``redelivered`` without writing. The stream is never
-trimmed. Run a consumer: ``mosaic ledger consume`` or ``python -m app.ledger`` (settings from the
+BILLING_CLAIM_IDLE_MS) and the script answers ``redelivered`` without writing. The stream, the
+applied markers and the histories are trimmed only below every group's oldest pending and
+last-delivered entry and past BILLING_RETENTION_S (trim.py, trim.lua: the invariant).
+Run a consumer: ``mosaic ledger consume`` or ``python -m app.ledger`` (settings from the
 environment), or embedded in ``mosaic serve``.
 
 Modules: events.py (money in micro-units, the event, parsing a stream entry), keys.py (the Redis
-keys), producer.py, scripts.py (apply.lua, dead_letter.lua), consumer.py, reader.py (balances,
-histories, summary), reconcile.py, commands.py (the processes), routes.py (HTTP read API),
-redis_store.py (connecting to Redis or running an embedded server).
+keys), producer.py, scripts.py (apply.lua, dead_letter.lua, trim.lua), consumer.py, trim.py,
+reader.py (balances, histories, summary), reconcile.py, commands.py (the processes), routes.py
+(HTTP read API), redis_store.py (connecting to Redis or running an embedded server), redis_supervisor.py
+(restarting the embedded one), redis_health.py (can Redis take writes now).
 """

@@ -23,6 +23,7 @@ from app.ledger.events import format_micro
 from app.ledger.reader import LedgerReader
 from app.ledger.reconcile import ReconcileReport, reconcile
 from app.ledger.redis_store import open_redis
+from app.ledger.trim import LedgerTrimmer
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ async def _consume(settings: Settings, consumer_name: str) -> None:
             settings.billing_stream,
             settings.billing_group,
         )
+        trimmer = asyncio.create_task(LedgerTrimmer(handle.client, settings).run(stop), name="ledger-trim")
         await consumer.run(stop)
+        await trimmer
     finally:
         await handle.close()
 
@@ -84,6 +87,7 @@ def reconcile_command(settings: Settings) -> int:
     overview.add_column("value", justify="right")
     for label, value in (
         ("events applied", report.events_applied),
+        ("events settled (markers trimmed)", report.settled_events),
         ("accounts", report.accounts),
         ("sum over all accounts (micro)", report.accounts_sum_micro),
         (f"platform revenue ({settings.currency})", format_micro(report.revenue_micro)),

@@ -13,8 +13,12 @@ Redis keys of the ledger (prefix ``mosaic:ledger:``):
              accounts is always 0. An advertiser's balance is therefore minus what it has paid
              (a credit, ``p < 0``, raises it).
 ``history:<advertiser id>``  list of JSON entries (auction id, stream id, created_at_ms,
-             payment_micro), oldest first; never trimmed (it is the advertiser's statement); its
-             length is the number of auctions billed to the advertiser.
+             payment_micro), in apply order; an entry is removed with its auction's marker once
+             older than BILLING_RETENTION_S (trim.lua); its length is the number of auctions billed to
+             the advertiser within the retention (``settled`` counts the others).
+``settled``  hash of what trim.lua folded in when it removed old markers and history entries:
+             ``balance:<account>`` micro-units, ``auctions:<advertiser id>``, ``events``. Balances are
+             never trimmed: balance = settled + the sum of the remaining markers (reconcile checks it).
 ``meta``     hash of counters: duplicates, conflicts, dead_letters (events applied = HLEN applied).
              The script does as few Redis calls as it can (4 + 2 per advertiser): throughput.
 ``dead``     hash stream id -> kind: makes dead-lettering idempotent (each stream entry is written to
@@ -41,6 +45,7 @@ class LedgerKeys:
     duplicates: str
     dead: str
     history_prefix: str
+    settled: str = LEDGER_PREFIX + "settled"
 
     @classmethod
     def default(cls) -> LedgerKeys:

@@ -64,7 +64,7 @@ class BillingProducer:
             ) from error
 
     async def append(self, event: BillingEvent, audit: tuple[str, str, int] | None = None) -> str:
-        """XADD the event (never trimmed); returns its stream id.
+        """XADD the event (trimmed only once applied everywhere: trim.py); returns its stream id.
 
         `audit` = (key, JSON record, ttl seconds): the auction's audit record is SET in the same
         MULTI/EXEC as the XADD, so both or neither are written. Any Redis error or a wait longer than

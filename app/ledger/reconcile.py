@@ -4,13 +4,16 @@ Job: `reconcile` checks the balances, counters and histories against the applied
 stream against what was applied, dead-lettered or recorded as a duplicate, and the gateway's audit
 records against what was billed (``mosaic ledger reconcile``, app.ledger.commands, prints the
 result): a test auction, and a render charge pending or expired, must not be billed; a billed one
-must. Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader,
+must. Markers and history entries that trim.lua removed (older than BILLING_RETENTION_S) are
+counted from their settled totals (``mosaic:ledger:settled``): balance = settled + remaining
+markers. Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader,
 render) only.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +55,7 @@ class ReconcileReport:
     test_records: int = 0
     # BILLING_MODE=render: audit records by the state of their charge (pending, billed, expired)
     render: dict[str, int] = field(default_factory=dict)
+    settled_events: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -103,6 +107,7 @@ class _Reconciler:
         self.applied: dict[str, _AppliedEvent] = {}
         self.expected_balance: dict[str, int] = defaultdict(int)
         self.expected_auctions: dict[str, int] = defaultdict(int)
+        self.settled_balance: dict[str, int] = defaultdict(int)
         self.stream_auctions: set[str] = set()
 
     async def run(self) -> ReconcileReport:
@@ -131,6 +136,13 @@ class _Reconciler:
                 self.expected_auctions[adv] += 1
             self.expected_balance[PLATFORM_ACCOUNT] += revenue
         self.report.events_applied = len(self.applied)
+        for name, value in (await _scan_hash(self.redis, self.keys.settled)).items():
+            if name.startswith("balance:"):
+                account = name.removeprefix("balance:")
+                self.settled_balance[account] += int(value)
+                self.expected_balance[account] += int(value)
+            elif name == "events":
+                self.report.settled_events = int(value)
 
     async def check_balances(self) -> None:
         add, report = self.report.add, self.report
@@ -165,7 +177,8 @@ class _Reconciler:
                 applied = self.applied.get(aid)
                 if applied is None or applied.payments.get(adv) != amount:
                     add("history_entry", adv, "an applied payment", amount, f"auction {aid}")
-            paid = -self.expected_balance[ADVERTISER_ACCOUNT_PREFIX + adv]
+            account = ADVERTISER_ACCOUNT_PREFIX + adv
+            paid = -(self.expected_balance[account] - self.settled_balance.get(account, 0))
             total = sum(int(e["payment_micro"]) for e in entries)
             if len(entries) != self.expected_auctions[adv] or total != paid:
                 expected = f"{self.expected_auctions[adv]} entries, {paid} micro"
@@ -218,6 +231,8 @@ class _Reconciler:
                     report.in_flight += 1
                 elif entry_id in dead:
                     continue
+                elif auction_id not in self.applied and duplicates.get(entry_id) == auction_id:
+                    continue  # a recorded duplicate of an auction whose marker the trim settled
                 elif auction_id not in self.applied:
                     add(
                         "unapplied_event",
@@ -255,6 +270,11 @@ class _Reconciler:
         """The gateway's audit records of served auctions (optional input) match what was billed."""
         add, report = self.report.add, self.report
         prefix = AUDIT_KEY_PATTERN.removesuffix("*")
+        # An auction created before this may have been settled (its marker trimmed): trim.lua removes
+        # a marker only when its entry is older than BILLING_RETENTION_S (Redis clock; the gateway's
+        # created_at_ms may lag it by up to the re-append window).
+        settled_before_ms = (time.time() - self.settings.billing_retention_s) * 1000
+        settled_before_ms += self.settings.billing_reappend_window_s * 1000
         async for key_raw in self.redis.scan_iter(match=AUDIT_KEY_PATTERN, count=1000):
             key = as_str(key_raw)
             raw = await self.redis.get(key)
@@ -275,6 +295,9 @@ class _Reconciler:
                 continue
             applied = self.applied.get(auction_id)
             if applied is None:
+                created = record.get("created_at_ms")
+                if report.settled_events and isinstance(created, int) and created < settled_before_ms:
+                    continue  # billed and settled by the trim (its amounts are in the settled totals)
                 if auction_id not in self.stream_auctions:
                     add(
                         "served_not_billed", auction_id, "a billing event", "none in the stream or the ledger"

@@ -93,6 +93,7 @@ def test_lua_scripts_are_files() -> None:
         "idempotency_release.lua",
         "idempotency_store.lua",
         "render.lua",
+        "trim.lua",
     ]
     for path in _modules("app"):
         assert "redis.call(" not in path.read_text(encoding="utf-8"), f"{path}: Lua inside Python"

@@ -1,0 +1,169 @@
+"""Sending one worker request: which worker, how long to wait, when to hedge, when to give up.
+
+Job: `WorkerDispatcher.call` runs one logical request (a tokenize, a generation share, a scoring
+chunk) over the workers that `app.auction.worker_health` says are up. Imports app.settings and
+app.auction.worker_health only; the HTTP attempt itself is a callable given by the engine client.
+
+* Read timeout per request, from the work asked, not one fixed figure:
+  ``min(WORKER_TIMEOUT_S, WORKER_TIMEOUT_BASE_S + tokens x WORKER_TIMEOUT_PER_TOKEN_S, time left)``,
+  where the time left is the auction's deadline (`auction_deadline`, a context variable the service
+  sets) minus now: no request outlives its auction.
+* Hedging (Dean & Barroso, "The Tail at Scale"): a request still unanswered after its hedge delay
+  (WORKER_HEDGE_FACTOR x the recent typical time of requests of that kind per token, at least
+  WORKER_HEDGE_MIN_S; half the timeout before anything was measured) is sent again to the next
+  healthy worker; the first answer wins and the other is cancelled. Safe for the outcome: every
+  request is a pure function of its body - generation carries its own seed (derived from the auction
+  seed and the share index, never from the worker), scoring and tokenizing are deterministic - so
+  any worker gives the same answer and hedging never changes an auction (a test checks it).
+* A failed attempt (connect error, timeout, 5xx: `RetryableWorkerError`) goes to the next worker
+  while attempts are left; a worker's 4xx or a broken answer is final (the caller's error type).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from typing import TypeVar
+
+from app.auction.worker_health import WorkerHealth
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
+
+_deadline: ContextVar[float | None] = ContextVar("mosaic_auction_deadline", default=None)
+
+
+class WorkersUnavailableError(Exception):
+    """No worker could answer (refused, timed out, 5xx on every try): 503."""
+
+
+class RetryableWorkerError(Exception):
+    """One attempt failed in a way another worker may not (connect error, timeout, 5xx)."""
+
+
+@contextlib.contextmanager
+def auction_deadline(seconds: float) -> Iterator[None]:
+    """Within this block worker requests never wait past `seconds` from now."""
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def time_left() -> float | None:
+    deadline = _deadline.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class _Typical:
+    """EWMA of seconds per unit of work, per kind of request (generate, score, tokenize ...)."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._per_unit: dict[str, float] = {}
+
+    def observe(self, kind: str, units: int, seconds: float) -> None:
+        value = seconds / max(1, units)
+        old = self._per_unit.get(kind)
+        self._per_unit[kind] = value if old is None else old + self.alpha * (value - old)
+
+    def expected(self, kind: str, units: int) -> float | None:
+        per_unit = self._per_unit.get(kind)
+        return None if per_unit is None else per_unit * max(1, units)
+
+
+class WorkerDispatcher:
+    """Timeouts, hedging and retries of worker requests over the healthy workers."""
+
+    def __init__(
+        self, settings: Settings, health: WorkerHealth, on_hedge: Callable[[str], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.health = health
+        self.typical = _Typical()
+        self._on_hedge = on_hedge
+
+    def read_timeout(self, tokens: int) -> float:
+        s = self.settings
+        timeout = min(s.worker_timeout_s, s.worker_timeout_base_s + tokens * s.worker_timeout_per_token_s)
+        left = time_left()
+        if left is not None:
+            timeout = min(timeout, max(0.01, left))
+        return timeout
+
+    def hedge_delay(self, kind: str, tokens: int, timeout: float) -> float:
+        expected = self.typical.expected(kind, tokens)
+        if expected is None:
+            return timeout / 2
+        delay = max(self.settings.worker_hedge_min_s, self.settings.worker_hedge_factor * expected)
+        return min(timeout / 2, delay)
+
+    async def call(
+        self,
+        kind: str,
+        tokens: int,
+        preferred: int,
+        attempt: Callable[[str, float], Awaitable[Result]],
+    ) -> Result:
+        """Run `attempt(url, read_timeout)` on the workers, hedged; the first success is the answer."""
+        order = self.health.order(preferred)
+        if len(order) == 1:
+            budget = 1 + self.settings.worker_retries  # one worker: retry it (a transient blip)
+        else:
+            budget = min(len(order), 1 + self.settings.worker_retries)
+        hedging = self.settings.worker_hedge and len(order) > 1
+        if hedging:
+            budget = max(budget, 2)
+        timeout = self.read_timeout(tokens)
+        in_flight: dict[asyncio.Task[Result], tuple[str, float]] = {}
+        causes: list[str] = []
+        launched = 0
+
+        def launch() -> None:
+            nonlocal launched
+            busy = {url for url, _ in in_flight.values()}
+            choices = [url for url in order[launched:] + order[:launched] if url not in busy] or order
+            url = choices[0]
+            task = asyncio.ensure_future(attempt(url, timeout))
+            in_flight[task] = (url, time.monotonic())
+            launched += 1
+
+        launch()
+        try:
+            while in_flight:
+                delay: float | None = None
+                if hedging and launched < budget and len(in_flight) < len(order):
+                    oldest = min(started for _, started in in_flight.values())
+                    delay = max(0.0, oldest + self.hedge_delay(kind, tokens, timeout) - time.monotonic())
+                done, _ = await asyncio.wait(in_flight, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    slow_url = next(iter(in_flight.values()))[0]
+                    logger.warning("hedging a slow worker request", extra={"worker": slow_url, "kind": kind})
+                    if self._on_hedge is not None:
+                        self._on_hedge(slow_url)
+                    launch()
+                    continue
+                for task in done:
+                    _, started = in_flight.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        self.typical.observe(kind, tokens, time.monotonic() - started)
+                        return task.result()
+                    if not isinstance(error, RetryableWorkerError):
+                        raise error
+                    causes.append(str(error))
+                if not in_flight and launched < budget:
+                    launch()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+        raise WorkersUnavailableError("no worker answered: " + "; ".join(causes))

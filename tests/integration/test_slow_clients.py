@@ -1,0 +1,104 @@
+"""Slow and idle clients cannot hold the gateway: a real `mosaic serve` and real sockets.
+
+Hundreds of connections that send half a request head, nothing at all, a head trickled one byte at a
+time (slowloris) or a body that never ends are all closed by the server within the configured
+HTTP_HEADER_TIMEOUT_S / HTTP_BODY_TIMEOUT_S (+ slack), the gateway's file descriptors come back, and
+meanwhile auctions are served and billed exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures_billing import assert_billed_exactly_once, billed_count
+from tests.fixtures_gateway import start_gateway_process
+from tests.fixtures_redis import RedisServerProcess
+from tests.fixtures_worker import WorkerProcess
+
+pytestmark = pytest.mark.timeout(120)
+
+TIMEOUT_S = 1.5
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: abcdefghijklmnopqrstuvwxyz\r\n"  # never ends
+BODY = {
+    "query": "Learning to play the guitar.",
+    "advertisers": [{"id": "strummaster", "name": "StrumMaster", "description": "selling guitars"}],
+    "candidates": 2,
+    "max_tokens": 4,
+}
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True when the server closed it (an answer before the close, e.g. a 400, is read past)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            if sock.recv(65536) == b"":
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_half_open_idle_and_slow_connections_are_released(
+    tiny_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
+) -> None:
+    gateway = start_gateway_process(
+        tiny_worker.url,
+        redis_process.url,
+        tmp_path,
+        HTTP_HEADER_TIMEOUT_S=str(TIMEOUT_S),
+        HTTP_BODY_TIMEOUT_S=str(TIMEOUT_S),
+        HTTP_TIMEOUT_KEEP_ALIVE_S="1",
+    )
+    try:
+        port = gateway.port
+        billed_before = billed_count(redis_process.url)
+        baseline = _fds(gateway.process.pid)
+        kinds: dict[str, list[socket.socket]] = {"half_head": [], "nothing": [], "slowloris": [], "body": []}
+        for index in range(400):
+            sock = socket.create_connection(("127.0.0.1", port))
+            kind = ("half_head", "nothing", "slowloris", "body")[index % 4]
+            if kind == "half_head":
+                sock.sendall(b"POST /auction HTTP/1.1\r\nHost: x\r\n")
+            elif kind == "slowloris":
+                sock.sendall(SLOW_HEAD[:1])
+            elif kind == "body":
+                sock.sendall(b'POST /auction HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"q')
+            kinds[kind].append(sock)
+        opened, sent = time.monotonic(), 0
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            answer = client.post("/auction", json=BODY).raise_for_status().json()  # served meanwhile
+            assert _fds(gateway.process.pid) >= baseline + 300
+            while time.monotonic() - opened < TIMEOUT_S * 0.8:  # trickling does not extend the deadline
+                sent += 1
+                for sock in kinds["slowloris"]:
+                    sock.sendall(SLOW_HEAD[sent : sent + 1])
+                time.sleep(0.2)
+            time.sleep(max(0.0, opened + TIMEOUT_S + 2.0 - time.monotonic()))
+            still_open = {kind: sum(not _closed_by_server(s) for s in socks) for kind, socks in kinds.items()}
+            assert still_open == {"half_head": 0, "nothing": 0, "slowloris": 0, "body": 0}
+            for socks in kinds.values():
+                for sock in socks:
+                    sock.close()
+            assert _fds(gateway.process.pid) <= baseline + 10
+            # A keep-alive connection that is used normally is not cut by the read timeout.
+            for _ in range(2):
+                assert client.get("/healthz").status_code == 200
+            served = [
+                answer["auction_id"],
+                client.post("/auction", json=BODY).raise_for_status().json()["auction_id"],
+            ]
+        assert_billed_exactly_once(redis_process.url, served, billed_before)
+    finally:
+        gateway.stop()
