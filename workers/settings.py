@@ -45,10 +45,12 @@ class WorkerSettings(BaseSettings):
         "GPU), `eager` (static KV cache, no graphs) or `legacy` (transformers forward). Same numbers.",
     )
     worker_max_queued_tokens: int = Field(
-        262144,
+        4194304,
         ge=1,
         description="Most tokens (prompts + n × max_tokens) of the requests a worker holds; past it a new "
-        "request is answered 429 with Retry-After before any model work (a request alone is always taken).",
+        "request is answered 429 with Retry-After before any model work (a request alone is always taken). "
+        "Keep it above the largest auction the gateways allow, all its requests at once: (2 + advertisers) "
+        "× M × (MAX_PROMPT_TOKENS + MAX_TOKENS_LIMIT), ~2.2M with the defaults.",
     )
     worker_api_key: str | None = Field(
         None,

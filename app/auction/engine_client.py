@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from app.auction.worker_dispatch import RetryableWorkerError, WorkerDispatcher
+from app.auction.worker_dispatch import BusyWorkerError, RetryableWorkerError, WorkerDispatcher
 from app.auction.worker_health import WorkerHealth
 from app.gateway.metrics import GatewayMetrics
 from app.prompts import ChatMessage
@@ -173,6 +173,10 @@ class EngineClient:
                 message = _error_message(response)
                 raise RetryableWorkerError(f"{url}{path}: HTTP {response.status_code} {message}")
             health.record_success(url)  # it answered: a 4xx is our request refused, not a sick worker
+            if response.status_code == 429:  # its queue is full: busy, not sick; another may take it
+                self._record_error(url, "http_429")
+                retry = int(response.headers.get("retry-after", "1") or 1)
+                raise BusyWorkerError(f"{url}{path}: HTTP 429 {_error_message(response)}", retry)
             if response.status_code >= 400:
                 self._record_error(url, f"http_{response.status_code}")
                 raise WorkerRequestError(url, f"HTTP {response.status_code}: {_error_message(response)}")

@@ -47,6 +47,22 @@ class RetryableWorkerError(Exception):
     """One attempt failed in a way another worker may not (connect error, timeout, 5xx)."""
 
 
+class BusyWorkerError(RetryableWorkerError):
+    """A worker refused 429: it holds WORKER_MAX_QUEUED_TOKENS already (busy, not sick)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class WorkersBusyError(Exception):
+    """Every worker tried answered 429 (their queues are full): the gateway answers 429 too."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 @contextlib.contextmanager
 def auction_deadline(seconds: float) -> Iterator[None]:
     """Within this block worker requests never wait past `seconds` from now."""
@@ -124,6 +140,7 @@ class WorkerDispatcher:
         timeout = self.read_timeout(tokens)
         in_flight: dict[asyncio.Task[Result], tuple[str, float]] = {}
         causes: list[str] = []
+        busy: list[RetryableWorkerError] = []
         launched = 0
 
         def launch() -> None:
@@ -159,6 +176,7 @@ class WorkerDispatcher:
                     if not isinstance(error, RetryableWorkerError):
                         raise error
                     causes.append(str(error))
+                    busy.append(error)
                 if not in_flight and launched < budget:
                     launch()
         finally:
@@ -166,4 +184,7 @@ class WorkerDispatcher:
                 task.cancel()
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+        if busy and all(isinstance(error, BusyWorkerError) for error in busy):
+            retry = max(error.retry_after_s for error in busy if isinstance(error, BusyWorkerError))
+            raise WorkersBusyError("every worker is at its queue limit: " + "; ".join(causes), retry)
         raise WorkersUnavailableError("no worker answered: " + "; ".join(causes))

@@ -27,7 +27,7 @@ from app.auction.admission import AdmissionRefusedError
 from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
-from app.auction.worker_dispatch import WorkersUnavailableError
+from app.auction.worker_dispatch import WorkersBusyError, WorkersUnavailableError
 from app.gateway.metrics import GatewayMetrics
 from app.ledger.idempotency import (
     HEADER,
@@ -49,6 +49,7 @@ def error_response(status: int, message: str) -> JSONResponse:
 _FAULTS: tuple[tuple[type[Exception], int, str | None, str], ...] = (
     (WorkersUnavailableError, 503, "workers_unavailable", "LLM workers unavailable: "),
     (WorkerRequestError, 502, "worker_error", "LLM worker error: "),
+    (WorkersBusyError, 429, "refused_workers_busy", "LLM workers at their queue limits, retry later: "),
     (AuctionDeadlineError, 504, None, ""),
     (
         BillingUnavailableError,
@@ -102,6 +103,15 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
         # Before any model work and before an Idempotency-Key is claimed: never stored, nothing billed.
         metrics.auctions.labels(f"refused_{error.reason}", "unknown").inc()
         response = error_response(429, str(error))
+        response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
+
+    @app.exception_handler(WorkersBusyError)
+    async def _workers_busy(request: Request, error: WorkersBusyError) -> JSONResponse:
+        # Every worker refused 429 (WORKER_MAX_QUEUED_TOKENS): backpressure, not a fault; nothing billed.
+        # A 4xx: an Idempotency-Key's claim is given back, not stored (app.gateway.auction_call).
+        metrics.auctions.labels("refused_workers_busy", "unknown").inc()
+        response = answer(error)
         response.headers["Retry-After"] = str(error.retry_after_s)
         return response
 

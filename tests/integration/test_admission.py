@@ -122,3 +122,33 @@ def test_one_key_at_its_limit_does_not_hold_up_another(
         assert first[0].status_code == 200
     finally:
         gateway.stop()
+
+
+def test_workers_at_their_queue_limit_answer_429_and_bill_nothing(
+    redis_process: RedisServerProcess, tmp_path: Path
+) -> None:
+    """The worker's own bound (WORKER_MAX_QUEUED_TOKENS) surfaces as the gateway's 429, not a 5xx."""
+    worker = start_worker_process(
+        "tiny-random", env={"WORKER_FORCE_IGNORE_EOS": "true", "WORKER_MAX_QUEUED_TOKENS": "8000"}
+    )
+    gateway = _gateway(worker, redis_process, tmp_path)
+    stream = redis.Redis.from_url(redis_process.url)
+    try:
+        billed_before = stream.xlen("mosaic:billing") if stream.exists("mosaic:billing") else 0
+        first: list[httpx.Response] = []
+        thread = threading.Thread(target=_post, args=(gateway.url, KEY_A, first))
+        thread.start()
+        _wait_running(worker)
+        refused: list[httpx.Response] = []
+        # The first auction holds 3.2k-7.3k tokens (its generation, then its two scorings); this one's
+        # generation alone costs 32 × 200 more: past the worker's 8000 whatever the first is doing.
+        _post(gateway.url, KEY_B, refused, candidates=32)
+        thread.join(timeout=120)
+        assert first[0].status_code == 200, first[0].text
+        assert refused[0].status_code == 429, refused[0].text
+        assert int(refused[0].headers["retry-after"]) >= 1
+        assert "queue limits" in refused[0].json()["detail"]
+        assert stream.xlen("mosaic:billing") == billed_before + 1
+    finally:
+        gateway.stop()
+        worker.stop()
