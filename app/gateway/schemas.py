@@ -132,6 +132,7 @@ class AuctionRequest(BaseModel):
         None,
         description="This auction's own deadline in ms (at most AUCTION_DEADLINE_S); past it: 504, "
         "nothing billed.",
+        examples=[60000],  # what Swagger's "Try it out" sends: a deadline an auction can meet
     )
 
     @field_validator("query")

@@ -350,6 +350,9 @@ class LedgerConsumer:
                 backoff = 0.1
             except (RedisError, OSError) as error:
                 self._apply_sha = None  # next batch: ensure_group again (NOGROUP after a data loss)
+                # The batch it was applying may be read but not acknowledged: re-read this consumer's
+                # own pending entries first (the apply is idempotent), not after BILLING_CLAIM_IDLE_MS.
+                self._own_pending_cursor = "0-0"
                 logger.warning(
                     "ledger consumer: Redis error, retrying in %.1fs: %s: %s",
                     backoff,

@@ -25,6 +25,9 @@ class _Settings:
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # An earlier test's configure_logging may have left warnings captured (then capturing again is a
+    # no-op and pytest's own recorder would swallow the warning): start uncaptured.
+    logging.captureWarnings(False)
     with warnings.catch_warnings():
         yield
     root.handlers[:] = handlers
