@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers.engine.invariant import InvariantBatch, InvariantRunner
 from workers.engine.llama import KV_ALIGN, KVCache, LlamaRunner
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,10 @@ class FastDecoder:
         self.graphs = bool(graphs if graphs is not None else cuda) and cuda
         self.overlap = bool(overlap if overlap is not None else cuda)
         self.bucketed = bool(bucketed if bucketed is not None else self.graphs)
+        # bf16/fp16 on CPU: the batch-invariant forward, shared with scoring (see invariant.py).
+        self.invariant = (
+            InvariantRunner(self.runner) if self.runner.cpu_low_precision and not self.bucketed else None
+        )
         self._on_forward = on_forward
         self._pool: torch.Tensor | None = None
         self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -197,8 +202,10 @@ class FastDecoder:
         if self._on_forward is not None:
             self._on_forward()
 
-    def begin(self, prompt_len: int, n: int, max_tokens: int) -> DecodeBatch:
+    def begin(self, prompt_len: int, n: int, max_tokens: int) -> DecodeBatch | InvariantBatch:
         """A batch for ``n`` samples of a ``prompt_len``-token prompt decoding ``max_tokens`` tokens."""
+        if self.invariant is not None:
+            return InvariantBatch(self.invariant, n, max_tokens, self._on_forward)
         rows = bucket_rows(n) if self.bucketed else n
         needed = prompt_len + max_tokens
         capacity = align(needed) if self.bucketed else needed
