@@ -80,7 +80,10 @@ def run_instance(
         sequences = [p + r for p in prompts for r in replies]
         scored = [s.token_logprobs for s in engine.score(sequences)]
         matrix = np.array(
-            [reply_sums(sc, len(seq) - len(replies[k % candidates])) for k, (seq, sc) in enumerate(zip(sequences, scored, strict=True))]
+            [
+                reply_sums(sc, len(seq) - len(replies[k % candidates]))
+                for k, (seq, sc) in enumerate(zip(sequences, scored, strict=True))
+            ]
         ).reshape(len(prompts), candidates)
         gaps = np.abs(matrix[prompt_index] - log_q).tolist()
         if proposal == "context":
@@ -98,13 +101,22 @@ def run_instance(
             alone = engine.score([seq])[0].token_logprobs
             together = scored[candidates + k]
             out["batch"].append(
-                max((abs(a - b) for a, b in zip(alone[1:], together[1:], strict=True) if a is not None and b is not None), default=0.0)
+                max(
+                    (
+                        abs(a - b)
+                        for a, b in zip(alone[1:], together[1:], strict=True)
+                        if a is not None and b is not None
+                    ),
+                    default=0.0,
+                )
             )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--limit", type=int, default=40, help="instances (the paper's 40 by default)")
     parser.add_argument("--candidates", type=int, default=8)
@@ -120,7 +132,9 @@ def main() -> None:
         engine = Engine(load_model(args.model, "cpu", dtype))
         merged: dict[str, list[float]] = {}
         for index, instance in enumerate(tqdm(instances, desc=f"{label} ({dtype})")):
-            for key, values in run_instance(engine, instance, args.candidates, args.max_tokens, args.seed + index).items():
+            for key, values in run_instance(
+                engine, instance, args.candidates, args.max_tokens, args.seed + index
+            ).items():
                 merged.setdefault(key, []).extend(values)
         results[label] = merged
         engine.close()
@@ -137,13 +151,15 @@ def main() -> None:
         ("batch", "batch-invariance |Δ| per token (nats)"),
     ):
         rows.append([name, *(f"{stat(d, key):.3g} / {stat(d, key, 0.99):.3g}" for d in dtypes)])
-    rows.append(["ESS under reference, median (of M)", *(f"{np.median(results[d]['ess']):.2f}" for d in dtypes)])
+    rows.append(
+        ["ESS under reference, median (of M)", *(f"{np.median(results[d]['ess']):.2f}" for d in dtypes)]
+    )
     rows.append(["ESS under reference, min", *(f"{min(results[d]['ess']):.2f}" for d in dtypes)])
     seconds = {d: float(np.median(results[d]["seconds"])) for d in dtypes}
     rows.append(["s per instance (median, gen+score x2)", *(f"{seconds[d]:.2f}" for d in dtypes)])
     rich_table(
-        f"numerics, {args.model}, {len(instances)} instances x M={args.candidates}, <= {args.max_tokens} tokens "
-        f"(default dtype {str(default).removeprefix('torch.')}; max / p99)",
+        f"numerics, {args.model}, {len(instances)} instances x M={args.candidates}, "
+        f"<= {args.max_tokens} tokens (default dtype {str(default).removeprefix('torch.')}; max / p99)",
         ["quantity", f"default ({str(default).removeprefix('torch.')})", "float32"],
         rows,
     )

@@ -10,7 +10,8 @@ batch-invariant forward (workers/engine/invariant.py), in process, tiny-random.
 * the row-invariance facts the forward is built on (tiled bf16 products, fp32 products with ≥ 2 rows).
 
 Hypothesis draws prompt lengths (across the 64-key attention blocks), reply lengths, batch
-compositions and row counts. Full count: ``INVARIANCE_EXAMPLES=200 pytest tests/integration/test_invariance.py``.
+compositions and row counts. Full count:
+``INVARIANCE_EXAMPLES=200 pytest tests/integration/test_invariance.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -161,7 +161,7 @@ def test_tiled_bf16_products_do_not_depend_on_the_other_rows(shape: tuple[int, i
 
 
 @settings(max_examples=max(EXAMPLES, 20), deadline=None)
-@given(rows=st.integers(1, 200), columns=st.integers(1, 4) .map(lambda b: b * invariant.BLOCK))
+@given(rows=st.integers(1, 200), columns=st.integers(1, 4).map(lambda b: b * invariant.BLOCK))
 def test_fp32_products_do_not_depend_on_the_row_count(rows: int, columns: int) -> None:
     gen = torch.Generator().manual_seed(rows * 7 + columns)
     a = torch.randn((3, rows, 16), generator=gen)

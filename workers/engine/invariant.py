@@ -52,7 +52,9 @@ def tiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     zero rows): row i's bits depend on row i only."""
     rows = x.shape[0]
     if rows > TILE_ROWS:
-        return torch.cat([tiled_linear(x[s : s + TILE_ROWS], weight, bias) for s in range(0, rows, TILE_ROWS)])
+        return torch.cat(
+            [tiled_linear(x[s : s + TILE_ROWS], weight, bias) for s in range(0, rows, TILE_ROWS)]
+        )
     if rows < MIN_TILE_ROWS:
         return F.linear(F.pad(x, (0, 0, 0, MIN_TILE_ROWS - rows)), weight, bias)[:rows]
     return F.linear(x, weight, bias)
@@ -153,7 +155,9 @@ class InvariantRunner:
         inner = (layer.act(gate) * up).contiguous()
         return x + tiled_linear(inner, layer.down, layer.down_bias)
 
-    def _attend_span(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
+    def _attend_span(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> torch.Tensor:
         """Queries q [T, heads, d] at positions start.. over one sequence's cache: [T, heads·d] bf16."""
         length = q.shape[0]
         kvh, groups, dim = self.kv_heads, self.groups, self.head_dim
@@ -184,7 +188,9 @@ class InvariantRunner:
         r = self.r
         lengths = [len(span.ids) for span in spans]
         ids = torch.tensor([t for span in spans for t in span.ids], dtype=torch.long)
-        positions = torch.cat([torch.arange(s.start, s.start + n) for s, n in zip(spans, lengths, strict=True)])
+        positions = torch.cat(
+            [torch.arange(s.start, s.start + n) for s, n in zip(spans, lengths, strict=True)]
+        )
         x = F.embedding(ids, r.embed)
         for number, layer in enumerate(r.layers):
             q, k, v = self._qkv(layer, x, positions)
@@ -311,7 +317,11 @@ class InvariantBatch:
         """One decode step of the first ``len(tokens)`` rows."""
         count = tokens.shape[0]
         hidden = self.runner.decode(
-            tokens, [self.position] * count, [(k[:count], v[:count]) for k, v in self.own], self.own_start, self.prefix
+            tokens,
+            [self.position] * count,
+            [(k[:count], v[:count]) for k, v in self.own],
+            self.own_start,
+            self.prefix,
         )
         self._count()
         self._logits = self.runner.logits(hidden)

@@ -73,7 +73,11 @@ class InvariantScoreMixin:
             lengths = [len(prompts[i]) - prefix_len for i in members]
             for chunk in self._chunks(members, lengths, prefix_len):
                 spans = [
-                    Span(prompts[i][prefix_len:], prefix_len, inv.copy_cache(cache, prefix_len, len(prompts[i])))
+                    Span(
+                        prompts[i][prefix_len:],
+                        prefix_len,
+                        inv.copy_cache(cache, prefix_len, len(prompts[i])),
+                    )
                     for i in chunk
                 ]
                 self.stats.forward_passes += 1
@@ -86,6 +90,11 @@ class InvariantScoreMixin:
                     if boundary_top is not None and shared[2] is not None and shared[3] is not None:
                         merged_tv = [*shared[2], boundary_top.values.tolist(), *(tv or [])]
                         merged_ti = [*shared[3], boundary_top.indices.tolist(), *(ti or [])]
-                    flat = ([*shared[0], first_lp, *lp], [*shared[1], first_rank, *rank], merged_tv, merged_ti)
+                    flat = (
+                        [*shared[0], first_lp, *lp],
+                        [*shared[1], first_rank, *rank],
+                        merged_tv,
+                        merged_ti,
+                    )
                     finish(i, flat, hidden[-1])
         return [out[i] for i in range(len(prompts))]
