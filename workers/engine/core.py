@@ -27,7 +27,7 @@ import torch
 
 from workers.engine import fast_decode, llama
 from workers.engine.generate import GenerateMixin, Sample
-from workers.engine.sampling import SamplingOptions
+from workers.engine.sampling import SamplingOptions, sample_generators
 from workers.engine.score import PromptScores, ScoreMixin
 from workers.models import LoadedModel, load_model
 from workers.settings import get_worker_settings
@@ -126,6 +126,8 @@ class Engine(GenerateMixin, ScoreMixin):
         else:
             log.info("generation uses the transformers loop: %s", self.fast_path_reason)
         self.decode_mode: str = decode if self.fast is not None else "legacy"
+        # bf16/fp16 on CPU: decoding and scoring share one batch-invariant forward (invariant.py).
+        self.invariant = self.fast.invariant if self.fast is not None else None
 
     def _count_forward(self) -> None:
         self.stats.forward_passes += 1
@@ -225,7 +227,6 @@ class Engine(GenerateMixin, ScoreMixin):
         if self.force_ignore_eos and not options.ignore_eos:
             options = replace(options, ignore_eos=True)
         with self.lock, torch.inference_mode():
-            generator = torch.Generator(device=self.device).manual_seed(seed % (2**63))
             results = [PromptResult(prompt_ids=p, scores=None) for p in prompt_lists]
             last: list[torch.Tensor | None] = [None] * len(prompt_lists)
             if prompt_logprobs is not None:
@@ -236,7 +237,10 @@ class Engine(GenerateMixin, ScoreMixin):
             self.stats.prompt_tokens += sum(len(p) for p in prompt_lists)
             if options.max_tokens > 0:
                 for k, result in enumerate(results):
-                    result.samples = self._generate(result.prompt_ids, options, generator, last[k])
+                    # Per-sample generators, fresh per prompt: a prompt's samples are the same whatever
+                    # else the request holds and whatever n is (sample k is seeded by (seed, k)).
+                    generators = sample_generators(seed, options.n, self.device)
+                    result.samples = self._generate(result.prompt_ids, options, generators, last[k])
                     self.stats.generation_tokens += sum(len(s.token_ids) for s in result.samples)
             return results
 

@@ -1,6 +1,6 @@
 """The engine's fast decode path: a static KV cache, one request's decode batch and CUDA graphs
-around the functional Llama forward of :mod:`workers.engine.llama`. Imports torch and that module
-only (sampling stays in :mod:`workers.engine.sampling`, unchanged).
+around the functional Llama forward of :mod:`workers.engine.llama`. Imports torch, that module and
+:mod:`workers.engine.invariant` only (sampling stays in :mod:`workers.engine.sampling`, unchanged).
 
 Why: a transformers forward pass launches ~20 kernels per layer from Python. For a 7B model on an
 H100 that is ~25 ms of CPU time per decode step against ~5 ms of GPU work (the weights read once),
@@ -25,8 +25,9 @@ then on. If capture fails the step runs eagerly (same numbers) and graphs stay o
 
 Without graphs (CPU, or ``WORKER_DECODE=eager``) the same forward runs eagerly with exact shapes,
 and finished rows are dropped from the batch (``keep``), as the transformers loop did. With bf16
-weights on CPU the prompt's K/V is kept once, in fp32, for all rows (cascade attention, see
-:mod:`workers.engine.llama`).
+weights on CPU ``begin`` returns an :class:`workers.engine.invariant.InvariantBatch`: the
+batch-invariant forward scoring uses too, so every sampled log-prob is the teacher-forced score's bits.
+On CUDA (graphs, bucketed rows, cuBLAS kernels chosen per shape) agreement is to bf16 rounding only.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers.engine.invariant import InvariantBatch, InvariantRunner
 from workers.engine.llama import KV_ALIGN, KVCache, LlamaRunner
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,10 @@ class FastDecoder:
         self.graphs = bool(graphs if graphs is not None else cuda) and cuda
         self.overlap = bool(overlap if overlap is not None else cuda)
         self.bucketed = bool(bucketed if bucketed is not None else self.graphs)
+        # bf16/fp16 on CPU: the batch-invariant forward, shared with scoring (see invariant.py).
+        self.invariant = (
+            InvariantRunner(self.runner) if self.runner.cpu_low_precision and not self.bucketed else None
+        )
         self._on_forward = on_forward
         self._pool: torch.Tensor | None = None
         self._buffers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -197,8 +203,10 @@ class FastDecoder:
         if self._on_forward is not None:
             self._on_forward()
 
-    def begin(self, prompt_len: int, n: int, max_tokens: int) -> DecodeBatch:
+    def begin(self, prompt_len: int, n: int, max_tokens: int) -> DecodeBatch | InvariantBatch:
         """A batch for ``n`` samples of a ``prompt_len``-token prompt decoding ``max_tokens`` tokens."""
+        if self.invariant is not None:
+            return InvariantBatch(self.invariant, n, max_tokens, self._on_forward)
         rows = bucket_rows(n) if self.bucketed else n
         needed = prompt_len + max_tokens
         capacity = align(needed) if self.bucketed else needed

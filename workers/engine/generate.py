@@ -11,7 +11,7 @@ Generation (:meth:`Engine.complete` with ``max_tokens`` > 0)
     A request with several prompts decodes them one after the other (each prompt's n samples
     batched); a scoring request's single sampled token (``max_tokens: 1``) reuses the scoring pass.
 
-    Decode modes (``WORKER_DECODE``; the numbers and the random stream are the same in all three):
+    Decode modes (``WORKER_DECODE``; the random streams are the same in all three, one per sample):
 
     * ``fast`` (default): :mod:`workers.engine.fast_decode` — a static KV cache (one pool, reused across
       requests), a functional forward of Llama-family models and, on CUDA, one CUDA-graph replay per
@@ -234,18 +234,18 @@ class GenerateMixin(SamplingMixin):
         self,
         prompt: list[int],
         opts: SamplingOptions,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
         first_logprobs: torch.Tensor | None = None,
     ) -> list[Sample]:
         if self.fast is None or (first_logprobs is not None and opts.max_tokens == 1):
-            return self._generate_legacy(prompt, opts, generator, first_logprobs)
-        return self._generate_fast(prompt, opts, generator)
+            return self._generate_legacy(prompt, opts, generators, first_logprobs)
+        return self._generate_fast(prompt, opts, generators)
 
     def _generate_legacy(
         self,
         prompt: list[int],
         opts: SamplingOptions,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
         first_logprobs: torch.Tensor | None = None,
     ) -> list[Sample]:
         """The transformers loop: ``DynamicCache`` with preallocated layers, finished rows dropped."""
@@ -262,7 +262,9 @@ class GenerateMixin(SamplingMixin):
                 logits = logits.expand(n, -1)
         state = _DecodeState(self, opts)
         for step in range(max_tokens):
-            drawn, chosen, top = self._sample_step(logits, opts, generator, state.banned(step))
+            drawn, chosen, top = self._sample_step(
+                logits, opts, [generators[s] for s in state.active], state.banned(step)
+            )
             still = state.record(drawn.tolist(), chosen.tolist(), _host_top(top))
             if not still or step == max_tokens - 1:
                 break
@@ -275,7 +277,7 @@ class GenerateMixin(SamplingMixin):
         return state.samples()
 
     def _generate_fast(
-        self, prompt: list[int], opts: SamplingOptions, generator: torch.Generator
+        self, prompt: list[int], opts: SamplingOptions, generators: list[torch.Generator]
     ) -> list[Sample]:
         """Static-cache decoding (:mod:`workers.engine.fast_decode`), the same sampling as the legacy loop.
 
@@ -293,7 +295,9 @@ class GenerateMixin(SamplingMixin):
         state = _DecodeState(self, opts)
         active_rows: torch.Tensor | None = None  # device index of the unfinished rows (overlap mode)
         for step in range(max_tokens):
-            drawn, chosen, top = self._sample_step(logits, opts, generator, state.banned(step))
+            drawn, chosen, top = self._sample_step(
+                logits, opts, [generators[s] for s in state.active], state.banned(step)
+            )
             last = step == max_tokens - 1
             if batch.compact:
                 still = state.record(drawn.tolist(), chosen.tolist(), _host_top(top))

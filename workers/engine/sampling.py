@@ -10,8 +10,10 @@ Sampling and the returned log-probs (vLLM ``--logprobs-mode processed_logprobs``
     Temperature < 1e-5 means greedy (argmax); as in vLLM, the temperature is then taken as 1 for the
     log-probs (top-p still applied). The sampled EOS token is part of ``token_ids`` and of the
     log-probs; the text leaves it out.
-    The draw: one uniform per row from the request's generator, inverted through the float64 CDF
-    (:func:`inverse_cdf_sample`).
+    The draw: one uniform per row, inverted through the float64 CDF (:func:`inverse_cdf_sample`).
+    Each sample has its own generator (:func:`sample_generators`: seeded from the request's seed and
+    the sample's index), so sample k of a seeded request is the same whatever n is, whichever other
+    samples finish first and whatever else the worker runs (batch invariance of generation).
 """
 
 from __future__ import annotations
@@ -43,6 +45,19 @@ class SamplingOptions:
     @property
     def greedy(self) -> bool:
         return self.temperature < SAMPLING_EPS
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` of a request seeded ``seed`` (a SplitMix64 step: independent streams)."""
+    value = (seed + 0x9E3779B97F4A7C15 * (index + 1)) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (value ^ (value >> 31)) % (2**63)
+
+
+def sample_generators(seed: int, n: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample of a request seeded ``seed``."""
+    return [torch.Generator(device=device).manual_seed(sample_seed(seed, k)) for k in range(n)]
 
 
 SAMPLE_BLOCK = 256  # tokens per block of the two-level CDF (about √vocab for 50k-token vocabularies)
@@ -118,24 +133,39 @@ class SamplingMixin:
         return logits.masked_fill(~keep, float("-inf"))
 
     @staticmethod
-    def _draw(logprobs: torch.Tensor, greedy: bool, generator: torch.Generator) -> torch.Tensor:
+    def _draw(
+        logprobs: torch.Tensor, greedy: bool, generator: torch.Generator | Sequence[torch.Generator]
+    ) -> torch.Tensor:
         """One token per row from ``exp(logprobs)``: argmax when greedy, else inverse-CDF sampling.
 
-        One uniform draw per row from the request's generator (cheap and reproducible), inverted
+        One uniform draw per row, from ``generator`` (one for all rows) or from the row's own
+        generator (a sequence: one per row; a row's draw is then independent of the others), inverted
         through the float64 CDF by :func:`inverse_cdf_sample` (no token's probability is distorted by
         rounding).
         """
         best = logprobs.argmax(dim=-1)
         if greedy:
             return best
-        uniforms = torch.rand(
-            (logprobs.shape[0],), generator=generator, device=logprobs.device, dtype=torch.float64
-        )
+        if isinstance(generator, torch.Generator):
+            uniforms = torch.rand(
+                (logprobs.shape[0],), generator=generator, device=logprobs.device, dtype=torch.float64
+            )
+        else:
+            uniforms = torch.cat(
+                [
+                    torch.rand((1,), generator=g, device=logprobs.device, dtype=torch.float64)
+                    for g in generator
+                ]
+            )
         drawn = inverse_cdf_sample(logprobs.exp(), uniforms)
         return torch.where(drawn >= logprobs.shape[-1], best, drawn)  # NaN rows (a broken model)
 
     def _sample_step(
-        self, logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generator, banned: Sequence[int]
+        self,
+        logits: torch.Tensor,
+        opts: SamplingOptions,
+        generator: torch.Generator | Sequence[torch.Generator],
+        banned: Sequence[int],
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Draw one token per row: (token ids, their processed log-probs, top-k values and ids)."""
         logprobs = self.processed_logprobs(logits, opts.temperature, opts.top_p, banned)

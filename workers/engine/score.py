@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from workers.engine.invariant import InvariantRunner
+from workers.engine.score_invariant import InvariantScoreMixin
+
 if TYPE_CHECKING:
     from workers.engine.core import EngineStats
 
@@ -46,7 +49,7 @@ class _Scored:
     last_logprobs: torch.Tensor | None  # [V] full-distribution log-probs after the prompt
 
 
-class ScoreMixin:
+class ScoreMixin(InvariantScoreMixin):
     """The scoring methods of :class:`workers.engine.core.Engine` (which sets these attributes)."""
 
     model: PreTrainedModel
@@ -59,8 +62,11 @@ class ScoreMixin:
     _decoder: Any
     _lm_head: Any
     _softcap: float | None
+    invariant: InvariantRunner | None  # bf16/fp16 on CPU: the batch-invariant forward (decode's own)
 
     def _score(self, prompts: list[list[int]], *, top_k: int, keep_last: bool) -> list[_Scored]:
+        if self.invariant is not None:
+            return list(self._score_invariant(self.invariant, prompts, top_k, keep_last))
         out: list[_Scored | None] = [None] * len(prompts)
         groups = self._prefix_groups(prompts) if self.prefix_sharing else []
         grouped = {i for _, members in groups for i in members}
@@ -143,7 +149,7 @@ class ScoreMixin:
         lp_parts, rank_parts, tv_parts, ti_parts = [], [], [], []
         product_rows, slice_rows = _LM_HEAD_ROWS.get(hidden.device.type, (512, 512))
         for start in range(0, hidden.shape[0], product_rows):
-            logits = self._lm_head(hidden[start : start + product_rows])
+            logits = self._head(hidden[start : start + product_rows])
             for offset in range(0, logits.shape[0], slice_rows):
                 logprobs = self._normalise(logits[offset : offset + slice_rows])
                 first = start + offset
@@ -161,8 +167,15 @@ class ScoreMixin:
             torch.cat(ti_parts) if top_k > 0 else None,
         )
 
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """lm_head rows (row-invariant tiles under :mod:`workers.engine.invariant`)."""
+        if self.invariant is not None:
+            return self.invariant.logits(hidden)
+        logits: torch.Tensor = self._lm_head(hidden)
+        return logits
+
     def _logprobs_of(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._normalise(self._lm_head(hidden))
+        return self._normalise(self._head(hidden))
 
     def _normalise(self, logits: torch.Tensor) -> torch.Tensor:
         """Full-distribution fp32 log-probs of raw lm_head rows (softcap first, as the model does)."""

@@ -1,0 +1,337 @@
+"""Batch-invariant arithmetic for low-precision weights on CPU: one per-row forward used by decoding
+and by teacher-forced scoring, so a token's log-prob is the same bits whichever computes it, and
+whatever else shares the request, the chunk or the batch. Imports torch and
+:mod:`workers.engine.llama` only (the weights and the per-op helpers of :class:`LlamaRunner`).
+
+Invariants (checked by ``tests/unit/test_invariant.py`` on the machine that runs them):
+
+* **Row-invariant products.** The bf16 GEMM's kernel (and its reduction order) depends on the row
+  count M: on this CPU oneDNN gives the same bits for every M ≤ 32 and other bits above; small
+  products (M·N·K ≲ 16³, e.g. M = 1 on a 64x64 weight) run PyTorch's own GEMV/GEMM with yet other
+  bits. Every linear runs on tiles of :data:`MIN_TILE_ROWS`..:data:`TILE_ROWS` rows (short ones padded
+  with zero rows), so a row's output never depends on the other rows.
+  fp32 products: M = 1 is a GEMV with its own order, every M ≥ 2 agrees (``_bmm`` pads one row).
+* **Block-fixed attention.** Attention is fp32 over an fp32 K/V copy of bf16 keys and values. The
+  scores of a query are its dot products with every key (a product's column does not depend on how
+  many columns it has); the softmax max is exact; the exponentials are summed per absolute block of
+  :data:`BLOCK` keys, then block by block in order; the weighted values likewise (one product of
+  exactly BLOCK keys per block, summed in order). Blocks past a query's position contribute exact
+  zeros, so a query's arithmetic is the same whether it is one of a prompt's many queries (scoring,
+  prefill) or a decode step, at any batch size, with any other rows and any window.
+* **Per-position tables.** Rotary cos/sin come from one table computed once; RMSNorm, the
+  activation and the log-softmax are row-wise kernels whose order depends on the row length only.
+
+A decode batch keeps the prompt's K/V once, for all rows, up to the last whole block (its keys meet
+every row's queries in one product: cascade attention); each row owns the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from workers.engine.llama import LlamaRunner, _Layer, _rms_norm, _rotate_half
+
+TILE_ROWS = 32  # rows per bf16 product: oneDNN's small-M kernel for every 8 ≤ M ≤ 32 (same bits)
+MIN_TILE_ROWS = 8  # fewer rows may take PyTorch's own bf16 GEMM/GEMV (small M·N·K), other bits
+BLOCK = 64  # keys per attention block (softmax sums and value products are per block, in order)
+SPAN_QUERIES = 256  # query positions per attention product while scoring (bounds the score matrix)
+
+RowCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer fp32 (keys, values) [kv_heads, cap, d]
+
+
+def align(positions: int) -> int:
+    """``positions`` rounded up to whole blocks."""
+    return -(-positions // BLOCK) * BLOCK
+
+
+def tiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` on tiles of MIN_TILE_ROWS..TILE_ROWS rows of ``x`` [N, K] (short tiles padded with
+    zero rows): row i's bits depend on row i only."""
+    rows = x.shape[0]
+    if rows > TILE_ROWS:
+        return torch.cat(
+            [tiled_linear(x[s : s + TILE_ROWS], weight, bias) for s in range(0, rows, TILE_ROWS)]
+        )
+    if rows < MIN_TILE_ROWS:
+        return F.linear(F.pad(x, (0, 0, 0, MIN_TILE_ROWS - rows)), weight, bias)[:rows]
+    return F.linear(x, weight, bias)
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """fp32 ``bmm`` whose rows do not depend on the row count (a single row would take the GEMV path)."""
+    if a.shape[1] != 1:
+        return torch.bmm(a, b)
+    padded = torch.cat((a, torch.zeros_like(a)), dim=1)
+    return torch.bmm(padded, b)[:, :1]
+
+
+def _exp_weights(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unnormalised softmax weights of scaled, masked scores [..., n·BLOCK] and their sums [...]."""
+    top = scores.amax(dim=-1, keepdim=True)
+    weights = torch.exp(scores - top)
+    per_block = weights.view(*weights.shape[:-1], -1, BLOCK).sum(dim=-1)
+    total = per_block[..., 0]
+    for block in range(1, per_block.shape[-1]):
+        total = total + per_block[..., block]
+    return weights, total
+
+
+def _sum_blocks(parts: torch.Tensor) -> torch.Tensor:
+    """Block results [n_blocks, ...] added in block order."""
+    total = parts[0]
+    for block in range(1, parts.shape[0]):
+        total = total + parts[block]
+    return total
+
+
+@dataclass
+class Span:
+    """Tokens ``ids`` of one sequence at positions ``start``.. whose K/V go to ``cache`` (positions
+    before ``start`` already there)."""
+
+    ids: list[int]
+    start: int
+    cache: RowCache
+
+
+class InvariantRunner:
+    """The batch-invariant forward over a :class:`LlamaRunner`'s weights (bf16/fp16 on CPU)."""
+
+    def __init__(self, runner: LlamaRunner) -> None:
+        self.r = runner
+        self.kv_heads, self.groups, self.head_dim = runner.num_kv_heads, runner.groups, runner.head_dim
+        positions = runner._arange[None, :]
+        cos, sin = runner._rope(positions)  # one table: every position's bits fixed once
+        self.cos, self.sin = cos[0], sin[0]
+
+    # ------------------------------------------------------------------------------- caches
+    def new_cache(self, positions: int) -> RowCache:
+        """fp32 K/V for ``positions`` positions of one sequence (values zeroed: masked keys weigh 0)."""
+        shape = (self.kv_heads, align(max(positions, 1)), self.head_dim)
+        return [
+            (torch.empty(shape, dtype=torch.float32), torch.zeros(shape, dtype=torch.float32))
+            for _ in range(self.r.num_layers)
+        ]
+
+    def copy_cache(self, cache: RowCache, length: int, positions: int) -> RowCache:
+        """A new cache for ``positions`` positions holding the first ``length`` of ``cache``."""
+        out = self.new_cache(positions)
+        for (keys, values), (src_k, src_v) in zip(out, cache, strict=True):
+            keys[:, :length] = src_k[:, :length]
+            values[:, :length] = src_v[:, :length]
+        return out
+
+    # ------------------------------------------------------------------------------- layers
+    def _qkv(
+        self, layer: _Layer, x: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows x [N, H] at ``positions`` [N]: rotated q [N, heads, d], k and v [N, kv_heads, d]."""
+        rows = x.shape[0]
+        h = _rms_norm(x, layer.ln_attn, layer.eps_attn)
+        if len(layer.qkv) == 1:
+            r = self.r
+            sizes = (r.num_heads * r.head_dim, r.num_kv_heads * r.head_dim, r.num_kv_heads * r.head_dim)
+            q, k, v = tiled_linear(h, layer.qkv[0], layer.qkv_bias[0]).split(sizes, dim=-1)
+        else:
+            q, k, v = (tiled_linear(h, w, b) for w, b in zip(layer.qkv, layer.qkv_bias, strict=True))
+        q = q.reshape(rows, -1, self.head_dim)
+        k = k.reshape(rows, -1, self.head_dim)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        return q, k, v.reshape(rows, -1, self.head_dim)
+
+    def _finish(self, layer: _Layer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        x = x + tiled_linear(attn, layer.o, layer.o_bias)
+        h = _rms_norm(x, layer.ln_mlp, layer.eps_mlp)
+        if len(layer.gate_up) == 1:
+            gate, up = tiled_linear(h, layer.gate_up[0], layer.gate_up_bias[0]).chunk(2, dim=-1)
+        else:
+            gate = tiled_linear(h, layer.gate_up[0], layer.gate_up_bias[0])
+            up = tiled_linear(h, layer.gate_up[1], layer.gate_up_bias[1])
+        inner = (layer.act(gate) * up).contiguous()
+        return x + tiled_linear(inner, layer.down, layer.down_bias)
+
+    def _attend_span(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Queries q [T, heads, d] at positions start.. over one sequence's cache: [T, heads·d] bf16."""
+        length = q.shape[0]
+        kvh, groups, dim = self.kv_heads, self.groups, self.head_dim
+        grouped = q.float().view(length, kvh, groups, dim).permute(1, 2, 0, 3)  # [kvh, g, T, d]
+        outs = []
+        for first in range(0, length, SPAN_QUERIES):
+            count = min(SPAN_QUERIES, length - first)
+            end = align(start + first + count)
+            rows = grouped[:, :, first : first + count].reshape(kvh, groups * count, dim)
+            scores = _bmm(rows, keys[:, :end].transpose(1, 2)).mul_(self.r.scale)  # [kvh, g·c, end]
+            query_pos = torch.arange(start + first, start + first + count).repeat(groups)
+            hidden = self.r._arange[:end][None, :] > query_pos[:, None]
+            scores.masked_fill_(hidden[None], float("-inf"))
+            weights, total = _exp_weights(scores)
+            blocks = end // BLOCK
+            w = weights.view(kvh, groups * count, blocks, BLOCK).permute(0, 2, 1, 3)
+            v = values[:, :end].reshape(kvh * blocks, BLOCK, dim)
+            parts = _bmm(w.reshape(kvh * blocks, groups * count, BLOCK), v)
+            acc = _sum_blocks(parts.view(kvh, blocks, groups * count, dim).transpose(0, 1))
+            out = acc / total[..., None]  # [kvh, g·c, d]
+            outs.append(out.view(kvh, groups, count, dim).permute(2, 0, 1, 3).reshape(count, -1))
+        return torch.cat(outs).to(q.dtype)
+
+    # ------------------------------------------------------------------------------- passes
+    def forward_spans(self, spans: list[Span]) -> list[torch.Tensor]:
+        """Teacher-forced forward of several sequences' spans (products over all their rows together,
+        attention per sequence): final-normed hidden [len(ids), H] per span."""
+        r = self.r
+        lengths = [len(span.ids) for span in spans]
+        ids = torch.tensor([t for span in spans for t in span.ids], dtype=torch.long)
+        positions = torch.cat(
+            [torch.arange(s.start, s.start + n) for s, n in zip(spans, lengths, strict=True)]
+        )
+        x = F.embedding(ids, r.embed)
+        for number, layer in enumerate(r.layers):
+            q, k, v = self._qkv(layer, x, positions)
+            attn = []
+            offset = 0
+            for span, n in zip(spans, lengths, strict=True):
+                keys, values = span.cache[number]
+                keys[:, span.start : span.start + n] = k[offset : offset + n].transpose(0, 1)
+                values[:, span.start : span.start + n] = v[offset : offset + n].transpose(0, 1)
+                attn.append(self._attend_span(q[offset : offset + n], keys, values, span.start))
+                offset += n
+            x = self._finish(layer, x, torch.cat(attn))
+        hidden = _rms_norm(x, r.norm, r.norm_eps)
+        return list(hidden.split(lengths))
+
+    def decode(
+        self,
+        ids: torch.Tensor,
+        positions: list[int],
+        own: RowCache,
+        own_start: int,
+        prefix: RowCache | None,
+    ) -> torch.Tensor:
+        """One token per row (the per-row decode API): ``ids`` [R] at ``positions`` (one per row).
+
+        ``own``: per layer fp32 (keys, values) [R, kv_heads, cap, d] holding each row's positions
+        ``own_start``.. (values zeroed beyond what was written); ``prefix``: per layer fp32
+        [kv_heads, own_start, d], positions 0..own_start-1 shared by every row (``own_start`` a
+        multiple of BLOCK; None when 0). Writes the new K/V; returns final-normed hidden [R, H]."""
+        r = self.r
+        rows = ids.shape[0]
+        kvh, groups, dim = self.kv_heads, self.groups, self.head_dim
+        pos = torch.tensor(positions, dtype=torch.long)
+        slots = pos - own_start
+        window = align(int(slots.max()) + 1)
+        shared = 0 if prefix is None else prefix[0][0].shape[1]
+        hidden_keys = r._arange[:window][None, :] > slots[:, None]  # [R, W] masked own positions
+        every = torch.arange(rows)
+        x = F.embedding(ids, r.embed)
+        for number, layer in enumerate(r.layers):
+            q, k, v = self._qkv(layer, x, pos)
+            keys, values = own[number]
+            keys[every, :, slots] = k.float()
+            values[every, :, slots] = v.float()
+            grouped = q.float().view(rows, kvh, groups, dim)
+            own_k = keys[:, :, :window].reshape(rows * kvh, window, dim)
+            scores = _bmm(grouped.reshape(rows * kvh, groups, dim), own_k.transpose(1, 2))
+            scores = scores.view(rows, kvh, groups, window)
+            if prefix is not None:
+                stacked = grouped.permute(1, 0, 2, 3).reshape(kvh, rows * groups, dim)
+                front = _bmm(stacked, prefix[number][0].transpose(1, 2)).view(kvh, rows, groups, shared)
+                scores = torch.cat((front.permute(1, 0, 2, 3), scores), dim=-1)
+            scores = scores * self.r.scale
+            tail = scores[..., shared:]
+            tail.masked_fill_(hidden_keys[:, None, None, :], float("-inf"))
+            weights, total = _exp_weights(scores)  # [R, kvh, g, shared + W], [R, kvh, g]
+            own_blocks = window // BLOCK
+            w_own = weights[..., shared:].reshape(rows, kvh, groups, own_blocks, BLOCK).permute(0, 1, 3, 2, 4)
+            v_own = values[:, :, :window].reshape(rows * kvh * own_blocks, BLOCK, dim)
+            parts = _bmm(w_own.reshape(-1, groups, BLOCK), v_own).view(rows, kvh, own_blocks, groups, dim)
+            parts = parts.permute(2, 0, 1, 3, 4)  # [blocks, R, kvh, g, d]
+            if prefix is not None:
+                front_blocks = shared // BLOCK
+                w_front = weights[..., :shared].reshape(rows, kvh, groups, front_blocks, BLOCK)
+                w_front = w_front.permute(1, 3, 0, 2, 4).reshape(kvh * front_blocks, rows * groups, BLOCK)
+                v_front = prefix[number][1].reshape(kvh * front_blocks, BLOCK, dim)
+                front_parts = _bmm(w_front, v_front).view(kvh, front_blocks, rows, groups, dim)
+                parts = torch.cat((front_parts.permute(1, 2, 0, 3, 4), parts))
+            acc = _sum_blocks(parts) / total[..., None]  # [R, kvh, g, d]
+            x = self._finish(layer, x, acc.reshape(rows, -1).to(r.dtype))
+        return _rms_norm(x, r.norm, r.norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of final-normed hidden rows [N, H] (row-invariant lm_head)."""
+        r = self.r
+        return tiled_linear(hidden, r.lm_head, r.lm_head_bias).float()
+
+
+class InvariantBatch:
+    """One request's decode rows for :class:`workers.engine.generate.GenerateMixin` (the
+    :class:`workers.engine.fast_decode.DecodeBatch` interface, CPU, rows dropped as they finish)."""
+
+    compact = True
+
+    def __init__(self, runner: InvariantRunner, n: int, max_tokens: int, on_forward: object) -> None:
+        self.runner = runner
+        self.n = n
+        self.max_tokens = max_tokens
+        self.on_forward = on_forward
+        self.position = 0
+        self.own: RowCache = []
+        self.own_start = 0
+        self.prefix: RowCache | None = None
+        self._logits: torch.Tensor | None = None
+
+    def _count(self) -> None:
+        if callable(self.on_forward):
+            self.on_forward()
+
+    def prefill(self, prompt: list[int]) -> torch.Tensor:
+        """The prompt's forward (the scoring arithmetic): fp32 logits [1, V] after its last token."""
+        inv = self.runner
+        length = len(prompt)
+        cache = inv.new_cache(length)
+        hidden = inv.forward_spans([Span(prompt, 0, cache)])[0]
+        self._count()
+        start = (length // BLOCK) * BLOCK
+        self.own_start = start
+        if start:
+            self.prefix = [(k[:, :start].contiguous(), v[:, :start].contiguous()) for k, v in cache]
+        capacity = align(length + self.max_tokens - start)
+        shape = (self.n, inv.kv_heads, capacity, inv.head_dim)
+        self.own = []
+        for keys, values in cache:
+            own_k = torch.empty(shape, dtype=torch.float32)
+            own_v = torch.zeros(shape, dtype=torch.float32)
+            own_k[:, :, : length - start] = keys[None, :, start:length]
+            own_v[:, :, : length - start] = values[None, :, start:length]
+            self.own.append((own_k, own_v))
+        self.position = length
+        return inv.logits(hidden[-1:])
+
+    def launch(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """One decode step of the first ``len(tokens)`` rows."""
+        count = tokens.shape[0]
+        hidden = self.runner.decode(
+            tokens,
+            [self.position] * count,
+            [(k[:count], v[:count]) for k, v in self.own],
+            self.own_start,
+            self.prefix,
+        )
+        self._count()
+        self._logits = self.runner.logits(hidden)
+        self.position += 1
+
+    def logits(self, rows: torch.Tensor | None = None, count: int | None = None) -> torch.Tensor:
+        assert self._logits is not None
+        return self._logits if rows is None else self._logits.index_select(0, rows)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (ascending): they move to the front."""
+        index = torch.tensor(rows, dtype=torch.long)
+        self.own = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.own]
