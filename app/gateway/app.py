@@ -20,6 +20,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from app.auction.admission import AdmissionController, AdmissionLimits, AdmissionMetrics
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
 from app.gateway.errors import add_error_handlers
@@ -130,6 +131,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.key_ring = KeyRing(settings)
+    app.state.admission = AdmissionController(
+        AdmissionLimits(
+            max_concurrent=settings.max_concurrent_auctions,
+            max_per_key=settings.max_auctions_per_key,
+            max_tokens_in_flight=settings.max_tokens_in_flight,
+            max_waiting=settings.max_waiting_auctions,
+            max_wait_s=settings.admission_wait_s,
+        ),
+        AdmissionMetrics(metrics.registry),
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     document_schemas(app, settings)

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from app.auction.admission import AdmissionRefusedError
 from app.auction.engine_client import WorkerRequestError, WorkersUnavailableError
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
@@ -37,6 +38,13 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
 
     def count_failure(outcome: str) -> None:
         metrics.auctions.labels(outcome, "unknown").inc()
+
+    @app.exception_handler(AdmissionRefusedError)
+    async def _refused(request: Request, error: AdmissionRefusedError) -> JSONResponse:
+        count_failure(f"refused_{error.reason}")
+        response = error_response(429, str(error))
+        response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
 
     @app.exception_handler(WorkersUnavailableError)
     async def _workers_down(request: Request, error: WorkersUnavailableError) -> JSONResponse:

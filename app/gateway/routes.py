@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from app.auction.admission import AdmissionController, auction_token_cost
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService, auction_key, load_record
 from app.gateway.metrics import GatewayMetrics
@@ -63,16 +64,26 @@ async def readyz(request: Request) -> JSONResponse:
     "/auction",
     response_model=AuctionResponse,
     response_model_exclude_none=True,
-    dependencies=[Depends(require_platform_key)],
     tags=["auction"],
     summary="Run one MOSAIC auction and return the sampled reply",
-    responses=error_responses(401, 403, 413, 422, 500, 502, 503, 504),
+    responses=error_responses(401, 403, 413, 422, 429, 500, 502, 503, 504),
 )
-async def run_auction(body: AuctionRequest, request: Request) -> AuctionResponse:
+async def run_auction(
+    body: AuctionRequest, request: Request, principal: Principal = Depends(require_platform_key)
+) -> AuctionResponse:
     settings: Settings = request.app.state.settings
     enforce_limits(body, settings)
     service: AuctionService = request.app.state.auctions
-    return await service.run(body)
+    admission: AdmissionController = request.app.state.admission
+    cost = auction_token_cost(
+        body.candidates or settings.default_candidates,
+        body.max_tokens or settings.default_max_tokens,
+        len(body.advertisers),
+        body.proposal,
+    )
+    # Admission comes after validation and before any model work: a refusal (429) costs nothing.
+    async with admission.admit(principal.key_id, cost):
+        return await service.run(body)
 
 
 @router.get(

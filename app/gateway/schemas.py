@@ -340,6 +340,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Not found",
         413: "Request body over MAX_BODY_BYTES; names `body` (nothing billed)",
         422: "Invalid input or over a limit; names the field (nothing billed)",
+        429: "Over an admission limit (concurrency, per-key, worker tokens); retry after `Retry-After` "
+        "seconds (refused before any model work, nothing billed)",
         500: "Internal error, naming its cause (nothing billed)",
         502: "A worker refused the request (nothing billed)",
         503: "Workers, Redis or the billing ledger unavailable (nothing billed)",
@@ -349,10 +351,17 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     def name(status: int) -> str:
         return _error_model(status).__name__
 
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
     return {
         status: {
             "description": descriptions[status],
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name(status)}"}}},
+            **({"headers": retry_after} if status == 429 else {}),
         }
         for status in statuses
     }

@@ -59,6 +59,9 @@ class Principal:
 
     scope: Scope
     advertiser_id: str | None = None
+    # Which key called (the first 16 hex digits of its SHA-256; "open" without auth): what per-key
+    # limits and scopes count by. Never the key itself.
+    key_id: str = "open"
 
     def may_read_advertiser(self, advertiser_id: str) -> bool:
         return self.scope != "advertiser" or self.advertiser_id == advertiser_id
@@ -124,10 +127,11 @@ class KeyRing:
         for digest, advertiser_id in self.advertisers:
             if hmac.compare_digest(presented, digest):
                 advertiser = advertiser_id
+        key_id = presented.hex()[:16]
         if platform:
-            return Principal("platform")
+            return Principal("platform", key_id=key_id)
         if advertiser is not None:
-            return Principal("advertiser", advertiser)
+            return Principal("advertiser", advertiser, key_id=key_id)
         return None
 
 
