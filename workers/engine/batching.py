@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: requests go in sets
 class _Request:
     prompts: list[list[int]]
     options: SamplingOptions
