@@ -186,6 +186,15 @@ def test_other_proposals_recompute(client: TestClient, proposal: str) -> None:
         assert sources.count("context") == 3 and sources.count("reference") == 2  # round(0.5 · 5) = 3
 
 
+def test_reference_proposal_weights_are_exact(client: TestClient) -> None:
+    """proposal=reference at temperature 1 / top-p 1: q = π_ref, so log π_ref − log q must be 0 for
+    every candidate (issue 17: bf16 decoding and scoring share one arithmetic; before, ±1 nat)."""
+    request = auction_body(proposal="reference", candidates=8, max_tokens=40)
+    body = client.post("/auction", json=request).json()
+    gaps = [abs(c["log_ref"] - c["log_proposal"]) for c in body["candidates"]]
+    assert len(gaps) == 8 and max(gaps) <= 1e-3, gaps
+
+
 def test_processed_logprobs_are_the_proposal_density(client: TestClient) -> None:
     """At temperature 0.7 / top-p 0.9, log q is the processed log-prob, not the raw score."""
     body = client.post("/auction", json=auction_body(temperature=0.7, top_p=0.9, proposal="reference")).json()

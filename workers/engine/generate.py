@@ -255,7 +255,9 @@ class GenerateMixin(SamplingMixin):
                 logits = logits.expand(n, -1)
         state = _DecodeState(self, opts)
         for step in range(max_tokens):
-            drawn, chosen, top = self._sample_step(logits, opts, [generators[s] for s in state.active], state.banned(step))
+            drawn, chosen, top = self._sample_step(
+                logits, opts, [generators[s] for s in state.active], state.banned(step)
+            )
             still = state.record(drawn.tolist(), chosen.tolist(), _host_top(top))
             if not still or step == max_tokens - 1:
                 break
@@ -286,7 +288,9 @@ class GenerateMixin(SamplingMixin):
         state = _DecodeState(self, opts)
         active_rows: torch.Tensor | None = None  # device index of the unfinished rows (overlap mode)
         for step in range(max_tokens):
-            drawn, chosen, top = self._sample_step(logits, opts, [generators[s] for s in state.active], state.banned(step))
+            drawn, chosen, top = self._sample_step(
+                logits, opts, [generators[s] for s in state.active], state.banned(step)
+            )
             last = step == max_tokens - 1
             if batch.compact:
                 still = state.record(drawn.tolist(), chosen.tolist(), _host_top(top))

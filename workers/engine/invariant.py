@@ -5,9 +5,11 @@ whatever else shares the request, the chunk or the batch. Imports torch and
 
 Invariants (checked by ``tests/unit/test_invariant.py`` on the machine that runs them):
 
-* **Row-invariant products.** oneDNN's bf16 GEMM picks its kernel (and its reduction order) by the
-  row count M: on this CPU every M ≤ 32 gives the bits of M = 1, larger M do not. Every linear runs
-  on tiles of at most :data:`TILE_ROWS` rows, so a row's output never depends on the other rows.
+* **Row-invariant products.** The bf16 GEMM's kernel (and its reduction order) depends on the row
+  count M: on this CPU oneDNN gives the same bits for every M ≤ 32 and other bits above; small
+  products (M·N·K ≲ 16³, e.g. M = 1 on a 64x64 weight) run PyTorch's own GEMV/GEMM with yet other
+  bits. Every linear runs on tiles of :data:`MIN_TILE_ROWS`..:data:`TILE_ROWS` rows (short ones padded
+  with zero rows), so a row's output never depends on the other rows.
   fp32 products: M = 1 is a GEMV with its own order, every M ≥ 2 agrees (``_bmm`` pads one row).
 * **Block-fixed attention.** Attention is fp32 over an fp32 K/V copy of bf16 keys and values. The
   scores of a query are its dot products with every key (a product's column does not depend on how
@@ -32,7 +34,8 @@ import torch.nn.functional as F
 
 from workers.engine.llama import LlamaRunner, _Layer, _rms_norm, _rotate_half
 
-TILE_ROWS = 32  # rows per bf16 product: every M ≤ 32 runs oneDNN's small-M kernel (M = 1's bits)
+TILE_ROWS = 32  # rows per bf16 product: oneDNN's small-M kernel for every 8 ≤ M ≤ 32 (same bits)
+MIN_TILE_ROWS = 8  # fewer rows may take PyTorch's own bf16 GEMM/GEMV (small M·N·K), other bits
 BLOCK = 64  # keys per attention block (softmax sums and value products are per block, in order)
 SPAN_QUERIES = 256  # query positions per attention product while scoring (bounds the score matrix)
 
@@ -45,11 +48,16 @@ def align(positions: int) -> int:
 
 
 def tiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` on tiles of ≤ TILE_ROWS rows of ``x`` [N, K]: row i's bits depend on row i only."""
+    """``F.linear`` on tiles of MIN_TILE_ROWS..TILE_ROWS rows of ``x`` [N, K] (short tiles padded with
+    zero rows): row i's bits depend on row i only."""
     rows = x.shape[0]
-    if rows <= TILE_ROWS:
-        return F.linear(x, weight, bias)
-    return torch.cat([F.linear(x[s : s + TILE_ROWS], weight, bias) for s in range(0, rows, TILE_ROWS)])
+    if rows > TILE_ROWS:
+        return torch.cat(
+            [tiled_linear(x[s : s + TILE_ROWS], weight, bias) for s in range(0, rows, TILE_ROWS)]
+        )
+    if rows < MIN_TILE_ROWS:
+        return F.linear(F.pad(x, (0, 0, 0, MIN_TILE_ROWS - rows)), weight, bias)[:rows]
+    return F.linear(x, weight, bias)
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

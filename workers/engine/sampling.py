@@ -152,7 +152,10 @@ class SamplingMixin:
             )
         else:
             uniforms = torch.cat(
-                [torch.rand((1,), generator=g, device=logprobs.device, dtype=torch.float64) for g in generator]
+                [
+                    torch.rand((1,), generator=g, device=logprobs.device, dtype=torch.float64)
+                    for g in generator
+                ]
             )
         drawn = inverse_cdf_sample(logprobs.exp(), uniforms)
         return torch.where(drawn >= logprobs.shape[-1], best, drawn)  # NaN rows (a broken model)
