@@ -99,7 +99,8 @@ class Span:
 
 @dataclass
 class DecodeGroup:
-    """One group's decode step (the arguments of :meth:`InvariantRunner.decode`)."""
+    """One group's decode step (the arguments of :meth:`InvariantRunner.decode`) and what its
+    attention derives from them once per step."""
 
     ids: torch.Tensor
     positions: list[int]
@@ -107,28 +108,14 @@ class DecodeGroup:
     own_start: int
     prefix: RowCache | None
 
-
-@dataclass
-class _GroupPlan:
-    """What a group's attention needs beyond its arguments, computed once per step."""
-
-    rows: int
-    pos: torch.Tensor
-    slots: torch.Tensor
-    window: int
-    shared: int
-    hidden_keys: torch.Tensor
-    every: torch.Tensor
-
-    @classmethod
-    def of(cls, group: DecodeGroup) -> _GroupPlan:
-        rows = group.ids.shape[0]
-        pos = torch.tensor(group.positions, dtype=torch.long)
-        slots = pos - group.own_start
-        window = align(int(slots.max()) + 1)
-        shared = 0 if group.prefix is None else group.prefix[0][0].shape[1]
-        hidden_keys = torch.arange(window)[None, :] > slots[:, None]  # [R, W] masked own positions
-        return cls(rows, pos, slots, window, shared, hidden_keys, torch.arange(rows))
+    def __post_init__(self) -> None:
+        self.rows = self.ids.shape[0]
+        self.pos = torch.tensor(self.positions, dtype=torch.long)
+        self.slots = self.pos - self.own_start
+        self.window = align(int(self.slots.max()) + 1)
+        self.shared = 0 if self.prefix is None else self.prefix[0][0].shape[1]
+        self.hidden_keys = torch.arange(self.window)[None, :] > self.slots[:, None]  # [R, W] masked
+        self.every = torch.arange(self.rows)
 
 
 class InvariantRunner:
@@ -261,38 +248,30 @@ class InvariantRunner:
         rows together (row-invariant), the attention per group with the arithmetic of a group alone,
         so each group's hidden [R_g, H] has the bits :meth:`decode` gives it by itself."""
         r = self.r
-        plans = [_GroupPlan.of(group) for group in groups]
         x = F.embedding(torch.cat([group.ids for group in groups]), r.embed)
-        pos = torch.cat([plan.pos for plan in plans])
+        pos = torch.cat([group.pos for group in groups])
         for number, layer in enumerate(r.layers):
             q, k, v = self._qkv(layer, x, pos)
             attn = []
             offset = 0
-            for group, plan in zip(groups, plans, strict=True):
-                rows = plan.rows
-                span = slice(offset, offset + rows)
-                attn.append(self._decode_attention(number, group, plan, q[span], k[span], v[span]))
-                offset += rows
+            for group in groups:
+                span = slice(offset, offset + group.rows)
+                attn.append(self._decode_attention(number, group, q[span], k[span], v[span]))
+                offset += group.rows
             x = self._finish(layer, x, torch.cat(attn) if len(attn) > 1 else attn[0])
         hidden = _rms_norm(x, r.norm, r.norm_eps)
-        return list(hidden.split([plan.rows for plan in plans]))
+        return list(hidden.split([group.rows for group in groups]))
 
     def _decode_attention(
-        self,
-        number: int,
-        group: DecodeGroup,
-        plan: _GroupPlan,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        self, number: int, group: DecodeGroup, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """Layer ``number``'s attention of one group's rows (q [R, heads, d], k/v [R, kv_heads, d]):
         writes their K/V into the group's own cache; returns [R, heads·d] in the weights' dtype."""
-        rows, window, shared, prefix = plan.rows, plan.window, plan.shared, group.prefix
+        rows, window, shared, prefix = group.rows, group.window, group.shared, group.prefix
         kvh, groups, dim = self.kv_heads, self.groups, self.head_dim
         keys, values = group.own[number]
-        keys[plan.every, :, plan.slots] = k.float()
-        values[plan.every, :, plan.slots] = v.float()
+        keys[group.every, :, group.slots] = k.float()
+        values[group.every, :, group.slots] = v.float()
         grouped = q.float().view(rows, kvh, groups, dim)
         own_k = keys[:, :, :window].reshape(rows * kvh, window, dim)
         scores = _bmm(grouped.reshape(rows * kvh, groups, dim), own_k.transpose(1, 2))
@@ -303,7 +282,7 @@ class InvariantRunner:
             scores = torch.cat((front.permute(1, 0, 2, 3), scores), dim=-1)
         scores = scores * self.r.scale
         tail = scores[..., shared:]
-        tail.masked_fill_(plan.hidden_keys[:, None, None, :], float("-inf"))
+        tail.masked_fill_(group.hidden_keys[:, None, None, :], float("-inf"))
         weights, total = _exp_weights(scores)  # [R, kvh, g, shared + W], [R, kvh, g]
         own_blocks = window // BLOCK
         w_own = weights[..., shared:].reshape(rows, kvh, groups, own_blocks, BLOCK).permute(0, 1, 3, 2, 4)
