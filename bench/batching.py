@@ -40,11 +40,15 @@ async def auction(engine: Engine, k: int, candidates: int, max_tokens: int, cont
 
 
 async def level(engine: Engine, clients: int, args: argparse.Namespace) -> float:
+    """Auctions/s of ``clients`` closed-loop clients, each running ``--rounds`` auctions."""
+
+    async def client(first: int) -> None:
+        for k in range(first, first + args.rounds):
+            await auction(engine, k, args.candidates, args.max_tokens, args.contexts)
+
     began = time.perf_counter()
-    await asyncio.gather(
-        *(auction(engine, k, args.candidates, args.max_tokens, args.contexts) for k in range(clients))
-    )
-    return clients / (time.perf_counter() - began)
+    await asyncio.gather(*(client(c * args.rounds) for c in range(clients)))
+    return clients * args.rounds / (time.perf_counter() - began)
 
 
 def main() -> None:
@@ -54,6 +58,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--contexts", type=int, default=3, help="scoring prompts (reference + advertisers)")
+    parser.add_argument("--rounds", type=int, default=2, help="auctions per client per level")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -61,7 +66,7 @@ def main() -> None:
     loop = engine.batching
     if loop is None:
         sys.exit("no batch-invariant path on this machine (weights not bf16 on CPU): nothing to compare")
-    asyncio.run(level(engine, 1, args))  # warm-up
+    asyncio.run(auction(engine, 0, args.candidates, args.max_tokens, args.contexts))  # warm-up
     figures: dict[str, float] = {}
     print(f"{'C':>3} {'serial/s':>10} {'batched/s':>10} {'ratio':>7}")
     batched_c1 = 0.0
