@@ -1,6 +1,6 @@
 """The engine's fast decode path: a static KV cache, one request's decode batch and CUDA graphs
-around the functional Llama forward of :mod:`workers.engine.llama`. Imports torch and that module
-only (sampling stays in :mod:`workers.engine.sampling`, unchanged).
+around the functional Llama forward of :mod:`workers.engine.llama`. Imports torch, that module and
+:mod:`workers.engine.invariant` only (sampling stays in :mod:`workers.engine.sampling`, unchanged).
 
 Why: a transformers forward pass launches ~20 kernels per layer from Python. For a 7B model on an
 H100 that is ~25 ms of CPU time per decode step against ~5 ms of GPU work (the weights read once),
@@ -25,8 +25,9 @@ then on. If capture fails the step runs eagerly (same numbers) and graphs stay o
 
 Without graphs (CPU, or ``WORKER_DECODE=eager``) the same forward runs eagerly with exact shapes,
 and finished rows are dropped from the batch (``keep``), as the transformers loop did. With bf16
-weights on CPU the prompt's K/V is kept once, in fp32, for all rows (cascade attention, see
-:mod:`workers.engine.llama`).
+weights on CPU ``begin`` returns an :class:`workers.engine.invariant.InvariantBatch`: the
+batch-invariant forward scoring uses too, so every sampled log-prob is the teacher-forced score's bits.
+On CUDA (graphs, bucketed rows, cuBLAS kernels chosen per shape) agreement is to bf16 rounding only.
 """
 
 from __future__ import annotations

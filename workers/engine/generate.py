@@ -11,7 +11,7 @@ Generation (:meth:`Engine.complete` with ``max_tokens`` > 0)
     A request with several prompts decodes them one after the other (each prompt's n samples
     batched); a scoring request's single sampled token (``max_tokens: 1``) reuses the scoring pass.
 
-    Decode modes (``WORKER_DECODE``; the numbers and the random stream are the same in all three):
+    Decode modes (``WORKER_DECODE``; the random streams are the same in all three, one per sample):
 
     * ``fast`` (default): :mod:`workers.engine.fast_decode` — a static KV cache (one pool, reused across
       requests), a functional forward of Llama-family models and, on CUDA, one CUDA-graph replay per
