@@ -162,6 +162,9 @@ class BatchLoop:
         with self._cv:
             self._closed = True
             self._cv.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)  # ends after its current step (none left running at exit)
 
     # ------------------------------------------------------------------------------------ the loop
     def _run(self) -> None:
