@@ -33,6 +33,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from workers.auth import BearerKeyMiddleware
 from workers.completions import build_choices, prompt_lists, sampling_options
 from workers.dialect import DialectError, check_request
-from workers.engine.core import Engine, EngineInputError, PromptResult, load_engine
+from workers.engine.core import Engine, EngineInputError, load_engine
 from workers.logging_setup import configure_logging
 from workers.metrics import WorkerMetrics
 from workers.protocol import (
@@ -206,27 +207,28 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
         engine.check_request(prompts, options)
         running = metrics.running.labels(*metrics.label_values)
         waiting = metrics.waiting.labels(*metrics.label_values)
-        started = False
+        started: bool | None = False
+        state = threading.Lock()  # on_start runs on the engine's thread
 
-        def run() -> list[PromptResult]:
+        def on_start() -> None:
             nonlocal started
-            started = True
+            with state:
+                if started is None:  # the request already left (its client went away)
+                    return
+                started = True
             waiting.dec()
             metrics.queue_time.labels(*metrics.label_values).observe(time.perf_counter() - start)
             running.inc()
-            try:
-                return engine.complete(prompts, options, body.prompt_logprobs)
-            finally:
-                running.dec()
 
         cost = request_cost([len(p) for p in prompts], options.n, options.max_tokens)
         with queue.hold(cost):  # 429 here, before any model work, when the worker holds too much
             waiting.inc()
             try:
-                results: list[PromptResult] = await engine.arun(run)
+                results = await engine.acomplete(prompts, options, body.prompt_logprobs, on_start)
             finally:
-                if not started:
-                    waiting.dec()
+                with state:
+                    was, started = started, None
+                (running if was else waiting).dec()
         queue.observe(cost, time.perf_counter() - start)
         choices = await asyncio.to_thread(build_choices, engine, body, results)
         prompt_tokens = sum(len(p) for p in prompts)

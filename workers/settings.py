@@ -36,6 +36,21 @@ class WorkerSettings(BaseSettings):
     worker_score_token_budget: int = Field(
         8192, ge=64, description="Max padded tokens per forward pass when the worker scores a batch."
     )
+    worker_batching: bool = Field(
+        True,
+        description="Continuous batching on the CPU batch-invariant path (bf16/fp16 weights on CPU): "
+        "concurrent requests share forward passes, step by step, with bit-identical results. Off (and "
+        "on every other path: fp32, legacy, CUDA): one request at a time.",
+    )
+    worker_batch_token_budget: int = Field(
+        2048,
+        ge=64,
+        description="Continuous batching: most tokens per step (1 per decoding row, plus the prompts "
+        "prefilled or scored in it); a larger request runs alone in its step.",
+    )
+    worker_batch_max_rows: int = Field(
+        64, ge=1, description="Continuous batching: most decoding rows (samples) per step."
+    )
     worker_max_model_len: int = Field(
         2048, ge=16, description="Longest prompt + reply the worker accepts (tokens)."
     )

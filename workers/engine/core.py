@@ -8,7 +8,10 @@ from :mod:`workers.engine.generate` (with :mod:`workers.engine.sampling`), its s
 Concurrency
     One model, one lock: every model call runs under ``Engine.lock``. The async API runs the work on
     the engine's own single worker thread, so an asyncio loop (the worker's server, or a gateway that
-    embeds it in process) is never blocked and requests are served one at a time in arrival order.
+    embeds it in process) is never blocked. On the CPU batch-invariant path (bf16/fp16 on CPU, the
+    default here) :meth:`Engine.acomplete` goes through :class:`workers.engine.batching.BatchLoop`:
+    concurrent requests share each forward step (continuous batching) with bit-identical results;
+    every other path (fp32, legacy, CUDA with graphs) serves one request at a time in arrival order.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import functools
 import logging
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -26,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from workers.engine import fast_decode, llama
+from workers.engine.batching import BatchLoop
 from workers.engine.generate import GenerateMixin, Sample
 from workers.engine.sampling import SamplingOptions, sample_generators
 from workers.engine.score import PromptScores, ScoreMixin
@@ -70,10 +74,13 @@ class Engine(GenerateMixin, ScoreMixin):
         min_shared_prefix: int = 16,
         decode: DecodeMode | None = None,
         force_ignore_eos: bool | None = None,
+        batching: bool | None = None,
     ) -> None:
         settings = get_worker_settings()
         if max_logprobs is None:
             max_logprobs = settings.worker_max_logprobs
+        if batching is None:
+            batching = settings.worker_batching
         if max_model_len is None or score_token_budget is None or decode is None or force_ignore_eos is None:
             max_model_len = max_model_len if max_model_len is not None else settings.worker_max_model_len
             score_token_budget = (
@@ -128,6 +135,11 @@ class Engine(GenerateMixin, ScoreMixin):
         self.decode_mode: str = decode if self.fast is not None else "legacy"
         # bf16/fp16 on CPU: decoding and scoring share one batch-invariant forward (invariant.py).
         self.invariant = self.fast.invariant if self.fast is not None else None
+        # ... and concurrent requests share its steps (continuous batching, batching.py).
+        self.batching: BatchLoop | None = None
+        if self.invariant is not None and batching:
+            budget = max(settings.worker_batch_token_budget, settings.worker_batch_max_rows)
+            self.batching = BatchLoop(self, self.invariant, budget, settings.worker_batch_max_rows)
 
     def _count_forward(self) -> None:
         self.stats.forward_passes += 1
@@ -215,17 +227,8 @@ class Engine(GenerateMixin, ScoreMixin):
         options: SamplingOptions,
         prompt_logprobs: int | None = None,
     ) -> list[PromptResult]:
-        """Serve one ``/v1/completions`` request (blocking; takes the engine lock)."""
-        prompt_lists = [list(p) for p in prompts]
-        self.check_request(prompt_lists, options)
-        if prompt_logprobs is not None and prompt_logprobs > self.max_logprobs:
-            raise EngineInputError(
-                f"Requested prompt logprobs of {prompt_logprobs}, which is greater than max allowed: "
-                f"{self.max_logprobs}"
-            )
-        seed = options.seed if options.seed is not None else secrets.randbits(63)
-        if self.force_ignore_eos and not options.ignore_eos:
-            options = replace(options, ignore_eos=True)
+        """Serve one ``/v1/completions`` request (blocking; takes the engine lock; alone, never batched)."""
+        prompt_lists, options, seed = self._prepare(prompts, options, prompt_logprobs)
         with self.lock, torch.inference_mode():
             results = [PromptResult(prompt_ids=p, scores=None) for p in prompt_lists]
             last: list[torch.Tensor | None] = [None] * len(prompt_lists)
@@ -244,6 +247,22 @@ class Engine(GenerateMixin, ScoreMixin):
                     self.stats.generation_tokens += sum(len(s.token_ids) for s in result.samples)
             return results
 
+    def _prepare(
+        self, prompts: Sequence[Sequence[int]], options: SamplingOptions, prompt_logprobs: int | None
+    ) -> tuple[list[list[int]], SamplingOptions, int]:
+        """A request's checks; its prompts, effective options and seed."""
+        prompt_lists = [list(p) for p in prompts]
+        self.check_request(prompt_lists, options)
+        if prompt_logprobs is not None and prompt_logprobs > self.max_logprobs:
+            raise EngineInputError(
+                f"Requested prompt logprobs of {prompt_logprobs}, which is greater than max allowed: "
+                f"{self.max_logprobs}"
+            )
+        seed = options.seed if options.seed is not None else secrets.randbits(63)
+        if self.force_ignore_eos and not options.ignore_eos:
+            options = replace(options, ignore_eos=True)
+        return prompt_lists, options, seed
+
     def score(self, prompts: Sequence[Sequence[int]], top_k: int = 0) -> list[PromptScores]:
         """Prompt log-probs of every prompt (blocking; takes the engine lock)."""
         prompt_lists = [list(p) for p in prompts]
@@ -257,12 +276,22 @@ class Engine(GenerateMixin, ScoreMixin):
         prompts: Sequence[Sequence[int]],
         options: SamplingOptions,
         prompt_logprobs: int | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> list[PromptResult]:
-        """:meth:`complete` on the engine's own thread (never blocks the event loop)."""
+        """:meth:`complete` without blocking the event loop: through the continuous-batching loop when
+        the engine has one (the same results, bit for bit), else on the engine's own thread.
+        ``on_start``: called (on the engine's thread) when the request's first model work begins."""
+        if self.batching is not None:
+            prompt_lists, options, seed = self._prepare(prompts, options, prompt_logprobs)
+            return await self.batching.acomplete(prompt_lists, options, prompt_logprobs, seed, on_start)
+
+        def run() -> list[PromptResult]:
+            if on_start is not None:
+                on_start()
+            return self.complete(prompts, options, prompt_logprobs)
+
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(self.complete, prompts, options, prompt_logprobs)
-        )
+        return await loop.run_in_executor(self._executor, run)
 
     async def arun(self, fn: Any, *args: Any) -> Any:
         """Run any blocking engine helper on the engine thread."""
@@ -270,6 +299,8 @@ class Engine(GenerateMixin, ScoreMixin):
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     def close(self) -> None:
+        if self.batching is not None:
+            self.batching.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -97,6 +97,27 @@ class Span:
     cache: RowCache
 
 
+@dataclass
+class DecodeGroup:
+    """One group's decode step (the arguments of :meth:`InvariantRunner.decode`) and what its
+    attention derives from them once per step."""
+
+    ids: torch.Tensor
+    positions: list[int]
+    own: RowCache
+    own_start: int
+    prefix: RowCache | None
+
+    def __post_init__(self) -> None:
+        self.rows = self.ids.shape[0]
+        self.pos = torch.tensor(self.positions, dtype=torch.long)
+        self.slots = self.pos - self.own_start
+        self.window = align(int(self.slots.max()) + 1)
+        self.shared = 0 if self.prefix is None else self.prefix[0][0].shape[1]
+        self.hidden_keys = torch.arange(self.window)[None, :] > self.slots[:, None]  # [R, W] masked
+        self.every = torch.arange(self.rows)
+
+
 class InvariantRunner:
     """The batch-invariant forward over a :class:`LlamaRunner`'s weights (bf16/fp16 on CPU)."""
 
@@ -220,48 +241,63 @@ class InvariantRunner:
         ``own_start``.. (values zeroed beyond what was written); ``prefix``: per layer fp32
         [kv_heads, own_start, d], positions 0..own_start-1 shared by every row (``own_start`` a
         multiple of BLOCK; None when 0). Writes the new K/V; returns final-normed hidden [R, H]."""
+        return self.decode_groups([DecodeGroup(ids, positions, own, own_start, prefix)])[0]
+
+    def decode_groups(self, groups: list[DecodeGroup]) -> list[torch.Tensor]:
+        """:meth:`decode` of several groups (requests) in one pass: the products run over all their
+        rows together (row-invariant), the attention per group with the arithmetic of a group alone,
+        so each group's hidden [R_g, H] has the bits :meth:`decode` gives it by itself."""
         r = self.r
-        rows = ids.shape[0]
-        kvh, groups, dim = self.kv_heads, self.groups, self.head_dim
-        pos = torch.tensor(positions, dtype=torch.long)
-        slots = pos - own_start
-        window = align(int(slots.max()) + 1)
-        shared = 0 if prefix is None else prefix[0][0].shape[1]
-        hidden_keys = r._arange[:window][None, :] > slots[:, None]  # [R, W] masked own positions
-        every = torch.arange(rows)
-        x = F.embedding(ids, r.embed)
+        x = F.embedding(torch.cat([group.ids for group in groups]), r.embed)
+        pos = torch.cat([group.pos for group in groups])
         for number, layer in enumerate(r.layers):
             q, k, v = self._qkv(layer, x, pos)
-            keys, values = own[number]
-            keys[every, :, slots] = k.float()
-            values[every, :, slots] = v.float()
-            grouped = q.float().view(rows, kvh, groups, dim)
-            own_k = keys[:, :, :window].reshape(rows * kvh, window, dim)
-            scores = _bmm(grouped.reshape(rows * kvh, groups, dim), own_k.transpose(1, 2))
-            scores = scores.view(rows, kvh, groups, window)
-            if prefix is not None:
-                stacked = grouped.permute(1, 0, 2, 3).reshape(kvh, rows * groups, dim)
-                front = _bmm(stacked, prefix[number][0].transpose(1, 2)).view(kvh, rows, groups, shared)
-                scores = torch.cat((front.permute(1, 0, 2, 3), scores), dim=-1)
-            scores = scores * self.r.scale
-            tail = scores[..., shared:]
-            tail.masked_fill_(hidden_keys[:, None, None, :], float("-inf"))
-            weights, total = _exp_weights(scores)  # [R, kvh, g, shared + W], [R, kvh, g]
-            own_blocks = window // BLOCK
-            w_own = weights[..., shared:].reshape(rows, kvh, groups, own_blocks, BLOCK).permute(0, 1, 3, 2, 4)
-            v_own = values[:, :, :window].reshape(rows * kvh * own_blocks, BLOCK, dim)
-            parts = _bmm(w_own.reshape(-1, groups, BLOCK), v_own).view(rows, kvh, own_blocks, groups, dim)
-            parts = parts.permute(2, 0, 1, 3, 4)  # [blocks, R, kvh, g, d]
-            if prefix is not None:
-                front_blocks = shared // BLOCK
-                w_front = weights[..., :shared].reshape(rows, kvh, groups, front_blocks, BLOCK)
-                w_front = w_front.permute(1, 3, 0, 2, 4).reshape(kvh * front_blocks, rows * groups, BLOCK)
-                v_front = prefix[number][1].reshape(kvh * front_blocks, BLOCK, dim)
-                front_parts = _bmm(w_front, v_front).view(kvh, front_blocks, rows, groups, dim)
-                parts = torch.cat((front_parts.permute(1, 2, 0, 3, 4), parts))
-            acc = _sum_blocks(parts) / total[..., None]  # [R, kvh, g, d]
-            x = self._finish(layer, x, acc.reshape(rows, -1).to(r.dtype))
-        return _rms_norm(x, r.norm, r.norm_eps)
+            attn = []
+            offset = 0
+            for group in groups:
+                span = slice(offset, offset + group.rows)
+                attn.append(self._decode_attention(number, group, q[span], k[span], v[span]))
+                offset += group.rows
+            x = self._finish(layer, x, torch.cat(attn) if len(attn) > 1 else attn[0])
+        hidden = _rms_norm(x, r.norm, r.norm_eps)
+        return list(hidden.split([group.rows for group in groups]))
+
+    def _decode_attention(
+        self, number: int, group: DecodeGroup, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """Layer ``number``'s attention of one group's rows (q [R, heads, d], k/v [R, kv_heads, d]):
+        writes their K/V into the group's own cache; returns [R, heads·d] in the weights' dtype."""
+        rows, window, shared, prefix = group.rows, group.window, group.shared, group.prefix
+        kvh, groups, dim = self.kv_heads, self.groups, self.head_dim
+        keys, values = group.own[number]
+        keys[group.every, :, group.slots] = k.float()
+        values[group.every, :, group.slots] = v.float()
+        grouped = q.float().view(rows, kvh, groups, dim)
+        own_k = keys[:, :, :window].reshape(rows * kvh, window, dim)
+        scores = _bmm(grouped.reshape(rows * kvh, groups, dim), own_k.transpose(1, 2))
+        scores = scores.view(rows, kvh, groups, window)
+        if prefix is not None:
+            stacked = grouped.permute(1, 0, 2, 3).reshape(kvh, rows * groups, dim)
+            front = _bmm(stacked, prefix[number][0].transpose(1, 2)).view(kvh, rows, groups, shared)
+            scores = torch.cat((front.permute(1, 0, 2, 3), scores), dim=-1)
+        scores = scores * self.r.scale
+        tail = scores[..., shared:]
+        tail.masked_fill_(group.hidden_keys[:, None, None, :], float("-inf"))
+        weights, total = _exp_weights(scores)  # [R, kvh, g, shared + W], [R, kvh, g]
+        own_blocks = window // BLOCK
+        w_own = weights[..., shared:].reshape(rows, kvh, groups, own_blocks, BLOCK).permute(0, 1, 3, 2, 4)
+        v_own = values[:, :, :window].reshape(rows * kvh * own_blocks, BLOCK, dim)
+        parts = _bmm(w_own.reshape(-1, groups, BLOCK), v_own).view(rows, kvh, own_blocks, groups, dim)
+        parts = parts.permute(2, 0, 1, 3, 4)  # [blocks, R, kvh, g, d]
+        if prefix is not None:
+            front_blocks = shared // BLOCK
+            w_front = weights[..., :shared].reshape(rows, kvh, groups, front_blocks, BLOCK)
+            w_front = w_front.permute(1, 3, 0, 2, 4).reshape(kvh * front_blocks, rows * groups, BLOCK)
+            v_front = prefix[number][1].reshape(kvh * front_blocks, BLOCK, dim)
+            front_parts = _bmm(w_front, v_front).view(kvh, front_blocks, rows, groups, dim)
+            parts = torch.cat((front_parts.permute(1, 2, 0, 3, 4), parts))
+        acc = _sum_blocks(parts) / total[..., None]  # [R, kvh, g, d]
+        return acc.reshape(rows, -1).to(self.r.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits of final-normed hidden rows [N, H] (row-invariant lm_head)."""
@@ -292,11 +328,21 @@ class InvariantBatch:
 
     def prefill(self, prompt: list[int]) -> torch.Tensor:
         """The prompt's forward (the scoring arithmetic): fp32 logits [1, V] after its last token."""
-        inv = self.runner
-        length = len(prompt)
-        cache = inv.new_cache(length)
-        hidden = inv.forward_spans([Span(prompt, 0, cache)])[0]
+        span = self.prefill_span(prompt)
+        hidden = self.runner.forward_spans([span])[0]
         self._count()
+        return self.prefilled(span, hidden)
+
+    def prefill_span(self, prompt: list[int]) -> Span:
+        """The prompt as a :class:`Span` for :meth:`InvariantRunner.forward_spans` (run it, possibly
+        with other sequences' spans, then hand its hidden to :meth:`prefilled`)."""
+        return Span(prompt, 0, self.runner.new_cache(len(prompt)))
+
+    def prefilled(self, span: Span, hidden: torch.Tensor) -> torch.Tensor:
+        """Set up the rows' caches from the prefilled ``span``; fp32 logits [1, V] after the prompt."""
+        inv = self.runner
+        cache = span.cache
+        length = len(span.ids)
         start = (length // BLOCK) * BLOCK
         self.own_start = start
         if start:
@@ -313,19 +359,23 @@ class InvariantBatch:
         self.position = length
         return inv.logits(hidden[-1:])
 
+    def step_group(self, tokens: torch.Tensor) -> DecodeGroup:
+        """The next decode step of the first ``len(tokens)`` rows as a :class:`DecodeGroup` (for
+        :meth:`InvariantRunner.decode_groups`; then hand its logits to :meth:`stepped`)."""
+        count = tokens.shape[0]
+        own = [(k[:count], v[:count]) for k, v in self.own]
+        return DecodeGroup(tokens, [self.position] * count, own, self.own_start, self.prefix)
+
+    def stepped(self, logits: torch.Tensor) -> None:
+        self._logits = logits
+        self.position += 1
+
     def launch(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """One decode step of the first ``len(tokens)`` rows."""
-        count = tokens.shape[0]
-        hidden = self.runner.decode(
-            tokens,
-            [self.position] * count,
-            [(k[:count], v[:count]) for k, v in self.own],
-            self.own_start,
-            self.prefix,
-        )
+        group = self.step_group(tokens)
+        hidden = self.runner.decode(group.ids, group.positions, group.own, group.own_start, group.prefix)
         self._count()
-        self._logits = self.runner.logits(hidden)
-        self.position += 1
+        self.stepped(self.runner.logits(hidden))
 
     def logits(self, rows: torch.Tensor | None = None, count: int | None = None) -> torch.Tensor:
         assert self._logits is not None

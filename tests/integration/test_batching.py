@@ -1,0 +1,190 @@
+"""Continuous batching in the worker (:mod:`workers.engine.batching`), on an in-process tiny-random engine
+in the default dtype (bf16 on a CPU with native bf16: the batch-invariant path).
+
+Invariants: a request's choices (tokens, log-probs, top log-probs, prompt log-probs) are bit-identical
+whether it runs alone or with up to 16 other generation / scoring requests arriving at random offsets,
+and equal to the serial :meth:`Engine.complete`; waiting work is never overtaken (FIFO), so a large
+request is not starved by a stream of small ones; a cancelled request leaves and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workers.engine.batching import BatchLoop
+from workers.engine.core import Engine, PromptResult
+from workers.engine.sampling import SamplingOptions
+from workers.models import LoadedModel, load_model
+
+Request = tuple[list[list[int]], SamplingOptions, int | None]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return load_model("tiny-random", "cpu", "auto")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny: LoadedModel) -> Iterator[Engine]:
+    made = Engine(tiny, batching=True)
+    if made.batching is None:
+        pytest.skip(f"no batch-invariant path here (weights {tiny.model.dtype} on this CPU)")
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _pack(results: list[PromptResult]) -> str:
+    """Every number of a reply, as exact text (repr of floats: equal text ⇔ equal bits)."""
+    out: list[Any] = []
+    for result in results:
+        scores = result.scores
+        out.append(
+            (
+                (scores.token_logprobs, scores.ranks, scores.top) if scores else None,
+                [
+                    (s.token_ids, s.logprobs, s.top_logprobs, s.finish_reason, s.stop_reason)
+                    for s in result.samples
+                ],
+            )
+        )
+    return repr(out)
+
+
+_TOKENS = st.integers(min_value=0, max_value=49151)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    kind = draw(st.sampled_from(["generate", "score", "score+generate"]))
+    seed = draw(st.integers(0, 2**32))
+    if kind == "generate":
+        prompts = [draw(st.lists(_TOKENS, min_size=1, max_size=140))]
+        options = SamplingOptions(
+            n=draw(st.integers(1, 6)),
+            max_tokens=draw(st.integers(1, 16)),
+            temperature=draw(st.sampled_from([0.0, 0.7, 1.0])),
+            top_p=draw(st.sampled_from([1.0, 0.9])),
+            seed=seed,
+            logprobs=draw(st.sampled_from([None, 0, 2])),
+        )
+        return prompts, options, None
+    # Candidates under one context (MOSAIC's scoring shape: prefix groups) and a stray prompt.
+    context = draw(st.lists(_TOKENS, min_size=16, max_size=120))
+    replies = draw(st.lists(st.lists(_TOKENS, min_size=1, max_size=30), min_size=1, max_size=5))
+    prompts = [context + reply for reply in replies]
+    if draw(st.booleans()):
+        prompts.append(draw(st.lists(_TOKENS, min_size=2, max_size=40)))
+    max_tokens = 1 if kind == "score" else draw(st.integers(2, 8))
+    return prompts, SamplingOptions(n=1, max_tokens=max_tokens, seed=seed), draw(st.sampled_from([0, 1]))
+
+
+async def _run(engine: Engine, batch: list[Request], offsets: list[float]) -> list[list[PromptResult]]:
+    async def one(request: Request, offset: float) -> list[PromptResult]:
+        await asyncio.sleep(offset)
+        return await engine.acomplete(*request)
+
+    return list(await asyncio.gather(*(one(r, o) for r, o in zip(batch, offsets, strict=True))))
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_request_is_bit_identical_alone_and_among_others(engine: Engine, data: st.DataObject) -> None:
+    target = data.draw(requests(), label="target")
+    others = data.draw(st.lists(requests(), min_size=1, max_size=16), label="others")
+    offsets = data.draw(st.lists(st.floats(0, 0.2), min_size=len(others) + 1, max_size=len(others) + 1))
+    alone = asyncio.run(_run(engine, [target], [0.0]))[0]
+    together = asyncio.run(_run(engine, [target, *others], offsets))
+    assert _pack(together[0]) == _pack(alone)
+    assert _pack(engine.complete(*target)) == _pack(alone)  # the serial path agrees
+    for request, result in zip(others, together[1:], strict=True):
+        assert len(result) == len(request[0])
+
+
+def test_waiting_work_is_never_overtaken_by_a_stream_of_small_requests(tiny: LoadedModel) -> None:
+    engine = Engine(tiny, batching=True)
+    if engine.invariant is None:
+        pytest.skip("no batch-invariant path here")
+    # A small step budget: the big requests never fit beside the running small ones.
+    engine.batching = BatchLoop(engine, engine.invariant, token_budget=64, max_rows=8)
+    started: list[str] = []  # on_start order (the engine's thread)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def mark(name: str) -> Any:
+        def on_start() -> None:
+            with lock:
+                started.append(name)
+
+        return on_start
+
+    small = SamplingOptions(n=2, max_tokens=6, seed=1, ignore_eos=True)
+    big_generation = (
+        [list(range(100, 160))],
+        SamplingOptions(n=4, max_tokens=12, seed=2, ignore_eos=True),
+        None,
+    )
+    big_scoring = ([list(range(200, 260)), list(range(300, 356))], SamplingOptions(max_tokens=1, seed=3), 0)
+
+    async def stream(index: int) -> int:
+        served = 0
+        while not stop.is_set():
+            await engine.acomplete([[5, 6, 7, index]], small, None, mark(f"small-{index}-{served}"))
+            served += 1
+        return served
+
+    async def main() -> tuple[float, list[int], int]:
+        streams = [asyncio.create_task(stream(i)) for i in range(4)]
+        await asyncio.sleep(0.3)
+        with lock:
+            before = len(started)
+        began = time.monotonic()
+        big = asyncio.gather(
+            engine.acomplete(*big_generation, mark("big-generation")),
+            engine.acomplete(*big_scoring, mark("big-scoring")),
+        )
+        try:
+            await asyncio.wait_for(big, 60)  # starved: fails here instead of hanging
+        finally:
+            stop.set()
+        took = time.monotonic() - began
+        return took, list(await asyncio.gather(*streams)), before
+
+    try:
+        took, served, before = asyncio.run(main())
+    finally:
+        engine.close()
+    assert took < 60
+    assert all(count > 0 for count in served)
+    # At most the 4 small requests already waiting when the big ones arrived start before them.
+    first_big = min(started.index("big-generation"), started.index("big-scoring"))
+    assert first_big - before <= 4, started[before : first_big + 2]
+
+
+def test_a_cancelled_request_leaves_and_the_loop_goes_on(engine: Engine) -> None:
+    assert engine.batching is not None
+    long = ([[1, 2, 3]], SamplingOptions(n=8, max_tokens=2000 - 4, seed=1, ignore_eos=True), None)
+    short = ([[4, 5, 6]], SamplingOptions(n=1, max_tokens=4, seed=2), None)
+
+    async def main() -> list[PromptResult]:
+        task = asyncio.create_task(engine.acomplete(*long))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await asyncio.wait_for(engine.acomplete(*short), 30)
+
+    assert len(asyncio.run(main())[0].samples) == 1
+    deadline = time.monotonic() + 10
+    while not engine.batching.scheduler.idle and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.batching.scheduler.idle

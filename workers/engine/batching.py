@@ -1,0 +1,332 @@
+"""Continuous batching of the CPU batch-invariant path: :class:`BatchLoop`, one loop on its own thread
+that serves every ``/v1/completions`` request of the engine, step by step. Imports torch,
+:mod:`workers.engine.scheduler`, :mod:`workers.engine.invariant`, :mod:`workers.engine.score_invariant`,
+:mod:`workers.engine.generate` and :mod:`workers.engine.sampling`; :mod:`workers.engine.core` only for
+type checking.
+
+A request is cut into work for :class:`workers.engine.scheduler.Scheduler`: its scoring (when it asks
+``prompt_logprobs``) as units (:class:`workers.engine.score_invariant.InvariantScoreJob`: a plain
+prompt, or a prefix group), and one generation per prompt (``n`` rows). Every step:
+
+1. the scheduler's plan (its FIFO fairness rule: running generations always decode; waiting work
+   joins in arrival order within the step's token budget and row limit; nothing overtakes the head);
+2. one :meth:`InvariantRunner.forward_spans` over the prompts of the generations that join and the
+   plain prompts / prefixes of the scoring units planned, then one over those units' suffixes;
+3. one :meth:`InvariantRunner.decode_groups` over every running generation (its rows, its own caches);
+4. sampling per generation with its own per-sample generators (:func:`sample_generators`) and its own
+   :class:`_DecodeState`; finished rows leave, finished requests are answered.
+
+Invariant (``tests/unit/test_batching.py``): a request's choices (tokens, log-probs, prompt log-probs)
+are bit-identical whether it runs alone or with any other requests: every product is row-invariant
+(:func:`workers.engine.invariant.tiled_linear`), attention runs per sequence / per generation with
+the arithmetic of a request alone, and sampling runs per request on its own rows.
+
+A request whose client goes away is cancelled (its work leaves at the next step boundary). The loop
+holds ``Engine.lock`` for each step, so the serial paths (fp32, legacy, CUDA) interleave safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from workers.engine.generate import _DecodeState, _host_top
+from workers.engine.invariant import InvariantBatch, InvariantRunner, Span
+from workers.engine.sampling import SamplingOptions, sample_generators
+from workers.engine.scheduler import Scheduler, StepPlan
+from workers.engine.score_invariant import InvariantScoreJob
+
+if TYPE_CHECKING:
+    from workers.engine.core import Engine, PromptResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)  # identity: requests go in sets
+class _Request:
+    prompts: list[list[int]]
+    options: SamplingOptions
+    prompt_logprobs: int | None
+    seed: int
+    results: list[PromptResult]
+    future: Future[list[PromptResult]] = field(default_factory=Future)
+    on_start: Callable[[], None] | None = None
+    work: set[int] = field(default_factory=set)  # scheduler ids not finished yet
+    score: InvariantScoreJob | None = None
+    started: bool = False
+
+
+class _Generation:
+    """One prompt's ``n`` rows: its decode batch, per-sample generators and bookkeeping."""
+
+    def __init__(self, engine: Engine, inv: InvariantRunner, request: _Request, index: int) -> None:
+        opts = request.options
+        self.engine, self.request, self.index = engine, request, index
+        self.prompt = request.prompts[index]
+        self.batch = InvariantBatch(inv, opts.n, opts.max_tokens, None)
+        # Fresh per prompt, as Engine.complete: sample k is seeded by (seed, k).
+        self.generators = sample_generators(request.seed, opts.n, engine.device)
+        self.state = _DecodeState(engine, opts)
+        self.step = 0
+        self.logits: torch.Tensor | None = None
+        self.tokens: torch.Tensor | None = None  # the rows' next input tokens
+        self.span: Span | None = None
+
+    def sample(self) -> int:
+        """Draw this step's tokens (the loop of ``_generate_fast``, compact branch); rows still going."""
+        engine, opts, state = self.engine, self.request.options, self.state
+        assert self.logits is not None
+        generators = [self.generators[s] for s in state.active]
+        drawn, chosen, top = engine._sample_step(self.logits, opts, generators, state.banned(self.step))
+        still = state.record(drawn.tolist(), chosen.tolist(), _host_top(top))
+        last = self.step == opts.max_tokens - 1
+        self.step += 1
+        if not still or last:
+            return 0
+        if len(still) < len(state.active):
+            self.batch.keep(still)
+            drawn = drawn[torch.tensor(still, dtype=torch.long)]
+            state.keep(still)
+        self.tokens = drawn
+        return len(state.active)
+
+
+class BatchLoop:
+    """The engine's continuous-batching loop (see the module docs)."""
+
+    def __init__(self, engine: Engine, inv: InvariantRunner, token_budget: int, max_rows: int) -> None:
+        self.engine, self.inv = engine, inv
+        self.scheduler = Scheduler(token_budget, max_rows)
+        self._cv = threading.Condition()
+        self._incoming: list[_Request] = []
+        self._cancelled: list[_Request] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._next_id = 0
+        self._work: dict[int, tuple[_Request, _Generation | None]] = {}  # id -> request, its generation
+
+    # ---------------------------------------------------------------------------------- submission
+    def submit(
+        self,
+        prompts: list[list[int]],
+        options: SamplingOptions,
+        prompt_logprobs: int | None,
+        seed: int,
+        on_start: Callable[[], None] | None = None,
+    ) -> Future[list[PromptResult]]:
+        from workers.engine.core import PromptResult
+
+        request = _Request(prompts, options, prompt_logprobs, seed, [PromptResult(p, None) for p in prompts])
+        request.on_start = on_start
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._incoming.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mosaic-batch", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return request.future
+
+    async def acomplete(
+        self,
+        prompts: list[list[int]],
+        options: SamplingOptions,
+        prompt_logprobs: int | None,
+        seed: int,
+        on_start: Callable[[], None] | None = None,
+    ) -> list[PromptResult]:
+        """:meth:`submit` and wait; cancelling the awaiting task (the client went away) cancels it."""
+        future = self.submit(prompts, options, prompt_logprobs, seed, on_start)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            self.cancel(future)
+            raise
+
+    def cancel(self, future: Future[list[PromptResult]]) -> None:
+        with self._cv:
+            for request in {r for r, _ in self._work.values()} | set(self._incoming):
+                if request.future is future:
+                    self._cancelled.append(request)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)  # ends after its current step (none left running at exit)
+
+    # ------------------------------------------------------------------------------------ the loop
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._incoming or self._cancelled or self._closed) and self.scheduler.idle:
+                    self._cv.wait()
+                if self._closed:
+                    self._fail_all(RuntimeError("the engine is closed"))
+                    return
+                incoming, self._incoming = self._incoming, []
+                cancelled, self._cancelled = self._cancelled, []
+            for request in incoming:
+                self._admit(request)
+            for request in cancelled:
+                self._drop(request)
+                request.future.cancel()
+            if self.scheduler.idle:
+                continue
+            try:
+                with self.engine.lock, torch.inference_mode():
+                    self._step(self.scheduler.plan())
+            except Exception as exc:  # a broken step fails what it held, never the loop
+                log.exception("batch step failed")
+                self._fail_all(exc)
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _admit(self, request: _Request) -> None:
+        engine, opts = self.engine, request.options
+        engine.stats.prompt_tokens += sum(len(p) for p in request.prompts)
+        if request.prompt_logprobs is not None:
+            keep_last = opts.max_tokens == 1
+            request.score = InvariantScoreJob(
+                engine, self.inv, request.prompts, request.prompt_logprobs, keep_last
+            )
+            work_id = self._new_id()
+            self._work[work_id] = (request, None)
+            request.work.add(work_id)
+            self.scheduler.submit_scoring(work_id, request.score.costs)
+        if opts.max_tokens > 0 and not (request.prompt_logprobs is not None and opts.max_tokens == 1):
+            for index, prompt in enumerate(request.prompts):
+                work_id = self._new_id()
+                self._work[work_id] = (request, _Generation(engine, self.inv, request, index))
+                request.work.add(work_id)
+                self.scheduler.submit_generation(work_id, len(prompt), opts.n, opts.max_tokens - 1)
+        if not request.work:
+            self._answer(request)
+
+    def _drop(self, request: _Request) -> None:
+        for work_id in request.work:
+            self.scheduler.cancel(work_id)
+            self._work.pop(work_id, None)
+        request.work.clear()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        requests = {r for r, _ in self._work.values()}
+        for request in requests:
+            self._drop(request)
+            if not request.future.done():
+                request.future.set_exception(exc)
+        self.scheduler = Scheduler(self.scheduler.token_budget, self.scheduler.max_rows)
+        with self._cv:
+            incoming, self._incoming = self._incoming, []
+        for request in incoming:
+            request.future.set_exception(exc)
+
+    def _step(self, plan: StepPlan) -> None:
+        inv, stats = self.inv, self.engine.stats
+        for work_id in plan.joined:
+            request = self._work[work_id][0]
+            if not request.started:
+                request.started = True
+                if request.on_start is not None:
+                    request.on_start()
+        joining = [self._generation(work_id) for work_id in plan.prefill]
+        scoring = [(self._work[work_id][0], range(first, stop)) for work_id, first, stop in plan.score]
+        # Wave 0: the joining prompts, the planned plain prompts and prefixes; wave 1: the suffixes.
+        for wave in (0, 1):
+            spans: list[Span] = []
+            if wave == 0:
+                for gen in joining:
+                    gen.span = gen.batch.prefill_span(gen.prompt)
+                    spans.append(gen.span)
+            parts = []
+            for request, units in scoring:
+                assert request.score is not None
+                part = request.score.spans(units, wave)
+                parts.append(len(part))
+                spans += part
+            if not spans:
+                continue
+            stats.forward_passes += 1
+            hidden = inv.forward_spans(spans)
+            offset = 0
+            if wave == 0:
+                for gen in joining:
+                    assert gen.span is not None
+                    gen.logits = gen.batch.prefilled(gen.span, hidden[offset])
+                    if gen.request.options.n > 1:
+                        gen.logits = gen.logits.expand(gen.request.options.n, -1)
+                    gen.span = None
+                    offset += 1
+            for (request, units), count in zip(scoring, parts, strict=True):
+                assert request.score is not None
+                request.score.took(units, wave, hidden[offset : offset + count])
+                offset += count
+        decoding = [self._generation(work_id) for work_id in plan.decode]
+        if decoding:
+            groups = []
+            for gen in decoding:
+                assert gen.tokens is not None
+                groups.append(gen.batch.step_group(gen.tokens))
+            stats.forward_passes += 1
+            hidden = inv.decode_groups(groups)
+            logits = inv.logits(torch.cat(hidden)).split([h.shape[0] for h in hidden])
+            for gen, rows in zip(decoding, logits, strict=True):
+                gen.batch.stepped(rows)
+                gen.logits = rows
+        for work_id in [*plan.prefill, *plan.decode]:
+            gen = self._generation(work_id)
+            left = gen.sample()
+            self.scheduler.rows_finished(work_id, left)
+            if not left:
+                gen.request.results[gen.index].samples = gen.state.samples()
+                self._finished(work_id)
+        for work_id, _, _ in plan.score:
+            request = self._work[work_id][0]
+            assert request.score is not None
+            if request.score.done:
+                self._scored(request)
+                self._finished(work_id)
+
+    def _generation(self, work_id: int) -> _Generation:
+        gen = self._work[work_id][1]
+        assert gen is not None
+        return gen
+
+    def _scored(self, request: _Request) -> None:
+        assert request.score is not None
+        scored = request.score.results()
+        opts = request.options
+        for k, (result, item) in enumerate(zip(request.results, scored, strict=True)):
+            result.scores = item.scores
+            if opts.max_tokens == 1 and item.last_logprobs is not None:
+                # The sampled token of a scoring request comes from the scoring pass (no forward).
+                generators = sample_generators(request.seed, opts.n, self.engine.device)
+                prompt = request.prompts[k]
+                result.samples = self.engine._generate_legacy(prompt, opts, generators, item.last_logprobs)
+        request.score = None
+
+    def _finished(self, work_id: int) -> None:
+        request, _ = self._work.pop(work_id)
+        request.work.discard(work_id)
+        if not request.work:
+            self._answer(request)
+
+    def _answer(self, request: _Request) -> None:
+        self.engine.stats.generation_tokens += sum(
+            len(s.token_ids) for r in request.results for s in r.samples
+        )
+        if not request.future.done():
+            request.future.set_result(request.results)
