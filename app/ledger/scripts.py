@@ -23,5 +23,7 @@ RENDER_SCRIPT = _read("render.lua")
 # Compare-and-set and release of an Idempotency-Key's running marker (app.ledger.idempotency).
 IDEMPOTENCY_STORE_SCRIPT = _read("idempotency_store.lua")
 IDEMPOTENCY_RELEASE_SCRIPT = _read("idempotency_release.lua")
+# A keyed auction's final write in bill mode: audit record, billing event, done value (producer).
+IDEMPOTENCY_BILL_SCRIPT = _read("idempotency_bill.lua")
 # Trims the stream below every group's pending/delivered floor; settles old markers and histories.
 TRIM_SCRIPT = _read("trim.lua")

@@ -196,7 +196,8 @@ def test_a_key_still_running_is_409(slow_gateway: GatewayProcess) -> None:
 
 
 def test_two_writers_of_one_key_never_both_write(redis_process: RedisServerProcess, tmp_path: Path) -> None:
-    """The final write WATCHes the key: a request whose lease lapsed and was claimed again writes nothing."""
+    """A request whose lease lapsed and was claimed again writes nothing: neither the keyed bill (one
+    script, idempotency_bill.lua) nor a keyed pending charge (MULTI under WATCH of the key)."""
     settings = Settings(redis_url=redis_process.url, data_dir=tmp_path, billing_stream="mosaic:watch-test")
 
     async def scenario() -> None:
@@ -208,15 +209,17 @@ def test_two_writers_of_one_key_never_both_write(redis_process: RedisServerProce
         await client.delete(first.key)  # its lease lapsed ...
         second = await store.claim("k", "lapsed", fp, deadline_s=1)  # ... and another gateway took it
         event = make_billing_event("watch-a", {"adv": 1.0}, "USD")
-        with pytest.raises(IdempotencyLostError):
-            await producer.record(
-                event,
-                ("mosaic:auction:watch-a", "{}", 60),
-                "bill",
-                store.write_for(first, 200, "{}", "watch-a"),
-            )  # type: ignore[arg-type]
+        for mode in ("bill", "pending"):  # the lapsed writer loses in both billing modes
+            with pytest.raises(IdempotencyLostError):
+                await producer.record(
+                    event,
+                    ("mosaic:auction:watch-a", "{}", 60),
+                    mode,  # type: ignore[arg-type]
+                    store.write_for(first, 200, "{}", "watch-a"),
+                )  # type: ignore[arg-type]
         assert await client.xlen(settings.billing_stream) == 0
         assert await client.get("mosaic:auction:watch-a") is None
+        assert json.loads(await client.get(second.key))["state"] == "running"  # type: ignore[union-attr]
         await producer.record(
             event, ("mosaic:auction:watch-a", "{}", 60), "bill", store.write_for(second, 200, "{}", "watch-a")
         )  # type: ignore[arg-type]

@@ -10,7 +10,11 @@ Invariants (checked by ``tests/unit/test_invariant.py`` on the machine that runs
   products (M·N·K ≲ 16³, e.g. M = 1 on a 64x64 weight) run PyTorch's own GEMV/GEMM with yet other
   bits. Every linear runs on tiles of :data:`MIN_TILE_ROWS`..:data:`TILE_ROWS` rows (short ones padded
   with zero rows), so a row's output never depends on the other rows.
-  fp32 products: M = 1 is a GEMV with its own order, every M ≥ 2 agrees (``_bmm`` pads one row).
+  fp32 products (attention): MKL's batched GEMM gives other bits for M ≤ 3 rows, and a single
+  batch entry takes the plain GEMM, whose tail rows (M = 5..9 here) have other bits again; with
+  M ≥ 4 and ≥ 2 batch entries every row has one set of bits (measured on Zen 4 and Zen 5 for
+  K ∈ {16, 64}, N up to 1024, B up to 96), so ``_bmm`` pads to :data:`BMM_MIN_ROWS` rows and 2
+  entries.
 * **Block-fixed attention.** Attention is fp32 over an fp32 K/V copy of bf16 keys and values. The
   scores of a query are its dot products with every key (a product's column does not depend on how
   many columns it has); the softmax max is exact; the exponentials are summed per absolute block of
@@ -36,6 +40,7 @@ from workers.engine.llama import LlamaRunner, _Layer, _rms_norm, _rotate_half
 
 TILE_ROWS = 32  # rows per bf16 product: oneDNN's small-M kernel for every 8 ≤ M ≤ 32 (same bits)
 MIN_TILE_ROWS = 8  # fewer rows may take PyTorch's own bf16 GEMM/GEMV (small M·N·K), other bits
+BMM_MIN_ROWS = 4  # fp32 batched products: fewer rows take MKL's small-M kernels (other bits)
 BLOCK = 64  # keys per attention block (softmax sums and value products are per block, in order)
 SPAN_QUERIES = 256  # query positions per attention product while scoring (bounds the score matrix)
 
@@ -61,11 +66,16 @@ def tiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """fp32 ``bmm`` whose rows do not depend on the row count (a single row would take the GEMV path)."""
-    if a.shape[1] != 1:
+    """fp32 ``bmm`` whose rows do not depend on the row or batch count (see the module docs): at least
+    BMM_MIN_ROWS rows (zero rows added) and two batch entries (a zero entry added)."""
+    batch, rows = a.shape[0], a.shape[1]
+    if rows >= BMM_MIN_ROWS and batch >= 2:
         return torch.bmm(a, b)
-    padded = torch.cat((a, torch.zeros_like(a)), dim=1)
-    return torch.bmm(padded, b)[:, :1]
+    extra = 1 if batch == 1 else 0
+    padded = F.pad(a, (0, 0, 0, max(0, BMM_MIN_ROWS - rows), 0, extra))
+    if extra:
+        b = torch.cat((b, torch.zeros_like(b)))
+    return torch.bmm(padded, b)[:batch, :rows]
 
 
 def _exp_weights(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
