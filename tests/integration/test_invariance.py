@@ -21,10 +21,11 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.engine import invariant
+from workers.engine import invariant, tiling
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
 from workers.models import load_model, resolve_dtype
@@ -145,12 +146,20 @@ SHAPES = [(64, 64), (64, 32), (64, 128), (128, 64), (576, 192), (576, 576), (576
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{k}x{n}" for k, n in SHAPES])
 def test_tiled_bf16_products_do_not_depend_on_the_other_rows(shape: tuple[int, int]) -> None:
-    """Many rows (rare rounding flips show), every tile length, each row alone: the same bits.
+    """Many rows (rare rounding flips show), every tile length, each row alone: the same bits, with
+    the tile plan this machine's calibration picks (workers/engine/tiling.py), which the engine uses.
     The shapes: tiny-random's (q 64x64, k/v 64x32, gate/up, down) and SmolLM2's."""
     k, n = shape
     gen = torch.Generator().manual_seed(k * n)
     weight = (torch.randn((n, k), generator=gen) * 0.3).bfloat16()
     x = torch.randn((600, k), generator=gen).bfloat16()
+    plan = tiling.calibrate(weight, None)
+    assert tiling.plan_for(weight) == plan
+    if plan != tiling.DEFAULT_PLAN:  # the calibrated plan holds where the probe did not look
+        alone = torch.cat([tiling._tiled(x[i : i + 1], weight, None, plan) for i in range(600)])
+        for rows in range(plan.min_rows, plan.max_rows + 1, 13):
+            together = torch.cat([F.linear(x[s : s + rows], weight) for s in range(0, 600 - rows + 1, rows)])
+            assert torch.equal(together, alone[: together.shape[0]]), rows
     alone = torch.cat([invariant.tiled_linear(x[i : i + 1], weight, None) for i in range(x.shape[0])])
     assert torch.equal(invariant.tiled_linear(x, weight, None), alone)
     for rows in (2, 3, 7, 8, 31, 33, 100):

@@ -164,7 +164,7 @@ class FastDecoder:
     next step before it reads the sampled tokens back (no row dropping; on by default on CUDA).
     ``bucketed``: round rows / capacity / attention window up to buckets (what graphs need; on by
     default with graphs, settable on CPU to run the graph-shaped code in tests). ``fuse``: one matrix
-    for q/k/v and one for gate/up (default: on CUDA).
+    for q/k/v and one for gate/up (default: on CUDA and for bf16/fp16 on CPU).
     """
 
     def __init__(
@@ -179,9 +179,12 @@ class FastDecoder:
     ) -> None:
         device = next(model.parameters()).device
         cuda = device.type == "cuda"
-        # Fused q/k/v and gate/up products on CUDA (fewer, larger GEMMs). Not on CPU: the
-        # transformers forward's own products keep decoding bit-identical to the legacy loop.
-        self.runner = LlamaRunner(model, fuse=cuda if fuse is None else fuse)
+        # Fused q/k/v and gate/up products (fewer, larger GEMMs) on CUDA and for bf16/fp16 on CPU,
+        # where decoding and scoring share the batch-invariant forward (both see the same fused
+        # products; a tiled product's row bits do not depend on its output width). Not for fp32 on
+        # CPU: the transformers forward's own products keep decoding bit-identical to the legacy loop.
+        low_precision_cpu = not cuda and next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+        self.runner = LlamaRunner(model, fuse=(cuda or low_precision_cpu) if fuse is None else fuse)
         self.device = self.runner.device
         self.graphs = bool(graphs if graphs is not None else cuda) and cuda
         self.overlap = bool(overlap if overlap is not None else cuda)

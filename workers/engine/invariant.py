@@ -1,15 +1,14 @@
 """Batch-invariant arithmetic for low-precision weights on CPU: one per-row forward used by decoding
 and by teacher-forced scoring, so a token's log-prob is the same bits whichever computes it, and
-whatever else shares the request, the chunk or the batch. Imports torch and
-:mod:`workers.engine.llama` only (the weights and the per-op helpers of :class:`LlamaRunner`).
+whatever else shares the request, the chunk or the batch. Imports torch, :mod:`workers.engine.tiling`
+and :mod:`workers.engine.llama` only (the weights and the per-op helpers of :class:`LlamaRunner`).
 
-Invariants (checked by ``tests/unit/test_invariant.py`` on the machine that runs them):
+Invariants (checked by ``tests/integration/test_invariance.py`` on the machine that runs them):
 
-* **Row-invariant products.** The bf16 GEMM's kernel (and its reduction order) depends on the row
-  count M: on this CPU oneDNN gives the same bits for every M ≤ 32 and other bits above; small
-  products (M·N·K ≲ 16³, e.g. M = 1 on a 64x64 weight) run PyTorch's own GEMV/GEMM with yet other
-  bits. Every linear runs on tiles of :data:`MIN_TILE_ROWS`..:data:`TILE_ROWS` rows (short ones padded
-  with zero rows), so a row's output never depends on the other rows.
+* **Row-invariant products.** The bf16 GEMM's kernel (and its reduction order) may depend on the
+  row count M; every linear runs through :func:`workers.engine.tiling.tiled_linear`, on tiles of a
+  row range where this machine's products give one set of bits (measured per weight shape when the
+  runner is built), so a row's output never depends on the other rows.
   fp32 products (attention): MKL's batched GEMM gives other bits for M ≤ 3 rows, and a single
   batch entry takes the plain GEMM, whose tail rows (M = 5..9 here) have other bits again; with
   M ≥ 4 and ≥ 2 batch entries every row has one set of bits (measured on Zen 4 and Zen 5 for
@@ -37,9 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from workers.engine.llama import LlamaRunner, _Layer, _rms_norm, _rotate_half
+from workers.engine.tiling import calibrate, tiled_linear
 
-TILE_ROWS = 32  # rows per bf16 product: oneDNN's small-M kernel for every 8 ≤ M ≤ 32 (same bits)
-MIN_TILE_ROWS = 8  # fewer rows may take PyTorch's own bf16 GEMM/GEMV (small M·N·K), other bits
 BMM_MIN_ROWS = 4  # fp32 batched products: fewer rows take MKL's small-M kernels (other bits)
 BLOCK = 64  # keys per attention block (softmax sums and value products are per block, in order)
 SPAN_QUERIES = 256  # query positions per attention product while scoring (bounds the score matrix)
@@ -50,19 +48,6 @@ RowCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer fp32 (keys, valu
 def align(positions: int) -> int:
     """``positions`` rounded up to whole blocks."""
     return -(-positions // BLOCK) * BLOCK
-
-
-def tiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` on tiles of MIN_TILE_ROWS..TILE_ROWS rows of ``x`` [N, K] (short tiles padded with
-    zero rows): row i's bits depend on row i only."""
-    rows = x.shape[0]
-    if rows > TILE_ROWS:
-        return torch.cat(
-            [tiled_linear(x[s : s + TILE_ROWS], weight, bias) for s in range(0, rows, TILE_ROWS)]
-        )
-    if rows < MIN_TILE_ROWS:
-        return F.linear(F.pad(x, (0, 0, 0, MIN_TILE_ROWS - rows)), weight, bias)[:rows]
-    return F.linear(x, weight, bias)
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -137,6 +122,12 @@ class InvariantRunner:
         positions = runner._arange[None, :]
         cos, sin = runner._rope(positions)  # one table: every position's bits fixed once
         self.cos, self.sin = cos[0], sin[0]
+        for layer in runner.layers:  # the tile plan of every weight shape, measured on this machine
+            weights = [*zip(layer.qkv, layer.qkv_bias, strict=True), (layer.o, layer.o_bias)]
+            weights += [*zip(layer.gate_up, layer.gate_up_bias, strict=True), (layer.down, layer.down_bias)]
+            for weight, bias in weights:
+                calibrate(weight, bias)
+        calibrate(runner.lm_head, runner.lm_head_bias)
 
     # ------------------------------------------------------------------------------- caches
     def new_cache(self, positions: int) -> RowCache:
@@ -309,10 +300,13 @@ class InvariantRunner:
         acc = _sum_blocks(parts) / total[..., None]  # [R, kvh, g, d]
         return acc.reshape(rows, -1).to(self.r.dtype)
 
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Raw lm_head rows (model dtype) of final-normed hidden rows [N, H] (row-invariant)."""
+        return tiled_linear(hidden, self.r.lm_head, self.r.lm_head_bias)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits of final-normed hidden rows [N, H] (row-invariant lm_head)."""
-        r = self.r
-        return tiled_linear(hidden, r.lm_head, r.lm_head_bias).float()
+        return self.head(hidden).float()
 
 
 class InvariantBatch:

@@ -169,8 +169,8 @@ class ScoreMixin(InvariantScoreMixin):
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """lm_head rows (row-invariant tiles under :mod:`workers.engine.invariant`)."""
-        if self.invariant is not None:
-            return self.invariant.logits(hidden)
+        if self.invariant is not None:  # model dtype: _normalise converts 16-row slices (in cache)
+            return self.invariant.head(hidden)
         logits: torch.Tensor = self._lm_head(hidden)
         return logits
 
