@@ -90,6 +90,7 @@ def test_lua_scripts_are_files() -> None:
     assert sorted(p.name for p in (ROOT / "app" / "ledger").glob("*.lua")) == [
         "apply.lua",
         "dead_letter.lua",
+        "idempotency_bill.lua",
         "idempotency_release.lua",
         "idempotency_store.lua",
         "render.lua",

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from workers.engine.generate import _DecodeState, _host_top
-from workers.engine.invariant import InvariantBatch, InvariantRunner, Span
+from workers.engine.invariant import InvariantRunner, Span
+from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.sampling import SamplingOptions, sample_generators
 from workers.engine.scheduler import Scheduler, StepPlan
 from workers.engine.score_invariant import InvariantScoreJob
@@ -311,11 +312,11 @@ class BatchLoop:
         opts = request.options
         for k, (result, item) in enumerate(zip(request.results, scored, strict=True)):
             result.scores = item.scores
-            if opts.max_tokens == 1 and item.last_logprobs is not None:
+            if opts.max_tokens == 1 and item.first_logits is not None:
                 # The sampled token of a scoring request comes from the scoring pass (no forward).
                 generators = sample_generators(request.seed, opts.n, self.engine.device)
                 prompt = request.prompts[k]
-                result.samples = self.engine._generate_legacy(prompt, opts, generators, item.last_logprobs)
+                result.samples = self.engine._generate_legacy(prompt, opts, generators, item.first_logits)
         request.score = None
 
     def _finished(self, work_id: int) -> None:

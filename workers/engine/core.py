@@ -236,7 +236,7 @@ class Engine(GenerateMixin, ScoreMixin):
                 scored = self._score(prompt_lists, top_k=prompt_logprobs, keep_last=options.max_tokens == 1)
                 for result, item, k in zip(results, scored, range(len(scored)), strict=True):
                     result.scores = item.scores
-                    last[k] = item.last_logprobs
+                    last[k] = item.first_logits
             self.stats.prompt_tokens += sum(len(p) for p in prompt_lists)
             if options.max_tokens > 0:
                 for k, result in enumerate(results):

@@ -25,7 +25,7 @@ then on. If capture fails the step runs eagerly (same numbers) and graphs stay o
 
 Without graphs (CPU, or ``WORKER_DECODE=eager``) the same forward runs eagerly with exact shapes,
 and finished rows are dropped from the batch (``keep``), as the transformers loop did. With bf16
-weights on CPU ``begin`` returns an :class:`workers.engine.invariant.InvariantBatch`: the
+weights on CPU ``begin`` returns an :class:`workers.engine.invariant_batch.InvariantBatch`: the
 batch-invariant forward scoring uses too, so every sampled log-prob is the teacher-forced score's bits.
 On CUDA (graphs, bucketed rows, cuBLAS kernels chosen per shape) agreement is to bf16 rounding only.
 """
@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.engine.invariant import InvariantBatch, InvariantRunner
+from workers.engine.invariant import InvariantRunner
+from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.llama import KV_ALIGN, KVCache, LlamaRunner
 
 log = logging.getLogger(__name__)

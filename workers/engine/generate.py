@@ -235,10 +235,10 @@ class GenerateMixin(SamplingMixin):
         prompt: list[int],
         opts: SamplingOptions,
         generators: list[torch.Generator],
-        first_logprobs: torch.Tensor | None = None,
+        first_logits: torch.Tensor | None = None,
     ) -> list[Sample]:
-        if self.fast is None or (first_logprobs is not None and opts.max_tokens == 1):
-            return self._generate_legacy(prompt, opts, generators, first_logprobs)
+        if self.fast is None or (first_logits is not None and opts.max_tokens == 1):
+            return self._generate_legacy(prompt, opts, generators, first_logits)
         return self._generate_fast(prompt, opts, generators)
 
     def _generate_legacy(
@@ -246,14 +246,14 @@ class GenerateMixin(SamplingMixin):
         prompt: list[int],
         opts: SamplingOptions,
         generators: list[torch.Generator],
-        first_logprobs: torch.Tensor | None = None,
+        first_logits: torch.Tensor | None = None,
     ) -> list[Sample]:
         """The transformers loop: ``DynamicCache`` with preallocated layers, finished rows dropped."""
         n = opts.n
         max_tokens = opts.max_tokens
         cache = _decode_cache(self.model.config, len(prompt) + max_tokens)
-        if first_logprobs is not None and max_tokens == 1:
-            logits = first_logprobs[None, :].expand(n, -1)
+        if first_logits is not None and max_tokens == 1:
+            logits = first_logits[None, :].expand(n, -1)
         else:
             ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
             logits = self._forward_last(ids, cache)

@@ -24,8 +24,11 @@ Invariants (checked by ``tests/integration/test_invariance.py`` on the machine t
 * **Per-position tables.** Rotary cos/sin come from one table computed once; RMSNorm, the
   activation and the log-softmax are row-wise kernels whose order depends on the row length only.
 
-A decode batch keeps the prompt's K/V once, for all rows, up to the last whole block (its keys meet
-every row's queries in one product: cascade attention); each row owns the rest.
+Scoring runs the attention of spans with the same start and length (a prompt's candidates) as one
+batched product per step (a batch entry's bits do not depend on the batch; every other op is
+element-wise over whole 64-key blocks, or per row). A decode batch keeps the prompt's K/V once, for
+all rows, up to the last whole block (its keys meet every row's queries in one product: cascade
+attention); each row owns the rest.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from workers.engine.tiling import calibrate, tiled_linear
 BMM_MIN_ROWS = 4  # fp32 batched products: fewer rows take MKL's small-M kernels (other bits)
 BLOCK = 64  # keys per attention block (softmax sums and value products are per block, in order)
 SPAN_QUERIES = 256  # query positions per attention product while scoring (bounds the score matrix)
+ATTENTION_BATCH_SCORES = 1 << 22  # most fp32 scores of spans whose attention is batched together
 
 RowCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer fp32 (keys, values) [kv_heads, cap, d]
 
@@ -80,6 +84,20 @@ def _sum_blocks(parts: torch.Tensor) -> torch.Tensor:
     for block in range(1, parts.shape[0]):
         total = total + parts[block]
     return total
+
+
+def _attention_batches(spans: list[Span], lengths: list[int], heads: int) -> list[list[int]]:
+    """Span indices grouped by (start, length), in order of first appearance, each group cut so its
+    score matrix stays within ATTENTION_BATCH_SCORES."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (span, n) in enumerate(zip(spans, lengths, strict=True)):
+        groups.setdefault((span.start, n), []).append(index)
+    batches = []
+    for (start, n), members in groups.items():
+        per_span = heads * min(n, SPAN_QUERIES) * align(start + n)
+        size = max(1, ATTENTION_BATCH_SCORES // per_span)
+        batches += [members[i : i + size] for i in range(0, len(members), size)]
+    return batches
 
 
 @dataclass
@@ -177,53 +195,61 @@ class InvariantRunner:
         inner = (layer.act(gate) * up).contiguous()
         return x + tiled_linear(inner, layer.down, layer.down_bias)
 
-    def _attend_span(
-        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
-    ) -> torch.Tensor:
-        """Queries q [T, heads, d] at positions start.. over one sequence's cache: [T, heads·d] bf16."""
-        length = q.shape[0]
+    def _attend_spans(self, q: torch.Tensor, caches: RowCache, start: int) -> torch.Tensor:
+        """Queries q [S, T, heads, d] of S sequences, each at positions start.. over its own cache
+        (keys, values [kv_heads, cap, d]): [S, T, heads·d] bf16. The S sequences' products run as one
+        batched product (a batch entry's bits do not depend on the batch), the rest element-wise or
+        per row, so each sequence gets the bits it gets alone."""
+        seqs, length = q.shape[0], q.shape[1]
         kvh, groups, dim = self.kv_heads, self.groups, self.head_dim
-        grouped = q.float().view(length, kvh, groups, dim).permute(1, 2, 0, 3)  # [kvh, g, T, d]
+        grouped = q.float().view(seqs, length, kvh, groups, dim).permute(0, 2, 3, 1, 4)  # [S,kvh,g,T,d]
         outs = []
         for first in range(0, length, SPAN_QUERIES):
             count = min(SPAN_QUERIES, length - first)
             end = align(start + first + count)
-            rows = grouped[:, :, first : first + count].reshape(kvh, groups * count, dim)
-            scores = _bmm(rows, keys[:, :end].transpose(1, 2)).mul_(self.r.scale)  # [kvh, g·c, end]
+            rows = grouped[:, :, :, first : first + count].reshape(seqs * kvh, groups * count, dim)
+            keys = torch.stack([k[:, :end] for k, _ in caches]).view(seqs * kvh, end, dim)
+            scores = _bmm(rows, keys.transpose(1, 2)).mul_(self.r.scale)  # [S·kvh, g·c, end]
             query_pos = torch.arange(start + first, start + first + count).repeat(groups)
             hidden = self.r._arange[:end][None, :] > query_pos[:, None]
             scores.masked_fill_(hidden[None], float("-inf"))
             weights, total = _exp_weights(scores)
             blocks = end // BLOCK
-            w = weights.view(kvh, groups * count, blocks, BLOCK).permute(0, 2, 1, 3)
-            v = values[:, :end].reshape(kvh * blocks, BLOCK, dim)
-            parts = _bmm(w.reshape(kvh * blocks, groups * count, BLOCK), v)
-            acc = _sum_blocks(parts.view(kvh, blocks, groups * count, dim).transpose(0, 1))
-            out = acc / total[..., None]  # [kvh, g·c, d]
-            outs.append(out.view(kvh, groups, count, dim).permute(2, 0, 1, 3).reshape(count, -1))
-        return torch.cat(outs).to(q.dtype)
+            w = weights.view(seqs * kvh, groups * count, blocks, BLOCK).permute(0, 2, 1, 3)
+            v = torch.stack([values[:, :end] for _, values in caches]).view(seqs * kvh * blocks, BLOCK, dim)
+            parts = _bmm(w.reshape(seqs * kvh * blocks, groups * count, BLOCK), v)
+            acc = _sum_blocks(parts.view(seqs * kvh, blocks, groups * count, dim).transpose(0, 1))
+            out = (acc / total[..., None]).view(seqs, kvh, groups, count, dim)  # [S, kvh, g, c, d]
+            outs.append(out.permute(0, 3, 1, 2, 4).reshape(seqs, count, -1))
+        return torch.cat(outs, dim=1).to(q.dtype)
 
     # ------------------------------------------------------------------------------- passes
     def forward_spans(self, spans: list[Span]) -> list[torch.Tensor]:
         """Teacher-forced forward of several sequences' spans (products over all their rows together,
-        attention per sequence): final-normed hidden [len(ids), H] per span."""
+        attention per sequence, batched over spans of the same start and length): final-normed
+        hidden [len(ids), H] per span."""
         r = self.r
         lengths = [len(span.ids) for span in spans]
         ids = torch.tensor([t for span in spans for t in span.ids], dtype=torch.long)
         positions = torch.cat(
             [torch.arange(s.start, s.start + n) for s, n in zip(spans, lengths, strict=True)]
         )
+        offsets = [sum(lengths[:i]) for i in range(len(spans))]
+        batches = _attention_batches(spans, lengths, self.kv_heads * self.groups)
         x = F.embedding(ids, r.embed)
         for number, layer in enumerate(r.layers):
             q, k, v = self._qkv(layer, x, positions)
-            attn = []
-            offset = 0
-            for span, n in zip(spans, lengths, strict=True):
-                keys, values = span.cache[number]
-                keys[:, span.start : span.start + n] = k[offset : offset + n].transpose(0, 1)
-                values[:, span.start : span.start + n] = v[offset : offset + n].transpose(0, 1)
-                attn.append(self._attend_span(q[offset : offset + n], keys, values, span.start))
-                offset += n
+            attn: list[torch.Tensor] = [q] * len(spans)  # each replaced below
+            for members in batches:
+                start, n = spans[members[0]].start, lengths[members[0]]
+                for i in members:
+                    keys, values = spans[i].cache[number]
+                    keys[:, start : start + n] = k[offsets[i] : offsets[i] + n].transpose(0, 1)
+                    values[:, start : start + n] = v[offsets[i] : offsets[i] + n].transpose(0, 1)
+                queries = torch.stack([q[offsets[i] : offsets[i] + n] for i in members])
+                out = self._attend_spans(queries, [spans[i].cache[number] for i in members], start)
+                for j, i in enumerate(members):
+                    attn[i] = out[j]
             x = self._finish(layer, x, torch.cat(attn))
         hidden = _rms_norm(x, r.norm, r.norm_eps)
         return list(hidden.split(lengths))
@@ -307,85 +333,3 @@ class InvariantRunner:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits of final-normed hidden rows [N, H] (row-invariant lm_head)."""
         return self.head(hidden).float()
-
-
-class InvariantBatch:
-    """One request's decode rows for :class:`workers.engine.generate.GenerateMixin` (the
-    :class:`workers.engine.fast_decode.DecodeBatch` interface, CPU, rows dropped as they finish)."""
-
-    compact = True
-
-    def __init__(self, runner: InvariantRunner, n: int, max_tokens: int, on_forward: object) -> None:
-        self.runner = runner
-        self.n = n
-        self.max_tokens = max_tokens
-        self.on_forward = on_forward
-        self.position = 0
-        self.own: RowCache = []
-        self.own_start = 0
-        self.prefix: RowCache | None = None
-        self._logits: torch.Tensor | None = None
-
-    def _count(self) -> None:
-        if callable(self.on_forward):
-            self.on_forward()
-
-    def prefill(self, prompt: list[int]) -> torch.Tensor:
-        """The prompt's forward (the scoring arithmetic): fp32 logits [1, V] after its last token."""
-        span = self.prefill_span(prompt)
-        hidden = self.runner.forward_spans([span])[0]
-        self._count()
-        return self.prefilled(span, hidden)
-
-    def prefill_span(self, prompt: list[int]) -> Span:
-        """The prompt as a :class:`Span` for :meth:`InvariantRunner.forward_spans` (run it, possibly
-        with other sequences' spans, then hand its hidden to :meth:`prefilled`)."""
-        return Span(prompt, 0, self.runner.new_cache(len(prompt)))
-
-    def prefilled(self, span: Span, hidden: torch.Tensor) -> torch.Tensor:
-        """Set up the rows' caches from the prefilled ``span``; fp32 logits [1, V] after the prompt."""
-        inv = self.runner
-        cache = span.cache
-        length = len(span.ids)
-        start = (length // BLOCK) * BLOCK
-        self.own_start = start
-        if start:
-            self.prefix = [(k[:, :start].contiguous(), v[:, :start].contiguous()) for k, v in cache]
-        capacity = align(length + self.max_tokens - start)
-        shape = (self.n, inv.kv_heads, capacity, inv.head_dim)
-        self.own = []
-        for keys, values in cache:
-            own_k = torch.empty(shape, dtype=torch.float32)
-            own_v = torch.zeros(shape, dtype=torch.float32)
-            own_k[:, :, : length - start] = keys[None, :, start:length]
-            own_v[:, :, : length - start] = values[None, :, start:length]
-            self.own.append((own_k, own_v))
-        self.position = length
-        return inv.logits(hidden[-1:])
-
-    def step_group(self, tokens: torch.Tensor) -> DecodeGroup:
-        """The next decode step of the first ``len(tokens)`` rows as a :class:`DecodeGroup` (for
-        :meth:`InvariantRunner.decode_groups`; then hand its logits to :meth:`stepped`)."""
-        count = tokens.shape[0]
-        own = [(k[:count], v[:count]) for k, v in self.own]
-        return DecodeGroup(tokens, [self.position] * count, own, self.own_start, self.prefix)
-
-    def stepped(self, logits: torch.Tensor) -> None:
-        self._logits = logits
-        self.position += 1
-
-    def launch(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """One decode step of the first ``len(tokens)`` rows."""
-        group = self.step_group(tokens)
-        hidden = self.runner.decode(group.ids, group.positions, group.own, group.own_start, group.prefix)
-        self._count()
-        self.stepped(self.runner.logits(hidden))
-
-    def logits(self, rows: torch.Tensor | None = None, count: int | None = None) -> torch.Tensor:
-        assert self._logits is not None
-        return self._logits if rows is None else self._logits.index_select(0, rows)
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows`` (ascending): they move to the front."""
-        index = torch.tensor(rows, dtype=torch.long)
-        self.own = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.own]

@@ -46,7 +46,9 @@ class PromptScores:
 @dataclass
 class _Scored:
     scores: PromptScores
-    last_logprobs: torch.Tensor | None  # [V] full-distribution log-probs after the prompt
+    # [V] what the first generated token is drawn from after the prompt (max_tokens = 1): raw fp32
+    # logits on the batch-invariant path, full-distribution log-probs on the others
+    first_logits: torch.Tensor | None
 
 
 class ScoreMixin(InvariantScoreMixin):
@@ -270,7 +272,7 @@ class ScoreMixin(InvariantScoreMixin):
             out.append(
                 _Scored(
                     scores=self._assemble(prompts[i], lp[s:e], rank[s:e], top),
-                    last_logprobs=last_rows[b] if last_rows is not None else None,
+                    first_logits=last_rows[b] if last_rows is not None else None,
                 )
             )
         return out
@@ -341,6 +343,6 @@ class ScoreMixin(InvariantScoreMixin):
                     )
                 out[i] = _Scored(
                     scores=self._assemble(prompts[i], member_lp, member_rank, top),
-                    last_logprobs=last_rows[b] if last_rows is not None else None,
+                    first_logits=last_rows[b] if last_rows is not None else None,
                 )
         return [out[i] for i in members]

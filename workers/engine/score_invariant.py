@@ -172,8 +172,11 @@ class InvariantScoreJob:
 
         lp, rank, tv, ti = flat
         top = (tv, ti) if tv is not None and ti is not None else None
-        last = self.m._logprobs_of(last_hidden[None])[0] if self.keep_last else None
-        self.out[i] = _Scored(scores=self.m._assemble(self.prompts[i], lp, rank, top), last_logprobs=last)
+        # Raw fp32 logits, as the decode loop's prefill gives them: sampling normalises them itself,
+        # so the sampled token's log-prob has the decode loop's bits (log-probs normalised again
+        # would differ in the last bit).
+        last = self.inv.logits(last_hidden[None])[0] if self.keep_last else None
+        self.out[i] = _Scored(scores=self.m._assemble(self.prompts[i], lp, rank, top), first_logits=last)
 
     def results(self) -> list[Any]:
         return [self.out[i] for i in range(len(self.prompts))]
