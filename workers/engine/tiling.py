@@ -12,9 +12,10 @@ and products too small for oneDNN (M·N·K ≲ 16³) run PyTorch's own GEMV/GEMM
 :func:`calibrate` measures each weight shape once per process: a plan (largest tile first) is taken
 only if every probed row count M in its range gives each of ≥ 2^17 outputs the bits the plan's own
 tiles give them (a reduction-order change flips ~1e-4 of bf16 outputs, so it shows); else the Zen 4
-plan. Larger tiles stream each weight fewer times (a 256-row tile takes about
-half the time per row of eight 32-row tiles here). ``tests/integration/test_invariance.py`` checks
-the property with the plans in force, over 600 rows.
+plan. It is measured at the process's torch thread count, which the engine does not change after
+it starts (a GEMM may split its work differently at another count). Larger tiles stream each weight
+fewer times: a 256-row tile takes about half the time per row of eight 32-row tiles here.
+``tests/integration/test_invariance.py`` checks the property with the plans in force, over 600 rows.
 """
 
 from __future__ import annotations
