@@ -12,7 +12,7 @@ Invariants (checked by ``tests/integration/test_invariance.py`` on the machine t
   fp32 products (attention): MKL's batched GEMM gives other bits for M ≤ 3 rows, and a single
   batch entry takes the plain GEMM, whose tail rows (M = 5..9 here) have other bits again; with
   M ≥ 4 and ≥ 2 batch entries every row has one set of bits (measured on Zen 4 and Zen 5 for
-  K ∈ {16, 64}, N up to 1024, B up to 96), so ``_bmm`` pads to :data:`BMM_MIN_ROWS` rows and 2
+  K ∈ {16, 64}, N up to 1024, B up to 600), so ``_bmm`` pads to :data:`BMM_MIN_ROWS` rows and 2
   entries.
 * **Block-fixed attention.** Attention is fp32 over an fp32 K/V copy of bf16 keys and values. The
   scores of a query are its dot products with every key (a product's column does not depend on how
@@ -34,6 +34,7 @@ attention); each row owns the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -234,7 +235,7 @@ class InvariantRunner:
         positions = torch.cat(
             [torch.arange(s.start, s.start + n) for s, n in zip(spans, lengths, strict=True)]
         )
-        offsets = [sum(lengths[:i]) for i in range(len(spans))]
+        offsets = [0, *accumulate(lengths)][:-1]
         batches = _attention_batches(spans, lengths, self.kv_heads * self.groups)
         x = F.embedding(ids, r.embed)
         for number, layer in enumerate(r.layers):
