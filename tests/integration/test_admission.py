@@ -7,6 +7,8 @@ answered auctions); one API key at its own limit does not hold up another key.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -112,7 +114,12 @@ def test_one_key_at_its_limit_does_not_hold_up_another(
         _wait_running(slow_worker)
         same_key: list[httpx.Response] = []
         other_key: list[httpx.Response] = []
-        _post(gateway.url, KEY_A, same_key, candidates=1, max_tokens=4)  # waits 0.5 s, then 429
+        # The worker SIGSTOPped: the first auction holds A's place for as long as this takes, on any machine.
+        os.kill(slow_worker.pid, signal.SIGSTOP)
+        try:
+            _post(gateway.url, KEY_A, same_key, candidates=1, max_tokens=4)  # waits 0.5 s, then 429
+        finally:
+            os.kill(slow_worker.pid, signal.SIGCONT)
         other = threading.Thread(target=_post, args=(gateway.url, KEY_B, other_key), kwargs={"candidates": 1})
         other.start()
         other.join(timeout=120)
