@@ -161,11 +161,15 @@ class AdmissionController:
             self.metrics.refused.labels(reason=reason).inc()
         return AdmissionRefusedError(reason, message, self.retry_after_s())
 
+    def admits_now(self, key: str, cost: int) -> bool:
+        """An auction of ``cost`` for ``key`` would be admitted at once (no wait, no refusal)."""
+        return not self._waiters and not self._blocked_globally(cost) and not self._blocked_by_key(key)
+
     @asynccontextmanager
     async def admit(self, key: str, cost: int) -> AsyncIterator[None]:
         """Hold a place for one auction for the duration of the block, waiting (bounded) if needed."""
         arrived = time.monotonic()
-        if not self._waiters and not self._blocked_globally(cost) and not self._blocked_by_key(key):
+        if self.admits_now(key, cost):
             self._take(key, cost)
         else:
             if len(self._waiters) >= self.limits.max_waiting:

@@ -144,8 +144,11 @@ class CandidateSampler:
         seed: int,
         clock: StageClock | None = None,
         worker_stats: WorkerCallStats | None = None,
+        cleared: asyncio.Future[None] | None = None,
     ) -> ScoredCandidates:
         """Everything the mechanism needs, from the workers: prompts → tokenize → generate → score.
+
+        ``cleared``: awaited after tokenization, before any generation (tokenizing is no model work).
 
         The evaluation (`mosaic evaluate`) draws and scores candidates through exactly this code, then
         resolves auctions on prefixes of the same candidate set.
@@ -175,6 +178,8 @@ class CandidateSampler:
             # over MAX_PROMPT_TOKENS is refused (422) before the workers spend anything on it.
             prompt_ids = await clock.timed("tokenize", asyncio.gather(*tokenized))
             check_prompt_lengths([len(ids) for ids in prompt_ids], settings.max_prompt_tokens)
+            if cleared is not None:  # e.g. an Idempotency-Key's replay check: no model work before it
+                await asyncio.shield(cleared)
             candidate_set = await clock.timed(
                 "generate",
                 self._draw_candidates(

@@ -58,9 +58,12 @@ class RunControl:
     write runs shielded and the auction stands. With a key, `claim_ready` (sent by the caller as
     model work begins) is awaited before the write; `body` is then the exact JSON answered,
     the one stored under the Idempotency-Key in the same MULTI as the record and the billing event.
+    `cleared` (with a key): generation waits for it, so the key's replay check, sent with the
+    auction's tokenization, ends before any model work.
     """
 
     claim_ready: asyncio.Future[IdempotencyClaim] | None = None  # the key's claim, under way
+    cleared: asyncio.Future[None] | None = None  # set when generation may begin (the replay check)
     claim: IdempotencyClaim | None = None
     idempotency_ms: float = 0.0
     billing_started: bool = False
@@ -109,7 +112,7 @@ class AuctionService:
             with auction_deadline(limit_s):  # worker requests never wait past it (tmax_ms included)
                 async with asyncio.timeout(limit_s):
                     outcome, candidate_set, rewards, log_ref, log_proposal = await self._resolve(
-                        request, seed, clock, worker_stats
+                        request, seed, clock, worker_stats, control.cleared
                     )
         except TimeoutError as error:
             self.metrics.auctions.labels("deadline", request.proposal).inc()
@@ -202,9 +205,14 @@ class AuctionService:
         return response
 
     async def _resolve(
-        self, request: AuctionRequest, seed: int, clock: StageClock, worker_stats: WorkerCallStats
+        self,
+        request: AuctionRequest,
+        seed: int,
+        clock: StageClock,
+        worker_stats: WorkerCallStats,
+        cleared: asyncio.Future[None] | None = None,
     ) -> tuple[mechanism.AuctionOutcome, CandidateSet, np.ndarray, np.ndarray, np.ndarray]:
-        scored = await self.sampler.collect(request, seed, clock, worker_stats)
+        scored = await self.sampler.collect(request, seed, clock, worker_stats, cleared)
         begin = time.perf_counter()
         value_scales = np.array([a.value_scale for a in request.advertisers], dtype=np.float64)
         rewards = mechanism.rewards_from_logprobs(scored.log_advertisers, scored.log_ref, value_scales)

@@ -122,6 +122,11 @@ def _judge(raw: Any, fp: str) -> StoredOutcome | None:
     return StoredOutcome(status=int(record["status"]), body=str(record["body"]))
 
 
+def running_value(fp: str) -> str:
+    """A new running marker for a request with fingerprint ``fp`` (its owner token is random)."""
+    return json.dumps({"state": "running", "fp": fp, "owner": secrets.token_hex(8)}, separators=(",", ":"))
+
+
 def owned(current: Any, claim: IdempotencyClaim) -> bool:
     """The key holds this request's running value, or nothing (its lease lapsed, no one else claimed)."""
     return current is None or as_str(current) == claim.running_value
@@ -137,21 +142,28 @@ class IdempotencyStore:
     def lease_ms(self, deadline_s: float) -> int:
         return int((deadline_s + self.settings.billing_append_timeout_s + LEASE_MARGIN_S) * 1000)
 
-    async def lookup(self, key_id: str, idempotency_key: str, fp: str) -> StoredOutcome | None:
+    async def lookup(
+        self, key_id: str, idempotency_key: str, fp: str, own: str | None = None
+    ) -> StoredOutcome | None:
         """The replay check (one GET, no write): the stored outcome, or None when the key is free.
 
-        Raises IdempotencyMismatchError when it was used with other parameters, and
-        IdempotencyInProgressError while its first request runs.
+        ``own``: this request's running value (:func:`running_value`): the request's own claim, sent
+        beside this read, may reach Redis first; it counts as free. Raises IdempotencyMismatchError
+        when the key was used with other parameters, IdempotencyInProgressError while its first
+        request runs.
         """
-        return _judge(await self.redis.get(redis_key(key_id, idempotency_key)), fp)
+        raw = await self.redis.get(redis_key(key_id, idempotency_key))
+        if own is not None and raw is not None and as_str(raw) == own:
+            return None
+        return _judge(raw, fp)
 
-    async def claim(self, key_id: str, idempotency_key: str, fp: str, deadline_s: float) -> IdempotencyClaim:
-        """Take the key: SET NX of the running marker with its lease. Raises as `lookup` when another
-        request has it (taken between the lookup and here: IdempotencyInProgressError)."""
+    async def claim(
+        self, key_id: str, idempotency_key: str, fp: str, deadline_s: float, running: str | None = None
+    ) -> IdempotencyClaim:
+        """Take the key: SET NX of the running marker ``running`` (default: a new one) with its
+        lease. Raises as `lookup` when another request has it (IdempotencyInProgressError)."""
         key = redis_key(key_id, idempotency_key)
-        running = json.dumps(
-            {"state": "running", "fp": fp, "owner": secrets.token_hex(8)}, separators=(",", ":")
-        )
+        running = running if running is not None else running_value(fp)
         for _ in range(3):  # the key may lapse between the SET NX and the GET: try again
             if await self.redis.set(key, running, nx=True, px=self.lease_ms(deadline_s)):
                 return IdempotencyClaim(key=key, running_value=running, fingerprint=fp)

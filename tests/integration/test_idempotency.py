@@ -68,18 +68,40 @@ def client(
         yield test_client
 
 
+def generation_tokens(worker: WorkerProcess) -> float:
+    lines = httpx.get(f"{worker.url}/metrics").text.splitlines()
+    samples = [x for x in lines if x.startswith("vllm:generation_tokens_total")]
+    return float(samples[0].split()[-1]) if samples else 0.0
+
+
 def test_a_retried_key_is_served_and_billed_once(
-    client: TestClient, redis_process: RedisServerProcess
+    client: TestClient,
+    redis_process: RedisServerProcess,
+    tiny_worker: WorkerProcess,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Invariant: a replay answers the stored bytes, bills nothing and does no model work (its replay
+    check runs beside the auction's tokenization, and generation waits for it: here the check is
+    held back 0.5 s, far past the tokenization)."""
+    store = client.app.state.auctions.idempotency  # type: ignore[attr-defined]
+    original = store.lookup
+
+    async def slow_lookup(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.5)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "lookup", slow_lookup)
     before = stream_length(redis_process.url)
     first = client.post("/auction", json=body(seed=101), headers=keyed("retry-1"))
     assert first.status_code == 200, first.text
     assert "idempotent-replayed" not in first.headers
+    generated = generation_tokens(tiny_worker)
     for _ in range(2):
         again = client.post("/auction", json=body(seed=101), headers=keyed("retry-1"))
         assert again.status_code == 200
         assert again.headers["idempotent-replayed"] == "true"
         assert again.content == first.content  # the very bytes, timings included
+    assert generation_tokens(tiny_worker) == generated
     assert stream_length(redis_process.url) == before + 1
     auction_id = first.json()["auction_id"]
     assert client.get(f"/auctions/{auction_id}", headers=AUTH_A).status_code == 200
@@ -87,6 +109,32 @@ def test_a_retried_key_is_served_and_billed_once(
     other = client.post("/auction", json=body(seed=101), headers=AUTH_A).json()
     assert other["auction_id"] != auction_id
     assert stream_length(redis_process.url) == before + 2
+
+
+def test_a_failed_replay_check_is_503_with_no_model_work_and_the_key_free(
+    client: TestClient,
+    redis_process: RedisServerProcess,
+    tiny_worker: WorkerProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Invariant: when the replay check itself fails (Redis refused the read) the auction stops
+    before generating, nothing is billed or stored, and the key stays free for the retry."""
+    store = client.app.state.auctions.idempotency  # type: ignore[attr-defined]
+    original = store.lookup
+
+    async def failing_lookup(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)  # after the claim and the tokenization
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+    before, generated = stream_length(redis_process.url), generation_tokens(tiny_worker)
+    monkeypatch.setattr(store, "lookup", failing_lookup)
+    failed = client.post("/auction", json=body(seed=112), headers=keyed("check-failed"))
+    assert failed.status_code == 503, failed.text
+    assert stream_length(redis_process.url) == before and generation_tokens(tiny_worker) == generated
+    monkeypatch.setattr(store, "lookup", original)
+    retry = client.post("/auction", json=body(seed=112), headers=keyed("check-failed"))
+    assert retry.status_code == 200 and "idempotent-replayed" not in retry.headers
+    assert stream_length(redis_process.url) == before + 1
 
 
 def test_keys_are_scoped_per_api_key(client: TestClient, redis_process: RedisServerProcess) -> None:
