@@ -30,8 +30,8 @@ class WorkerSettings(BaseSettings):
     worker_torch_threads: int = Field(
         0,
         ge=0,
-        description="torch CPU threads of a worker; 0: a standalone worker uses all cores, the in-process "
-        "worker all but one, which the gateway's event loop needs (oversubscribed cores halve throughput).",
+        description="torch CPU threads of a worker; 0: all cores, for a standalone worker and the in-process "
+        "one alike (its engine runs on its own thread; the event loop needs little CPU).",
     )
     worker_score_token_budget: int = Field(
         8192, ge=64, description="Max padded tokens per forward pass when the worker scores a batch."

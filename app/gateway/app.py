@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -50,12 +49,15 @@ EMBEDDED_WORKER_URL = "http://embedded-worker"
 
 
 def _limit_torch_threads(settings: Settings) -> None:
-    """The in-process worker shares the cores with the event loop: leave one to it (measured with
-    locust on 2 cores, 8 users: 2 torch threads gave 0.08 auctions/s, 1 thread 0.15)."""
+    """WORKER_TORCH_THREADS pins the in-process worker's torch threads; 0 keeps torch's default (all
+    cores). Leaving a core to the event loop paid when the engine ran on it (0.15 vs 0.08 auctions/s
+    at 8 locust users); with the engine on its own thread the loop is ~2% busy, and all cores give
+    1.52x the auctions/s of one at 1 client and 1.35x at 8 (bench/throughput.py --clients 1,8, 2 cores,
+    2026-12-03)."""
     import torch
 
-    threads = settings.worker_torch_threads or max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(threads)
+    if settings.worker_torch_threads:
+        torch.set_num_threads(settings.worker_torch_threads)
 
 
 def operation_id(route: APIRoute) -> str:
