@@ -1,7 +1,8 @@
 """Real worker processes for tests: ``python -m workers.server`` on a free port (never a fake).
 
 ``start_worker_process(model="tiny-random")`` starts one and waits until ``GET /health`` answers;
-the session fixture ``tiny_worker`` shares one tiny-random worker across the test session.
+the session fixture ``tiny_worker`` shares one tiny-random worker across the test session;
+``worker_stopped`` holds one SIGSTOPped for a block; ``generation_tokens`` reads its token counter.
 """
 
 from __future__ import annotations
@@ -129,3 +130,20 @@ def tiny_worker() -> Iterator[WorkerProcess]:
         yield worker
     finally:
         worker.stop()
+
+
+@contextlib.contextmanager
+def worker_stopped(worker: WorkerProcess) -> Iterator[None]:
+    """The worker SIGSTOPped (the kernel still takes its connections, nothing answers), then SIGCONT."""
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+
+
+def generation_tokens(worker: WorkerProcess) -> float:
+    """The worker's ``vllm:generation_tokens_total`` (0 before its first generation)."""
+    lines = httpx.get(f"{worker.url}/metrics").text.splitlines()
+    samples = [x for x in lines if x.startswith("vllm:generation_tokens_total")]
+    return float(samples[0].split()[-1]) if samples else 0.0

@@ -7,8 +7,6 @@ answered auctions); one API key at its own limit does not hold up another key.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import redis
 
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
-from tests.fixtures_worker import WorkerProcess, start_worker_process
+from tests.fixtures_worker import WorkerProcess, generation_tokens, start_worker_process, worker_stopped
 
 KEY_A, KEY_B = "admission-test-key-a-0123456789", "admission-test-key-b-0123456789"
 SLOW = {"query": "Tell me about guitars.", "advertisers": [{"id": "a", "name": "A", "description": "x"}]}
@@ -48,12 +46,6 @@ def _gateway(
         MAX_TOKENS_LIMIT="256",
         **env,
     )
-
-
-def _generated(worker: WorkerProcess) -> float:
-    lines = httpx.get(f"{worker.url}/metrics").text.splitlines()
-    samples = [x for x in lines if x.startswith("vllm:generation_tokens_total")]
-    return float(samples[0].split()[-1]) if samples else 0.0
 
 
 def _post(url: str, key: str, results: list[httpx.Response], **fields: object) -> None:
@@ -85,10 +77,10 @@ def test_over_the_concurrency_limit_is_429_before_model_work(
         thread = threading.Thread(target=_post, args=(gateway.url, KEY_A, first))
         thread.start()
         _wait_running(slow_worker)
-        tokens_before = _generated(slow_worker)
+        tokens_before = generation_tokens(slow_worker)
         refused: list[httpx.Response] = []
         _post(gateway.url, KEY_B, refused, candidates=1, max_tokens=4)
-        tokens_after = _generated(slow_worker)
+        tokens_after = generation_tokens(slow_worker)
         thread.join(timeout=120)
         assert first[0].status_code == 200, first[0].text
         assert refused[0].status_code == 429, refused[0].text
@@ -115,11 +107,8 @@ def test_one_key_at_its_limit_does_not_hold_up_another(
         same_key: list[httpx.Response] = []
         other_key: list[httpx.Response] = []
         # The worker SIGSTOPped: the first auction holds A's place for as long as this takes, on any machine.
-        os.kill(slow_worker.pid, signal.SIGSTOP)
-        try:
+        with worker_stopped(slow_worker):
             _post(gateway.url, KEY_A, same_key, candidates=1, max_tokens=4)  # waits 0.5 s, then 429
-        finally:
-            os.kill(slow_worker.pid, signal.SIGCONT)
         other = threading.Thread(target=_post, args=(gateway.url, KEY_B, other_key), kwargs={"candidates": 1})
         other.start()
         other.join(timeout=120)

@@ -7,10 +7,7 @@ except where the client must really disconnect (a real `mosaic serve` process an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
 import socket
 import threading
 import time
@@ -32,7 +29,7 @@ from app.ledger.reconcile import reconcile
 from app.settings import Settings
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
-from tests.fixtures_worker import WorkerProcess
+from tests.fixtures_worker import WorkerProcess, generation_tokens, worker_stopped
 from tests.integration.test_gateway import auction_body, make_settings, stream_length
 
 KEY_A, KEY_B = "idem-test-platform-key-a", "idem-test-platform-key-b"
@@ -66,12 +63,6 @@ def client(
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def generation_tokens(worker: WorkerProcess) -> float:
-    lines = httpx.get(f"{worker.url}/metrics").text.splitlines()
-    samples = [x for x in lines if x.startswith("vllm:generation_tokens_total")]
-    return float(samples[0].split()[-1]) if samples else 0.0
 
 
 def test_a_retried_key_is_served_and_billed_once(
@@ -228,16 +219,6 @@ def slow_gateway(
 
 def slow_body(seed: int) -> dict[str, Any]:
     return auction_body(candidates=16, max_tokens=64, seed=seed, include_candidates=False)
-
-
-@contextlib.contextmanager
-def worker_stopped(worker: WorkerProcess) -> Iterator[None]:
-    """The worker SIGSTOPped (the kernel still takes its connections, nothing answers), then SIGCONT."""
-    os.kill(worker.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(worker.pid, signal.SIGCONT)
 
 
 def post_keyed(gateway: GatewayProcess, payload: dict[str, Any], key: str) -> httpx.Response:
