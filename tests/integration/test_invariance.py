@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from workers.engine import invariant, tiling
 from workers.engine.core import Engine
+from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.sampling import SamplingOptions
 from workers.models import load_model, resolve_dtype
 
@@ -139,6 +140,63 @@ def test_seeded_samples_do_not_depend_on_n_or_other_work(
     options = SamplingOptions(n=shared, max_tokens=max_tokens, seed=seed, logprobs=0)
     mixed = engine.complete([other, prompt], options, prompt_logprobs=0)[1].samples
     assert [(s.token_ids, s.logprobs) for s in mixed] == first
+
+
+@SETTINGS
+@given(
+    prompt_len=st.integers(1, 140),
+    others=st.lists(st.tuples(st.integers(1, 200), st.integers(1, 6)), min_size=1, max_size=4),
+    drop=st.integers(0, 3),
+    seed=st.integers(0, 2**31),
+)
+def test_decode_rows_do_not_depend_on_their_slot_or_the_other_rows(
+    engine: Engine, prompt_len: int, others: list[tuple[int, int]], drop: int, seed: int
+) -> None:
+    """A request's rows decoded alone (a pool of their own) and in a pool shared with other requests'
+    rows (other capacities, rows leaving so rows move slots, a step where the decoding slots are not
+    the first ones): the same hidden bits at every step.
+    """
+    inv = engine.invariant
+    assert inv is not None
+    prompt = tokens(seed, prompt_len)
+    steps = 6
+    feed = [torch.tensor(tokens(seed + 1 + t, 3)) for t in range(steps)]
+
+    def run(shared: bool) -> list[torch.Tensor]:
+        pool = inv.new_pool()
+        mine = InvariantBatch(inv, 3, steps + 1, None, pool if shared else None)
+        crowd = [InvariantBatch(inv, n, steps + 1, None, pool) for _, n in others] if shared else []
+        lengths = [length for length, _ in others]
+        early, late = range(len(crowd) // 2), range(len(crowd) // 2, len(crowd))
+        out = []
+        with torch.inference_mode():
+            for i in early:  # prefilled before mine: mine sits in later slots
+                crowd[i].prefill(tokens(seed + lengths[i], lengths[i]))
+            mine.prefill(prompt)
+            for step in range(steps):
+                if step == 1:  # these join (after mine), and decode while the first ones wait
+                    for i in late:
+                        crowd[i].prefill(tokens(seed + lengths[i], lengths[i]))
+                if step == 2 and crowd:  # rows leave: later slots move into the holes
+                    crowd[0].keep([0])
+                    if drop:
+                        crowd[-1].release()
+                decoding = [mine] + [
+                    crowd[i]
+                    for i in (late if step == 1 else range(len(crowd)))
+                    if crowd[i].rows is not None and crowd[i].rows.count  # type: ignore[union-attr]
+                ]
+                groups = [mine.step_group(feed[step])]
+                groups += [b.step_group(torch.full((b.rows.count,), 5 + step)) for b in decoding[1:]]  # type: ignore[union-attr]
+                hidden = inv.decode_groups(groups)
+                for batch, rows in zip(decoding, hidden, strict=True):
+                    batch.stepped(rows)
+                out.append(hidden[0])
+        return out
+
+    alone, together = run(False), run(True)
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a, b)
 
 
 SHAPES = [(64, 64), (64, 32), (64, 128), (128, 64), (576, 192), (576, 576), (576, 1536), (1536, 576)]

@@ -12,14 +12,16 @@ prompt, or a prefix group), and one generation per prompt (``n`` rows). Every st
    joins in arrival order within the step's token budget and row limit; nothing overtakes the head);
 2. one :meth:`InvariantRunner.forward_spans` over the prompts of the generations that join and the
    plain prompts / prefixes of the scoring units planned, then one over those units' suffixes;
-3. one :meth:`InvariantRunner.decode_groups` over every running generation (its rows, its own caches);
+3. one :meth:`InvariantRunner.decode_groups` over every running generation (their rows' K/V in the
+   loop's :class:`workers.engine.kv_pool.KVPool`: one attention per pool bucket, not per request);
 4. sampling per generation with its own per-sample generators (:func:`sample_generators`) and its own
    :class:`_DecodeState`; finished rows leave, finished requests are answered.
 
-Invariant (``tests/unit/test_batching.py``): a request's choices (tokens, log-probs, prompt log-probs)
+Invariant (``tests/integration/test_batching.py``): a request's choices (tokens, log-probs, prompt log-probs)
 are bit-identical whether it runs alone or with any other requests: every product is row-invariant
-(:func:`workers.engine.invariant.tiled_linear`), attention runs per sequence / per generation with
-the arithmetic of a request alone, and sampling runs per request on its own rows.
+(:func:`workers.engine.invariant.tiled_linear`), attention gives each row the arithmetic it gets
+alone (per-entry batched products, masked keys adding exact zeros), and sampling runs per
+request on its own rows.
 
 A request whose client goes away is cancelled (its work leaves at the next step boundary). The loop
 holds ``Engine.lock`` for each step, so the serial paths (fp32, legacy, CUDA) interleave safely.
@@ -40,6 +42,7 @@ import torch
 from workers.engine.generate import _DecodeState, _host_top
 from workers.engine.invariant import InvariantRunner, Span
 from workers.engine.invariant_batch import InvariantBatch
+from workers.engine.kv_pool import KVPool
 from workers.engine.sampling import SamplingOptions, sample_generators
 from workers.engine.scheduler import Scheduler, StepPlan
 from workers.engine.score_invariant import InvariantScoreJob
@@ -67,11 +70,13 @@ class _Request:
 class _Generation:
     """One prompt's ``n`` rows: its decode batch, per-sample generators and bookkeeping."""
 
-    def __init__(self, engine: Engine, inv: InvariantRunner, request: _Request, index: int) -> None:
+    def __init__(
+        self, engine: Engine, inv: InvariantRunner, request: _Request, index: int, pool: KVPool
+    ) -> None:
         opts = request.options
         self.engine, self.request, self.index = engine, request, index
         self.prompt = request.prompts[index]
-        self.batch = InvariantBatch(inv, opts.n, opts.max_tokens, None)
+        self.batch = InvariantBatch(inv, opts.n, opts.max_tokens, None, pool)
         # Fresh per prompt, as Engine.complete: sample k is seeded by (seed, k).
         self.generators = sample_generators(request.seed, opts.n, engine.device)
         self.state = _DecodeState(engine, opts)
@@ -105,6 +110,7 @@ class BatchLoop:
     def __init__(self, engine: Engine, inv: InvariantRunner, token_budget: int, max_rows: int) -> None:
         self.engine, self.inv = engine, inv
         self.scheduler = Scheduler(token_budget, max_rows)
+        self.pool = inv.new_pool()  # every running generation's rows (one step's attention for all)
         self._cv = threading.Condition()
         self._incoming: list[_Request] = []
         self._cancelled: list[_Request] = []
@@ -211,7 +217,7 @@ class BatchLoop:
         if opts.max_tokens > 0 and not (request.prompt_logprobs is not None and opts.max_tokens == 1):
             for index, prompt in enumerate(request.prompts):
                 work_id = self._new_id()
-                self._work[work_id] = (request, _Generation(engine, self.inv, request, index))
+                self._work[work_id] = (request, _Generation(engine, self.inv, request, index, self.pool))
                 request.work.add(work_id)
                 self.scheduler.submit_generation(work_id, len(prompt), opts.n, opts.max_tokens - 1)
         if not request.work:
@@ -220,7 +226,9 @@ class BatchLoop:
     def _drop(self, request: _Request) -> None:
         for work_id in request.work:
             self.scheduler.cancel(work_id)
-            self._work.pop(work_id, None)
+            _, gen = self._work.pop(work_id, (None, None))
+            if gen is not None:
+                gen.batch.release()  # its slots go back to the pool at once
         request.work.clear()
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -230,6 +238,7 @@ class BatchLoop:
             if not request.future.done():
                 request.future.set_exception(exc)
         self.scheduler = Scheduler(self.scheduler.token_budget, self.scheduler.max_rows)
+        self.pool = self.inv.new_pool()  # a failed step may have left slots half written
         with self._cv:
             incoming, self._incoming = self._incoming, []
         for request in incoming:
@@ -292,6 +301,7 @@ class BatchLoop:
             left = gen.sample()
             self.scheduler.rows_finished(work_id, left)
             if not left:
+                gen.batch.release()
                 gen.request.results[gen.index].samples = gen.state.samples()
                 self._finished(work_id)
         for work_id, _, _ in plan.score:

@@ -26,9 +26,10 @@ Invariants (checked by ``tests/integration/test_invariance.py`` on the machine t
 
 Scoring runs the attention of spans with the same start and length (a prompt's candidates) as one
 batched product per step (a batch entry's bits do not depend on the batch; every other op is
-element-wise over whole 64-key blocks, or per row). A decode batch keeps the prompt's K/V once, for
-all rows, up to the last whole block (its keys meet every row's queries in one product: cascade
-attention); each row owns the rest.
+element-wise over whole 64-key blocks, or per row). Decoding rows keep every position's K/V in a slot
+of a :class:`workers.engine.kv_pool.KVPool` (the prompt's copied in at prefill); one step's attention
+runs once per pool bucket over all its rows, whichever requests they belong to, each row over the
+bucket's whole capacity with the keys past its position masked.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from itertools import accumulate
 import torch
 import torch.nn.functional as F
 
+from workers.engine.kv_pool import Bucket, KVPool, PoolRows
 from workers.engine.llama import LlamaRunner, _Layer, _rms_norm, _rotate_half
 from workers.engine.tiling import calibrate, tiled_linear
 
@@ -113,23 +115,28 @@ class Span:
 
 @dataclass
 class DecodeGroup:
-    """One group's decode step (the arguments of :meth:`InvariantRunner.decode`) and what its
-    attention derives from them once per step."""
+    """One request's decode step (its rows' next tokens ``ids`` [R] at ``position``, their K/V in
+    ``rows``' pool slots), for :meth:`InvariantRunner.decode_groups`."""
 
     ids: torch.Tensor
-    positions: list[int]
-    own: RowCache
-    own_start: int
-    prefix: RowCache | None
+    position: int
+    rows: PoolRows
 
     def __post_init__(self) -> None:
-        self.rows = self.ids.shape[0]
-        self.pos = torch.tensor(self.positions, dtype=torch.long)
-        self.slots = self.pos - self.own_start
-        self.window = align(int(self.slots.max()) + 1)
-        self.shared = 0 if self.prefix is None else self.prefix[0][0].shape[1]
-        self.hidden_keys = torch.arange(self.window)[None, :] > self.slots[:, None]  # [R, W] masked
-        self.every = torch.arange(self.rows)
+        if self.ids.shape[0] != self.rows.count:
+            raise ValueError(f"{self.ids.shape[0]} tokens for {self.rows.count} rows")
+
+
+class _BucketStep:
+    """The rows of one :class:`Bucket` that decode in a step, in slot order, and what their attention
+    derives from them once per step (every layer uses it)."""
+
+    def __init__(self, bucket: Bucket, slots: list[int], positions: list[int]) -> None:
+        self.bucket, self.rows = bucket, len(slots)
+        self.dense = slots == list(range(len(slots)))  # the first slots (the usual case): views, no copy
+        self.index = torch.tensor(slots, dtype=torch.long)
+        self.pos = torch.tensor(positions, dtype=torch.long)
+        self.hidden_keys = torch.arange(bucket.capacity)[None, :] > self.pos[:, None]  # [R, C] masked
 
 
 class InvariantRunner:
@@ -255,75 +262,76 @@ class InvariantRunner:
         hidden = _rms_norm(x, r.norm, r.norm_eps)
         return list(hidden.split(lengths))
 
-    def decode(
-        self,
-        ids: torch.Tensor,
-        positions: list[int],
-        own: RowCache,
-        own_start: int,
-        prefix: RowCache | None,
-    ) -> torch.Tensor:
-        """One token per row (the per-row decode API): ``ids`` [R] at ``positions`` (one per row).
-
-        ``own``: per layer fp32 (keys, values) [R, kv_heads, cap, d] holding each row's positions
-        ``own_start``.. (values zeroed beyond what was written); ``prefix``: per layer fp32
-        [kv_heads, own_start, d], positions 0..own_start-1 shared by every row (``own_start`` a
-        multiple of BLOCK; None when 0). Writes the new K/V; returns final-normed hidden [R, H]."""
-        return self.decode_groups([DecodeGroup(ids, positions, own, own_start, prefix)])[0]
+    def new_pool(self) -> KVPool:
+        """Slots for decode rows' K/V (:mod:`workers.engine.kv_pool`), shaped for this model."""
+        return KVPool(self.r.num_layers, self.kv_heads, self.head_dim, BLOCK)
 
     def decode_groups(self, groups: list[DecodeGroup]) -> list[torch.Tensor]:
-        """:meth:`decode` of several groups (requests) in one pass: the products run over all their
-        rows together (row-invariant), the attention per group with the arithmetic of a group alone,
-        so each group's hidden [R_g, H] has the bits :meth:`decode` gives it by itself."""
+        """One decode step of several groups (requests) in one pass: final-normed hidden [R_g, H] per
+        group, each row's bits those it gets alone. The products run over every row (row-invariant);
+        the attention once per pool bucket over its rows in slot order (a batch entry's bits do not
+        depend on the batch, a masked key adds exact zeros), so no op runs per request."""
         r = self.r
-        x = F.embedding(torch.cat([group.ids for group in groups]), r.embed)
-        pos = torch.cat([group.pos for group in groups])
+        entries: dict[int, list[tuple[int, int, int]]] = {}  # id(bucket) -> (slot, input row, position)
+        buckets: dict[int, Bucket] = {}
+        row = 0
+        for group in groups:
+            bucket = group.rows.bucket
+            buckets[id(bucket)] = bucket
+            for slot in group.rows.slots:
+                entries.setdefault(id(bucket), []).append((slot, row, group.position))
+                row += 1
+        steps, order = [], []
+        for key, items in entries.items():
+            items.sort()
+            steps.append(_BucketStep(buckets[key], [s for s, _, _ in items], [p for _, _, p in items]))
+            order += [i for _, i, _ in items]
+        ids = torch.cat([group.ids for group in groups])
+        permuted = order != list(range(len(order)))
+        permutation = torch.tensor(order, dtype=torch.long)
+        if permuted:
+            ids = ids[permutation]
+        x = F.embedding(ids, r.embed)
+        pos = torch.cat([step.pos for step in steps])
         for number, layer in enumerate(r.layers):
             q, k, v = self._qkv(layer, x, pos)
             attn = []
             offset = 0
-            for group in groups:
-                span = slice(offset, offset + group.rows)
-                attn.append(self._decode_attention(number, group, q[span], k[span], v[span]))
-                offset += group.rows
+            for step in steps:
+                span = slice(offset, offset + step.rows)
+                attn.append(self._decode_attention(number, step, q[span], k[span], v[span]))
+                offset += step.rows
             x = self._finish(layer, x, torch.cat(attn) if len(attn) > 1 else attn[0])
         hidden = _rms_norm(x, r.norm, r.norm_eps)
-        return list(hidden.split([group.rows for group in groups]))
+        if permuted:
+            hidden = torch.empty_like(hidden).index_copy_(0, permutation, hidden)
+        return list(hidden.split([group.rows.count for group in groups]))
 
     def _decode_attention(
-        self, number: int, group: DecodeGroup, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, number: int, step: _BucketStep, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
-        """Layer ``number``'s attention of one group's rows (q [R, heads, d], k/v [R, kv_heads, d]):
-        writes their K/V into the group's own cache; returns [R, heads·d] in the weights' dtype."""
-        rows, window, shared, prefix = group.rows, group.window, group.shared, group.prefix
+        """Layer ``number``'s attention of one bucket's decoding rows (q [R, heads, d], k/v
+        [R, kv_heads, d], in slot order): writes their K/V into their slots; each row attends over
+        the bucket's whole capacity, past its position masked. Returns [R, heads·d] in the weights'
+        dtype."""
+        rows, capacity = step.rows, step.bucket.capacity
         kvh, groups, dim = self.kv_heads, self.groups, self.head_dim
-        keys, values = group.own[number]
-        keys[group.every, :, group.slots] = k.float()
-        values[group.every, :, group.slots] = v.float()
-        grouped = q.float().view(rows, kvh, groups, dim)
-        own_k = keys[:, :, :window].reshape(rows * kvh, window, dim)
-        scores = _bmm(grouped.reshape(rows * kvh, groups, dim), own_k.transpose(1, 2))
-        scores = scores.view(rows, kvh, groups, window)
-        if prefix is not None:
-            stacked = grouped.permute(1, 0, 2, 3).reshape(kvh, rows * groups, dim)
-            front = _bmm(stacked, prefix[number][0].transpose(1, 2)).view(kvh, rows, groups, shared)
-            scores = torch.cat((front.permute(1, 0, 2, 3), scores), dim=-1)
-        scores = scores * self.r.scale
-        tail = scores[..., shared:]
-        tail.masked_fill_(group.hidden_keys[:, None, None, :], float("-inf"))
-        weights, total = _exp_weights(scores)  # [R, kvh, g, shared + W], [R, kvh, g]
-        own_blocks = window // BLOCK
-        w_own = weights[..., shared:].reshape(rows, kvh, groups, own_blocks, BLOCK).permute(0, 1, 3, 2, 4)
-        v_own = values[:, :, :window].reshape(rows * kvh * own_blocks, BLOCK, dim)
-        parts = _bmm(w_own.reshape(-1, groups, BLOCK), v_own).view(rows, kvh, own_blocks, groups, dim)
-        parts = parts.permute(2, 0, 1, 3, 4)  # [blocks, R, kvh, g, d]
-        if prefix is not None:
-            front_blocks = shared // BLOCK
-            w_front = weights[..., :shared].reshape(rows, kvh, groups, front_blocks, BLOCK)
-            w_front = w_front.permute(1, 3, 0, 2, 4).reshape(kvh * front_blocks, rows * groups, BLOCK)
-            v_front = prefix[number][1].reshape(kvh * front_blocks, BLOCK, dim)
-            front_parts = _bmm(w_front, v_front).view(kvh, front_blocks, rows, groups, dim)
-            parts = torch.cat((front_parts.permute(1, 2, 0, 3, 4), parts))
+        all_keys, all_values = step.bucket.keys[number], step.bucket.values[number]
+        all_keys[step.index, :, step.pos] = k.float()
+        all_values[step.index, :, step.pos] = v.float()
+        if step.dense:
+            keys, values = all_keys[:rows], all_values[:rows]
+        else:
+            keys, values = all_keys.index_select(0, step.index), all_values.index_select(0, step.index)
+        grouped = q.float().view(rows * kvh, groups, dim)
+        scores = _bmm(grouped, keys.view(rows * kvh, capacity, dim).transpose(1, 2))
+        scores = scores.view(rows, kvh, groups, capacity) * self.r.scale
+        scores.masked_fill_(step.hidden_keys[:, None, None, :], float("-inf"))
+        weights, total = _exp_weights(scores)  # [R, kvh, g, C], [R, kvh, g]
+        blocks = capacity // BLOCK
+        w = weights.view(rows, kvh, groups, blocks, BLOCK).permute(0, 1, 3, 2, 4)
+        parts = _bmm(w.reshape(-1, groups, BLOCK), values.view(rows * kvh * blocks, BLOCK, dim))
+        parts = parts.view(rows, kvh, blocks, groups, dim).permute(2, 0, 1, 3, 4)  # [blocks, R, kvh, g, d]
         acc = _sum_blocks(parts) / total[..., None]  # [R, kvh, g, d]
         return acc.reshape(rows, -1).to(self.r.dtype)
 

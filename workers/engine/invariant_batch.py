@@ -1,31 +1,36 @@
 """One request's decode rows on the batch-invariant CPU path: :class:`InvariantBatch`, the
-:class:`workers.engine.fast_decode.DecodeBatch` interface over :class:`InvariantRunner` (its caches:
-the prompt's K/V shared by every row up to the last whole block, each row's own after that). Imports
-torch and :mod:`workers.engine.invariant` only.
+:class:`workers.engine.fast_decode.DecodeBatch` interface over :class:`InvariantRunner` (its rows'
+K/V in slots of a :class:`workers.engine.kv_pool.KVPool`: the batch loop's, shared by every request
+it runs, or a pool of its own on the serial path). Imports torch, :mod:`workers.engine.invariant`
+and :mod:`workers.engine.kv_pool` only.
 """
 
 from __future__ import annotations
 
 import torch
 
-from workers.engine.invariant import BLOCK, DecodeGroup, InvariantRunner, RowCache, Span, align
+from workers.engine.invariant import DecodeGroup, InvariantRunner, Span
+from workers.engine.kv_pool import KVPool, PoolRows
 
 
 class InvariantBatch:
     """One request's decode rows for :class:`workers.engine.generate.GenerateMixin` (the
-    :class:`workers.engine.fast_decode.DecodeBatch` interface, CPU, rows dropped as they finish)."""
+    :class:`workers.engine.fast_decode.DecodeBatch` interface, CPU, rows dropped as they finish).
+    Its slots are freed when its last row finishes or is dropped (:meth:`keep`), or by
+    :meth:`release` (a request that ends early)."""
 
     compact = True
 
-    def __init__(self, runner: InvariantRunner, n: int, max_tokens: int, on_forward: object) -> None:
+    def __init__(
+        self, runner: InvariantRunner, n: int, max_tokens: int, on_forward: object, pool: KVPool | None = None
+    ) -> None:
         self.runner = runner
         self.n = n
         self.max_tokens = max_tokens
         self.on_forward = on_forward
+        self.pool = pool if pool is not None else runner.new_pool()
         self.position = 0
-        self.own: RowCache = []
-        self.own_start = 0
-        self.prefix: RowCache | None = None
+        self.rows: PoolRows | None = None
         self._logits: torch.Tensor | None = None
 
     def _count(self) -> None:
@@ -45,41 +50,27 @@ class InvariantBatch:
         return Span(prompt, 0, self.runner.new_cache(len(prompt)))
 
     def prefilled(self, span: Span, hidden: torch.Tensor) -> torch.Tensor:
-        """Set up the rows' caches from the prefilled ``span``; fp32 logits [1, V] after the prompt."""
-        inv = self.runner
-        cache = span.cache
+        """Give the rows slots holding the prefilled ``span``'s K/V; fp32 logits [1, V] after it."""
         length = len(span.ids)
-        start = (length // BLOCK) * BLOCK
-        self.own_start = start
-        if start:
-            self.prefix = [(k[:, :start].contiguous(), v[:, :start].contiguous()) for k, v in cache]
-        capacity = align(length + self.max_tokens - start)
-        shape = (self.n, inv.kv_heads, capacity, inv.head_dim)
-        self.own = []
-        for keys, values in cache:
-            own_k = torch.empty(shape, dtype=torch.float32)
-            own_v = torch.zeros(shape, dtype=torch.float32)
-            own_k[:, :, : length - start] = keys[None, :, start:length]
-            own_v[:, :, : length - start] = values[None, :, start:length]
-            self.own.append((own_k, own_v))
+        self.release()
+        self.rows = self.pool.allocate(self.n, length + self.max_tokens)
+        self.pool.write_prompt(self.rows, span.cache, length)
         self.position = length
-        return inv.logits(hidden[-1:])
+        return self.runner.logits(hidden[-1:])
 
     def step_group(self, tokens: torch.Tensor) -> DecodeGroup:
-        """The next decode step of the first ``len(tokens)`` rows as a :class:`DecodeGroup` (for
+        """The next decode step of the rows as a :class:`DecodeGroup` (one token each, for
         :meth:`InvariantRunner.decode_groups`; then hand its logits to :meth:`stepped`)."""
-        count = tokens.shape[0]
-        own = [(k[:count], v[:count]) for k, v in self.own]
-        return DecodeGroup(tokens, [self.position] * count, own, self.own_start, self.prefix)
+        assert self.rows is not None, "prefill first"
+        return DecodeGroup(tokens, self.position, self.rows)
 
     def stepped(self, logits: torch.Tensor) -> None:
         self._logits = logits
         self.position += 1
 
     def launch(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """One decode step of the first ``len(tokens)`` rows."""
-        group = self.step_group(tokens)
-        hidden = self.runner.decode(group.ids, group.positions, group.own, group.own_start, group.prefix)
+        """One decode step of the rows (one token each)."""
+        hidden = self.runner.decode_groups([self.step_group(tokens)])[0]
         self._count()
         self.stepped(self.runner.logits(hidden))
 
@@ -88,6 +79,12 @@ class InvariantBatch:
         return self._logits if rows is None else self._logits.index_select(0, rows)
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows`` (ascending): they move to the front."""
-        index = torch.tensor(rows, dtype=torch.long)
-        self.own = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.own]
+        """Keep only ``rows`` (ascending), renumbered from 0; the others' slots are freed."""
+        if self.rows is not None:
+            self.pool.keep(self.rows, rows)
+
+    def release(self) -> None:
+        """Free every row's slot (the request is done or gone)."""
+        if self.rows is not None:
+            self.pool.release(self.rows)
+            self.rows = None
