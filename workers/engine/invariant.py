@@ -24,8 +24,9 @@ Invariants (checked by ``tests/integration/test_invariance.py`` on the machine t
 * **Per-position tables.** Rotary cos/sin come from one table computed once; RMSNorm, the
   activation and the log-softmax are row-wise kernels whose order depends on the row length only.
 
-Scoring runs the attention of spans with the same start and length (a prompt's candidates) as one
-batched product per step (a batch entry's bits do not depend on the batch; every other op is
+Scoring runs the attention of spans with the same start and cache capacity (a prompt's candidates,
+whatever their lengths: queries padded to the longest) as one batched product per step (a batch
+entry's bits do not depend on the batch, nor a query's on the other queries; every other op is
 element-wise over whole 64-key blocks, or per row). Decoding rows keep every position's K/V in a slot
 of a :class:`workers.engine.kv_pool.KVPool` (the prompt's copied in at prefill); one step's attention
 runs once per pool bucket over all its rows, whichever requests they belong to, each row over the
@@ -90,14 +91,17 @@ def _sum_blocks(parts: torch.Tensor) -> torch.Tensor:
 
 
 def _attention_batches(spans: list[Span], lengths: list[int], heads: int) -> list[list[int]]:
-    """Span indices grouped by (start, length), in order of first appearance, each group cut so its
-    score matrix stays within ATTENTION_BATCH_SCORES."""
+    """Span indices grouped by (start, cache capacity), in order of first appearance, each group cut
+    so its score matrix (every member padded to the group's longest) stays within
+    ATTENTION_BATCH_SCORES. A prompt's candidates (one start, one capacity) share one batch whatever
+    their lengths."""
     groups: dict[tuple[int, int], list[int]] = {}
-    for index, (span, n) in enumerate(zip(spans, lengths, strict=True)):
-        groups.setdefault((span.start, n), []).append(index)
+    for index, span in enumerate(spans):
+        groups.setdefault((span.start, span.cache[0][0].shape[1]), []).append(index)
     batches = []
-    for (start, n), members in groups.items():
-        per_span = heads * min(n, SPAN_QUERIES) * align(start + n)
+    for (start, _), members in groups.items():
+        longest = max(lengths[i] for i in members)
+        per_span = heads * min(longest, SPAN_QUERIES) * align(start + longest)
         size = max(1, ATTENTION_BATCH_SCORES // per_span)
         batches += [members[i : i + size] for i in range(0, len(members), size)]
     return batches
@@ -249,15 +253,20 @@ class InvariantRunner:
             q, k, v = self._qkv(layer, x, positions)
             attn: list[torch.Tensor] = [q] * len(spans)  # each replaced below
             for members in batches:
-                start, n = spans[members[0]].start, lengths[members[0]]
-                for i in members:
+                start = spans[members[0]].start
+                longest = max(lengths[i] for i in members)
+                # Shorter members' queries padded (zeros) to the longest: a query's bits do not depend
+                # on the other rows; the padded rows' outputs are dropped.
+                queries = q.new_zeros((len(members), longest, *q.shape[1:]))
+                for j, i in enumerate(members):
+                    n = lengths[i]
                     keys, values = spans[i].cache[number]
                     keys[:, start : start + n] = k[offsets[i] : offsets[i] + n].transpose(0, 1)
                     values[:, start : start + n] = v[offsets[i] : offsets[i] + n].transpose(0, 1)
-                queries = torch.stack([q[offsets[i] : offsets[i] + n] for i in members])
+                    queries[j, :n] = q[offsets[i] : offsets[i] + n]
                 out = self._attend_spans(queries, [spans[i].cache[number] for i in members], start)
                 for j, i in enumerate(members):
-                    attn[i] = out[j]
+                    attn[i] = out[j, : lengths[i]]
             x = self._finish(layer, x, torch.cat(attn))
         hidden = _rms_norm(x, r.norm, r.norm_eps)
         return list(hidden.split(lengths))

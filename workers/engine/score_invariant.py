@@ -122,8 +122,9 @@ class InvariantScoreJob:
             elif unit.prefix_len:
                 assert unit.cache is not None
                 n = unit.prefix_len
+                longest = max(len(prompts[i]) for i in unit.members)  # one capacity: one attention batch
                 for i in unit.members:
-                    spans.append(Span(prompts[i][n:], n, inv.copy_cache(unit.cache, n, len(prompts[i]))))
+                    spans.append(Span(prompts[i][n:], n, inv.copy_cache(unit.cache, n, longest)))
         return spans
 
     def took(self, units: range, wave: int, hidden: list[torch.Tensor]) -> None:
