@@ -1,50 +1,112 @@
-"""Continuous batching in the worker, in process: C concurrent auction-shaped workloads (one generation
-request n=M × max_tokens, then one scoring request of M replies per context, as the gateway sends them)
-through one engine with batching on and off, back to back in one process (the same weights, the same
-noise), plus the cost of the step kinds that bound the speedup.
+"""Continuous batching in the worker, in process: C concurrent auction-shaped workloads through one
+engine with batching on and off, back to back in one process (the same weights, the same noise), and
+the time the row-invariant products take per auction — the floor batching cannot go under.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/batching.py                       # SmolLM2, C = 1, 4, 8
+An auction here is what the gateway sends for a paper instance (``../shared/data/instances.jsonl``,
+its first 2 advertisers, M=8, 64 tokens, the default mixture proposal): the real chat prompts, one
+generation request per proposal prompt (n = 4 each, seeded), then one scoring request per context
+(reference, each advertiser, the context prompt) of the 8 replies.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/batching.py                       # SmolLM2, C = 1, 8
     PYTHONPATH=$PWD .venv/bin/python bench/batching.py --model tiny-random --clients 1,4
 
-Last line: `speedup_c{C}=…` (batched throughput at C over serial throughput at C) and
-`batched_c{C}_over_c1=…` (batched throughput at C over batched at 1).
+Columns: auctions/s serial and batched; in the batched run, per auction, the seconds in bf16 GEMMs
+(``tiled_linear``, lm_head included) and in the fp32 attention products (``_bmm``), and
+``bound/s`` = 1 / (GEMM + attention products): the most auctions/s this CPU could give at that C
+even if every other op were free. Last line: `speedup_c{C}=…` (batched over serial at C),
+`batched_c{C}_over_c1=…`, `products_s_c{C}=…` and `bound_c{C}=…`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
+from bench import common
+from workers.engine import invariant
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
 from workers.models import load_model
 
+DEFAULT_INSTANCES = common.REPO.parent / "shared" / "data" / "instances.jsonl"
 
-async def auction(engine: Engine, k: int, candidates: int, max_tokens: int, contexts: int) -> None:
-    context = engine.tokenize_text(f"Auction {k}: tell me about guitars and learning to play them. " * 3)
-    options = SamplingOptions(n=candidates, max_tokens=max_tokens, seed=k, ignore_eos=True)
-    generated = await engine.acomplete([context], options)
-    replies = [s.token_ids for s in generated[0].samples]
-    score = SamplingOptions(n=1, max_tokens=1, seed=k)
-    prompts = [[*context[: len(context) - c], *reply] for c in range(contexts) for reply in replies]
-    await asyncio.gather(
-        *(engine.acomplete(prompts[c * candidates : (c + 1) * candidates], score, 0) for c in range(contexts))
+
+def auction_prompts(engine: Engine, instances: list[dict[str, Any]]) -> list[list[list[int]]]:
+    """Per instance its tokenized prompts: reference, context (mixture), then each advertiser's."""
+    out = []
+    for record in instances:
+        profiles = [
+            AdvertiserProfile(name=a["name"], description=a["description"], instruction=a.get("instruction"))
+            for a in record["advertisers"][:2]
+        ]
+        query = record["query"]
+        chats = [reference_messages(query), context_messages(query, profiles)]
+        chats += [advertiser_messages(query, profile) for profile in profiles]
+        out.append([engine.tokenize_chat(chat) for chat in chats])
+    return out
+
+
+async def auction(engine: Engine, prompts: list[list[int]], k: int, candidates: int, max_tokens: int) -> None:
+    reference, context = prompts[0], prompts[1]
+    draws = [(context, candidates // 2), (reference, candidates - candidates // 2)]
+    generated = await asyncio.gather(
+        *(
+            engine.acomplete([prompt], SamplingOptions(n=n, max_tokens=max_tokens, seed=k * 2 + i))
+            for i, (prompt, n) in enumerate(draws)
+            if n
+        )
     )
+    replies = [s.token_ids for g in generated for s in g[0].samples]
+    score = SamplingOptions(n=1, max_tokens=1, seed=k)
+    contexts = [reference, *prompts[2:], context]
+    await asyncio.gather(*(engine.acomplete([c + r for r in replies], score, 0) for c in contexts))
 
 
-async def level(engine: Engine, clients: int, args: argparse.Namespace) -> float:
+@contextmanager
+def timed_products() -> Iterator[dict[str, float]]:
+    """Seconds spent in the invariant forward's GEMMs and attention products while the block runs."""
+    spent = {"gemm": 0.0, "attention": 0.0}
+    originals = {"tiled_linear": invariant.tiled_linear, "_bmm": invariant._bmm}
+
+    def timing(fn: Callable[..., torch.Tensor], key: str) -> Callable[..., torch.Tensor]:
+        def run(*args: Any) -> torch.Tensor:
+            began = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                spent[key] += time.perf_counter() - began
+
+        return run
+
+    invariant.tiled_linear = timing(originals["tiled_linear"], "gemm")  # type: ignore[assignment]
+    invariant._bmm = timing(originals["_bmm"], "attention")  # type: ignore[assignment]
+    try:
+        yield spent
+    finally:
+        invariant.tiled_linear = originals["tiled_linear"]  # type: ignore[assignment]
+        invariant._bmm = originals["_bmm"]  # type: ignore[assignment]
+
+
+async def level(
+    engine: Engine, clients: int, prompts: list[list[list[int]]], args: argparse.Namespace
+) -> float:
     """Auctions/s of ``clients`` closed-loop clients, each running ``--rounds`` auctions."""
 
     async def client(first: int) -> None:
         for k in range(first, first + args.rounds):
-            await auction(engine, k, args.candidates, args.max_tokens, args.contexts)
+            await auction(engine, prompts[k % len(prompts)], k, args.candidates, args.max_tokens)
 
     began = time.perf_counter()
     await asyncio.gather(*(client(c * args.rounds) for c in range(clients)))
@@ -54,32 +116,46 @@ async def level(engine: Engine, clients: int, args: argparse.Namespace) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--clients", default="1,4,8")
+    parser.add_argument("--clients", default="1,8")
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--contexts", type=int, default=3, help="scoring prompts (reference + advertisers)")
     parser.add_argument("--rounds", type=int, default=2, help="auctions per client per level")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--instances", type=Path, default=DEFAULT_INSTANCES)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores, the default)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     engine = Engine(load_model(args.model, "cpu", "auto"), batching=True)
     loop = engine.batching
     if loop is None:
         sys.exit("no batch-invariant path on this machine (weights not bf16 on CPU): nothing to compare")
-    asyncio.run(auction(engine, 0, args.candidates, args.max_tokens, args.contexts))  # warm-up
+    lines = args.instances.read_text(encoding="utf-8").splitlines()
+    prompts = auction_prompts(engine, [json.loads(line) for line in lines if line.strip()])
+    asyncio.run(auction(engine, prompts[0], 0, args.candidates, args.max_tokens))  # warm-up
     figures: dict[str, float] = {}
-    print(f"{'C':>3} {'serial/s':>10} {'batched/s':>10} {'ratio':>7}")
+    header = ["C", "serial/s", "batched/s", "ratio", "gemm s", "attn s", "bound/s"]
+    rows = []
     batched_c1 = 0.0
     for clients in [int(c) for c in args.clients.split(",")]:
         engine.batching = None
-        serial = asyncio.run(level(engine, clients, args))
+        serial = asyncio.run(level(engine, clients, prompts, args))
         engine.batching = loop
-        batched = asyncio.run(level(engine, clients, args))
+        with timed_products() as spent:
+            batched = asyncio.run(level(engine, clients, prompts, args))
+        auctions = clients * args.rounds
+        gemm, attention = spent["gemm"] / auctions, spent["attention"] / auctions
         batched_c1 = batched_c1 or batched
-        print(f"{clients:>3} {serial:>10.4f} {batched:>10.4f} {batched / serial:>7.2f}", flush=True)
+        rates = [f"{serial:.4f}", f"{batched:.4f}", f"{batched / serial:.2f}"]
+        rows.append(
+            [str(clients), *rates, f"{gemm:.2f}", f"{attention:.2f}", f"{1 / (gemm + attention):.4f}"]
+        )
+        print("# " + "  ".join(rows[-1]), flush=True)
         figures[f"speedup_c{clients}"] = batched / serial
         figures[f"batched_c{clients}_over_c1"] = batched / batched_c1
+        figures[f"products_s_c{clients}"] = gemm + attention
+        figures[f"bound_c{clients}"] = 1 / (gemm + attention)
     engine.close()
+    common.text_table(print, header, rows)
     print(" ".join(f"{name}={value:.3f}" for name, value in figures.items()))
 
 

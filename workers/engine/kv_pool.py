@@ -89,7 +89,8 @@ class KVPool:
     def _reserve(self, bucket: Bucket, slots: int) -> None:
         if bucket.size >= slots:
             return
-        size = max(8, bucket.size * 2, -(-slots // 8) * 8)
+        # Exactly what is asked the first time (a serial request's own pool), then doubling.
+        size = max(slots, bucket.size * 2) if bucket.size else slots
         shape = (size, self.kv_heads, bucket.capacity, self.head_dim)
         keys = [torch.empty(shape, dtype=torch.float32) for _ in range(self.layers)]
         values = [torch.zeros(shape, dtype=torch.float32) for _ in range(self.layers)]
