@@ -24,6 +24,7 @@ __all__ = [
     "AdvertiserProfile",
     "ChatMessage",
     "advertiser_messages",
+    "auction_chats",
     "context_messages",
     "reference_messages",
     "sanitize_text",
@@ -156,3 +157,13 @@ def context_messages(query: str, advertisers: Sequence[AdvertiserProfile]) -> li
     # The paper's "A, who ..., and B, who ..."; a comma list with "and" before the last beyond two.
     listed = mentions[0] if len(mentions) == 1 else ", ".join(mentions[:-1]) + ", and " + mentions[-1]
     return _chat(f"Answer the query. Try to mention {listed}.", query)
+
+
+def auction_chats(query: str, advertisers: Sequence[AdvertiserProfile]) -> list[list[ChatMessage]]:
+    """Every prompt of one auction, in the order the workers see them: the reference, the
+    context-aware proposal, then each advertiser's."""
+    return [
+        reference_messages(query),
+        context_messages(query, advertisers),
+        *(advertiser_messages(query, advertiser) for advertiser in advertisers),
+    ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
+from app.auction.sampler import mixture_counts
+from app.evaluation.instances import Instance, load_instances
+from app.prompts import AdvertiserProfile, auction_chats
+from app.settings import Settings
 from bench import common
 from workers.engine import invariant
 from workers.engine.core import Engine
@@ -43,24 +45,23 @@ from workers.models import load_model
 DEFAULT_INSTANCES = common.REPO.parent / "shared" / "data" / "instances.jsonl"
 
 
-def auction_prompts(engine: Engine, instances: list[dict[str, Any]]) -> list[list[list[int]]]:
-    """Per instance its tokenized prompts: reference, context (mixture), then each advertiser's."""
+def auction_prompts(engine: Engine, instances: list[Instance]) -> list[list[list[int]]]:
+    """Per instance its tokenized prompts as the gateway builds them (its first 2 advertisers):
+    reference, context (mixture), then each advertiser's."""
     out = []
-    for record in instances:
+    for instance in instances:
         profiles = [
             AdvertiserProfile(name=a["name"], description=a["description"], instruction=a.get("instruction"))
-            for a in record["advertisers"][:2]
+            for a in instance.advertisers[:2]
         ]
-        query = record["query"]
-        chats = [reference_messages(query), context_messages(query, profiles)]
-        chats += [advertiser_messages(query, profile) for profile in profiles]
-        out.append([engine.tokenize_chat(chat) for chat in chats])
+        out.append([engine.tokenize_chat(list(chat)) for chat in auction_chats(instance.query, profiles)])
     return out
 
 
 async def auction(engine: Engine, prompts: list[list[int]], k: int, candidates: int, max_tokens: int) -> None:
     reference, context = prompts[0], prompts[1]
-    draws = [(context, candidates // 2), (reference, candidates - candidates // 2)]
+    from_context, from_reference = mixture_counts(candidates, Settings().mixture_context_share)
+    draws = [(context, from_context), (reference, from_reference)]
     generated = await asyncio.gather(
         *(
             engine.acomplete([prompt], SamplingOptions(n=n, max_tokens=max_tokens, seed=k * 2 + i))
@@ -129,8 +130,7 @@ def main() -> None:
     loop = engine.batching
     if loop is None:
         sys.exit("no batch-invariant path on this machine (weights not bf16 on CPU): nothing to compare")
-    lines = args.instances.read_text(encoding="utf-8").splitlines()
-    prompts = auction_prompts(engine, [json.loads(line) for line in lines if line.strip()])
+    prompts = auction_prompts(engine, load_instances(args.instances))
     asyncio.run(auction(engine, prompts[0], 0, args.candidates, args.max_tokens))  # warm-up
     figures: dict[str, float] = {}
     header = ["C", "serial/s", "batched/s", "ratio", "gemm s", "attn s", "bound/s"]

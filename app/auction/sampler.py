@@ -21,7 +21,7 @@ import numpy as np
 from app import mechanism
 from app.auction.engine_client import EngineClient, GeneratedCandidate, WorkerCallStats, derive_seed
 from app.gateway.schemas import AuctionRequest, AuctionTimings
-from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
+from app.prompts import AdvertiserProfile, auction_chats
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -162,13 +162,9 @@ class CandidateSampler:
             AdvertiserProfile(name=a.name, description=a.description, instruction=a.instruction)
             for a in request.advertisers
         ]
-        reference_chat = reference_messages(request.query)
-        context_chat = context_messages(request.query, profiles)
-        advertiser_chats = [advertiser_messages(request.query, profile) for profile in profiles]
-
         # One tokenize per prompt (0: reference, 1: context, 2+i: advertiser i), spread over the
         # workers, all sent at once.
-        chats = [reference_chat, context_chat, *advertiser_chats]
+        chats = auction_chats(request.query, profiles)
         tokenized = [
             asyncio.ensure_future(self.engine.tokenize_chat(chat, first_worker=index, stats=worker_stats))
             for index, chat in enumerate(chats)

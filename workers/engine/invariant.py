@@ -281,19 +281,16 @@ class InvariantRunner:
         the attention once per pool bucket over its rows in slot order (a batch entry's bits do not
         depend on the batch, a masked key adds exact zeros), so no op runs per request."""
         r = self.r
-        entries: dict[int, list[tuple[int, int, int]]] = {}  # id(bucket) -> (slot, input row, position)
-        buckets: dict[int, Bucket] = {}
+        entries: dict[Bucket, list[tuple[int, int, int]]] = {}  # bucket -> (slot, input row, position)
         row = 0
         for group in groups:
-            bucket = group.rows.bucket
-            buckets[id(bucket)] = bucket
             for slot in group.rows.slots:
-                entries.setdefault(id(bucket), []).append((slot, row, group.position))
+                entries.setdefault(group.rows.bucket, []).append((slot, row, group.position))
                 row += 1
         steps, order = [], []
-        for key, items in entries.items():
+        for bucket, items in entries.items():
             items.sort()
-            steps.append(_BucketStep(buckets[key], [s for s, _, _ in items], [p for _, _, p in items]))
+            steps.append(_BucketStep(bucket, [s for s, _, _ in items], [p for _, _, p in items]))
             order += [i for _, i, _ in items]
         ids = torch.cat([group.ids for group in groups])
         permuted = order != list(range(len(order)))
