@@ -7,7 +7,9 @@ i.i.d., so the first M of them are a draw of M; for ``mixture`` M's set is the f
 (a generator seeded from the unit seed, proposal, M and τ: `allocation_rng`) and `build_frames` gathers
 the two tidy tables (`AUCTION_COLUMNS`, `ADVERTISER_COLUMNS`) with log π* centred per (instance, τ).
 Without explicit τ values the grid is the paper's τ times `DEFAULT_TAU_MULTIPLIERS` (`tau_grid`).
-Imports `metrics`, `instances`, `units`, `app.mechanism` (and `app.auction.sampler.mixture_counts`, lazily).
+Each row is built in named steps: the candidate set of one M (`_candidate_set`), its auction at one τ
+(`_resolve`), then the auction row and the advertiser rows. Imports `metrics`, `instances`, `units`,
+`app.mechanism` (and `app.auction.sampler.mixture_counts`, lazily); the layout: docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
