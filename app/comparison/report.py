@@ -3,8 +3,9 @@
 Figures (PNG + SVG, matplotlib Agg): ``frontier`` (revenue against the user's utility gap, one line per
 mechanism and proposal through its M values), ``incentive_gap_vs_m``, ``revenue_vs_m``,
 ``reward_gain_vs_m``. Every interval is the normal 95% CI over (instance, seed) runs
-(`app.evaluation.metrics.mean_ci`). Imports `mechanisms` (labels), `app.evaluation.metrics`, the
-evaluation report's table writer, matplotlib and pandas.
+(`app.evaluation.metrics.mean_ci`); ``compare.md`` is written one section per step. Imports
+`mechanisms` (labels), `app.evaluation.metrics`, the evaluation report's table writer, matplotlib and
+pandas (the layout: docs/DESIGN.md § Layout).
 """
 
 from __future__ import annotations
@@ -174,9 +175,21 @@ def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> li
     files += _vs_m(frame, out, "revenue", "revenue", "revenue_vs_m")
     files += _vs_m(frame, out, "reward_gain", "advertiser reward gain", "reward_gain_vs_m")
     m_values = sorted(int(m) for m in frame["M"].unique())
-    largest = int(m_values[-1])
-    runs = frame[["instance_id", "seed"]].drop_duplicates().shape[0]
     lines = [
+        *_introduction(frame, m_values, run_info),
+        *_measures_at(frame, int(m_values[-1]), run_info),
+        *_means_vs_m(frame),
+        *_FIGURE_LINES,
+    ]
+    report = out / "compare.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return [*files, report]
+
+
+def _introduction(frame: pd.DataFrame, m_values: list[int], run_info: dict[str, Any]) -> list[str]:
+    """The title, what was run and how the incentive gap is measured."""
+    runs = frame[["instance_id", "seed"]].drop_duplicates().shape[0]
+    return [
         "# MOSAIC beside other mechanisms, on the same candidates",
         "",
         f"Model: {', '.join(run_info.get('model_names', []))}; {run_info.get('num_instances')} instances × "
@@ -190,6 +203,12 @@ def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> li
         f"noisy reports, then Powell with {run_info.get('optimise_evaluations')} evaluations), per auction,",
         "maximised over advertisers. A DSIC mechanism's gap is 0 up to rounding (~1e-14 here).",
         "",
+    ]
+
+
+def _measures_at(frame: pd.DataFrame, largest: int, run_info: dict[str, Any]) -> list[str]:
+    """Who wins on what at the largest M, how to read it, the model families, every measure."""
+    return [
         f"## Who wins on what (M = {largest})",
         "",
         *winners(frame, largest),
@@ -210,6 +229,11 @@ def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> li
         markdown_table(summary_table(frame, largest)),
         "",
     ]
+
+
+def _means_vs_m(frame: pd.DataFrame) -> list[str]:
+    """Revenue, incentive gap and user gap per (proposal, mechanism) against M."""
+    lines: list[str] = []
     for column, heading in (
         ("revenue", "Revenue"),
         ("incentive_gap", "Incentive gap"),
@@ -219,15 +243,15 @@ def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> li
         table = table.reset_index()
         table.columns = [str(c) if not isinstance(c, str) else c for c in table.columns]
         lines += [f"## {heading} vs M (means)", "", markdown_table(table.round(6)), ""]
-    lines += [
-        "## Figures",
-        "",
-        "![frontier](frontier.png)",
-        "![incentive gap](incentive_gap_vs_m.png)",
-        "![revenue](revenue_vs_m.png)",
-        "![reward gain](reward_gain_vs_m.png)",
-        "",
-    ]
-    report = out / "compare.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    return [*files, report]
+    return lines
+
+
+_FIGURE_LINES = (
+    "## Figures",
+    "",
+    "![frontier](frontier.png)",
+    "![incentive gap](incentive_gap_vs_m.png)",
+    "![revenue](revenue_vs_m.png)",
+    "![reward gain](reward_gain_vs_m.png)",
+    "",
+)

@@ -3,7 +3,8 @@ them, then ``compare.csv``, ``compare.md``, the figures and ``compare.json``.
 
 The units are `mosaic evaluate`'s (`app.evaluation.collect.collect_units`, same cache layout under
 ``OUT/cache``), so pointing both commands at one directory draws the candidates once. Imports `rows`,
-`report`, `mechanisms` and the evaluation's collection.
+`report`, `mechanisms` and the evaluation's instances and collection (the layout: docs/DESIGN.md §
+Layout).
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from app.comparison.mechanisms import MECHANISMS
 from app.comparison.report import write_report
 from app.comparison.rows import build_frame
-from app.evaluation.collect import PROPOSALS, collect_units
-from app.evaluation.instances import load_instances
+from app.evaluation.collect import PROPOSALS, CollectedUnits, collect_units
+from app.evaluation.instances import Instance, load_instances
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,21 @@ class ComparisonSummary:
     units_reused: int
     wall_seconds: float
     files: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The checked arguments of one run, as compare.json records them."""
+
+    instances: Path
+    instance_list: list[Instance]
+    seeds: int
+    m_values: list[int]
+    proposals: list[str]
+    mechanisms: list[str]
+    max_tokens: int
+    optimise_evaluations: int
+    engine: str  # "remote" (workers by URL) or the in-process model's name
 
 
 def run_comparison(
@@ -54,6 +71,61 @@ def run_comparison(
 ) -> ComparisonSummary:
     """Run every mechanism on the same candidates and write the report into ``out``."""
     started = time.perf_counter()
+    plan = _checked_plan(
+        instances,
+        limit,
+        seeds,
+        candidates,
+        proposals,
+        mechanisms,
+        max_tokens,
+        optimise_evaluations,
+        url,
+        model,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    collected = collect_units(
+        plan.instance_list,
+        out,
+        seeds=seeds,
+        proposals=plan.proposals,
+        num_candidates=plan.m_values[-1],
+        max_tokens=max_tokens,
+        url=url,
+        model=model,
+        resume=resume,
+        show_progress=show_progress,
+        description="compare: draw",
+        cache_from=cache_from,
+    )
+    frame, resolve_seconds = _resolve(collected, plan)
+    run_info = _run_info(plan, collected, cache_from or out, resolve_seconds)
+    files, wall = _write_outputs(frame, out, run_info, started)
+    logger.info("comparison written", extra={"out": str(out), "rows": len(frame)})
+    return ComparisonSummary(
+        out=out,
+        frame=frame,
+        units_computed=len(collected.computed),
+        units_reused=len(collected.units) - len(collected.computed),
+        wall_seconds=wall,
+        files=files,
+    )
+
+
+def _checked_plan(
+    instances: Path,
+    limit: int | None,
+    seeds: int,
+    candidates: list[int] | None,
+    proposals: list[str] | None,
+    mechanisms: list[str] | None,
+    max_tokens: int,
+    optimise_evaluations: int,
+    url: str | None,
+    model: str,
+) -> _Plan:
+    """The run's plan (defaults filled in, its instances read); ValueError naming the first argument
+    out of range (before anything is drawn or written)."""
     m_values = sorted(set(candidates or [1, 2, 4, 8, 16]))
     proposals = proposals or ["context", "reference"]
     mechanisms = mechanisms or list(MECHANISMS)
@@ -66,57 +138,64 @@ def run_comparison(
         raise ValueError(f"unknown proposals or mechanisms {unknown}; mechanisms are {list(MECHANISMS)}")
     if optimise_evaluations < 0:
         raise ValueError("optimise_evaluations must be >= 0")
-    instance_list = load_instances(instances, limit)
-    out.mkdir(parents=True, exist_ok=True)
-    collected = collect_units(
-        instance_list,
-        out,
+    return _Plan(
+        instances=instances,
+        instance_list=load_instances(instances, limit),
         seeds=seeds,
+        m_values=m_values,
         proposals=proposals,
-        num_candidates=m_values[-1],
+        mechanisms=mechanisms,
         max_tokens=max_tokens,
-        url=url,
-        model=model,
-        resume=resume,
-        show_progress=show_progress,
-        description="compare: draw",
-        cache_from=cache_from,
+        optimise_evaluations=optimise_evaluations,
+        engine="remote" if url else model,
     )
+
+
+def _resolve(collected: CollectedUnits, plan: _Plan) -> tuple[pd.DataFrame, float]:
+    """Every mechanism on every unit's candidates (`rows.build_frame`), and the seconds it took."""
     resolve_started = time.perf_counter()
     frame = build_frame(
-        collected.units, m_values, mechanisms=mechanisms, optimise_evaluations=optimise_evaluations
+        collected.units,
+        plan.m_values,
+        mechanisms=plan.mechanisms,
+        optimise_evaluations=plan.optimise_evaluations,
     )
-    resolve_seconds = time.perf_counter() - resolve_started
+    return frame, time.perf_counter() - resolve_started
+
+
+def _write_outputs(
+    frame: pd.DataFrame, out: Path, run_info: dict[str, Any], started: float
+) -> tuple[list[Path], float]:
+    """compare.csv, the report and its figures, then compare.json with the run's wall time; every path
+    written and that wall time."""
     csv_path = out / "compare.csv"
     frame.to_csv(csv_path, index=False)
-    run_info = {
-        "instances": str(instances),
-        "num_instances": len(instance_list),
-        "seeds": seeds,
-        "candidates": m_values,
-        "proposals": proposals,
-        "mechanisms": mechanisms,
-        "max_tokens": max_tokens,
-        "optimise_evaluations": optimise_evaluations,
-        "engine": "remote" if url else model,
-        "model_names": sorted({str(data.model_name) for data, _ in collected.units}),
-        "units_total": len(collected.units),
-        "units_computed": len(collected.computed),
-        "cache": str((cache_from or out) / "cache"),
-        "resolve_seconds": round(resolve_seconds, 2),
-    }
     files = [csv_path, *write_report(frame, out, run_info)]
     wall = time.perf_counter() - started
     run_info["wall_seconds"] = round(wall, 2)
     info_path = out / "compare.json"
     info_path.write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
     files.append(info_path)
-    logger.info("comparison written", extra={"out": str(out), "rows": len(frame)})
-    return ComparisonSummary(
-        out=out,
-        frame=frame,
-        units_computed=len(collected.computed),
-        units_reused=len(collected.units) - len(collected.computed),
-        wall_seconds=wall,
-        files=files,
-    )
+    return files, wall
+
+
+def _run_info(
+    plan: _Plan, collected: CollectedUnits, cache_root: Path, resolve_seconds: float
+) -> dict[str, Any]:
+    """compare.json's configuration and counts (the wall time is added last)."""
+    return {
+        "instances": str(plan.instances),
+        "num_instances": len(plan.instance_list),
+        "seeds": plan.seeds,
+        "candidates": plan.m_values,
+        "proposals": plan.proposals,
+        "mechanisms": plan.mechanisms,
+        "max_tokens": plan.max_tokens,
+        "optimise_evaluations": plan.optimise_evaluations,
+        "engine": plan.engine,
+        "model_names": sorted({str(data.model_name) for data, _ in collected.units}),
+        "units_total": len(collected.units),
+        "units_computed": len(collected.computed),
+        "cache": str(cache_root / "cache"),
+        "resolve_seconds": round(resolve_seconds, 2),
+    }

@@ -2,8 +2,9 @@
 
 `paper_claims` checks each claim at the primary τ and returns `Claim` records with a verdict (`HOLDS`,
 `FAILS`, `INCONCLUSIVE`, `UNTESTED`) from 95% confidence intervals of paired differences (same instance
-and seed on both sides) or, for correlations, a cluster bootstrap over runs. `fmt` and `fmt_ci` format
-numbers for it and for the report. Imports `metrics`, numpy and pandas only.
+and seed on both sides) or, for correlations, a cluster bootstrap over runs, one step per group of
+claims. `fmt` and `fmt_ci` format numbers for it and for the report. Imports `app.evaluation.metrics`,
+numpy and pandas only (the layout: docs/DESIGN.md § Layout).
 """
 
 from __future__ import annotations
@@ -132,176 +133,72 @@ def _correlation_gap(
     return r_with, r_without, metrics.MeanCI(point, half, len(groups))
 
 
+@dataclass(frozen=True)
+class _Results:
+    """The primary-τ rows `paper_claims` reads, and which M and proposals they hold."""
+
+    auctions: pd.DataFrame  # every τ (the τ claim reads the sweep)
+    frame: pd.DataFrame  # auctions at the primary τ
+    per_advertiser: pd.DataFrame  # advertiser rows at the primary τ
+    m_values: list[int]
+    present: set[str]
+
+    @property
+    def m_min(self) -> int:
+        return self.m_values[0]
+
+    @property
+    def m_max(self) -> int:
+        return self.m_values[-1]
+
+    @property
+    def both(self) -> bool:
+        return {"context", "reference"} <= self.present
+
+
+def _stated(
+    claim: str, paper: str, result: Claim | None, ours_if_missing: str = "needs both proposals"
+) -> Claim:
+    """The claim in words with our numbers and verdict, or UNTESTED when it could not be checked."""
+    if result is None:
+        return Claim(claim, paper, ours_if_missing, UNTESTED)
+    return Claim(claim, paper, result.ours, result.verdict)
+
+
 def paper_claims(auctions: pd.DataFrame, advertisers: pd.DataFrame) -> list[Claim]:
     """Our numbers beside MECHANISM.md § "Paper results to compare with" (primary τ)."""
     frame = auctions[auctions["primary_tau"].astype(bool)]
-    per_advertiser = advertisers[advertisers["primary_tau"].astype(bool)]
-    m_values = sorted(int(m) for m in frame["M"].unique())
-    m_min, m_max = m_values[0], m_values[-1]
-    present = set(frame["proposal"])
-    both = {"context", "reference"} <= present
-    claims: list[Claim] = []
-
-    def add(
-        claim: str, paper: str, result: Claim | None, ours_if_missing: str = "needs both proposals"
-    ) -> None:
-        if result is None:
-            claims.append(Claim(claim, paper, ours_if_missing, UNTESTED))
-        else:
-            claims.append(Claim(claim, paper, result.ours, result.verdict))
-
-    # 1. context with 4 candidates beats the baseline with 20 (our largest M) on log π*.
-    m_context = min(m_values, key=lambda m: (abs(m - 4), m))
-    if both:
-        ctx = _cell(frame, "context", m_context, "log_target_expected_centred")
-        ref = _cell(frame, "reference", m_max, "log_target_expected_centred")
-        ctx_chosen = _cell(frame, "context", m_context, "log_target_chosen_centred")
-        ref_chosen = _cell(frame, "reference", m_max, "log_target_chosen_centred")
-        diff = _paired_difference(
-            frame, "log_target_expected_centred", ("context", m_context), ("reference", m_max)
-        )
-        ours = (
-            f"E_π[log π*] (centred): context M={m_context} {fmt_ci(ctx)} vs baseline M={m_max} "
-            f"{fmt_ci(ref)}, paired diff {fmt_ci(diff)}; returned reply: {fmt_ci(ctx_chosen)} vs "
-            f"{fmt_ci(ref_chosen)}"
-        )
-        add(
-            f"context-aware with {m_context} candidates beats the baseline with {m_max} on log π*",
-            "context with 4 beats baseline with 20 (Fig. 1a)",
-            Claim("", "", ours, _sign_verdict(diff)),
-        )
-    else:
-        add("context-aware with 4 candidates beats the baseline with the most on log π*", "Fig. 1a", None)
-
-    for column, label in (("total_reward_gain", "exact"), ("total_reward_gain_approx", "paper's approx.")):
-        if "context" in present:
-            add(
-                f"context-aware reward gain grows with M ({label} counterfactual)",
-                "grows quickly with M (Fig. 1b)",
-                _grows(frame, "context", column, m_min, m_max),
-                "needs the context proposal",
-            )
-        add(
-            f"baseline reward gain stays near zero ({label} counterfactual)",
-            "near zero or slightly negative (Fig. 1b)",
-            _near_zero(frame, column, m_max) if both else None,
-        )
-    if "context" in present:
-        add(
-            "context-aware revenue grows with M",
-            "grows quickly with M (Fig. 2)",
-            _grows(frame, "context", "revenue", m_min, m_max),
-            "needs the context proposal",
-        )
-    add(
-        "baseline revenue stays near zero",
-        "near zero (Fig. 2)",
-        _near_zero(frame, "revenue", m_max) if both else None,
+    results = _Results(
+        auctions=auctions,
+        frame=frame,
+        per_advertiser=advertisers[advertisers["primary_tau"].astype(bool)],
+        m_values=sorted(int(m) for m in frame["M"].unique()),
+        present=set(frame["proposal"]),
     )
-
-    if "context" not in present:
+    claims = [_context_beats_baseline(results), *_gain_and_revenue_claims(results)]
+    if "context" not in results.present:
         claims.append(
             Claim("claims on the context-aware proposal", "", "needs the context proposal", UNTESTED)
         )
         return claims
-
-    # Ex-ante IR with the offset: mean total utility gain > 0 for the context-aware proposal.
-    for column, label in (
-        ("total_utility_gain", "exact counterfactual; ≥ 0 by Jensen on a fixed candidate set"),
-        ("total_utility_gain_approx", "paper's approx. counterfactual"),
-    ):
-        cells = [(m, _cell(frame, "context", m, column)) for m in m_values if m > 1]
-        ours = "; ".join(f"M={m}: {fmt_ci(stats)}" for m, stats in cells)
-        verdicts = {_sign_verdict(stats) for _, stats in cells}
-        if not cells:
-            verdict = UNTESTED
-        elif verdicts == {HOLDS}:
-            verdict = HOLDS
-        elif FAILS in verdicts:
-            verdict = FAILS
-        else:
-            verdict = INCONCLUSIVE
-        add(
-            f"context-aware is ex-ante IR with the offset: mean utility gain > 0 at every M > 1 ({label})",
-            "mean utility gain > 0 with the offset (Fig. 4a)",
-            Claim("", "", ours or "needs M > 1", verdict),
+    claims += _utility_claims(results)
+    claims += _correlation_claims(results)
+    claims.append(
+        _stated(
+            "fraction of advertisers named falls as M grows (context-aware)",
+            "falls with M (App. C.7, Fig. 12)",
+            _grows(frame, "context", "fraction_named_expected", results.m_min, results.m_max, sign=-1),
         )
-    without = _cell(frame, "context", m_max, "total_utility_gain_without_offset")
-    add(
-        "without the offset, context-aware utility gain is negative",
-        "very negative (Fig. 4a)",
-        Claim("", "", f"M={m_max}: {fmt_ci(without)}", _sign_verdict(without, sign=-1)),
     )
-    # Pearson correlation of reward gain and utility gain, with vs without the offset (Figs. 5-7).
-    rows = per_advertiser[(per_advertiser["proposal"] == "context") & (per_advertiser["M"] == m_max)]
-    for gain, with_offset, without_offset, label in (
-        ("reward_gain", "utility_gain", "utility_gain_without_offset", "exact"),
-        ("reward_gain_approx", "utility_gain_approx", "utility_gain_approx_without_offset", "approx."),
-    ):
-        r_with, r_without, gap = _correlation_gap(rows, gain, with_offset, without_offset)
-        add(
-            f"offset raises the reward/utility correlation, context-aware ({label} counterfactual)",
-            "Pearson ≈ 0.8 with vs ≈ 0.4 without the offset (Fig. 7)",
-            Claim(
-                "",
-                "",
-                f"M={m_max}, per advertiser: r = {fmt(r_with, 2)} with vs {fmt(r_without, 2)} without; "
-                f"difference {fmt_ci(gap)} (cluster bootstrap over runs)",
-                _sign_verdict(gap),
-            ),
+    smaller_tau = _smaller_tau_claim(results)
+    if smaller_tau is not None:
+        claims.append(smaller_tau)
+    claims.append(
+        _stated(
+            "context-aware log π_ref of the reply grows with M",
+            "grows with M; baseline flat (App. C.3, Fig. 3)",
+            _grows(frame, "context", "log_ref_expected", results.m_min, results.m_max),
         )
-    if both:
-        rows = per_advertiser[(per_advertiser["proposal"] == "reference") & (per_advertiser["M"] == m_max)]
-        r_with, r_without, gap = _correlation_gap(
-            rows, "reward_gain", "utility_gain", "utility_gain_without_offset"
-        )
-        add(
-            "offset raises the reward/utility correlation, baseline (exact = paper's counterfactual here)",
-            "R² 0.96 (slope 1.00) with vs 0.19 (slope 0.50) without the offset (Fig. 6)",
-            Claim(
-                "",
-                "",
-                f"M={m_max}: r = {fmt(r_with, 2)} (R² {fmt(r_with**2, 2)}) with vs {fmt(r_without, 2)} "
-                f"(R² {fmt(r_without**2, 2)}) without; difference {fmt_ci(gap)}",
-                _sign_verdict(gap),
-            ),
-        )
-    add(
-        "fraction of advertisers named falls as M grows (context-aware)",
-        "falls with M (App. C.7, Fig. 12)",
-        _grows(frame, "context", "fraction_named_expected", m_min, m_max, sign=-1),
-    )
-    # App. C.7: a smaller τ (more weight on the advertisers) names more advertisers once converged.
-    at_max = auctions[(auctions["proposal"] == "context") & (auctions["M"] == m_max)]
-    multipliers = sorted(float(k) for k in at_max["tau_multiplier"].unique())
-    primary = at_max[at_max["primary_tau"].astype(bool)]
-    if len(multipliers) > 1 and not primary.empty:
-        k_primary = float(primary["tau_multiplier"].iloc[0])
-        k_low = multipliers[0]
-        if k_low < k_primary:
-
-            def by_run(k: float) -> pd.Series:
-                rows_k = at_max[np.isclose(at_max["tau_multiplier"], k)]
-                series: pd.Series = rows_k.set_index(["instance_id", "seed"])["fraction_named_expected"]
-                return series
-
-            diff = _paired(by_run(k_low), by_run(k_primary))
-            add(
-                "a smaller τ names more advertisers (context-aware, largest M)",
-                "decreasing τ increases the advertisers shown (App. C.7)",
-                Claim(
-                    "",
-                    "",
-                    f"E fraction named at τ×{k_low:g}: {fmt_ci(metrics.mean_ci(by_run(k_low)))} vs τ×"
-                    f"{k_primary:g}: {fmt_ci(metrics.mean_ci(by_run(k_primary)))}; paired diff "
-                    f"{fmt_ci(diff)}",
-                    _sign_verdict(diff),
-                ),
-            )
-    add(
-        "context-aware log π_ref of the reply grows with M",
-        "grows with M; baseline flat (App. C.3, Fig. 3)",
-        _grows(frame, "context", "log_ref_expected", m_min, m_max),
     )
     claims.append(
         Claim(
@@ -312,3 +209,190 @@ def paper_claims(auctions: pd.DataFrame, advertisers: pd.DataFrame) -> list[Clai
         )
     )
     return claims
+
+
+def _context_beats_baseline(results: _Results) -> Claim:
+    """1. context with 4 candidates beats the baseline with 20 (our largest M) on log π*."""
+    if not results.both:
+        return _stated(
+            "context-aware with 4 candidates beats the baseline with the most on log π*", "Fig. 1a", None
+        )
+    frame, m_max = results.frame, results.m_max
+    m_context = min(results.m_values, key=lambda m: (abs(m - 4), m))
+    ctx = _cell(frame, "context", m_context, "log_target_expected_centred")
+    ref = _cell(frame, "reference", m_max, "log_target_expected_centred")
+    ctx_chosen = _cell(frame, "context", m_context, "log_target_chosen_centred")
+    ref_chosen = _cell(frame, "reference", m_max, "log_target_chosen_centred")
+    diff = _paired_difference(
+        frame, "log_target_expected_centred", ("context", m_context), ("reference", m_max)
+    )
+    ours = (
+        f"E_π[log π*] (centred): context M={m_context} {fmt_ci(ctx)} vs baseline M={m_max} "
+        f"{fmt_ci(ref)}, paired diff {fmt_ci(diff)}; returned reply: {fmt_ci(ctx_chosen)} vs "
+        f"{fmt_ci(ref_chosen)}"
+    )
+    return _stated(
+        f"context-aware with {m_context} candidates beats the baseline with {m_max} on log π*",
+        "context with 4 beats baseline with 20 (Fig. 1a)",
+        Claim("", "", ours, _sign_verdict(diff)),
+    )
+
+
+def _gain_and_revenue_claims(results: _Results) -> list[Claim]:
+    """Reward gain (both counterfactuals) and revenue: the context-aware's grow with M, the baseline's
+    stay near zero (Figs. 1b, 2)."""
+    frame, m_min, m_max = results.frame, results.m_min, results.m_max
+    has_context = "context" in results.present
+    claims: list[Claim] = []
+    for column, label in (("total_reward_gain", "exact"), ("total_reward_gain_approx", "paper's approx.")):
+        if has_context:
+            claims.append(
+                _stated(
+                    f"context-aware reward gain grows with M ({label} counterfactual)",
+                    "grows quickly with M (Fig. 1b)",
+                    _grows(frame, "context", column, m_min, m_max),
+                    "needs the context proposal",
+                )
+            )
+        claims.append(
+            _stated(
+                f"baseline reward gain stays near zero ({label} counterfactual)",
+                "near zero or slightly negative (Fig. 1b)",
+                _near_zero(frame, column, m_max) if results.both else None,
+            )
+        )
+    if has_context:
+        claims.append(
+            _stated(
+                "context-aware revenue grows with M",
+                "grows quickly with M (Fig. 2)",
+                _grows(frame, "context", "revenue", m_min, m_max),
+                "needs the context proposal",
+            )
+        )
+    claims.append(
+        _stated(
+            "baseline revenue stays near zero",
+            "near zero (Fig. 2)",
+            _near_zero(frame, "revenue", m_max) if results.both else None,
+        )
+    )
+    return claims
+
+
+def _utility_claims(results: _Results) -> list[Claim]:
+    """Ex-ante IR with the offset (mean total utility gain > 0 at every M > 1, context-aware), and a
+    negative utility gain without it (Fig. 4a)."""
+    frame = results.frame
+    claims: list[Claim] = []
+    for column, label in (
+        ("total_utility_gain", "exact counterfactual; ≥ 0 by Jensen on a fixed candidate set"),
+        ("total_utility_gain_approx", "paper's approx. counterfactual"),
+    ):
+        cells = [(m, _cell(frame, "context", m, column)) for m in results.m_values if m > 1]
+        ours = "; ".join(f"M={m}: {fmt_ci(stats)}" for m, stats in cells)
+        verdicts = {_sign_verdict(stats) for _, stats in cells}
+        if not cells:
+            verdict = UNTESTED
+        elif verdicts == {HOLDS}:
+            verdict = HOLDS
+        elif FAILS in verdicts:
+            verdict = FAILS
+        else:
+            verdict = INCONCLUSIVE
+        claims.append(
+            _stated(
+                "context-aware is ex-ante IR with the offset: mean utility gain > 0 at every M > 1 "
+                f"({label})",
+                "mean utility gain > 0 with the offset (Fig. 4a)",
+                Claim("", "", ours or "needs M > 1", verdict),
+            )
+        )
+    without = _cell(frame, "context", results.m_max, "total_utility_gain_without_offset")
+    claims.append(
+        _stated(
+            "without the offset, context-aware utility gain is negative",
+            "very negative (Fig. 4a)",
+            Claim("", "", f"M={results.m_max}: {fmt_ci(without)}", _sign_verdict(without, sign=-1)),
+        )
+    )
+    return claims
+
+
+def _correlation_claims(results: _Results) -> list[Claim]:
+    """Pearson correlation of reward gain and utility gain, with vs without the offset (Figs. 5-7)."""
+    per_advertiser, m_max = results.per_advertiser, results.m_max
+    claims: list[Claim] = []
+    rows = per_advertiser[(per_advertiser["proposal"] == "context") & (per_advertiser["M"] == m_max)]
+    for gain, with_offset, without_offset, label in (
+        ("reward_gain", "utility_gain", "utility_gain_without_offset", "exact"),
+        ("reward_gain_approx", "utility_gain_approx", "utility_gain_approx_without_offset", "approx."),
+    ):
+        r_with, r_without, gap = _correlation_gap(rows, gain, with_offset, without_offset)
+        claims.append(
+            _stated(
+                f"offset raises the reward/utility correlation, context-aware ({label} counterfactual)",
+                "Pearson ≈ 0.8 with vs ≈ 0.4 without the offset (Fig. 7)",
+                Claim(
+                    "",
+                    "",
+                    f"M={m_max}, per advertiser: r = {fmt(r_with, 2)} with vs {fmt(r_without, 2)} without; "
+                    f"difference {fmt_ci(gap)} (cluster bootstrap over runs)",
+                    _sign_verdict(gap),
+                ),
+            )
+        )
+    if results.both:
+        rows = per_advertiser[(per_advertiser["proposal"] == "reference") & (per_advertiser["M"] == m_max)]
+        r_with, r_without, gap = _correlation_gap(
+            rows, "reward_gain", "utility_gain", "utility_gain_without_offset"
+        )
+        claims.append(
+            _stated(
+                "offset raises the reward/utility correlation, baseline "
+                "(exact = paper's counterfactual here)",
+                "R² 0.96 (slope 1.00) with vs 0.19 (slope 0.50) without the offset (Fig. 6)",
+                Claim(
+                    "",
+                    "",
+                    f"M={m_max}: r = {fmt(r_with, 2)} (R² {fmt(r_with**2, 2)}) with vs {fmt(r_without, 2)} "
+                    f"(R² {fmt(r_without**2, 2)}) without; difference {fmt_ci(gap)}",
+                    _sign_verdict(gap),
+                ),
+            )
+        )
+    return claims
+
+
+def _smaller_tau_claim(results: _Results) -> Claim | None:
+    """App. C.7: a smaller τ (more weight on the advertisers) names more advertisers once converged;
+    None without a τ below the primary one at the largest M."""
+    auctions = results.auctions
+    at_max = auctions[(auctions["proposal"] == "context") & (auctions["M"] == results.m_max)]
+    multipliers = sorted(float(k) for k in at_max["tau_multiplier"].unique())
+    primary = at_max[at_max["primary_tau"].astype(bool)]
+    if len(multipliers) <= 1 or primary.empty:
+        return None
+    k_primary = float(primary["tau_multiplier"].iloc[0])
+    k_low = multipliers[0]
+    if k_low >= k_primary:
+        return None
+
+    def by_run(k: float) -> pd.Series:
+        rows_k = at_max[np.isclose(at_max["tau_multiplier"], k)]
+        series: pd.Series = rows_k.set_index(["instance_id", "seed"])["fraction_named_expected"]
+        return series
+
+    diff = _paired(by_run(k_low), by_run(k_primary))
+    return _stated(
+        "a smaller τ names more advertisers (context-aware, largest M)",
+        "decreasing τ increases the advertisers shown (App. C.7)",
+        Claim(
+            "",
+            "",
+            f"E fraction named at τ×{k_low:g}: {fmt_ci(metrics.mean_ci(by_run(k_low)))} vs τ×"
+            f"{k_primary:g}: {fmt_ci(metrics.mean_ci(by_run(k_primary)))}; paired diff "
+            f"{fmt_ci(diff)}",
+            _sign_verdict(diff),
+        ),
+    )

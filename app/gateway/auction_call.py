@@ -1,6 +1,7 @@
 """One `POST /auction` call around the auction: Idempotency-Key replay, abandonment, stored outcome.
 
-Job: `serve_auction` (the route hands it the validated body, the caller and the key) 1. with a key,
+Job: `serve_auction` (the route hands it the validated body, the caller, the key and the service,
+admission and metrics it got as dependencies) 1. with a key,
 checks it before any model work (a read, sent beside the auction's tokenization; generation waits
 for its verdict, `RunControl.cleared`: the stored outcome is answered with `Idempotent-Replayed:
 true`, nothing billed; 409 while it runs; 422 reused with other parameters; the auction is then
@@ -14,7 +15,7 @@ task (its worker requests with it), nothing is billed or stored, the key is give
 4xx (refused: not stored). Admission control (`app.auction.admission`) comes before the claim; when
 no place is free at once the replay check is awaited first (a replay never waits for a place).
 Imports the auction service and its admission, the ledger's idempotency store, the gateway's
-errors, metrics and models.
+errors, metrics and models (the layout: docs/DESIGN.md § Layout).
 """
 
 from __future__ import annotations
@@ -59,10 +60,15 @@ async def _client_gone(request: Request) -> None:
 
 
 async def serve_auction(
-    body: AuctionRequest, request: Request, principal: Principal, idempotency_key: str | None
+    body: AuctionRequest,
+    request: Request,
+    principal: Principal,
+    idempotency_key: str | None,
+    *,
+    service: AuctionService,
+    admission: AdmissionController,
+    metrics: GatewayMetrics,
 ) -> AuctionResponse | Response:
-    service: AuctionService = request.app.state.auctions
-    admission: AdmissionController = request.app.state.admission
     control = RunControl()
     cost = _token_cost(body, service)
     lookup: asyncio.Future[StoredOutcome | None] | None = None
@@ -95,7 +101,7 @@ async def serve_auction(
                 )
                 control.idempotency_ms = lookup_ms + (time.perf_counter() - begin) * 1000
             try:
-                response = await _run_watched(service, body, request, control, lookup)
+                response = await _run_watched(service, body, request, metrics, control, lookup)
             except Exception as error:
                 claim = await _claim_taken(control)
                 if claim is not None:
@@ -152,6 +158,7 @@ async def _run_watched(
     service: AuctionService,
     body: AuctionRequest,
     request: Request,
+    metrics: GatewayMetrics,
     control: RunControl,
     lookup: asyncio.Future[StoredOutcome | None] | None = None,
 ) -> AuctionResponse | Response:
@@ -184,7 +191,6 @@ async def _run_watched(
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
     if task.cancelled() or not control.billing_started:
-        metrics: GatewayMetrics = request.app.state.metrics
         metrics.auctions.labels("abandoned", body.proposal).inc()
         logger.info("auction abandoned: the client disconnected before billing (nothing billed)")
         claim_taken = await _claim_taken(control)

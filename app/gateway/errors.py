@@ -4,8 +4,9 @@ Workers down → 503, a worker refusing → 502, the deadline (or `tmax_ms`) →
 unavailable → 503, an admission limit → 429 with Retry-After,
 an Idempotency-Key still running → 409, reused with other parameters → 422 naming
 it, anything else → 500 with the exception's type (`fault_answer`, also what a key stores).
-Nothing is billed for any of them: billing is the last
-step of an auction. Imports the exception types of the auction and the ledger, and the metrics.
+Nothing is billed for any of them: billing is the last step of an auction. `add_error_handlers`
+registers them in groups (the fault table, backpressure, billing and Redis, the last resort). Imports
+the exception types of the auction and the ledger, and the metrics (docs/DESIGN.md § Errors and limits).
 """
 
 from __future__ import annotations
@@ -83,20 +84,35 @@ def fault_answer(error: Exception) -> tuple[int, dict[str, Any]]:
 
 
 def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """Every failure's handler (a later registration for the same type replaces an earlier one: the
+    fault table's generic handler first, then the types that answer more than the table says)."""
     add_validation_handler(app)
+    _add_fault_table_handlers(app, metrics)
+    _add_backpressure_handlers(app, metrics)
+    _add_billing_and_redis_handlers(app, metrics)
+    _add_last_resort_handlers(app, metrics)
 
-    def answer(error: Exception) -> JSONResponse:
-        status, body = fault_answer(error)
-        return JSONResponse(status_code=status, content=body)
 
+def _answer(error: Exception) -> JSONResponse:
+    status, body = fault_answer(error)
+    return JSONResponse(status_code=status, content=body)
+
+
+def _add_fault_table_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """One handler per `_FAULTS` type: count its outcome, answer `fault_answer`'s status and body."""
     for kind, _status, outcome, _prefix in _FAULTS:
 
         async def handler(request: Request, error: Exception, outcome: str | None = outcome) -> JSONResponse:
             if outcome is not None:
                 metrics.auctions.labels(outcome, "unknown").inc()
-            return answer(error)
+            return _answer(error)
 
         app.add_exception_handler(kind, handler)
+
+
+def _add_backpressure_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """429s with Retry-After (admission, busy workers) and the 422s found after validation (a prompt
+    too long once tokenized, an Idempotency-Key reused with another body)."""
 
     @app.exception_handler(AdmissionRefusedError)
     async def _refused(request: Request, error: AdmissionRefusedError) -> JSONResponse:
@@ -111,17 +127,22 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
         # Every worker refused 429 (WORKER_MAX_QUEUED_TOKENS): backpressure, not a fault; nothing billed.
         # A 4xx: an Idempotency-Key's claim is given back, not stored (app.gateway.auction_call).
         metrics.auctions.labels("refused_workers_busy", "unknown").inc()
-        response = answer(error)
+        response = _answer(error)
         response.headers["Retry-After"] = str(error.retry_after_s)
         return response
 
     @app.exception_handler(PromptTooLongError)
     async def _prompt_too_long(request: Request, error: PromptTooLongError) -> JSONResponse:
-        return answer(error)
+        return _answer(error)
 
     @app.exception_handler(IdempotencyMismatchError)
     async def _reused(request: Request, error: IdempotencyMismatchError) -> JSONResponse:
-        return answer(error)
+        return _answer(error)
+
+
+def _add_billing_and_redis_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """503s of the ledger's Redis: a failed billing write (also marks Redis unhealthy), an unwritable
+    Redis (with Retry-After), any other Redis error."""
 
     @app.exception_handler(BillingUnavailableError)
     async def _billing_down(request: Request, error: BillingUnavailableError) -> JSONResponse:
@@ -129,7 +150,7 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
         redis_health = getattr(request.app.state, "redis_health", None)
         if redis_health is not None:  # passive signal: refuse the next auctions early until a good probe
             redis_health.report_failure(f"the last billing write failed: {error}")
-        return answer(error)
+        return _answer(error)
 
     @app.exception_handler(RedisUnwritableError)
     async def _redis_unwritable(request: Request, error: RedisUnwritableError) -> JSONResponse:
@@ -137,6 +158,14 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
         response = error_response(503, f"Redis cannot take writes, auction not run and not billed: {error}")
         response.headers["Retry-After"] = "1"
         return response
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, error: RedisError) -> JSONResponse:
+        return _answer(error)
+
+
+def _add_last_resort_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """A client gone mid-body (400, not a fault) and any other exception (500 naming its type)."""
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, error: ClientDisconnect) -> JSONResponse:
@@ -147,16 +176,12 @@ def add_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
         )
         return error_response(400, "client disconnected before the request body was complete")
 
-    @app.exception_handler(RedisError)
-    async def _redis_down(request: Request, error: RedisError) -> JSONResponse:
-        return answer(error)
-
     @app.exception_handler(Exception)
     async def _fault(request: Request, error: Exception) -> JSONResponse:
         # Last resort: still a clear 5xx naming the cause (nothing was billed: billing is the last step).
         logger.exception("unhandled error", extra={"path": request.url.path})
         metrics.auctions.labels("internal_error", "unknown").inc()
-        return answer(error)
+        return _answer(error)
 
 
 def _encodable(value: Any) -> bool:

@@ -2,10 +2,11 @@
 (`POST /auctions/{id}/resolve`: the pure mechanism on the stored candidates, never billed), metrics.
 
 Each handler is thin: it validates (the request models and `enforce_limits`), hands the work to the
-service objects that `app.gateway.app` put on `app.state` (`POST /auction` through
+service objects it is given as typed dependencies (`app.gateway.deps`; `POST /auction` through
 `app.gateway.auction_call`: admission, idempotency keys, abandoned requests), and returns their answer.
-Imports: the auction service (types) and its what-if, the ledger reader, the request/response models and
-the security dependency. Every route's function name is its OpenAPI operationId (`app.gateway.app`).
+Imports: the auction service (types) and its what-if, the ledger's render and idempotency names, the
+request/response models, the gateway's dependencies and security. Every route's function name is its
+OpenAPI operationId (`app.gateway.app`). The layout: docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ from app.auction.engine_client import EngineClient
 from app.auction.service import auction_key, load_record
 from app.auction.whatif import WhatIfInputError, WhatIfRequest, WhatIfResponse, resolve_record
 from app.gateway.auction_call import serve_auction
+from app.gateway.deps import (
+    AdmissionDep,
+    AuctionServiceDep,
+    EngineClientDep,
+    MetricsDep,
+    RedisDep,
+    RedisHealthDep,
+    RedisSupervisorDep,
+    RunningLedgerReaderDep,
+    SettingsDep,
+)
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.schemas import (
     AuctionRecord,
@@ -37,7 +49,6 @@ from app.gateway.schemas import (
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
 from app.ledger.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
-from app.ledger.reader import LedgerReader
 from app.ledger.redis_health import RedisHealth
 from app.ledger.render import RenderLedger
 from app.settings import Settings
@@ -60,8 +71,7 @@ class RenderResult(BaseModel):
     summary="Liveness: 503 only when the embedded Redis could not be brought back (restart the process)",
     responses={503: {"description": "Not alive (`status: failing` and the cause)"}},
 )
-async def healthz(request: Request) -> JSONResponse:
-    supervisor = getattr(request.app.state, "redis_supervisor", None)
+async def healthz(supervisor: RedisSupervisorDep) -> JSONResponse:
     if supervisor is not None and not supervisor.alive:
         return JSONResponse(status_code=503, content={"status": "failing", "cause": supervisor.cause})
     return JSONResponse(content={"status": "ok"})
@@ -73,20 +83,25 @@ async def healthz(request: Request) -> JSONResponse:
     summary="Readiness: can serve an auction now (a healthy worker and a Redis that takes writes)",
     responses={503: {"description": "Not ready (the same body, `ready: false`)"}},
 )
-async def readyz(request: Request) -> JSONResponse:
-    # No I/O here: the states are kept current by background probes (app.auction.worker_health,
-    # app.ledger.redis_health), so this answers at once whatever hangs.
-    engine_client: EngineClient | None = getattr(request.app.state, "engine_client", None)
-    redis_health: RedisHealth | None = getattr(request.app.state, "redis_health", None)
+async def readyz(
+    engine_client: EngineClientDep, redis_health: RedisHealthDep, metrics: MetricsDep
+) -> JSONResponse:
+    return _readiness(engine_client, redis_health, metrics)
+
+
+def _readiness(
+    engine_client: EngineClient | None, redis_health: RedisHealth | None, metrics: GatewayMetrics
+) -> JSONResponse:
+    """The readiness answer, and `mosaic_ready` set to it. No I/O here: the states are kept current
+    by background probes (app.auction.worker_health, app.ledger.redis_health), so this answers at once
+    whatever hangs."""
     workers = engine_client.health() if engine_client is not None else {}
     redis_ok = redis_health is not None and redis_health.state.writable
     ready = any(workers.values()) and redis_ok
     content: dict[str, Any] = {"ready": ready, "workers": workers, "redis": redis_ok}
     if redis_health is not None and not redis_ok:
         content["redis_cause"] = redis_health.state.cause
-    metrics: GatewayMetrics | None = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.ready.set(1 if ready else 0)
+    metrics.ready.set(1 if ready else 0)
     return JSONResponse(status_code=200 if ready else 503, content=content)
 
 
@@ -115,6 +130,11 @@ async def readyz(request: Request) -> JSONResponse:
 async def run_auction(
     body: AuctionRequest,
     request: Request,
+    settings: SettingsDep,
+    service: AuctionServiceDep,
+    admission: AdmissionDep,
+    redis_health: RedisHealthDep,
+    metrics: MetricsDep,
     principal: Principal = Depends(require_platform_key),
     idempotency_key: Annotated[
         str | None,
@@ -127,12 +147,12 @@ async def run_auction(
         ),
     ] = None,
 ) -> AuctionResponse | Response:
-    settings: Settings = request.app.state.settings
     enforce_limits(body, settings)  # refused (4xx) before any work: nothing stored under the key
-    redis_health: RedisHealth | None = getattr(request.app.state, "redis_health", None)
     if redis_health is not None:
         redis_health.check()  # Redis down or full: 503 naming it, before any model work
-    return await serve_auction(body, request, principal, idempotency_key)
+    return await serve_auction(
+        body, request, principal, idempotency_key, service=service, admission=admission, metrics=metrics
+    )
 
 
 @router.post(
@@ -143,16 +163,16 @@ async def run_auction(
     summary="BILLING_MODE=render: the reply was shown, bill its pending charge (exactly once)",
     responses=error_responses(401, 403, 404, 409, 410, 422, 503),
 )
-async def render_auction(auction_id: str, request: Request) -> RenderResult:
+async def render_auction(
+    auction_id: str, redis_client: RedisDep, settings: SettingsDep, metrics: MetricsDep
+) -> RenderResult:
     if len(auction_id) > 64 or not auction_id.isalnum():
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
-    redis_client: aioredis.Redis = request.app.state.redis
     record = load_record(await redis_client.get(auction_key(auction_id)))
     if record is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
     if record.get("test"):
         raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a test auction: never billed")
-    settings: Settings = request.app.state.settings
     state, stream_id, changed = await RenderLedger(redis_client, settings).render(auction_id)
     if state == "missing":  # billed when it was served (BILLING_MODE=auction)
         return RenderResult(auction_id=auction_id, billing="billed", billed_now=False)
@@ -163,7 +183,6 @@ async def render_auction(auction_id: str, request: Request) -> RenderResult:
             f"{settings.render_window_s}s: its charge expired and is never billed",
         )
     if changed:
-        metrics: GatewayMetrics = request.app.state.metrics
         metrics.revenue.labels(str(record.get("currency", settings.currency))).inc(float(record["revenue"]))
     return RenderResult(auction_id=auction_id, billing="billed", stream_id=stream_id, billed_now=changed)
 
@@ -176,17 +195,21 @@ async def render_auction(auction_id: str, request: Request) -> RenderResult:
     responses=error_responses(401, 404, 422, 503),
 )
 async def get_auction(
-    auction_id: str, request: Request, principal: Principal = Depends(require_api_key)
+    auction_id: str,
+    redis_client: RedisDep,
+    settings: SettingsDep,
+    principal: Principal = Depends(require_api_key),
 ) -> Any:
-    return await _readable_record(auction_id, request, principal)
+    return await _readable_record(auction_id, redis_client, settings, principal)
 
 
-async def _readable_record(auction_id: str, request: Request, principal: Principal) -> dict[str, Any]:
+async def _readable_record(
+    auction_id: str, redis_client: aioredis.Redis, settings: Settings, principal: Principal
+) -> dict[str, Any]:
     """The stored record, or 404 when absent, expired, or not the caller's (an advertiser key sees only
     the auctions it took part in; others answer as if absent)."""
     if len(auction_id) > 64 or not auction_id.isalnum():
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
-    redis_client: aioredis.Redis = request.app.state.redis
     record = load_record(await redis_client.get(auction_key(auction_id)))
     if (
         record is not None
@@ -197,7 +220,6 @@ async def _readable_record(auction_id: str, request: Request, principal: Princip
     if record is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
     if record.get("billing") == "pending":  # BILLING_MODE=render: the charge's state now
-        settings: Settings = request.app.state.settings
         record["billing"] = await RenderLedger(redis_client, settings).state(auction_id) or "expired"
     return record
 
@@ -215,7 +237,8 @@ async def _readable_record(auction_id: str, request: Request, principal: Princip
 )
 async def resolve_auction(
     auction_id: str,
-    request: Request,
+    redis_client: RedisDep,
+    settings: SettingsDep,
     body: WhatIfRequest = Body(
         openapi_examples={
             "tau": Example(summary="another τ", value={"tau": 2.0}),
@@ -227,7 +250,7 @@ async def resolve_auction(
     ),
     principal: Principal = Depends(require_api_key),
 ) -> WhatIfResponse:
-    record = await _readable_record(auction_id, request, principal)
+    record = await _readable_record(auction_id, redis_client, settings, principal)
     try:
         return resolve_record(record, body)
     except WhatIfInputError as error:  # an advertiser this auction did not have (WhatIfInputError: 409)
@@ -249,9 +272,12 @@ async def resolve_auction(
         **error_responses(401, 403),
     },
 )
-async def prometheus_metrics(request: Request) -> PlainTextResponse:
-    metrics: GatewayMetrics = request.app.state.metrics
-    reader: LedgerReader | None = getattr(request.app.state, "ledger_reader", None)
+async def prometheus_metrics(
+    metrics: MetricsDep,
+    reader: RunningLedgerReaderDep,
+    engine_client: EngineClientDep,
+    redis_health: RedisHealthDep,
+) -> PlainTextResponse:
     if reader is not None:
         with contextlib.suppress(RedisError, OSError):
             summary = await reader.summary()
@@ -263,5 +289,5 @@ async def prometheus_metrics(request: Request) -> PlainTextResponse:
             if summary.get("reconcile_unix") is not None:
                 metrics.reconcile_differences.set(summary.get("reconcile_differences") or 0)
                 metrics.reconcile_timestamp.set(summary["reconcile_unix"])
-    await readyz(request)  # refreshes mosaic_ready
+    _readiness(engine_client, redis_health, metrics)  # refreshes mosaic_ready
     return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -3,7 +3,8 @@
 Job: `LedgerConsumer`, one member of the group BILLING_GROUP, embedded in ``mosaic serve`` or run
 on its own by app.ledger.commands (``mosaic ledger consume``, ``python -m app.ledger``); safe to run
 several and to kill at any point (the batch cycle, and why a crash anywhere is safe:
-app/ledger/__init__.py). Imports app.settings and app.ledger (events, keys, render, scripts) only.
+app/ledger/__init__.py and docs/DESIGN.md § Billing). Imports app.settings and app.ledger (events,
+keys, render, scripts) only.
 
 Outcomes of an event: ``applied``; ``redelivered`` (this same stream entry was applied before, e.g.
 the consumer died between the apply and XACK); ``duplicate`` (same auction id and payload in a second
@@ -55,6 +56,19 @@ class _Pending:
     event: StreamEvent | None = None
     outcome: str = ""
     detail: str = ""
+
+
+def _parsed(entry_id: str, fields: Any) -> _Pending:
+    """One read entry, its event parsed; a deleted (fieldless) or malformed one gets its outcome now."""
+    item = _Pending(stream_id=entry_id, fields=decode_fields(fields))
+    if not item.fields:  # an entry always has fields: this one was deleted while pending
+        item.outcome, item.detail = "deleted", DELETED_REASON
+    else:
+        try:
+            item.event = parse_entry(entry_id, item.fields)
+        except MalformedEventError as error:
+            item.outcome, item.detail = "invalid", str(error)
+    return item
 
 
 class LedgerConsumer:
@@ -241,13 +255,39 @@ class LedgerConsumer:
 
         "Handled" counts every entry taken from the stream in this call, including a malformed one that
         is left pending for another delivery. Blocks up to BILLING_BLOCK_MS when there is nothing.
+        The steps: take entries (own pending, claimed, new) → parse → apply (`_evalsha_all`, the
+        script decides each outcome) → settle each outcome → XACK; an entry is acknowledged only after
+        its outcome is written, so a crash between any two steps redelivers it.
         """
         if self._apply_sha is None:
             await self.ensure_group()
         if time.monotonic() >= self._next_expiry_at:  # BILLING_MODE=render: unrendered charges expire
             self._next_expiry_at = time.monotonic() + RENDER_EXPIRY_SWEEP_S
             self.stats["render_expired"] += await self.render.expire_due()
-        size = self.settings.billing_batch_size
+        raw = await self._take_entries(self.settings.billing_batch_size)
+        if not raw:
+            return 0
+        if self.linger_s > 0:
+            # Inside the gateway: the read wakes up the moment an auction's XADD lands, while that
+            # auction is still answering; apply after it (~0.5 ms less gateway overhead). The entries
+            # stay pending meanwhile: a crash here redelivers them, as at any other point.
+            await asyncio.sleep(self.linger_s)
+        items = [_parsed(entry_id, fields) for entry_id, fields in raw]
+        await self._evalsha_all(items)
+        done = await self._settle(items)
+        pause = self.settings.billing_fault_pause_before_ack_s
+        if pause > 0:
+            logger.warning(
+                "fault injection: pausing %.3fs between apply and XACK of %d entries", pause, len(done)
+            )
+            await asyncio.sleep(pause)
+        if done:
+            await self.redis.xack(self.settings.billing_stream, self.settings.billing_group, *done)
+        return len(items)
+
+    async def _take_entries(self, size: int) -> list[tuple[str, Any]]:
+        """Up to `size` entries: this consumer's own pending ones first (after a start or a Redis
+        error), then entries idle too long in another's pending list, then new ones."""
         raw: list[tuple[str, Any]] = []
         if self._own_pending_cursor is not None:
             raw = await self._read(self._own_pending_cursor, size, None)
@@ -273,27 +313,11 @@ class LedgerConsumer:
         if len(raw) < size:
             block = None if raw else self.settings.billing_block_ms
             raw += await self._read(">", size - len(raw), block)
-        if not raw:
-            return 0
-        if self.linger_s > 0:
-            # Inside the gateway: the read wakes up the moment an auction's XADD lands, while that
-            # auction is still answering; apply after it (~0.5 ms less gateway overhead). The entries
-            # stay pending meanwhile: a crash here redelivers them, as at any other point.
-            await asyncio.sleep(self.linger_s)
+        return raw
 
-        items: list[_Pending] = []
-        for entry_id, fields in raw:
-            item = _Pending(stream_id=entry_id, fields=decode_fields(fields))
-            if not item.fields:  # an entry always has fields: this one was deleted while pending
-                item.outcome, item.detail = "deleted", DELETED_REASON
-            else:
-                try:
-                    item.event = parse_entry(entry_id, item.fields)
-                except MalformedEventError as error:
-                    item.outcome, item.detail = "invalid", str(error)
-            items.append(item)
-        await self._evalsha_all(items)
-
+    async def _settle(self, items: list[_Pending]) -> list[str]:
+        """Count each outcome and dead-letter what must be; returns the stream ids to acknowledge
+        (every entry but a malformed one below BILLING_MAX_DELIVERIES, left pending for another try)."""
         done: list[str] = []
         invalid = [item for item in items if item.outcome == "invalid"]
         deliveries = await self._deliveries([item.stream_id for item in invalid]) if invalid else {}
@@ -327,16 +351,7 @@ class LedgerConsumer:
                     )
             else:  # pragma: no cover - the script only returns the outcomes above
                 raise RuntimeError(f"unexpected ledger script outcome {item.outcome!r}")
-
-        pause = self.settings.billing_fault_pause_before_ack_s
-        if pause > 0:
-            logger.warning(
-                "fault injection: pausing %.3fs between apply and XACK of %d entries", pause, len(done)
-            )
-            await asyncio.sleep(pause)
-        if done:
-            await self.redis.xack(self.settings.billing_stream, self.settings.billing_group, *done)
-        return len(items)
+        return done
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process batches until `stop` is set (the current batch is finished first).

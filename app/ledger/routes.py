@@ -1,9 +1,9 @@
 """Read-only HTTP API of the billing ledger: an advertiser's balance and history, and a summary.
 
 Job: the ``/ledger`` FastAPI router over `LedgerReader`, behind the gateway's API-key check. Imports
-app.settings, app.gateway.security (`require_api_key`) and app.ledger.events / app.ledger.reader only.
-Redis comes from ``request.app.state.redis`` (a ``redis.asyncio.Redis``), settings from
-``request.app.state.settings``. Amounts are integer micro-units (``*_micro``) plus the same value as
+app.gateway.security (`require_api_key`), app.gateway.deps (`LedgerDep`: a reader over the gateway's
+Redis and settings), app.gateway.schemas (error models) and app.ledger.events only (the layout:
+docs/DESIGN.md § Layout). Amounts are integer micro-units (``*_micro``) plus the same value as
 an exact decimal string; ``balance`` is the advertiser's ledger account (minus what it paid).
 """
 
@@ -11,22 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
+from app.gateway.deps import LedgerDep
 from app.gateway.schemas import error_responses
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.ledger.events import MAX_ID_LENGTH
-from app.ledger.reader import LedgerReader
-from app.settings import Settings
 
 router = APIRouter(prefix="/ledger", tags=["ledger"], dependencies=[Depends(require_api_key)])
-
-
-def _reader(request: Request) -> LedgerReader:
-    redis: aioredis.Redis = request.app.state.redis
-    settings: Settings = request.app.state.settings
-    return LedgerReader(redis, settings)
 
 
 @router.get(
@@ -35,7 +27,7 @@ def _reader(request: Request) -> LedgerReader:
     responses=error_responses(401, 403, 422, 503),
 )
 async def get_advertiser(
-    request: Request,
+    reader: LedgerDep,
     advertiser_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
     limit: Annotated[int, Query(ge=1, le=1000, description="History entries to return.")] = 50,
     principal: Principal = Depends(require_api_key),
@@ -44,7 +36,7 @@ async def get_advertiser(
         raise HTTPException(
             status_code=403, detail=f"this key is scoped to advertiser {principal.advertiser_id!r}"
         )
-    return await _reader(request).advertiser(advertiser_id, limit=limit)
+    return await reader.advertiser(advertiser_id, limit=limit)
 
 
 @router.get(
@@ -53,5 +45,5 @@ async def get_advertiser(
     responses=error_responses(401, 403, 503),
     dependencies=[Depends(require_platform_key)],
 )
-async def get_summary(request: Request) -> dict[str, Any]:
-    return await _reader(request).summary()
+async def get_summary(reader: LedgerDep) -> dict[str, Any]:
+    return await reader.summary()
