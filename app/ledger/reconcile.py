@@ -209,62 +209,65 @@ class _Reconciler:
     async def check_stream(self) -> None:
         """Every delivered, acknowledged entry is applied, a recorded duplicate, or dead-lettered;
         every applied event is in the stream."""
-        add, report = self.report.add, self.report
         group = await LedgerReader(self.redis, self.settings)._group_info()
         last_delivered = _id_tuple(as_str(group.get("last-delivered-id", "0-0")) if group else "0-0")
         pending = await self._pending_ids(group)
         dead = await _scan_hash(self.redis, self.keys.dead)
         duplicates = await _scan_hash(self.redis, self.keys.duplicates)
-        stream_ids: set[str] = set()
-        first_id: str | None = None
+        stream_ids: list[str] = []
         start = "-"
         while True:
             chunk: Any = await self.redis.xrange(self.settings.billing_stream, start, "+", count=1000)
             for entry_id_raw, fields_raw in chunk:
                 entry_id = as_str(entry_id_raw)
-                first_id = first_id or entry_id
-                stream_ids.add(entry_id)
-                report.stream_entries += 1
+                stream_ids.append(entry_id)
+                self.report.stream_entries += 1
                 auction_id = decode_fields(fields_raw).get("auction_id", "")
                 self.stream_auctions.add(auction_id)
                 if _id_tuple(entry_id) > last_delivered or entry_id in pending:
-                    report.in_flight += 1
-                elif entry_id in dead:
-                    continue
-                elif auction_id not in self.applied and duplicates.get(entry_id) == auction_id:
-                    continue  # a recorded duplicate of an auction whose marker the trim settled
-                elif auction_id not in self.applied:
-                    add(
-                        "unapplied_event",
-                        entry_id,
-                        "applied or dead-lettered",
-                        "neither",
-                        f"auction {auction_id}",
-                    )
-                elif (
-                    self.applied[auction_id].stream_id != entry_id and duplicates.get(entry_id) != auction_id
-                ):
-                    applied_as = self.applied[auction_id].stream_id
-                    add(
-                        "unrecorded_duplicate",
-                        entry_id,
-                        f"applied as {applied_as}",
-                        "not recorded",
-                        auction_id,
-                    )
+                    self.report.in_flight += 1
+                elif entry_id not in dead:
+                    self._check_settled_entry(entry_id, auction_id, duplicates)
             if len(chunk) < 1000:
                 break
             start = "(" + as_str(chunk[-1][0])
+        self._check_applied_in_stream(stream_ids)
+
+    def _check_settled_entry(self, entry_id: str, auction_id: str, duplicates: Mapping[str, str]) -> None:
+        """One delivered, acknowledged, not dead-lettered entry: applied, or a recorded duplicate."""
+        if auction_id not in self.applied:
+            if duplicates.get(entry_id) != auction_id:  # else: a recorded duplicate whose marker was trimmed
+                self.report.add(
+                    "unapplied_event",
+                    entry_id,
+                    "applied or dead-lettered",
+                    "neither",
+                    f"auction {auction_id}",
+                )
+        elif self.applied[auction_id].stream_id != entry_id and duplicates.get(entry_id) != auction_id:
+            applied_as = self.applied[auction_id].stream_id
+            self.report.add(
+                "unrecorded_duplicate", entry_id, f"applied as {applied_as}", "not recorded", auction_id
+            )
+
+    def _check_applied_in_stream(self, stream_ids: list[str]) -> None:
+        """Every applied event's entry is still in the stream, unless trimmed below its first entry."""
+        present = set(stream_ids)
+        first_id = stream_ids[0] if stream_ids else None
         trimmed = 0
         for auction_id, applied in self.applied.items():
-            if applied.stream_id in stream_ids:
+            if applied.stream_id in present:
                 continue
             if first_id is None or _id_tuple(applied.stream_id) < _id_tuple(first_id):
                 trimmed += 1  # trimmed below the oldest pending id: expected, not a difference
             else:
-                add("applied_not_in_stream", auction_id, f"stream entry {applied.stream_id}", "missing")
+                self.report.add(
+                    "applied_not_in_stream", auction_id, f"stream entry {applied.stream_id}", "missing"
+                )
         if trimmed:
-            report.notes.append(f"{trimmed} applied events are older than the stream's first entry (trimmed)")
+            self.report.notes.append(
+                f"{trimmed} applied events are older than the stream's first entry (trimmed)"
+            )
 
     async def check_audit_records(self) -> None:
         """The gateway's audit records of served auctions (optional input) match what was billed."""

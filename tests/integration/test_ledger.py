@@ -507,3 +507,25 @@ def test_ledger_routes(redis_server: RedisServerProcess) -> None:
             await redis.aclose()
 
     asyncio.run(main())
+
+
+def test_reconcile_names_each_stream_difference(redis_server: RedisServerProcess) -> None:
+    """The stream checks: an acknowledged entry that was never applied, an applied event recorded under
+    another entry (an unrecorded duplicate), and an applied event whose entry left the stream."""
+    settings = ledger_settings(redis_server.url)
+    keys = LedgerKeys.default()
+
+    async def body(redis: aioredis.Redis) -> None:
+        producer = BillingProducer(redis, settings)
+        ids = [await producer.append(make_billing_event(f"s{i}", {"a": 1.0}, "USD")) for i in range(4)]
+        await drain(LedgerConsumer(redis, settings, "c1"), redis, settings)
+        assert (await reconcile(redis, settings)).ok
+        await redis.hdel(keys.applied, "s0")  # entry ids[0]: acknowledged, never applied
+        record = json.loads(await redis.hget(keys.applied, "s1"))
+        await redis.hset(keys.applied, "s1", json.dumps({**record, "s": ids[3]}))  # s1 applied as ids[3]
+        await redis.xdel(settings.billing_stream, ids[2])  # s2's entry, newer than the first, gone
+        kinds = {(d.kind, d.subject) for d in (await reconcile(redis, settings)).differences}
+        assert {("unapplied_event", ids[0]), ("unrecorded_duplicate", ids[1])} <= kinds
+        assert ("applied_not_in_stream", "s2") in kinds
+
+    run_with_client(redis_server.url, body)
