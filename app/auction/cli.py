@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from app.gateway.schemas import AuctionResponse
+from app.contract.result import AuctionResponse
 from app.settings import Settings
 from mosaic_client import AsyncMosaicClient, MosaicError
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from app import mechanism
 from app.auction.engine_client import EngineClient, GeneratedCandidate, WorkerCallStats, derive_seed
-from app.gateway.schemas import AuctionRequest, AuctionTimings
+from app.contract.request import AuctionRequest
+from app.contract.result import AuctionTimings
 from app.prompts import AdvertiserProfile, auction_chats
 from app.settings import Settings
 

@@ -22,15 +22,15 @@ from app import mechanism
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
 from app.auction.sampler import SEED_ALLOCATION, CandidateSampler, CandidateSet, StageClock
 from app.auction.worker_dispatch import auction_deadline
-from app.gateway.metrics import GatewayMetrics
-from app.gateway.schemas import (
+from app.contract.request import AuctionRequest
+from app.contract.result import (
     AdvertiserResult,
     AuctionRecord,
-    AuctionRequest,
     AuctionResponse,
     AuctionTimings,
     CandidateRecord,
 )
+from app.gateway.metrics import GatewayMetrics
 from app.ledger.events import make_billing_event
 from app.ledger.idempotency import IdempotencyClaim, IdempotencyStore
 from app.ledger.producer import BillingProducer, BillMode

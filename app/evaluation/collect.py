@@ -75,7 +75,7 @@ async def _open_engine(url: str | None, model: str) -> _Engine:
 async def _collect_unit(
     engine: _Engine, spec: UnitSpec, num_candidates: int, max_tokens: int, config: dict[str, Any]
 ) -> UnitData:
-    from app.gateway.schemas import AuctionRequest
+    from app.contract.request import AuctionRequest
 
     # Validated as the gateway validates a request body (the same strict model).
     request = AuctionRequest.model_validate(

@@ -27,6 +27,7 @@ from app.explorer.routes import add_explorer
 from app.gateway.docs import add_offline_docs
 from app.gateway.errors import add_error_handlers
 from app.gateway.http_limits import uvicorn_config
+from app.gateway.ledger_routes import router as ledger_router
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.middleware import BodySizeLimit, add_request_metrics
 from app.gateway.openapi import document_schemas
@@ -38,7 +39,6 @@ from app.ledger.reader import LedgerReader
 from app.ledger.redis_health import RedisHealth
 from app.ledger.redis_store import RedisHandle, RedisServer, open_redis
 from app.ledger.redis_supervisor import RedisSupervisor
-from app.ledger.routes import router as ledger_router
 from app.ledger.trim import LedgerTrimmer
 from app.logging_setup import configure_logging
 from app.settings import Settings, get_settings

@@ -31,9 +31,10 @@ from redis.exceptions import RedisError
 
 from app.auction.admission import AdmissionController, auction_token_cost
 from app.auction.service import AuctionService, RunControl, deadline_s
+from app.contract.request import AuctionRequest
+from app.contract.result import AuctionResponse
 from app.gateway.errors import fault_answer
 from app.gateway.metrics import GatewayMetrics
-from app.gateway.schemas import AuctionRequest, AuctionResponse
 from app.gateway.security import Principal
 from app.ledger.idempotency import (
     REPLAYED_HEADER,

@@ -28,6 +28,7 @@ from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
 from app.auction.worker_dispatch import WorkersBusyError, WorkersUnavailableError
+from app.contract.limits import LimitExceededError
 from app.gateway.metrics import GatewayMetrics
 from app.ledger.idempotency import (
     HEADER,
@@ -194,3 +195,8 @@ def add_validation_handler(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": safe_validation_errors(error.errors())})
+
+    @app.exception_handler(LimitExceededError)
+    async def _over_limit(request: Request, error: LimitExceededError) -> JSONResponse:
+        # A configured limit (app.contract.limits): the same 422 as a field's static bound.
+        return JSONResponse(status_code=422, content={"detail": safe_validation_errors(error.errors)})

@@ -24,16 +24,14 @@ from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
 from app.auction.service import auction_key, load_record
-from app.auction.whatif import WhatIfInputError, WhatIfRequest, WhatIfResponse, resolve_record
+from app.auction.whatif import WhatIfInputError, resolve_record
+from app.contract.limits import enforce_limits
+from app.contract.request import AuctionRequest
+from app.contract.result import AuctionRecord, AuctionResponse
+from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from app.gateway.auction_call import serve_auction
 from app.gateway.metrics import GatewayMetrics
-from app.gateway.schemas import (
-    AuctionRecord,
-    AuctionRequest,
-    AuctionResponse,
-    enforce_limits,
-    error_responses,
-)
+from app.gateway.openapi import error_responses
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
 from app.ledger.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER

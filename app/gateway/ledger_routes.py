@@ -1,7 +1,9 @@
 """Read-only HTTP API of the billing ledger: an advertiser's balance and history, and a summary.
 
-Job: the ``/ledger`` FastAPI router over `LedgerReader`, behind the gateway's API-key check. Imports
-app.settings, app.gateway.security (`require_api_key`) and app.ledger.events / app.ledger.reader only.
+Job: the ``/ledger`` FastAPI router over `app.ledger.reader.LedgerReader`, behind the gateway's API-key
+check (the ledger itself knows nothing of HTTP). Imports FastAPI, app.settings, app.gateway.security
+(`require_api_key`), app.gateway.openapi (`error_responses`) and app.ledger.events / app.ledger.reader
+only; see docs/DESIGN.md § Layout.
 Redis comes from ``request.app.state.redis`` (a ``redis.asyncio.Redis``), settings from
 ``request.app.state.settings``. Amounts are integer micro-units (``*_micro``) plus the same value as
 an exact decimal string; ``balance`` is the advertiser's ledger account (minus what it paid).
@@ -14,7 +16,7 @@ from typing import Annotated, Any
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
-from app.gateway.schemas import error_responses
+from app.gateway.openapi import error_responses
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.ledger.events import MAX_ID_LENGTH
 from app.ledger.reader import LedgerReader
