@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app.auction.admission import AdmissionController, AdmissionLimits, AdmissionMetrics
+from app.auction.admission import AdmissionController, AdmissionLimits
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
 from app.explorer.routes import add_explorer
@@ -28,7 +28,7 @@ from app.gateway.docs import add_offline_docs
 from app.gateway.errors import add_error_handlers
 from app.gateway.http_limits import uvicorn_config
 from app.gateway.ledger_routes import router as ledger_router
-from app.gateway.metrics import GatewayMetrics
+from app.gateway.metrics import AdmissionMetrics, GatewayMetrics
 from app.gateway.middleware import BodySizeLimit, add_request_metrics
 from app.gateway.openapi import document_schemas
 from app.gateway.routes import router
@@ -90,13 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             transports[EMBEDDED_WORKER_URL] = httpx.ASGITransport(app=create_worker_app(engine))
             worker_urls = [EMBEDDED_WORKER_URL]
-        engine_client = EngineClient(
-            settings,
-            worker_urls,
-            transports,
-            on_worker_error=lambda url, kind: metrics.worker_errors.labels(url, kind).inc(),
-            metrics=metrics,
-        )
+        engine_client = EngineClient(settings, worker_urls, transports, observer=metrics)
         app.state.engine_client = engine_client
         stop_background = asyncio.Event()
         background = await _start_health_tasks(

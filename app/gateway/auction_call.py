@@ -186,7 +186,7 @@ async def _run_watched(
         await task
     if task.cancelled() or not control.billing_started:
         metrics: GatewayMetrics = request.app.state.metrics
-        metrics.auctions.labels("abandoned", body.proposal).inc()
+        metrics.auction_counted("abandoned", body.proposal)
         logger.info("auction abandoned: the client disconnected before billing (nothing billed)")
         claim_taken = await _claim_taken(control)
         if claim_taken is not None:
