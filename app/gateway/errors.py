@@ -5,7 +5,8 @@ unavailable → 503, an admission limit → 429 with Retry-After,
 an Idempotency-Key still running → 409, reused with other parameters → 422 naming
 it, anything else → 500 with the exception's type (`fault_answer`, also what a key stores).
 Nothing is billed for any of them: billing is the last
-step of an auction. Imports the exception types of the auction and the ledger, and the metrics.
+step of an auction. Imports the exception types of the auction, the ledger and the contract's limits,
+and the metrics.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 Each handler is thin: it validates (the request models and `enforce_limits`), hands the work to the
 service objects that `app.gateway.app` put on `app.state` (`POST /auction` through
 `app.gateway.auction_call`: admission, idempotency keys, abandoned requests), and returns their answer.
-Imports: the auction service (types) and its what-if, the ledger reader, the request/response models and
-the security dependency. Every route's function name is its OpenAPI operationId (`app.gateway.app`).
+Imports: the auction service (types) and its what-if, the ledger reader, the API's models
+(`app.contract`) and the security dependency. Every route's function name is its OpenAPI operationId
+(`app.gateway.app`). See docs/DESIGN.md.
 """
 
 from __future__ import annotations
