@@ -102,7 +102,7 @@ def auction(
     show_candidates: Annotated[bool, typer.Option(help="Print the candidate table.")] = False,
 ) -> None:
     """Run one auction and print the reply and a payments table."""
-    from app.auction.cli import run_auction_command
+    from app.cli_auction import run_auction_command
 
     raise typer.Exit(
         run_auction_command(

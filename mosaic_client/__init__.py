@@ -7,15 +7,9 @@
 Exceptions: `mosaic_client.errors` (one per status, all `MosaicError`).
 """
 
-from app.auction.whatif import WhatIfRequest, WhatIfResponse
-from app.gateway.schemas import (
-    AdvertiserIn,
-    AdvertiserResult,
-    AuctionRecord,
-    AuctionRequest,
-    AuctionResponse,
-    CandidateRecord,
-)
+from app.contract.request import AdvertiserIn, AuctionRequest
+from app.contract.result import AdvertiserResult, AuctionRecord, AuctionResponse, CandidateRecord
+from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from mosaic_client.client import AsyncMosaicClient, MosaicClient, auction_request, parse_advertiser
 from mosaic_client.errors import (
     AuthenticationError,

@@ -1,6 +1,6 @@
 """Typed clients of the MOSAIC API on httpx: `MosaicClient` (sync) and `AsyncMosaicClient` (async).
 
-They send and return the API's own pydantic models (`app.gateway.schemas`, `app.auction.whatif`), so
+They send and return the API's own pydantic models (`app.contract`), so
 a request is validated before it leaves and an answer is parsed into the model the server declared.
 Failures raise one exception per status (`mosaic_client.errors`).
 
@@ -23,8 +23,9 @@ from urllib.parse import quote
 
 import httpx
 
-from app.auction.whatif import WhatIfRequest, WhatIfResponse
-from app.gateway.schemas import AdvertiserIn, AuctionRecord, AuctionRequest, AuctionResponse
+from app.contract.request import AdvertiserIn, AuctionRequest
+from app.contract.result import AuctionRecord, AuctionResponse
+from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from mosaic_client.errors import MosaicError, TransportError, error_for, retry_after
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

@@ -1,6 +1,7 @@
-"""One auction: the service (orchestration, record, billing write), the candidate sampler, the
-client of the LLM workers, and the `mosaic auction` command.
+"""One auction: the service (sample → resolve → build result → persist → observe), the candidate
+sampler, the client of the LLM workers (dispatch, health), admission control and the what-if.
 
-Imports the mechanism, the prompts, the request/response models (`app.gateway.schemas`), the ledger's
-producer and `workers.protocol` (the wire models); never the gateway's app or routes.
+Imports the mechanism, the prompts, the API's models (`app.contract`), the ledger's producer and
+idempotency store, app.settings and `workers.protocol` (the wire models); never `app.gateway`, FastAPI
+or Starlette: what it reports goes to the observers of `observers.py`. See docs/DESIGN.md § Layout.
 """

@@ -13,7 +13,8 @@ overtake a large one forever. A waiter blocked only by its own key's limit is sk
 cannot hold up the others. An auction is always admitted when nothing else runs, whatever its cost, so
 the token limit can never refuse a valid request for good.
 
-Pure asyncio; knows nothing of HTTP. Its metrics go to the registry it is given.
+Pure asyncio; knows nothing of HTTP. Imports `app.auction.observers` only: what it reports goes to the
+`AdmissionObserver` it is given (the gateway's Prometheus `AdmissionMetrics`); see docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+from app.auction.observers import AdmissionObserver, NoopAdmissionObserver
 
 
 @dataclass(frozen=True)
@@ -65,32 +64,10 @@ class _Waiter:
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
-class AdmissionMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.in_flight = Gauge("mosaic_admission_in_flight", "Auctions running.", registry=registry)
-        self.waiting = Gauge(
-            "mosaic_admission_queue_depth", "Auctions waiting for admission.", registry=registry
-        )
-        self.tokens = Gauge(
-            "mosaic_admission_tokens_in_flight",
-            "Worker tokens the running auctions may cost.",
-            registry=registry,
-        )
-        self.wait_seconds = Histogram(
-            "mosaic_admission_wait_seconds",
-            "Time from arrival to admission (admitted auctions).",
-            buckets=_WAIT_BUCKETS,
-            registry=registry,
-        )
-        self.refused = Counter(
-            "mosaic_admission_refused_total", "Auctions refused 429, by limit.", ["reason"], registry=registry
-        )
-
-
 class AdmissionController:
-    def __init__(self, limits: AdmissionLimits, metrics: AdmissionMetrics | None = None) -> None:
+    def __init__(self, limits: AdmissionLimits, observer: AdmissionObserver | None = None) -> None:
         self.limits = limits
-        self.metrics = metrics
+        self.observer = observer or NoopAdmissionObserver()
         self._in_flight = 0
         self._per_key: dict[str, int] = {}
         self._tokens = 0
@@ -146,10 +123,7 @@ class AdmissionController:
             waiter.admitted.set_result(None)
 
     def _publish(self) -> None:
-        if self.metrics is not None:
-            self.metrics.in_flight.set(self._in_flight)
-            self.metrics.waiting.set(len(self._waiters))
-            self.metrics.tokens.set(self._tokens)
+        self.observer.admission_load(self._in_flight, len(self._waiters), self._tokens)
 
     def retry_after_s(self) -> int:
         """Advice for a refused client: the expected time for the running and waiting auctions to drain."""
@@ -157,8 +131,7 @@ class AdmissionController:
         return max(1, math.ceil(self._recent_seconds * backlog))
 
     def _refuse(self, reason: str, message: str) -> AdmissionRefusedError:
-        if self.metrics is not None:
-            self.metrics.refused.labels(reason=reason).inc()
+        self.observer.admission_refused(reason)
         return AdmissionRefusedError(reason, message, self.retry_after_s())
 
     def admits_now(self, key: str, cost: int) -> bool:
@@ -200,8 +173,7 @@ class AdmissionController:
                     waiter.admitted.cancel()
                     self._drop(waiter)
                 raise
-        if self.metrics is not None:
-            self.metrics.wait_seconds.observe(time.monotonic() - arrived)
+        self.observer.admission_waited(time.monotonic() - arrived)
         started = time.monotonic()
         try:
             yield

@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from app.auction.observers import NoopWorkerObserver, WorkerObserver
 from app.auction.worker_dispatch import BusyWorkerError, RetryableWorkerError, WorkerDispatcher
 from app.auction.worker_health import WorkerHealth
-from app.gateway.metrics import GatewayMetrics
 from app.prompts import ChatMessage
 from app.settings import Settings
 from workers.protocol import (
@@ -100,8 +100,7 @@ class EngineClient:
         settings: Settings,
         worker_urls: Sequence[str],
         transports: dict[str, httpx.AsyncBaseTransport] | None = None,
-        on_worker_error: Callable[[str, str], None] | None = None,
-        metrics: GatewayMetrics | None = None,
+        observer: WorkerObserver | None = None,
     ) -> None:
         if not worker_urls:
             raise ValueError("at least one worker URL is needed")
@@ -122,10 +121,9 @@ class EngineClient:
             for url in self.worker_urls
         }
         self._model_name: str | None = settings.served_model_name
-        self._on_worker_error = on_worker_error
-        self.worker_health = WorkerHealth(settings, self.worker_urls, metrics)
-        on_hedge = (lambda url: metrics.worker_hedges.labels(url).inc()) if metrics is not None else None
-        self.dispatcher = WorkerDispatcher(settings, self.worker_health, on_hedge)
+        self.observer = observer or NoopWorkerObserver()
+        self.worker_health = WorkerHealth(settings, self.worker_urls, self.observer)
+        self.dispatcher = WorkerDispatcher(settings, self.worker_health, self.observer)
 
     async def run_health_probes(self, stop: asyncio.Event) -> None:
         """The active probe of every worker, until `stop` (a background task of the gateway)."""
@@ -190,8 +188,7 @@ class EngineClient:
 
     def _record_error(self, url: str, kind: str) -> None:
         logger.warning("worker request failed", extra={"worker": url, "error": kind})
-        if self._on_worker_error is not None:
-            self._on_worker_error(url, kind)
+        self.observer.worker_request_failed(url, kind)
 
     # --- the contract ----------------------------------------------------------------------------
 

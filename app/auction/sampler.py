@@ -3,8 +3,9 @@
 Report-independent by construction: the candidate set (M, proposal, mixture shares, seeds) depends only
 on the request's query, descriptions and settings, never on the advertisers' rewards (MECHANISM.md,
 last section). The service (`app.auction.service`) and the evaluation (`app.evaluation`) both draw
-through this class. Imports: the prompts, the mechanism's mixture density, the engine client and the
-request models; no billing, no HTTP server.
+through this class, driven by a `CandidateDraw` (a served auction's from its request). Imports the
+prompts, the mechanism's mixture density, the engine client and `app.contract`; no billing, no HTTP
+(docs/DESIGN.md § The path of one auction).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 
 from app import mechanism
 from app.auction.engine_client import EngineClient, GeneratedCandidate, WorkerCallStats, derive_seed
-from app.gateway.schemas import AuctionRequest, AuctionTimings
+from app.contract.request import AuctionRequest, ProposalName
+from app.contract.result import AuctionTimings
 from app.prompts import AdvertiserProfile, auction_chats
 from app.settings import Settings
 
@@ -125,6 +127,33 @@ class ScoredCandidates:
     log_context: np.ndarray | None  # (M,) raw context-prompt score, scored for the mixture only
 
 
+@dataclass(frozen=True)
+class CandidateDraw:
+    """What one auction's candidate set is drawn from: the query, the advertisers' prompts (never their
+    value scales: the set is report-independent), M, the proposal and the sampling parameters."""
+
+    query: str
+    advertisers: tuple[AdvertiserProfile, ...]
+    num_candidates: int
+    proposal: ProposalName
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    @classmethod
+    def from_request(cls, request: AuctionRequest, settings: Settings) -> CandidateDraw:
+        """A served auction's draw: the request's fields, M and the reply length defaulted by settings."""
+        return cls(
+            query=request.query,
+            advertisers=tuple(advertiser.profile() for advertiser in request.advertisers),
+            num_candidates=request.candidates or settings.default_candidates,
+            proposal=request.proposal,
+            max_tokens=request.max_tokens or settings.default_max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+        )
+
+
 def mixture_counts(num_candidates: int, context_share: float) -> tuple[int, int]:
     """(context draws, reference draws) for the mixture: a fixed, report-independent split."""
     from_context = min(num_candidates, max(0, math.floor(context_share * num_candidates + 0.5)))
@@ -140,7 +169,7 @@ class CandidateSampler:
 
     async def collect(
         self,
-        request: AuctionRequest,
+        draw: CandidateDraw,
         seed: int,
         clock: StageClock | None = None,
         worker_stats: WorkerCallStats | None = None,
@@ -155,16 +184,20 @@ class CandidateSampler:
         """
         clock = clock or StageClock()
         worker_stats = worker_stats or WorkerCallStats()
-        settings = self.settings
-        num_candidates = request.candidates or settings.default_candidates
-        max_tokens = request.max_tokens or settings.default_max_tokens
-        profiles = [
-            AdvertiserProfile(name=a.name, description=a.description, instruction=a.instruction)
-            for a in request.advertisers
-        ]
-        # One tokenize per prompt (0: reference, 1: context, 2+i: advertiser i), spread over the
-        # workers, all sent at once.
-        chats = auction_chats(request.query, profiles)
+        prompt_ids, candidate_set = await self._tokenize_and_draw(draw, seed, clock, worker_stats, cleared)
+        return await self._score(draw, prompt_ids, candidate_set, clock, worker_stats)
+
+    async def _tokenize_and_draw(
+        self,
+        draw: CandidateDraw,
+        seed: int,
+        clock: StageClock,
+        worker_stats: WorkerCallStats,
+        cleared: asyncio.Future[None] | None,
+    ) -> tuple[list[list[int]], CandidateSet]:
+        """Every prompt's token ids (0: reference, 1: context, 2+i: advertiser i) and the candidate set."""
+        # One tokenize per prompt, spread over the workers, all sent at once.
+        chats = auction_chats(draw.query, draw.advertisers)
         tokenized = [
             asyncio.ensure_future(self.engine.tokenize_chat(chat, first_worker=index, stats=worker_stats))
             for index, chat in enumerate(chats)
@@ -173,36 +206,42 @@ class CandidateSampler:
             # Every prompt's length is checked before any generation: cost is tokens, and a prompt
             # over MAX_PROMPT_TOKENS is refused (422) before the workers spend anything on it.
             prompt_ids = await clock.timed("tokenize", asyncio.gather(*tokenized))
-            check_prompt_lengths([len(ids) for ids in prompt_ids], settings.max_prompt_tokens)
+            check_prompt_lengths([len(ids) for ids in prompt_ids], self.settings.max_prompt_tokens)
             if cleared is not None:  # e.g. an Idempotency-Key's replay check: no model work before it
                 await asyncio.shield(cleared)
             candidate_set = await clock.timed(
-                "generate",
-                self._draw_candidates(
-                    request, num_candidates, max_tokens, seed, prompt_ids[0], prompt_ids[1], worker_stats
-                ),
+                "generate", self._draw_candidates(draw, seed, prompt_ids[0], prompt_ids[1], worker_stats)
             )
         finally:
             for pending in tokenized:  # a failed auction leaves no request behind, no error unread
                 if pending.done() and not pending.cancelled():
                     pending.exception()
                 pending.cancel()
+        return prompt_ids, candidate_set
+
+    async def _score(
+        self,
+        draw: CandidateDraw,
+        prompt_ids: list[list[int]],
+        candidate_set: CandidateSet,
+        clock: StageClock,
+        worker_stats: WorkerCallStats,
+    ) -> ScoredCandidates:
+        """Score every candidate's exact reply tokens (EOS included) under π_ref, each π_i, and for the
+        mixture under the context prompt too: one batch, split over the workers."""
         reference_ids, context_ids, advertiser_ids = prompt_ids[0], prompt_ids[1], prompt_ids[2:]
         candidates = candidate_set.candidates
-        # Score every candidate's exact reply tokens (EOS included) under π_ref, each π_i, and for the
-        # mixture under the context prompt too: one batch, split over the workers.
-        scoring_prompts = [reference_ids, *advertiser_ids]
-        if request.proposal == "mixture":
-            scoring_prompts.append(context_ids)
+        mixture = draw.proposal == "mixture"
+        scoring_prompts = [reference_ids, *advertiser_ids, *([context_ids] if mixture else [])]
         sequences = [prompt + c.token_ids for prompt in scoring_prompts for c in candidates]
         prompt_lengths = [len(prompt) for prompt in scoring_prompts for _ in candidates]
         scores = await clock.timed(
             "score", self.engine.score(sequences, prompt_lengths, worker_stats, groups=len(scoring_prompts))
         )
         score_matrix = np.asarray(scores, dtype=np.float64).reshape(len(scoring_prompts), len(candidates))
-
+        num_advertisers = len(draw.advertisers)
         log_ref = score_matrix[0]
-        log_context = score_matrix[1 + len(profiles)] if request.proposal == "mixture" else None
+        log_context = score_matrix[1 + num_advertisers] if mixture else None
         if log_context is not None:
             shares = np.array([candidate_set.context_share, 1.0 - candidate_set.context_share])
             log_proposal = mechanism.mixture_log_proposal(np.stack([log_context, log_ref]), shares)
@@ -212,24 +251,23 @@ class CandidateSampler:
         return ScoredCandidates(
             candidate_set=candidate_set,
             log_ref=log_ref,
-            log_advertisers=score_matrix[1 : 1 + len(profiles)],
+            log_advertisers=score_matrix[1 : 1 + num_advertisers],
             log_proposal=log_proposal,
             log_context=log_context,
         )
 
     async def _draw_candidates(
         self,
-        request: AuctionRequest,
-        num_candidates: int,
-        max_tokens: int,
+        draw: CandidateDraw,
         seed: int,
         reference_ids: list[int],
         context_ids: list[int],
         worker_stats: WorkerCallStats,
     ) -> CandidateSet:
-        if request.proposal == "context":
+        num_candidates = draw.num_candidates
+        if draw.proposal == "context":
             counts = (num_candidates, 0)
-        elif request.proposal == "reference":
+        elif draw.proposal == "reference":
             counts = (0, num_candidates)
         else:
             counts = mixture_counts(num_candidates, self.settings.mixture_context_share)
@@ -244,9 +282,9 @@ class CandidateSampler:
                 self.engine.generate(
                     prompt,
                     count,
-                    max_tokens=max_tokens,
-                    temperature=request.temperature,
-                    top_p=request.top_p,
+                    max_tokens=draw.max_tokens,
+                    temperature=draw.temperature,
+                    top_p=draw.top_p,
                     seed=derive_seed(seed, stream),
                     stats=worker_stats,
                 )

@@ -1,8 +1,9 @@
-"""One auction end to end: sample and score candidates, resolve the mechanism, record and bill.
+"""One auction end to end: sample → resolve → build result → persist → observe (`AuctionService.run`).
 
 I/O lives here and in the clients it calls; the mathematics is `app.mechanism` (pure), the candidate
-set is `app.auction.sampler`'s. Imports: the sampler, the mechanism, the request/response models and
-the ledger's producer; never the HTTP app or its routes.
+set is `app.auction.sampler`'s, the answer's models `app.auction.result`'s. Imports the auction's own
+modules, the mechanism, `app.contract` and the ledger's producer and idempotency store; never the
+gateway (what it reports goes to an `AuctionObserver`). Invariants: docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -20,18 +21,13 @@ import numpy as np
 
 from app import mechanism
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
-from app.auction.sampler import SEED_ALLOCATION, CandidateSampler, CandidateSet, StageClock
+from app.auction.observers import AuctionObserver, NoopAuctionObserver
+from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
+from app.auction.sampler import SEED_ALLOCATION, CandidateDraw, CandidateSampler, ScoredCandidates, StageClock
 from app.auction.worker_dispatch import auction_deadline
-from app.gateway.metrics import GatewayMetrics
-from app.gateway.schemas import (
-    AdvertiserResult,
-    AuctionRecord,
-    AuctionRequest,
-    AuctionResponse,
-    AuctionTimings,
-    CandidateRecord,
-)
-from app.ledger.events import make_billing_event
+from app.contract.request import AuctionRequest
+from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings, BillingState
+from app.ledger.events import BillingEvent, make_billing_event
 from app.ledger.idempotency import IdempotencyClaim, IdempotencyStore
 from app.ledger.producer import BillingProducer, BillMode
 from app.settings import Settings
@@ -39,6 +35,9 @@ from app.settings import Settings
 logger = logging.getLogger(__name__)
 
 AUCTION_KEY_PREFIX = "mosaic:auction:"
+
+# What a response says of its billing, by the producer's bill mode.
+BILLING_STATES: dict[BillMode, BillingState] = {"none": "test", "pending": "pending", "bill": "billed"}
 
 
 class AuctionDeadlineError(Exception):
@@ -78,19 +77,19 @@ def deadline_s(request: AuctionRequest, settings: Settings) -> float:
 
 
 class AuctionService:
-    """One auction end to end: sample and score candidates, resolve, record and bill."""
+    """One auction end to end: sample → resolve → build result → persist → observe."""
 
     def __init__(
         self,
         settings: Settings,
         engine: EngineClient,
         billing: BillingProducer,
-        metrics: GatewayMetrics,
+        observer: AuctionObserver | None = None,
     ) -> None:
         self.settings = settings
         self.sampler = CandidateSampler(settings, engine)
         self.billing = billing
-        self.metrics = metrics
+        self.observer = observer or NoopAuctionObserver()
         self.idempotency = IdempotencyStore(billing.redis, settings)
 
     def bill_mode(self, request: AuctionRequest) -> BillMode:
@@ -100,22 +99,39 @@ class AuctionService:
 
     async def run(self, request: AuctionRequest, control: RunControl | None = None) -> AuctionResponse:
         control = control or RunControl()
-        clock = StageClock()
-        if control.idempotency_ms:
-            clock.started -= control.idempotency_ms / 1000  # the claim is part of the gateway's work
-            clock.stages_ms["idempotency"] = control.idempotency_ms
+        clock = _clock_after(control)
         auction_id = uuid.uuid4().hex
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
+        resolved = await self._sample_and_resolve(request, seed, clock, worker_stats, control.cleared)
+        # Timings up to here; the stored record keeps these (billing 0: it is the write of the record).
+        so_far = clock.timings(worker_stats)
+        response, record, event = self._build_result(request, resolved, auction_id, seed, so_far)
+        await self._persist(request, response, record, event, control, clock)
+        timings = clock.timings(worker_stats)
+        if control.claim is None:
+            response.timings_ms = timings
+        self._observe(request, response, len(resolved.scored.candidate_set.candidates), timings)
+        return response
+
+    async def _sample_and_resolve(
+        self,
+        request: AuctionRequest,
+        seed: int,
+        clock: StageClock,
+        worker_stats: WorkerCallStats,
+        cleared: asyncio.Future[None] | None,
+    ) -> ResolvedAuction:
+        """The candidates and the mechanism's outcome, within the auction's deadline (504 past it)."""
         limit_s = deadline_s(request, self.settings)
         try:
             with auction_deadline(limit_s):  # worker requests never wait past it (tmax_ms included)
                 async with asyncio.timeout(limit_s):
-                    outcome, candidate_set, rewards, log_ref, log_proposal = await self._resolve(
-                        request, seed, clock, worker_stats, control.cleared
-                    )
+                    draw = CandidateDraw.from_request(request, self.settings)
+                    scored = await self.sampler.collect(draw, seed, clock, worker_stats, cleared)
+                    return self._resolve(request, scored, seed, clock)
         except TimeoutError as error:
-            self.metrics.auctions.labels("deadline", request.proposal).inc()
+            self.observer.auction_counted("deadline", request.proposal)
             what = (
                 f"tmax_ms={request.tmax_ms}"
                 if limit_s < self.settings.auction_deadline_s
@@ -123,96 +139,10 @@ class AuctionService:
             )
             raise AuctionDeadlineError(f"auction did not finish within {what} (nothing billed)") from error
 
-        advertiser_ids = [advertiser.id for advertiser in request.advertisers]
-        payments = {aid: float(outcome.payments[i]) for i, aid in enumerate(advertiser_ids)}
-        event = make_billing_event(auction_id, payments, self.settings.currency)
-        candidates_table = [
-            CandidateRecord(
-                text=candidate.text,
-                log_ref=float(log_ref[j]),
-                log_proposal=float(log_proposal[j]),
-                rewards={aid: float(rewards[i, j]) for i, aid in enumerate(advertiser_ids)},
-                probability=float(outcome.probabilities[j]),
-                proposal=candidate_set.sources[j],
-                num_tokens=len(candidate.token_ids),
-                finish_reason=candidate.finish_reason,
-            )
-            for j, candidate in enumerate(candidate_set.candidates)
-        ]
-        response = AuctionResponse(
-            auction_id=auction_id,
-            reply=candidate_set.candidates[outcome.chosen_index].text,
-            chosen_index=outcome.chosen_index,
-            tau=outcome.tau,
-            proposal=request.proposal,
-            seed=seed,
-            currency=self.settings.currency,
-            advertisers=[
-                AdvertiserResult(
-                    id=aid,
-                    payment=float(outcome.payments[i]),
-                    expected_reward=float(outcome.expected_rewards[i]),
-                    expected_utility=float(outcome.expected_utilities[i]),
-                )
-                for i, aid in enumerate(advertiser_ids)
-            ],
-            revenue=float(outcome.revenue),
-            effective_sample_size=float(outcome.effective_sample_size),
-            # Up to here; the stored record keeps these (billing 0: it is the write of the record).
-            timings_ms=clock.timings(worker_stats),
-            billing={"none": "test", "pending": "pending", "bill": "billed"}[self.bill_mode(request)],
-            test=True if request.test else None,
-        )
-        record = AuctionRecord(
-            **response.model_dump(exclude={"candidates"}),
-            candidates=candidates_table,
-            request=request.model_dump(mode="json"),
-            created_at_ms=event.created_at_ms,
-            payments_micro=event.payments_micro,
-        )
-        if request.include_candidates:
-            response.candidates = candidates_table
-        # The audit record, the billing event (or pending charge) and the Idempotency-Key's outcome
-        # are written in one MULTI: all or none, so a served auction always has its record, nothing is
-        # billed for an auction we fail, and a retried key is billed once.
-        idempotent = None
-        if control.claim_ready is not None:  # shielded: a cancel must not lose a claim that was taken
-            control.claim = await asyncio.shield(control.claim_ready)
-        if control.claim is not None:
-            control.body = response.model_dump_json(exclude_none=True)
-            idempotent = self.idempotency.write_for(control.claim, 200, control.body, auction_id)
-        audit = (auction_key(auction_id), record.model_dump_json(), self.settings.audit_ttl_s)
-        control.billing_started = True  # no await since the last check: from here the auction stands
-        write = asyncio.ensure_future(self.billing.record(event, audit, self.bill_mode(request), idempotent))
-        await clock.timed("billing", asyncio.shield(write))
-        timings = clock.timings(worker_stats)
-        if control.claim is None:
-            response.timings_ms = timings
-        self._observe(request, response, len(candidate_set.candidates), timings)
-        logger.info(
-            "auction served",
-            extra={
-                "auction_id": auction_id,
-                "advertisers": len(advertiser_ids),
-                "candidates": len(candidate_set.candidates),
-                "proposal": request.proposal,
-                "revenue": response.revenue,
-                "ess": response.effective_sample_size,
-                "total_ms": round(timings.total, 2),
-                "worker_ms": round(timings.workers, 2),
-            },
-        )
-        return response
-
-    async def _resolve(
-        self,
-        request: AuctionRequest,
-        seed: int,
-        clock: StageClock,
-        worker_stats: WorkerCallStats,
-        cleared: asyncio.Future[None] | None = None,
-    ) -> tuple[mechanism.AuctionOutcome, CandidateSet, np.ndarray, np.ndarray, np.ndarray]:
-        scored = await self.sampler.collect(request, seed, clock, worker_stats, cleared)
+    def _resolve(
+        self, request: AuctionRequest, scored: ScoredCandidates, seed: int, clock: StageClock
+    ) -> ResolvedAuction:
+        """Rewards from the scores and value scales, then the mechanism (pure, `app.mechanism`)."""
         begin = time.perf_counter()
         value_scales = np.array([a.value_scale for a in request.advertisers], dtype=np.float64)
         rewards = mechanism.rewards_from_logprobs(scored.log_advertisers, scored.log_ref, value_scales)
@@ -220,22 +150,90 @@ class AuctionService:
         rng = np.random.default_rng(derive_seed(seed, SEED_ALLOCATION))
         outcome = mechanism.run_auction(rewards, scored.log_ref, scored.log_proposal, tau, rng)
         clock.stages_ms["mechanism"] = (time.perf_counter() - begin) * 1000
-        return outcome, scored.candidate_set, rewards, scored.log_ref, scored.log_proposal
+        return ResolvedAuction(scored=scored, rewards=rewards, outcome=outcome)
+
+    def _build_result(
+        self,
+        request: AuctionRequest,
+        resolved: ResolvedAuction,
+        auction_id: str,
+        seed: int,
+        timings: AuctionTimings,
+    ) -> tuple[AuctionResponse, AuctionRecord, BillingEvent]:
+        """The answer (`app.auction.result`: with the candidate table if asked), the audit record and
+        the billing event of the resolved auction."""
+        advertiser_ids = [advertiser.id for advertiser in request.advertisers]
+        event = make_billing_event(auction_id, resolved.payments(advertiser_ids), self.settings.currency)
+        candidates = candidate_records(resolved, advertiser_ids)
+        response = auction_response(
+            resolved,
+            request,
+            auction_id=auction_id,
+            seed=seed,
+            currency=self.settings.currency,
+            timings=timings,
+            billing=BILLING_STATES[self.bill_mode(request)],
+        )
+        record = auction_record(response, candidates, request, event)
+        if request.include_candidates:
+            response.candidates = candidates
+        return response, record, event
+
+    async def _persist(
+        self,
+        request: AuctionRequest,
+        response: AuctionResponse,
+        record: AuctionRecord,
+        event: BillingEvent,
+        control: RunControl,
+        clock: StageClock,
+    ) -> None:
+        """The audit record, the billing event (or pending charge) and the Idempotency-Key's outcome,
+        written in one MULTI: all or none, so a served auction always has its record, nothing is billed
+        for an auction we fail, and a retried key is billed once."""
+        idempotent = None
+        if control.claim_ready is not None:  # shielded: a cancel must not lose a claim that was taken
+            control.claim = await asyncio.shield(control.claim_ready)
+        if control.claim is not None:
+            control.body = response.model_dump_json(exclude_none=True)
+            idempotent = self.idempotency.write_for(control.claim, 200, control.body, response.auction_id)
+        audit = (auction_key(response.auction_id), record.model_dump_json(), self.settings.audit_ttl_s)
+        control.billing_started = True  # no await since the last check: from here the auction stands
+        write = asyncio.ensure_future(self.billing.record(event, audit, self.bill_mode(request), idempotent))
+        await clock.timed("billing", asyncio.shield(write))
 
     def _observe(
         self, request: AuctionRequest, response: AuctionResponse, num_candidates: int, timings: AuctionTimings
     ) -> None:
-        metrics = self.metrics
         if request.test:
-            metrics.auctions.labels("test", request.proposal).inc()  # not in the revenue metrics
-            return
-        metrics.auctions.labels("served", request.proposal).inc()
-        for stage in ("tokenize", "generate", "score", "mechanism", "billing", "total"):
-            metrics.stage_seconds.labels(stage).observe(getattr(timings, stage) / 1000)
-        metrics.candidates.observe(num_candidates)
-        metrics.effective_sample_size.observe(response.effective_sample_size)
-        if response.billing == "billed":  # a pending charge counts when rendered
-            metrics.revenue.labels(response.currency).inc(response.revenue)
+            self.observer.auction_counted("test", request.proposal)  # not in the revenue metrics
+        else:
+            self.observer.auction_counted("served", request.proposal)
+            self.observer.auction_served(timings, num_candidates, response.effective_sample_size)
+            if response.billing == "billed":  # a pending charge counts when rendered
+                self.observer.revenue_billed(response.currency, response.revenue)
+        logger.info(
+            "auction served",
+            extra={
+                "auction_id": response.auction_id,
+                "advertisers": len(request.advertisers),
+                "candidates": num_candidates,
+                "proposal": request.proposal,
+                "revenue": response.revenue,
+                "ess": response.effective_sample_size,
+                "total_ms": round(timings.total, 2),
+                "worker_ms": round(timings.workers, 2),
+            },
+        )
+
+
+def _clock_after(control: RunControl) -> StageClock:
+    """The auction's clock, started when the gateway began its work (the key's claim is part of it)."""
+    clock = StageClock()
+    if control.idempotency_ms:
+        clock.started -= control.idempotency_ms / 1000
+        clock.stages_ms["idempotency"] = control.idempotency_ms
+    return clock
 
 
 def load_record(raw: bytes | str | None) -> dict[str, Any] | None:

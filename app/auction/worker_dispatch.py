@@ -1,8 +1,9 @@
 """Sending one worker request: which worker, how long to wait, when to hedge, when to give up.
 
 Job: `WorkerDispatcher.call` runs one logical request (a tokenize, a generation share, a scoring
-chunk) over the workers that `app.auction.worker_health` says are up. Imports app.settings and
-app.auction.worker_health only; the HTTP attempt itself is a callable given by the engine client.
+chunk) over the workers that `app.auction.worker_health` says are up. Imports app.settings,
+app.auction.worker_health and app.auction.observers only; the HTTP attempt itself is a callable given
+by the engine client. Invariants and figures: docs/DESIGN.md.
 
 * Read timeout per request, from the work asked, not one fixed figure:
   ``min(WORKER_TIMEOUT_S, WORKER_TIMEOUT_BASE_S + tokens x WORKER_TIMEOUT_PER_TOKEN_S, time left)``,
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import TypeVar
 
+from app.auction.observers import NoopWorkerObserver, WorkerObserver
 from app.auction.worker_health import WorkerHealth
 from app.settings import Settings
 
@@ -99,12 +101,12 @@ class WorkerDispatcher:
     """Timeouts, hedging and retries of worker requests over the healthy workers."""
 
     def __init__(
-        self, settings: Settings, health: WorkerHealth, on_hedge: Callable[[str], None] | None = None
+        self, settings: Settings, health: WorkerHealth, observer: WorkerObserver | None = None
     ) -> None:
         self.settings = settings
         self.health = health
         self.typical = _Typical()
-        self._on_hedge = on_hedge
+        self.observer = observer or NoopWorkerObserver()
 
     def read_timeout(self, tokens: int) -> float:
         s = self.settings
@@ -121,6 +123,15 @@ class WorkerDispatcher:
         delay = max(self.settings.worker_hedge_min_s, self.settings.worker_hedge_factor * expected)
         return min(timeout / 2, delay)
 
+    def _attempts_allowed(self, workers: int) -> tuple[int, bool]:
+        """How many attempts one request may make over `workers` workers, and whether it is hedged."""
+        if workers == 1:
+            budget = 1 + self.settings.worker_retries  # one worker: retry it (a transient blip)
+        else:
+            budget = min(workers, 1 + self.settings.worker_retries)
+        hedging = self.settings.worker_hedge and workers > 1
+        return (max(budget, 2) if hedging else budget), hedging
+
     async def call(
         self,
         kind: str,
@@ -130,26 +141,18 @@ class WorkerDispatcher:
     ) -> Result:
         """Run `attempt(url, read_timeout)` on the workers, hedged; the first success is the answer."""
         order = self.health.order(preferred)
-        if len(order) == 1:
-            budget = 1 + self.settings.worker_retries  # one worker: retry it (a transient blip)
-        else:
-            budget = min(len(order), 1 + self.settings.worker_retries)
-        hedging = self.settings.worker_hedge and len(order) > 1
-        if hedging:
-            budget = max(budget, 2)
+        budget, hedging = self._attempts_allowed(len(order))
         timeout = self.read_timeout(tokens)
-        in_flight: dict[asyncio.Task[Result], tuple[str, float]] = {}
-        causes: list[str] = []
-        busy: list[RetryableWorkerError] = []
+        in_flight: dict[asyncio.Task[Result], tuple[str, float]] = {}  # task -> (url, started)
+        failures: list[RetryableWorkerError] = []
         launched = 0
 
         def launch() -> None:
             nonlocal launched
-            busy = {url for url, _ in in_flight.values()}
-            choices = [url for url in order[launched:] + order[:launched] if url not in busy] or order
-            url = choices[0]
-            task = asyncio.ensure_future(attempt(url, timeout))
-            in_flight[task] = (url, time.monotonic())
+            taken = {url for url, _ in in_flight.values()}
+            choices = [url for url in order[launched:] + order[:launched] if url not in taken] or order
+            task = asyncio.ensure_future(attempt(choices[0], timeout))
+            in_flight[task] = (choices[0], time.monotonic())
             launched += 1
 
         launch()
@@ -163,8 +166,7 @@ class WorkerDispatcher:
                 if not done:
                     slow_url = next(iter(in_flight.values()))[0]
                     logger.warning("hedging a slow worker request", extra={"worker": slow_url, "kind": kind})
-                    if self._on_hedge is not None:
-                        self._on_hedge(slow_url)
+                    self.observer.worker_request_hedged(slow_url)
                     launch()
                     continue
                 for task in done:
@@ -175,16 +177,28 @@ class WorkerDispatcher:
                         return task.result()
                     if not isinstance(error, RetryableWorkerError):
                         raise error
-                    causes.append(str(error))
-                    busy.append(error)
+                    failures.append(error)
                 if not in_flight and launched < budget:
                     launch()
         finally:
-            for task in in_flight:
-                task.cancel()
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
-        if busy and all(isinstance(error, BusyWorkerError) for error in busy):
-            retry = max(error.retry_after_s for error in busy if isinstance(error, BusyWorkerError))
-            raise WorkersBusyError("every worker is at its queue limit: " + "; ".join(causes), retry)
-        raise WorkersUnavailableError("no worker answered: " + "; ".join(causes))
+            await _cancel(list(in_flight))
+        raise _gave_up(failures)
+
+
+async def _cancel(tasks: list[asyncio.Task[Result]]) -> None:
+    """Cancel the attempts still running and wait for them to end (no request left behind)."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _gave_up(failures: list[RetryableWorkerError]) -> Exception:
+    """Every attempt failed: 429 when every worker tried was busy (a full queue), else 503."""
+    causes = "; ".join(str(error) for error in failures)
+    busy = [error for error in failures if isinstance(error, BusyWorkerError)]
+    if busy and len(busy) == len(failures):
+        return WorkersBusyError(
+            "every worker is at its queue limit: " + causes, max(e.retry_after_s for e in busy)
+        )
+    return WorkersUnavailableError("no worker answered: " + causes)

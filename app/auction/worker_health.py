@@ -1,7 +1,8 @@
 """Per-worker health: a circuit breaker fed by passive signals and an active probe.
 
 Job: `WorkerHealth` keeps one breaker per worker URL and says which workers may get traffic now.
-Imports httpx, app.settings and the gateway's metrics type only (never the app or its routes).
+Imports httpx, app.settings and `app.auction.observers` only (what it reports: a `WorkerObserver`);
+see docs/DESIGN.md.
 
 States of one worker's breaker:
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.gateway.metrics import GatewayMetrics
+from app.auction.observers import NoopWorkerObserver, WorkerObserver
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,17 +48,17 @@ class _Breaker:
 
 
 class WorkerHealth:
-    """Circuit breakers of the workers, the probe task, and the gauges mosaic_worker_up/ejections."""
+    """Circuit breakers of the workers and the probe task; each breaker's state goes to the observer."""
 
     def __init__(
         self,
         settings: Settings,
         worker_urls: Sequence[str],
-        metrics: GatewayMetrics | None = None,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.settings = settings
         self.worker_urls = list(worker_urls)
-        self.metrics = metrics
+        self.observer = observer or NoopWorkerObserver()
         self._breakers = {url: _Breaker() for url in self.worker_urls}
         self._probed_once = asyncio.Event()
         for url in self.worker_urls:
@@ -119,16 +120,14 @@ class WorkerHealth:
         breaker.state = "open"
         breaker.opened_at = time.monotonic()
         breaker.ejections += 1
-        if self.metrics is not None:
-            self.metrics.worker_ejections.labels(url).inc()
+        self.observer.worker_ejected(url)
         logger.warning(
             "worker ejected",
             extra={"worker": url, "error": kind, "cooldown_s": self.settings.worker_eject_cooldown_s},
         )
 
     def _publish(self, url: str) -> None:
-        if self.metrics is not None:
-            self.metrics.worker_up.labels(url).set(1 if self._breakers[url].state != "open" else 0)
+        self.observer.worker_breaker(url, self._breakers[url].state != "open")
 
     # --- the active probe -------------------------------------------------------------------------
 

@@ -37,6 +37,6 @@ Modules, each importing only those above it in this list (and `app.mechanism`, n
 * `plots`     the figures (matplotlib; `metrics` only);
 * `report`    ``report.md`` (`write_report`: claims, summary and τ tables);
 * `run`       the command: `run_evaluation`, opening the engine (the service's `app.auction.sampler`,
-  `app.auction.engine_client`, `app.gateway.schemas`, `app.settings`, `workers.server`, imported
+  `app.auction.engine_client`, `app.contract`, `app.settings`, `workers.server`, imported
   lazily), collecting units, writing the tables.
 """

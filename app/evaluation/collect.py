@@ -4,22 +4,26 @@ draws what it lacks.
 A unit draws and scores the largest M once through exactly the service's code
 (`CandidateSampler.collect`: prompts → tokenize → generate → score, no billing), against worker URLs or
 an in-process worker (`_open_engine`, `_collect_unit`, `_compute_units`), and is cached as soon as it is
-done, so an interrupted run resumes. Imports `instances` and `units`; the service (`app.auction.sampler`,
-`app.auction.engine_client`, `app.gateway.schemas`, `app.settings`, `workers.server`) lazily.
+done, so an interrupted run resumes. A unit's draw is a `CandidateDraw` (`unit_draw`), the sampler's domain
+input; the engine client reports to the no-op observer. Imports `instances`, `units` and `app.contract`;
+the service (`app.auction.sampler`, `app.auction.engine_client`, `app.settings`, `workers.server`)
+lazily. See docs/DESIGN.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from tqdm import tqdm
 
+from app.contract.request import AdvertiserIn, ProposalName
 from app.evaluation.instances import Instance
 from app.evaluation.units import (
     UnitData,
@@ -32,7 +36,7 @@ from app.evaluation.units import (
 
 if TYPE_CHECKING:
     from app.auction.engine_client import EngineClient
-    from app.auction.sampler import CandidateSampler
+    from app.auction.sampler import CandidateDraw, CandidateSampler
 
 PROPOSALS = ("context", "reference", "mixture")
 EMBEDDED_WORKER_URL = "http://embedded-worker"
@@ -72,25 +76,31 @@ async def _open_engine(url: str | None, model: str) -> _Engine:
     return _Engine(sampler=sampler, client=client, settings_share=settings.mixture_context_share)
 
 
+def unit_draw(spec: UnitSpec, num_candidates: int, max_tokens: int, config: dict[str, Any]) -> CandidateDraw:
+    """The unit's candidate draw: its instance's query and advertisers, normalised and checked as a served
+    auction's are (an instance's advertisers are the API's `AdvertiserIn`; surrounding whitespace is
+    stripped), the largest M, the proposal and the sampling of the unit's configuration."""
+    from app.auction.sampler import CandidateDraw
+
+    advertisers = [AdvertiserIn.model_validate(advertiser) for advertiser in spec.instance.advertisers]
+    return CandidateDraw(
+        query=spec.instance.query.strip(),
+        advertisers=tuple(advertiser.profile() for advertiser in advertisers),
+        num_candidates=num_candidates,
+        proposal=cast(ProposalName, spec.proposal),
+        max_tokens=max_tokens,
+        temperature=float(config["temperature"]),
+        top_p=float(config["top_p"]),
+    )
+
+
 async def _collect_unit(
     engine: _Engine, spec: UnitSpec, num_candidates: int, max_tokens: int, config: dict[str, Any]
 ) -> UnitData:
-    from app.gateway.schemas import AuctionRequest
-
-    # Validated as the gateway validates a request body (the same strict model).
-    request = AuctionRequest.model_validate(
-        {
-            "query": spec.instance.query,
-            "advertisers": list(spec.instance.advertisers),
-            "candidates": num_candidates,
-            "proposal": spec.proposal,
-            "max_tokens": max_tokens,
-            "temperature": float(config["temperature"]),
-            "top_p": float(config["top_p"]),
-        }
-    )  # the unit's seed (63 bits, as the cached units were drawn) goes to collect, not the request
+    draw = unit_draw(spec, num_candidates, max_tokens, config)
+    # The unit's seed (63 bits, as the cached units were drawn) is the auction seed.
     started = time.perf_counter()
-    scored = await engine.sampler.collect(request, spec.unit_seed)
+    scored = await engine.sampler.collect(draw, spec.unit_seed)
     elapsed = time.perf_counter() - started
     candidates = scored.candidate_set.candidates
     return UnitData(
@@ -155,6 +165,24 @@ class CollectedUnits:
     computed: list[UnitData]  # those drawn by this run (the rest came from the cache)
 
 
+def _read_cache(
+    specs: list[UnitSpec], cache_dir: Path, config_fields: dict[str, Any], num_candidates: int, resume: bool
+) -> tuple[dict[Path, UnitData], list[tuple[UnitSpec, Path, dict[str, Any]]]]:
+    """The units cached with the same configuration and at least ``num_candidates`` candidates (none
+    without ``resume``), and the others (to draw), each with its cache path and configuration."""
+    cached: dict[Path, UnitData] = {}
+    pending: list[tuple[UnitSpec, Path, dict[str, Any]]] = []
+    for spec in specs:
+        path = cache_path(cache_dir, spec)
+        config = unit_config(spec, **config_fields)
+        hit = read_cached_unit(path, config, num_candidates) if resume else None
+        if hit is None:
+            pending.append((spec, path, config))
+        else:
+            cached[path] = hit
+    return cached, pending
+
+
 def collect_units(
     instance_list: list[Instance],
     out: Path,
@@ -177,31 +205,17 @@ def collect_units(
     unit with the same configuration is there, else drawn now through the service's sampler and cached.
     `mosaic evaluate` and `mosaic compare` share it, so both read the same candidates; ``cache_from``
     reads (and fills) another output directory's cache instead of ``out``'s."""
-    engine_tag = "remote" if url else model
-    share = default_mixture_share()
-    specs = [
-        UnitSpec(instance, seed, proposal)
-        for instance in instance_list
-        for seed in range(seeds)
-        for proposal in proposals
-    ]
-    cached: dict[Path, UnitData] = {}
-    pending: list[tuple[UnitSpec, Path, dict[str, Any]]] = []
-    for spec in specs:
-        path = cache_path(cache_from or out, spec)
-        config = unit_config(
-            spec,
-            max_tokens=max_tokens,
-            engine_tag=engine_tag,
-            temperature=temperature,
-            top_p=top_p,
-            share=share,
-        )
-        hit = read_cached_unit(path, config, num_candidates) if resume else None
-        if hit is None:
-            pending.append((spec, path, config))
-        else:
-            cached[path] = hit
+    cache_dir = cache_from or out
+    # (instance, seed, proposal) in that order: the order of the units returned
+    specs = [UnitSpec(*unit) for unit in itertools.product(instance_list, range(seeds), proposals)]
+    config_fields: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "engine_tag": "remote" if url else model,
+        "temperature": temperature,
+        "top_p": top_p,
+        "share": default_mixture_share(),
+    }
+    cached, pending = _read_cache(specs, cache_dir, config_fields, num_candidates, resume)
     computed: dict[Path, UnitData] = {}
     progress = tqdm(
         total=len(specs), initial=len(cached), desc=description, unit="unit", disable=not show_progress
@@ -223,6 +237,6 @@ def collect_units(
     finally:
         progress.close()
     return CollectedUnits(
-        units=[(cached[cache_path(cache_from or out, spec)], spec.instance) for spec in specs],
+        units=[(cached[cache_path(cache_dir, spec)], spec.instance) for spec in specs],
         computed=list(computed.values()),
     )

@@ -24,14 +24,15 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app.auction.admission import AdmissionController, AdmissionLimits, AdmissionMetrics
+from app.auction.admission import AdmissionController, AdmissionLimits
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
 from app.explorer.routes import add_explorer
 from app.gateway.docs import add_offline_docs
 from app.gateway.errors import add_error_handlers
 from app.gateway.http_limits import uvicorn_config
-from app.gateway.metrics import GatewayMetrics
+from app.gateway.ledger_routes import router as ledger_router
+from app.gateway.metrics import AdmissionMetrics, GatewayMetrics
 from app.gateway.middleware import BodySizeLimit, add_request_metrics
 from app.gateway.openapi import document_schemas
 from app.gateway.routes import router
@@ -42,7 +43,6 @@ from app.ledger.reader import LedgerReader
 from app.ledger.redis_health import RedisHealth
 from app.ledger.redis_store import RedisHandle, RedisServer, open_redis
 from app.ledger.redis_supervisor import RedisSupervisor
-from app.ledger.routes import router as ledger_router
 from app.ledger.trim import LedgerTrimmer
 from app.logging_setup import configure_logging
 from app.settings import Settings, get_settings
@@ -130,13 +130,7 @@ async def _running_components(
     app.state.redis = redis_handle.client
     app.state.redis_url = redis_handle.url
     worker_urls, transports = await _worker_urls(settings)
-    engine_client = EngineClient(
-        settings,
-        worker_urls,
-        transports,
-        on_worker_error=lambda url, kind: metrics.worker_errors.labels(url, kind).inc(),
-        metrics=metrics,
-    )
+    engine_client = EngineClient(settings, worker_urls, transports, observer=metrics)
     app.state.engine_client = engine_client
     stop_background = asyncio.Event()
     background = await _start_health_tasks(

@@ -14,8 +14,8 @@ task (its worker requests with it), nothing is billed or stored, the key is give
 (`app.gateway.errors.fault_answer`: the same answer as the handlers), and gives the key back after a
 4xx (refused: not stored). Admission control (`app.auction.admission`) comes before the claim; when
 no place is free at once the replay check is awaited first (a replay never waits for a place).
-Imports the auction service and its admission, the ledger's idempotency store, the gateway's
-errors, metrics and models (the layout: docs/DESIGN.md § Layout).
+Imports the auction service and its admission, the ledger's idempotency store, the API's models (`app.contract`), the
+gateway's errors and metrics (the layout: docs/DESIGN.md § Layout).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from redis.exceptions import RedisError
 
 from app.auction.admission import AdmissionController, auction_token_cost
 from app.auction.service import AuctionService, RunControl, deadline_s
+from app.contract.request import AuctionRequest
+from app.contract.result import AuctionResponse
 from app.gateway.errors import fault_answer
 from app.gateway.metrics import GatewayMetrics
-from app.gateway.schemas import AuctionRequest, AuctionResponse
 from app.gateway.security import Principal
 from app.ledger.idempotency import (
     REPLAYED_HEADER,
@@ -191,7 +192,7 @@ async def _run_watched(
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
     if task.cancelled() or not control.billing_started:
-        metrics.auctions.labels("abandoned", body.proposal).inc()
+        metrics.auction_counted("abandoned", body.proposal)
         logger.info("auction abandoned: the client disconnected before billing (nothing billed)")
         claim_taken = await _claim_taken(control)
         if claim_taken is not None:

@@ -6,7 +6,7 @@ an Idempotency-Key still running → 409, reused with other parameters → 422 n
 it, anything else → 500 with the exception's type (`fault_answer`, also what a key stores).
 Nothing is billed for any of them: billing is the last step of an auction. `add_error_handlers`
 registers them in groups (the fault table, backpressure, billing and Redis, the last resort). Imports
-the exception types of the auction and the ledger, and the metrics (docs/DESIGN.md § Errors and limits).
+the exception types of the auction, the ledger and the contract's limits, and the metrics (docs/DESIGN.md § Errors and limits).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
 from app.auction.worker_dispatch import WorkersBusyError, WorkersUnavailableError
+from app.contract.limits import LimitExceededError
 from app.gateway.metrics import GatewayMetrics
 from app.ledger.idempotency import (
     HEADER,
@@ -219,3 +220,8 @@ def add_validation_handler(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": safe_validation_errors(error.errors())})
+
+    @app.exception_handler(LimitExceededError)
+    async def _over_limit(request: Request, error: LimitExceededError) -> JSONResponse:
+        # A configured limit (app.contract.limits): the same 422 as a field's static bound.
+        return JSONResponse(status_code=422, content={"detail": safe_validation_errors(error.errors)})

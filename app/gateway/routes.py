@@ -5,8 +5,8 @@ Each handler is thin: it validates (the request models and `enforce_limits`), ha
 service objects it is given as typed dependencies (`app.gateway.deps`; `POST /auction` through
 `app.gateway.auction_call`: admission, idempotency keys, abandoned requests), and returns their answer.
 Imports: the auction service (types) and its what-if, the ledger's render and idempotency names, the
-request/response models, the gateway's dependencies and security. Every route's function name is its
-OpenAPI operationId (`app.gateway.app`). The layout: docs/DESIGN.md § Layout.
+API's models (`app.contract`), the gateway's dependencies and security. Every route's function name is
+its OpenAPI operationId (`app.gateway.app`). The layout: docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
 from app.auction.service import auction_key, load_record
-from app.auction.whatif import WhatIfInputError, WhatIfRequest, WhatIfResponse, resolve_record
+from app.auction.whatif import WhatIfInputError, resolve_record
+from app.contract.limits import enforce_limits
+from app.contract.request import AuctionRequest
+from app.contract.result import AuctionRecord, AuctionResponse
+from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from app.gateway.auction_call import serve_auction
 from app.gateway.deps import (
     AdmissionDep,
@@ -39,13 +43,7 @@ from app.gateway.deps import (
     SettingsDep,
 )
 from app.gateway.metrics import GatewayMetrics
-from app.gateway.schemas import (
-    AuctionRecord,
-    AuctionRequest,
-    AuctionResponse,
-    enforce_limits,
-    error_responses,
-)
+from app.gateway.openapi import error_responses
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
 from app.ledger.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER

@@ -1,7 +1,9 @@
 """The billing ledger: a durable event per auction, applied exactly once to double-entry accounts.
 
-It is independent of the auction: nothing here imports app.auction or the gateway's app;
-its modules import app.settings, app.logging_setup (commands), app.gateway.security (routes) and each other.
+It is independent of the auction and of HTTP: nothing here imports app.auction, app.gateway, FastAPI or
+Starlette (its /ledger routes are the gateway's, `app.gateway.ledger_routes`); its modules import
+app.settings, app.logging_setup (commands) and each other; the Redis watchers report to a
+`RedisObserver` (observers.py). See docs/DESIGN.md § Layout.
 
 The path of one payment::
 
@@ -21,8 +23,9 @@ Run a consumer: ``mosaic ledger consume`` or ``python -m app.ledger`` (settings 
 environment), or embedded in ``mosaic serve``.
 
 Modules: events.py (money in micro-units, the event, parsing a stream entry), keys.py (the Redis
-keys), producer.py, scripts.py (apply.lua, dead_letter.lua, trim.lua), consumer.py, trim.py,
-reader.py (balances, histories, summary), reconcile.py, commands.py (the processes), routes.py
-(HTTP read API), redis_store.py (connecting to Redis or running an embedded server), redis_supervisor.py
-(restarting the embedded one), redis_health.py (can Redis take writes now).
+keys), producer.py, scripts.py (the Lua scripts), consumer.py, trim.py, reader.py (balances,
+histories, summary), reconcile.py, commands.py (the processes), render.py (BILLING_MODE=render's
+pending charges), idempotency.py (Idempotency-Key outcomes), redis_store.py (connecting to Redis or
+running an embedded server), redis_supervisor.py (restarting the embedded one), redis_health.py (can
+Redis take writes now), observers.py (what the last two report).
 """

@@ -1,6 +1,6 @@
 """The ledger's read side: an advertiser's balance and history, and a summary of the whole ledger.
 
-Job: `LedgerReader`, used by the HTTP routes (app.ledger.routes), the gateway's billing metrics and
+Job: `LedgerReader`, used by the HTTP routes (app.gateway.ledger_routes), the gateway's billing metrics and
 `reconcile`; it only reads. Imports app.settings and app.ledger (events, keys, render) only.
 """
 

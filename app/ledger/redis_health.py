@@ -4,8 +4,8 @@ Job: `RedisHealth` probes Redis every REDIS_PROBE_INTERVAL_S (bounded by REDIS_P
 ``INFO memory`` and a tiny write (``SET mosaic:health:probe ... PX``), and keeps the result: writable
 or not, and why. ``POST /auction`` calls `check()` before any model work (no I/O: the cached state),
 so a Redis that is down or full answers 503 naming the cause in milliseconds instead of after all the
-generation and scoring; readiness reads the same state. Imports redis, app.settings and the
-gateway's metrics type only.
+generation and scoring; readiness reads the same state. Imports redis, app.settings and
+app.ledger.observers only (what it reports: a `RedisObserver`); see docs/DESIGN.md.
 
 Full means either the probe write failed with ``OOM command not allowed`` (``maxmemory`` reached under
 ``noeviction``), or ``maxmemory - used_memory`` < REDIS_MIN_FREE_BYTES (room for the audit records of
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
-from app.gateway.metrics import GatewayMetrics
+from app.ledger.observers import NoopRedisObserver, RedisObserver
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ class RedisHealth:
     """The last write probe's verdict, and the task that keeps it current."""
 
     def __init__(
-        self, redis: aioredis.Redis, settings: Settings, metrics: GatewayMetrics | None = None
+        self, redis: aioredis.Redis, settings: Settings, observer: RedisObserver | None = None
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.metrics = metrics
+        self.observer = observer or NoopRedisObserver()
         self.state = RedisState()
 
     def check(self) -> None:
@@ -106,11 +106,9 @@ class RedisHealth:
             level = logging.INFO if state.writable else logging.ERROR
             logger.log(level, "Redis writable: %s %s", state.writable, state.cause)
         self.state = state
-        if self.metrics is not None:
-            self.metrics.redis_writable.set(1 if state.writable else 0)
-            if state.used_memory or state.maxmemory:
-                self.metrics.redis_used_memory.set(state.used_memory)
-                self.metrics.redis_maxmemory.set(state.maxmemory)
+        self.observer.redis_writability(state.writable)
+        if state.used_memory or state.maxmemory:  # both 0: not read (Redis did not answer)
+            self.observer.redis_memory(state.used_memory, state.maxmemory)
         return state
 
     async def run(self, stop: asyncio.Event) -> None:

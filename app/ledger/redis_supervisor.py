@@ -8,7 +8,7 @@ billing event is in it) and the clients reconnect to the same URL. Failed starts
 0.05 s, doubling up to REDIS_RESTART_MAX_BACKOFF_S. If Redis stays down longer than
 REDIS_RESTART_GIVE_UP_S, `alive` turns False and ``/healthz`` answers 503, so the liveness probe
 (k8s, compose, systemd) restarts the whole process. Imports app.settings, app.ledger.redis_store and
-the gateway's metrics type only.
+app.ledger.observers only (restarts go to a `RedisObserver`); see docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from app.gateway.metrics import GatewayMetrics
+from app.ledger.observers import NoopRedisObserver, RedisObserver
 from app.ledger.redis_store import RedisServer, RedisServerError
 from app.settings import Settings
 
@@ -36,12 +36,12 @@ class RedisSupervisor:
         self,
         server: RedisServer,
         settings: Settings,
-        metrics: GatewayMetrics | None = None,
+        observer: RedisObserver | None = None,
         on_restart: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.server = server
         self.settings = settings
-        self.metrics = metrics
+        self.observer = observer or NoopRedisObserver()
         self.on_restart = on_restart
         self.restarts = 0
         self.down_since: float | None = None
@@ -83,8 +83,7 @@ class RedisSupervisor:
                 backoff = min(backoff * 2, self.settings.redis_restart_max_backoff_s)
                 continue
             self.restarts += 1
-            if self.metrics is not None:
-                self.metrics.redis_restarts.inc()
+            self.observer.redis_restarted()
             logger.warning(
                 "embedded Redis restarted after %.2fs down (restart %d)",
                 time.monotonic() - self.down_since,

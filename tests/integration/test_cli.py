@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.auction.cli import parse_advertiser
 from app.cli import cli
+from app.cli_auction import parse_advertiser
 
 
 def test_auction_command_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from app.gateway.ledger_routes import router
 from app.ledger.commands import reconcile_command
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.events import BillingEvent, make_billing_event
@@ -27,7 +28,6 @@ from app.ledger.producer import BillingProducer, BillingUnavailableError
 from app.ledger.reader import LedgerReader
 from app.ledger.reconcile import reconcile
 from app.ledger.redis_store import make_client, open_redis
-from app.ledger.routes import router
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess
 

@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from app.auction.admission import (
     AdmissionController,
     AdmissionLimits,
-    AdmissionMetrics,
     AdmissionRefusedError,
     auction_token_cost,
 )
+from app.gateway.metrics import AdmissionMetrics
 
 
 def _limits(**overrides: float) -> AdmissionLimits:

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auction.whatif import WhatIfRequest
+from app.contract.limits import enforce_limits
+from app.contract.request import MAX_SEED, AuctionRequest
+from app.contract.whatif import WhatIfRequest
 from app.gateway.app import create_app
-from app.gateway.schemas import MAX_SEED, AuctionRequest, enforce_limits
 from app.settings import Settings
 
 FUZZ_LIMITS = {

@@ -14,8 +14,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from app.auction.admission import AdmissionMetrics
-from app.gateway.metrics import GatewayMetrics
+from app.gateway.metrics import AdmissionMetrics, GatewayMetrics
 from workers.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,5 @@
 """Which request field a too-long prompt is blamed on (app.auction.sampler.check_prompt_lengths),
-and the bound NFKC puts on the text behind a character limit (app.gateway.schemas.NFKC_MAX_EXPANSION)."""
+and the bound NFKC puts on the text behind a character limit (app.contract.limits.NFKC_MAX_EXPANSION)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.auction.sampler import PromptTooLongError, check_prompt_lengths
-from app.gateway.schemas import NFKC_MAX_EXPANSION, nfkc_length
+from app.contract.limits import NFKC_MAX_EXPANSION, nfkc_length
 
 LIMIT = 100
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from app import mechanism
-from app.auction.whatif import WhatIfInputError, WhatIfRequest, resolve_record
+from app.auction.whatif import WhatIfInputError, resolve_record
+from app.contract.whatif import WhatIfRequest
 
 TOLERANCE = 1e-12
 

@@ -3,6 +3,8 @@
 Against a running gateway (`--url`) or in process (the embedded default app, driven through httpx's
 ASGI transport with its lifespan: the same code path as the HTTP service); both through the typed
 client `mosaic_client.AsyncMosaicClient` (retries, Idempotency-Key, one exception per status).
+Part of the CLI, above everything it drives: imports `mosaic_client`, `app.contract`, app.settings
+and, lazily, `app.gateway.app`; nothing imports it but `app.cli`. See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -17,20 +19,19 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from app.gateway.schemas import AuctionResponse
+from app.contract.result import AuctionResponse
 from app.settings import Settings
 from mosaic_client import AsyncMosaicClient, MosaicError
+from mosaic_client import parse_advertiser as parse_client_advertiser
 
 console = Console()
 
 
 def parse_advertiser(spec: str) -> dict[str, str]:
-    """`id:Name:description` (the description may contain ':')."""
-    parts = spec.split(":", 2)
-    if len(parts) != 3 or not all(part.strip() for part in parts):
-        raise ValueError(f"advertiser {spec!r} is not id:Name:description")
-    advertiser_id, name, description = (part.strip() for part in parts)
-    return {"id": re.sub(r"[^A-Za-z0-9_.\-]", "-", advertiser_id), "name": name, "description": description}
+    """`id:Name:description` (the description may contain ':'); characters an id may not hold become '-'."""
+    fields = parse_client_advertiser(spec)
+    fields["id"] = re.sub(r"[^A-Za-z0-9_.\-]", "-", fields["id"])
+    return fields
 
 
 async def _post_auction(
@@ -91,6 +92,14 @@ def run_auction_command(
         console.print(f"[red]invalid request: {error}[/red]")
         return 2
     body = answer.model_dump(mode="json", exclude_none=True)
+    _print_outcome(body)
+    if show_candidates and body.get("candidates"):
+        _print_candidates(body["candidates"])
+    return 0
+
+
+def _print_outcome(body: dict[str, Any]) -> None:
+    """The reply, the payments table, the ESS and the stage timings."""
     console.print(Panel(body["reply"], title=f"reply (candidate {body['chosen_index']})", expand=False))
     table = Table(title=f"auction {body['auction_id']}  τ={body['tau']:g}  proposal={body['proposal']}")
     for column in ("advertiser", "payment", "expected reward", "expected utility"):
@@ -110,19 +119,20 @@ def run_auction_command(
         f"ESS {body['effective_sample_size']:.2f}  ·  "
         + "  ".join(f"{stage} {milliseconds:.0f} ms" for stage, milliseconds in timings.items())
     )
-    if show_candidates and body.get("candidates"):
-        candidates_table = Table(title="candidates")
-        for column in ("#", "π_j", "log π_ref", "log q", "rewards", "text"):
-            candidates_table.add_column(column)
-        for index, candidate in enumerate(body["candidates"]):
-            rewards = ", ".join(f"{k}={v:.2f}" for k, v in candidate["rewards"].items())
-            candidates_table.add_row(
-                str(index),
-                f"{candidate['probability']:.3f}",
-                f"{candidate['log_ref']:.2f}",
-                f"{candidate['log_proposal']:.2f}",
-                rewards,
-                candidate["text"][:80].replace("\n", " "),
-            )
-        console.print(candidates_table)
-    return 0
+
+
+def _print_candidates(candidates: list[dict[str, Any]]) -> None:
+    table = Table(title="candidates")
+    for column in ("#", "π_j", "log π_ref", "log q", "rewards", "text"):
+        table.add_column(column)
+    for index, candidate in enumerate(candidates):
+        rewards = ", ".join(f"{k}={v:.2f}" for k, v in candidate["rewards"].items())
+        table.add_row(
+            str(index),
+            f"{candidate['probability']:.3f}",
+            f"{candidate['log_ref']:.2f}",
+            f"{candidate['log_proposal']:.2f}",
+            rewards,
+            candidate["text"][:80].replace("\n", " "),
+        )
+    console.print(table)

@@ -1,9 +1,10 @@
 """Read-only HTTP API of the billing ledger: an advertiser's balance and history, and a summary.
 
-Job: the ``/ledger`` FastAPI router over `LedgerReader`, behind the gateway's API-key check. Imports
-app.gateway.security (`require_api_key`), app.gateway.deps (`LedgerDep`: a reader over the gateway's
-Redis and settings), app.gateway.schemas (error models) and app.ledger.events only (the layout:
-docs/DESIGN.md § Layout). Amounts are integer micro-units (``*_micro``) plus the same value as
+Job: the ``/ledger`` FastAPI router over `app.ledger.reader.LedgerReader`, behind the gateway's API-key
+check (the ledger itself knows nothing of HTTP). Imports FastAPI, app.gateway.security
+(`require_api_key`), app.gateway.deps (`LedgerDep`: a reader over the gateway's Redis and settings),
+app.gateway.openapi (`error_responses`) and app.ledger.events only; see docs/DESIGN.md § Layout.
+Amounts are integer micro-units (``*_micro``) plus the same value as
 an exact decimal string; ``balance`` is the advertiser's ledger account (minus what it paid).
 """
 
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from app.gateway.deps import LedgerDep
-from app.gateway.schemas import error_responses
+from app.gateway.openapi import error_responses
 from app.gateway.security import Principal, require_api_key, require_platform_key
 from app.ledger.events import MAX_ID_LENGTH
 

@@ -1,0 +1,106 @@
+"""An auction's outcome as the API states it: `ResolvedAuction` → `AuctionResponse` / `AuctionRecord`.
+
+Job: the "build result" step of `app.auction.service` — the contract's models (`app.contract.result`)
+from the scored candidates and the mechanism's outcome, with no I/O. Imports numpy, the mechanism's
+outcome type, the sampler's scored candidates, the ledger's billing event and `app.contract`; see
+docs/DESIGN.md § The path of one auction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app import mechanism
+from app.auction.sampler import ScoredCandidates
+from app.contract.request import AuctionRequest
+from app.contract.result import (
+    AdvertiserResult,
+    AuctionRecord,
+    AuctionResponse,
+    AuctionTimings,
+    BillingState,
+    CandidateRecord,
+)
+from app.ledger.events import BillingEvent
+
+
+@dataclass(frozen=True)
+class ResolvedAuction:
+    """The scored candidate set, the rewards r_i(y_j) built from it, and what the mechanism decided."""
+
+    scored: ScoredCandidates
+    rewards: np.ndarray  # (n, M)
+    outcome: mechanism.AuctionOutcome
+
+    def payments(self, advertiser_ids: list[str]) -> dict[str, float]:
+        return {aid: float(self.outcome.payments[i]) for i, aid in enumerate(advertiser_ids)}
+
+
+def candidate_records(resolved: ResolvedAuction, advertiser_ids: list[str]) -> list[CandidateRecord]:
+    """The candidate table: each candidate's text, scores, rewards and allocation probability."""
+    scored, outcome = resolved.scored, resolved.outcome
+    return [
+        CandidateRecord(
+            text=candidate.text,
+            log_ref=float(scored.log_ref[j]),
+            log_proposal=float(scored.log_proposal[j]),
+            rewards={aid: float(resolved.rewards[i, j]) for i, aid in enumerate(advertiser_ids)},
+            probability=float(outcome.probabilities[j]),
+            proposal=scored.candidate_set.sources[j],
+            num_tokens=len(candidate.token_ids),
+            finish_reason=candidate.finish_reason,
+        )
+        for j, candidate in enumerate(scored.candidate_set.candidates)
+    ]
+
+
+def auction_response(
+    resolved: ResolvedAuction,
+    request: AuctionRequest,
+    *,
+    auction_id: str,
+    seed: int,
+    currency: str,
+    timings: AuctionTimings,
+    billing: BillingState,
+) -> AuctionResponse:
+    """What `POST /auction` answers (without the candidate table)."""
+    outcome = resolved.outcome
+    return AuctionResponse(
+        auction_id=auction_id,
+        reply=resolved.scored.candidate_set.candidates[outcome.chosen_index].text,
+        chosen_index=outcome.chosen_index,
+        tau=outcome.tau,
+        proposal=request.proposal,
+        seed=seed,
+        currency=currency,
+        advertisers=[
+            AdvertiserResult(
+                id=advertiser.id,
+                payment=float(outcome.payments[i]),
+                expected_reward=float(outcome.expected_rewards[i]),
+                expected_utility=float(outcome.expected_utilities[i]),
+            )
+            for i, advertiser in enumerate(request.advertisers)
+        ],
+        revenue=float(outcome.revenue),
+        effective_sample_size=float(outcome.effective_sample_size),
+        timings_ms=timings,
+        billing=billing,
+        test=True if request.test else None,
+    )
+
+
+def auction_record(
+    response: AuctionResponse, candidates: list[CandidateRecord], request: AuctionRequest, event: BillingEvent
+) -> AuctionRecord:
+    """What `GET /auctions/{id}` returns: the response, the candidate table and the request."""
+    return AuctionRecord(
+        **response.model_dump(exclude={"candidates"}),
+        candidates=candidates,
+        request=request.model_dump(mode="json"),
+        created_at_ms=event.created_at_ms,
+        payments_micro=event.payments_micro,
+    )

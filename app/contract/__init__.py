@@ -1,0 +1,7 @@
+"""The API's models, shared by the gateway, the auction, the evaluation and `mosaic_client`.
+
+A leaf: pydantic only, plus the pure `app.prompts` and `app.settings` (never FastAPI, Starlette, the
+gateway, the auction or the ledger). Modules: request.py (AuctionRequest, AdvertiserIn), limits.py (the
+limits that are settings), result.py (AuctionResponse, AuctionRecord), whatif.py, errors.py (the error
+bodies). Seams and invariants: docs/DESIGN.md § Layout.
+"""
