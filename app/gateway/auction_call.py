@@ -14,8 +14,8 @@ task (its worker requests with it), nothing is billed or stored, the key is give
 (`app.gateway.errors.fault_answer`: the same answer as the handlers), and gives the key back after a
 4xx (refused: not stored). Admission control (`app.auction.admission`) comes before the claim; when
 no place is free at once the replay check is awaited first (a replay never waits for a place).
-Imports the auction service and its admission, the ledger's idempotency store, the API's models (`app.contract`), the
-gateway's errors and metrics (the layout: docs/DESIGN.md § Layout).
+Imports the auction service and its admission, the ledger's idempotency store, the API's models
+(`app.contract`), the gateway's errors and metrics (the layout: docs/DESIGN.md § Layout).
 """
 
 from __future__ import annotations

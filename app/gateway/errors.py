@@ -6,7 +6,8 @@ an Idempotency-Key still running → 409, reused with other parameters → 422 n
 it, anything else → 500 with the exception's type (`fault_answer`, also what a key stores).
 Nothing is billed for any of them: billing is the last step of an auction. `add_error_handlers`
 registers them in groups (the fault table, backpressure, billing and Redis, the last resort). Imports
-the exception types of the auction, the ledger and the contract's limits, and the metrics (docs/DESIGN.md § Errors and limits).
+the exception types of the auction, the ledger and the contract's limits, and the metrics
+(docs/DESIGN.md § Errors and limits).
 """
 
 from __future__ import annotations
