@@ -8,8 +8,9 @@ OpenAI completion choices (processed and prompt log-probs, token ids; ``-inf`` c
 from __future__ import annotations
 
 from workers.dialect import DialectError, clamp_logprob, effective_max_tokens
-from workers.engine.core import Engine, EngineInputError, PromptResult
+from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
+from workers.engine.types import EngineInputError, PromptResult
 from workers.protocol import (
     CompletionChoice,
     CompletionLogprobs,

@@ -13,7 +13,7 @@ worker here, so ``"0"``), so a vLLM dashboard reads a MOSAIC worker unchanged. I
   ``*_tokens_total`` counters add the same numbers up.
 
 Each app has a registry of its own (two workers in one process never clash). Imports
-``prometheus_client`` and :mod:`workers.engine.generate` (the ``Sample`` type) only.
+``prometheus_client`` and :mod:`workers.engine.types` (the ``Sample`` type) only.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from workers.engine.generate import Sample
+from workers.engine.types import Sample
 
 ENGINE_INDEX = "0"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)

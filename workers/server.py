@@ -48,7 +48,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from workers.auth import BearerKeyMiddleware
 from workers.completions import build_choices, prompt_lists, sampling_options
 from workers.dialect import DialectError, check_request
-from workers.engine.core import Engine, EngineInputError, load_engine
+from workers.engine.config import EngineConfig
+from workers.engine.core import Engine
+from workers.engine.types import EngineInputError
 from workers.logging_setup import configure_logging
 from workers.metrics import WorkerMetrics
 from workers.protocol import (
@@ -253,6 +255,16 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
 
 
 # ------------------------------------------------------------------------------------ running
+def load_engine(
+    model: str, device: str = "auto", dtype: str | None = None, max_logprobs: int | None = None
+) -> Engine:
+    """Load ``model`` into an :class:`Engine` configured from the worker's settings (blocking).
+    ``dtype`` / ``max_logprobs`` None: the WORKER_DTYPE / WORKER_MAX_LOGPROBS settings."""
+    settings = get_worker_settings()
+    config = EngineConfig.from_settings(settings, max_logprobs=max_logprobs)
+    return Engine.load(model, device, dtype if dtype is not None else settings.worker_dtype, config)
+
+
 def _configure_threads() -> None:
     import torch
 
