@@ -14,6 +14,7 @@ and ``null`` is refused by both response models); ``logprobs`` / ``prompt_logpro
 ``--max-logprobs`` (vLLM's default 20) are refused.
 
 Imports :mod:`workers.engine.types` (the error type) and :mod:`workers.protocol` only.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

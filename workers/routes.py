@@ -3,6 +3,7 @@ of its body and typed dependencies (:data:`WorkerDep`: the app's :class:`Worker`
 :mod:`workers.engine.core` (the engine type), :mod:`workers.completions`, :mod:`workers.dialect`,
 :mod:`workers.metrics`, :mod:`workers.queue_limit` and :mod:`workers.protocol`; :mod:`workers.server`
 assembles them. Shapes: ``workers.protocol``; contract: ``docs/VLLM_PROTOCOL.md``.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ Public API (the gateway embeds the worker in process through ``httpx.ASGITranspo
 
 ``python -m workers.server --model tiny-random --port 8001`` runs one worker;
 ``--engine vllm`` execs ``vllm serve`` with the flags the contract needs instead.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

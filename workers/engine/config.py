@@ -1,6 +1,7 @@
 """The engine's configuration: :class:`EngineConfig`, built by the caller (``workers.server``) from
 :class:`workers.settings.WorkerSettings` and passed to :class:`workers.engine.core.Engine`; the engine
 never reads the settings itself. Imports :mod:`workers.settings` only (the type and its defaults).
+See docs/DESIGN.md (the worker engine) for the invariants and figures.
 """
 
 from __future__ import annotations

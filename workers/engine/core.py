@@ -92,16 +92,7 @@ class Engine:
         self.decode_mode: str = config.decode if self.decoder.fast is not None else "legacy"
         # bf16/fp16 on CPU: decoding and scoring share one batch-invariant forward (invariant.py).
         self.invariant = self.decoder.fast.invariant if self.decoder.fast is not None else None
-        self.scorer = Scorer(
-            self.model,
-            self.device,
-            int(self.tokenizer.pad_token_id or 0),
-            self.invariant,
-            config.score_token_budget,
-            config.prefix_sharing,
-            config.min_shared_prefix,
-            self._count_forward,
-        )
+        self.scorer = self._scorer(config)
         # ... and concurrent requests share its steps (continuous batching, batching.py).
         self.batching: BatchLoop | None = None
         if self.invariant is not None and config.batching:
@@ -109,6 +100,14 @@ class Engine:
             self.batching = BatchLoop(
                 self.decoder, self.scorer, self.lock, self.stats, budget, config.batch_max_rows
             )
+
+    def _scorer(self, config: EngineConfig) -> Scorer:
+        pad = int(self.tokenizer.pad_token_id or 0)
+        sharing, min_shared = config.prefix_sharing, config.min_shared_prefix
+        budget = config.score_token_budget
+        return Scorer(
+            self.model, self.device, pad, self.invariant, budget, sharing, min_shared, self._count_forward
+        )
 
     def _load_model(self, loaded: LoadedModel) -> None:
         self.loaded = loaded

@@ -58,7 +58,3 @@ class EngineStats:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     forward_passes: int = 0
-
-    def count_forward(self) -> None:
-        """One forward pass (the parts' ``on_forward`` callback)."""
-        self.forward_passes += 1
