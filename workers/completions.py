@@ -1,15 +1,17 @@
 """The ``/v1/completions`` request and response of the worker's server: prompts (token ids or text)
 and vLLM's sampling fields to :class:`~workers.engine.sampling.SamplingOptions`, engine results to
 OpenAI completion choices (processed and prompt log-probs, token ids; ``-inf`` clamped to vLLM's
--9999.0). Imports :mod:`workers.protocol`, :mod:`workers.dialect` and :mod:`workers.engine`;
-:mod:`workers.server` calls it.
+-9999.0). Imports :mod:`workers.protocol`, :mod:`workers.dialect` and :mod:`workers.engine`
+(core, sampling, types); :mod:`workers.routes` calls it.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations
 
 from workers.dialect import DialectError, clamp_logprob, effective_max_tokens
-from workers.engine.core import Engine, EngineInputError, PromptResult
+from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
+from workers.engine.types import EngineInputError, PromptResult, Sample
 from workers.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -69,54 +71,9 @@ def build_choices(
     with_ids = bool(request.return_token_ids)
     choices: list[CompletionChoice] = []
     for p, result in enumerate(results):
-        prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None
-        if result.scores is not None:
-            ids = result.prompt_ids
-            texts = engine.token_texts(ids)
-            prompt_logprobs = [None]
-            for t in range(1, len(ids)):
-                value = result.scores.token_logprobs[t]
-                assert value is not None
-                value = clamp_logprob(value)
-                entry: dict[str, PromptLogprob] = {
-                    str(ids[t]): PromptLogprob(
-                        logprob=value, rank=result.scores.ranks[t], decoded_token=texts[t]
-                    )
-                }
-                if result.scores.top is not None:
-                    for rank, (tid, lp) in enumerate(result.scores.top[t], start=1):
-                        if str(tid) not in entry:
-                            entry[str(tid)] = PromptLogprob(
-                                logprob=clamp_logprob(lp), rank=rank, decoded_token=engine.token_text(tid)
-                            )
-                prompt_logprobs.append(entry)
+        prompt_logprobs = _prompt_logprobs(engine, result) if result.scores is not None else None
         for j, sample in enumerate(result.samples):
-            logprobs: CompletionLogprobs | None = None
-            if request.logprobs is not None:
-                names = (
-                    [token_id_str(t) for t in sample.token_ids]
-                    if as_ids
-                    else engine.token_texts(sample.token_ids)
-                )
-                offsets: list[int] = []
-                position = 0
-                for name in names:
-                    offsets.append(position)
-                    position += len(name)
-                top: list[dict[str, float] | None] = []
-                for step in sample.top_logprobs or []:
-                    top.append(
-                        {
-                            (token_id_str(tid) if as_ids else engine.token_text(tid)): clamp_logprob(lp)
-                            for tid, lp in step
-                        }
-                    )
-                logprobs = CompletionLogprobs(
-                    text_offset=offsets,
-                    token_logprobs=[clamp_logprob(v) for v in sample.logprobs],
-                    tokens=names,
-                    top_logprobs=top,
-                )
+            logprobs = _sample_logprobs(engine, sample, as_ids) if request.logprobs is not None else None
             choices.append(
                 CompletionChoice(
                     index=p * request.n + j,
@@ -130,3 +87,47 @@ def build_choices(
                 )
             )
     return choices
+
+
+def _prompt_logprobs(engine: Engine, result: PromptResult) -> list[dict[str, PromptLogprob] | None]:
+    """vLLM's ``prompt_logprobs``: per position, the prompt token's entry then the top-k others."""
+    assert result.scores is not None
+    ids = result.prompt_ids
+    texts = engine.token_texts(ids)
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] = [None]
+    for t in range(1, len(ids)):
+        value = result.scores.token_logprobs[t]
+        assert value is not None
+        value = clamp_logprob(value)
+        entry: dict[str, PromptLogprob] = {
+            str(ids[t]): PromptLogprob(logprob=value, rank=result.scores.ranks[t], decoded_token=texts[t])
+        }
+        if result.scores.top is not None:
+            for rank, (tid, lp) in enumerate(result.scores.top[t], start=1):
+                if str(tid) not in entry:
+                    entry[str(tid)] = PromptLogprob(
+                        logprob=clamp_logprob(lp), rank=rank, decoded_token=engine.token_text(tid)
+                    )
+        prompt_logprobs.append(entry)
+    return prompt_logprobs
+
+
+def _sample_logprobs(engine: Engine, sample: Sample, as_ids: bool) -> CompletionLogprobs:
+    """A choice's ``logprobs`` (tokens as text, or as ``token_id:N`` with ``as_ids``)."""
+    names = [token_id_str(t) for t in sample.token_ids] if as_ids else engine.token_texts(sample.token_ids)
+    offsets: list[int] = []
+    position = 0
+    for name in names:
+        offsets.append(position)
+        position += len(name)
+    top: list[dict[str, float] | None] = []
+    for step in sample.top_logprobs or []:
+        top.append(
+            {(token_id_str(tid) if as_ids else engine.token_text(tid)): clamp_logprob(lp) for tid, lp in step}
+        )
+    return CompletionLogprobs(
+        text_offset=offsets,
+        token_logprobs=[clamp_logprob(v) for v in sample.logprobs],
+        tokens=names,
+        top_logprobs=top,
+    )

@@ -13,14 +13,15 @@ log-prob of ``-inf`` is sent as ``-9999.0`` (vLLM's serving code clamps it: JSON
 and ``null`` is refused by both response models); ``logprobs`` / ``prompt_logprobs`` above
 ``--max-logprobs`` (vLLM's default 20) are refused.
 
-Imports :mod:`workers.engine.core` (the error type) and :mod:`workers.protocol` only.
+Imports :mod:`workers.engine.types` (the error type) and :mod:`workers.protocol` only.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from workers.engine.core import EngineInputError
+from workers.engine.types import EngineInputError
 from workers.protocol import CompletionRequest
 
 LOGPROB_FLOOR = -9999.0

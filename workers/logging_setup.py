@@ -17,6 +17,7 @@ or plain text. Quiet by default, so a log line means something:
 ``LOG_LEVEL`` sets the level of everything (DEBUG brings the httpx lines back). Calling it again
 replaces the handler (tests, the in-process worker of the gateway). Imports the standard library and
 ``python-json-logger`` only (transformers only when it is already imported).
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ Registry (``load_model(name, device, dtype)``; the dtype rule is :func:`resolve_
 * any local Hugging Face directory (``config.json`` + weights + tokenizer).
 
 Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set and every load uses local files only.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

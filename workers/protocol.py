@@ -17,6 +17,7 @@ Notes on vLLM's wire shapes that are easy to get wrong:
 Extra request fields are ignored (vLLM accepts and logs them) except those ``workers.dialect``
 refuses; extra response fields from a real
 vLLM (``stop_reason``, ``service_tier``, ``kv_transfer_params`` ...) are ignored when parsing.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ generate). It is accepted when, with it, the tokens in the worker stay within
 for good); otherwise the worker answers 429 with ``Retry-After`` at once, before any model work: never
 an unbounded queue. The gateway's admission limits are sized so that this is a safety net (several
 gateways on one worker, or a client calling the worker directly). Imports nothing of the project.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

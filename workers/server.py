@@ -1,8 +1,10 @@
 """The worker's HTTP server: the subset of vLLM's OpenAI-compatible API that MOSAIC uses, and the CLI
-that runs it. Imports :mod:`workers.engine`, :mod:`workers.completions` (the completion request and
-response), :mod:`workers.protocol` and :mod:`workers.settings`; never ``app``.
+that runs it: assembles :mod:`workers.routes`, :mod:`workers.http_errors` and the engine, which it
+configures from :mod:`workers.settings` (:class:`workers.engine.config.EngineConfig`). Imports those,
+:mod:`workers.engine.core`, :mod:`workers.metrics`, :mod:`workers.auth` and :mod:`workers.queue_limit`;
+never ``app``.
 
-Routes (shapes: ``workers.protocol``, contract: ``docs/VLLM_PROTOCOL.md``)::
+Routes (:mod:`workers.routes`; shapes: ``workers.protocol``, contract: ``docs/VLLM_PROTOCOL.md``)::
 
     GET  /health            200, empty body (the model is loaded before the app exists)
     GET  /v1/models         {"object": "list", "data": [{"id", "max_model_len", ...}]}
@@ -22,71 +24,36 @@ Public API (the gateway embeds the worker in process through ``httpx.ASGITranspo
 
 ``python -m workers.server --model tiny-random --port 8001`` runs one worker;
 ``--engine vllm`` execs ``vllm serve`` with the flags the contract needs instead.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import gc
 import logging
 import os
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workers.auth import BearerKeyMiddleware
-from workers.completions import build_choices, prompt_lists, sampling_options
-from workers.dialect import DialectError, check_request
-from workers.engine.core import Engine, EngineInputError, load_engine
+from workers.engine.config import EngineConfig
+from workers.engine.core import Engine
+from workers.http_errors import install_error_handlers
 from workers.logging_setup import configure_logging
 from workers.metrics import WorkerMetrics
-from workers.protocol import (
-    CompletionRequest,
-    CompletionResponse,
-    CompletionUsage,
-    DetokenizeRequest,
-    DetokenizeResponse,
-    ErrorResponse,
-    ModelCard,
-    ModelList,
-    TokenizeChatRequest,
-    TokenizeCompletionRequest,
-    TokenizeResponse,
-)
-from workers.queue_limit import QueueFullError, TokenQueue, request_cost
+from workers.queue_limit import TokenQueue
+from workers.routes import Worker, router
 from workers.settings import get_worker_settings
 from workers.vllm_launch import exec_vllm
 
 __all__ = ["Engine", "create_app", "load_engine", "serve"]
 
 log = logging.getLogger(__name__)
-
-_ERROR_TYPES = {
-    400: "BadRequestError",
-    404: "NotFoundError",
-    405: "MethodNotAllowed",
-    413: "BadRequestError",
-    429: "TooManyRequestsError",
-}
-
-
-def error_response(
-    message: str, code: int = 400, type_: str | None = None, param: str | None = None
-) -> JSONResponse:
-    error_type = type_ or _ERROR_TYPES.get(code, "InternalServerError" if code >= 500 else "BadRequestError")
-    body = ErrorResponse.build(message=message, code=code, type=error_type, param=param)
-    return JSONResponse(status_code=code, content=body.model_dump(mode="json"))
 
 
 def create_app(engine: Engine, served_model_name: str | None = None, api_key: str | None = None) -> FastAPI:
@@ -97,162 +64,42 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
     model_name = served_model_name or engine.name
     metrics = WorkerMetrics(model_name)
     app = FastAPI(title="MOSAIC worker (vLLM OpenAI-compatible subset)", version="0.1.0")
-    app.state.engine = engine
-    app.state.metrics = metrics
-    app.state.model_name = model_name
+    queue = TokenQueue(get_worker_settings().worker_max_queued_tokens)
+    app.state.worker = Worker(engine=engine, metrics=metrics, model_name=model_name, queue=queue)
     if api_key:
         app.add_middleware(BearerKeyMiddleware, api_key=api_key)
-    queue = TokenQueue(get_worker_settings().worker_max_queued_tokens)
-
-    # ------------------------------------------------------------------------------- errors
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        params: list[str] = []
-        for err in exc.errors():
-            loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-            where = ".".join(loc)
-            if loc:
-                params.append(loc[0])
-            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return error_response("; ".join(parts) or "invalid request", 400, param=params[0] if params else None)
-
-    @app.exception_handler(ValidationError)
-    async def _pydantic(request: Request, exc: ValidationError) -> JSONResponse:
-        return error_response(str(exc), 400)
-
-    @app.exception_handler(EngineInputError)
-    async def _engine_input(request: Request, exc: EngineInputError) -> JSONResponse:
-        return error_response(str(exc), 400, param=exc.param if isinstance(exc, DialectError) else None)
-
-    @app.exception_handler(QueueFullError)
-    async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
-        response = error_response(str(exc), 429)
-        response.headers["Retry-After"] = str(exc.retry_after_s)
-        return response
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(str(exc.detail), exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error on %s", request.url.path)
-        return error_response(f"internal error: {type(exc).__name__}: {exc}", 500, "InternalServerError")
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            metrics.http_latency.labels(path, request.method, str(status)).observe(
-                time.perf_counter() - start
-            )
-
-    def check_model(requested: str | None) -> None:
-        if requested is not None and requested not in (model_name, engine.name):
-            raise StarletteHTTPException(404, f"The model `{requested}` does not exist.")
-
-    # ------------------------------------------------------------------------------- routes
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
-
-    @app.get("/v1/models", response_model=ModelList)
-    async def models() -> ModelList:
-        card = ModelCard(
-            id=model_name, root=engine.name, owned_by="mosaic", max_model_len=engine.max_model_len
-        )
-        return ModelList(data=[card])
-
-    @app.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True)
-    async def tokenize(body: TokenizeChatRequest | TokenizeCompletionRequest) -> TokenizeResponse:
-        check_model(body.model)
-        if isinstance(body, TokenizeChatRequest):
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            tokens = await asyncio.to_thread(
-                engine.tokenize_chat,
-                messages,
-                add_generation_prompt=body.add_generation_prompt,
-                continue_final_message=body.continue_final_message,
-                add_special_tokens=body.add_special_tokens,
-            )
-        else:
-            tokens = await asyncio.to_thread(
-                engine.tokenize_text, body.prompt, add_special_tokens=body.add_special_tokens
-            )
-        strs = engine.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
-        return TokenizeResponse(
-            count=len(tokens), max_model_len=engine.max_model_len, tokens=tokens, token_strs=strs
-        )
-
-    @app.post("/detokenize", response_model=DetokenizeResponse)
-    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
-        check_model(body.model)
-        return DetokenizeResponse(prompt=await asyncio.to_thread(engine.detokenize, body.tokens))
-
-    @app.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=True)
-    async def completions(body: CompletionRequest) -> CompletionResponse:
-        check_model(body.model)
-        check_request(body, engine.max_logprobs)
-        start = time.perf_counter()
-        prompts = await asyncio.to_thread(prompt_lists, engine, body)
-        options = sampling_options(engine, body, prompts)
-        engine.check_request(prompts, options)
-        running = metrics.running.labels(*metrics.label_values)
-        waiting = metrics.waiting.labels(*metrics.label_values)
-        started: bool | None = False
-        state = threading.Lock()  # on_start runs on the engine's thread
-
-        def on_start() -> None:
-            nonlocal started
-            with state:
-                if started is None:  # the request already left (its client went away)
-                    return
-                started = True
-            waiting.dec()
-            metrics.queue_time.labels(*metrics.label_values).observe(time.perf_counter() - start)
-            running.inc()
-
-        cost = request_cost([len(p) for p in prompts], options.n, options.max_tokens)
-        with queue.hold(cost):  # 429 here, before any model work, when the worker holds too much
-            waiting.inc()
-            try:
-                results = await engine.acomplete(prompts, options, body.prompt_logprobs, on_start)
-            finally:
-                with state:
-                    was, started = started, None
-                (running if was else waiting).dec()
-        queue.observe(cost, time.perf_counter() - start)
-        choices = await asyncio.to_thread(build_choices, engine, body, results)
-        prompt_tokens = sum(len(p) for p in prompts)
-        completion_tokens = sum(len(s.token_ids) for r in results for s in r.samples)
-        metrics.finished(start, time.perf_counter(), prompt_tokens, [s for r in results for s in r.samples])
-        return CompletionResponse(
-            id=f"cmpl-{uuid.uuid4().hex}",
-            model=model_name,
-            choices=choices,
-            usage=CompletionUsage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
-        )
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    install_error_handlers(app)
+    app.middleware("http")(_observe)
+    app.include_router(router)
     return app
 
 
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Every request's latency by route, method and status."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics: WorkerMetrics = request.app.state.worker.metrics
+        metrics.http_latency.labels(path, request.method, str(status)).observe(time.perf_counter() - start)
+
+
 # ------------------------------------------------------------------------------------ running
+def load_engine(
+    model: str, device: str = "auto", dtype: str | None = None, max_logprobs: int | None = None
+) -> Engine:
+    """Load ``model`` into an :class:`Engine` configured from the worker's settings (blocking).
+    ``dtype`` / ``max_logprobs`` None: the WORKER_DTYPE / WORKER_MAX_LOGPROBS settings."""
+    settings = get_worker_settings()
+    config = EngineConfig.from_settings(settings, max_logprobs=max_logprobs)
+    return Engine.load(model, device, dtype if dtype is not None else settings.worker_dtype, config)
+
+
 def _configure_threads() -> None:
     import torch
 

@@ -2,6 +2,7 @@
 variables of the same names in upper case (``WORKER_DTYPE``, ``WORKER_DECODE`` ...) or from a ``.env``
 file, and the cached :func:`get_worker_settings`. The gateway's ``app.settings.Settings`` inherits
 these fields (it configures the in-process worker it starts). Imports pydantic only; never ``app``.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

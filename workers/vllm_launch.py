@@ -4,6 +4,7 @@ Processed log-probs (``--logprobs-mode processed_logprobs``: log q is the densit
 drawn from), one log-prob per position, the project's max_model_len, and the worker's API key passed
 as VLLM_API_KEY in the environment (not on the command line, visible in ps). Imports the model
 registry and the worker settings only.
+See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
 from __future__ import annotations

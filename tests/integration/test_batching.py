@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.engine.batching import BatchLoop
-from workers.engine.core import Engine, PromptResult
+from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
+from workers.engine.types import PromptResult
 from workers.models import LoadedModel, load_model
 
 Request = tuple[list[list[int]], SamplingOptions, int | None]
@@ -115,7 +116,9 @@ def test_waiting_work_is_never_overtaken_by_a_stream_of_small_requests(tiny: Loa
     if engine.invariant is None:
         pytest.skip("no batch-invariant path here")
     # A small step budget: the big requests never fit beside the running small ones.
-    engine.batching = BatchLoop(engine, engine.invariant, token_budget=64, max_rows=8)
+    engine.batching = BatchLoop(
+        engine.decoder, engine.scorer, engine.lock, engine.stats, token_budget=64, max_rows=8
+    )
     started: list[str] = []  # on_start order (the engine's thread)
     lock = threading.Lock()
     stop = threading.Event()

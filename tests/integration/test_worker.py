@@ -366,7 +366,7 @@ def test_chunking_and_prefix_sharing_do_not_change_scores(
     reference = Engine(local_model, score_token_budget=100_000, prefix_sharing=False).score(sequences)
     for budget, sharing in ((64, True), (64, False), (100_000, True)):
         engine = Engine(local_model, score_token_budget=budget, prefix_sharing=sharing)
-        assert sharing == bool(engine._prefix_groups(sequences)) or not sharing
+        assert sharing == bool(engine.scorer.prefix_groups(sequences)) or not sharing
         for ref, got in zip(reference, engine.score(sequences), strict=True):
             if exact:
                 assert got == ref

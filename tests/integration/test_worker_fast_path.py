@@ -22,9 +22,9 @@ from tests.fixtures_worker import start_worker_process
 from workers.engine import llama
 from workers.engine.core import Engine
 from workers.engine.fast_decode import FastDecoder, align, bucket_rows
-from workers.engine.generate import Sample
 from workers.engine.llama import LlamaRunner
 from workers.engine.sampling import SamplingOptions
+from workers.engine.types import Sample
 from workers.models import LoadedModel, load_model
 
 TOL = 1e-4

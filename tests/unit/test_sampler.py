@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from workers.engine.core import Engine
-from workers.engine.sampling import inverse_cdf_sample
+from workers.engine.sampling import draw, inverse_cdf_sample
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -64,7 +63,7 @@ def test_frequencies_match_probabilities() -> None:
     vocab, draws = 300, 40_000
     logits = torch.randn((1, vocab), generator=generator) * 2
     logprobs = torch.log_softmax(logits, dim=-1)
-    drawn = Engine._draw(logprobs.expand(draws, -1), greedy=False, generator=generator)
+    drawn = draw(logprobs.expand(draws, -1), greedy=False, generator=generator)
     counts = np.bincount(drawn.numpy(), minlength=vocab)
     expected = logprobs.exp()[0].double().numpy() * draws
     # Pool the rare tokens so every cell expects at least 5 draws (chi-square validity).
@@ -79,8 +78,8 @@ def test_frequencies_match_probabilities() -> None:
 
 def test_draw_is_reproducible_and_greedy_is_argmax() -> None:
     logprobs = torch.log_softmax(torch.randn((8, 49152)), dim=-1)
-    first = Engine._draw(logprobs, greedy=False, generator=torch.Generator().manual_seed(7))
-    again = Engine._draw(logprobs, greedy=False, generator=torch.Generator().manual_seed(7))
+    first = draw(logprobs, greedy=False, generator=torch.Generator().manual_seed(7))
+    again = draw(logprobs, greedy=False, generator=torch.Generator().manual_seed(7))
     assert torch.equal(first, again)
-    greedy = Engine._draw(logprobs, greedy=True, generator=torch.Generator().manual_seed(7))
+    greedy = draw(logprobs, greedy=True, generator=torch.Generator().manual_seed(7))
     assert torch.equal(greedy, logprobs.argmax(dim=-1))

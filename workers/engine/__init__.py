@@ -1,10 +1,14 @@
 """The worker's transformers engine: one loaded model serving batched generation and scoring.
 
-Modules (import from them; this file re-exports nothing): :mod:`~workers.engine.core` (``Engine``,
-the one class callers use, ``load_engine``, ``EngineInputError``, ``PromptResult``),
-:mod:`~workers.engine.sampling` (``SamplingOptions``, processed log-probs, the token draw),
-:mod:`~workers.engine.generate` (the decode loops, ``Sample``), :mod:`~workers.engine.score`
-(prompt log-probs, ``PromptScores``), :mod:`~workers.engine.fast_decode` (static KV cache, CUDA
-graphs) and :mod:`~workers.engine.llama` (the functional Llama forward it runs). The package imports
-torch, transformers, :mod:`workers.models` and :mod:`workers.settings`; never ``app``.
+Modules (import from them; this file re-exports nothing), top to bottom — each imports only modules
+below it: :mod:`~workers.engine.core` (``Engine``, the facade) → :mod:`~workers.engine.batching`
+(continuous batching) with :mod:`~workers.engine.scheduler` → :mod:`~workers.engine.generate`
+(``Decoder``) and :mod:`~workers.engine.score` (``Scorer``, with :mod:`~workers.engine.score_invariant`
+and :mod:`~workers.engine.prompt_logprobs`) → :mod:`~workers.engine.sampling` (``SamplingOptions``,
+the token draw, ``DecodeState``) → the model runner (:mod:`~workers.engine.fast_decode`,
+:mod:`~workers.engine.invariant_batch`, :mod:`~workers.engine.invariant`, :mod:`~workers.engine.llama`,
+:mod:`~workers.engine.kv_pool`, :mod:`~workers.engine.tiling`) → :mod:`~workers.engine.types` and
+:mod:`~workers.engine.config` (``EngineConfig``: built by the caller from the settings; the package
+never reads them). Imports torch, transformers and :mod:`workers.models`; never ``app``. See
+docs/DESIGN.md (the worker engine).
 """

@@ -1,8 +1,8 @@
 """Continuous batching of the CPU batch-invariant path: :class:`BatchLoop`, one loop on its own thread
-that serves every ``/v1/completions`` request of the engine, step by step. Imports torch,
-:mod:`workers.engine.scheduler`, :mod:`workers.engine.invariant`, :mod:`workers.engine.score_invariant`,
-:mod:`workers.engine.generate` and :mod:`workers.engine.sampling`; :mod:`workers.engine.core` only for
-type checking.
+that serves every ``/v1/completions`` request of the engine, step by step; it is given the parts it
+runs (decoder, scorer, the model lock, the counters), never the engine. Imports torch,
+:mod:`workers.engine.scheduler`, :mod:`workers.engine.generate`, :mod:`workers.engine.score` and the
+modules below them. See docs/DESIGN.md (the worker engine: continuous batching).
 
 A request is cut into work for :class:`workers.engine.scheduler.Scheduler`: its scoring (when it asks
 ``prompt_logprobs``) as units (:class:`workers.engine.score_invariant.InvariantScoreJob`: a plain
@@ -14,8 +14,8 @@ prompt, or a prefix group), and one generation per prompt (``n`` rows). Every st
    plain prompts / prefixes of the scoring units planned, then one over those units' suffixes;
 3. one :meth:`InvariantRunner.decode_groups` over every running generation (their rows' K/V in the
    loop's :class:`workers.engine.kv_pool.KVPool`: one attention per pool bucket, not per request);
-4. sampling per generation with its own per-sample generators (:func:`sample_generators`) and its own
-   :class:`_DecodeState`; finished rows leave, finished requests are answered.
+4. per generation, :meth:`workers.engine.sampling.DecodeState.step` (the serial loops' step) with its
+   own per-sample generators; finished rows leave, finished requests are answered.
 
 Invariant (``tests/integration/test_batching.py``): a request's choices (tokens, log-probs, prompt log-probs)
 are bit-identical whether it runs alone or with any other requests: every product is row-invariant
@@ -24,7 +24,7 @@ alone (per-entry batched products, masked keys adding exact zeros), and sampling
 request on its own rows.
 
 A request whose client goes away is cancelled (its work leaves at the next step boundary). The loop
-holds ``Engine.lock`` for each step, so the serial paths (fp32, legacy, CUDA) interleave safely.
+holds the engine's model lock for each step, so the serial paths (fp32, legacy, CUDA) interleave safely.
 """
 
 from __future__ import annotations
@@ -35,20 +35,18 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-from workers.engine.generate import _DecodeState, _host_top
+from workers.engine.generate import Decoder
 from workers.engine.invariant import InvariantRunner, Span
 from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.kv_pool import KVPool
 from workers.engine.sampling import SamplingOptions, sample_generators
 from workers.engine.scheduler import Scheduler, StepPlan
+from workers.engine.score import Scorer
 from workers.engine.score_invariant import InvariantScoreJob
-
-if TYPE_CHECKING:
-    from workers.engine.core import Engine, PromptResult
+from workers.engine.types import EngineStats, PromptResult
 
 log = logging.getLogger(__name__)
 
@@ -68,49 +66,46 @@ class _Request:
 
 
 class _Generation:
-    """One prompt's ``n`` rows: its decode batch, per-sample generators and bookkeeping."""
+    """One prompt's ``n`` rows: its decode batch and its :class:`DecodeState`."""
 
     def __init__(
-        self, engine: Engine, inv: InvariantRunner, request: _Request, index: int, pool: KVPool
+        self, decoder: Decoder, inv: InvariantRunner, request: _Request, index: int, pool: KVPool
     ) -> None:
         opts = request.options
-        self.engine, self.request, self.index = engine, request, index
+        self.request, self.index = request, index
         self.prompt = request.prompts[index]
         self.batch = InvariantBatch(inv, opts.n, opts.max_tokens, None, pool)
         # Fresh per prompt, as Engine.complete: sample k is seeded by (seed, k).
-        self.generators = sample_generators(request.seed, opts.n, engine.device)
-        self.state = _DecodeState(engine, opts)
-        self.step = 0
+        self.state = decoder.new_state(opts, sample_generators(request.seed, opts.n, decoder.device))
         self.logits: torch.Tensor | None = None
         self.tokens: torch.Tensor | None = None  # the rows' next input tokens
         self.span: Span | None = None
 
     def sample(self) -> int:
-        """Draw this step's tokens (the loop of ``_generate_fast``, compact branch); rows still going."""
-        engine, opts, state = self.engine, self.request.options, self.state
+        """This step's tokens (the serial loops' step); the rows still going (0: finished)."""
         assert self.logits is not None
-        generators = [self.generators[s] for s in state.active]
-        drawn, chosen, top = engine._sample_step(self.logits, opts, generators, state.banned(self.step))
-        still = state.record(drawn.tolist(), chosen.tolist(), _host_top(top))
-        last = self.step == opts.max_tokens - 1
-        self.step += 1
-        if not still or last:
-            return 0
-        if len(still) < len(state.active):
-            self.batch.keep(still)
-            drawn = drawn[torch.tensor(still, dtype=torch.long)]
-            state.keep(still)
-        self.tokens = drawn
-        return len(state.active)
+        self.tokens = self.state.step(self.logits, self.batch.keep)
+        return 0 if self.tokens is None else len(self.state.active)
 
 
 class BatchLoop:
-    """The engine's continuous-batching loop (see the module docs)."""
+    """The engine's continuous-batching loop (see the module docs): ``decoder`` and ``scorer`` (whose
+    ``invariant`` runner it steps), the model ``lock`` it holds per step, the ``stats`` it counts."""
 
-    def __init__(self, engine: Engine, inv: InvariantRunner, token_budget: int, max_rows: int) -> None:
-        self.engine, self.inv = engine, inv
+    def __init__(
+        self,
+        decoder: Decoder,
+        scorer: Scorer,
+        lock: threading.Lock,
+        stats: EngineStats,
+        token_budget: int,
+        max_rows: int,
+    ) -> None:
+        assert scorer.invariant is not None, "continuous batching runs the batch-invariant forward"
+        self.decoder, self.scorer, self.inv = decoder, scorer, scorer.invariant
+        self.lock, self.stats = lock, stats
         self.scheduler = Scheduler(token_budget, max_rows)
-        self.pool = inv.new_pool()  # every running generation's rows (one step's attention for all)
+        self.pool = self.inv.new_pool()  # every running generation's rows (one step's attention for all)
         self._cv = threading.Condition()
         self._incoming: list[_Request] = []
         self._cancelled: list[_Request] = []
@@ -128,8 +123,6 @@ class BatchLoop:
         seed: int,
         on_start: Callable[[], None] | None = None,
     ) -> Future[list[PromptResult]]:
-        from workers.engine.core import PromptResult
-
         request = _Request(prompts, options, prompt_logprobs, seed, [PromptResult(p, None) for p in prompts])
         request.on_start = on_start
         with self._cv:
@@ -192,7 +185,7 @@ class BatchLoop:
             if self.scheduler.idle:
                 continue
             try:
-                with self.engine.lock, torch.inference_mode():
+                with self.lock, torch.inference_mode():
                     self._step(self.scheduler.plan())
             except Exception as exc:  # a broken step fails what it held, never the loop
                 log.exception("batch step failed")
@@ -203,13 +196,11 @@ class BatchLoop:
         return self._next_id
 
     def _admit(self, request: _Request) -> None:
-        engine, opts = self.engine, request.options
-        engine.stats.prompt_tokens += sum(len(p) for p in request.prompts)
+        opts = request.options
+        self.stats.prompt_tokens += sum(len(p) for p in request.prompts)
         if request.prompt_logprobs is not None:
             keep_last = opts.max_tokens == 1
-            request.score = InvariantScoreJob(
-                engine, self.inv, request.prompts, request.prompt_logprobs, keep_last
-            )
+            request.score = self.scorer.invariant_job(request.prompts, request.prompt_logprobs, keep_last)
             work_id = self._new_id()
             self._work[work_id] = (request, None)
             request.work.add(work_id)
@@ -217,7 +208,10 @@ class BatchLoop:
         if opts.max_tokens > 0 and not (request.prompt_logprobs is not None and opts.max_tokens == 1):
             for index, prompt in enumerate(request.prompts):
                 work_id = self._new_id()
-                self._work[work_id] = (request, _Generation(engine, self.inv, request, index, self.pool))
+                self._work[work_id] = (
+                    request,
+                    _Generation(self.decoder, self.inv, request, index, self.pool),
+                )
                 request.work.add(work_id)
                 self.scheduler.submit_generation(work_id, len(prompt), opts.n, opts.max_tokens - 1)
         if not request.work:
@@ -244,72 +238,87 @@ class BatchLoop:
         for request in incoming:
             request.future.set_exception(exc)
 
+    # ------------------------------------------------------------------------------------ one step
     def _step(self, plan: StepPlan) -> None:
-        inv, stats = self.inv, self.engine.stats
-        for work_id in plan.joined:
-            request = self._work[work_id][0]
-            if not request.started:
-                request.started = True
-                if request.on_start is not None:
-                    request.on_start()
+        """One step of ``plan``: start what joins, the model's passes, then sampling and answers."""
+        self._start(plan.joined)
         joining = [self._generation(work_id) for work_id in plan.prefill]
         scoring = [(self._work[work_id][0], range(first, stop)) for work_id, first, stop in plan.score]
-        # Wave 0: the joining prompts, the planned plain prompts and prefixes; wave 1: the suffixes.
         for wave in (0, 1):
-            spans: list[Span] = []
-            if wave == 0:
-                for gen in joining:
-                    gen.span = gen.batch.prefill_span(gen.prompt)
-                    spans.append(gen.span)
-            parts = []
-            for request, units in scoring:
-                assert request.score is not None
-                part = request.score.spans(units, wave)
-                parts.append(len(part))
-                spans += part
-            if not spans:
-                continue
-            stats.forward_passes += 1
-            hidden = inv.forward_spans(spans)
-            offset = 0
-            if wave == 0:
-                for gen in joining:
-                    assert gen.span is not None
-                    gen.logits = gen.batch.prefilled(gen.span, hidden[offset])
-                    if gen.request.options.n > 1:
-                        gen.logits = gen.logits.expand(gen.request.options.n, -1)
-                    gen.span = None
-                    offset += 1
-            for (request, units), count in zip(scoring, parts, strict=True):
-                assert request.score is not None
-                request.score.took(units, wave, hidden[offset : offset + count])
-                offset += count
-        decoding = [self._generation(work_id) for work_id in plan.decode]
-        if decoding:
-            groups = []
-            for gen in decoding:
-                assert gen.tokens is not None
-                groups.append(gen.batch.step_group(gen.tokens))
-            stats.forward_passes += 1
-            hidden = inv.decode_groups(groups)
-            logits = inv.logits(torch.cat(hidden)).split([h.shape[0] for h in hidden])
-            for gen, rows in zip(decoding, logits, strict=True):
-                gen.batch.stepped(rows)
-                gen.logits = rows
+            self._forward_wave(wave, joining if wave == 0 else [], scoring)
+        self._decode([self._generation(work_id) for work_id in plan.decode])
         for work_id in [*plan.prefill, *plan.decode]:
-            gen = self._generation(work_id)
-            left = gen.sample()
-            self.scheduler.rows_finished(work_id, left)
-            if not left:
-                gen.batch.release()
-                gen.request.results[gen.index].samples = gen.state.samples()
-                self._finished(work_id)
+            self._sample(work_id)
         for work_id, _, _ in plan.score:
             request = self._work[work_id][0]
             assert request.score is not None
             if request.score.done:
                 self._scored(request)
                 self._finished(work_id)
+
+    def _start(self, joined: list[int]) -> None:
+        """``on_start`` of the requests whose first work is in this step."""
+        for work_id in joined:
+            request = self._work[work_id][0]
+            if not request.started:
+                request.started = True
+                if request.on_start is not None:
+                    request.on_start()
+
+    def _forward_wave(
+        self, wave: int, joining: list[_Generation], scoring: list[tuple[_Request, range]]
+    ) -> None:
+        """One forward over spans: wave 0 the joining prompts and the planned plain prompts and
+        prefixes, wave 1 the planned suffixes."""
+        spans: list[Span] = []
+        for gen in joining:
+            gen.span = gen.batch.prefill_span(gen.prompt)
+            spans.append(gen.span)
+        parts = []
+        for request, units in scoring:
+            assert request.score is not None
+            part = request.score.spans(units, wave)
+            parts.append(len(part))
+            spans += part
+        if not spans:
+            return
+        self.stats.forward_passes += 1
+        hidden = self.inv.forward_spans(spans)
+        for gen, rows in zip(joining, hidden, strict=False):
+            assert gen.span is not None
+            gen.logits = gen.batch.prefilled(gen.span, rows)
+            if gen.request.options.n > 1:
+                gen.logits = gen.logits.expand(gen.request.options.n, -1)
+            gen.span = None
+        offset = len(joining)
+        for (request, units), count in zip(scoring, parts, strict=True):
+            assert request.score is not None
+            request.score.took(units, wave, hidden[offset : offset + count])
+            offset += count
+
+    def _decode(self, decoding: list[_Generation]) -> None:
+        """One decode step of every running generation's rows (one pass over the pool)."""
+        if not decoding:
+            return
+        groups = []
+        for gen in decoding:
+            assert gen.tokens is not None
+            groups.append(gen.batch.step_group(gen.tokens))
+        self.stats.forward_passes += 1
+        hidden = self.inv.decode_groups(groups)
+        logits = self.inv.logits(torch.cat(hidden)).split([h.shape[0] for h in hidden])
+        for gen, rows in zip(decoding, logits, strict=True):
+            gen.batch.stepped(rows)
+            gen.logits = rows
+
+    def _sample(self, work_id: int) -> None:
+        gen = self._generation(work_id)
+        left = gen.sample()
+        self.scheduler.rows_finished(work_id, left)
+        if not left:
+            gen.batch.release()
+            gen.request.results[gen.index].samples = gen.state.samples()
+            self._finished(work_id)
 
     def _generation(self, work_id: int) -> _Generation:
         gen = self._work[work_id][1]
@@ -320,13 +329,12 @@ class BatchLoop:
         assert request.score is not None
         scored = request.score.results()
         opts = request.options
-        for k, (result, item) in enumerate(zip(request.results, scored, strict=True)):
+        for result, item in zip(request.results, scored, strict=True):
             result.scores = item.scores
             if opts.max_tokens == 1 and item.first_logits is not None:
                 # The sampled token of a scoring request comes from the scoring pass (no forward).
-                generators = sample_generators(request.seed, opts.n, self.engine.device)
-                prompt = request.prompts[k]
-                result.samples = self.engine._generate_legacy(prompt, opts, generators, item.first_logits)
+                generators = sample_generators(request.seed, opts.n, self.decoder.device)
+                result.samples = self.decoder.first_token(item.first_logits, opts, generators)
         request.score = None
 
     def _finished(self, work_id: int) -> None:
@@ -336,8 +344,6 @@ class BatchLoop:
             self._answer(request)
 
     def _answer(self, request: _Request) -> None:
-        self.engine.stats.generation_tokens += sum(
-            len(s.token_ids) for r in request.results for s in r.samples
-        )
+        self.stats.generation_tokens += sum(len(s.token_ids) for r in request.results for s in r.samples)
         if not request.future.done():
             request.future.set_result(request.results)

@@ -1,17 +1,17 @@
-"""The transformers engine: :class:`Engine`, one loaded model serving batched sampling with a KV cache
-and batched teacher-forced scoring, and :func:`load_engine`. Engine's public surface (tokenization,
-request checks, ``complete`` / ``score`` and their async forms) is here; its generation methods come
-from :mod:`workers.engine.generate` (with :mod:`workers.engine.sampling`), its scoring methods from
-:mod:`workers.engine.score`. Imports those modules, :mod:`workers.models` and
-:mod:`workers.settings`; never ``app``.
+"""The engine facade: :class:`Engine`, one loaded model serving generation and scoring requests —
+tokenization, request checks, ``complete`` / ``score`` and their async forms — built from an
+:class:`workers.engine.config.EngineConfig` and delegating to its parts: the
+:class:`workers.engine.generate.Decoder`, the :class:`workers.engine.score.Scorer` and (CPU bf16/fp16)
+the :class:`workers.engine.batching.BatchLoop`. Imports those modules and the ones below them,
+:mod:`workers.models` (the loaded model); never the settings. See docs/DESIGN.md (the worker engine).
 
 Concurrency
     One model, one lock: every model call runs under ``Engine.lock``. The async API runs the work on
     the engine's own single worker thread, so an asyncio loop (the worker's server, or a gateway that
     embeds it in process) is never blocked. On the CPU batch-invariant path (bf16/fp16 on CPU, the
-    default here) :meth:`Engine.acomplete` goes through :class:`workers.engine.batching.BatchLoop`:
-    concurrent requests share each forward step (continuous batching) with bit-identical results;
-    every other path (fp32, legacy, CUDA with graphs) serves one request at a time in arrival order.
+    default here) :meth:`Engine.acomplete` goes through the batch loop: concurrent requests share
+    each forward step (continuous batching) with bit-identical results; every other path (fp32,
+    legacy, CUDA with graphs) serves one request at a time in arrival order.
 """
 
 from __future__ import annotations
@@ -23,126 +23,147 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import torch
 
 from workers.engine import fast_decode, llama
 from workers.engine.batching import BatchLoop
-from workers.engine.generate import GenerateMixin, Sample
+from workers.engine.config import DecodeMode, EngineConfig
+from workers.engine.generate import Decoder
 from workers.engine.sampling import SamplingOptions, sample_generators
-from workers.engine.score import PromptScores, ScoreMixin
+from workers.engine.score import Scorer
+from workers.engine.types import EngineInputError, EngineStats, PromptResult, PromptScores
 from workers.models import LoadedModel, load_model
-from workers.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
 
-DECODE_MODES = ("fast", "eager", "legacy")
-DecodeMode = Literal["fast", "eager", "legacy"]
 
+class Engine:
+    """One loaded model serving generation and scoring requests (thread safe, see module docs).
 
-class EngineInputError(ValueError):
-    """A request the engine cannot serve (too long, bad token id ...): HTTP 400."""
-
-
-@dataclass
-class PromptResult:
-    prompt_ids: list[int]
-    scores: PromptScores | None
-    samples: list[Sample] = field(default_factory=list)
-
-
-@dataclass
-class EngineStats:
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    forward_passes: int = 0
-
-
-class Engine(GenerateMixin, ScoreMixin):
-    """One loaded model serving generation and scoring requests (thread safe, see module docs)."""
+    ``config`` (default: :class:`EngineConfig`'s defaults, i.e. WorkerSettings'); the keywords, when
+    given, override single fields of it (tests and benchmarks)."""
 
     def __init__(
         self,
         loaded: LoadedModel,
+        config: EngineConfig | None = None,
         *,
         max_model_len: int | None = None,
         score_token_budget: int | None = None,
         max_logprobs: int | None = None,
-        prefix_sharing: bool = True,
-        min_shared_prefix: int = 16,
+        prefix_sharing: bool | None = None,
+        min_shared_prefix: int | None = None,
         decode: DecodeMode | None = None,
         force_ignore_eos: bool | None = None,
         batching: bool | None = None,
     ) -> None:
-        settings = get_worker_settings()
-        if max_logprobs is None:
-            max_logprobs = settings.worker_max_logprobs
-        if batching is None:
-            batching = settings.worker_batching
-        if max_model_len is None or score_token_budget is None or decode is None or force_ignore_eos is None:
-            max_model_len = max_model_len if max_model_len is not None else settings.worker_max_model_len
-            score_token_budget = (
-                score_token_budget if score_token_budget is not None else settings.worker_score_token_budget
+        overrides: dict[str, Any] = {
+            "max_model_len": max_model_len,
+            "score_token_budget": score_token_budget,
+            "max_logprobs": max_logprobs,
+            "prefix_sharing": prefix_sharing,
+            "min_shared_prefix": min_shared_prefix,
+            "decode": decode,
+            "force_ignore_eos": force_ignore_eos,
+            "batching": batching,
+        }
+        config = replace(config or EngineConfig(), **{k: v for k, v in overrides.items() if v is not None})
+        self.config = config
+        self._load_model(loaded)
+        self.max_model_len = min(config.max_model_len, loaded.max_position_embeddings)
+        self.max_logprobs = config.max_logprobs
+        self.force_ignore_eos = config.force_ignore_eos
+        self.lock = threading.Lock()
+        self._tok_lock = threading.RLock()  # the Rust tokenizer is not safe to share across threads
+        self._token_text: dict[int, str] = {}
+        self.stats = EngineStats()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-engine")
+        self.decoder = Decoder(
+            self.model,
+            self.device,
+            self._fast_decoder(config),
+            self.eos_token_ids,
+            self.decode,
+            self._count_forward,
+        )
+        self.decode_mode: str = config.decode if self.decoder.fast is not None else "legacy"
+        # bf16/fp16 on CPU: decoding and scoring share one batch-invariant forward (invariant.py).
+        self.invariant = self.decoder.fast.invariant if self.decoder.fast is not None else None
+        self.scorer = self._scorer(config)
+        # ... and concurrent requests share its steps (continuous batching, batching.py).
+        self.batching: BatchLoop | None = None
+        if self.invariant is not None and config.batching:
+            budget = max(config.batch_token_budget, config.batch_max_rows)
+            self.batching = BatchLoop(
+                self.decoder, self.scorer, self.lock, self.stats, budget, config.batch_max_rows
             )
-            decode = decode if decode is not None else settings.worker_decode
-            force_ignore_eos = (
-                force_ignore_eos if force_ignore_eos is not None else settings.worker_force_ignore_eos
-            )
-        if decode not in DECODE_MODES:
-            raise ValueError(f"unknown decode mode {decode!r} (one of {', '.join(DECODE_MODES)})")
+
+    def _scorer(self, config: EngineConfig) -> Scorer:
+        pad = int(self.tokenizer.pad_token_id or 0)
+        sharing, min_shared = config.prefix_sharing, config.min_shared_prefix
+        budget = config.score_token_budget
+        return Scorer(
+            self.model, self.device, pad, self.invariant, budget, sharing, min_shared, self._count_forward
+        )
+
+    def _load_model(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.name = loaded.name
-        self.max_model_len = min(max_model_len, loaded.max_position_embeddings)
-        self.score_token_budget = score_token_budget
-        self.max_logprobs = max_logprobs
-        self.prefix_sharing = prefix_sharing
-        self.min_shared_prefix = max(1, min_shared_prefix)
         self.eos_token_ids = loaded.eos_token_ids
         self.vocab_size = loaded.vocab_size
-        self.lock = threading.Lock()
-        self._tok_lock = threading.RLock()  # the Rust tokenizer is not safe to share across threads
-        self.stats = EngineStats()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-engine")
         if self.device.type == "cuda":
             # cuDNN's SDPA backend rebuilds its graph for every new KV length: ~1 ms of CPU per layer
             # per decode step (measured on an H100, 7B shapes), more than the GPU work. Flash /
             # memory-efficient SDPA kernels have no such cost.
             torch.backends.cuda.enable_cudnn_sdp(False)
-        self._decoder = self.model.get_decoder()
-        self._lm_head = self.model.get_output_embeddings()
-        self._softcap: float | None = getattr(self.model.config, "final_logit_softcapping", None)
-        self._token_text: dict[int, str] = {}
-        self.force_ignore_eos = bool(force_ignore_eos)
-        self.fast: fast_decode.FastDecoder | None = None
-        self.fast_path_reason: str | None = None  # why generation runs the legacy loop (None: it does not)
-        if decode == "legacy":
-            self.fast_path_reason = "WORKER_DECODE=legacy"
-        else:
-            self.fast_path_reason = llama.unsupported_reason(self.model)
-        if self.fast_path_reason is None:
-            self.fast = fast_decode.FastDecoder(
-                self.model,
-                graphs=decode == "fast" and self.device.type == "cuda",
-                on_forward=self._count_forward,
-            )
-        else:
+
+    def _fast_decoder(self, config: EngineConfig) -> fast_decode.FastDecoder | None:
+        """The static-cache decoder, or None (the legacy loop; ``fast_path_reason`` says why)."""
+        self.fast_path_reason: str | None = (
+            "WORKER_DECODE=legacy" if config.decode == "legacy" else llama.unsupported_reason(self.model)
+        )
+        if self.fast_path_reason is not None:
             log.info("generation uses the transformers loop: %s", self.fast_path_reason)
-        self.decode_mode: str = decode if self.fast is not None else "legacy"
-        # bf16/fp16 on CPU: decoding and scoring share one batch-invariant forward (invariant.py).
-        self.invariant = self.fast.invariant if self.fast is not None else None
-        # ... and concurrent requests share its steps (continuous batching, batching.py).
-        self.batching: BatchLoop | None = None
-        if self.invariant is not None and batching:
-            budget = max(settings.worker_batch_token_budget, settings.worker_batch_max_rows)
-            self.batching = BatchLoop(self, self.invariant, budget, settings.worker_batch_max_rows)
+            return None
+        graphs = config.decode == "fast" and self.device.type == "cuda"
+        return fast_decode.FastDecoder(self.model, graphs=graphs, on_forward=self._count_forward)
 
     def _count_forward(self) -> None:
         self.stats.forward_passes += 1
+
+    # ------------------------------------------------------------------------- the parts' knobs
+    @property
+    def fast(self) -> fast_decode.FastDecoder | None:
+        """The decoder's static-cache path (None: the legacy loop); settable (tests swap variants)."""
+        return self.decoder.fast
+
+    @fast.setter
+    def fast(self, fast: fast_decode.FastDecoder | None) -> None:
+        self.decoder.fast = fast
+
+    @property
+    def score_token_budget(self) -> int:
+        """Most padded tokens per scoring pass (settable between requests)."""
+        return self.scorer.token_budget
+
+    @score_token_budget.setter
+    def score_token_budget(self, budget: int) -> None:
+        self.scorer.token_budget = budget
+
+    @property
+    def prefix_sharing(self) -> bool:
+        """Whether scoring shares long common prefixes (settable between requests)."""
+        return self.scorer.prefix_sharing
+
+    @prefix_sharing.setter
+    def prefix_sharing(self, sharing: bool) -> None:
+        self.scorer.prefix_sharing = sharing
 
     # ------------------------------------------------------------------------------ tokenization
     def tokenize_chat(
@@ -233,7 +254,9 @@ class Engine(GenerateMixin, ScoreMixin):
             results = [PromptResult(prompt_ids=p, scores=None) for p in prompt_lists]
             last: list[torch.Tensor | None] = [None] * len(prompt_lists)
             if prompt_logprobs is not None:
-                scored = self._score(prompt_lists, top_k=prompt_logprobs, keep_last=options.max_tokens == 1)
+                scored = self.scorer.score(
+                    prompt_lists, top_k=prompt_logprobs, keep_last=options.max_tokens == 1
+                )
                 for result, item, k in zip(results, scored, range(len(scored)), strict=True):
                     result.scores = item.scores
                     last[k] = item.first_logits
@@ -243,7 +266,7 @@ class Engine(GenerateMixin, ScoreMixin):
                     # Per-sample generators, fresh per prompt: a prompt's samples are the same whatever
                     # else the request holds and whatever n is (sample k is seeded by (seed, k)).
                     generators = sample_generators(seed, options.n, self.device)
-                    result.samples = self._generate(result.prompt_ids, options, generators, last[k])
+                    result.samples = self.decoder.generate(result.prompt_ids, options, generators, last[k])
                     self.stats.generation_tokens += sum(len(s.token_ids) for s in result.samples)
             return results
 
@@ -269,7 +292,7 @@ class Engine(GenerateMixin, ScoreMixin):
         for p in prompt_lists:
             self.check_token_ids(p)
         with self.lock, torch.inference_mode():
-            return [s.scores for s in self._score(prompt_lists, top_k=top_k, keep_last=False)]
+            return [s.scores for s in self.scorer.score(prompt_lists, top_k=top_k, keep_last=False)]
 
     async def acomplete(
         self,
@@ -303,6 +326,17 @@ class Engine(GenerateMixin, ScoreMixin):
             self.batching.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    @classmethod
+    def load(cls, model: str, device: str, dtype: str, config: EngineConfig) -> Engine:
+        """Load ``model`` (see :mod:`workers.models`) and wrap it in an engine (blocking; on a passing
+        thread, see :func:`in_passing_thread`)."""
+
+        def build() -> Engine:
+            return cls(load_model(model, device, dtype), config)
+
+        engine: Engine = in_passing_thread(build)
+        return engine
+
 
 def in_passing_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` on a thread that ends when it returns.
@@ -317,20 +351,3 @@ def in_passing_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosaic-load") as once:
         return once.submit(fn, *args).result()  # the pool's thread ends at the block's exit
-
-
-def load_engine(
-    model: str, device: str = "auto", dtype: str | None = None, max_logprobs: int | None = None
-) -> Engine:
-    """Load ``model`` (see :mod:`workers.models`) and wrap it in an :class:`Engine` (blocking; on a
-    passing thread, see :func:`in_passing_thread`). ``dtype`` / ``max_logprobs`` None: the
-    WORKER_DTYPE / WORKER_MAX_LOGPROBS settings."""
-    if dtype is None:
-        dtype = get_worker_settings().worker_dtype
-    chosen = dtype
-
-    def build() -> Engine:
-        return Engine(load_model(model, device, chosen), max_logprobs=max_logprobs)
-
-    engine: Engine = in_passing_thread(build)
-    return engine

@@ -1,6 +1,7 @@
 """The engine's fast decode path: a static KV cache, one request's decode batch and CUDA graphs
-around the functional Llama forward of :mod:`workers.engine.llama`. Imports torch, that module and
-:mod:`workers.engine.invariant` only (sampling stays in :mod:`workers.engine.sampling`, unchanged).
+around the functional Llama forward of :mod:`workers.engine.llama`. Imports torch, that module,
+:mod:`workers.engine.invariant` and :mod:`workers.engine.invariant_batch` only (the decode loops that
+drive it are :mod:`workers.engine.generate`'s). See docs/DESIGN.md (the worker engine).
 
 Why: a transformers forward pass launches ~20 kernels per layer from Python. For a 7B model on an
 H100 that is ~25 ms of CPU time per decode step against ~5 ms of GPU work (the weights read once),

@@ -31,6 +31,7 @@ element-wise over whole 64-key blocks, or per row). Decoding rows keep every pos
 of a :class:`workers.engine.kv_pool.KVPool` (the prompt's copied in at prefill); one step's attention
 runs once per pool bucket over all its rows, whichever requests they belong to, each row over the
 bucket's whole capacity with the keys past its position masked.
+See docs/DESIGN.md (the worker engine) for the invariants and figures.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 :class:`workers.engine.fast_decode.DecodeBatch` interface over :class:`InvariantRunner` (its rows'
 K/V in slots of a :class:`workers.engine.kv_pool.KVPool`: the batch loop's, shared by every request
 it runs, or a pool of its own on the serial path). Imports torch, :mod:`workers.engine.invariant`
-and :mod:`workers.engine.kv_pool` only.
+and :mod:`workers.engine.kv_pool` only. See docs/DESIGN.md (the worker engine).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from workers.engine.kv_pool import KVPool, PoolRows
 
 
 class InvariantBatch:
-    """One request's decode rows for :class:`workers.engine.generate.GenerateMixin` (the
+    """One request's decode rows for :class:`workers.engine.generate.Decoder` and the batch loop (the
     :class:`workers.engine.fast_decode.DecodeBatch` interface, CPU, rows dropped as they finish).
     Its slots are freed when its last row finishes or is dropped (:meth:`keep`), or by
     :meth:`release` (a request that ends early)."""

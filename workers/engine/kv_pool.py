@@ -14,6 +14,7 @@ whole capacity, the keys past its position masked (exact zeros, whatever the sta
 slot hold, as long as they are finite: values of a new slot are zeroed, keys are masked before use),
 and the blocks summed in order; so a row's bits do not depend on the capacity, on the slot it has, or
 on the other rows.
+See docs/DESIGN.md (the worker engine) for the invariants and figures.
 """
 
 from __future__ import annotations

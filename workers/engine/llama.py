@@ -12,6 +12,7 @@ batches and CUDA graphs around it are :mod:`workers.engine.fast_decode` (which s
 With bf16 weights on CPU the decode attention is a plain fp32 product instead of the CPU flash kernel
 (4x faster for a few rows), and the prompt's K/V can be kept once, in fp32, for all rows (cascade
 attention, :meth:`LlamaRunner._attend_fp32`).
+See docs/DESIGN.md (the worker engine) for the invariants and figures.
 """
 
 from __future__ import annotations
@@ -104,6 +105,50 @@ class _Layer:
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [rows, kv_heads, S, head_dim]
 
 
+def _layers(model: nn.Module, inner: Any, fuse: bool) -> list[_Layer]:
+    """Every decoder layer's weights (views, no copies); ``fuse``: one q/k/v and one gate/up matrix
+    each, which the model's own linears then view too (fused once per model)."""
+    fused: list[Any] = getattr(model, _FUSED_ATTR, None) or []
+    if fuse and len(fused) != len(inner.layers):
+        fused = [
+            (
+                _fuse([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+                _fuse([layer.mlp.gate_proj, layer.mlp.up_proj]),
+            )
+            for layer in inner.layers
+        ]
+        setattr(model, _FUSED_ATTR, fused)  # the model's linears now view these (no extra memory)
+    layers: list[_Layer] = []
+    for index, layer in enumerate(inner.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        if fuse:
+            (qkv, qkv_bias), (gate_up, gate_up_bias) = fused[index]
+            qkv_w, qkv_b, gu_w, gu_b = [qkv], [qkv_bias], [gate_up], [gate_up_bias]
+        else:  # the transformers forward's own matrix products (bit-identical on CPU)
+            qkv_w = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+            qkv_b = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+            gu_w = [mlp.gate_proj.weight, mlp.up_proj.weight]
+            gu_b = [mlp.gate_proj.bias, mlp.up_proj.bias]
+        layers.append(
+            _Layer(
+                qkv=qkv_w,
+                qkv_bias=qkv_b,
+                o=attn.o_proj.weight,
+                o_bias=attn.o_proj.bias,
+                gate_up=gu_w,
+                gate_up_bias=gu_b,
+                down=mlp.down_proj.weight,
+                down_bias=mlp.down_proj.bias,
+                ln_attn=layer.input_layernorm.weight,
+                eps_attn=float(layer.input_layernorm.variance_epsilon),
+                ln_mlp=layer.post_attention_layernorm.weight,
+                eps_mlp=float(layer.post_attention_layernorm.variance_epsilon),
+                act=mlp.act_fn,
+            )
+        )
+    return layers
+
+
 class LlamaRunner:
     """The forward pass of a transformers ``LlamaForCausalLM`` over its own weights (no copies)."""
 
@@ -137,43 +182,7 @@ class LlamaRunner:
         self.num_layers = len(inner.layers)
         self.vocab_size = int(self.lm_head.shape[0])
         self.fused = fuse
-        fused: list[Any] = getattr(model, _FUSED_ATTR, None) or []
-        if fuse and len(fused) != self.num_layers:
-            fused = []
-            for layer in inner.layers:
-                attn, mlp = layer.self_attn, layer.mlp
-                fused.append(
-                    (_fuse([attn.q_proj, attn.k_proj, attn.v_proj]), _fuse([mlp.gate_proj, mlp.up_proj]))
-                )
-            setattr(model, _FUSED_ATTR, fused)  # the model's linears now view these (no extra memory)
-        self.layers: list[_Layer] = []
-        for index, layer in enumerate(inner.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            if fuse:
-                (qkv, qkv_bias), (gate_up, gate_up_bias) = fused[index]
-                qkv_w, qkv_b, gu_w, gu_b = [qkv], [qkv_bias], [gate_up], [gate_up_bias]
-            else:  # the transformers forward's own matrix products (bit-identical on CPU)
-                qkv_w = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
-                qkv_b = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-                gu_w = [mlp.gate_proj.weight, mlp.up_proj.weight]
-                gu_b = [mlp.gate_proj.bias, mlp.up_proj.bias]
-            self.layers.append(
-                _Layer(
-                    qkv=qkv_w,
-                    qkv_bias=qkv_b,
-                    o=attn.o_proj.weight,
-                    o_bias=attn.o_proj.bias,
-                    gate_up=gu_w,
-                    gate_up_bias=gu_b,
-                    down=mlp.down_proj.weight,
-                    down_bias=mlp.down_proj.bias,
-                    ln_attn=layer.input_layernorm.weight,
-                    eps_attn=float(layer.input_layernorm.variance_epsilon),
-                    ln_mlp=layer.post_attention_layernorm.weight,
-                    eps_mlp=float(layer.post_attention_layernorm.variance_epsilon),
-                    act=mlp.act_fn,
-                )
-            )
+        self.layers = _layers(model, inner, fuse)
         self._arange = torch.arange(
             int(getattr(config, "max_position_embeddings", 4096)) + KV_ALIGN, device=self.device
         )

@@ -1,7 +1,8 @@
 """The worker's step scheduler for continuous batching: which work runs in each forward step.
 
-Pure Python (no torch, nothing of the project): the engine's batching loop (in progress, issue 18)
-asks :meth:`Scheduler.plan` for every step and reports back what finished. Two kinds of work:
+Pure Python (no torch, nothing of the project): the batch loop (:mod:`workers.engine.batching`)
+asks :meth:`Scheduler.plan` for every step and reports back what finished. See docs/DESIGN.md
+(continuous batching). Two kinds of work:
 
 * generation — ``rows`` sequences (n samples × prompts) that first need their prompts prefilled
   (``prefill_tokens``), then decode one token per row per step until they finish (at most

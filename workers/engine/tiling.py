@@ -16,6 +16,7 @@ plan. It is measured at the process's torch thread count, which the engine does 
 it starts (a GEMM may split its work differently at another count). Larger tiles stream each weight
 fewer times: a 256-row tile takes about half the time per row of eight 32-row tiles here.
 ``tests/integration/test_invariance.py`` checks the property with the plans in force, over 600 rows.
+See docs/DESIGN.md (the worker engine) for the invariants and figures.
 """
 
 from __future__ import annotations
