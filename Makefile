@@ -57,6 +57,7 @@ lint: venv
 	$(BIN)/ruff check app workers tests bench loadtests mosaic_client
 	$(BIN)/ruff format --check app workers tests bench loadtests mosaic_client
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: venv
 	$(BIN)/pytest -q tests/unit

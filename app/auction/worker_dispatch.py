@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -158,10 +158,8 @@ class WorkerDispatcher:
         launch()
         try:
             while in_flight:
-                delay: float | None = None
-                if hedging and launched < budget and len(in_flight) < len(order):
-                    oldest = min(started for _, started in in_flight.values())
-                    delay = max(0.0, oldest + self.hedge_delay(kind, tokens, timeout) - time.monotonic())
+                can_hedge = hedging and launched < budget and len(in_flight) < len(order)
+                delay = self._until_hedge(kind, tokens, timeout, in_flight.values()) if can_hedge else None
                 done, _ = await asyncio.wait(in_flight, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     slow_url = next(iter(in_flight.values()))[0]
@@ -183,6 +181,13 @@ class WorkerDispatcher:
         finally:
             await _cancel(list(in_flight))
         raise _gave_up(failures)
+
+    def _until_hedge(
+        self, kind: str, tokens: int, timeout: float, in_flight: Iterable[tuple[str, float]]
+    ) -> float:
+        """Seconds until the oldest attempt in flight is slow enough to hedge (0 when it already is)."""
+        oldest = min(started for _, started in in_flight)
+        return max(0.0, oldest + self.hedge_delay(kind, tokens, timeout) - time.monotonic())
 
 
 async def _cancel(tasks: list[asyncio.Task[Result]]) -> None:
