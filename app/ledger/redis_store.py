@@ -91,8 +91,12 @@ def free_loopback_port() -> int:
         return port
 
 
-def _ping(host: str | None, port: int, unix_socket: Path | None, timeout_s: float = 0.5) -> bool:
-    """True when a Redis server answers PING with PONG (not LOADING) at this address."""
+def _ping(
+    host: str | None, port: int, unix_socket: Path | None, pid: int | None = None, timeout_s: float = 0.5
+) -> bool:
+    """True when a Redis server answers PING with PONG (not LOADING) at this address and, with `pid`,
+    is that process: a port freed by a killed server may be taken by another one before the restart
+    binds it (the restart then fails to bind, and must not mistake the other server for itself)."""
     try:
         if unix_socket is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -102,10 +106,35 @@ def _ping(host: str | None, port: int, unix_socket: Path | None, timeout_s: floa
             sock.settimeout(timeout_s)
             sock.connect(str(unix_socket) if unix_socket is not None else (host or "127.0.0.1", port))
             sock.sendall(b"PING\r\n")
-            reply = sock.recv(64)
-    except OSError:
+            if not sock.recv(64).startswith(b"+PONG"):
+                return False
+            if pid is None:
+                return True
+            sock.sendall(b"INFO server\r\n")
+            info = _bulk_reply(sock)
+    except (OSError, ValueError):
         return False
-    return reply.startswith(b"+PONG")
+    return f"\r\nprocess_id:{pid}\r\n".encode() in info
+
+
+def _bulk_reply(sock: socket.socket) -> bytes:
+    """One RESP bulk string (``$<length>\\r\\n<bytes>\\r\\n``) read whole from `sock`."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk or len(data) > 64:
+            raise ValueError("not a bulk reply")
+        data += chunk
+    header, _, body = data.partition(b"\r\n")
+    if not header.startswith(b"$"):
+        raise ValueError("not a bulk reply")
+    length = int(header[1:])
+    while len(body) < length + 2:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ValueError("bulk reply cut short")
+        body += chunk
+    return b"\r\n" + body[:length]
 
 
 class RedisServer:
@@ -197,7 +226,7 @@ class RedisServer:
                 raise RedisServerError(
                     f"redis-server exited with {self.process.returncode}: {self._log_tail()}"
                 )
-            if _ping("127.0.0.1", self.port or 0, self.unix_socket):
+            if _ping("127.0.0.1", self.port or 0, self.unix_socket, pid=self.process.pid):
                 return
             time.sleep(0.01)
         self.kill()

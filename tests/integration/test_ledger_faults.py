@@ -31,7 +31,7 @@ from app.ledger.keys import PLATFORM_ACCOUNT, LedgerKeys
 from app.ledger.producer import BillingProducer, BillingUnavailableError
 from app.ledger.reader import LedgerReader
 from app.ledger.reconcile import reconcile
-from app.ledger.redis_store import open_redis
+from app.ledger.redis_store import RedisServer, RedisServerError, open_redis
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess
 
@@ -302,3 +302,18 @@ def test_redis_killed_and_restarted_loses_no_acknowledged_event(redis_server: Re
         await handle.close()
 
     asyncio.run(main())
+
+
+def test_a_restart_never_mistakes_another_server_on_its_port_for_itself(tmp_path: Path) -> None:
+    """A killed server's port is free until its restart binds it again, and another process may take it
+    meanwhile (other tests' Redis servers on this machine, or anything else). The restart then fails to
+    bind; it must say so, not answer "ready" because *a* Redis answers PING there: the ledger would write
+    to a stranger's server (the full suite once saw wrong balances in the kill/restart test that way)."""
+    holder = RedisServer(tmp_path / "holder")
+    holder.start()
+    try:
+        restart = RedisServer(tmp_path / "restart", port=holder.port)
+        with pytest.raises(RedisServerError, match="exited"):
+            restart.start(timeout_s=5)
+    finally:
+        holder.kill()
