@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from app.evaluation.instances import Instance, load_instances
 from app.prompts import AdvertiserProfile, auction_chats
 from app.settings import Settings
 from bench import common
+from bench.common import engine_config
 from workers.engine import invariant
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
@@ -126,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = Engine(load_model(args.model, "cpu", "auto"), batching=True)
+    engine = Engine(load_model(args.model, "cpu", "auto"), replace(engine_config(), batching=True))
     loop = engine.batching
     if loop is None:
         sys.exit("no batch-invariant path on this machine (weights not bf16 on CPU): nothing to compare")

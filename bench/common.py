@@ -23,9 +23,21 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workers.engine.config import EngineConfig
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def engine_config() -> EngineConfig:
+    """The engine's config from the environment's WORKER_* settings, as `mosaic worker` builds it (a
+    bench that builds its Engine directly then changes the fields it measures)."""
+    from workers.engine.config import EngineConfig
+    from workers.settings import WorkerSettings
+
+    return EngineConfig.from_settings(WorkerSettings())
 
 
 # ------------------------------------------------------------------------------------ service stack

@@ -41,7 +41,7 @@ from app.prompts import (  # noqa: E402
     context_messages,
     reference_messages,
 )
-from bench.common import median_time, rich_table  # noqa: E402
+from bench.common import engine_config, median_time, rich_table  # noqa: E402
 from workers.engine.core import Engine  # noqa: E402
 from workers.engine.sampling import SamplingOptions  # noqa: E402
 from workers.models import cpu_has_native_bf16, load_model  # noqa: E402
@@ -83,7 +83,10 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    engines = {dtype: Engine(load_model(args.model, "cpu", dtype)) for dtype in ("float32", "bfloat16")}
+    engines = {
+        dtype: Engine(load_model(args.model, "cpu", dtype), engine_config())
+        for dtype in ("float32", "bfloat16")
+    }
     fp32 = engines["float32"]
     token_errors: list[float] = []
     sequence_errors: list[float] = []

@@ -13,8 +13,9 @@ import argparse
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from bench.common import median_time, text_table
+from bench.common import engine_config, median_time, text_table
 from bench.gpu_common import ADVERTISER_POOL, PARAMS, QUERY, Report, chat, device_name, peak_tflops
 
 
@@ -38,7 +39,12 @@ def engine_part(args: argparse.Namespace, report: Report) -> None:
             torch.cuda.synchronize()
 
     engines = {
-        mode: Engine(loaded, max_model_len=4096, score_token_budget=args.score_token_budget, decode=mode)
+        mode: Engine(
+            loaded,
+            replace(
+                engine_config(), max_model_len=4096, score_token_budget=args.score_token_budget, decode=mode
+            ),
+        )
         for mode in args.modes
     }
     first = engines[args.modes[0]]

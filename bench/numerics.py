@@ -43,7 +43,7 @@ from app.prompts import (  # noqa: E402
     context_messages,
     reference_messages,
 )
-from bench.common import rich_table  # noqa: E402
+from bench.common import engine_config, rich_table  # noqa: E402
 from workers.engine.core import Engine  # noqa: E402
 from workers.engine.sampling import SamplingOptions  # noqa: E402
 from workers.models import load_model, resolve_dtype  # noqa: E402
@@ -129,7 +129,7 @@ def main() -> None:
     instances = load_instances(INSTANCES, args.limit)
     results: dict[str, dict[str, list[float]]] = {}
     for label, dtype in dtypes.items():
-        engine = Engine(load_model(args.model, "cpu", dtype))
+        engine = Engine(load_model(args.model, "cpu", dtype), engine_config())
         merged: dict[str, list[float]] = {}
         for index, instance in enumerate(tqdm(instances, desc=f"{label} ({dtype})")):
             for key, values in run_instance(

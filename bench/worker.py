@@ -19,13 +19,14 @@ import functools
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from bench.common import median_time
+from bench.common import engine_config, median_time
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
 from workers.models import load_model
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     sync = torch.cuda.synchronize if gpu else None
     tokens = args.tokens or (256 if gpu else 64)
     big_n = args.n or (20 if gpu else 8)
-    engine = Engine(loaded, max_model_len=4096, score_token_budget=args.score_token_budget)
+    engine = Engine(
+        loaded, replace(engine_config(), max_model_len=4096, score_token_budget=args.score_token_budget)
+    )
     prompt = engine.tokenize_chat([{"role": "user", "content": QUESTION}])
 
     def generate(n: int, max_tokens: int = tokens, seed: int = 1) -> list[list[int]]:

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.engine.batching import BatchLoop
+from workers.engine.config import EngineConfig
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
 from workers.engine.types import PromptResult
@@ -35,7 +36,7 @@ def tiny() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def engine(tiny: LoadedModel) -> Iterator[Engine]:
-    made = Engine(tiny, batching=True)
+    made = Engine(tiny, EngineConfig(batching=True))
     if made.batching is None:
         pytest.skip(f"no batch-invariant path here (weights {tiny.model.dtype} on this CPU)")
     try:
@@ -112,7 +113,7 @@ def test_a_request_is_bit_identical_alone_and_among_others(engine: Engine, data:
 
 
 def test_waiting_work_is_never_overtaken_by_a_stream_of_small_requests(tiny: LoadedModel) -> None:
-    engine = Engine(tiny, batching=True)
+    engine = Engine(tiny, EngineConfig(batching=True))
     if engine.invariant is None:
         pytest.skip("no batch-invariant path here")
     # A small step budget: the big requests never fit beside the running small ones.

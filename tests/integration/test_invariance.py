@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.engine import invariant, tiling
+from workers.engine.config import EngineConfig
 from workers.engine.core import Engine
 from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.sampling import SamplingOptions
@@ -43,7 +44,7 @@ def engine() -> Iterator[Engine]:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     dtype = "auto" if resolve_dtype(torch.device("cpu"), "auto") != torch.float32 else "bfloat16"
     loaded = load_model("tiny-random", "cpu", dtype)
-    eng = Engine(loaded, score_token_budget=4096)
+    eng = Engine(loaded, EngineConfig(score_token_budget=4096))
     assert eng.invariant is not None, "the default CPU dtype must run the batch-invariant forward"
     yield eng
     eng.close()

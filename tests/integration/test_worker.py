@@ -354,6 +354,7 @@ def test_chunking_and_prefix_sharing_do_not_change_scores(
 ) -> None:
     """Tiny token budgets (many chunks) and prefix sharing on/off give the same numbers: the same
     bits in the default dtype (batch-invariant forward), to float noise in fp32."""
+    from workers.engine.config import EngineConfig
     from workers.engine.core import Engine
 
     exact = default_model.model.dtype != torch.float32
@@ -363,9 +364,11 @@ def test_chunking_and_prefix_sharing_do_not_change_scores(
     gen = torch.Generator().manual_seed(0)
     replies = [torch.randint(3, 40000, (int(k),), generator=gen).tolist() for k in (1, 5, 17, 30, 2)]
     sequences = [prompt + r for r in replies] + [prompt[:20], [prompt[0]], prompt[3:]]
-    reference = Engine(local_model, score_token_budget=100_000, prefix_sharing=False).score(sequences)
+    reference = Engine(local_model, EngineConfig(score_token_budget=100_000, prefix_sharing=False)).score(
+        sequences
+    )
     for budget, sharing in ((64, True), (64, False), (100_000, True)):
-        engine = Engine(local_model, score_token_budget=budget, prefix_sharing=sharing)
+        engine = Engine(local_model, EngineConfig(score_token_budget=budget, prefix_sharing=sharing))
         assert sharing == bool(engine.scorer.prefix_groups(sequences)) or not sharing
         for ref, got in zip(reference, engine.score(sequences), strict=True):
             if exact:
@@ -408,12 +411,13 @@ def test_in_process_apps_share_one_process(local_model: LoadedModel) -> None:
 def test_scores_and_ranks_equal_a_direct_forward(local_model: LoadedModel, prompt: list[int]) -> None:
     """Every position's log-prob and rank against one plain forward + log_softmax, for sequences long
     enough to cross the scoring pass's lm_head product and slice boundaries (256 and 16 rows on CPU)."""
+    from workers.engine.config import EngineConfig
     from workers.engine.core import Engine
 
     gen = torch.Generator().manual_seed(3)
     vocab = local_model.vocab_size
     sequences = [prompt + torch.randint(3, vocab, (length,), generator=gen).tolist() for length in (300, 41)]
-    engine = Engine(local_model, prefix_sharing=False)
+    engine = Engine(local_model, EngineConfig(prefix_sharing=False))
     scored = engine.score(sequences)
     engine.close()
     exact_ranks = positions = 0

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from workers import models
+from workers.engine.config import EngineConfig
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
 from workers.models import load_model, resolve_dtype
@@ -39,13 +40,8 @@ def test_dtype_rule(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _engine(dtype: str) -> Engine:
-    return Engine(
-        load_model("tiny-random", "cpu", dtype),
-        max_model_len=2048,
-        score_token_budget=8192,
-        decode="fast",
-        force_ignore_eos=False,
-    )
+    config = EngineConfig(max_model_len=2048, score_token_budget=8192, decode="fast", force_ignore_eos=False)
+    return Engine(load_model("tiny-random", "cpu", dtype), config)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import torch
 
 from tests.fixtures_worker import start_worker_process
 from workers.engine import llama
+from workers.engine.config import EngineConfig
 from workers.engine.core import Engine
 from workers.engine.fast_decode import FastDecoder, align, bucket_rows
 from workers.engine.llama import LlamaRunner
@@ -55,14 +56,14 @@ def prompt(tiny: LoadedModel) -> list[int]:
 
 
 def _engine(loaded: LoadedModel, decode: str, **kwargs: Any) -> Engine:
-    return Engine(
-        loaded,
+    config = EngineConfig(
         max_model_len=2048,
         score_token_budget=8192,
         decode=decode,  # type: ignore[arg-type]
         force_ignore_eos=kwargs.pop("force_ignore_eos", False),
         **kwargs,
     )
+    return Engine(loaded, config)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import torch
 
 from workers.engine import fast_decode, llama
 from workers.engine.batching import BatchLoop
-from workers.engine.config import DecodeMode, EngineConfig
+from workers.engine.config import EngineConfig
 from workers.engine.generate import Decoder
 from workers.engine.sampling import SamplingOptions, sample_generators
 from workers.engine.score import Scorer
@@ -41,36 +41,11 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    """One loaded model serving generation and scoring requests (thread safe, see module docs).
+    """One loaded model serving generation and scoring requests (thread safe, see module docs), as
+    ``config`` says (:class:`EngineConfig`; built from WorkerSettings by ``workers.server``)."""
 
-    ``config`` (default: :class:`EngineConfig`'s defaults, i.e. WorkerSettings'); the keywords, when
-    given, override single fields of it (tests and benchmarks)."""
-
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        config: EngineConfig | None = None,
-        *,
-        max_model_len: int | None = None,
-        score_token_budget: int | None = None,
-        max_logprobs: int | None = None,
-        prefix_sharing: bool | None = None,
-        min_shared_prefix: int | None = None,
-        decode: DecodeMode | None = None,
-        force_ignore_eos: bool | None = None,
-        batching: bool | None = None,
-    ) -> None:
-        overrides: dict[str, Any] = {
-            "max_model_len": max_model_len,
-            "score_token_budget": score_token_budget,
-            "max_logprobs": max_logprobs,
-            "prefix_sharing": prefix_sharing,
-            "min_shared_prefix": min_shared_prefix,
-            "decode": decode,
-            "force_ignore_eos": force_ignore_eos,
-            "batching": batching,
-        }
-        config = replace(config or EngineConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+        config = config or EngineConfig()
         self.config = config
         self._load_model(loaded)
         self.max_model_len = min(config.max_model_len, loaded.max_position_embeddings)
