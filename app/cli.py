@@ -2,6 +2,7 @@
 
 Each sub-command imports its module lazily, so `mosaic --help` stays fast and the ledger consumer
 does not import torch.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The gateway's logging: the one set-up of every process, ``workers.logging_setup`` (re-exported)."""
+"""The gateway's logging: the one set-up of every process, ``workers.logging_setup`` (re-exported).
+See docs/DESIGN.md § Observability."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ JSON (``WORKER_URLS='["http://w1:8001","http://w2:8001"]'``) or comma separated.
 fields (``WORKER_MODEL``, ``WORKER_DTYPE``, ``WORKER_DECODE`` ...) are defined once, in
 ``workers.settings.WorkerSettings``, which :class:`Settings` extends (the gateway configures the
 in-process worker it starts); the worker reads them without importing ``app``.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@
     print(result.reply, [(row.id, row.payment) for row in result.advertisers])
 
 Exceptions: `mosaic_client.errors` (one per status, all `MosaicError`).
+See docs/DESIGN.md § Layout.
 """
 
 from app.contract.request import AdvertiserIn, AuctionRequest

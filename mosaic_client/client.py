@@ -10,6 +10,7 @@ exponential backoff. Every `POST /auction` carries an `Idempotency-Key` header (
 the same on each retry of it; or the caller's), so a retry after a lost answer is answered from the
 first attempt by a gateway that honours the key instead of running and billing a second auction.
 Imports httpx, the API's models and the errors.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Each carries the status, the API's own message (`detail`: a string, or the list of field errors of a
 422/413) and the response. `error_for(response)` picks the class. Imports httpx only.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ circuit breaker is `app.auction.worker_health`'s (fed here: a timeout, connect e
 failure, an answer a success). A failed request (connection error, timeout, 5xx) goes to the next
 healthy worker; a worker 4xx is the worker refusing our request, answered 502 with its message; all
 workers failed → 503.
+See docs/DESIGN.md § Faults: workers, Redis, slow clients.
 """
 
 from __future__ import annotations

@@ -3,4 +3,5 @@ segment auction) on the same cached candidates, with revenue, welfare, user util
 
 Modules: mechanisms.py (pure: one function per mechanism), incentives.py (the misreport search),
 rows.py (candidates → measured rows), report.py (markdown + figures), run.py (the command).
+See docs/DESIGN.md § Layout.
 """

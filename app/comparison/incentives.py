@@ -7,6 +7,7 @@ however hard one searches, so a positive gap is a certificate of manipulability.
 the DSIC tests of `tests/unit/test_mechanism.py` use: scaled, shifted and sign-flipped reports, all weight
 on one candidate (for every candidate), noisy reports, then a derivative-free local optimisation
 (Powell, bounded evaluations) from the best report found. Pure numpy + scipy; imports `mechanisms`.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

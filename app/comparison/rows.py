@@ -7,6 +7,7 @@ revenue Σ p_i; reward gain Σ_i (E_π r_i − E_no-ads r_i) against the no-ads 
 social welfare E_π W; user utility E_π log π_ref and its gap to the no-ads reply; ESS 1/Σ π_j²
 (1 for a deterministic choice); the incentive gap (`incentives.max_incentive_gap`); and the compute of one
 resolution (median µs). Imports `mechanisms`, `incentives`, `app.mechanism` and `app.evaluation`.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

@@ -39,4 +39,5 @@ Modules, each importing only those above it in this list (and `app.mechanism`, n
 * `run`       the command: `run_evaluation`, opening the engine (the service's `app.auction.sampler`,
   `app.auction.engine_client`, `app.contract`, `app.settings`, `workers.server`, imported
   lazily), collecting units, writing the tables.
+See docs/DESIGN.md § Layout.
 """

@@ -2,6 +2,7 @@
 
 `load_instances` reads and validates it into `Instance` records (advertiser ids default to a slug of
 the name); `slug` is also the cache's file-name sanitiser. Imports the standard library and numpy only.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

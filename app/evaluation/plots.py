@@ -16,6 +16,7 @@ carry the paper's figure numbers:
 * ``ess_vs_m``               effective sample size of the allocation.
 
 Imports `metrics`, matplotlib, numpy and pandas only.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@
 matches), and `cache_path` / `read_cached_unit` / `write_cached_unit` keep it as JSON under
 ``out/cache`` (atomic writes, so an interrupted run is resumable). Imports `instances` and
 `app.auction.engine_client.derive_seed`.
+See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

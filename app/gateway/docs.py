@@ -6,6 +6,7 @@ the gateway itself, and a Content-Security-Policy keeps each page on this origin
 its logo from a CDN; Swagger UI its validator badge: validatorUrl is off too). "Authorize" takes the
 bearer key (the document's HTTPBearer scheme) and keeps it for the browser session. Imports
 FastAPI's page templates and the package's static folder only.
+See docs/DESIGN.md § Looking at an auction.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ its previous response finished), the request head must be complete within HTTP_H
 timeout - "slowloris"); after the head, the body must be complete within HTTP_BODY_TIMEOUT_S. Past
 either, the connection is closed without an answer. While the app works on a request nothing is
 timed here (the auction deadline bounds that); idle keep-alive is uvicorn's HTTP_TIMEOUT_KEEP_ALIVE_S.
+See docs/DESIGN.md § Errors and limits.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """ASGI middleware of the gateway: the body-size limit (before parsing) and per-route request metrics.
 
 Imports only the gateway's metrics; knows nothing of auctions or billing.
+See docs/DESIGN.md § Errors and limits.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ At start (`check_key_settings`): an empty or blank key entry, or a known placeho
 shipped in docker-compose.yml and k8s/secret.yaml), refuses to start unless ALLOW_INSECURE_KEYS=true
 (development only); no key at all turns auth off, with a warning in the log. Health routes never
 ask for a key. Imports only the settings.
+See docs/DESIGN.md § Errors and limits.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ refused with the JSON path of the offending value (a 422 naming the field).
 `StrictJSONRoute` is the route class of the gateway's router: it decodes the body once, refuses it or
 hands the decoded value on (Starlette caches it as the request's JSON, so FastAPI does not parse the
 body a second time). Imports nothing of the project.
+See docs/DESIGN.md § Errors and limits.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ least one character that survives on its own", and a JSON-schema `pattern` can s
 every such code point (ECMA-262 patterns search, they are not anchored). The class is computed from
 the real sanitiser, so the document cannot drift from it: ~145k code points in ~700 ranges, built
 once per process on the first request for the document (~2 s). Imports only `app.prompts`.
+See docs/DESIGN.md § Looking at an auction.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Job: run one `LedgerConsumer` until SIGTERM/SIGINT (`run_consumer_forever`; `mai
 without the CLI's imports, settings from the environment), and run `reconcile` once and print it as
 tables (`reconcile_command`). Each opens Redis itself (app.ledger.redis_store). Imports app.settings,
 app.logging_setup and app.ledger only.
+See docs/DESIGN.md § Billing.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Job: the pure rules of one payment, with no Redis and no I/O: `to_micro_units` /
 consumer reads back, checked before the apply script sees it). Imports the standard library only.
 
 Money is integer micro-units (1 unit = 1_000_000 micro) everywhere after `to_micro_units`.
+See docs/DESIGN.md § Billing.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ its lease having lapsed unclaimed): the final write WATCHes the key and EXEC fai
 touched it, `store_failure` compares and sets in one script. So two gateways can never both store
 (and bill) one key. The fingerprint is the SHA-256 of the validated body as canonical JSON (sorted
 keys, defaults filled in): the same parameters spelled differently are the same request.
+See docs/DESIGN.md § Billing (idempotency keys).
 """
 
 from __future__ import annotations

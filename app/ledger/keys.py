@@ -25,6 +25,7 @@ Redis keys of the ledger (prefix ``mosaic:ledger:``):
              the dead-letter stream at most once, however often it is redelivered).
 ``duplicates`` hash stream id -> auction id: a second stream entry with the same auction id and the
              same payload (a producer retry): acknowledged, counted once, not applied again.
+See docs/DESIGN.md § Billing and § Bounded Redis memory.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ script, `idempotency_bill.lua` (check the key, SET, XADD, SET: one round trip, o
 unkeyed MULTI); `pending` / `none` with a key are a MULTI/EXEC under a WATCH of the key (EXEC fails if
 anyone touched it). Imports app.settings and app.ledger (events, keys, idempotency, render, scripts)
 only.
+See docs/DESIGN.md § Billing.
 """
 
 from __future__ import annotations

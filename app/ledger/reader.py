@@ -2,6 +2,7 @@
 
 Job: `LedgerReader`, used by the HTTP routes (app.gateway.ledger_routes), the gateway's billing metrics and
 `reconcile`; it only reads. Imports app.settings and app.ledger (events, keys, render) only.
+See docs/DESIGN.md § Billing.
 """
 
 from __future__ import annotations

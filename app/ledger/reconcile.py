@@ -8,6 +8,7 @@ must. Markers and history entries that trim.lua removed (older than BILLING_RETE
 counted from their settled totals (``mosaic:ledger:settled``): balance = settled + remaining
 markers. Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader,
 render) only.
+See docs/DESIGN.md § Billing.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ milliseconds, not after redis-py's default back-off.
 
 `RedisServer` is the process wrapper used here, by the tests (`tests/fixtures_redis.py`) and by the
 ledger benchmark.
+See docs/DESIGN.md § Faults: workers, Redis, slow clients.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ set auction id -> deadline (pending ones only); ``mosaic:render:counts`` hash st
 Invariants: a charge moves pending -> billed or pending -> expired, once, inside one script (atomic:
 a SIGKILL anywhere leaves either state, never both, never two XADDs); only `billed` charges are in
 the billing stream; the counts are changed in the same script as the state.
+See docs/DESIGN.md § Billing (billing on render).
 """
 
 from __future__ import annotations

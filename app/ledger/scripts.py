@@ -3,6 +3,7 @@
 Job: load the script texts once, at import (package data: pyproject ships ``app/ledger/*.lua``); the
 consumer SCRIPT LOADs them and calls them by EVALSHA. Their KEYS, ARGV and replies are described at
 the top of each ``.lua`` file. Imports the standard library only.
+See docs/DESIGN.md § Billing.
 """
 
 from __future__ import annotations

@@ -28,6 +28,16 @@ def test_modules_are_small_and_say_their_job(path: Path) -> None:
         assert ast.get_docstring(ast.parse(text)), f"{path}: no module docstring"
 
 
+@pytest.mark.parametrize(
+    "path", _modules("app", "workers", "mosaic_client"), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_module_docstrings_point_to_the_design(path: Path) -> None:
+    """A docstring says the job in a line or two; invariants and figures live in DESIGN.md (or MECHANISM.md)."""
+    if path.name != "__main__.py":
+        docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        assert "DESIGN.md" in docstring or "MECHANISM.md" in docstring, path
+
+
 def _long_functions(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     functions = (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
