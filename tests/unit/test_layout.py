@@ -32,7 +32,7 @@ def test_modules_are_small_and_say_their_job(path: Path) -> None:
     "path", _modules("app", "workers", "mosaic_client"), ids=lambda p: str(p.relative_to(ROOT))
 )
 def test_module_docstrings_point_to_the_design(path: Path) -> None:
-    """A docstring says the job in a line or two; invariants and figures live in DESIGN.md (or MECHANISM.md)."""
+    """A docstring says the job in a line or two; invariants and figures: DESIGN.md (or MECHANISM.md)."""
     if path.name != "__main__.py":
         docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         assert "DESIGN.md" in docstring or "MECHANISM.md" in docstring, path
