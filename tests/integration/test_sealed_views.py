@@ -150,12 +150,13 @@ def assert_sealed(body: dict[str, Any], full: dict[str, Any]) -> None:
         for field in ("id", "name", "description", "instruction"):
             assert entry[field] not in text, (field, entry[field])
         assert float(entry["value_scale"]) not in numbers
-        row = next(r for r in full["advertisers"] if r["id"] == entry["id"])
-        for figure in ("payment", "expected_reward", "expected_utility"):
-            assert row[figure] != 0.0, (figure, row)  # small value scales: no degenerate allocation
-            assert row[figure] not in numbers, figure
-        assert full["payments_micro"][entry["id"]] not in numbers or full["payments_micro"][entry["id"]] == 0
-        if len(others) > 1:  # with one other advertiser, the others' sum IS her vector (inherent)
+        if len(others) > 1:  # with one other advertiser, the others' sum IS its vector (and its
+            # figures follow from it): the disclosure DESIGN.md § Sealed views states
+            row = next(r for r in full["advertisers"] if r["id"] == entry["id"])
+            for figure in ("payment", "expected_reward", "expected_utility"):
+                assert row[figure] != 0.0, (figure, row)  # small value scales: no degenerate allocation
+                assert row[figure] not in numbers, figure
+            assert full["payments_micro"][entry["id"]] not in numbers
             for candidate in full["candidates"]:
                 assert candidate["rewards"][entry["id"]] not in numbers
     assert full["revenue"] not in numbers
