@@ -26,18 +26,20 @@ from app.contract.sealed import (
 )
 from app.contract.whatif import WhatIfRequest
 
-# The stored request's fields an advertiser may read (every one but the advertisers and the
-# response-shaping flags); her own entry is added as `advertiser`.
+# The whitelists: what of the full record an advertiser may read as it is stored. Everything else of
+# hers is added by name (her entry, her figures, her reward); of the others, only the summed rewards.
+_RECORD_FIELDS = (
+    *("auction_id", "reply", "chosen_index", "tau", "proposal", "seed", "currency"),
+    *("billing", "test", "created_at_ms", "effective_sample_size"),
+)
+_CANDIDATE_FIELDS = (
+    *("text", "log_ref", "log_proposal", "probability"),
+    *("proposal", "num_tokens", "finish_reason"),
+)
+# The request's settings (every field but the advertisers and the response-shaping flags).
 _REQUEST_FIELDS = (
-    "query",
-    "tau",
-    "candidates",
-    "proposal",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-    "test",
+    *("query", "tau", "candidates", "proposal", "max_tokens"),
+    *("temperature", "top_p", "seed", "test"),
 )
 
 
@@ -53,34 +55,18 @@ class SealedFieldError(PermissionError):
         self.loc = loc
 
 
-def _entry(record: dict[str, Any], advertiser_id: str) -> dict[str, Any]:
-    for row in record.get("request", {}).get("advertisers", []):
+def _row(rows: list[dict[str, Any]], advertiser_id: str, auction_id: object) -> dict[str, Any]:
+    """Her row of `rows` (the request's advertisers, or the outcome's); ValueError when she has none."""
+    for row in rows:
         if row.get("id") == advertiser_id:
             return dict(row)
-    raise ValueError(
-        f"advertiser {advertiser_id!r} did not take part in auction {record.get('auction_id')!r}"
-    )
-
-
-def _result(record: dict[str, Any], advertiser_id: str) -> AdvertiserResult:
-    for row in record["advertisers"]:
-        if row["id"] == advertiser_id:
-            return AdvertiserResult.model_validate(row)
-    raise ValueError(
-        f"advertiser {advertiser_id!r} did not take part in auction {record.get('auction_id')!r}"
-    )
+    raise ValueError(f"advertiser {advertiser_id!r} did not take part in auction {auction_id!r}")
 
 
 def _candidate(row: dict[str, Any], advertiser_id: str) -> SealedCandidate:
     rewards: dict[str, float] = row["rewards"]
     return SealedCandidate(
-        text=row["text"],
-        log_ref=row["log_ref"],
-        log_proposal=row["log_proposal"],
-        probability=row["probability"],
-        proposal=row["proposal"],
-        num_tokens=row["num_tokens"],
-        finish_reason=row.get("finish_reason"),
+        **{name: row.get(name) for name in _CANDIDATE_FIELDS},
         reward=rewards[advertiser_id],
         # exactly rounded (fsum): the aggregate does not depend on the others' order
         others_reward=math.fsum(float(value) for key, value in rewards.items() if key != advertiser_id),
@@ -89,28 +75,16 @@ def _candidate(row: dict[str, Any], advertiser_id: str) -> SealedCandidate:
 
 def seal_record(record: dict[str, Any], advertiser_id: str) -> SealedAuctionRecord:
     """Her sealed view of a stored record (`AuctionRecord` as JSON); ValueError when she was not in it."""
-    result = _result(record, advertiser_id)
+    auction_id = record["auction_id"]
     stored_request = record.get("request", {})
+    entry = _row(stored_request.get("advertisers", []), advertiser_id, auction_id)
     return SealedAuctionRecord(
-        auction_id=record["auction_id"],
-        reply=record["reply"],
-        chosen_index=record["chosen_index"],
-        tau=record["tau"],
-        proposal=record["proposal"],
-        seed=record["seed"],
-        currency=record["currency"],
-        billing=record.get("billing", "billed"),
-        test=record.get("test"),
-        created_at_ms=record["created_at_ms"],
-        advertiser=result,
+        **{name: record.get(name) for name in _RECORD_FIELDS},
+        advertiser=AdvertiserResult.model_validate(_row(record["advertisers"], advertiser_id, auction_id)),
         payment_micro=int(record.get("payments_micro", {}).get(advertiser_id, 0)),
-        effective_sample_size=record["effective_sample_size"],
         candidates=[_candidate(row, advertiser_id) for row in record.get("candidates") or []],
         request=SealedRequest.model_validate(
-            {
-                **{name: stored_request.get(name) for name in _REQUEST_FIELDS},
-                "advertiser": _entry(record, advertiser_id),
-            }
+            {**{name: stored_request.get(name) for name in _REQUEST_FIELDS}, "advertiser": entry}
         ),
     )
 

@@ -30,8 +30,9 @@ from app.auction.sealed import SealedFieldError, check_sealed_whatif, seal_recor
 from app.auction.whatif import resolve_record
 from app.contract.request import AuctionRequest
 from app.contract.result import AdvertiserResult, AuctionRecord, AuctionTimings, CandidateRecord
-from app.contract.sealed import SealedAuctionRecord, resolve_own
+from app.contract.sealed import resolve_own
 from app.contract.whatif import WhatIfRequest
+from tests.sealed_checks import assert_nothing_of_the_others
 
 TOLERANCE = 1e-12
 
@@ -107,40 +108,6 @@ def make_record(seed: int, n: int, m: int, tau: float) -> dict[str, Any]:
     return loaded
 
 
-def _numbers(value: Any) -> list[float]:
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int | float):
-        return [float(value)]
-    if isinstance(value, dict):
-        return [n for item in value.values() for n in _numbers(item)]
-    if isinstance(value, list):
-        return [n for item in value for n in _numbers(item)]
-    return []
-
-
-def assert_nothing_of_the_others(view: SealedAuctionRecord, record: dict[str, Any], mine: str) -> None:
-    body = json.loads(view.model_dump_json())
-    text = json.dumps(body)
-    numbers = set(_numbers(body))
-    others = [row for row in record["request"]["advertisers"] if row["id"] != mine]
-    for entry in others:
-        for field in ("id", "name", "description", "instruction"):
-            assert entry[field] not in text, field
-        assert entry["value_scale"] not in numbers
-        # With one other advertiser the sum of the others IS its vector (and its figures follow from
-        # it): the disclosure DESIGN.md § Sealed views states. With M = 1 every payment is 0 (to
-        # rounding), so equal figures there are no leak.
-        if len(others) > 1 and len(record["candidates"]) > 1:
-            row = next(r for r in record["advertisers"] if r["id"] == entry["id"])
-            for figure in ("payment", "expected_reward", "expected_utility"):
-                assert row[figure] not in numbers, figure
-            for candidate in record["candidates"]:
-                assert candidate["rewards"][entry["id"]] not in numbers
-    if others and len(record["candidates"]) > 1:
-        assert record["revenue"] not in numbers
-
-
 dimensions = st.tuples(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 12))
 taus = st.floats(0.05, 50)
 
@@ -155,7 +122,7 @@ def test_a_sealed_view_holds_nothing_of_the_others_and_gives_her_payment(
     for stored in record["advertisers"]:
         mine = stored["id"]
         view = seal_record(record, mine)
-        assert_nothing_of_the_others(view, record, mine)
+        assert_nothing_of_the_others(json.loads(view.model_dump_json()), record, mine)
         assert view.advertiser.model_dump() == stored
         assert view.payment_micro == record["payments_micro"][mine]
         assert view.request.advertiser.id == mine and len(view.candidates) == m
