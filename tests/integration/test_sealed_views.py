@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from mosaic_client import MosaicClient, SealedAuctionRecord, resolve_own
@@ -369,3 +370,27 @@ def test_ids_from_her_ledger_history_open_sealed_views(
             assert resolve_own(view).advertiser.payment == pytest.approx(
                 _alpha_row(full)["payment"], rel=0, abs=TOLERANCE
             )
+
+
+@pytest.mark.parametrize("kind", ["platform", "participant"])
+def test_answers_follow_the_openapi_document(
+    kind: str, gateways: dict[str, GatewayProcess], auctions: dict[str, dict[str, Any]]
+) -> None:
+    """The full and the sealed answers both validate against the 200 schema the document states for
+    `get_auction` and `resolve_auction` (anyOf: the full model or the sealed one)."""
+    url = gateways["keyed"].url
+    document = httpx.get(f"{url}/openapi.json", timeout=30).json()
+    headers = KEYS[kind][1]
+    record = f"{url}/auctions/{auctions['A3']['auction_id']}"
+    answers = {
+        ("/auctions/{auction_id}", "get"): httpx.get(record, headers=headers, timeout=30),
+        ("/auctions/{auction_id}/resolve", "post"): httpx.post(
+            f"{record}/resolve", json=OWN_SCALE, headers=headers, timeout=30
+        ),
+    }
+    for (path, method), answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        schema = document["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        validator = jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+        validator.validate(answer.json())
+        assert ("view" in answer.json()) == (kind == "participant")
