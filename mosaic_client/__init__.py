@@ -4,12 +4,21 @@
     result = MosaicClient("http://127.0.0.1:8000").auction("Guitars?", ["strum:StrumMaster:guitars"])
     print(result.reply, [(row.id, row.payment) for row in result.advertisers])
 
+With an advertiser key, `get_auction` and `resolve` return her sealed view (`SealedAuctionRecord`,
+`SealedWhatIfResponse`); `resolve_own(view)` recomputes her payment from it with `app.mechanism`.
 Exceptions: `mosaic_client.errors` (one per status, all `MosaicError`).
 See docs/DESIGN.md § Layout.
 """
 
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import AdvertiserResult, AuctionRecord, AuctionResponse, CandidateRecord
+from app.contract.sealed import (
+    SealedAuctionRecord,
+    SealedCandidate,
+    SealedRequest,
+    SealedWhatIfResponse,
+    resolve_own,
+)
 from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from mosaic_client.client import AsyncMosaicClient, MosaicClient, auction_request, parse_advertiser
 from mosaic_client.errors import (
@@ -46,6 +55,10 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "SealedAuctionRecord",
+    "SealedCandidate",
+    "SealedRequest",
+    "SealedWhatIfResponse",
     "ServerError",
     "TransportError",
     "UnavailableError",
@@ -54,4 +67,5 @@ __all__ = [
     "WorkerError",
     "auction_request",
     "parse_advertiser",
+    "resolve_own",
 ]

@@ -23,15 +23,22 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import TypeAdapter
 
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse
+from app.contract.sealed import SealedAuctionRecord, SealedWhatIfResponse
 from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from mosaic_client.errors import MosaicError, TransportError, error_for, retry_after
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DEFAULT_TIMEOUT_S = 300.0
 AdvertiserLike = AdvertiserIn | Mapping[str, Any] | str
+# A platform key (or auth off) reads the full record; an advertiser key her sealed view (`view: sealed`).
+AnyRecord = AuctionRecord | SealedAuctionRecord
+AnyWhatIf = WhatIfResponse | SealedWhatIfResponse
+_RECORD: TypeAdapter[AnyRecord] = TypeAdapter(AnyRecord)
+_WHATIF: TypeAdapter[AnyWhatIf] = TypeAdapter(AnyWhatIf)
 
 
 def _path(*parts: str) -> str:
@@ -156,9 +163,11 @@ class MosaicClient(_Base):
         answer = self._call("POST", "/auction", json=body, headers=self._auction_headers(idempotency_key))
         return AuctionResponse.model_validate(answer)
 
-    def get_auction(self, auction_id: str) -> AuctionRecord:
-        """The stored audit record, candidates included (`GET /auctions/{id}`)."""
-        return AuctionRecord.model_validate(self._call("GET", _path("auctions", auction_id)))
+    def get_auction(self, auction_id: str) -> AnyRecord:
+        """The stored audit record, candidates included (`GET /auctions/{id}`): the full `AuctionRecord`
+        for a platform key, her `SealedAuctionRecord` for an advertiser key (`resolve_own` recomputes
+        her figures from it)."""
+        return _RECORD.validate_python(self._call("GET", _path("auctions", auction_id)))
 
     def resolve(
         self,
@@ -167,10 +176,11 @@ class MosaicClient(_Base):
         *,
         advertisers: Iterable[str] | None = None,
         value_scales: Mapping[str, float] | None = None,
-    ) -> WhatIfResponse:
-        """What-if on the stored candidates (`POST /auctions/{id}/resolve`): never billed."""
+    ) -> AnyWhatIf:
+        """What-if on the stored candidates (`POST /auctions/{id}/resolve`): never billed. An advertiser
+        key gets her own figures only (`SealedWhatIfResponse`) and may change only her own value scale."""
         body = _whatif_body(tau, advertisers, value_scales)
-        return WhatIfResponse.model_validate(
+        return _WHATIF.validate_python(
             self._call("POST", _path("auctions", auction_id, "resolve"), json=body)
         )
 
@@ -244,8 +254,8 @@ class AsyncMosaicClient(_Base):
         )
         return AuctionResponse.model_validate(answer)
 
-    async def get_auction(self, auction_id: str) -> AuctionRecord:
-        return AuctionRecord.model_validate(await self._call("GET", _path("auctions", auction_id)))
+    async def get_auction(self, auction_id: str) -> AnyRecord:
+        return _RECORD.validate_python(await self._call("GET", _path("auctions", auction_id)))
 
     async def resolve(
         self,
@@ -254,10 +264,10 @@ class AsyncMosaicClient(_Base):
         *,
         advertisers: Iterable[str] | None = None,
         value_scales: Mapping[str, float] | None = None,
-    ) -> WhatIfResponse:
+    ) -> AnyWhatIf:
         body = _whatif_body(tau, advertisers, value_scales)
         answer = await self._call("POST", _path("auctions", auction_id, "resolve"), json=body)
-        return WhatIfResponse.model_validate(answer)
+        return _WHATIF.validate_python(answer)
 
     async def ledger_summary(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", "/ledger/summary")

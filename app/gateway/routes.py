@@ -24,11 +24,13 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
+from app.auction.sealed import SealedFieldError, seal_record, sealed_whatif
 from app.auction.service import auction_key, load_record
 from app.auction.whatif import WhatIfInputError, resolve_record
 from app.contract.limits import enforce_limits
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse
+from app.contract.sealed import SealedAuctionRecord, SealedWhatIfResponse
 from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from app.gateway.auction_call import serve_auction
 from app.gateway.deps import (
@@ -187,9 +189,14 @@ async def render_auction(
 
 @router.get(
     "/auctions/{auction_id}",
-    response_model=AuctionRecord,
+    response_model=AuctionRecord | SealedAuctionRecord,
     tags=["auction"],
-    summary="The full audit record of a served auction (candidates included)",
+    summary="The audit record of a served auction (candidates included); sealed for an advertiser key",
+    description="A platform key (or auth off) gets the full record (`AuctionRecord`). An advertiser key "
+    "gets her sealed view (`SealedAuctionRecord`, `view: sealed`): her own request entry, rewards, "
+    "payment and utility, the candidates' texts and scores, and of the others only their rewards summed "
+    "per candidate (what her payment needs): no other advertiser's id, entry, value scale, payment or "
+    "rewards.",
     responses=error_responses(401, 404, 422, 503),
 )
 async def get_auction(
@@ -198,7 +205,10 @@ async def get_auction(
     settings: SettingsDep,
     principal: Principal = Depends(require_api_key),
 ) -> Any:
-    return await _readable_record(auction_id, redis_client, settings, principal)
+    record = await _readable_record(auction_id, redis_client, settings, principal)
+    if principal.scope == "advertiser" and principal.advertiser_id is not None:
+        return seal_record(record, principal.advertiser_id)
+    return record
 
 
 async def _readable_record(
@@ -224,14 +234,16 @@ async def _readable_record(
 
 @router.post(
     "/auctions/{auction_id}/resolve",
-    response_model=WhatIfResponse,
+    response_model=WhatIfResponse | SealedWhatIfResponse,
     tags=["auction"],
     summary="What-if: the mechanism again on a served auction's candidates (never billed, never stored)",
     description="Allocation, payments and ESS under another τ, a subset of the advertisers or changed "
     "value scales, on the SAME stored candidates: no model call, no draw, no billing, no record. "
     "Same keys as `GET /auctions/{auction_id}`; 409 naming the field for an advertiser the auction did "
-    "not have.",
-    responses=error_responses(401, 404, 409, 413, 422, 503),
+    "not have. An advertiser key gets her own figures only (`SealedWhatIfResponse`, computed from her "
+    "sealed view): it may change τ and its own value scale, and `advertisers` may be only its own id "
+    "(the others dropped); naming any other advertiser is 403 naming the field.",
+    responses=error_responses(401, 403, 404, 409, 413, 422, 503),
 )
 async def resolve_auction(
     auction_id: str,
@@ -247,10 +259,14 @@ async def resolve_auction(
         }
     ),
     principal: Principal = Depends(require_api_key),
-) -> WhatIfResponse:
+) -> WhatIfResponse | SealedWhatIfResponse:
     record = await _readable_record(auction_id, redis_client, settings, principal)
     try:
+        if principal.scope == "advertiser" and principal.advertiser_id is not None:
+            return sealed_whatif(record, body, principal.advertiser_id)
         return resolve_record(record, body)
+    except SealedFieldError as error:  # another advertiser named by an advertiser key
+        raise HTTPException(status_code=403, detail=f"auction {auction_id!r}: {error}") from None
     except WhatIfInputError as error:  # an advertiser this auction did not have (WhatIfInputError: 409)
         raise HTTPException(status_code=409, detail=f"auction {auction_id!r}: {error}") from None
     except ValueError as error:  # the mechanism: rewards / τ beyond float64

@@ -4,9 +4,9 @@ The gateway runs over a real tiny-random worker process and a real Redis server 
 advertiser key too). Invariants: the what-if equals `app.mechanism` recomputed from the stored record
 to 1e-12 and never bills or stores anything (the billing stream and the audit records are unchanged);
 it answers 404 for unknown ids, 409 for an advertiser the auction lacks, and follows the read routes'
-keys; the client returns the API's models and raises one exception per status; its retries resend the
-same Idempotency-Key (a real socket server that answers 503 twice); `mosaic auction --url` goes
-through it.
+keys (an advertiser key gets her sealed view and may change only her own value scale); the client
+returns the API's models and raises one exception per status; its retries resend the same
+Idempotency-Key (a real socket server that answers 503 twice); `mosaic auction --url` goes through it.
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ from mosaic_client import (
     MosaicClient,
     NotFoundError,
     PermissionDeniedError,
+    SealedAuctionRecord,
+    SealedWhatIfResponse,
     TransportError,
     UnavailableError,
+    WhatIfResponse,
+    resolve_own,
 )
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
@@ -74,6 +78,7 @@ def client(gateway: GatewayProcess) -> Iterator[MosaicClient]:
 def record(client: MosaicClient) -> AuctionRecord:
     answer = client.auction(QUERY, ADVERTISERS, candidates=3, max_tokens=4, seed=11, include_candidates=True)
     stored = client.get_auction(answer.auction_id)
+    assert isinstance(stored, AuctionRecord)  # a platform key: the full record
     assert stored.candidates == answer.candidates
     assert [a.id for a in stored.advertisers] == ["strummaster", "chordify"]
     return stored
@@ -97,6 +102,7 @@ def _unbilled_state(redis_url: str) -> tuple[int, int]:
 
 def test_the_same_tau_gives_the_stored_outcome(client: MosaicClient, record: AuctionRecord) -> None:
     result = client.resolve(record.auction_id, record.tau)
+    assert isinstance(result, WhatIfResponse)  # a platform key: every advertiser's figures
     stored = [c.probability for c in record.candidates or []]
     np.testing.assert_allclose(result.probabilities, stored, rtol=0, atol=TOLERANCE)
     for got, want in zip(result.advertisers, record.advertisers, strict=True):
@@ -111,6 +117,7 @@ def test_whatif_is_the_mechanism_on_the_stored_candidates(
     before = _unbilled_state(redis_process.url)
     result = client.resolve(record.auction_id, tau)
     subset = client.resolve(record.auction_id, tau, advertisers=["chordify"], value_scales={"chordify": 2.5})
+    assert isinstance(result, WhatIfResponse) and isinstance(subset, WhatIfResponse)
     assert _unbilled_state(redis_process.url) == before  # nothing billed, nothing stored
     rewards, log_ref, log_q = _arrays(record, ["strummaster", "chordify"])
     probabilities, payments = mechanism.allocation_and_payments(rewards, log_ref, log_q, tau)
@@ -136,7 +143,16 @@ def test_whatif_errors_and_keys(gateway: GatewayProcess, client: MosaicClient, r
     with MosaicClient(gateway.url, retries=0) as anonymous, pytest.raises(AuthenticationError):
         anonymous.resolve(record.auction_id, 1.0)
     with MosaicClient(gateway.url, api_key=STRUM_KEY, retries=0) as strum:
-        assert strum.resolve(record.auction_id, 2.0).tau == 2.0  # she took part: allowed, as GET is
+        mine = strum.resolve(record.auction_id, 2.0)  # she took part: allowed, as GET is
+        assert isinstance(mine, SealedWhatIfResponse) and mine.tau == 2.0
+        assert mine.advertiser.id == "strummaster"
+        view = strum.get_auction(record.auction_id)  # her sealed view: nothing of chordify's
+        assert isinstance(view, SealedAuctionRecord) and "chordify" not in view.model_dump_json()
+        assert resolve_own(view, tau=2.0).advertiser.payment == pytest.approx(
+            mine.advertiser.payment, rel=TOLERANCE, abs=TOLERANCE
+        )
+        with pytest.raises(PermissionDeniedError, match=r"value_scales\['chordify'\]"):
+            strum.resolve(record.auction_id, 1.0, value_scales={"chordify": 2.0})
         with pytest.raises(PermissionDeniedError):
             strum.auction(QUERY, ADVERTISERS[:1])
     with MosaicClient(gateway.url, api_key=STRUM_KEY, retries=0) as strum:
@@ -157,6 +173,7 @@ def test_async_client(gateway: GatewayProcess) -> None:
         async with AsyncMosaicClient(gateway.url, api_key=KEY, retries=0) as mosaic:
             answer = await mosaic.auction(QUERY, ADVERTISERS, candidates=2, max_tokens=3, seed=5)
             stored = await mosaic.get_auction(answer.auction_id)
+            assert isinstance(stored, AuctionRecord)
             assert stored.reply == answer.reply and stored.seed == 5
             what_if = await mosaic.resolve(answer.auction_id, 4.0)
             assert len(what_if.probabilities) == 2

@@ -1,12 +1,15 @@
 """The explorer page, /docs and /redoc in a real browser: Debian's Chromium driven by Playwright.
 
-`mosaic serve --model tiny-random` runs as a subprocess (embedded worker and Redis, API keys on);
+`mosaic serve --model tiny-random` runs as a subprocess (embedded worker and Redis, API keys on: a
+platform key and an advertiser key);
 the browser context refuses every request that is not to the loopback gateway, so the pages are
 proven to work offline. Checks: the page runs an auction and its candidate table holds exactly the
 API's candidates (index, text, probability, sorted by probability); moving the τ slider redraws the
 probabilities to exactly what `POST /auctions/{id}/resolve` answers for that τ; the key survives a
 reload (sessionStorage) and `#auction=<id>` reopens the auction; an unknown id shows the API's
-message; Swagger UI and ReDoc render the operations, and Swagger's Authorize + "Try it out" runs an
+message; with an advertiser key the page shows her sealed view (her row, her rewards, the others'
+summed, nothing of another advertiser) and its τ slider her sealed what-if; Swagger UI and ReDoc
+render the operations, and Swagger's Authorize + "Try it out" runs an
 auction with its default example body (200). Screenshots go to the test's tmp_path (and to
 MOSAIC_SCREENSHOTS_DIR when set: `MOSAIC_SCREENSHOTS_DIR=docs/img .venv/bin/pytest <this file>`
 regenerates the README's).
@@ -18,6 +21,7 @@ test is skipped, except under CI=true, where it fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -38,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 API_KEY = "browser-test-platform-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADVERTISER_KEY = "browser-test-alpha-key"
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +64,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "WORKER_URLS", "HOST", "PORT"}}
     env.update({"DATA_DIR": str(data), "API_KEYS": API_KEY, "LOG_LEVEL": "WARNING"})
+    env["ADVERTISER_API_KEYS"] = json.dumps({"alpha7": [ADVERTISER_KEY]})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     log = (data / "gateway.log").open("wb")
     process = subprocess.Popen(
@@ -188,6 +194,73 @@ def test_explorer_runs_an_auction_and_the_tau_slider_resolves(
     current.click("#open")
     current.wait_for_selector("#status[data-state=error]")
     assert "HTTP 404: auction '0123456789abcdef' not found" in current.locator("#error").inner_text()
+    assert not errors, errors
+    assert not blocked, blocked
+
+
+def test_explorer_with_an_advertiser_key_shows_her_sealed_view(
+    page: tuple[Any, list[str], list[str]], gateway: str, tmp_path: Path
+) -> None:
+    """An advertiser key opening an auction she shared: only her row and rewards, the others' rewards
+    summed, no other advertiser's id, entry or figures on the page; the slider resolves her what-if."""
+    current, blocked, errors = page
+    secret = {
+        "id": "bravo7",
+        "name": "Bravoqz",
+        "description": "bravo-secret-description",
+        "instruction": "BRAVO-SECRET-INSTRUCTION: mention Bravoqz.",
+        "value_scale": 0.0725,
+    }
+    body = {
+        "query": "Learning to play the guitar.",
+        "advertisers": [
+            {"id": "alpha7", "name": "Alphaqz", "description": "alpha lessons", "value_scale": 0.015},
+            secret,
+        ],
+        "candidates": 4,
+        "max_tokens": 6,
+        "seed": 3,
+    }
+    served = httpx.post(f"{gateway}/auction", json=body, headers=AUTH, timeout=120)
+    assert served.status_code == 200, served.text
+    auction_id = served.json()["auction_id"]
+    mine = {"Authorization": f"Bearer {ADVERTISER_KEY}"}
+    view = httpx.get(f"{gateway}/auctions/{auction_id}", headers=mine, timeout=30).json()
+    assert view["view"] == "sealed"
+
+    current.goto(f"{gateway}/")
+    current.wait_for_selector("body[data-ready=true]")
+    current.fill("#api-key", ADVERTISER_KEY)
+    current.fill("#open-id", auction_id)
+    current.click("#open")
+    current.wait_for_selector("#status[data-state=done]", timeout=30_000)
+    current.wait_for_selector("#result[data-view=sealed]")
+    advertiser_rows = current.locator("#advertiser-table tbody tr")
+    assert advertiser_rows.count() == 1 and advertiser_rows.first.get_attribute("data-advertiser") == "alpha7"
+    heads = current.locator("#candidate-table thead th").all_inner_texts()
+    assert "r: alpha7" in heads and "Σ r: others" in heads
+    rows = _rows(current)
+    for index, probability, _ in rows:
+        assert probability == view["candidates"][index]["probability"]
+    shown = current.locator("#result").inner_text()
+    texts = [view["reply"], *(c["text"] for c in view["candidates"])]
+    for field in ("id", "name", "description", "instruction"):
+        assert secret[field] not in shown or any(secret[field] in text for text in texts), field
+    assert "revenue" not in current.locator("#summary").inner_text()
+    assert current.locator("#timings").is_hidden()
+    _shot(current, tmp_path, "explorer-sealed.png")
+
+    current.locator("#tau-slider").fill("0.5")
+    current.wait_for_selector('#result[data-tau="3.16"]', timeout=30_000)
+    current.wait_for_selector("#status[data-state=resolved]")
+    what_if = httpx.post(
+        f"{gateway}/auctions/{auction_id}/resolve", json={"tau": 3.16}, headers=mine, timeout=30
+    ).json()
+    assert what_if["view"] == "sealed"
+    for index, probability, _ in _rows(current):
+        assert probability == what_if["probabilities"][index]
+    assert current.locator("#advertiser-table tbody tr").count() == 1
+    assert "bravo7" not in current.locator("#result").inner_text()
     assert not errors, errors
     assert not blocked, blocked
 

@@ -139,6 +139,11 @@ function namesHer(text, name) {
   return Boolean(name) && text.toLowerCase().includes(name.toLowerCase());
 }
 
+/** A sealed answer (an advertiser key: `view: "sealed"`) holds her own row only; a full one every row. */
+function advertiserRows(answer) {
+  return answer.view === "sealed" ? [answer.advertiser] : answer.advertisers;
+}
+
 function renderAdvertisers(rows) {
   const body = $("#advertiser-table tbody");
   body.replaceChildren(
@@ -154,13 +159,28 @@ function renderAdvertisers(rows) {
 
 function renderSummary(tau, ess, revenue) {
   const auction = state.auction;
+  // A sealed view has no revenue (with two advertisers it would be the other's payment).
+  const money = revenue === undefined ? "" : ` · revenue = ${fmt(revenue, 6)} ${auction.currency}`;
   $("#summary").textContent =
-    `τ = ${tau} · ESS = ${fmt(ess, 3)} of M = ${auction.candidates.length} · revenue = ${fmt(revenue, 6)} ` +
-    `${auction.currency} · proposal = ${auction.proposal} · seed = ${auction.seed}`;
+    `τ = ${tau} · ESS = ${fmt(ess, 3)} of M = ${auction.candidates.length}${money} · ` +
+    `proposal = ${auction.proposal} · seed = ${auction.seed}`;
   $("#result").dataset.tau = String(tau);
 }
 
+function renderView(auction) {
+  const note = $("#view-note");
+  const sealed = auction.view === "sealed";
+  note.hidden = !sealed;
+  note.textContent = sealed
+    ? `Sealed view of advertiser ${auction.advertiser.id}: her own figures; the other advertisers ` +
+      "only as the sum of their rewards on each candidate."
+    : "";
+  $("#result").dataset.view = sealed ? "sealed" : "full";
+}
+
 function renderTimings(timings) {
+  $("#timings").hidden = !timings;
+  if (!timings) return;  // a sealed view has no stage timings
   const stages = Object.keys(timings);
   $("#timings-table thead tr").replaceChildren(...stages.map((s) => {
     const th = document.createElement("th");
@@ -170,12 +190,18 @@ function renderTimings(timings) {
   $("#timings-table tbody tr").replaceChildren(...stages.map((s) => cell(fmt(timings[s], 1))));
 }
 
+/** Her reward (sealed) or advertiser id's (full) on a candidate. */
+function reward(candidate, id) {
+  return state.auction.view === "sealed" ? candidate.reward : candidate.rewards[id];
+}
+
 function renderCandidates(probabilities) {
   const auction = state.auction;
-  const ids = auction.advertisers.map((a) => a.id);
+  const sealed = auction.view === "sealed";
+  const ids = advertiserRows(auction).map((a) => a.id);
   const head = document.createElement("tr");
   for (const title of ["#", "π (probability)", "log π_ref", "log q", ...ids.map((id) => `r: ${id}`),
-    ...ids.map((id) => `names ${state.names[id] || id}`), "text"]) {
+    ...(sealed ? ["Σ r: others"] : []), ...ids.map((id) => `names ${state.names[id] || id}`), "text"]) {
     const th = document.createElement("th");
     th.textContent = title;
     head.append(th);
@@ -196,7 +222,8 @@ function renderCandidates(probabilities) {
     bar.style.width = `${top > 0 ? (6 * probabilities[j]) / top : 0}rem`;
     prob.append(bar, document.createTextNode(fmt(probabilities[j], 4)));
     tr.append(cell(String(j)), prob, cell(fmt(candidate.log_ref, 2)), cell(fmt(candidate.log_proposal, 2)));
-    for (const id of ids) tr.append(cell(fmt(candidate.rewards[id], 3)));
+    for (const id of ids) tr.append(cell(fmt(reward(candidate, id), 3)));
+    if (sealed) tr.append(cell(fmt(candidate.others_reward, 3), "others"));
     for (const id of ids) tr.append(cell(namesHer(candidate.text, state.names[id]) ? "✓" : "", "names"));
     tr.append(cell(candidate.text, "text"));
     return tr;
@@ -210,14 +237,16 @@ function sliderFor(tau) {
   $("#tau-value").textContent = String(tau);
 }
 
-/** Show an auction (a POST /auction answer with candidates, or a GET /auctions/{id} record). */
+/** Show an auction (a POST /auction answer with candidates, or a GET /auctions/{id} record: the full
+ * record for a platform key, her sealed view for an advertiser key). */
 function showAuction(auction, advertisersIn) {
   state.auction = auction;
   state.names = Object.fromEntries(advertisersIn.map((a) => [a.id, a.name]));
   $("#auction-id").textContent = auction.auction_id;
   $("#reply").textContent = auction.reply;
+  renderView(auction);
   renderSummary(auction.tau, auction.effective_sample_size, auction.revenue);
-  renderAdvertisers(auction.advertisers);
+  renderAdvertisers(advertiserRows(auction));
   renderTimings(auction.timings_ms);
   renderCandidates(auction.candidates.map((c) => c.probability));
   sliderFor(auction.tau);
@@ -251,7 +280,8 @@ async function openAuction(auctionId) {
   setStatus("running", `opening ${auctionId}…`);
   try {
     const record = await api("GET", `/auctions/${encodeURIComponent(auctionId)}`);
-    showAuction(record, record.request.advertisers);
+    const entries = record.view === "sealed" ? [record.request.advertiser] : record.request.advertisers;
+    showAuction(record, entries);
     setStatus("done", `auction ${record.auction_id} opened`);
   } catch (error) {
     setStatus("error", "failed");
@@ -272,7 +302,7 @@ async function whatIf() {
     const result = await api("POST", `/auctions/${auction.auction_id}/resolve`, { tau }, controller.signal);
     if (controller.signal.aborted) return;
     renderCandidates(result.probabilities);
-    renderAdvertisers(result.advertisers);
+    renderAdvertisers(advertiserRows(result));
     renderSummary(result.tau, result.effective_sample_size, result.revenue);
     showError("");
     setStatus("resolved", `what-if τ = ${result.tau} (not billed)`);
