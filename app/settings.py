@@ -136,8 +136,23 @@ class Settings(WorkerSettings):
     max_tokens_in_flight: int = Field(
         262144,
         ge=1,
-        description="Worker tokens the running auctions may cost at most (M × max_tokens × (1 + scorings) "
-        "each); an auction alone is always admitted. Keep it near the workers' WORKER_MAX_QUEUED_TOKENS.",
+        description="Model tokens the running auctions may cost at most, in the workers' unit (prompt + "
+        "generation + scoring: app/auction/cost.py); an auction alone is always admitted. Keep it near "
+        "the workers' WORKER_MAX_QUEUED_TOKENS.",
+    )
+    admission_key_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of MAX_TOKENS_IN_FLIGHT one API key may hold while another key's auction "
+        "waits (it may use idle capacity beyond it when nobody waits); one auction may cost at most "
+        "this share (more: 422 naming the fields that make it big).",
+    )
+    prompt_template_tokens: int = Field(
+        64,
+        ge=0,
+        description="Tokens the workers' chat template adds to a prompt at most; a prompt's cost before "
+        "tokenize is bounded by its UTF-8 bytes + this (capped at MAX_PROMPT_TOKENS).",
     )
     max_waiting_auctions: int = Field(
         64, ge=0, description="Auctions that may wait for admission; past it: 429 at once."

@@ -71,10 +71,18 @@ def load_requests(path: Path, candidates: int, max_tokens: int) -> list[dict[str
 
 
 @contextlib.contextmanager
-def serve(model: str | None, ready_timeout_s: float, log_dir: Path) -> Iterator[str]:
-    """`mosaic serve` on a free port with its embedded worker and Redis; yields its URL."""
+def serve(
+    model: str | None, ready_timeout_s: float, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`mosaic serve` on a free port, its embedded worker and Redis (and ``extra_env``); yields its URL."""
     port = common.free_port()
-    env = {**os.environ, "PORT": str(port), "ALLOW_INSECURE_KEYS": "true", "API_KEYS": ""}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "ALLOW_INSECURE_KEYS": "true",
+        "API_KEYS": "",
+        **(extra_env or {}),
+    }
     env.pop("REDIS_URL", None)
     env.pop("WORKER_URLS", None)
     if model:

@@ -1,17 +1,23 @@
-"""Admission control of the gateway: bounded concurrency, bounded worker tokens, a bounded wait.
+"""Admission control of the gateway: concurrency, model tokens, per-key fair share, a bounded wait.
 
 An auction is admitted before any model work when, with it, no limit is passed: concurrent auctions
-(``max_concurrent``), concurrent auctions of one API key (``max_per_key``) and the worker tokens the
-running auctions may cost (``max_tokens_in_flight``; an auction's cost is estimated from its request,
-`auction_token_cost`). Otherwise it waits in a FIFO of at most ``max_waiting`` for at most
-``max_wait_s``; a full queue or a wait past the limit is refused (`AdmissionRefusedError` → 429 with
-``Retry-After``): never an unbounded queue.
+(``max_concurrent``), concurrent auctions of one API key (``max_per_key``), the model tokens the running
+auctions may cost (``max_tokens_in_flight``; an auction's cost is `app.auction.cost`'s: prompt +
+generation + scoring, in the workers' unit) and, while another key's auction waits, one key's share of
+those tokens (``key_share``). Otherwise it waits, for at most ``max_wait_s`` and among at most
+``max_waiting``; a full queue or a wait past the limit is refused (`AdmissionRefusedError` → 429 with
+``Retry-After``, the time the tokens ahead of it take at the throughput measured): never an unbounded
+queue.
 
-Fairness (no request starves): waiters are admitted in arrival order; the scan on every release stops
-at the first waiter blocked by a *global* limit (concurrency or tokens), so small auctions cannot
-overtake a large one forever. A waiter blocked only by its own key's limit is skipped, so one busy key
-cannot hold up the others. An auction is always admitted when nothing else runs, whatever its cost, so
-the token limit can never refuse a valid request for good.
+Fairness across keys (max-min, as Dominant Resource Fairness with one resource): waiters queue per key
+(FIFO within a key); each release offers the capacity to the key holding the fewest tokens in flight
+(ties: the oldest head), so a light key's small auction goes before a heavy key's stream. A key past its
+share while another key waits, or at its own concurrency limit, is skipped: it holds nobody up. The
+head so chosen, if a global limit (concurrency or tokens) blocks it, stops the scan: nobody overtakes it,
+so a large auction is never starved by small ones (its key holds nothing once its own auctions end, and
+then only older heads of keys holding nothing come first). A key may use idle capacity beyond its share
+when nobody else waits; an auction is always admitted when nothing else runs, so no valid request is
+refused for good.
 
 Pure asyncio; knows nothing of HTTP. Imports `app.auction.observers` only: what it reports goes to the
 `AdmissionObserver` it is given (the gateway's Prometheus `AdmissionMetrics`); see docs/DESIGN.md.
@@ -29,6 +35,9 @@ from dataclasses import dataclass, field
 
 from app.auction.observers import AdmissionObserver, NoopAdmissionObserver
 
+# Model tokens per second assumed before the first auction has finished (then: measured).
+PRIOR_TOKENS_PER_S = 20_000.0
+
 
 @dataclass(frozen=True)
 class AdmissionLimits:
@@ -37,6 +46,7 @@ class AdmissionLimits:
     max_tokens_in_flight: int
     max_waiting: int
     max_wait_s: float
+    key_share: float = 1.0  # of max_tokens_in_flight, one key's while another key waits
 
 
 class AdmissionRefusedError(Exception):
@@ -48,12 +58,42 @@ class AdmissionRefusedError(Exception):
         self.retry_after_s = retry_after_s
 
 
-def auction_token_cost(candidates: int, max_tokens: int, num_advertisers: int, proposal: str) -> int:
-    """Worker tokens an auction may cost at most, from its request: M replies generated, then scored under
-    the reference and every advertiser (and the other proposal for the mixture). Prompts are not known
-    before tokenize; the reply tokens dominate and bound the decode work."""
-    scorings = 1 + num_advertisers + (1 if proposal == "mixture" else 0)
-    return candidates * max_tokens * (1 + scorings)
+class TokenThroughput:
+    """Model tokens of finished auctions per second of busy time (while any auction runs), over the
+    last ``window`` finishes: the rate `Retry-After` divides the tokens ahead by."""
+
+    def __init__(self, prior_tokens_per_s: float = PRIOR_TOKENS_PER_S, window: int = 32) -> None:
+        self._prior = prior_tokens_per_s
+        self._busy_s = 0.0
+        self._done_tokens = 0
+        self._running = 0
+        self._last = time.monotonic()
+        self._marks: deque[tuple[float, int]] = deque(maxlen=window)
+
+    def _tick(self, now: float) -> None:
+        if self._running:
+            self._busy_s += now - self._last
+        self._last = now
+
+    def started(self, now: float) -> None:
+        self._tick(now)
+        if not self._marks:
+            self._marks.append((self._busy_s, self._done_tokens))
+        self._running += 1
+
+    def finished(self, tokens: int, now: float) -> None:
+        self._tick(now)
+        self._running -= 1
+        self._done_tokens += tokens
+        self._marks.append((self._busy_s, self._done_tokens))
+
+    def tokens_per_s(self) -> float:
+        if len(self._marks) < 2:
+            return self._prior
+        (busy_0, done_0), (busy_1, done_1) = self._marks[0], self._marks[-1]
+        if busy_1 - busy_0 <= 0.01 or done_1 <= done_0:
+            return self._prior
+        return (done_1 - done_0) / (busy_1 - busy_0)
 
 
 @dataclass
@@ -68,11 +108,12 @@ class AdmissionController:
     def __init__(self, limits: AdmissionLimits, observer: AdmissionObserver | None = None) -> None:
         self.limits = limits
         self.observer = observer or NoopAdmissionObserver()
+        self.throughput = TokenThroughput()
         self._in_flight = 0
         self._per_key: dict[str, int] = {}
+        self._key_tokens: dict[str, int] = {}
         self._tokens = 0
-        self._waiters: deque[_Waiter] = deque()
-        self._recent_seconds = 1.0  # EWMA of admitted auctions' durations, for Retry-After
+        self._queues: dict[str, deque[_Waiter]] = {}  # per key, FIFO; only keys with waiters
 
     @property
     def in_flight(self) -> int:
@@ -80,7 +121,11 @@ class AdmissionController:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(len(queue) for queue in self._queues.values())
+
+    def key_tokens(self, key: str) -> int:
+        """Model tokens the running auctions of `key` may cost."""
+        return self._key_tokens.get(key, 0)
 
     def _blocked_globally(self, cost: int) -> bool:
         if self._in_flight == 0:
@@ -90,53 +135,126 @@ class AdmissionController:
             or self._tokens + cost > self.limits.max_tokens_in_flight
         )
 
-    def _blocked_by_key(self, key: str) -> bool:
-        return self._per_key.get(key, 0) >= self.limits.max_per_key
+    def _others_wait(self, key: str) -> bool:
+        return any(other != key for other in self._queues)
+
+    def _blocked_by_key(self, key: str, cost: int) -> bool:
+        """At its own concurrency limit, or past its share while another key's auction waits (a key
+        holding nothing is never held back by its share: its auction alone may be the share)."""
+        if self._per_key.get(key, 0) >= self.limits.max_per_key:
+            return True
+        held = self.key_tokens(key)
+        share = self.limits.key_share * self.limits.max_tokens_in_flight
+        return held > 0 and held + cost > share and self._others_wait(key)
 
     def _take(self, key: str, cost: int) -> None:
         self._in_flight += 1
         self._per_key[key] = self._per_key.get(key, 0) + 1
+        self._key_tokens[key] = self._key_tokens.get(key, 0) + cost
         self._tokens += cost
+        self.throughput.started(time.monotonic())
         self._publish()
 
-    def _give_back(self, key: str, cost: int, seconds: float) -> None:
+    def _give_back(self, key: str, cost: int) -> None:
         self._in_flight -= 1
         self._per_key[key] -= 1
+        self._key_tokens[key] -= cost
         if not self._per_key[key]:
-            del self._per_key[key]
+            del self._per_key[key], self._key_tokens[key]
         self._tokens -= cost
-        self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
+        self.throughput.finished(cost, time.monotonic())
         self._admit_waiters()
         self._publish()
 
+    def _prune(self) -> None:
+        """Waiters that timed out or were cancelled meanwhile leave their queues."""
+        for key in list(self._queues):
+            queue = self._queues[key]
+            while queue and queue[0].admitted.done():
+                queue.popleft()
+            if not queue:
+                del self._queues[key]
+
+    def _next_waiter(self) -> _Waiter | None:
+        """The waiter to admit now: the head of the key holding the fewest tokens (then the oldest head)
+        not held back by its own key; None when that one is blocked globally (nobody overtakes it)."""
+        order = sorted(self._queues, key=lambda k: (self.key_tokens(k), self._queues[k][0].enqueued_at))
+        for key in order:
+            head = self._queues[key][0]
+            if self._blocked_by_key(key, head.cost):
+                continue
+            return None if self._blocked_globally(head.cost) else head
+        return None
+
     def _admit_waiters(self) -> None:
-        for waiter in list(self._waiters):
-            if waiter.admitted.done():  # timed out or cancelled meanwhile
-                self._waiters.remove(waiter)
-                continue
-            if self._blocked_globally(waiter.cost):
-                break  # FIFO for the global limits: nobody overtakes this waiter
-            if self._blocked_by_key(waiter.key):
-                continue
-            self._waiters.remove(waiter)
+        while True:
+            self._prune()
+            waiter = self._next_waiter()
+            if waiter is None:
+                return
+            self._queues[waiter.key].popleft()
+            if not self._queues[waiter.key]:
+                del self._queues[waiter.key]
             self._take(waiter.key, waiter.cost)
             waiter.admitted.set_result(None)
 
     def _publish(self) -> None:
-        self.observer.admission_load(self._in_flight, len(self._waiters), self._tokens)
+        self.observer.admission_load(self._in_flight, self.waiting, self._tokens)
 
-    def retry_after_s(self) -> int:
-        """Advice for a refused client: the expected time for the running and waiting auctions to drain."""
-        backlog = (self._in_flight + len(self._waiters)) / max(self.limits.max_concurrent, 1)
-        return max(1, math.ceil(self._recent_seconds * backlog))
+    def retry_after_s(self, cost: int = 0, ahead: int | None = None) -> int:
+        """Advice for a refused client: the seconds the workers take for the tokens that must finish
+        before an auction of `cost` fits (the running ones' and `ahead`, by default every waiter's),
+        at the measured throughput; at least 1."""
+        if ahead is None:
+            ahead = sum(w.cost for queue in self._queues.values() for w in queue if not w.admitted.done())
+        excess = self._tokens + ahead + cost - self.limits.max_tokens_in_flight
+        if excess <= 0:  # held by the concurrency limit: about one running auction's worth
+            excess = self._tokens // max(self._in_flight, 1) + ahead
+        return max(1, math.ceil(excess / self.throughput.tokens_per_s()))
 
-    def _refuse(self, reason: str, message: str) -> AdmissionRefusedError:
+    def _refuse(self, reason: str, message: str, retry_after_s: int) -> AdmissionRefusedError:
         self.observer.admission_refused(reason)
-        return AdmissionRefusedError(reason, message, self.retry_after_s())
+        return AdmissionRefusedError(reason, message, retry_after_s)
 
     def admits_now(self, key: str, cost: int) -> bool:
         """An auction of ``cost`` for ``key`` would be admitted at once (no wait, no refusal)."""
-        return not self._waiters and not self._blocked_globally(cost) and not self._blocked_by_key(key)
+        return not self._queues and not self._blocked_globally(cost) and not self._blocked_by_key(key, cost)
+
+    async def _wait(self, key: str, cost: int) -> None:
+        """Queue (bounded) and wait (bounded) for a place; on return the place is taken."""
+        if self.waiting >= self.limits.max_waiting:
+            raise self._refuse(
+                "queue_full",
+                f"the gateway is at its admission limits and {self.waiting} auctions are already "
+                f"waiting (MAX_WAITING_AUCTIONS={self.limits.max_waiting}); retry later",
+                self.retry_after_s(cost),
+            )
+        waiter = _Waiter(key, cost, asyncio.get_running_loop().create_future())
+        self._queues.setdefault(key, deque()).append(waiter)
+        self._admit_waiters()  # it may fit already: it may be the least-served key's
+        self._publish()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.admitted), self.limits.max_wait_s)
+        except TimeoutError:
+            if not waiter.admitted.done():
+                waiter.admitted.cancel()
+                self._drop(waiter)
+                ahead = sum(
+                    w.cost for q in self._queues.values() for w in q if w.enqueued_at < waiter.enqueued_at
+                )
+                raise self._refuse(
+                    "wait_timeout",
+                    f"not admitted within ADMISSION_WAIT_S={self.limits.max_wait_s:g} s (the gateway is "
+                    "at its concurrency or model-token limit); retry later",
+                    self.retry_after_s(cost, ahead),
+                ) from None
+        except asyncio.CancelledError:  # the client went away while waiting
+            if waiter.admitted.done() and not waiter.admitted.cancelled():
+                self._give_back(key, cost)  # admitted just as it was cancelled
+            else:
+                waiter.admitted.cancel()
+                self._drop(waiter)
+            raise
 
     @asynccontextmanager
     async def admit(self, key: str, cost: int) -> AsyncIterator[None]:
@@ -145,43 +263,18 @@ class AdmissionController:
         if self.admits_now(key, cost):
             self._take(key, cost)
         else:
-            if len(self._waiters) >= self.limits.max_waiting:
-                raise self._refuse(
-                    "queue_full",
-                    f"the gateway is at its admission limits and {len(self._waiters)} auctions are "
-                    f"already waiting (MAX_WAITING_AUCTIONS={self.limits.max_waiting}); retry later",
-                )
-            waiter = _Waiter(key, cost, asyncio.get_running_loop().create_future())
-            self._waiters.append(waiter)
-            self._admit_waiters()  # it may fit already: the waiters ahead may be held only by their keys
-            self._publish()
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter.admitted), self.limits.max_wait_s)
-            except TimeoutError:
-                if not waiter.admitted.done():
-                    waiter.admitted.cancel()
-                    self._drop(waiter)
-                    raise self._refuse(
-                        "wait_timeout",
-                        f"not admitted within ADMISSION_WAIT_S={self.limits.max_wait_s:g} s "
-                        "(the gateway is at its concurrency or worker-token limit); retry later",
-                    ) from None
-            except asyncio.CancelledError:  # the client went away while waiting
-                if waiter.admitted.done() and not waiter.admitted.cancelled():
-                    self._give_back(key, cost, 0.0)  # admitted just as it was cancelled
-                else:
-                    waiter.admitted.cancel()
-                    self._drop(waiter)
-                raise
+            await self._wait(key, cost)
         self.observer.admission_waited(time.monotonic() - arrived)
-        started = time.monotonic()
         try:
             yield
         finally:
-            self._give_back(key, cost, time.monotonic() - started)
+            self._give_back(key, cost)
 
     def _drop(self, waiter: _Waiter) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
+        queue = self._queues.get(waiter.key)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            if not queue:
+                del self._queues[waiter.key]
         self._admit_waiters()  # a dropped head may unblock the ones behind it
         self._publish()

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from app import mechanism
+from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
 from app.auction.observers import AuctionObserver, NoopAuctionObserver
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
@@ -91,6 +92,11 @@ class AuctionService:
         self.billing = billing
         self.observer = observer or NoopAuctionObserver()
         self.idempotency = IdempotencyStore(billing.redis, settings)
+
+    def admission_cost(self, request: AuctionRequest) -> int:
+        """The model tokens admission holds for the auction (`app.auction.cost`); `LimitExceededError`
+        (422 naming the fields) when it is more than one auction may ever cost."""
+        return enforce_cost_limit(request, self.settings, len(self.sampler.engine.worker_urls))
 
     def bill_mode(self, request: AuctionRequest) -> BillMode:
         if request.test:

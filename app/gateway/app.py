@@ -114,6 +114,7 @@ def _admission_controller(settings: Settings, metrics: GatewayMetrics) -> Admiss
             max_tokens_in_flight=settings.max_tokens_in_flight,
             max_waiting=settings.max_waiting_auctions,
             max_wait_s=settings.admission_wait_s,
+            key_share=settings.admission_key_share,
         ),
         AdmissionMetrics(metrics.registry),
     )

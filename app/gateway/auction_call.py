@@ -1,7 +1,7 @@
 """One `POST /auction` call around the auction: Idempotency-Key replay, abandonment, stored outcome.
 
-Job: `serve_auction` (the route hands it the validated body, the caller, the key and the service,
-admission and metrics it got as dependencies) 1. with a key,
+Job: `serve_auction` (the route hands it the validated body, the caller, the key, the service,
+admission and metrics it got as dependencies and the auction's model-token cost) 1. with a key,
 checks it before any model work (a read, sent beside the auction's tokenization; generation waits
 for its verdict, `RunControl.cleared`: the stored outcome is answered with `Idempotent-Replayed:
 true`, nothing billed; 409 while it runs; 422 reused with other parameters; the auction is then
@@ -30,7 +30,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from app.auction.admission import AdmissionController, auction_token_cost
+from app.auction.admission import AdmissionController
 from app.auction.service import AuctionService, RunControl, deadline_s
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionResponse
@@ -69,9 +69,9 @@ async def serve_auction(
     service: AuctionService,
     admission: AdmissionController,
     metrics: GatewayMetrics,
+    cost: int,
 ) -> AuctionResponse | Response:
     control = RunControl()
-    cost = _token_cost(body, service)
     lookup: asyncio.Future[StoredOutcome | None] | None = None
     lookup_ms = 0.0
     fp = running = ""
@@ -135,16 +135,6 @@ def _cleared_by(lookup: asyncio.Future[StoredOutcome | None]) -> asyncio.Future[
 
     lookup.add_done_callback(judge)
     return cleared
-
-
-def _token_cost(body: AuctionRequest, service: AuctionService) -> int:
-    settings = service.settings
-    return auction_token_cost(
-        body.candidates or settings.default_candidates,
-        body.max_tokens or settings.default_max_tokens,
-        len(body.advertisers),
-        body.proposal,
-    )
 
 
 async def _claim_taken(control: RunControl) -> IdempotencyClaim | None:

@@ -148,10 +148,18 @@ async def run_auction(
     ] = None,
 ) -> AuctionResponse | Response:
     enforce_limits(body, settings)  # refused (4xx) before any work: nothing stored under the key
+    cost = service.admission_cost(body)  # more model tokens than one auction may hold: 422 naming fields
     if redis_health is not None:
         redis_health.check()  # Redis down or full: 503 naming it, before any model work
     return await serve_auction(
-        body, request, principal, idempotency_key, service=service, admission=admission, metrics=metrics
+        body,
+        request,
+        principal,
+        idempotency_key,
+        service=service,
+        admission=admission,
+        metrics=metrics,
+        cost=cost,
     )
 
 

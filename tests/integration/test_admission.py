@@ -2,7 +2,9 @@
 
 Invariants: past a limit an auction is refused 429 with `Retry-After` before any model work (the
 worker's token counters do not move) and nothing is billed (the billing stream grows only by the
-answered auctions); one API key at its own limit does not hold up another key.
+answered auctions); one API key at its own limit does not hold up another key; an auction costs its
+prompt + generation + scoring tokens, one that costs more than one key's share of MAX_TOKENS_IN_FLIGHT
+is refused 422 naming its fields, and a key past its share does not hold up another key's auction.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import httpx
 import pytest
 import redis
 
+from app.auction.cost import request_cost_bound
+from app.contract.request import AuctionRequest
+from app.settings import Settings
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
 from tests.fixtures_worker import WorkerProcess, generation_tokens, start_worker_process, worker_stopped
@@ -41,10 +46,7 @@ def _gateway(
         worker.url,
         redis_process.url,
         tmp,
-        API_KEYS=f"{KEY_A},{KEY_B}",
-        MAX_CANDIDATES="64",
-        MAX_TOKENS_LIMIT="256",
-        **env,
+        **{"API_KEYS": f"{KEY_A},{KEY_B}", "MAX_CANDIDATES": "64", "MAX_TOKENS_LIMIT": "256", **env},
     )
 
 
@@ -148,3 +150,101 @@ def test_workers_at_their_queue_limit_answer_429_and_bill_nothing(
     finally:
         gateway.stop()
         worker.stop()
+
+
+def _advertisers(count: int) -> list[dict[str, str]]:
+    return [{"id": f"a{i}", "name": f"Ad {i}", "description": "selling guitars"} for i in range(count)]
+
+
+def _metric(gateway: GatewayProcess, name: str) -> float:
+    text = httpx.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {KEY_A}"}).text
+    return float(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[-1])
+
+
+def test_a_request_past_what_one_auction_may_cost_is_422_naming_its_fields(
+    slow_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
+) -> None:
+    """The issue's request (M=64, 512 tokens, 16 advertisers, the mixture, a 200-word query, a test
+    auction) is refused up front on an idle gateway, 422 naming candidates, max_tokens, advertisers
+    and query with its cost and the limit; no model work (it used to be admitted and hold everything)."""
+    gateway = _gateway(slow_worker, redis_process, tmp_path, MAX_ADVERTISERS="16", MAX_TOKENS_LIMIT="512")
+    try:
+        body = {
+            "query": " ".join(["guitar"] * 200),
+            "advertisers": _advertisers(16),
+            "candidates": 64,
+            "max_tokens": 512,
+            "proposal": "mixture",
+            "test": True,
+            "tmax_ms": 3000,  # before the fix it ran: end it early
+        }
+        tokens_before = generation_tokens(slow_worker)
+        response = httpx.post(
+            f"{gateway.url}/auction", json=body, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=60
+        )
+        assert response.status_code == 422, response.text
+        errors = response.json()["detail"]
+        assert {"candidates", "max_tokens", "advertisers", "query"} <= {e["loc"][1] for e in errors}
+        limit = Settings().max_tokens_in_flight // 2
+        assert all(e["ctx"]["limit"] == limit and e["ctx"]["cost"] > limit for e in errors), errors
+        assert generation_tokens(slow_worker) == tokens_before
+    finally:
+        gateway.stop()
+
+
+def test_a_one_token_auction_is_costed_by_its_scoring(
+    slow_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
+) -> None:
+    """M=1, 1 token, 16 advertisers, a 300-word query: its 17 scored prompts of the query count (it was
+    costed at 18 tokens): with one auction allowed 10,000 tokens it is refused, its cost stated."""
+    gateway = _gateway(
+        slow_worker, redis_process, tmp_path, MAX_ADVERTISERS="16", MAX_TOKENS_IN_FLIGHT="20000"
+    )
+    try:
+        query = " ".join(["play"] * 300)
+        body = {"query": query, "advertisers": _advertisers(16), "candidates": 1, "max_tokens": 1}
+        response = httpx.post(
+            f"{gateway.url}/auction", json=body, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=120
+        )
+        assert response.status_code == 422, response.text
+        costs = {e["ctx"]["cost"] for e in response.json()["detail"]}
+        assert len(costs) == 1 and costs.pop() > 17 * 300
+        assert "query" in {e["loc"][1] for e in response.json()["detail"]}
+    finally:
+        gateway.stop()
+
+
+def test_a_heavy_key_past_its_share_does_not_hold_up_a_light_key(
+    slow_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
+) -> None:
+    """Key A runs two large auctions (its share, then the idle rest) and a third waits; key B's small
+    auction that arrives next is admitted at once, while A holds its share (FIFO held it behind A's)."""
+    heavy = {**SLOW, "candidates": 16, "max_tokens": 200, "seed": 1}
+    light = {**SLOW, "candidates": 1, "max_tokens": 4, "seed": 2}
+    settings = Settings(max_candidates=64, max_tokens_limit=256)
+    cost_heavy = request_cost_bound(AuctionRequest.model_validate(heavy), settings, 1)
+    cost_light = request_cost_bound(AuctionRequest.model_validate(light), settings, 1)
+    capacity = 2 * cost_heavy + cost_light  # A's two fit, then B's fits beside them; A's third does not
+    gateway = _gateway(slow_worker, redis_process, tmp_path, MAX_TOKENS_IN_FLIGHT=str(capacity))
+    results: list[httpx.Response] = []
+    threads = []
+    try:
+        with worker_stopped(slow_worker):  # every admitted auction stays admitted while we look
+            for key, fields in ((KEY_A, heavy), (KEY_A, heavy), (KEY_A, heavy), (KEY_B, light)):
+                thread = threading.Thread(target=_post, args=(gateway.url, key, results), kwargs=fields)
+                thread.start()
+                threads.append(thread)
+                deadline = time.monotonic() + 30
+                while _metric(gateway, "mosaic_admission_in_flight") + _metric(
+                    gateway, "mosaic_admission_queue_depth"
+                ) < len(threads):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+            assert _metric(gateway, "mosaic_admission_in_flight") == 3  # A, A and B
+            assert _metric(gateway, "mosaic_admission_queue_depth") == 1  # A's third
+            assert _metric(gateway, "mosaic_admission_tokens_in_flight") == capacity
+        for thread in threads:
+            thread.join(timeout=300)
+        assert [r.status_code for r in results] == [200] * 4, [r.text for r in results]
+    finally:
+        gateway.stop()

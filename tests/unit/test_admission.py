@@ -15,7 +15,7 @@ from app.auction.admission import (
     AdmissionController,
     AdmissionLimits,
     AdmissionRefusedError,
-    auction_token_cost,
+    TokenThroughput,
 )
 from app.gateway.metrics import AdmissionMetrics
 
@@ -27,6 +27,7 @@ def _limits(**overrides: float) -> AdmissionLimits:
         "max_tokens_in_flight": 1000,
         "max_waiting": 2,
         "max_wait_s": 5.0,
+        "key_share": 1.0,
     }
     values.update(overrides)
     return AdmissionLimits(
@@ -35,7 +36,23 @@ def _limits(**overrides: float) -> AdmissionLimits:
         max_tokens_in_flight=int(values["max_tokens_in_flight"]),
         max_waiting=int(values["max_waiting"]),
         max_wait_s=float(values["max_wait_s"]),
+        key_share=float(values["key_share"]),
     )
+
+
+class _ShareChecked(AdmissionController):
+    """Records every admission that takes a key past its share while another key waits."""
+
+    def __init__(self, limits: AdmissionLimits) -> None:
+        super().__init__(limits)
+        self.violations: list[str] = []
+
+    def _take(self, key: str, cost: int) -> None:
+        held = self.key_tokens(key)
+        share = self.limits.key_share * self.limits.max_tokens_in_flight
+        if held and held + cost > share and self._others_wait(key):
+            self.violations.append(f"share {key} {held}+{cost}")
+        super()._take(key, cost)
 
 
 def _run(body: Callable[[], Awaitable[None]]) -> None:
@@ -48,11 +65,6 @@ async def _hold(
     async with controller.admit(key, cost):
         log.append(f"in {key}{cost}")
         await release.wait()
-
-
-def test_token_cost_counts_generation_and_every_scoring() -> None:
-    assert auction_token_cost(8, 64, 2, "context") == 8 * 64 * 4
-    assert auction_token_cost(8, 64, 2, "mixture") == 8 * 64 * 5
 
 
 def test_past_the_queue_refused_with_retry_after_and_counted() -> None:
@@ -157,19 +169,25 @@ def test_a_large_waiter_is_not_overtaken_by_small_ones() -> None:
     ),
     st.integers(1, 3),
     st.integers(1, 3),
+    st.sampled_from([0.3, 0.5, 1.0]),
 )
 def test_no_place_leaks_and_no_limit_is_passed(
-    schedule: list[tuple[str, int, float, bool]], max_concurrent: int, max_per_key: int
+    schedule: list[tuple[str, int, float, bool]], max_concurrent: int, max_per_key: int, share: float
 ) -> None:
-    """Random arrivals, durations and client cancellations: limits hold at every moment, and at the end
-    nothing is in flight or waiting."""
+    """Random arrivals, durations and client cancellations: limits hold at every moment (a key takes
+    tokens past its share only while no other key waits, or holding nothing), and at the end nothing is
+    in flight or waiting."""
 
     async def body() -> None:
         limits = _limits(
-            max_concurrent=max_concurrent, max_per_key=max_per_key, max_tokens_in_flight=600, max_waiting=6
+            max_concurrent=max_concurrent,
+            max_per_key=max_per_key,
+            max_tokens_in_flight=600,
+            max_waiting=6,
+            key_share=share,
         )
-        controller = AdmissionController(limits)
-        violations: list[str] = []
+        controller = _ShareChecked(limits)
+        violations = controller.violations
 
         async def one(key: str, cost: int, duration: float) -> None:
             try:
@@ -196,5 +214,128 @@ def test_no_place_leaks_and_no_limit_is_passed(
         assert violations == []
         assert (controller.in_flight, controller.waiting, controller._tokens) == (0, 0, 0)
         assert controller._per_key == {}
+
+    _run(body)
+
+
+def test_a_light_key_gets_the_next_capacity_before_a_heavy_keys_stream() -> None:
+    """Fair share: with a heavy key's auctions running and more of them waiting, a light key's auction
+    that arrives later is admitted at the first release (before the heavy key's older waiters)."""
+
+    async def body() -> None:
+        controller = AdmissionController(
+            _limits(max_concurrent=10, max_tokens_in_flight=100, max_waiting=10, key_share=0.5)
+        )
+        log: list[str] = []
+        heavy = [asyncio.Event() for _ in range(4)]
+        light = asyncio.Event()
+        tasks = [asyncio.create_task(_hold(controller, "h", 50, heavy[i], log)) for i in range(2)]
+        await asyncio.sleep(0.01)  # the heavy key uses the idle capacity (nobody waits)
+        tasks += [asyncio.create_task(_hold(controller, "h", 50, heavy[i], log)) for i in (2, 3)]
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(_hold(controller, "l", 30, light, log)))
+        await asyncio.sleep(0.01)
+        assert log == ["in h50", "in h50"] and controller.waiting == 3
+        heavy[0].set()
+        await asyncio.sleep(0.01)
+        assert log[-1] == "in l30", log  # FIFO would admit the older heavy waiter
+        assert controller.key_tokens("h") == 50
+        for event in (*heavy, light):
+            event.set()
+        await asyncio.gather(*tasks)
+        assert (controller.in_flight, controller.waiting) == (0, 0)
+
+    _run(body)
+
+
+def test_a_key_past_its_share_is_skipped_while_another_waits() -> None:
+    """A key that holds tokens may not take more than its share while another key's auction waits;
+    the other key's waiter is not held up by it."""
+
+    async def body() -> None:
+        controller = AdmissionController(
+            _limits(max_concurrent=3, max_per_key=5, max_tokens_in_flight=100, max_waiting=10, key_share=0.5)
+        )
+        log: list[str] = []
+        release_a, release_b, rest = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        tasks = [
+            asyncio.create_task(_hold(controller, "a", 40, release_a, log)),
+            asyncio.create_task(_hold(controller, "b", 5, release_b, log)),
+            asyncio.create_task(_hold(controller, "a", 5, rest, log)),
+        ]
+        await asyncio.sleep(0.01)  # three running: the concurrency limit
+        tasks.append(asyncio.create_task(_hold(controller, "a", 20, rest, log)))  # a: 45 + 20 > 50
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(_hold(controller, "c", 30, rest, log)))
+        await asyncio.sleep(0.01)
+        release_b.set()  # one place: a's waiter is older but a is past its share while c waits
+        await asyncio.sleep(0.01)
+        assert log[-1] == "in c30", log
+        release_a.set()  # a now holds 5: its waiter fits its share
+        await asyncio.sleep(0.01)
+        assert log[-1] == "in a20", log
+        rest.set()
+        await asyncio.gather(*tasks)
+
+    _run(body)
+
+
+def test_a_heavy_stream_never_delays_a_light_key_by_more_than_one_release() -> None:
+    """Simulated stream: a heavy key keeps four 50-token auctions running or waiting (capacity 100), a
+    light key sends 5-token auctions one after another; each light auction is admitted at once or at
+    the next release, for 20 rounds."""
+
+    async def body() -> None:
+        controller = AdmissionController(
+            _limits(max_concurrent=16, max_tokens_in_flight=100, max_waiting=16, key_share=0.5)
+        )
+        log: list[str] = []
+        running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+        def heavy() -> None:
+            event = asyncio.Event()
+            running.append((event, asyncio.create_task(_hold(controller, "h", 50, event, log))))
+
+        for _ in range(4):
+            heavy()
+            await asyncio.sleep(0)
+        for _ in range(20):
+            release = asyncio.Event()
+            light = asyncio.create_task(_hold(controller, "l", 5, release, log))
+            await asyncio.sleep(0.001)
+            if log[-1] != "in l5":
+                event, task = running.pop(0)  # one heavy auction ends, the stream sends the next
+                event.set()
+                await task
+                heavy()
+                await asyncio.sleep(0.001)
+            assert log[-1] == "in l5" or "in l5" in log[-3:], log[-6:]
+            release.set()
+            await light
+        for event, _ in running:
+            event.set()
+        await asyncio.gather(*(task for _, task in running))
+        assert (controller.in_flight, controller.waiting) == (0, 0)
+
+    _run(body)
+
+
+def test_retry_after_is_the_tokens_ahead_over_the_measured_throughput() -> None:
+    """Retry-After: (tokens running + waiting ahead + its own - capacity) / tokens per busy second."""
+    meter = TokenThroughput(prior_tokens_per_s=1.0)
+    meter.started(0.0)
+    meter.finished(1000, 0.5)  # 2000 tokens per second of busy time
+    meter.started(10.0)  # idle time between does not count
+    meter.finished(1000, 10.5)
+    assert meter.tokens_per_s() == pytest.approx(2000.0)
+
+    async def body() -> None:
+        controller = AdmissionController(_limits(max_concurrent=5, max_tokens_in_flight=1000, max_waiting=0))
+        controller.throughput = meter
+        async with controller.admit("a", 1000):
+            with pytest.raises(AdmissionRefusedError) as refused:
+                async with controller.admit("b", 9000):
+                    pass
+        assert refused.value.retry_after_s == 5  # (1000 + 9000 - 1000) / 2000 = 4.5 s
 
     _run(body)
