@@ -19,7 +19,7 @@ capped at MAX_PROMPT_TOKENS (a longer prompt is refused 422 after tokenize, befo
 `request_cost_bound` never counts less than the workers will, and admission (`app.auction.admission`),
 the up-front limit (`enforce_cost_limit`: 422 naming the fields that make the auction big) and the
 workers' queue bound all count the same units. Imports `workers.queue_limit` (pure), the prompts, the
-API's models and settings, and the sampler's fixed mixture split; no I/O.
+API's models and settings, and the sampler's fixed mixture split; no I/O. See docs/DESIGN.md § Backpressure.
 """
 
 from __future__ import annotations
