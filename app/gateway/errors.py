@@ -7,8 +7,7 @@ it, anything else → 500 with the exception's type (`fault_answer`, also what a
 Nothing is billed for any of them: billing is the last step of an auction. `add_error_handlers`
 registers them in groups (the fault table, backpressure, billing and Redis, the last resort). Imports
 the exception types of the auction, the ledger and the contract's limits, the metrics and the strict
-JSON decoder's depth bound
-(docs/DESIGN.md § Errors and limits).
+JSON decoder's depth bound (docs/DESIGN.md § Errors and limits).
 """
 
 from __future__ import annotations
