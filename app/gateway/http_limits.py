@@ -7,6 +7,15 @@ timeout but none for reading a request, so a client that opens connections and s
 a request line, or a body that never ends, holds each connection (and a file descriptor) forever.
 Imports uvicorn and app.settings only.
 
+The head size (`HeadSizeLimitMixin`): uvicorn's only header limit, `h11_max_incomplete_event_size`,
+binds h11, but uvicorn[standard] runs httptools, which keeps every header line whole however long
+(512 lines of 1 MB on `GET /healthz` were answered 200 and left the gateway 440 MB bigger). The
+httptools protocol here feeds a request head to the parser at most HTTP_MAX_HEADER_BYTES bytes
+(request line, header lines and their line ends) and answers 431 (RFC 6585 §5) and closes the
+connection at the first byte past them, before the app or any header reaches the memory of the
+request. A head that starts inside the read that ends the previous request's body (pipelining) is
+counted from the next read on: at most one read (256 KiB) more.
+
 The read timeout (`ReadTimeoutMixin`): from the moment a connection waits for a request (accepted, or
 its previous response finished), the request head must be complete within HTTP_HEADER_TIMEOUT_S
 (a total, not an idle timer: trickling one byte a second does not extend it, unlike a socket
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import time
 from typing import Any
@@ -93,18 +103,71 @@ class ReadTimeoutMixin:
         super().connection_lost(exc)  # type: ignore[misc]
 
 
-def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools when installed, else h11) with the read timeout."""
-    base: type[asyncio.Protocol] = H11Protocol
-    if importlib.util.find_spec("httptools") is not None:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+class HeadSizeLimitMixin:
+    """For uvicorn's httptools protocol: 431 and close past `max_head_bytes` of one request head."""
 
-        base = HttpToolsProtocol
-    attributes = {
+    max_head_bytes: int = 16384
+    transport: asyncio.Transport
+    cycle: Any
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._head_open, self._head_bytes = True, 0  # a connection starts waiting for a head
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def on_message_complete(self) -> None:
+        self._head_open, self._head_bytes = True, 0  # what follows is the next request's head
+        super().on_message_complete()  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        while self._head_open and data:  # a head is (being) read: feed no byte past the limit
+            room = self.max_head_bytes - self._head_bytes
+            if room <= 0:
+                self._refuse_head()
+                return
+            piece, data = data[:room], data[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)  # type: ignore[misc]
+            if self.transport.is_closing():
+                return
+        if data:
+            super().data_received(data)  # type: ignore[misc]
+
+    def _refuse_head(self) -> None:
+        """431 (unless a previous response is still being written: then only the close) and close."""
+        logger.info("closing a connection: request head over %d bytes", self.max_head_bytes)
+        if self.cycle is None or self.cycle.response_complete:
+            detail = {
+                "type": "limit_exceeded",
+                "loc": ["header"],
+                "msg": f"request head over HTTP_MAX_HEADER_BYTES={self.max_head_bytes} bytes",
+                "ctx": {"limit": self.max_head_bytes},
+            }
+            body = json.dumps({"detail": [detail]}).encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        self.transport.close()
+
+
+def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with the read timeout: httptools (when installed) with the head size
+    limit, else h11 (whose own limit, h11_max_incomplete_event_size, answers 400)."""
+    attributes: dict[str, Any] = {
         "header_timeout_s": settings.http_header_timeout_s,
         "body_timeout_s": settings.http_body_timeout_s,
     }
-    return type(f"ReadTimeout{base.__name__}", (ReadTimeoutMixin, base), attributes)
+    if importlib.util.find_spec("httptools") is None:
+        return type("ReadTimeoutH11Protocol", (ReadTimeoutMixin, H11Protocol), attributes)
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    attributes["max_head_bytes"] = settings.http_max_header_bytes
+    bases = (ReadTimeoutMixin, HeadSizeLimitMixin, HttpToolsProtocol)
+    return type("LimitedHttpToolsProtocol", bases, attributes)
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
