@@ -9,12 +9,13 @@ Imports uvicorn and app.settings only.
 
 The head size (`HeadSizeLimitMixin`): uvicorn's only header limit, `h11_max_incomplete_event_size`,
 binds h11, but uvicorn[standard] runs httptools, which keeps every header line whole however long
-(512 lines of 1 MB on `GET /healthz` were answered 200 and left the gateway 440 MB bigger). The
-httptools protocol here feeds a request head to the parser at most HTTP_MAX_HEADER_BYTES bytes
-(request line, header lines and their line ends) and answers 431 (RFC 6585 §5) and closes the
-connection at the first byte past them, before the app or any header reaches the memory of the
-request. A head that starts inside the read that ends the previous request's body (pipelining) is
-counted from the next read on: at most one read (256 KiB) more.
+(512 lines of 1 MB on `GET /healthz` were answered 200 and left the gateway 440 MB bigger; a chunked
+body's trailer section, parsed as header lines too, grew it as long as the body timeout let it). The
+httptools protocol here feeds the parser at most HTTP_MAX_HEADER_BYTES bytes of a request that are
+not body bytes (request line, header lines, chunk sizes, trailers) and at the first byte past them
+answers 431 (RFC 6585 §5; only the close when its response has already begun) and closes the
+connection. A request that starts inside the piece that ends the previous one (pipelining) may get
+up to twice the limit.
 
 The read timeout (`ReadTimeoutMixin`): from the moment a connection waits for a request (accepted, or
 its previous response finished), the request head must be complete within HTTP_HEADER_TIMEOUT_S
@@ -104,7 +105,8 @@ class ReadTimeoutMixin:
 
 
 class HeadSizeLimitMixin:
-    """For uvicorn's httptools protocol: 431 and close past `max_head_bytes` of one request head."""
+    """For uvicorn's httptools protocol: 431 and close past `max_head_bytes` of a request that are not
+    its body (see the module doc)."""
 
     max_head_bytes: int = 16384
     transport: asyncio.Transport
@@ -112,38 +114,40 @@ class HeadSizeLimitMixin:
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
-        self._head_open, self._head_bytes = True, 0  # a connection starts waiting for a head
+        self._framing = 0  # bytes of this request fed to the parser that were not body bytes
 
-    def on_headers_complete(self) -> None:
-        self._head_open = False
-        super().on_headers_complete()  # type: ignore[misc]
+    def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
+        super().on_body(body)  # type: ignore[misc]
 
     def on_message_complete(self) -> None:
-        self._head_open, self._head_bytes = True, 0  # what follows is the next request's head
+        self._framing = 0  # what follows is the next request
         super().on_message_complete()  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
-        while self._head_open and data:  # a head is (being) read: feed no byte past the limit
-            room = self.max_head_bytes - self._head_bytes
+        # Fed in pieces no longer than the room left: the parser never holds more than the limit of
+        # head, chunk framing and trailers (a body, bounded by MAX_BODY_BYTES, is fed whole).
+        while data:
+            room = self.max_head_bytes - self._framing
             if room <= 0:
-                self._refuse_head()
+                self._refuse()
                 return
-            piece, data = data[:room], data[room:]
-            self._head_bytes += len(piece)
+            piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            self._framing += len(piece)
             super().data_received(piece)  # type: ignore[misc]
             if self.transport.is_closing():
                 return
-        if data:
-            super().data_received(data)  # type: ignore[misc]
 
-    def _refuse_head(self) -> None:
-        """431 (unless a previous response is still being written: then only the close) and close."""
+    def _refuse(self) -> None:
+        """431 unless a response on this connection has started (then only the close), and close."""
         logger.info("closing a connection: request head over %d bytes", self.max_head_bytes)
-        if self.cycle is None or self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
             detail = {
                 "type": "limit_exceeded",
                 "loc": ["header"],
-                "msg": f"request head over HTTP_MAX_HEADER_BYTES={self.max_head_bytes} bytes",
+                "msg": f"request head (or chunk framing and trailers) over HTTP_MAX_HEADER_BYTES="
+                f"{self.max_head_bytes} bytes",
                 "ctx": {"limit": self.max_head_bytes},
             }
             body = json.dumps({"detail": [detail]}).encode()
@@ -151,6 +155,9 @@ class HeadSizeLimitMixin:
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
             )
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's answer to this request, if any, is dropped
+            cycle.message_event.set()
         self.transport.close()
 
 

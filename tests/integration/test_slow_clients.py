@@ -116,14 +116,21 @@ def _peak_rss_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def _send_head(port: int, header_lines: int, line_bytes: int) -> tuple[bytes, bool]:
-    """Send `GET /healthz` with `header_lines` headers of `line_bytes` each; the answer read (b"" if the
-    server cut the connection first) and whether every byte could be sent."""
+CHUNKED = (
+    b"POST /auctions/abc123/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"  # the body's last chunk: trailers follow
+)
+
+
+def _send_head(port: int, header_lines: int, line_bytes: int, start: bytes = b"") -> tuple[bytes, bool]:
+    """Send `GET /healthz` (or `start`: then the lines are its trailers) with `header_lines` lines of
+    `line_bytes` each; the answer read (b"" if the server cut the connection first) and whether every
+    byte could be sent."""
     line = b"X-Big: " + b"a" * (line_bytes - 9) + b"\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sent_all = True
         try:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(start or b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             for _ in range(header_lines):
                 sock.sendall(line)
             sock.sendall(b"\r\n")
@@ -145,8 +152,9 @@ def test_header_flood_is_431_and_memory_stays_bounded(
 ) -> None:
     """Invariant: with the HTTP implementation `mosaic serve` runs (httptools), a request head up to
     HTTP_MAX_HEADER_BYTES is served, one past it is answered 431 (JSON naming `header`) and closed,
-    and a flood of 1 MB header lines on 4 connections at once (256 MB sent) leaves the gateway's peak
-    RSS within 32 MB of what it was (it grew by the whole flood when only h11 had a limit)."""
+    and a flood of 1 MB header lines on 4 connections at once (256 MB sent; one of them as the trailers
+    of a chunked body) leaves the gateway's peak RSS within 32 MB of what it was (it grew by the whole
+    flood when only h11 had a limit)."""
     limit = 16384
     gateway = start_gateway_process(
         tiny_worker.url, redis_process.url, tmp_path, HTTP_MAX_HEADER_BYTES=str(limit)
@@ -159,9 +167,12 @@ def test_header_flood_is_431_and_memory_stays_bounded(
         assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
         detail = json.loads(answer.split(b"\r\n\r\n", 1)[1])["detail"][0]
         assert detail["loc"] == ["header"] and detail["ctx"] == {"limit": limit}, detail
+        answer, _ = _send_head(port, header_lines=2, line_bytes=100, start=CHUNKED)  # small trailers
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:200]  # served (no such auction), not cut
         before = _peak_rss_bytes(pid)
         with ThreadPoolExecutor(4) as pool:
-            floods = list(pool.map(lambda _: _send_head(port, 64, 1 << 20), range(4)))
+            starts = [b"", b"", b"", CHUNKED]  # three heads and one chunked body's trailer section
+            floods = list(pool.map(lambda start: _send_head(port, 64, 1 << 20, start), starts))
         grown = _peak_rss_bytes(pid) - before
         assert grown < 32 << 20, f"peak RSS grew by {grown / 2**20:.0f} MB"
         assert all(not sent_all for _, sent_all in floods)  # each was cut off, not read to its end
