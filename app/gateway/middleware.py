@@ -20,6 +20,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# RFC 9110 §9 and PATCH (RFC 5789): the `method` label's values; any other method is counted as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
 
 class BodySizeLimit:
     """Refuse bodies over MAX_BODY_BYTES before they are parsed: 413 (RFC 9110 §15.5.14) naming `body`.
@@ -81,6 +84,10 @@ class _BodyTooLargeError(Exception):
 class RequestMetrics:
     """Latency of every request by method, route template and status (`mosaic_http_request_*`).
 
+    Every label takes a bounded set of values whatever clients send: the method is one of
+    KNOWN_METHODS or "other", the route the matched route's template (never the path) or
+    "unmatched", the status a three-digit code.
+
     A plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's
     `http.disconnect` from the app, and the auction route must see it (an abandoned request).
     """
@@ -105,8 +112,11 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, observing_send)
         finally:
+            # Bounded label values (a series per value): the method folded, the route's template only.
+            method = scope.get("method", "")
+            method = method if method in KNOWN_METHODS else "other"
             template = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.http_requests.labels(scope.get("method", ""), template, str(status)).observe(
+            self.metrics.http_requests.labels(method, template, str(status)).observe(
                 time.perf_counter() - started
             )
 
