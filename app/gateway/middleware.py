@@ -1,4 +1,5 @@
-"""ASGI middleware of the gateway: the body-size limit (before parsing) and per-route request metrics.
+"""ASGI middleware of the gateway: the body-size limit (before parsing), per-route request metrics and
+the router's trailing-slash redirect (`add_slash_redirect`: a relative Location, never from `Host`).
 
 Imports only the gateway's metrics; knows nothing of auctions or billing.
 """
@@ -8,9 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.routing import Match, get_route_path
 
 from app.gateway.metrics import GatewayMetrics
 
@@ -123,3 +126,41 @@ class RequestMetrics:
 
 def add_request_metrics(app: FastAPI, metrics: GatewayMetrics) -> None:
     app.add_middleware(RequestMetrics, metrics=metrics)
+
+
+class SlashRedirect:
+    """The router's fallback when no route matches: 307 to the same path without (or with) its
+    trailing slash when a route matches that, else the router's 404.
+
+    Starlette's own redirect (`redirect_slashes`) builds an absolute URL from the request's `Host`
+    header, so `Host: evil.example` made the gateway redirect clients off-site. Here Location is a
+    path reference (RFC 9110 §10.2.2 allows relative references): the path as requested, with one
+    leading slash (a `//host` reference would leave the site), and the query.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.router = app.router
+        self.not_found = app.router.default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        location = self._location(scope) if scope["type"] == "http" else None
+        if location is None:
+            await self.not_found(scope, receive, send)
+            return
+        await RedirectResponse(location, status_code=307)(scope, receive, send)
+
+    def _location(self, scope: Scope) -> str | None:
+        route_path, path = get_route_path(scope), scope["path"]
+        if route_path == "/" or route_path.startswith("//"):
+            return None
+        other = dict(scope, path=path.rstrip("/") if path.endswith("/") else path + "/")
+        if not any(route.matches(other)[0] != Match.NONE for route in self.router.routes):
+            return None
+        query = scope.get("query_string", b"").decode("latin-1")
+        return "/" + quote(other["path"].lstrip("/")) + (f"?{query}" if query else "")
+
+
+def add_slash_redirect(app: FastAPI) -> None:
+    """Replace the router's trailing-slash redirect with `SlashRedirect`."""
+    app.router.redirect_slashes = False
+    app.router.default = SlashRedirect(app)

@@ -355,6 +355,25 @@ def test_request_metric_labels_stay_bounded(client: TestClient) -> None:
     assert len(after - before) <= 20, sorted(after - before)
 
 
+def test_trailing_slash_redirect_is_never_built_from_host(client: TestClient) -> None:
+    """Invariant: a redirect's Location is a path on this server, whatever the Host header says: the
+    route without (or with) its trailing slash and the query, never a scheme or a host; a path that
+    would redirect off-site (`//evil.example/`) is a plain 404."""
+    evil = {"Host": "evil.example"}
+    for method, path, location in (
+        ("POST", "/auction/", "/auction"),
+        ("GET", "/healthz/?verbose=1", "/healthz?verbose=1"),
+        ("GET", "/auctions/abc/", "/auctions/abc"),
+        ("GET", "/docs/", "/docs"),
+    ):
+        answer = client.request(method, path, headers=evil, follow_redirects=False)
+        assert answer.status_code == 307, (path, answer.status_code)
+        assert answer.headers["location"] == location, answer.headers["location"]
+    for path in ("//evil.example/", "//evil.example", "/%2F%2Fevil.example/"):
+        answer = client.get(f"http://testserver{path}", headers=evil, follow_redirects=False)
+        assert answer.status_code == 404 and "location" not in answer.headers, path
+
+
 def test_worker_down_is_503_and_nothing_billed(redis_process: RedisServerProcess, tmp_path: Path) -> None:
     doomed = start_worker_process("tiny-random")
     settings = make_settings([doomed.url], redis_process.url, tmp_path, worker_connect_timeout_s=1.0)
