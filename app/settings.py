@@ -247,7 +247,10 @@ class Settings(WorkerSettings):
     )
     http_backlog: int = Field(2048, ge=1, description="Listen backlog (uvicorn backlog).")
     http_max_header_bytes: int = Field(
-        16384, ge=1024, description="Largest request head (h11_max_incomplete_event_size, h11 only)."
+        16384,
+        ge=1024,
+        description="Largest request head (request line + header lines, bytes): past it 431 and the "
+        "connection closed (app.gateway.http_limits; with h11 instead of httptools, h11's own 400).",
     )
 
     @model_validator(mode="after")

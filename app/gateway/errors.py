@@ -6,8 +6,8 @@ an Idempotency-Key still running → 409, reused with other parameters → 422 n
 it, anything else → 500 with the exception's type (`fault_answer`, also what a key stores).
 Nothing is billed for any of them: billing is the last step of an auction. `add_error_handlers`
 registers them in groups (the fault table, backpressure, billing and Redis, the last resort). Imports
-the exception types of the auction, the ledger and the contract's limits, and the metrics
-(docs/DESIGN.md § Errors and limits).
+the exception types of the auction, the ledger and the contract's limits, the metrics and the strict
+JSON decoder's depth bound (docs/DESIGN.md § Errors and limits).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from app.auction.service import AuctionDeadlineError
 from app.auction.worker_dispatch import WorkersBusyError, WorkersUnavailableError
 from app.contract.limits import LimitExceededError
 from app.gateway.metrics import GatewayMetrics
+from app.gateway.strict_json import MAX_JSON_DEPTH, nesting
 from app.ledger.idempotency import (
     HEADER,
     IdempotencyInProgressError,
@@ -187,6 +188,10 @@ def _add_last_resort_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
 
 
 def _encodable(value: Any) -> bool:
+    """Whether `value` writes as UTF-8 JSON, wherever the answer is rendered: nested no deeper than a
+    body may be (an echo checked here at one stack depth must not overflow it at another)."""
+    if nesting(value) > MAX_JSON_DEPTH:
+        return False
     try:
         json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError):

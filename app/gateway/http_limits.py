@@ -7,6 +7,16 @@ timeout but none for reading a request, so a client that opens connections and s
 a request line, or a body that never ends, holds each connection (and a file descriptor) forever.
 Imports uvicorn and app.settings only.
 
+The head size (`HeadSizeLimitMixin`): uvicorn's only header limit, `h11_max_incomplete_event_size`,
+binds h11, but uvicorn[standard] runs httptools, which keeps every header line whole however long
+(512 lines of 1 MB on `GET /healthz` were answered 200 and left the gateway 440 MB bigger; a chunked
+body's trailer section, parsed as header lines too, grew it as long as the body timeout let it). The
+httptools protocol here feeds the parser at most HTTP_MAX_HEADER_BYTES bytes of a request that are
+not body bytes (request line, header lines, chunk sizes, trailers) and at the first byte past them
+answers 431 (RFC 6585 §5; only the close when its response has already begun) and closes the
+connection. A request that starts inside the piece that ends the previous one (pipelining) may get
+up to twice the limit.
+
 The read timeout (`ReadTimeoutMixin`): from the moment a connection waits for a request (accepted, or
 its previous response finished), the request head must be complete within HTTP_HEADER_TIMEOUT_S
 (a total, not an idle timer: trickling one byte a second does not extend it, unlike a socket
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import time
 from typing import Any
@@ -94,18 +105,77 @@ class ReadTimeoutMixin:
         super().connection_lost(exc)  # type: ignore[misc]
 
 
-def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools when installed, else h11) with the read timeout."""
-    base: type[asyncio.Protocol] = H11Protocol
-    if importlib.util.find_spec("httptools") is not None:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+class HeadSizeLimitMixin:
+    """For uvicorn's httptools protocol: 431 and close past `max_head_bytes` of a request that are not
+    its body (see the module doc)."""
 
-        base = HttpToolsProtocol
-    attributes = {
+    max_head_bytes: int = 16384
+    transport: asyncio.Transport
+    cycle: Any
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._framing = 0  # bytes of this request fed to the parser that were not body bytes
+
+    def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
+        super().on_body(body)  # type: ignore[misc]
+
+    def on_message_complete(self) -> None:
+        self._framing = 0  # what follows is the next request
+        super().on_message_complete()  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        # Fed in pieces no longer than the room left: the parser never holds more than the limit of
+        # head, chunk framing and trailers (a body, bounded by MAX_BODY_BYTES, is fed whole).
+        while data:
+            room = self.max_head_bytes - self._framing
+            if room <= 0:
+                self._refuse()
+                return
+            piece, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            self._framing += len(piece)
+            super().data_received(piece)  # type: ignore[misc]
+            if self.transport.is_closing():
+                return
+
+    def _refuse(self) -> None:
+        """431 unless a response on this connection has started (then only the close), and close."""
+        logger.info("closing a connection: request head over %d bytes", self.max_head_bytes)
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            detail = {
+                "type": "limit_exceeded",
+                "loc": ["header"],
+                "msg": f"request head (or chunk framing and trailers) over HTTP_MAX_HEADER_BYTES="
+                f"{self.max_head_bytes} bytes",
+                "ctx": {"limit": self.max_head_bytes},
+            }
+            body = json.dumps({"detail": [detail]}).encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's answer to this request, if any, is dropped
+            cycle.message_event.set()
+        self.transport.close()
+
+
+def protocol_class(settings: Settings) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with the read timeout: httptools (when installed) with the head size
+    limit, else h11 (whose own limit, h11_max_incomplete_event_size, answers 400)."""
+    attributes: dict[str, Any] = {
         "header_timeout_s": settings.http_header_timeout_s,
         "body_timeout_s": settings.http_body_timeout_s,
     }
-    return type(f"ReadTimeout{base.__name__}", (ReadTimeoutMixin, base), attributes)
+    if importlib.util.find_spec("httptools") is None:
+        return type("ReadTimeoutH11Protocol", (ReadTimeoutMixin, H11Protocol), attributes)
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    attributes["max_head_bytes"] = settings.http_max_header_bytes
+    bases = (ReadTimeoutMixin, HeadSizeLimitMixin, HttpToolsProtocol)
+    return type("LimitedHttpToolsProtocol", bases, attributes)
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:

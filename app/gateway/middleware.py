@@ -1,4 +1,5 @@
-"""ASGI middleware of the gateway: the body-size limit (before parsing) and per-route request metrics.
+"""ASGI middleware of the gateway: the body-size limit (before parsing), per-route request metrics and
+the router's trailing-slash redirect (`add_slash_redirect`: a relative Location, never from `Host`).
 
 Imports only the gateway's metrics; knows nothing of auctions or billing.
 See docs/DESIGN.md § Errors and limits.
@@ -9,9 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.routing import Match, get_route_path
 
 from app.gateway.metrics import GatewayMetrics
 
@@ -20,6 +23,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# RFC 9110 §9 and PATCH (RFC 5789): the `method` label's values; any other method is counted as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
 class BodySizeLimit:
@@ -82,6 +88,10 @@ class _BodyTooLargeError(Exception):
 class RequestMetrics:
     """Latency of every request by method, route template and status (`mosaic_http_request_*`).
 
+    Every label takes a bounded set of values whatever clients send: the method is one of
+    KNOWN_METHODS or "other", the route the matched route's template (never the path) or
+    "unmatched", the status a three-digit code.
+
     A plain ASGI middleware, not Starlette's BaseHTTPMiddleware: that one hides the client's
     `http.disconnect` from the app, and the auction route must see it (an abandoned request).
     """
@@ -106,11 +116,52 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, observing_send)
         finally:
+            # Bounded label values (a series per value): the method folded, the route's template only.
+            method = scope.get("method", "")
+            method = method if method in KNOWN_METHODS else "other"
             template = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.http_requests.labels(scope.get("method", ""), template, str(status)).observe(
+            self.metrics.http_requests.labels(method, template, str(status)).observe(
                 time.perf_counter() - started
             )
 
 
 def add_request_metrics(app: FastAPI, metrics: GatewayMetrics) -> None:
     app.add_middleware(RequestMetrics, metrics=metrics)
+
+
+class SlashRedirect:
+    """The router's fallback when no route matches: 307 to the same path without (or with) its
+    trailing slash when a route matches that, else the router's 404.
+
+    Starlette's own redirect (`redirect_slashes`) builds an absolute URL from the request's `Host`
+    header, so `Host: evil.example` made the gateway redirect clients off-site. Here Location is a
+    path reference (RFC 9110 §10.2.2 allows relative references): the path as requested, with one
+    leading slash (a `//host` reference would leave the site), and the query.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.router = app.router
+        self.not_found = app.router.default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        location = self._location(scope) if scope["type"] == "http" else None
+        if location is None:
+            await self.not_found(scope, receive, send)
+            return
+        await RedirectResponse(location, status_code=307)(scope, receive, send)
+
+    def _location(self, scope: Scope) -> str | None:
+        route_path, path = get_route_path(scope), scope["path"]
+        if route_path == "/" or route_path.startswith("//"):
+            return None
+        other = dict(scope, path=path.rstrip("/") if path.endswith("/") else path + "/")
+        if not any(route.matches(other)[0] != Match.NONE for route in self.router.routes):
+            return None
+        query = scope.get("query_string", b"").decode("latin-1")
+        return "/" + quote(other["path"].lstrip("/")) + (f"?{query}" if query else "")
+
+
+def add_slash_redirect(app: FastAPI) -> None:
+    """Replace the router's trailing-slash redirect with `SlashRedirect`."""
+    app.router.redirect_slashes = False
+    app.router.default = SlashRedirect(app)

@@ -46,7 +46,7 @@ from app.gateway.deps import (
 )
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.openapi import error_responses
-from app.gateway.security import Principal, require_api_key, require_platform_key
+from app.gateway.security import Principal, caller, require_api_key, require_platform_key
 from app.gateway.strict_json import StrictJSONRoute
 from app.ledger.idempotency import HEADER, KEY_PATTERN, REPLAYED_HEADER
 from app.ledger.redis_health import RedisHealth
@@ -81,12 +81,18 @@ async def healthz(supervisor: RedisSupervisorDep) -> JSONResponse:
     "/readyz",
     tags=["health"],
     summary="Readiness: can serve an auction now (a healthy worker and a Redis that takes writes)",
+    description="Asks for no key (probes carry none) and then answers only `ready`; with a platform "
+    "key (or auth off) also each worker's state by URL, Redis' and, when Redis is not ready, why.",
     responses={503: {"description": "Not ready (the same body, `ready: false`)"}},
 )
 async def readyz(
-    engine_client: EngineClientDep, redis_health: RedisHealthDep, metrics: MetricsDep
+    request: Request, engine_client: EngineClientDep, redis_health: RedisHealthDep, metrics: MetricsDep
 ) -> JSONResponse:
-    return _readiness(engine_client, redis_health, metrics)
+    answer = _readiness(engine_client, redis_health, metrics)
+    principal = caller(request)
+    if principal is None or principal.scope == "advertiser":  # the deployment's layout is not theirs
+        return JSONResponse(status_code=answer.status_code, content={"ready": answer.status_code == 200})
+    return answer
 
 
 def _readiness(

@@ -10,8 +10,8 @@ no early exit that would tell which key came close.
 At start (`check_key_settings`): an empty or blank key entry, or a known placeholder (the values
 shipped in docker-compose.yml and k8s/secret.yaml), refuses to start unless ALLOW_INSECURE_KEYS=true
 (development only); no key at all turns auth off, with a warning in the log. Health routes never
-ask for a key. Imports only the settings.
-See docs/DESIGN.md § Errors and limits.
+ask for a key (`/readyz` shows its details to a platform key only: `caller`). Imports only the
+settings. See docs/DESIGN.md § Errors and limits.
 """
 
 from __future__ import annotations
@@ -152,10 +152,8 @@ _BEARER = HTTPBearer(
 )
 
 
-async def require_api_key(
-    request: Request, _declared: HTTPAuthorizationCredentials | None = Security(_BEARER)
-) -> Principal:
-    """FastAPI dependency: the caller, or 401 unless `Authorization: Bearer <key>` names a key."""
+def caller(request: Request) -> Principal | None:
+    """Who sent `request` (`open` when auth is off), or None when it names no configured key."""
     ring: KeyRing | None = getattr(request.app.state, "key_ring", None)
     if ring is None:
         ring = request.app.state.key_ring = KeyRing(request.app.state.settings)
@@ -163,7 +161,14 @@ async def require_api_key(
         return Principal("open")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
-    principal = ring.identify(token) if scheme.lower() == "bearer" and token else None
+    return ring.identify(token) if scheme.lower() == "bearer" and token else None
+
+
+async def require_api_key(
+    request: Request, _declared: HTTPAuthorizationCredentials | None = Security(_BEARER)
+) -> Principal:
+    """FastAPI dependency: the caller, or 401 unless `Authorization: Bearer <key>` names a key."""
+    principal = caller(request)
     if principal is None:
         raise _unauthorized()
     return principal

@@ -9,6 +9,14 @@ a value that the rest of the stack cannot serialise, which made the gateway answ
 keep-alive connection. So every body is decoded here first, as UTF-8 only, and each of those is
 refused with the JSON path of the offending value (a 422 naming the field).
 
+Two more bodies gave a 500 and are refused here the same way (RFC 8259 §9: "An implementation may set
+limits on the size of texts ..., the maximum depth of nesting ... the range and precision of
+numbers"): an integer literal of more digits than Python converts (`sys.get_int_max_str_digits()`,
+4,300: `int()` raised ValueError), and a value nested deeper than MAX_JSON_DEPTH (64, the default of
+.NET's System.Text.Json; this API's bodies nest 3 deep), found by a scan of the text before it is
+decoded, so neither the decoder, nor the checks below, nor pydantic, nor the 422's echo of the input
+ever recurses deeper than that.
+
 `StrictJSONRoute` is the route class of the gateway's router: it decodes the body once, refuses it or
 hands the decoded value on (Starlette caches it as the request's JSON, so FastAPI does not parse the
 body a second time). Imports nothing of the project.
@@ -20,6 +28,7 @@ from __future__ import annotations
 import email.message
 import json
 import re
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -30,12 +39,31 @@ from fastapi.routing import APIRoute
 _SURROGATE = re.compile("[\ud800-\udfff]")
 Loc = tuple[str | int, ...]
 
+MAX_JSON_DEPTH = 64
+# The tokens that decide nesting and paths: a string literal (an unterminated one runs to the end:
+# every match succeeds, so the scan stays linear), or one structural character.
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[\[\]{}:,]', re.DOTALL)
+
 
 class _NonFinite:
     """Stands where the body had a NaN/Infinity literal, so the path to it can be reported."""
 
     def __init__(self, literal: str) -> None:
         self.literal = literal
+
+
+class _BigInteger:
+    """Stands where the body had an integer literal too long to convert (its path is reported)."""
+
+    def __init__(self, literal: str) -> None:
+        self.digits = len(literal.lstrip("-"))
+
+
+def _integer(literal: str) -> int | _BigInteger:
+    limit = sys.get_int_max_str_digits()
+    if limit and len(literal) - literal.startswith("-") > limit:
+        return _BigInteger(literal)
+    return int(literal)
 
 
 class _Object(dict[str, Any]):
@@ -56,10 +84,71 @@ def _error(kind: str, loc: Loc, message: str) -> dict[str, Any]:
     return {"type": kind, "loc": ("body", *loc), "msg": message, "input": None}
 
 
+def _key(literal: str) -> str | int:
+    try:
+        key = json.loads(literal)
+    except ValueError:
+        return literal[1:-1]
+    return key if isinstance(key, str) else literal[1:-1]
+
+
+def too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> Loc | None:
+    """The JSON path of the first array or object of `text` nested deeper than `limit`, else None.
+
+    A linear scan (no recursion, no decoding): a body with no more brackets than `limit` is passed
+    at once; only the others are tokenized. Paths follow the text even when it is not valid JSON.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return None
+    path: list[str | int] = []
+    containers: list[str] = []  # "{" or "[" per open level
+    expect_key = False
+    for token in _TOKEN.finditer(text):
+        char = token.group()
+        if char in "[{":
+            if len(containers) == limit:
+                return tuple(path)
+            containers.append(char)
+            path.append(0 if char == "[" else "")
+            expect_key = char == "{"
+        elif char in "]}":
+            if containers:
+                containers.pop()
+                path.pop()
+            expect_key = False
+        elif char == ",":
+            if containers and containers[-1] == "[":
+                path[-1] = int(path[-1]) + 1
+            expect_key = bool(containers) and containers[-1] == "{"
+        elif char == ":":
+            expect_key = False
+        elif expect_key:  # a string literal where an object's key stands
+            path[-1] = _key(char)
+    return None
+
+
+def nesting(value: Any) -> int:
+    """How deep `value` nests lists and dicts (0: a scalar), without recursion."""
+    deepest, level = 0, [(value, 0)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list | tuple):
+            deepest = max(deepest, depth + 1)
+            level.extend((child, depth + 1) for child in item)
+    return deepest
+
+
 def _find_problems(value: Any, loc: Loc, errors: list[dict[str, Any]]) -> None:
     if isinstance(value, _NonFinite):
         errors.append(
             _error("json_invalid", loc, f"{value.literal} is not valid JSON (only finite numbers are)")
+        )
+    elif isinstance(value, _BigInteger):
+        limit = sys.get_int_max_str_digits()
+        errors.append(
+            _error("json_invalid", loc, f"integer of {value.digits} digits (more than {limit} are refused)")
         )
     elif isinstance(value, str):
         if _SURROGATE.search(value):
@@ -90,8 +179,13 @@ def decode_strict(body: bytes) -> Any:
         raise RequestValidationError(
             [_error("json_invalid", (error.start,), f"body is not valid UTF-8 at byte {error.start}")]
         ) from None
+    deep = too_deep(text)
+    if deep is not None:
+        raise RequestValidationError(
+            [_error("json_invalid", deep, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")]
+        )
     try:
-        value = json.loads(text, parse_constant=_NonFinite, object_pairs_hook=_object)
+        value = json.loads(text, parse_constant=_NonFinite, parse_int=_integer, object_pairs_hook=_object)
     except json.JSONDecodeError as error:
         raise RequestValidationError(
             [_error("json_invalid", (error.pos,), f"JSON decode error: {error.msg}")]

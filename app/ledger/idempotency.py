@@ -4,8 +4,12 @@ Job: the replay check before any model work (`IdempotencyStore.lookup`: one GET,
 to replay, a refusal, or free), taking the key (`claim`: SET NX of a running marker), giving it back
 when nothing is stored (`release`), storing a failure's outcome (`store_failure`), and saying what
 the final write must check and set (`IdempotencyWrite`, used by `app.ledger.producer` inside its
-MULTI/EXEC). Imports app.settings and app.ledger (keys, scripts:
+MULTI/EXEC). Imports app.settings and app.ledger (keys, render, scripts:
 idempotency_*.lua) only.
+
+A replay says what the answer says now where it has changed since: a render-mode auction's stored
+`billing: "pending"` is replaced by its charge's state (`billed`, `expired`), as `GET
+/auctions/{id}` says it; every other byte is the stored answer's.
 
 One Redis string per (API key, idempotency key): ``mosaic:idem:<key id>:<sha256 of the key>`` (the
 key id is a prefix of the SHA-256 of the bearer token, never the token). Its JSON value is either
@@ -33,12 +37,13 @@ import hashlib
 import json
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from app.ledger.keys import as_str
+from app.ledger.render import RenderLedger
 from app.ledger.scripts import IDEMPOTENCY_RELEASE_SCRIPT, IDEMPOTENCY_STORE_SCRIPT
 from app.settings import Settings
 
@@ -84,10 +89,11 @@ class IdempotencyClaim:
 
 @dataclass(frozen=True)
 class StoredOutcome:
-    """A finished request's answer, replayed as is."""
+    """A finished request's answer, replayed as is (but for a render charge's state)."""
 
     status: int
     body: str
+    auction_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def _judge(raw: Any, fp: str) -> StoredOutcome | None:
         raise IdempotencyInProgressError(
             f"a request with this {HEADER} is still running; retry after it finishes"
         )
-    return StoredOutcome(status=int(record["status"]), body=str(record["body"]))
+    return StoredOutcome(int(record["status"]), str(record["body"]), record.get("auction_id"))
 
 
 def running_value(fp: str) -> str:
@@ -156,7 +162,22 @@ class IdempotencyStore:
         raw = await self.redis.get(redis_key(key_id, idempotency_key))
         if own is not None and raw is not None and as_str(raw) == own:
             return None
-        return _judge(raw, fp)
+        outcome = _judge(raw, fp)
+        return None if outcome is None else await self._charge_state_now(outcome)
+
+    async def _charge_state_now(self, outcome: StoredOutcome) -> StoredOutcome:
+        """`outcome` with a pending render charge's state now (one more read, only for those)."""
+        if outcome.status != 200 or outcome.auction_id is None or '"billing":"pending"' not in outcome.body:
+            return outcome
+        answer = json.loads(outcome.body)
+        if answer.get("billing") != "pending":
+            return outcome
+        # As GET /auctions/{id}: a charge gone with its hash (AUDIT_TTL_S) was never rendered in time.
+        state = await RenderLedger(self.redis, self.settings).state(outcome.auction_id) or "expired"
+        if state == "pending":
+            return outcome
+        answer["billing"] = state
+        return replace(outcome, body=json.dumps(answer, ensure_ascii=False, separators=(",", ":")))
 
     async def claim(
         self, key_id: str, idempotency_key: str, fp: str, deadline_s: float, running: str | None = None

@@ -7,6 +7,7 @@ separate process reached over sockets.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.gateway.app import create_app
+from app.gateway.middleware import KNOWN_METHODS
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess, start_redis_server
 from tests.fixtures_worker import WorkerProcess, start_worker_process
@@ -310,6 +312,66 @@ def test_readyz_and_metrics(client: TestClient) -> None:
         "mosaic_billing_pending",
     ):
         assert name in text, name
+
+
+def _request_series(client: TestClient) -> set[tuple[str, str, str]]:
+    """The (method, route, status) label sets of mosaic_http_request_duration_seconds in /metrics."""
+    series = set()
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("mosaic_http_request_duration_seconds_count{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            series.add((labels["method"], labels["route"], labels["status"]))
+    return series
+
+
+def _templates(routes: list[Any], prefix: str = "") -> set[str]:
+    """Every route template of the app, included routers' and mounts' too."""
+    found: set[str] = set()
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            found |= _templates(inner.routes, prefix)
+            continue
+        found.add(prefix + route.path)
+        found |= _templates(getattr(route, "routes", []), prefix + route.path)
+    return found
+
+
+def test_request_metric_labels_stay_bounded(client: TestClient) -> None:
+    """Invariant: whatever methods and paths clients send, the request metric's `method` label is one of
+    RFC 9110's methods or `other` and its `route` label a route template or `unmatched`: 35 odd methods
+    x 9 paths (each unknown path new) add a handful of series, not one per combination (5,056 before)."""
+    templates = _templates(client.app.routes)  # type: ignore[attr-defined]
+    before = _request_series(client)
+    methods = [f"X-{index}" for index in range(30)] + ["PROPFIND", "MKCOL", "PURGE", "LOCK", "get"]
+    for method in methods:
+        for path in ("/healthz", "/readyz", "/auction", "/auctions/abc", "/metrics", "/ledger/summary"):
+            client.request(method, path)
+        for path in (f"/nope-{method}", f"/auctions/abc/{method}", "/auction/"):
+            client.request(method, path, follow_redirects=False)
+    after = _request_series(client)
+    assert {method for method, _, _ in after} <= {*KNOWN_METHODS, "other"}, after
+    assert {route for _, route, _ in after} <= {*templates, "unmatched"}, after
+    assert len(after - before) <= 20, sorted(after - before)
+
+
+def test_trailing_slash_redirect_is_never_built_from_host(client: TestClient) -> None:
+    """Invariant: a redirect's Location is a path on this server, whatever the Host header says: the
+    route without (or with) its trailing slash and the query, never a scheme or a host; a path that
+    would redirect off-site (`//evil.example/`) is a plain 404."""
+    evil = {"Host": "evil.example"}
+    for method, path, location in (
+        ("POST", "/auction/", "/auction"),
+        ("GET", "/healthz/?verbose=1", "/healthz?verbose=1"),
+        ("GET", "/auctions/abc/", "/auctions/abc"),
+        ("GET", "/docs/", "/docs"),
+    ):
+        answer = client.request(method, path, headers=evil, follow_redirects=False)
+        assert answer.status_code == 307, (path, answer.status_code)
+        assert answer.headers["location"] == location, answer.headers["location"]
+    for path in ("//evil.example/", "//evil.example", "/%2F%2Fevil.example/"):
+        answer = client.get(f"http://testserver{path}", headers=evil, follow_redirects=False)
+        assert answer.status_code == 404 and "location" not in answer.headers, path
 
 
 def test_worker_down_is_503_and_nothing_billed(redis_process: RedisServerProcess, tmp_path: Path) -> None:

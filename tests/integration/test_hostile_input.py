@@ -5,9 +5,11 @@ field for a malformed body) and the same keep-alive connection then serves `GET 
 gateway runs as its own process over a real tiny-random worker process and a real Redis server,
 reached through a real socket (http.client: bytes are sent as they are, nothing re-encodes them).
 
-Each case of `KNOWN_500S` answered 500 (and dropped the connection) before the strict JSON decoder;
-the fuzz tests draw raw bytes, byte-level mutations of a valid body, and JSON values spliced into
-a valid body. Examples per fuzz test: HOSTILE_FUZZ_EXAMPLES (default 150; the full count, 1000, by
+Each case of `KNOWN_500S` answered 500 (and dropped the connection) before the strict JSON decoder
+(the big integers and the deep nesting until issue 32: `int()`'s 4,300-digit limit, and a recursion
+overflow echoing the input); the fuzz tests draw raw bytes, byte-level mutations of a valid body
+(seeded with those literals), and JSON values spliced into a valid body. Examples per fuzz test:
+HOSTILE_FUZZ_EXAMPLES (default 150; the full count, 1000, by
 `HOSTILE_FUZZ_EXAMPLES=1000 .venv/bin/pytest tests/integration/test_hostile_input.py`).
 """
 
@@ -69,6 +71,33 @@ KNOWN_500S = {
         ["body", "advertisers", 0, "name"],
     ),
 }
+DIGITS = "7" * 4301  # one more than Python's int() converts (sys.get_int_max_str_digits())
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+# Where a 65th level opens: the path to it (MAX_JSON_DEPTH is 64).
+DEEP_LOC: list[str | int] = ["body", "seed", *[0] * 63]
+KNOWN_500S.update(
+    {
+        "big-integer": (_body(f',"seed":{DIGITS}'), ["body", "seed"]),
+        "big-negative-unknown-field": (_body(f',"extra":-{DIGITS}'), ["body", "extra"]),
+        "big-integer-nested": (
+            '{"query":"hi","advertisers":[{"id":"a","name":"A","description":"g","value_scale":'
+            + DIGITS
+            + "}]}",
+            ["body", "advertisers", 0, "value_scale"],
+        ),
+        **{f"nested-{depth}": (_body(f',"seed":{_nested(depth)}'), DEEP_LOC) for depth in (951, 954)},
+        "nested-deeper-than-the-decoder": (_body(f',"seed":{_nested(5000)}'), DEEP_LOC),
+        "nested-objects": (
+            _body(',"extra":' + '{"k":' * 70 + "1" + "}" * 70),
+            ["body", "extra", *["k"] * 63],
+        ),
+    }
+)
 LAX_TYPES = {
     "bool-as-int": ({"candidates": True}, ["body", "candidates"]),
     "string-as-int": ({"candidates": "2"}, ["body", "candidates"]),
@@ -224,6 +253,11 @@ def test_character_limits_count_code_points_as_sent(client: Client) -> None:
     assert payload["detail"][0]["loc"] == ["body", "advertisers", 0, "name"]
 
 
+# Literals spliced into a valid body: each once gave a 500 somewhere in the stack.
+SEEDS = [b"NaN", b"-Infinity", b"\\ud800", b"\xed\xa0\x80", b"\xff", b"{", b"]", DIGITS.encode()]
+SEEDS += [_nested(depth).encode() for depth in (65, 951, 954)] + [b"[" * 954]
+
+
 def _mutate(data: st.DataObject) -> bytes:
     body = bytearray(VALID_BYTES)
     for _ in range(data.draw(st.integers(1, 6))):
@@ -232,10 +266,7 @@ def _mutate(data: st.DataObject) -> bytes:
         if action == "flip" and position < len(body):
             body[position] = data.draw(st.integers(0, 255))
         elif action == "insert":
-            body[position:position] = data.draw(
-                st.sampled_from([b"NaN", b"-Infinity", b"\\ud800", b"\xed\xa0\x80", b"\xff", b"{", b"]"])
-                | st.binary(max_size=8)
-            )
+            body[position:position] = data.draw(st.sampled_from(SEEDS) | st.binary(max_size=8))
         elif position < len(body):
             del body[position]
     return bytes(body)
@@ -278,3 +309,55 @@ def test_duplicate_advertiser_ids_are_422(client: Client) -> None:
     twice = {**VALID, "advertisers": [advertiser, {**advertiser, "name": "Other"}]}
     status, payload = client.post(json.dumps(twice).encode())
     assert status == 422 and payload["detail"][0]["loc"] == ["body", "advertisers"]
+
+
+PLATFORM_KEY = "hostile-platform-key-41c7"
+ADVERTISER_KEY = "hostile-advertiser-key-9e02"
+BODY_ROUTES = ("/auction", "/auctions/abc123/render", "/auctions/abc123/resolve")
+OVERSIZED = {
+    "big-integer": (f'{{"tau":{DIGITS}}}', ["body", "tau"]),
+    "nested-952": (f'{{"tau":{_nested(952)}}}', ["body", "tau", *[0] * 63]),
+}
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(tiny_worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    redis_server = start_redis_server(tmp_path_factory.mktemp("hostile-keyed-redis"))
+    process = start_gateway_process(
+        tiny_worker.url,
+        redis_server.url,
+        tmp_path_factory.mktemp("keyed-data"),
+        API_KEYS=PLATFORM_KEY,
+        ADVERTISER_API_KEYS=json.dumps({"a": [ADVERTISER_KEY]}),
+    )
+    try:
+        yield process.port
+    finally:
+        process.stop()
+        redis_server.stop()
+
+
+@pytest.mark.parametrize("case", sorted(OVERSIZED))
+@pytest.mark.parametrize("route", BODY_ROUTES)
+@pytest.mark.parametrize("key", [None, "wrong-key-0000", ADVERTISER_KEY, PLATFORM_KEY])
+def test_every_body_route_refuses_them_whatever_the_key(
+    keyed_gateway: int, route: str, key: str | None, case: str
+) -> None:
+    """Invariant: on every route that takes a body, with no key, a wrong key, an advertiser key or a
+    platform key, a too-long integer or a too-deep value is a 422 naming its path (the body is decoded
+    before the key is checked), never a 5xx; the connection then serves the next request."""
+    body, loc = OVERSIZED[case]
+    connection = http.client.HTTPConnection("127.0.0.1", keyed_gateway, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        connection.request("POST", route, body=body.encode(), headers=headers)
+        response = connection.getresponse()
+        payload = json.loads(response.read())
+        assert response.status == 422, payload
+        assert [error["loc"] for error in payload["detail"]] == [loc], payload
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()

@@ -180,3 +180,15 @@ def test_mosaic_serve_refuses_a_placeholder_key(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert b"known placeholder" in done.stderr and b"ALLOW_INSECURE_KEYS" in done.stderr
+
+
+def test_readyz_details_only_for_a_platform_key(gateway: TestClient, keyed_worker: WorkerProcess) -> None:
+    """Invariant: /readyz tells every caller whether the gateway is ready (its status and `ready`, for
+    probes that carry no key) and nothing else; the workers' URLs and Redis' state only to a platform
+    key: never without a key, with a wrong or bare one, or with an advertiser key."""
+    for headers in ({}, bearer("wrong"), {"Authorization": "Bearer"}, bearer(STRUM_KEY)):
+        answer = gateway.get("/readyz", headers=headers)
+        assert answer.status_code == 200 and answer.json() == {"ready": True}, answer.text
+    full = gateway.get("/readyz", headers=bearer(PLATFORM_KEY))
+    assert full.status_code == 200
+    assert full.json() == {"ready": True, "workers": {keyed_worker.url: True}, "redis": True}

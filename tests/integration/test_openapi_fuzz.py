@@ -4,6 +4,9 @@ The gateway runs as a real `mosaic serve` process (API_KEYS set) over a real wor
 real Redis, with small limits so that the valid inputs hypothesis finds stay cheap to serve.
 
 * `test_no_server_errors`: hypothesis-generated inputs (valid and invalid) per operation: no 5xx.
+* `test_oversized_literals_on_every_body_operation`: the two bodies that once gave a 500 (an integer
+  past Python's 4,300 digits, a value nested 952 deep), sent to every operation the document says
+  takes a body: a 422 naming the path, with and without a key.
 * `test_every_check_passes`: the schemathesis CLI with ``--checks all`` (server errors, status codes,
   content types, response schemas, positive data accepted, negative data rejected, auth not
   ignored, ...) over every phase; it must report no failure at all. Examples per operation:
@@ -14,11 +17,13 @@ real Redis, with small limits so that the valid inputs hypothesis finds stay che
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -82,6 +87,38 @@ def test_no_server_errors(api_schema: schemathesis.BaseSchema) -> None:
 
         check()
     assert not failures, failures
+
+
+# Raw bodies the generators cannot produce (json.dumps refuses such an int), each with the path named.
+OVERSIZED = {
+    "big-integer": (b'{"tau":' + b"7" * 4301 + b"}", ["body", "tau"]),
+    "nested-952": (b'{"tau":' + b"[" * 952 + b"]" * 952 + b"}", ["body", "tau", *[0] * 63]),
+}
+
+
+def test_oversized_literals_on_every_body_operation(gateway_url: str) -> None:
+    """Invariant: every operation with a request body in /openapi.json answers these bodies 422 naming
+    the offending path, with the platform key and without one (a new body route is covered at once)."""
+    document = httpx.get(f"{gateway_url}/openapi.json", timeout=30).json()
+    targets = [
+        (method, re.sub(r"\{[^}]+\}", "abc123", path))
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert ("post", "/auction") in targets and len(targets) >= 2, targets
+    for method, path in targets:
+        for headers in (AUTH, {}):
+            for name, (body, loc) in OVERSIZED.items():
+                response = httpx.request(
+                    method,
+                    f"{gateway_url}{path}",
+                    content=body,
+                    headers={**headers, "Content-Type": "application/json"},
+                    timeout=60,
+                )
+                assert response.status_code == 422, (method, path, name, response.text[:300])
+                assert [error["loc"] for error in response.json()["detail"]] == [loc], response.text
 
 
 def test_every_check_passes(gateway_url: str, tmp_path: Path) -> None:

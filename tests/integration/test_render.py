@@ -116,6 +116,34 @@ def test_render_bills_once_and_unrendered_charges_expire(
     run(redis_process.url, check)
 
 
+def test_a_replay_says_the_charge_state_now(client: TestClient, redis_process: RedisServerProcess) -> None:
+    """Invariant: the replay of a render-mode auction (same Idempotency-Key, same body) says its charge's
+    state as `GET /auctions/{id}` does at that moment (pending; billed once rendered; expired past
+    RENDER_WINDOW_S), the rest of the answer as first given, and bills nothing."""
+    expired_key = {"Idempotency-Key": f"render-replay-expired-{time.time_ns()}"}
+    unrendered = client.post("/auction", json=body(212), headers=expired_key).json()
+    key = {"Idempotency-Key": f"render-replay-{time.time_ns()}"}
+    first = client.post("/auction", json=body(211), headers=key)
+    assert first.status_code == 200 and first.json()["billing"] == "pending", first.text
+    auction_id = first.json()["auction_id"]
+    before = stream_length(redis_process.url)
+
+    def replay(key: dict[str, str], seed: int) -> dict[str, Any]:
+        answer = client.post("/auction", json=body(seed), headers=key)
+        assert answer.status_code == 200 and answer.headers["Idempotent-Replayed"] == "true", answer.text
+        replayed: dict[str, Any] = answer.json()
+        state = client.get(f"/auctions/{replayed['auction_id']}").json()["billing"]
+        assert replayed["billing"] == state, (replayed["billing"], state)
+        return replayed
+
+    assert replay(key, 211) == first.json()
+    assert client.post(f"/auctions/{auction_id}/render").json()["billed_now"] is True
+    assert replay(key, 211) == {**first.json(), "billing": "billed"}
+    time.sleep(WINDOW_S + 1.5)  # the embedded consumer sweeps about once a second
+    assert replay(expired_key, 212) == {**unrendered, "billing": "expired"}
+    assert stream_length(redis_process.url) == before + 1  # the one render, no replay
+
+
 def test_render_mode_under_sigkilled_consumers_bills_each_rendered_charge_once(
     tiny_worker: WorkerProcess, redis_server: RedisServerProcess, tmp_path: Path
 ) -> None:

@@ -3,14 +3,17 @@
 Hundreds of connections that send half a request head, nothing at all, a head trickled one byte at a
 time (slowloris) or a body that never ends are all closed by the server within the configured
 HTTP_HEADER_TIMEOUT_S / HTTP_BODY_TIMEOUT_S (+ slack), the gateway's file descriptors come back, and
-meanwhile auctions are served and billed exactly once.
+meanwhile auctions are served and billed exactly once. A request head past HTTP_MAX_HEADER_BYTES is
+answered 431 and a flood of huge header lines costs the gateway no memory.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -100,5 +103,79 @@ def test_half_open_idle_and_slow_connections_are_released(
                 client.post("/auction", json=BODY).raise_for_status().json()["auction_id"],
             ]
         assert_billed_exactly_once(redis_process.url, served, billed_before)
+    finally:
+        gateway.stop()
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set (VmHWM): what a flood cost at its worst, even if freed since."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+CHUNKED = (
+    b"POST /auctions/abc123/render HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"  # the body's last chunk: trailers follow
+)
+
+
+def _send_head(port: int, header_lines: int, line_bytes: int, start: bytes = b"") -> tuple[bytes, bool]:
+    """Send `GET /healthz` (or `start`: then the lines are its trailers) with `header_lines` lines of
+    `line_bytes` each; the answer read (b"" if the server cut the connection first) and whether every
+    byte could be sent."""
+    line = b"X-Big: " + b"a" * (line_bytes - 9) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sent_all = True
+        try:
+            sock.sendall(start or b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(header_lines):
+                sock.sendall(line)
+            sock.sendall(b"\r\n")
+        except OSError:  # the server closed it (431 then close): the rest is refused
+            sent_all = False
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and not sent_all:
+                    break
+        except OSError:
+            pass
+        return answer, sent_all
+
+
+def test_header_flood_is_431_and_memory_stays_bounded(
+    tiny_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
+) -> None:
+    """Invariant: with the HTTP implementation `mosaic serve` runs (httptools), a request head up to
+    HTTP_MAX_HEADER_BYTES is served, one past it is answered 431 (JSON naming `header`) and closed,
+    and a flood of 1 MB header lines on 4 connections at once (256 MB sent; one of them as the trailers
+    of a chunked body) leaves the gateway's peak RSS within 32 MB of what it was (it grew by the whole
+    flood when only h11 had a limit)."""
+    limit = 16384
+    gateway = start_gateway_process(
+        tiny_worker.url, redis_process.url, tmp_path, HTTP_MAX_HEADER_BYTES=str(limit)
+    )
+    try:
+        pid, port = gateway.process.pid, gateway.port
+        answer, _ = _send_head(port, header_lines=12, line_bytes=1000)  # ~12 KB: within the limit
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        answer, _ = _send_head(port, header_lines=20, line_bytes=1000)  # ~20 KB: past it
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        detail = json.loads(answer.split(b"\r\n\r\n", 1)[1])["detail"][0]
+        assert detail["loc"] == ["header"] and detail["ctx"] == {"limit": limit}, detail
+        answer, _ = _send_head(port, header_lines=2, line_bytes=100, start=CHUNKED)  # small trailers
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:200]  # served (no such auction), not cut
+        before = _peak_rss_bytes(pid)
+        with ThreadPoolExecutor(4) as pool:
+            starts = [b"", b"", b"", CHUNKED]  # three heads and one chunked body's trailer section
+            floods = list(pool.map(lambda start: _send_head(port, 64, 1 << 20, start), starts))
+        grown = _peak_rss_bytes(pid) - before
+        assert grown < 32 << 20, f"peak RSS grew by {grown / 2**20:.0f} MB"
+        assert all(not sent_all for _, sent_all in floods)  # each was cut off, not read to its end
+        assert httpx.get(f"{gateway.url}/healthz", timeout=10).status_code == 200
     finally:
         gateway.stop()
