@@ -173,14 +173,20 @@ def test_a_refused_request_is_not_stored(client: TestClient) -> None:
 
 
 def test_a_5xx_after_model_work_is_stored_and_replayed(
-    client: TestClient, redis_process: RedisServerProcess
+    slow_gateway: GatewayProcess, tiny_worker: WorkerProcess, redis_process: RedisServerProcess
 ) -> None:
+    """Invariant: a 5xx that happens after the key's claim (here the request's own deadline, its worker
+    SIGSTOPped so the auction cannot end first) is stored under the key and replayed byte for byte,
+    and nothing is billed. The worker is held rather than the deadline made tiny: with `tmax_ms=1` a
+    loaded machine could pass the deadline before the claim was written (a 5xx before the claim is
+    not stored, so the retry ran again), which the full suite saw on a busy 2-core machine."""
     before = stream_length(redis_process.url)
-    slow = auction_body(candidates=8, max_tokens=64, tmax_ms=1)
-    first = client.post("/auction", json=slow, headers=keyed("timed-out"))
+    slow = {**slow_body(110), "tmax_ms": 1500}
+    with worker_stopped(tiny_worker):
+        first = post_keyed(slow_gateway, slow, "timed-out")
     assert first.status_code == 504, first.text
-    assert "tmax_ms=1" in first.json()["detail"]
-    again = client.post("/auction", json=slow, headers=keyed("timed-out"))
+    assert "tmax_ms=1500" in first.json()["detail"]
+    again = post_keyed(slow_gateway, slow, "timed-out")
     assert again.status_code == 504 and again.headers["idempotent-replayed"] == "true"
     assert again.content == first.content
     assert stream_length(redis_process.url) == before
