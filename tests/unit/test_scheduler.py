@@ -115,54 +115,54 @@ def simulate(scheduler: Scheduler, works: list[Submitted], arrivals: list[int], 
     return trace
 
 
+@dataclass
+class Run:
+    """One simulated run's inputs: the scheduler's limits, the work, when it arrives and ends."""
+
+    works: list[Submitted]
+    arrivals: list[int]
+    finishes: list[int]
+    budget: int
+    max_rows: int
+    aging_steps: int
+
+    def simulate(self) -> Trace:
+        limits = {"token_budget": max(self.budget, self.max_rows), "max_rows": self.max_rows}
+        scheduler = Scheduler(**limits, aging_steps=self.aging_steps)
+        return simulate(scheduler, self.works, self.arrivals, self.finishes)
+
+
+def runs(work_lists: st.SearchStrategy[list[Submitted]]) -> st.SearchStrategy[Run]:
+    return st.builds(
+        Run,
+        works=work_lists,
+        arrivals=st.lists(st.integers(0, 3), min_size=25, max_size=25),
+        finishes=st.lists(st.integers(0, 4), min_size=400, max_size=400),
+        budget=st.integers(16, 512),
+        max_rows=st.integers(1, 16),
+        aging_steps=st.integers(0, 40),
+    )
+
+
 @settings(max_examples=200, deadline=None)
-@given(
-    works=works,
-    arrivals=st.lists(st.integers(0, 3), min_size=25, max_size=25),
-    finishes=st.lists(st.integers(0, 4), min_size=400, max_size=400),
-    budget=st.integers(16, 512),
-    max_rows=st.integers(1, 16),
-    aging_steps=st.integers(0, 50),
-)
-def test_equal_priorities_schedule_in_arrival_order_within_budgets(
-    works: list[Submitted],
-    arrivals: list[int],
-    finishes: list[int],
-    budget: int,
-    max_rows: int,
-    aging_steps: int,
-) -> None:
+@given(run=runs(works))
+def test_equal_priorities_schedule_in_arrival_order_within_budgets(run: Run) -> None:
     """Invariant: with one priority (vLLM's default 0) work starts in strict arrival order whatever the
     aging, within the step's budgets, running generations never paused, every token exactly once."""
-    scheduler = Scheduler(token_budget=max(budget, max_rows), max_rows=max_rows, aging_steps=aging_steps)
-    trace = simulate(scheduler, works, arrivals, finishes)
+    trace = run.simulate()
     admitted = [work_id for plan in trace.plans for work_id in plan.joined]
     assert admitted == sorted(admitted)  # strict arrival order
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    works=prioritised_works,
-    arrivals=st.lists(st.integers(0, 3), min_size=25, max_size=25),
-    finishes=st.lists(st.integers(0, 4), min_size=400, max_size=400),
-    budget=st.integers(16, 512),
-    max_rows=st.integers(1, 16),
-    aging_steps=st.integers(0, 30),
-)
-def test_priorities_order_waiting_work_and_aging_bounds_overtaking(
-    works: list[Submitted],
-    arrivals: list[int],
-    finishes: list[int],
-    budget: int,
-    max_rows: int,
-    aging_steps: int,
-) -> None:
+@given(run=runs(prioritised_works))
+def test_priorities_order_waiting_work_and_aging_bounds_overtaking(run: Run) -> None:
     """Invariants: (1) a unit starts only when every unit still waiting ranks after it — rank: aged
     units (waited >= aging_steps steps) first by arrival, then (priority, arrival); (2) the starvation
     bound: a unit that has aged is never overtaken by a later arrival; (3) the budgets, the running
     decode and every token exactly once, as with one priority."""
-    scheduler = Scheduler(token_budget=max(budget, max_rows), max_rows=max_rows, aging_steps=aging_steps)
-    trace = simulate(scheduler, works, arrivals, finishes)
+    trace = run.simulate()
+    works, aging_steps = run.works, run.aging_steps
 
     def rank(work_id: int, step: int) -> tuple[int, int, int]:
         if step - trace.submitted_at[work_id] >= aging_steps:
