@@ -125,10 +125,11 @@ class Run:
     budget: int
     max_rows: int
     aging_steps: int
+    fill_tokens: int
 
     def simulate(self) -> Trace:
         limits = {"token_budget": max(self.budget, self.max_rows), "max_rows": self.max_rows}
-        scheduler = Scheduler(**limits, aging_steps=self.aging_steps)
+        scheduler = Scheduler(**limits, aging_steps=self.aging_steps, fill_tokens=self.fill_tokens)
         return simulate(scheduler, self.works, self.arrivals, self.finishes)
 
 
@@ -141,6 +142,7 @@ def runs(work_lists: st.SearchStrategy[list[Submitted]]) -> st.SearchStrategy[Ru
         budget=st.integers(16, 512),
         max_rows=st.integers(1, 16),
         aging_steps=st.integers(0, 40),
+        fill_tokens=st.integers(0, 600),
     )
 
 
@@ -159,10 +161,19 @@ def test_equal_priorities_schedule_in_arrival_order_within_budgets(run: Run) -> 
 def test_priorities_order_waiting_work_and_aging_bounds_overtaking(run: Run) -> None:
     """Invariants: (1) a unit starts only when every unit still waiting ranks after it — rank: aged
     units (waited >= aging_steps steps) first by arrival, then (priority, arrival); (2) the starvation
-    bound: a unit that has aged is never overtaken by a later arrival; (3) the budgets, the running
+    bound: a unit that has aged is never overtaken by a later arrival; (3) work of worse priority than
+    the best in its step (not aged) takes at most fill_tokens of it; (4) the budgets, the running
     decode and every token exactly once, as with one priority."""
     trace = run.simulate()
     works, aging_steps = run.works, run.aging_steps
+    for step, plan in enumerate(trace.plans):
+        taken = [(w, works[w].size) for w in plan.prefill]
+        taken += [(w, sum(works[w].lengths[first:stop])) for w, first, stop in plan.score]
+        if not plan.decode and len(taken) == 1:
+            continue  # forced: the first unit alone, whatever its size
+        best = min([works[w].priority for w in plan.decode] + [works[w].priority for w, _ in taken])
+        fresh = [t for w, t in taken if works[w].priority > best and step - trace.submitted_at[w] < aging_steps]
+        assert sum(fresh) <= run.fill_tokens, (step, plan)
 
     def rank(work_id: int, step: int) -> tuple[int, int, int]:
         if step - trace.submitted_at[work_id] >= aging_steps:
@@ -208,6 +219,24 @@ def test_equal_priority_keeps_arrival_order_and_zero_aging_is_fifo() -> None:
     assert [by_priority.plan().score for _ in range(3)] == [[(2, 0, 1)], [(3, 0, 1)], [(1, 0, 1)]]
     with pytest.raises(ValueError):
         Scheduler(token_budget=100, max_rows=8, aging_steps=-1)
+    with pytest.raises(ValueError):
+        Scheduler(token_budget=100, max_rows=8, fill_tokens=-1)
+
+
+def test_worse_work_fills_at_most_fill_tokens_beside_urgent_work() -> None:
+    """Invariant: beside a decoding urgent generation, worse-priority work takes at most fill_tokens
+    per step (the urgent decode steps stay short) and still advances; alone it takes the budget."""
+    scheduler = Scheduler(token_budget=1000, max_rows=8, aging_steps=100, fill_tokens=100)
+    scheduler.submit_generation(1, prefill_tokens=10, rows=2, max_steps=3, priority=0)
+    scheduler.submit_scoring(2, [60] * 20, priority=9)
+    first = scheduler.plan()  # 10 urgent prefill tokens, then 60 of the worse scoring (≤ 100)
+    assert first.prefill == [1] and first.score == [(2, 0, 1)]
+    for k in (1, 2, 3):  # the urgent one decodes (2 rows): one 60-token prompt of 2 beside it
+        plan = scheduler.plan()
+        assert plan.decode == [1] and plan.score == [(2, k, k + 1)]
+    alone = scheduler.plan()
+    assert alone.decode == [] and alone.tokens == 960  # the rest fills the budget
+
 
 
 def test_head_blocks_later_work_and_oversize_work_runs_alone() -> None:

@@ -44,7 +44,7 @@ from workers.engine.invariant import InvariantRunner, Span
 from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.kv_pool import KVPool
 from workers.engine.sampling import SamplingOptions, sample_generators
-from workers.engine.scheduler import DEFAULT_AGING_STEPS, Scheduler, StepPlan
+from workers.engine.scheduler import DEFAULT_AGING_STEPS, DEFAULT_FILL_TOKENS, Scheduler, StepPlan
 from workers.engine.score import Scorer
 from workers.engine.score_invariant import InvariantScoreJob
 from workers.engine.types import EngineStats, PromptResult
@@ -103,11 +103,12 @@ class BatchLoop:
         token_budget: int,
         max_rows: int,
         aging_steps: int = DEFAULT_AGING_STEPS,
+        fill_tokens: int = DEFAULT_FILL_TOKENS,
     ) -> None:
         assert scorer.invariant is not None, "continuous batching runs the batch-invariant forward"
         self.decoder, self.scorer, self.inv = decoder, scorer, scorer.invariant
         self.lock, self.stats = lock, stats
-        self.scheduler = Scheduler(token_budget, max_rows, aging_steps)
+        self.scheduler = Scheduler(token_budget, max_rows, aging_steps, fill_tokens)
         self.pool = self.inv.new_pool()  # every running generation's rows (one step's attention for all)
         self._cv = threading.Condition()
         self._incoming: list[_Request] = []
@@ -239,7 +240,7 @@ class BatchLoop:
             if not request.future.done():
                 request.future.set_exception(exc)
         old = self.scheduler
-        self.scheduler = Scheduler(old.token_budget, old.max_rows, old.aging_steps)
+        self.scheduler = Scheduler(old.token_budget, old.max_rows, old.aging_steps, old.fill_tokens)
         self.pool = self.inv.new_pool()  # a failed step may have left slots half written
         with self._cv:
             incoming, self._incoming = self._incoming, []

@@ -80,6 +80,7 @@ class Engine:
                 budget,
                 config.batch_max_rows,
                 config.priority_aging_steps,
+                config.priority_fill_tokens,
             )
 
     def _scorer(self, config: EngineConfig) -> Scorer:

@@ -24,7 +24,11 @@ Fairness rule:
    high priority never preempts running work, unlike vLLM's, which may preempt the lowest running);
 2. then waiting work is taken strictly in that order: the first unit gets its prefill (or as many of
    its prompts as fit) if it fits in what is left of the budget and rows; if it does not, the scan
-   stops there — nothing behind it overtakes it (a large urgent unit is not starved by small ones);
+   stops there — nothing behind it overtakes it (a large urgent unit is not starved by small ones).
+   Work of worse priority than something already in the step (a running generation or a unit taken
+   before it), unless aged, shares at most ``fill_tokens`` tokens of the step: the urgent request's
+   steps stay short (a decode step of 8 rows beside a 2,000-token scoring chunk costs that chunk),
+   while the rest still advances a little every step;
 3. a step that would otherwise do nothing takes the first unit whatever its size (so work larger
    than the budget still runs, alone).
 Starvation bound: a unit is overtaken by later arrivals of better priority only during its first
@@ -47,6 +51,8 @@ from dataclasses import dataclass, field
 
 # Steps a waiting unit may be overtaken by later work of better priority (WORKER_PRIORITY_AGING_STEPS).
 DEFAULT_AGING_STEPS = 512
+# Tokens per step for worse-priority work beside better work (WORKER_PRIORITY_FILL_TOKENS).
+DEFAULT_FILL_TOKENS = 256
 
 
 @dataclass
@@ -94,15 +100,22 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, token_budget: int, max_rows: int, aging_steps: int = DEFAULT_AGING_STEPS) -> None:
+    def __init__(
+        self,
+        token_budget: int,
+        max_rows: int,
+        aging_steps: int = DEFAULT_AGING_STEPS,
+        fill_tokens: int = DEFAULT_FILL_TOKENS,
+    ) -> None:
         if max_rows < 1 or token_budget < max_rows:
             # token_budget >= max_rows: the running rows' decode alone always fits a step.
             raise ValueError("need 1 <= max_rows <= token_budget")
-        if aging_steps < 0:
-            raise ValueError("need aging_steps >= 0")
+        if aging_steps < 0 or fill_tokens < 0:
+            raise ValueError("need aging_steps >= 0 and fill_tokens >= 0")
         self.token_budget = token_budget
         self.max_rows = max_rows
         self.aging_steps = aging_steps
+        self.fill_tokens = fill_tokens
         self._waiting: list[Generation | Scoring] = []  # arrival order; planned in `_order`'s order
         self._running: dict[int, Generation] = {}  # arrival order (dicts keep insertion order)
         self._steps = 0  # steps planned so far (the clock of aging)
@@ -128,9 +141,12 @@ class Scheduler:
         self._running.pop(work_id, None)
         self._waiting = [w for w in self._waiting if w.id != work_id]
 
+    def _aged(self, work: Generation | Scoring) -> bool:
+        return self._steps - work.since >= self.aging_steps
+
     def _rank(self, work: Generation | Scoring) -> tuple[int, int, int]:
         """Sort key of a waiting unit: aged units first, by arrival; then (priority, arrival)."""
-        if self._steps - work.since >= self.aging_steps:
+        if self._aged(work):
             return (0, 0, work.arrival)
         return (1, work.priority, work.arrival)
 
@@ -164,28 +180,39 @@ class Scheduler:
     def plan(self) -> StepPlan:
         """The next step (see the module's fairness rule); advances the scheduler's own state."""
         step = StepPlan()
+        urgent: int | None = None  # the best priority of the work in this step so far
         for running in list(self._running.values()):
             if running.started:
                 step.decode.append(running.id)
                 step.tokens += running.rows
                 step.rows += running.rows
+                urgent = running.priority if urgent is None else min(urgent, running.priority)
         taken: set[int] = set()
+        fill = 0  # tokens of worse-priority (not aged) work taken beside better work
         for work in self._order():
+            capped = urgent is not None and work.priority > urgent and not self._aged(work)
+            limit = (
+                min(self.token_budget, step.tokens + self.fill_tokens - fill) if capped else self.token_budget
+            )
+            before = step.tokens
             if isinstance(work, Generation):
-                if not self._join(step, work):
+                if not self._join(step, work, limit):
                     break
-            elif not self._score(step, work):
+            elif not self._score(step, work, limit):
                 break
             taken.add(work.id)
+            fill += step.tokens - before if capped else 0
+            urgent = work.priority if urgent is None else min(urgent, work.priority)
         self._waiting = [w for w in self._waiting if w.id not in taken]
         self._advance(step)
         self._steps += 1
         return step
 
-    def _join(self, step: StepPlan, work: Generation) -> bool:
-        """Prefill ``work`` in ``step`` if it fits (or the step is empty); False: the scan stops."""
+    def _join(self, step: StepPlan, work: Generation, limit: int) -> bool:
+        """Prefill ``work`` in ``step`` if it fits (the step's tokens within ``limit``, or the step is
+        empty); False: the scan stops."""
         tokens, rows = step.tokens + work.prefill_tokens, step.rows + work.rows
-        fits = tokens <= self.token_budget and rows <= self.max_rows
+        fits = tokens <= limit and rows <= self.max_rows
         if not fits and not step.empty:
             return False
         step.prefill.append(work.id)
@@ -195,11 +222,12 @@ class Scheduler:
         self._running[work.id] = work
         return True
 
-    def _score(self, step: StepPlan, work: Scoring) -> bool:
-        """As many of ``work``'s next prompts as fit; True only when it is done (the scan goes on)."""
+    def _score(self, step: StepPlan, work: Scoring, limit: int) -> bool:
+        """As many of ``work``'s next prompts as fit within ``limit`` step tokens; True only when it is
+        done (the scan goes on)."""
         first = stop = work.next_prompt
         while stop < len(work.prompt_lengths) and (
-            step.tokens + work.prompt_lengths[stop] <= self.token_budget or (step.empty and stop == first)
+            step.tokens + work.prompt_lengths[stop] <= limit or (step.empty and stop == first)
         ):
             step.tokens += work.prompt_lengths[stop]
             stop += 1
