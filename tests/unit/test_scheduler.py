@@ -172,7 +172,9 @@ def test_priorities_order_waiting_work_and_aging_bounds_overtaking(run: Run) -> 
         if not plan.decode and len(taken) == 1:
             continue  # forced: the first unit alone, whatever its size
         best = min([works[w].priority for w in plan.decode] + [works[w].priority for w, _ in taken])
-        fresh = [t for w, t in taken if works[w].priority > best and step - trace.submitted_at[w] < aging_steps]
+        fresh = [
+            t for w, t in taken if works[w].priority > best and step - trace.submitted_at[w] < aging_steps
+        ]
         assert sum(fresh) <= run.fill_tokens, (step, plan)
 
     def rank(work_id: int, step: int) -> tuple[int, int, int]:
@@ -236,7 +238,6 @@ def test_worse_work_fills_at_most_fill_tokens_beside_urgent_work() -> None:
         assert plan.decode == [1] and plan.score == [(2, k, k + 1)]
     alone = scheduler.plan()
     assert alone.decode == [] and alone.tokens == 960  # the rest fills the budget
-
 
 
 def test_head_blocks_later_work_and_oversize_work_runs_alone() -> None:

@@ -32,13 +32,14 @@ Fairness rule:
 3. a step that would otherwise do nothing takes the first unit whatever its size (so work larger
    than the budget still runs, alone).
 Starvation bound: a unit is overtaken by later arrivals of better priority only during its first
-``aging_steps`` steps of waiting. From then on it is aged, and every unit that arrived after it ages
-after it and sorts behind it by arrival, while every unit that arrived before it is aged too: its
-place is its arrival place, as under FIFO. So it starts within ``aging_steps`` steps plus the FIFO
-bound over the work that arrived before it: every step decodes the running rows, each running
-generation finishes within its ``max_steps``, and nothing joins ahead of the first waiting unit; the
-first unit starts after at most the longest remaining ``max_steps`` of the running work, plus the
-steps to score what is ahead of it. Tested with hypothesis in ``tests/unit/test_scheduler.py``.
+``aging_steps`` steps of waiting. From then on it is aged (and no longer held to ``fill_tokens``),
+and every unit that arrived after it ages after it and sorts behind it by arrival, while every unit
+that arrived before it is aged too: its place is its arrival place, as under FIFO. So it starts
+within ``aging_steps`` steps plus the FIFO bound over the work that arrived before it: every step
+decodes the running rows, each running generation finishes within its ``max_steps``, and nothing
+joins ahead of the first waiting unit; the first unit starts after at most the longest remaining
+``max_steps`` of the running work, plus the steps to score what is ahead of it.
+Tested with hypothesis in ``tests/unit/test_scheduler.py``.
 
 Batch invariance is the engine's business (the arithmetic of a row must not depend on what shares its
 step); this module only decides membership and order (so the order, priorities included, cannot change a
