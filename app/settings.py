@@ -140,6 +140,12 @@ class Settings(WorkerSettings):
         "generation + scoring: app/auction/cost.py); an auction alone is always admitted. Keep it near "
         "the workers' WORKER_MAX_QUEUED_TOKENS.",
     )
+    worker_priority: bool = Field(
+        True,
+        description="Send each auction's fair-share priority on its worker requests (vLLM's `priority`, "
+        "lower first: a key holding few tokens in flight is served first). Stock vLLM workers must run "
+        "with `--scheduling-policy priority` (they refuse a nonzero priority otherwise); false: always 0.",
+    )
     admission_key_share: float = Field(
         0.5,
         gt=0,

@@ -6,7 +6,9 @@ and that the worker does not implement is refused** (400 ``BadRequestError`` who
 the field), never silently ignored; a field left at vLLM's neutral value (``top_k: -1``,
 ``repetition_penalty: 1.0``, ``logit_bias: {}`` ...) is accepted, so clients that always send them
 work. Fields that change nothing here (``user``, ``request_id``, ``cache_salt``, ``session_id`` ...)
-and unknown fields are accepted and ignored, as vLLM does.
+and unknown fields are accepted and ignored, as vLLM does. ``priority`` is implemented (a field of
+:class:`~workers.protocol.CompletionRequest`, as vLLM's with ``--scheduling-policy priority``): it
+orders waiting work in the batch loop and never changes an answer.
 
 Also vLLM's numbers: ``max_tokens: null`` means 16 (vLLM's ``normalize_null_max_tokens``); a
 log-prob of ``-inf`` is sent as ``-9999.0`` (vLLM's serving code clamps it: JSON has no ``-inf``
@@ -57,7 +59,6 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "guided_regex": (None,),
     "guided_choice": (None,),
     "guided_grammar": (None,),
-    "priority": (None, 0),
     "return_token_offsets": (None, False),
     "vllm_xargs": (None, {}),
     "repetition_detection": (None,),

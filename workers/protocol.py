@@ -204,6 +204,9 @@ class CompletionRequest(_Model):
     prompt_logprobs: int | None = Field(None, ge=0)
     add_special_tokens: bool = True
     request_id: str | None = None
+    # vLLM's `--scheduling-policy priority`: lower is handled earlier (the batch loop's order of waiting
+    # work, workers.engine.scheduler); never changes an answer.
+    priority: int = Field(0, ge=-(2**63), le=2**63 - 1)
     return_tokens_as_token_ids: bool | None = None
     return_token_ids: bool | None = None
 

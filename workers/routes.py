@@ -119,7 +119,7 @@ async def completions(body: CompletionRequest, worker: WorkerDep) -> CompletionR
     prompts = await asyncio.to_thread(prompt_lists, engine, body)
     options = sampling_options(engine, body, prompts)
     engine.check_request(prompts, options)
-    results = await _run_admitted(worker, prompts, options, body.prompt_logprobs, start)
+    results = await _run_admitted(worker, prompts, options, body.prompt_logprobs, start, body.priority)
     choices = await asyncio.to_thread(build_choices, engine, body, results)
     prompt_tokens = sum(len(p) for p in prompts)
     completion_tokens = sum(len(s.token_ids) for r in results for s in r.samples)
@@ -174,14 +174,18 @@ async def _run_admitted(
     options: SamplingOptions,
     prompt_logprobs: int | None,
     start: float,
+    priority: int,
 ) -> list[PromptResult]:
-    """The request's model work once the queue admits it (429 before any model work otherwise)."""
+    """The request's model work once the queue admits it (429 before any model work otherwise);
+    ``priority`` (vLLM's, lower first) orders it among the waiting work of the batch loop."""
     cost = request_cost([len(p) for p in prompts], options.n, options.max_tokens)
     phase = _Phase(worker.metrics, start)
     with worker.queue.hold(cost):
         phase.waiting.inc()
         try:
-            results = await worker.engine.acomplete(prompts, options, prompt_logprobs, phase.on_start)
+            results = await worker.engine.acomplete(
+                prompts, options, prompt_logprobs, phase.on_start, priority
+            )
         finally:
             phase.left()
     worker.queue.observe(cost, time.perf_counter() - start)

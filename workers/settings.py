@@ -52,6 +52,19 @@ class WorkerSettings(BaseSettings):
     worker_batch_max_rows: int = Field(
         64, ge=1, description="Continuous batching: most decoding rows (samples) per step."
     )
+    worker_priority_aging_steps: int = Field(
+        512,
+        ge=0,
+        description="Continuous batching: steps a waiting request may be overtaken by later ones of better "
+        "`priority` (vLLM's field: lower first); past it, it is served in arrival order (the starvation "
+        "bound). 0: arrival order only.",
+    )
+    worker_priority_fill_tokens: int = Field(
+        256,
+        ge=0,
+        description="Continuous batching: most tokens per step for waiting work of worse `priority` than "
+        "work already in the step (unless aged), so an urgent request's steps stay short.",
+    )
     worker_max_model_len: int = Field(
         2048, ge=16, description="Longest prompt + reply the worker accepts (tokens)."
     )

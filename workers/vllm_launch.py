@@ -1,9 +1,10 @@
 """``mosaic worker --engine vllm``: exec the stock vLLM server with the flags of VLLM_PROTOCOL.md.
 
 Processed log-probs (``--logprobs-mode processed_logprobs``: log q is the density the candidates were
-drawn from), one log-prob per position, the project's max_model_len, and the worker's API key passed
-as VLLM_API_KEY in the environment (not on the command line, visible in ps). Imports the model
-registry and the worker settings only.
+drawn from), one log-prob per position, priority scheduling (``--scheduling-policy priority``: the
+gateway's fair-share ``priority`` on each request, WORKER_PRIORITY), the project's max_model_len, and
+the worker's API key passed as VLLM_API_KEY in the environment (not on the command line, visible in
+ps). Imports the model registry and the worker settings only.
 See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
 
@@ -62,6 +63,8 @@ def vllm_command(
         "--max-logprobs",
         str(max_logprobs),
         "--no-enable-prefix-caching",
+        "--scheduling-policy",
+        "priority",
         "--max-model-len",
         str(max_model_len or get_worker_settings().worker_max_model_len),
         *extra,

@@ -19,6 +19,11 @@ then only older heads of keys holding nothing come first). A key may use idle ca
 when nobody else waits; an auction is always admitted when nothing else runs, so no valid request is
 refused for good.
 
+The same fair share reaches inside the workers: `admit` yields the auction's `fair_priority`, vLLM's
+request ``priority`` (lower is served earlier) from the tokens its key holds in flight with it, which
+the engine client sends on every completion (`app.auction.worker_dispatch.auction_priority`), so a
+worker's step scheduler serves the light key's generation and scoring before a heavy key's queued work.
+
 Pure asyncio; knows nothing of HTTP. Imports `app.auction.observers` only: what it reports goes to the
 `AdmissionObserver` it is given (the gateway's Prometheus `AdmissionMetrics`); see docs/DESIGN.md.
 """
@@ -37,6 +42,15 @@ from app.auction.observers import AdmissionObserver, NoopAdmissionObserver
 
 # Model tokens per second assumed before the first auction has finished (then: measured).
 PRIOR_TOKENS_PER_S = 20_000.0
+
+
+def fair_priority(held_tokens: int) -> int:
+    """vLLM's request ``priority`` (lower first) of an auction whose key holds ``held_tokens`` model
+    tokens in flight, this auction's included: ⌊log2⌋ + 1 (0 for none). Coarse on purpose: keys
+    holding within 2× of each other share a bucket and are served in arrival order; a key holding
+    little capacity goes before one holding much (the light key's small auction before a heavy key's
+    stream). Fixed at admission; the workers' aging bounds how long a high one waits."""
+    return max(0, held_tokens).bit_length()
 
 
 @dataclass(frozen=True)
@@ -257,8 +271,9 @@ class AdmissionController:
             raise
 
     @asynccontextmanager
-    async def admit(self, key: str, cost: int) -> AsyncIterator[None]:
-        """Hold a place for one auction for the duration of the block, waiting (bounded) if needed."""
+    async def admit(self, key: str, cost: int) -> AsyncIterator[int]:
+        """Hold a place for one auction for the duration of the block, waiting (bounded) if needed;
+        yields its `fair_priority` (from what its key holds once admitted, this auction included)."""
         arrived = time.monotonic()
         if self.admits_now(key, cost):
             self._take(key, cost)
@@ -266,7 +281,7 @@ class AdmissionController:
             await self._wait(key, cost)
         self.observer.admission_waited(time.monotonic() - arrived)
         try:
-            yield
+            yield fair_priority(self.key_tokens(key))
         finally:
             self._give_back(key, cost)
 

@@ -1,7 +1,9 @@
 """The gateway's client of LLM workers (vLLM's OpenAI-compatible dialect, VLLM_PROTOCOL.md).
 
-One pooled httpx.AsyncClient per worker. Requests are parsed with the worker's own pydantic models
-(`workers.protocol`), so the gateway reads exactly the shapes that the worker (and vLLM) emit.
+One pooled httpx.AsyncClient per worker. Completions carry vLLM's ``priority`` of the auction
+(`app.auction.worker_dispatch.auction_priority`, set from admission's fair share; WORKER_PRIORITY).
+Requests are parsed with the worker's own pydantic models (`workers.protocol`), so the gateway reads
+exactly the shapes that the worker (and vLLM) emit.
 Which worker, how long to wait, hedging and retries are `app.auction.worker_dispatch`'s; each worker's
 circuit breaker is `app.auction.worker_health`'s (fed here: a timeout, connect error or 5xx is a
 failure, an answer a success). A failed request (connection error, timeout, 5xx) goes to the next
@@ -23,7 +25,12 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from app.auction.observers import NoopWorkerObserver, WorkerObserver
-from app.auction.worker_dispatch import BusyWorkerError, RetryableWorkerError, WorkerDispatcher
+from app.auction.worker_dispatch import (
+    BusyWorkerError,
+    RetryableWorkerError,
+    WorkerDispatcher,
+    current_priority,
+)
 from app.auction.worker_health import WorkerHealth
 from app.prompts import ChatMessage
 from app.settings import Settings
@@ -193,6 +200,11 @@ class EngineClient:
 
     # --- the contract ----------------------------------------------------------------------------
 
+    def _priority(self) -> int:
+        """vLLM's ``priority`` of the auction being served (`auction_priority`); 0 (vLLM's default, the
+        only value a worker without ``--scheduling-policy priority`` takes) when WORKER_PRIORITY is off."""
+        return current_priority() if self.settings.worker_priority else 0
+
     async def model_name(self) -> str:
         if self._model_name is None:
             models = await self._call("GET", "/v1/models", None, ModelList)
@@ -246,6 +258,7 @@ class EngineClient:
                 return_tokens_as_token_ids=True,
                 return_token_ids=True,
                 ignore_eos=ignore_eos,
+                priority=self._priority(),
             )
             # The seed is the share's (worker_index), not the worker's: any worker, hedged or not, gives
             # the same candidates for this share.
@@ -297,6 +310,7 @@ class EngineClient:
                 temperature=1.0,
                 prompt_logprobs=0,
                 return_token_ids=True,
+                priority=self._priority(),
             )
             tokens = sum(len(sequence) for sequence in sequences[start:stop])
             response = await self._call(

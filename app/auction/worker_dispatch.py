@@ -18,6 +18,9 @@ by the engine client. Invariants and figures: docs/DESIGN.md.
   any worker gives the same answer and hedging never changes an auction (a test checks it).
 * A failed attempt (connect error, timeout, 5xx: `RetryableWorkerError`) goes to the next worker
   while attempts are left; a worker's 4xx or a broken answer is final (the caller's error type).
+* Priority: `auction_priority` (a context variable the gateway sets at admission) is the vLLM
+  ``priority`` the engine client puts on the auction's completions; workers order waiting work by it
+  and it never changes an answer (the requests stay pure functions of the rest of their bodies).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ logger = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 _deadline: ContextVar[float | None] = ContextVar("mosaic_auction_deadline", default=None)
+_priority: ContextVar[int] = ContextVar("mosaic_auction_priority", default=0)
 
 
 class WorkersUnavailableError(Exception):
@@ -73,6 +77,21 @@ def auction_deadline(seconds: float) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+@contextlib.contextmanager
+def auction_priority(priority: int) -> Iterator[None]:
+    """Within this block worker completions carry vLLM's ``priority`` (lower is served earlier): the
+    auction's, from admission (`app.auction.admission.fair_priority`). It orders work, never results."""
+    token = _priority.set(priority)
+    try:
+        yield
+    finally:
+        _priority.reset(token)
+
+
+def current_priority() -> int:
+    return _priority.get()
 
 
 def time_left() -> float | None:

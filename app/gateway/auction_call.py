@@ -13,7 +13,8 @@ task (its worker requests with it), nothing is billed or stored, the key is give
 (retrievable by id and by its key); 3. stores a 5xx that happened after the claim under the key
 (`app.gateway.errors.fault_answer`: the same answer as the handlers), and gives the key back after a
 4xx (refused: not stored). Admission control (`app.auction.admission`) comes before the claim; when
-no place is free at once the replay check is awaited first (a replay never waits for a place).
+no place is free at once the replay check is awaited first (a replay never waits for a place); the
+admitted auction's worker requests carry the priority admission gives it (`auction_priority`).
 Imports the auction service and its admission, the ledger's idempotency store, the API's models
 (`app.contract`), the gateway's errors and metrics (the layout: docs/DESIGN.md § Layout).
 """
@@ -32,6 +33,7 @@ from redis.exceptions import RedisError
 
 from app.auction.admission import AdmissionController
 from app.auction.service import AuctionService, RunControl, deadline_s
+from app.auction.worker_dispatch import auction_priority
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionResponse
 from app.gateway.errors import fault_answer
@@ -91,7 +93,7 @@ async def serve_auction(
     # Admission before the claim and any model work: a refusal (429) stores nothing under the key
     # and bills nothing. (With a place free at once, nothing awaits between the check and the take.)
     try:
-        async with admission.admit(principal.key_id, cost):
+        async with admission.admit(principal.key_id, cost) as priority:
             if idempotency_key is not None and lookup is not None:
                 begin = time.perf_counter()
                 control.cleared = _cleared_by(lookup)
@@ -102,7 +104,8 @@ async def serve_auction(
                 )
                 control.idempotency_ms = lookup_ms + (time.perf_counter() - begin) * 1000
             try:
-                response = await _run_watched(service, body, request, metrics, control, lookup)
+                with auction_priority(priority):  # its worker requests' order inside the workers
+                    response = await _run_watched(service, body, request, metrics, control, lookup)
             except Exception as error:
                 claim = await _claim_taken(control)
                 if claim is not None:

@@ -124,6 +124,7 @@ def captured(
         http.post("/v1/completions", json={**base, "top_p": 0.01, "logprobs": 5})  # -inf log-probs
         http.post("/v1/completions", json={**base, "prompt": [chat, chat[:5]], "prompt_logprobs": 2})
         http.post("/v1/completions", json={**base, "stop": ["."], "ignore_eos": True, "min_tokens": 1})
+        http.post("/v1/completions", json={**base, "priority": -(2**63)})  # vLLM's priority, int64
         http.post("/v1/completions", json={**base, "max_tokens": 100000})  # 400: too long
         http.post("/v1/completions", json={**base, "logit_bias": {"5": 3.0}})  # 400: refused field
         http.post("/v1/completions", json={**base, "model": "no-such-model"})  # 404
@@ -192,6 +193,9 @@ def test_vllm_models_accept_all_captured_traffic(
     assert {"request:completion", "request:tokenize_chat"} <= gateway_requests
     sent = [r["body"] for r in records if r["source"] == "gateway" and r["kind"] == "request:completion"]
     assert any("prompt_logprobs" in b for b in sent) and any("prompt_logprobs" not in b for b in sent)
+    # every completion of the auction carries its fair-share priority (vLLM's field), one per auction
+    priorities = {b.get("priority") for b in sent}
+    assert len(priorities) == 1 and isinstance(p := priorities.pop(), int) and p > 0, priorities
     failures = [
         (record["source"], record["kind"], record["path"], result["error"])
         for record, result in validated
@@ -244,6 +248,19 @@ def test_unimplemented_fields_are_refused(tiny_worker: WorkerProcess, field: str
     response = httpx.post(f"{tiny_worker.url}/v1/completions", json=body, timeout=60)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == field
+
+
+def test_priority_is_vllms_int64(tiny_worker: WorkerProcess) -> None:
+    """vLLM's ``priority`` is taken in vLLM's range (an int64) and refused past it, naming the field."""
+    url = f"{tiny_worker.url}/v1/completions"
+    body = {"prompt": [1, 2, 3], "max_tokens": 2, "seed": 1}
+    for priority in (-(2**63), 0, 17, 2**63 - 1):
+        response = httpx.post(url, json={**body, "priority": priority}, timeout=60)
+        assert response.status_code == 200, response.text
+    for priority in (2**63, "high"):
+        response = httpx.post(url, json={**body, "priority": priority}, timeout=60)
+        assert response.status_code == 400, response.text
+        assert "priority" in response.text
 
 
 def test_neutral_values_and_null_max_tokens(tiny_worker: WorkerProcess) -> None:

@@ -4,7 +4,8 @@ Invariants: past a limit an auction is refused 429 with `Retry-After` before any
 worker's token counters do not move) and nothing is billed (the billing stream grows only by the
 answered auctions); one API key at its own limit does not hold up another key; an auction costs its
 prompt + generation + scoring tokens, one that costs more than one key's share of MAX_TOKENS_IN_FLIGHT
-is refused 422 naming its fields, and a key past its share does not hold up another key's auction.
+is refused 422 naming its fields, and a key past its share does not hold up another key's auction;
+the fair-share priority an auction's worker requests carry changes none of its results.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+from app.auction.admission import fair_priority
 from app.auction.cost import request_cost_bound
 from app.contract.request import AuctionRequest
 from app.settings import Settings
@@ -246,5 +248,49 @@ def test_a_heavy_key_past_its_share_does_not_hold_up_a_light_key(
         for thread in threads:
             thread.join(timeout=300)
         assert [r.status_code for r in results] == [200] * 4, [r.text for r in results]
+    finally:
+        gateway.stop()
+
+
+def _outcome(response: httpx.Response) -> dict[str, object]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return {k: body[k] for k in ("reply", "chosen_index", "advertisers", "revenue", "effective_sample_size")}
+
+
+def test_the_fair_share_priority_changes_no_result(
+    slow_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path: Path
+) -> None:
+    """A seeded auction gives the same reply and payments (bit for bit) sent alone and sent while its
+    key holds a large auction in flight, which gives its worker requests another priority (the
+    workers reorder waiting work by priority; a request's results never depend on it)."""
+    heavy = {**SLOW, "candidates": 16, "max_tokens": 200, "seed": 1}
+    light = {**SLOW, "candidates": 3, "max_tokens": 12, "seed": 7}
+    settings = Settings(max_candidates=64, max_tokens_limit=256)
+    cost_heavy = request_cost_bound(AuctionRequest.model_validate(heavy), settings, 1)
+    cost_light = request_cost_bound(AuctionRequest.model_validate(light), settings, 1)
+    assert fair_priority(cost_light) != fair_priority(cost_heavy + cost_light)  # alone vs beside
+    gateway = _gateway(slow_worker, redis_process, tmp_path)
+    alone: list[httpx.Response] = []
+    beside: list[httpx.Response] = []
+    try:
+        _post(gateway.url, KEY_A, alone, **light)
+        with worker_stopped(slow_worker):  # the heavy one is admitted (holds its tokens) first
+            threads = [threading.Thread(target=_post, args=(gateway.url, KEY_A, beside), kwargs=heavy)]
+            threads[0].start()
+            deadline = time.monotonic() + 30
+            while _metric(gateway, "mosaic_admission_in_flight") < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            threads.append(threading.Thread(target=_post, args=(gateway.url, KEY_A, beside), kwargs=light))
+            threads[1].start()
+            while _metric(gateway, "mosaic_admission_in_flight") < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        for thread in threads:
+            thread.join(timeout=300)
+        assert [r.status_code for r in beside] == [200, 200], [r.text for r in beside]
+        light_beside = next(r for r in beside if r.json()["seed"] == light["seed"])
+        assert _outcome(light_beside) == _outcome(alone[0])
     finally:
         gateway.stop()

@@ -3,8 +3,10 @@ in the default dtype (bf16 on a CPU with native bf16: the batch-invariant path).
 
 Invariants: a request's choices (tokens, log-probs, top log-probs, prompt log-probs) are bit-identical
 whether it runs alone or with up to 16 other generation / scoring requests arriving at random offsets,
-and equal to the serial :meth:`Engine.complete`; waiting work is never overtaken (FIFO), so a large
-request is not starved by a stream of small ones; a cancelled request leaves and the loop goes on.
+and equal to the serial :meth:`Engine.complete`; with one priority waiting work is never overtaken
+(FIFO), so a large request is not starved by a stream of small ones; a later request of better
+``priority`` overtakes waiting work and gives the bits it gives alone; a cancelled request leaves and
+the loop goes on.
 """
 
 from __future__ import annotations
@@ -172,6 +174,50 @@ def test_waiting_work_is_never_overtaken_by_a_stream_of_small_requests(tiny: Loa
     # At most the 4 small requests already waiting when the big ones arrived start before them.
     first_big = min(started.index("big-generation"), started.index("big-scoring"))
     assert first_big - before <= 4, started[before : first_big + 2]
+
+
+def _finish_order(tiny: LoadedModel, aging_steps: int) -> tuple[list[str], list[PromptResult]]:
+    """A big low-priority scoring request, then (once it runs) a small urgent one: the order they
+    finish in and the small one's results."""
+    engine = Engine(tiny, EngineConfig(batching=True))
+    if engine.invariant is None:
+        pytest.skip("no batch-invariant path here")
+    # A small step budget: the big request's 24 prompts of 120 tokens take 12+ steps.
+    engine.batching = BatchLoop(
+        engine.decoder, engine.scorer, engine.lock, engine.stats, 256, 8, aging_steps=aging_steps
+    )
+    big = [list(range(1000 + 7 * i, 1120 + 7 * i)) for i in range(24)]
+    finished: list[str] = []
+    began = threading.Event()
+    try:
+        slow = engine.batching.submit(big, SamplingOptions(max_tokens=1, seed=3), 0, 3, began.set, priority=5)
+        slow.add_done_callback(lambda _: finished.append("big"))
+        assert began.wait(30)
+        quick = engine.batching.submit(*URGENT, 7, None, priority=0)
+        quick.add_done_callback(lambda _: finished.append("urgent"))
+        results = quick.result(60)
+        slow.result(60)
+    finally:
+        engine.close()
+    return finished, results
+
+
+URGENT: Request = ([list(range(50, 90)), list(range(60, 75))], SamplingOptions(max_tokens=4, seed=7), 0)
+
+
+def test_a_later_urgent_request_finishes_first_with_the_bits_it_has_alone(
+    tiny: LoadedModel, engine: Engine
+) -> None:
+    """Invariant: priority orders waiting work (a request of priority 0 sent after a big one of
+    priority 5 has started finishes first) and never changes a result (bits as alone); with
+    aging_steps=0 the order is arrival order (the big one first: the test can fail)."""
+    order, results = _finish_order(tiny, aging_steps=512)
+    assert order == ["urgent", "big"]
+    alone = asyncio.run(_run(engine, [URGENT], [0.0]))[0]
+    assert _pack(results) == _pack(alone)
+    fifo_order, fifo_results = _finish_order(tiny, aging_steps=0)
+    assert fifo_order == ["big", "urgent"]
+    assert _pack(fifo_results) == _pack(alone)
 
 
 def test_a_cancelled_request_leaves_and_the_loop_goes_on(engine: Engine) -> None:

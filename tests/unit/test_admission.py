@@ -16,6 +16,7 @@ from app.auction.admission import (
     AdmissionLimits,
     AdmissionRefusedError,
     TokenThroughput,
+    fair_priority,
 )
 from app.gateway.metrics import AdmissionMetrics
 
@@ -339,3 +340,25 @@ def test_retry_after_is_the_tokens_ahead_over_the_measured_throughput() -> None:
         assert refused.value.retry_after_s == 5  # (1000 + 9000 - 1000) / 2000 = 4.5 s
 
     _run(body)
+
+
+def test_admit_yields_the_fair_share_priority_a_light_key_first() -> None:
+    """Invariant: an admitted auction's vLLM priority (lower first) is the ⌊log2⌋+1 bucket of what its
+    key holds in flight with it: a light key's auction beside a heavy key's stream gets a lower number;
+    keys within 2x of each other share a bucket (arrival order among them in the workers)."""
+    assert [fair_priority(t) for t in (0, 1, 2, 3, 1023, 1024, 131_072)] == [0, 1, 2, 2, 10, 11, 18]
+    controller = AdmissionController(_limits(max_tokens_in_flight=200_000, max_per_key=4, max_concurrent=8))
+    got: dict[str, int] = {}
+
+    async def body() -> None:
+        async with controller.admit("heavy", 120_000) as heavy:
+            got["heavy"] = heavy
+            async with controller.admit("light", 3_000) as light:
+                got["light"] = light
+                async with controller.admit("heavy", 20_000) as again:
+                    got["heavy again"] = again
+        async with controller.admit("heavy", 3_000) as alone:
+            got["heavy alone"] = alone
+
+    _run(body)
+    assert got == {"heavy": 17, "light": 12, "heavy again": 18, "heavy alone": 12}

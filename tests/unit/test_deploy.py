@@ -48,6 +48,7 @@ VLLM_REQUIRED_FLAGS = {
     "--logprobs-mode": "processed_logprobs",
     "--max-logprobs": "1",
     "--no-enable-prefix-caching": None,
+    "--scheduling-policy": "priority",  # the gateway sends a fair-share priority (WORKER_PRIORITY)
 }
 
 

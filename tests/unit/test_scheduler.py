@@ -1,14 +1,15 @@
-"""The worker's step scheduler (pure): budgets, arrival order, no starvation, every token exactly once."""
+"""The worker's step scheduler (pure): budgets, (priority, arrival) order with aging, no starvation,
+every token exactly once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.engine.scheduler import Scheduler
+from workers.engine.scheduler import Scheduler, StepPlan
 
 
 @dataclass
@@ -18,41 +19,48 @@ class Submitted:
     rows: int
     max_steps: int
     lengths: list[int]
+    priority: int = 0
 
 
-works = st.lists(
-    st.one_of(
-        st.builds(
-            lambda p, r, m: Submitted("generate", p, r, m, []),
-            st.integers(1, 300),
-            st.integers(1, 12),
-            st.integers(0, 20),
-        ),
-        st.builds(
-            lambda lengths: Submitted("score", len(lengths), 0, 0, lengths),
-            st.lists(st.integers(1, 300), min_size=1, max_size=6),
-        ),
+one_work = st.one_of(
+    st.builds(
+        lambda p, r, m: Submitted("generate", p, r, m, []),
+        st.integers(1, 300),
+        st.integers(1, 12),
+        st.integers(0, 20),
     ),
-    min_size=1,
-    max_size=16,
+    st.builds(
+        lambda lengths: Submitted("score", len(lengths), 0, 0, lengths),
+        st.lists(st.integers(1, 300), min_size=1, max_size=6),
+    ),
 )
+works = st.lists(one_work, min_size=1, max_size=16)
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    works=works,
-    arrivals=st.lists(st.integers(0, 3), min_size=25, max_size=25),
-    finishes=st.lists(st.integers(0, 4), min_size=400, max_size=400),
-    budget=st.integers(16, 512),
-    max_rows=st.integers(1, 16),
-)
-def test_schedule_respects_budgets_order_and_finishes_everything(
-    works: list[Submitted], arrivals: list[int], finishes: list[int], budget: int, max_rows: int
-) -> None:
-    scheduler = Scheduler(token_budget=max(budget, max_rows), max_rows=max_rows)
-    budget = scheduler.token_budget
+def _with_priority(work: Submitted, priority: int) -> Submitted:
+    work.priority = priority
+    return work
+
+
+prioritised_works = st.lists(st.builds(_with_priority, one_work, st.integers(-3, 3)), min_size=1, max_size=16)
+
+
+@dataclass
+class Trace:
+    """What a simulated run did: per step its plan and the units waiting (never joined) before it."""
+
+    plans: list[StepPlan] = field(default_factory=list)
+    waiting: list[list[int]] = field(default_factory=list)
+    submitted_at: dict[int, int] = field(default_factory=dict)  # id -> steps planned before its submit
+    joined_at: dict[int, int] = field(default_factory=dict)  # id -> the step it first ran in
+
+
+def simulate(scheduler: Scheduler, works: list[Submitted], arrivals: list[int], finishes: list[int]) -> Trace:
+    """Submit ``works`` in id order (``arrivals[step]`` per step), plan until idle, check the budgets,
+    that running generations decode every step, and that every token runs exactly once."""
+    budget, max_rows = scheduler.token_budget, scheduler.max_rows
     pending = list(enumerate(works))
-    admitted: list[int] = []  # ids in the order they first ran
+    trace = Trace()
     decoded: dict[int, int] = {}
     rows_left: dict[int, int] = {}
     scored: dict[int, list[int]] = {}
@@ -63,11 +71,16 @@ def test_schedule_respects_budgets_order_and_finishes_everything(
         for _ in range(arriving):
             if pending:
                 work_id, work = pending.pop(0)
+                trace.submitted_at[work_id] = steps
                 if work.kind == "generate":
-                    scheduler.submit_generation(work_id, work.size, work.rows, work.max_steps)
+                    scheduler.submit_generation(work_id, work.size, work.rows, work.max_steps, work.priority)
                 else:
-                    scheduler.submit_scoring(work_id, work.lengths)
+                    scheduler.submit_scoring(work_id, work.lengths, work.priority)
+        trace.waiting.append([w for w in trace.submitted_at if w not in trace.joined_at])
         plan = scheduler.plan()
+        trace.plans.append(plan)
+        for work_id in plan.joined:
+            trace.joined_at[work_id] = steps
         steps += 1
         assert steps < bound, "work starved"
         forced = not plan.decode and len(plan.prefill) + len(plan.score) == 1
@@ -78,7 +91,6 @@ def test_schedule_respects_budgets_order_and_finishes_everything(
         assert set(plan.decode) == {w for w, left in rows_left.items() if left > 0}
         for work_id in plan.decode:
             decoded[work_id] += 1
-        admitted.extend(plan.joined)
         for work_id in plan.prefill:
             decoded[work_id] = 0
             rows_left[work_id] = works[work_id].rows if works[work_id].max_steps > 0 else 0
@@ -94,13 +106,138 @@ def test_schedule_respects_budgets_order_and_finishes_everything(
                 scheduler.rows_finished(work_id, rows_left[work_id])
         for work_id in [w for w, left in rows_left.items() if left == 0]:
             del rows_left[work_id]
-    assert admitted == sorted(admitted)  # strict arrival order
-    assert sorted(admitted) == list(range(len(works)))
+    assert sorted(trace.joined_at) == list(range(len(works)))
     for work_id, work in enumerate(works):
         if work.kind == "score":
             assert scored[work_id] == list(range(len(work.lengths)))
         else:
             assert decoded[work_id] <= work.max_steps
+    return trace
+
+
+@dataclass
+class Run:
+    """One simulated run's inputs: the scheduler's limits, the work, when it arrives and ends."""
+
+    works: list[Submitted]
+    arrivals: list[int]
+    finishes: list[int]
+    budget: int
+    max_rows: int
+    aging_steps: int
+    fill_tokens: int
+
+    def simulate(self) -> Trace:
+        limits = {"token_budget": max(self.budget, self.max_rows), "max_rows": self.max_rows}
+        scheduler = Scheduler(**limits, aging_steps=self.aging_steps, fill_tokens=self.fill_tokens)
+        return simulate(scheduler, self.works, self.arrivals, self.finishes)
+
+
+def runs(work_lists: st.SearchStrategy[list[Submitted]]) -> st.SearchStrategy[Run]:
+    return st.builds(
+        Run,
+        works=work_lists,
+        arrivals=st.lists(st.integers(0, 3), min_size=25, max_size=25),
+        finishes=st.lists(st.integers(0, 4), min_size=400, max_size=400),
+        budget=st.integers(16, 512),
+        max_rows=st.integers(1, 16),
+        aging_steps=st.integers(0, 40),
+        fill_tokens=st.integers(0, 600),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(run=runs(works))
+def test_equal_priorities_schedule_in_arrival_order_within_budgets(run: Run) -> None:
+    """Invariant: with one priority (vLLM's default 0) work starts in strict arrival order whatever the
+    aging, within the step's budgets, running generations never paused, every token exactly once."""
+    trace = run.simulate()
+    admitted = [work_id for plan in trace.plans for work_id in plan.joined]
+    assert admitted == sorted(admitted)  # strict arrival order
+
+
+@settings(max_examples=300, deadline=None)
+@given(run=runs(prioritised_works))
+def test_priorities_order_waiting_work_and_aging_bounds_overtaking(run: Run) -> None:
+    """Invariants: (1) a unit starts only when every unit still waiting ranks after it — rank: aged
+    units (waited >= aging_steps steps) first by arrival, then (priority, arrival); (2) the starvation
+    bound: a unit that has aged is never overtaken by a later arrival; (3) work of worse priority than
+    the best in its step (not aged) takes at most fill_tokens of it; (4) the budgets, the running
+    decode and every token exactly once, as with one priority."""
+    trace = run.simulate()
+    works, aging_steps = run.works, run.aging_steps
+    for step, plan in enumerate(trace.plans):
+        taken = [(w, works[w].size) for w in plan.prefill]
+        taken += [(w, sum(works[w].lengths[first:stop])) for w, first, stop in plan.score]
+        if not plan.decode and len(taken) == 1:
+            continue  # forced: the first unit alone, whatever its size
+        best = min([works[w].priority for w in plan.decode] + [works[w].priority for w, _ in taken])
+        fresh = [
+            t for w, t in taken if works[w].priority > best and step - trace.submitted_at[w] < aging_steps
+        ]
+        assert sum(fresh) <= run.fill_tokens, (step, plan)
+
+    def rank(work_id: int, step: int) -> tuple[int, int, int]:
+        if step - trace.submitted_at[work_id] >= aging_steps:
+            return (0, 0, work_id)
+        return (1, works[work_id].priority, work_id)
+
+    for step, (plan, waiting) in enumerate(zip(trace.plans, trace.waiting, strict=True)):
+        left = [w for w in waiting if w not in plan.joined]
+        for work_id in plan.joined:
+            assert all(rank(work_id, step) < rank(other, step) for other in left), (step, work_id)
+    for late, step in trace.joined_at.items():
+        for early in range(late):  # arrived before `late`
+            if trace.joined_at[early] > step:  # overtaken: only while it had not aged
+                assert step - trace.submitted_at[early] < aging_steps
+
+
+def test_a_later_urgent_unit_overtakes_waiting_work_until_it_ages() -> None:
+    """Invariant: lower priority waits behind later better-priority work only for aging_steps steps."""
+    scheduler = Scheduler(token_budget=100, max_rows=8, aging_steps=3)
+    scheduler.submit_generation(1, prefill_tokens=90, rows=8, max_steps=10, priority=0)
+    assert scheduler.plan().prefill == [1]  # step 0: 1 runs (8 rows: nothing else can join)
+    scheduler.submit_scoring(2, [50], priority=5)  # waits from step 1
+    scheduler.submit_scoring(3, [50], priority=0)  # better priority, later
+    plan = scheduler.plan()
+    assert plan.decode == [1] and plan.score == [(3, 0, 1)]  # step 1: overtaken
+    for urgent in (7, 8):  # steps 2, 3: a later, better one each time; 2 still waits
+        scheduler.submit_scoring(urgent, [80], priority=-1)
+        assert scheduler.plan().score == [(urgent, 0, 1)]
+    scheduler.submit_scoring(4, [80], priority=-1)  # step 4: 2 has waited 3 steps: aged, goes first
+    assert scheduler.plan().score == [(2, 0, 1)]
+    assert scheduler.plan().score == [(4, 0, 1)]
+
+
+def test_equal_priority_keeps_arrival_order_and_zero_aging_is_fifo() -> None:
+    """Invariant: ties go by arrival; aging_steps=0 is FIFO whatever the priorities."""
+    fifo = Scheduler(token_budget=100, max_rows=8, aging_steps=0)
+    by_priority = Scheduler(token_budget=100, max_rows=8)
+    for scheduler in (fifo, by_priority):
+        scheduler.submit_scoring(1, [60], priority=2)
+        scheduler.submit_scoring(2, [60], priority=1)
+        scheduler.submit_scoring(3, [60], priority=1)
+    assert [fifo.plan().score for _ in range(3)] == [[(1, 0, 1)], [(2, 0, 1)], [(3, 0, 1)]]
+    assert [by_priority.plan().score for _ in range(3)] == [[(2, 0, 1)], [(3, 0, 1)], [(1, 0, 1)]]
+    with pytest.raises(ValueError):
+        Scheduler(token_budget=100, max_rows=8, aging_steps=-1)
+    with pytest.raises(ValueError):
+        Scheduler(token_budget=100, max_rows=8, fill_tokens=-1)
+
+
+def test_worse_work_fills_at_most_fill_tokens_beside_urgent_work() -> None:
+    """Invariant: beside a decoding urgent generation, worse-priority work takes at most fill_tokens
+    per step (the urgent decode steps stay short) and still advances; alone it takes the budget."""
+    scheduler = Scheduler(token_budget=1000, max_rows=8, aging_steps=100, fill_tokens=100)
+    scheduler.submit_generation(1, prefill_tokens=10, rows=2, max_steps=3, priority=0)
+    scheduler.submit_scoring(2, [60] * 20, priority=9)
+    first = scheduler.plan()  # 10 urgent prefill tokens, then 60 of the worse scoring (≤ 100)
+    assert first.prefill == [1] and first.score == [(2, 0, 1)]
+    for k in (1, 2, 3):  # the urgent one decodes (2 rows): one 60-token prompt of 2 beside it
+        plan = scheduler.plan()
+        assert plan.decode == [1] and plan.score == [(2, k, k + 1)]
+    alone = scheduler.plan()
+    assert alone.decode == [] and alone.tokens == 960  # the rest fills the budget
 
 
 def test_head_blocks_later_work_and_oversize_work_runs_alone() -> None:

@@ -44,6 +44,7 @@ def test_vllm_command_flags() -> None:
     assert command[command.index("--served-model-name") + 1] == "m"
     assert command[command.index("--max-logprobs") + 1] == "3"
     assert command[command.index("--logprobs-mode") + 1] == "processed_logprobs"
+    assert command[command.index("--scheduling-policy") + 1] == "priority"
 
 
 def test_make_test_installs_its_prerequisites() -> None:

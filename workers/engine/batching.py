@@ -8,8 +8,9 @@ A request is cut into work for :class:`workers.engine.scheduler.Scheduler`: its 
 ``prompt_logprobs``) as units (:class:`workers.engine.score_invariant.InvariantScoreJob`: a plain
 prompt, or a prefix group), and one generation per prompt (``n`` rows). Every step:
 
-1. the scheduler's plan (its FIFO fairness rule: running generations always decode; waiting work
-   joins in arrival order within the step's token budget and row limit; nothing overtakes the head);
+1. the scheduler's plan (its fairness rule: running generations always decode; waiting work joins in
+   the order (request ``priority``, arrival) — aged work first, by arrival — within the step's token
+   budget and row limit; nothing overtakes the first unit that does not fit);
 2. one :meth:`InvariantRunner.forward_spans` over the prompts of the generations that join and the
    plain prompts / prefixes of the scoring units planned, then one over those units' suffixes;
 3. one :meth:`InvariantRunner.decode_groups` over every running generation (their rows' K/V in the
@@ -43,7 +44,7 @@ from workers.engine.invariant import InvariantRunner, Span
 from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.kv_pool import KVPool
 from workers.engine.sampling import SamplingOptions, sample_generators
-from workers.engine.scheduler import Scheduler, StepPlan
+from workers.engine.scheduler import DEFAULT_AGING_STEPS, DEFAULT_FILL_TOKENS, Scheduler, StepPlan
 from workers.engine.score import Scorer
 from workers.engine.score_invariant import InvariantScoreJob
 from workers.engine.types import EngineStats, PromptResult
@@ -63,6 +64,7 @@ class _Request:
     work: set[int] = field(default_factory=set)  # scheduler ids not finished yet
     score: InvariantScoreJob | None = None
     started: bool = False
+    priority: int = 0  # vLLM's: lower is served earlier (the scheduler's order of waiting work)
 
 
 class _Generation:
@@ -100,11 +102,13 @@ class BatchLoop:
         stats: EngineStats,
         token_budget: int,
         max_rows: int,
+        aging_steps: int = DEFAULT_AGING_STEPS,
+        fill_tokens: int = DEFAULT_FILL_TOKENS,
     ) -> None:
         assert scorer.invariant is not None, "continuous batching runs the batch-invariant forward"
         self.decoder, self.scorer, self.inv = decoder, scorer, scorer.invariant
         self.lock, self.stats = lock, stats
-        self.scheduler = Scheduler(token_budget, max_rows)
+        self.scheduler = Scheduler(token_budget, max_rows, aging_steps, fill_tokens)
         self.pool = self.inv.new_pool()  # every running generation's rows (one step's attention for all)
         self._cv = threading.Condition()
         self._incoming: list[_Request] = []
@@ -122,9 +126,10 @@ class BatchLoop:
         prompt_logprobs: int | None,
         seed: int,
         on_start: Callable[[], None] | None = None,
+        priority: int = 0,
     ) -> Future[list[PromptResult]]:
         request = _Request(prompts, options, prompt_logprobs, seed, [PromptResult(p, None) for p in prompts])
-        request.on_start = on_start
+        request.on_start, request.priority = on_start, priority
         with self._cv:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -142,9 +147,10 @@ class BatchLoop:
         prompt_logprobs: int | None,
         seed: int,
         on_start: Callable[[], None] | None = None,
+        priority: int = 0,
     ) -> list[PromptResult]:
         """:meth:`submit` and wait; cancelling the awaiting task (the client went away) cancels it."""
-        future = self.submit(prompts, options, prompt_logprobs, seed, on_start)
+        future = self.submit(prompts, options, prompt_logprobs, seed, on_start, priority)
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:
@@ -204,7 +210,7 @@ class BatchLoop:
             work_id = self._new_id()
             self._work[work_id] = (request, None)
             request.work.add(work_id)
-            self.scheduler.submit_scoring(work_id, request.score.costs)
+            self.scheduler.submit_scoring(work_id, request.score.costs, request.priority)
         if opts.max_tokens > 0 and not (request.prompt_logprobs is not None and opts.max_tokens == 1):
             for index, prompt in enumerate(request.prompts):
                 work_id = self._new_id()
@@ -213,7 +219,9 @@ class BatchLoop:
                     _Generation(self.decoder, self.inv, request, index, self.pool),
                 )
                 request.work.add(work_id)
-                self.scheduler.submit_generation(work_id, len(prompt), opts.n, opts.max_tokens - 1)
+                self.scheduler.submit_generation(
+                    work_id, len(prompt), opts.n, opts.max_tokens - 1, request.priority
+                )
         if not request.work:
             self._answer(request)
 
@@ -231,7 +239,8 @@ class BatchLoop:
             self._drop(request)
             if not request.future.done():
                 request.future.set_exception(exc)
-        self.scheduler = Scheduler(self.scheduler.token_budget, self.scheduler.max_rows)
+        old = self.scheduler
+        self.scheduler = Scheduler(old.token_budget, old.max_rows, old.aging_steps, old.fill_tokens)
         self.pool = self.inv.new_pool()  # a failed step may have left slots half written
         with self._cv:
             incoming, self._incoming = self._incoming, []

@@ -30,6 +30,8 @@ class EngineConfig:
     batching: bool = _DEFAULTS.worker_batching
     batch_token_budget: int = _DEFAULTS.worker_batch_token_budget
     batch_max_rows: int = _DEFAULTS.worker_batch_max_rows
+    priority_aging_steps: int = _DEFAULTS.worker_priority_aging_steps
+    priority_fill_tokens: int = _DEFAULTS.worker_priority_fill_tokens
     prefix_sharing: bool = True  # score prompts sharing a long prefix through one prefix pass
     min_shared_prefix: int = 16  # shortest prefix worth sharing (tokens)
 
@@ -49,4 +51,6 @@ class EngineConfig:
             batching=settings.worker_batching,
             batch_token_budget=settings.worker_batch_token_budget,
             batch_max_rows=settings.worker_batch_max_rows,
+            priority_aging_steps=settings.worker_priority_aging_steps,
+            priority_fill_tokens=settings.worker_priority_fill_tokens,
         )

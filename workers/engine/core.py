@@ -73,7 +73,14 @@ class Engine:
         if self.invariant is not None and config.batching:
             budget = max(config.batch_token_budget, config.batch_max_rows)
             self.batching = BatchLoop(
-                self.decoder, self.scorer, self.lock, self.stats, budget, config.batch_max_rows
+                self.decoder,
+                self.scorer,
+                self.lock,
+                self.stats,
+                budget,
+                config.batch_max_rows,
+                config.priority_aging_steps,
+                config.priority_fill_tokens,
             )
 
     def _scorer(self, config: EngineConfig) -> Scorer:
@@ -275,13 +282,18 @@ class Engine:
         options: SamplingOptions,
         prompt_logprobs: int | None = None,
         on_start: Callable[[], None] | None = None,
+        priority: int = 0,
     ) -> list[PromptResult]:
         """:meth:`complete` without blocking the event loop: through the continuous-batching loop when
         the engine has one (the same results, bit for bit), else on the engine's own thread.
-        ``on_start``: called (on the engine's thread) when the request's first model work begins."""
+        ``on_start``: called (on the engine's thread) when the request's first model work begins.
+        ``priority`` (vLLM's: lower first) orders the batch loop's waiting work; the serial paths
+        serve one request at a time in arrival order."""
         if self.batching is not None:
             prompt_lists, options, seed = self._prepare(prompts, options, prompt_logprobs)
-            return await self.batching.acomplete(prompt_lists, options, prompt_logprobs, seed, on_start)
+            return await self.batching.acomplete(
+                prompt_lists, options, prompt_logprobs, seed, on_start, priority
+            )
 
         def run() -> list[PromptResult]:
             if on_start is not None:
