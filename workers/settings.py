@@ -65,6 +65,22 @@ class WorkerSettings(BaseSettings):
         description="Continuous batching: most tokens per step for waiting work of worse `priority` than "
         "work already in the step (unless aged), so an urgent request's steps stay short.",
     )
+    worker_priority_pause_steps: int = Field(
+        8,
+        ge=0,
+        description="Continuous batching: a running generation of much worse `priority` than other work "
+        "(WORKER_PRIORITY_PAUSE_GAP or more) skips decode steps but decodes at least once every this many "
+        "steps (its K/V stay in the pool; no bits change); never when aged. 8: the heavy rows cost a "
+        "light request's decode step at most 1 in 8, the paused one still advances. 0 or 1: never paused.",
+    )
+    worker_priority_pause_gap: int = Field(
+        4,
+        ge=1,
+        description="Continuous batching: how much worse (in `priority` units) a running generation must "
+        "be than the best work to be paused. With the gateway's fair-share priority (⌊log2⌋+1 of a key's "
+        "tokens in flight) 4 means a key holding 8× more; one key's own auctions (8 at most) never pause "
+        "each other.",
+    )
     worker_max_model_len: int = Field(
         2048, ge=16, description="Longest prompt + reply the worker accepts (tokens)."
     )

@@ -25,6 +25,7 @@ from workers.engine.batching import BatchLoop
 from workers.engine.config import EngineConfig
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
+from workers.engine.scheduler import StepPlan
 from workers.engine.types import PromptResult
 from workers.models import LoadedModel, load_model
 
@@ -238,3 +239,49 @@ def test_a_cancelled_request_leaves_and_the_loop_goes_on(engine: Engine) -> None
     while not engine.batching.scheduler.idle and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.batching.scheduler.idle
+
+
+HEAVY: Request = ([list(range(400, 430))], SamplingOptions(n=12, max_tokens=40, seed=11, ignore_eos=True), 0)
+LIGHT: Request = ([list(range(20, 36))], SamplingOptions(n=2, max_tokens=24, seed=13, ignore_eos=True), 0)
+
+
+def test_a_paused_generation_has_the_bits_it_has_alone(
+    tiny: LoadedModel, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant: pausing a running generation of much worse priority (it sits out decode steps while
+    a light request of better priority runs, its K/V kept in the pool) changes no token or log-prob of
+    it or of the light one (bits as alone), and the paused one still decodes every pause_steps steps."""
+    paused = Engine(tiny, EngineConfig(batching=True))
+    if paused.invariant is None:
+        pytest.skip("no batch-invariant path here")
+    loop = BatchLoop(
+        paused.decoder, paused.scorer, paused.lock, paused.stats, 256, 64, pause_steps=4, pause_gap=4
+    )
+    paused.batching = loop
+    plans: list[StepPlan] = []
+    plan = loop.scheduler.plan
+
+    def recording() -> StepPlan:
+        plans.append(plan())
+        return plans[-1]
+
+    monkeypatch.setattr(loop.scheduler, "plan", recording)
+    began = threading.Event()
+
+    async def main() -> tuple[list[PromptResult], list[PromptResult]]:
+        heavy = asyncio.create_task(paused.acomplete(*HEAVY, began.set, priority=17))
+        while not began.is_set():
+            await asyncio.sleep(0.001)
+        light = await asyncio.wait_for(paused.acomplete(*LIGHT, priority=12), 60)
+        return await asyncio.wait_for(heavy, 60), light
+
+    try:
+        heavy_results, light = asyncio.run(main())
+    finally:
+        paused.close()
+    skipped = [p for p in plans if p.paused]
+    assert len(skipped) >= 10, "the heavy generation was never paused"
+    assert all(not p.paused for p in plans[len(plans) - 3 :])  # alone again: every step
+    assert _pack(heavy_results) == _pack(asyncio.run(_run(engine, [HEAVY], [0.0]))[0])
+    assert _pack(heavy_results) == _pack(engine.complete(*HEAVY))
+    assert _pack(light) == _pack(engine.complete(*LIGHT))

@@ -1,5 +1,5 @@
 """The worker's step scheduler (pure): budgets, (priority, arrival) order with aging, no starvation,
-every token exactly once."""
+pausing of much worse running generations with its bound, every token exactly once."""
 
 from __future__ import annotations
 
@@ -57,11 +57,13 @@ class Trace:
 
 def simulate(scheduler: Scheduler, works: list[Submitted], arrivals: list[int], finishes: list[int]) -> Trace:
     """Submit ``works`` in id order (``arrivals[step]`` per step), plan until idle, check the budgets,
-    that running generations decode every step, and that every token runs exactly once."""
+    that running generations decode or are paused, a paused one decoding at least once every
+    ``pause_steps`` steps, and that every token runs exactly once."""
     budget, max_rows = scheduler.token_budget, scheduler.max_rows
     pending = list(enumerate(works))
     trace = Trace()
     decoded: dict[int, int] = {}
+    last: dict[int, int] = {}  # generation id -> the step it last decoded or was prefilled in
     rows_left: dict[int, int] = {}
     scored: dict[int, list[int]] = {}
     steps = 0
@@ -86,19 +88,27 @@ def simulate(scheduler: Scheduler, works: list[Submitted], arrivals: list[int], 
         forced = not plan.decode and len(plan.prefill) + len(plan.score) == 1
         assert plan.tokens <= budget or forced
         # over max_rows only for one oversize generation, alone (forced in; only scoring joins it)
-        assert plan.rows <= max_rows or len(plan.decode) + len(plan.prefill) == 1
-        # every running generation decodes in every step until it finishes (never paused)
-        assert set(plan.decode) == {w for w, left in rows_left.items() if left > 0}
+        assert plan.rows <= max_rows or len(plan.decode) + len(plan.paused) + len(plan.prefill) == 1
+        # every running generation decodes or is paused until it finishes; paused at most
+        # pause_steps - 1 steps in a row (the starvation bound)
+        assert not set(plan.decode) & set(plan.paused)
+        assert set(plan.decode) | set(plan.paused) == {w for w, left in rows_left.items() if left > 0}
+        for work_id in plan.paused:
+            assert steps - 1 - last[work_id] < scheduler.pause_steps, (steps, work_id)
         for work_id in plan.decode:
             decoded[work_id] += 1
+            last[work_id] = steps - 1
         for work_id in plan.prefill:
             decoded[work_id] = 0
+            last[work_id] = steps - 1
             rows_left[work_id] = works[work_id].rows if works[work_id].max_steps > 0 else 0
         for work_id, first, stop in plan.score:
             scored.setdefault(work_id, [])
             assert first == len(scored[work_id]) and stop > first  # in order, never twice
             scored[work_id].extend(range(first, stop))
-        for work_id in list(plan.decode):
+        for work_id in list(plan.decode) + list(plan.paused):
+            if work_id in plan.paused:
+                continue
             if decoded[work_id] >= works[work_id].max_steps:
                 rows_left[work_id] = 0
             elif finishes[steps % len(finishes)] == 0:  # some rows end early
@@ -126,10 +136,18 @@ class Run:
     max_rows: int
     aging_steps: int
     fill_tokens: int
+    pause_steps: int = 8
+    pause_gap: int = 4
 
     def simulate(self) -> Trace:
         limits = {"token_budget": max(self.budget, self.max_rows), "max_rows": self.max_rows}
-        scheduler = Scheduler(**limits, aging_steps=self.aging_steps, fill_tokens=self.fill_tokens)
+        scheduler = Scheduler(
+            **limits,
+            aging_steps=self.aging_steps,
+            fill_tokens=self.fill_tokens,
+            pause_steps=self.pause_steps,
+            pause_gap=self.pause_gap,
+        )
         return simulate(scheduler, self.works, self.arrivals, self.finishes)
 
 
@@ -143,6 +161,8 @@ def runs(work_lists: st.SearchStrategy[list[Submitted]]) -> st.SearchStrategy[Ru
         max_rows=st.integers(1, 16),
         aging_steps=st.integers(0, 40),
         fill_tokens=st.integers(0, 600),
+        pause_steps=st.integers(0, 10),
+        pause_gap=st.integers(1, 4),
     )
 
 
@@ -154,6 +174,7 @@ def test_equal_priorities_schedule_in_arrival_order_within_budgets(run: Run) -> 
     trace = run.simulate()
     admitted = [work_id for plan in trace.plans for work_id in plan.joined]
     assert admitted == sorted(admitted)  # strict arrival order
+    assert not any(plan.paused for plan in trace.plans)  # one priority: never paused
 
 
 @settings(max_examples=300, deadline=None)
@@ -276,3 +297,52 @@ def test_cancel_and_bad_limits() -> None:
     assert scheduler.idle
     with pytest.raises(ValueError):
         Scheduler(token_budget=4, max_rows=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(run=runs(prioritised_works))
+def test_only_much_worse_fresh_generations_are_paused_and_within_the_bound(run: Run) -> None:
+    """Invariants: a paused generation trails the best priority of the running and waiting work by at
+    least pause_gap (so nothing of the best priority is ever paused), has not aged, and decodes at
+    least once every pause_steps steps (checked in ``simulate``); pause_steps <= 1 never pauses."""
+    trace = run.simulate()
+    works = run.works
+    last_scored = {w: step for step, plan in enumerate(trace.plans) for w, _, _ in plan.score}
+    for step, (plan, waiting) in enumerate(zip(trace.plans, trace.waiting, strict=True)):
+        scoring = [w for w, at in trace.submitted_at.items() if at <= step <= last_scored.get(w, -1)]
+        present = [*plan.decode, *plan.paused, *waiting, *scoring]
+        best = min(works[w].priority for w in present) if present else 0
+        for work_id in plan.paused:
+            assert works[work_id].priority - best >= run.pause_gap, (step, work_id)
+            assert step - trace.submitted_at[work_id] < run.aging_steps  # aged: never paused
+            assert run.pause_steps > 1
+            assert plan.decode or plan.prefill or plan.score  # never a step of paused work only
+
+
+def test_a_heavy_generation_sits_out_steps_beside_an_urgent_one_and_decodes_every_pause_steps() -> None:
+    """Invariant: a running generation pause_gap worse than a running urgent one decodes exactly once
+    every pause_steps steps while the urgent one runs, every step once it is gone; it never holds up
+    the urgent one."""
+    scheduler = Scheduler(token_budget=1000, max_rows=64, aging_steps=1000, pause_steps=4, pause_gap=4)
+    scheduler.submit_generation(1, prefill_tokens=100, rows=50, max_steps=40, priority=17)
+    assert scheduler.plan().prefill == [1]  # step 0
+    scheduler.submit_generation(2, prefill_tokens=20, rows=8, max_steps=10, priority=12)
+    plan = scheduler.plan()  # step 1: 1 is paused (it decoded... was prefilled at step 0)
+    assert plan.prefill == [2] and plan.paused == [1] and plan.decode == []
+    decodes = [1 in scheduler.plan().decode for _ in range(10)]  # steps 2..11: 2 decodes its 10
+    assert decodes == [False, False, True, False, False, False, True, False, False, False]
+    assert scheduler.plan().decode == [1]  # 2 is done: 1 decodes every step
+    assert scheduler.plan().decode == [1]
+
+
+def test_one_keys_own_auctions_within_the_gap_never_pause_each_other() -> None:
+    """Invariant: priorities closer than pause_gap (one key's concurrent auctions: ⌊log2⌋+1 of c..8c)
+    all decode every step."""
+    scheduler = Scheduler(token_budget=1000, max_rows=64, pause_steps=8, pause_gap=4)
+    for k in range(8):
+        priority = (5000 * (k + 1)).bit_length()  # k + 1 auctions of 5,000 tokens held
+        scheduler.submit_generation(k, prefill_tokens=10, rows=4, max_steps=20, priority=priority)
+    scheduler.plan()
+    for _ in range(5):
+        plan = scheduler.plan()
+        assert plan.paused == [] and sorted(plan.decode) == list(range(8))

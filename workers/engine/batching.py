@@ -8,13 +8,15 @@ A request is cut into work for :class:`workers.engine.scheduler.Scheduler`: its 
 ``prompt_logprobs``) as units (:class:`workers.engine.score_invariant.InvariantScoreJob`: a plain
 prompt, or a prefix group), and one generation per prompt (``n`` rows). Every step:
 
-1. the scheduler's plan (its fairness rule: running generations always decode; waiting work joins in
-   the order (request ``priority``, arrival) — aged work first, by arrival — within the step's token
-   budget and row limit; nothing overtakes the first unit that does not fit);
+1. the scheduler's plan (its fairness rule: running generations decode, but one of much worse
+   priority than other work sits out steps, its K/V kept, decoding once every ``pause_steps``
+   at least; waiting work joins in the order (request ``priority``, arrival) — aged work first,
+   by arrival — within the step's token budget and row limit; nothing overtakes the first unit
+   that does not fit);
 2. one :meth:`InvariantRunner.forward_spans` over the prompts of the generations that join and the
    plain prompts / prefixes of the scoring units planned, then one over those units' suffixes;
-3. one :meth:`InvariantRunner.decode_groups` over every running generation (their rows' K/V in the
-   loop's :class:`workers.engine.kv_pool.KVPool`: one attention per pool bucket, not per request);
+3. one :meth:`InvariantRunner.decode_groups` over every running generation not paused (their rows'
+   K/V in the loop's :class:`workers.engine.kv_pool.KVPool`: one attention per pool bucket);
 4. per generation, :meth:`workers.engine.sampling.DecodeState.step` (the serial loops' step) with its
    own per-sample generators; finished rows leave, finished requests are answered.
 
@@ -44,7 +46,14 @@ from workers.engine.invariant import InvariantRunner, Span
 from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.kv_pool import KVPool
 from workers.engine.sampling import SamplingOptions, sample_generators
-from workers.engine.scheduler import DEFAULT_AGING_STEPS, DEFAULT_FILL_TOKENS, Scheduler, StepPlan
+from workers.engine.scheduler import (
+    DEFAULT_AGING_STEPS,
+    DEFAULT_FILL_TOKENS,
+    DEFAULT_PAUSE_GAP,
+    DEFAULT_PAUSE_STEPS,
+    Scheduler,
+    StepPlan,
+)
 from workers.engine.score import Scorer
 from workers.engine.score_invariant import InvariantScoreJob
 from workers.engine.types import EngineStats, PromptResult
@@ -104,11 +113,13 @@ class BatchLoop:
         max_rows: int,
         aging_steps: int = DEFAULT_AGING_STEPS,
         fill_tokens: int = DEFAULT_FILL_TOKENS,
+        pause_steps: int = DEFAULT_PAUSE_STEPS,
+        pause_gap: int = DEFAULT_PAUSE_GAP,
     ) -> None:
         assert scorer.invariant is not None, "continuous batching runs the batch-invariant forward"
         self.decoder, self.scorer, self.inv = decoder, scorer, scorer.invariant
         self.lock, self.stats = lock, stats
-        self.scheduler = Scheduler(token_budget, max_rows, aging_steps, fill_tokens)
+        self.scheduler = Scheduler(token_budget, max_rows, aging_steps, fill_tokens, pause_steps, pause_gap)
         self.pool = self.inv.new_pool()  # every running generation's rows (one step's attention for all)
         self._cv = threading.Condition()
         self._incoming: list[_Request] = []
@@ -240,7 +251,9 @@ class BatchLoop:
             if not request.future.done():
                 request.future.set_exception(exc)
         old = self.scheduler
-        self.scheduler = Scheduler(old.token_budget, old.max_rows, old.aging_steps, old.fill_tokens)
+        self.scheduler = Scheduler(
+            old.token_budget, old.max_rows, old.aging_steps, old.fill_tokens, old.pause_steps, old.pause_gap
+        )
         self.pool = self.inv.new_pool()  # a failed step may have left slots half written
         with self._cv:
             incoming, self._incoming = self._incoming, []

@@ -32,6 +32,8 @@ class EngineConfig:
     batch_max_rows: int = _DEFAULTS.worker_batch_max_rows
     priority_aging_steps: int = _DEFAULTS.worker_priority_aging_steps
     priority_fill_tokens: int = _DEFAULTS.worker_priority_fill_tokens
+    priority_pause_steps: int = _DEFAULTS.worker_priority_pause_steps
+    priority_pause_gap: int = _DEFAULTS.worker_priority_pause_gap
     prefix_sharing: bool = True  # score prompts sharing a long prefix through one prefix pass
     min_shared_prefix: int = 16  # shortest prefix worth sharing (tokens)
 
@@ -53,4 +55,6 @@ class EngineConfig:
             batch_max_rows=settings.worker_batch_max_rows,
             priority_aging_steps=settings.worker_priority_aging_steps,
             priority_fill_tokens=settings.worker_priority_fill_tokens,
+            priority_pause_steps=settings.worker_priority_pause_steps,
+            priority_pause_gap=settings.worker_priority_pause_gap,
         )

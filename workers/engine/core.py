@@ -81,6 +81,8 @@ class Engine:
                 config.batch_max_rows,
                 config.priority_aging_steps,
                 config.priority_fill_tokens,
+                config.priority_pause_steps,
+                config.priority_pause_gap,
             )
 
     def _scorer(self, config: EngineConfig) -> Scorer:

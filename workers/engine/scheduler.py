@@ -20,8 +20,19 @@ steps is *aged* and goes before every unit that is not, aged units among themsel
 equal priorities (every request at 0) this is exactly arrival order.
 
 Fairness rule:
-1. the running generations always decode (their rows were admitted; a step never pauses them — a
-   high priority never preempts running work, unlike vLLM's, which may preempt the lowest running);
+1. the running generations decode, except that one of much worse priority sits out steps while better
+   work is there (vLLM's priority policy preempts the lowest running request; the cheaper variant here
+   keeps its rows' K/V in the pool and skips it): a running generation, not aged, whose priority is at
+   least ``pause_gap`` worse than the best priority of the running and waiting work is *paused* — it
+   skips the step unless it has not decoded for ``pause_steps`` - 1 steps. Bound: a paused generation
+   decodes at least once every ``pause_steps`` steps (so it finishes within ``pause_steps`` ×
+   ``max_steps`` steps of starting); work of the best priority, aged work (waited ``aging_steps`` since
+   its arrival) and, with one priority, every generation decode every step. ``pause_gap`` is in
+   priority units: the gateway's fair-share priority is ⌊log2⌋+1 of the tokens a key holds, so one
+   key's own concurrent auctions (up to MAX_AUCTIONS_PER_KEY = 8 of one size: within 3 of each other)
+   never pause each other at the default gap of 4, while a key holding ≥ 8× fewer tokens pauses the
+   heavy one's decode. A paused generation's rows still count against ``max_rows`` (they hold the
+   pool), not against the step's tokens. ``pause_steps`` 0 or 1: never paused;
 2. then waiting work is taken strictly in that order: the first unit gets its prefill (or as many of
    its prompts as fit) if it fits in what is left of the budget and rows; if it does not, the scan
    stops there — nothing behind it overtakes it (a large urgent unit is not starved by small ones).
@@ -30,7 +41,7 @@ Fairness rule:
    steps stay short (a decode step of 8 rows beside a 2,000-token scoring chunk costs that chunk),
    while the rest still advances a little every step;
 3. a step that would otherwise do nothing takes the first unit whatever its size (so work larger
-   than the budget still runs, alone).
+   than the budget still runs, alone); a step that would hold only paused generations decodes them.
 Starvation bound: a unit is overtaken by later arrivals of better priority only during its first
 ``aging_steps`` steps of waiting. From then on it is aged (and no longer held to ``fill_tokens``),
 and every unit that arrived after it ages after it and sorts behind it by arrival, while every unit
@@ -54,6 +65,10 @@ from dataclasses import dataclass, field
 DEFAULT_AGING_STEPS = 512
 # Tokens per step for worse-priority work beside better work (WORKER_PRIORITY_FILL_TOKENS).
 DEFAULT_FILL_TOKENS = 256
+# A paused running generation decodes at least once every this many steps (WORKER_PRIORITY_PAUSE_STEPS).
+DEFAULT_PAUSE_STEPS = 8
+# Priority units a running generation must trail the best work by to be paused (WORKER_PRIORITY_PAUSE_GAP).
+DEFAULT_PAUSE_GAP = 4
 
 
 @dataclass
@@ -73,6 +88,7 @@ class Generation(_Waiting):
     max_steps: int
     steps_done: int = 0
     started: bool = False
+    last_step: int = 0  # the step it last decoded (or was prefilled) in
 
 
 @dataclass
@@ -89,15 +105,21 @@ class Scoring(_Waiting):
 @dataclass
 class StepPlan:
     decode: list[int] = field(default_factory=list)  # generation ids decoding one token per row
+    paused: list[int] = field(default_factory=list)  # running generation ids sitting out this step
     prefill: list[int] = field(default_factory=list)  # generation ids joining (prefilled this step)
     score: list[tuple[int, int, int]] = field(default_factory=list)  # (scoring id, first, stop) prompts
     joined: list[int] = field(default_factory=list)  # ids first taken in this step, in the order taken
     tokens: int = 0
-    rows: int = 0
+    rows: int = 0  # rows of the running generations (decoding or paused) and of those joining
 
     @property
     def empty(self) -> bool:
         return not (self.decode or self.prefill or self.score)
+
+    @property
+    def forcing(self) -> bool:
+        """Nothing in the step, nothing paused: the first waiting unit goes in whatever its size."""
+        return self.empty and not self.paused
 
 
 class Scheduler:
@@ -107,16 +129,20 @@ class Scheduler:
         max_rows: int,
         aging_steps: int = DEFAULT_AGING_STEPS,
         fill_tokens: int = DEFAULT_FILL_TOKENS,
+        pause_steps: int = DEFAULT_PAUSE_STEPS,
+        pause_gap: int = DEFAULT_PAUSE_GAP,
     ) -> None:
         if max_rows < 1 or token_budget < max_rows:
             # token_budget >= max_rows: the running rows' decode alone always fits a step.
             raise ValueError("need 1 <= max_rows <= token_budget")
-        if aging_steps < 0 or fill_tokens < 0:
-            raise ValueError("need aging_steps >= 0 and fill_tokens >= 0")
+        if min(aging_steps, fill_tokens, pause_steps) < 0 or pause_gap < 1:
+            raise ValueError("need aging_steps, fill_tokens, pause_steps >= 0 and pause_gap >= 1")
         self.token_budget = token_budget
         self.max_rows = max_rows
         self.aging_steps = aging_steps
         self.fill_tokens = fill_tokens
+        self.pause_steps = pause_steps
+        self.pause_gap = pause_gap
         self._waiting: list[Generation | Scoring] = []  # arrival order; planned in `_order`'s order
         self._running: dict[int, Generation] = {}  # arrival order (dicts keep insertion order)
         self._steps = 0  # steps planned so far (the clock of aging)
@@ -181,13 +207,7 @@ class Scheduler:
     def plan(self) -> StepPlan:
         """The next step (see the module's fairness rule); advances the scheduler's own state."""
         step = StepPlan()
-        urgent: int | None = None  # the best priority of the work in this step so far
-        for running in list(self._running.values()):
-            if running.started:
-                step.decode.append(running.id)
-                step.tokens += running.rows
-                step.rows += running.rows
-                urgent = running.priority if urgent is None else min(urgent, running.priority)
+        urgent = self._decoding(step)  # the best priority of the work in this step so far
         taken: set[int] = set()
         fill = 0  # tokens of worse-priority (not aged) work taken beside better work
         for work in self._order():
@@ -205,16 +225,44 @@ class Scheduler:
             fill += step.tokens - before if capped else 0
             urgent = work.priority if urgent is None else min(urgent, work.priority)
         self._waiting = [w for w in self._waiting if w.id not in taken]
+        if step.empty:  # only paused work: rather than an idle step, they decode
+            step.decode, step.paused = step.paused, []
+            step.tokens = sum(self._running[w].rows for w in step.decode)
         self._advance(step)
         self._steps += 1
         return step
+
+    def _paused(self, work: Generation, best: int) -> bool:
+        """Whether running ``work`` sits out this step (the module's rule 1) beside work of ``best``."""
+        return (
+            self.pause_steps > 1
+            and work.priority - best >= self.pause_gap
+            and self._steps - work.last_step < self.pause_steps
+            and not self._aged(work)
+        )
+
+    def _decoding(self, step: StepPlan) -> int | None:
+        """The running generations' part of ``step``: who decodes, who is paused; the best priority
+        decoding (None: none)."""
+        started = [w for w in self._running.values() if w.started]
+        best = min((w.priority for w in [*started, *self._waiting]), default=0)
+        urgent: int | None = None
+        for running in started:
+            step.rows += running.rows
+            if self._paused(running, best):
+                step.paused.append(running.id)
+                continue
+            step.decode.append(running.id)
+            step.tokens += running.rows
+            urgent = running.priority if urgent is None else min(urgent, running.priority)
+        return urgent
 
     def _join(self, step: StepPlan, work: Generation, limit: int) -> bool:
         """Prefill ``work`` in ``step`` if it fits (the step's tokens within ``limit``, or the step is
         empty); False: the scan stops."""
         tokens, rows = step.tokens + work.prefill_tokens, step.rows + work.rows
         fits = tokens <= limit and rows <= self.max_rows
-        if not fits and not step.empty:
+        if not fits and not step.forcing:
             return False
         step.prefill.append(work.id)
         step.joined.append(work.id)
@@ -228,7 +276,7 @@ class Scheduler:
         done (the scan goes on)."""
         first = stop = work.next_prompt
         while stop < len(work.prompt_lengths) and (
-            step.tokens + work.prompt_lengths[stop] <= limit or (step.empty and stop == first)
+            step.tokens + work.prompt_lengths[stop] <= limit or (step.forcing and stop == first)
         ):
             step.tokens += work.prompt_lengths[stop]
             stop += 1
@@ -244,11 +292,12 @@ class Scheduler:
         """The running generations after ``step``: the joined ones started, the finished ones gone."""
         for work_id in step.prefill:
             joined = self._running[work_id]
-            joined.started = True
+            joined.started, joined.last_step = True, self._steps
             if joined.max_steps <= 0:  # its one token comes from the prefill's logits
                 del self._running[work_id]
         for work_id in step.decode:
             work = self._running[work_id]
             work.steps_done += 1
+            work.last_step = self._steps
             if work.steps_done >= work.max_steps:
                 del self._running[work_id]
