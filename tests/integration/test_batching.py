@@ -25,7 +25,7 @@ from workers.engine.batching import BatchLoop
 from workers.engine.config import EngineConfig
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
-from workers.engine.scheduler import StepPlan
+from workers.engine.scheduler import Scheduler, StepPlan
 from workers.engine.types import PromptResult
 from workers.models import LoadedModel, load_model
 
@@ -121,7 +121,7 @@ def test_waiting_work_is_never_overtaken_by_a_stream_of_small_requests(tiny: Loa
         pytest.skip("no batch-invariant path here")
     # A small step budget: the big requests never fit beside the running small ones.
     engine.batching = BatchLoop(
-        engine.decoder, engine.scorer, engine.lock, engine.stats, token_budget=64, max_rows=8
+        engine.decoder, engine.scorer, engine.lock, engine.stats, Scheduler(token_budget=64, max_rows=8)
     )
     started: list[str] = []  # on_start order (the engine's thread)
     lock = threading.Lock()
@@ -185,7 +185,7 @@ def _finish_order(tiny: LoadedModel, aging_steps: int) -> tuple[list[str], list[
         pytest.skip("no batch-invariant path here")
     # A small step budget: the big request's 24 prompts of 120 tokens take 12+ steps.
     engine.batching = BatchLoop(
-        engine.decoder, engine.scorer, engine.lock, engine.stats, 256, 8, aging_steps=aging_steps
+        engine.decoder, engine.scorer, engine.lock, engine.stats, Scheduler(256, 8, aging_steps=aging_steps)
     )
     big = [list(range(1000 + 7 * i, 1120 + 7 * i)) for i in range(24)]
     finished: list[str] = []
@@ -255,7 +255,11 @@ def test_a_paused_generation_has_the_bits_it_has_alone(
     if paused.invariant is None:
         pytest.skip("no batch-invariant path here")
     loop = BatchLoop(
-        paused.decoder, paused.scorer, paused.lock, paused.stats, 256, 64, pause_steps=4, pause_gap=4
+        paused.decoder,
+        paused.scorer,
+        paused.lock,
+        paused.stats,
+        Scheduler(256, 64, pause_steps=4, pause_gap=4),
     )
     paused.batching = loop
     plans: list[StepPlan] = []

@@ -46,14 +46,7 @@ from workers.engine.invariant import InvariantRunner, Span
 from workers.engine.invariant_batch import InvariantBatch
 from workers.engine.kv_pool import KVPool
 from workers.engine.sampling import SamplingOptions, sample_generators
-from workers.engine.scheduler import (
-    DEFAULT_AGING_STEPS,
-    DEFAULT_FILL_TOKENS,
-    DEFAULT_PAUSE_GAP,
-    DEFAULT_PAUSE_STEPS,
-    Scheduler,
-    StepPlan,
-)
+from workers.engine.scheduler import Scheduler, StepPlan
 from workers.engine.score import Scorer
 from workers.engine.score_invariant import InvariantScoreJob
 from workers.engine.types import EngineStats, PromptResult
@@ -101,7 +94,8 @@ class _Generation:
 
 class BatchLoop:
     """The engine's continuous-batching loop (see the module docs): ``decoder`` and ``scorer`` (whose
-    ``invariant`` runner it steps), the model ``lock`` it holds per step, the ``stats`` it counts."""
+    ``invariant`` runner it steps), the model ``lock`` it holds per step, the ``stats`` it counts, and the
+    ``scheduler`` that plans each step (its budgets and priority policy are the caller's)."""
 
     def __init__(
         self,
@@ -109,17 +103,12 @@ class BatchLoop:
         scorer: Scorer,
         lock: threading.Lock,
         stats: EngineStats,
-        token_budget: int,
-        max_rows: int,
-        aging_steps: int = DEFAULT_AGING_STEPS,
-        fill_tokens: int = DEFAULT_FILL_TOKENS,
-        pause_steps: int = DEFAULT_PAUSE_STEPS,
-        pause_gap: int = DEFAULT_PAUSE_GAP,
+        scheduler: Scheduler,
     ) -> None:
         assert scorer.invariant is not None, "continuous batching runs the batch-invariant forward"
         self.decoder, self.scorer, self.inv = decoder, scorer, scorer.invariant
         self.lock, self.stats = lock, stats
-        self.scheduler = Scheduler(token_budget, max_rows, aging_steps, fill_tokens, pause_steps, pause_gap)
+        self.scheduler = scheduler
         self.pool = self.inv.new_pool()  # every running generation's rows (one step's attention for all)
         self._cv = threading.Condition()
         self._incoming: list[_Request] = []

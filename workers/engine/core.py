@@ -33,6 +33,7 @@ from workers.engine.batching import BatchLoop
 from workers.engine.config import EngineConfig
 from workers.engine.generate import Decoder
 from workers.engine.sampling import SamplingOptions, sample_generators
+from workers.engine.scheduler import Scheduler
 from workers.engine.score import Scorer
 from workers.engine.types import EngineInputError, EngineStats, PromptResult, PromptScores
 from workers.models import LoadedModel, load_model
@@ -72,11 +73,7 @@ class Engine:
         self.batching: BatchLoop | None = None
         if self.invariant is not None and config.batching:
             budget = max(config.batch_token_budget, config.batch_max_rows)
-            self.batching = BatchLoop(
-                self.decoder,
-                self.scorer,
-                self.lock,
-                self.stats,
+            scheduler = Scheduler(
                 budget,
                 config.batch_max_rows,
                 config.priority_aging_steps,
@@ -84,6 +81,7 @@ class Engine:
                 config.priority_pause_steps,
                 config.priority_pause_gap,
             )
+            self.batching = BatchLoop(self.decoder, self.scorer, self.lock, self.stats, scheduler)
 
     def _scorer(self, config: EngineConfig) -> Scorer:
         pad = int(self.tokenizer.pad_token_id or 0)
