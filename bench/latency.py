@@ -19,6 +19,17 @@ counts the claim, the WATCHed final write and HTTP, which the reply's own `timin
 auction cannot: they are stored with it before its final write). Last line:
 `overhead_ms_p50_no_key=<ms> overhead_ms_p50_key=<ms> idempotency_added_ms_p50=<ms>` (the median of
 the paired differences).
+
+    .venv/bin/python bench/latency.py --campaign --model tiny-random --candidates 2 --max-tokens 4 \
+        --repeats 200                                     # what `campaigns: [id]` adds
+
+`--campaign`: registers StrumMaster once as a campaign (`POST /campaigns`, a total budget that never
+binds), then auctions in interleaved pairs with the same seed and the same advertisers in the same
+order, StrumMaster given inline in one and as `campaigns: [id]` in the other (read from the registry,
+its budget read, reserved and posted: two more Redis round trips before the model work and two
+after). Gateway overhead of each = client-side wall time − wall time with a worker request in flight.
+Last line: `overhead_ms_p50_inline=<ms> overhead_ms_p50_campaign=<ms> campaign_overhead_p50_ms=<ms>`
+(the median of the paired differences; issue 33's target is ≤ 1 ms).
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -77,11 +89,19 @@ def main() -> None:
     parser.add_argument(
         "--idempotency", action="store_true", help="gateway overhead with and without an Idempotency-Key"
     )
+    parser.add_argument(
+        "--campaign",
+        action="store_true",
+        help="gateway overhead of an advertiser entered as `campaigns: [id]` vs the same one inline",
+    )
     args = parser.parse_args()
     if bool(args.url) != bool(args.worker_url):
         parser.error("--url and --worker-url go together")
     if args.idempotency:
         idempotency_overhead(args)
+        return
+    if args.campaign:
+        campaign_overhead(args)
         return
 
     stack = (
@@ -182,6 +202,33 @@ def main() -> None:
     print(f"ratio={ratio:.3f} overhead_ms_p50={statistics.median(overhead_ms):.2f}")
 
 
+def interleaved_pairs(one: Callable[[int, bool], float], repeats: int, desc: str) -> dict[bool, list[float]]:
+    """`one(repeat, variant)` for both variants per repeat, alternating which goes first (after three
+    untimed pairs): the measured values by variant, index-aligned for paired differences."""
+    for repeat in range(3):  # warm-up
+        one(repeat, True)
+        one(repeat, False)
+    values: dict[bool, list[float]] = {False: [], True: []}
+    for repeat in tqdm(range(repeats), desc=desc):
+        first = repeat % 2 == 0
+        values[first].append(one(repeat, first))
+        values[not first].append(one(repeat, not first))
+    return values
+
+
+def overhead_table(args: argparse.Namespace, rows: list[tuple[str, list[float]]]) -> None:
+    """The p50 and p90 of each row (ms) under the interleaved pairs' title."""
+    common.rich_table(
+        f"gateway overhead (client wall − worker time, ms), M={args.candidates}, ≤{args.max_tokens} tokens, "
+        f"{args.repeats} interleaved pairs",
+        ["what", "p50", "p90"],
+        [
+            [label, f"{statistics.median(values):.3f}", f"{common.percentile(values, 0.9):.3f}"]
+            for label, values in rows
+        ],
+    )
+
+
 def idempotency_overhead(args: argparse.Namespace) -> None:
     """Interleaved pairs (keyed, not keyed): client wall − worker time, medians and paired differences."""
     stack = (
@@ -190,7 +237,6 @@ def idempotency_overhead(args: argparse.Namespace) -> None:
         else local_stack(args.model, args.dtype)
     )
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    overhead: dict[bool, list[float]] = {False: [], True: []}
     before_write: dict[bool, list[float]] = {False: [], True: []}  # in-body, up to the final write
     with stack as (gateway_url, _worker_url), httpx.Client(timeout=900) as client:
 
@@ -211,34 +257,99 @@ def idempotency_overhead(args: argparse.Namespace) -> None:
             before_write[keyed].append(timings["total"] - timings["billing"] - timings["workers"])
             return wall_ms - timings["workers"]
 
-        for repeat in range(3):  # warm-up
-            one(repeat, True)
-            one(repeat, False)
-        for repeat in tqdm(range(args.repeats), desc="with and without a key"):
-            first = repeat % 2 == 0  # alternate which goes first
-            overhead[first].append(one(repeat, first))
-            overhead[not first].append(one(repeat, not first))
+        overhead = interleaved_pairs(one, args.repeats, "with and without a key")
     added = [k - n for k, n in zip(overhead[True], overhead[False], strict=True)]
-
-    def row(label: str, values: list[float]) -> list[str]:
-        return [label, f"{statistics.median(values):.3f}", f"{common.percentile(values, 0.9):.3f}"]
-
-    common.rich_table(
-        f"gateway overhead (client wall − worker time, ms), M={args.candidates}, ≤{args.max_tokens} tokens, "
-        f"{args.repeats} interleaved pairs",
-        ["what", "p50", "p90"],
+    overhead_table(
+        args,
         [
-            row("without a key", overhead[False]),
-            row("with an Idempotency-Key", overhead[True]),
-            row("added by the key (paired)", added),
-            row("in-body, before the final write, no key", before_write[False]),
-            row("in-body, before the final write, key", before_write[True]),
+            ("without a key", overhead[False]),
+            ("with an Idempotency-Key", overhead[True]),
+            ("added by the key (paired)", added),
+            ("in-body, before the final write, no key", before_write[False]),
+            ("in-body, before the final write, key", before_write[True]),
         ],
     )
     print(
         f"overhead_ms_p50_no_key={statistics.median(overhead[False]):.3f} "
         f"overhead_ms_p50_key={statistics.median(overhead[True]):.3f} "
         f"idempotency_added_ms_p50={statistics.median(added):.3f}"
+    )
+
+
+# A total budget no benchmark run exhausts (10**9 units; below 2**53 micro-units, the budget ledger's
+# exact-integer bound); no daily budget, so no pacing step: α stays 1 and the two auctions are the same.
+CAMPAIGN_BUDGET_MICRO = 10**15
+
+
+def campaign_overhead(args: argparse.Namespace) -> None:
+    """Interleaved pairs (StrumMaster inline, StrumMaster as a campaign), same seed, same advertisers in
+    the same order: client wall − worker time, medians and the median of the paired differences."""
+    stack = (
+        contextlib.nullcontext((args.url, args.worker_url))
+        if args.url
+        else local_stack(args.model, args.dtype)
+    )
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    registered, other = ADVERTISERS
+    in_body: dict[bool, list[float]] = {False: [], True: []}  # the reply's own timings_ms: total − workers
+    with stack as (gateway_url, _worker_url), httpx.Client(timeout=900) as client:
+        created = client.post(
+            f"{gateway_url}/campaigns",
+            headers=headers,
+            json={
+                "id": f"bench-{uuid.uuid4().hex[:12]}",
+                "owner": registered["id"],
+                "name": registered["name"],
+                "description": registered["description"],
+                "value_scale": 1.0,
+                "budget": {"total_micro": CAMPAIGN_BUDGET_MICRO},
+            },
+        )
+        if created.status_code != 201:
+            raise SystemExit(f"POST /campaigns answered {created.status_code}: {created.text}")
+        campaign_id = created.json()["id"]
+
+        def one(repeat: int, via_campaign: bool) -> float:
+            # the campaign's advertiser bids after the inline ones: the inline twin lists them in that
+            # order, so both auctions render the same prompts and draw the same candidates
+            payload: dict[str, object] = {
+                "query": QUERY,
+                "candidates": args.candidates,
+                "max_tokens": args.max_tokens,
+                "seed": repeat,
+                **(
+                    {"advertisers": [other], "campaigns": [campaign_id]}
+                    if via_campaign
+                    else {"advertisers": [other, registered]}
+                ),
+            }
+            started = time.perf_counter()
+            response = client.post(f"{gateway_url}/auction", headers=headers, json=payload)
+            wall_ms = (time.perf_counter() - started) * 1000
+            response.raise_for_status()
+            body = response.json()
+            if via_campaign and body["advertisers"][-1].get("campaign_id") != campaign_id:
+                raise SystemExit(f"the campaign did not enter the auction: {body.get('excluded')}")
+            timings = body["timings_ms"]
+            in_body[via_campaign].append(timings["total"] - timings["workers"])
+            return wall_ms - timings["workers"]
+
+        overhead = interleaved_pairs(one, args.repeats, "inline vs campaign")
+    added = [c - i for c, i in zip(overhead[True], overhead[False], strict=True)]
+    overhead_table(
+        args,
+        [
+            ("StrumMaster inline", overhead[False]),
+            ("StrumMaster as campaigns: [id]", overhead[True]),
+            ("added by the campaign (paired)", added),
+            ("in-body (total − workers), inline", in_body[False]),
+            ("in-body (total − workers), campaign", in_body[True]),
+        ],
+    )
+    print(
+        f"overhead_ms_p50_inline={statistics.median(overhead[False]):.3f} "
+        f"overhead_ms_p50_campaign={statistics.median(overhead[True]):.3f} "
+        f"campaign_overhead_p50_ms={statistics.median(added):.3f}"
     )
 
 

@@ -1,0 +1,261 @@
+"""`POST /auction` with `campaigns: [ids]`: who enters, at what multipliers, and what the record replays.
+
+A real tiny-random worker process, a real Redis server, the app in process (TestClient). The auction
+of a campaign is compared with a test auction (never billed) of the same seed in which the campaign's
+advertiser is given inline at the value scale the campaign auction applied: the candidates do not
+depend on the value scales (MECHANISM.md), so the two must agree on everything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from app import mechanism
+from app.auction.engine_client import derive_seed
+from app.auction.sampler import SEED_ALLOCATION
+from app.gateway.app import create_app
+from app.ledger.budget import budget_key
+from app.ledger.events import to_micro_units
+from tests.fixtures_redis import RedisServerProcess
+from tests.fixtures_worker import WorkerProcess
+from tests.integration.test_gateway import make_settings
+
+QUERY = "Learning to play the guitar."
+OTHER = {"id": "strummaster", "name": "StrumMaster", "description": "selling guitars and tuners"}
+
+
+@pytest.fixture(scope="module")
+def client(
+    tiny_worker: WorkerProcess, redis_process: RedisServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    settings = make_settings([tiny_worker.url], redis_process.url, tmp_path_factory.mktemp("campaigns"))
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def create(client: TestClient, campaign_id: str, owner: str, **fields: Any) -> dict[str, Any]:
+    body = {
+        "id": campaign_id,
+        "owner": owner,
+        "name": owner.title(),
+        "description": f"{owner}: guitar lessons for grown-ups",
+        "value_scale": 1.0,
+        "budget": {"total_micro": 10**12},
+        **fields,
+    }
+    response = client.post("/campaigns", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def twin(campaign: dict[str, Any], value_scale: float) -> dict[str, Any]:
+    """The campaign's advertiser inline (id = owner, same texts: the same prompts) at `value_scale`."""
+    return {
+        "id": campaign["owner"],
+        "name": campaign["name"],
+        "description": campaign["description"],
+        "value_scale": value_scale,
+    }
+
+
+def auction(client: TestClient, seed: int, **fields: Any) -> dict[str, Any]:
+    body = {
+        "query": QUERY,
+        "candidates": 4,
+        "max_tokens": 8,
+        "seed": seed,
+        "include_candidates": True,
+        **fields,
+    }
+    response = client.post("/auction", json=body)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def row_of(answer: dict[str, Any], advertiser_id: str) -> dict[str, Any]:
+    (row,) = [row for row in answer["advertisers"] if row["id"] == advertiser_id]
+    return row
+
+
+def rewards_of(answer: dict[str, Any], advertiser_id: str) -> np.ndarray:
+    return np.array([c["rewards"][advertiser_id] for c in answer["candidates"]])
+
+
+def replay(record: dict[str, Any]) -> mechanism.AuctionOutcome:
+    """`app.mechanism.run_auction` on the record's candidate table, drawing with the record's seed."""
+    ids = [row["id"] for row in record["advertisers"]]
+    candidates = record["candidates"]
+    rewards = np.array([[c["rewards"][aid] for c in candidates] for aid in ids])
+    log_ref = np.array([c["log_ref"] for c in candidates])
+    log_q = np.array([c["log_proposal"] for c in candidates])
+    rng = np.random.default_rng(derive_seed(record["seed"], SEED_ALLOCATION))
+    return mechanism.run_auction(rewards, log_ref, log_q, record["tau"], rng)
+
+
+def assert_replays(client: TestClient, answer: dict[str, Any]) -> dict[str, Any]:
+    """The stored record repeats the answer and replays by seed: the same payments, the same draw."""
+    record: dict[str, Any] = client.get(f"/auctions/{answer['auction_id']}").json()
+    assert record["advertisers"] == answer["advertisers"] and record["candidates"] == answer["candidates"]
+    outcome = replay(record)
+    np.testing.assert_allclose(
+        outcome.payments, [row["payment"] for row in record["advertisers"]], atol=1e-12
+    )
+    assert outcome.chosen_index == record["chosen_index"]
+    for row in record["advertisers"]:
+        assert record["payments_micro"][row["id"]] == to_micro_units(row["payment"])
+    return record
+
+
+def assert_same_auction(campaign: dict[str, Any], inline: dict[str, Any]) -> None:
+    """Same candidates, the same rewards of every advertiser to 1e-12, the same payments."""
+    assert [c["text"] for c in campaign["candidates"]] == [c["text"] for c in inline["candidates"]]
+    for key in ("log_ref", "log_proposal", "probability"):
+        np.testing.assert_allclose(
+            [c[key] for c in campaign["candidates"]], [c[key] for c in inline["candidates"]], atol=1e-12
+        )
+    assert [row["id"] for row in campaign["advertisers"]] == [row["id"] for row in inline["advertisers"]]
+    for row in inline["advertisers"]:
+        np.testing.assert_allclose(rewards_of(campaign, row["id"]), rewards_of(inline, row["id"]), atol=1e-12)
+        assert row_of(campaign, row["id"])["payment"] == pytest.approx(row["payment"], abs=1e-12)
+    assert campaign["chosen_index"] == inline["chosen_index"]
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def test_pacing_multiplier_scales_rewards_and_payments_consistently(
+    client: TestClient, redis_process: RedisServerProcess
+) -> None:
+    """Invariant: a campaign at pacing state μ bids α·s with α = 1/(1+μ), fixed before the auction: its
+    candidates' rewards are α·s·(log π_i − log π_ref) — the very rewards, payments and draw of a test
+    auction of the same seed with the advertiser inline at value_scale α·s — the answer states
+    campaign_id, s, α and budget multiplier 1, and the stored record replays by seed."""
+    campaign = create(client, "pace-1", "pacer", value_scale=1.5)
+    mu = 0.25
+    redis.Redis.from_url(redis_process.url).hset(budget_key("pace-1"), "mu", repr(mu))
+    paced = auction(client, 4242, advertisers=[OTHER], campaigns=["pace-1"])
+    row = row_of(paced, "pacer")
+    alpha = 1.0 / (1.0 + mu)
+    assert row["campaign_id"] == "pace-1" and row["value_scale"] == 1.5
+    assert row["pacing_multiplier"] == pytest.approx(alpha, rel=1e-15) and row["budget_multiplier"] == 1.0
+    assert paced["billing"] == "billed" and not paced.get("excluded")
+
+    bid = row["value_scale"] * row["pacing_multiplier"]  # α·s, as the service computes it
+    inline = auction(client, 4242, advertisers=[OTHER, twin(campaign, bid)], test=True)
+    assert_same_auction(paced, inline)
+    unpaced = auction(client, 4242, advertisers=[OTHER, twin(campaign, 1.5)], test=True)
+    np.testing.assert_allclose(rewards_of(paced, "pacer"), alpha * rewards_of(unpaced, "pacer"), rtol=1e-12)
+    assert abs(row["payment"] - row_of(unpaced, "pacer")["payment"]) > 1e-9  # α ≠ 1 changed the outcome
+
+    record = assert_replays(client, paced)
+    (budget,) = record["budgets"]
+    assert budget["campaign_id"] == "pace-1" and budget["advertiser_id"] == "pacer"
+    assert budget["pacing_multiplier"] == row["pacing_multiplier"] and budget["budget_multiplier"] == 1.0
+    assert (
+        budget["remaining_micro"] == 10**12 and budget["reserved_micro"] == record["payments_micro"]["pacer"]
+    )
+    (ran,) = [a for a in record["request"]["advertisers"] if a["id"] == "pacer"]
+    assert ran["value_scale"] == bid  # the request as the auction ran it: the paced bid
+
+
+def test_each_exclusion_is_answered_with_its_reason(client: TestClient) -> None:
+    """Invariant: a requested campaign that may not bid is left out and named in `excluded` with its
+    reason (paused, archived, not_started, ended, not_found, same_owner: its owner is an inline
+    advertiser or owns a campaign listed before it — one campaign per owner); the others bid."""
+    now = datetime.now(UTC)
+    create(client, "ex-paused", "owner-paused", status="paused")
+    create(client, "ex-archived", "owner-archived")
+    assert client.post("/campaigns/ex-archived/archive").status_code == 200
+    create(client, "ex-later", "owner-later", schedule={"start": rfc3339(now + timedelta(days=1))})
+    ended = {"start": rfc3339(now - timedelta(days=2)), "end": rfc3339(now - timedelta(days=1))}
+    create(client, "ex-ended", "owner-ended", schedule=ended)
+    create(client, "ex-mine", OTHER["id"])
+    create(client, "dup-a", "dup-owner")
+    create(client, "dup-b", "dup-owner")
+    expected = {
+        "ex-paused": "paused",
+        "ex-archived": "archived",
+        "ex-later": "not_started",
+        "ex-ended": "ended",
+        "ex-nobody": "not_found",
+        "ex-mine": "same_owner",
+        "dup-b": "same_owner",
+    }
+    answer = auction(client, 5, advertisers=[OTHER], campaigns=[*expected, "dup-a"])
+    assert {x["campaign_id"]: x["reason"] for x in answer["excluded"]} == expected
+    assert [row["id"] for row in answer["advertisers"]] == [OTHER["id"], "dup-owner"]
+    assert row_of(answer, "dup-owner")["campaign_id"] == "dup-a"
+    assert row_of(answer, OTHER["id"]).get("campaign_id") is None
+    assert_replays(client, answer)
+
+
+def test_all_campaigns_excluded_and_no_inline_is_an_organic_reply(client: TestClient) -> None:
+    """Invariant: when every requested campaign is left out and nobody is inline, the reply is organic
+    (drawn from the reference model), nobody is charged, and the answer says why each was left out."""
+    create(client, "org-paused", "org-owner-paused", status="paused")
+    answer = auction(client, 6, campaigns=["org-paused", "org-nobody"])
+    assert answer["advertisers"] == [] and answer["revenue"] == 0.0 and answer["reply"]
+    assert answer["proposal"] == "reference"
+    assert {x["campaign_id"]: x["reason"] for x in answer["excluded"]} == {
+        "org-paused": "paused",
+        "org-nobody": "not_found",
+    }
+    record = client.get(f"/auctions/{answer['auction_id']}").json()
+    assert record["payments_micro"] == {} and not record.get("budgets")
+    assert client.get("/ledger/advertisers/org-owner-paused").json()["paid_micro"] == 0
+
+
+def test_budget_binding_auction_lowers_the_campaign_until_its_payment_fits(client: TestClient) -> None:
+    """Invariant: a campaign whose remaining budget is below its unconstrained payment is scaled down
+    (0 < budget_multiplier < 1) until its payment, rounded to micro-units, is at most what remains;
+    the record keeps the remaining budget and the multiplier, and its candidate table (rows × the
+    multiplier) replays by seed; once the budget is used up the campaign is left out, `out_of_budget`,
+    and the ledger never charged past it."""
+    advertiser = {"owner": "binder", "name": "Binder", "description": "binder: guitar lessons for grown-ups"}
+    free = auction(client, 777, advertisers=[OTHER, twin(advertiser, 2.0)], test=True)
+    unconstrained = to_micro_units(row_of(free, "binder")["payment"])
+    assert unconstrained >= 3, unconstrained
+    budget = unconstrained // 3
+    create(client, "bind-1", "binder", value_scale=2.0, budget={"total_micro": budget})
+
+    bound = auction(client, 777, advertisers=[OTHER], campaigns=["bind-1"])
+    row = row_of(bound, "binder")
+    assert row["campaign_id"] == "bind-1" and row["pacing_multiplier"] == 1.0
+    assert 0.0 < row["budget_multiplier"] < 1.0, row
+    charged = to_micro_units(row["payment"])
+    assert charged <= budget, (charged, budget)
+    # the binding row is the unconstrained one times the multiplier; the other's rewards are untouched
+    np.testing.assert_allclose(
+        rewards_of(bound, "binder"), row["budget_multiplier"] * rewards_of(free, "binder"), rtol=1e-12
+    )
+    np.testing.assert_allclose(rewards_of(bound, OTHER["id"]), rewards_of(free, OTHER["id"]), atol=1e-12)
+    record = assert_replays(client, bound)
+    (kept,) = record["budgets"]
+    assert kept["remaining_micro"] == budget and kept["budget_multiplier"] == row["budget_multiplier"]
+    assert kept["reserved_micro"] == record["payments_micro"]["binder"] == charged and kept["rounds"] >= 1
+
+    for seed in range(778, 790):  # spend what is left; then the campaign is out of budget
+        answer = auction(client, seed, advertisers=[OTHER], campaigns=["bind-1"])
+        if answer.get("excluded"):
+            assert answer["excluded"] == [{"campaign_id": "bind-1", "reason": "out_of_budget"}]
+            assert [r["id"] for r in answer["advertisers"]] == [OTHER["id"]]
+            break
+    else:
+        pytest.fail("bind-1 never ran out of budget")
+    stats = client.get("/campaigns/bind-1/stats").json()
+    assert stats["spent_total_micro"] == budget and stats["remaining_total_micro"] == 0, stats
+    deadline = time.monotonic() + 20
+    while (paid := client.get("/ledger/advertisers/binder").json()["paid_micro"]) != budget:
+        assert paid < budget and time.monotonic() < deadline, paid  # the embedded consumer applies
+        time.sleep(0.2)
