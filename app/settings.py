@@ -289,6 +289,15 @@ class Settings(WorkerSettings):
     render_window_s: int = Field(
         3600, ge=1, description="BILLING_MODE=render: how long a pending charge may still be rendered."
     )
+    # issue 33: campaign budgets (app.ledger.budget)
+    budget_reservation_ttl_s: int = Field(
+        120,
+        ge=1,
+        le=86400,
+        description="How long a campaign budget reservation holds its amount when nobody posts or voids "
+        "it (a gateway killed mid-auction). In BILLING_MODE=render the effective TTL is RENDER_WINDOW_S + "
+        "BUDGET_RESERVATION_TTL_S. A billing event applied after it is still counted, as a late post.",
+    )
 
     @field_validator("api_keys", "worker_urls", mode="before")
     @classmethod

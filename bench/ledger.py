@@ -43,7 +43,7 @@ def make_events(n: int, seed: int, prefix: str) -> list[BillingEvent]:
     return [
         make_billing_event(
             f"{prefix}-{i}",
-            {a: rng.uniform(-0.1, 2.0) for a in rng.sample(advertisers, rng.randint(1, 4))},
+            {a: rng.uniform(0.0, 2.0) for a in rng.sample(advertisers, rng.randint(1, 4))},
             "USD",
         )
         for i in range(n)

@@ -58,7 +58,8 @@ class GatewayMetrics:
             buckets=(1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
             registry=registry,
         )
-        # A gauge, not a counter: a payment can be negative (a credit), and counters only go up.
+        # Payments are never negative, so this only goes up; a gauge all the same, so that its name
+        # (no `_total` suffix) stays what the dashboards and alert rules read.
         self.revenue = Gauge(
             "mosaic_revenue_cumulative",
             "Platform revenue billed since start (currency units).",
