@@ -29,6 +29,7 @@ local op, now = ARGV[1], tonumber(ARGV[2])
 local function is_uint(s)
   return type(s) == 'string' and #s > 0 and #s <= 16 and (s == '0' or string.match(s, '^[1-9]%d*$') ~= nil)
 end
+local function int(x) return string.format('%d', x) end  -- never '-0' or an exponent (HINCRBY)
 local function err(reason) return redis.error_reply('budget: ' .. reason) end
 local function num(field) return tonumber(redis.call('HGET', key, field) or '0') end
 
@@ -89,16 +90,16 @@ local function add_day(d)  -- a new day joins; the oldest days beyond DAYS_KEPT 
   redis.call('HSET', key, 'days', cjson.encode(kept))
 end
 local function release(r)  -- reserved -> nothing
-  redis.call('HINCRBY', key, 'reserved_total', -r.a)
-  if day_has(r.d) then redis.call('HINCRBY', key, r.d .. '|reserved', -r.a) end
+  redis.call('HINCRBY', key, 'reserved_total', int(-r.a))
+  if day_has(r.d) then redis.call('HINCRBY', key, r.d .. '|reserved', int(-r.a)) end
 end
 local function spend(r, from_reserved)  -- (reserved ->) spent; counts the auction
   if from_reserved then release(r) end
-  redis.call('HINCRBY', key, 'spent_total', r.a)
+  redis.call('HINCRBY', key, 'spent_total', int(r.a))
   redis.call('HINCRBY', key, 'auctions_total', 1)
   if r.a > 0 then redis.call('HINCRBY', key, 'charged_total', 1) end
   if day_has(r.d) then
-    redis.call('HINCRBY', key, r.d .. '|spent', r.a)
+    redis.call('HINCRBY', key, r.d .. '|spent', int(r.a))
     redis.call('HINCRBY', key, r.d .. '|auctions', 1)
   end
 end
@@ -110,7 +111,7 @@ local function pace(z)  -- mu <- clip(mu - eps * (rho - z) / rho, 0, mu_max)
 end
 local function due(at)
   local cur = tonumber(redis.call('HGET', key, 'next_due') or '')
-  if not cur or at < cur then redis.call('HSET', key, 'next_due', at) end
+  if not cur or at < cur then redis.call('HSET', key, 'next_due', int(at)) end
 end
 -- a record keeps its numbers as strings: cjson would print doubles with 14 significant digits
 local function enc(r)
@@ -146,7 +147,7 @@ if next_due and now >= next_due then
       end
     end
   end
-  if soonest then redis.call('HSET', key, 'next_due', soonest) else redis.call('HDEL', key, 'next_due') end
+  if soonest then redis.call('HSET', key, 'next_due', int(soonest)) else redis.call('HDEL', key, 'next_due') end
 end
 
 -- the operations -------------------------------------------------------------------------------------
@@ -175,8 +176,8 @@ if op == 'reserve' then
   -- the limits this reservation was admitted under (reconcile checks spend against them)
   if ARGV[7] ~= '' then redis.call('HSET', key, d .. '|limit', ARGV[7]) end
   if ARGV[8] ~= '' then redis.call('HSET', key, 'limit_total', ARGV[8]) else redis.call('HDEL', key, 'limit_total') end
-  redis.call('HINCRBY', key, 'reserved_total', amount)
-  redis.call('HINCRBY', key, d .. '|reserved', amount)
+  redis.call('HINCRBY', key, 'reserved_total', ARGV[4])
+  redis.call('HINCRBY', key, d .. '|reserved', ARGV[4])
   put({a = amount, d = d, e = e, s = 'held'})
   due(e)
   return {1, 'reserved'}
