@@ -32,6 +32,7 @@ from app.ledger.keys import LedgerKeys, decode_fields
 from app.ledger.reconcile import reconcile
 from app.ledger.redis_store import make_client
 from app.ledger.render import RenderLedger, pending_commands
+from app.ledger.trim import LedgerTrimmer
 from tests.fixtures_redis import RedisServerProcess
 from tests.integration.test_ledger import drain, ledger_settings
 
@@ -332,5 +333,36 @@ def test_invalid_arguments_write_nothing(redis_server: RedisServerProcess) -> No
         assert await r.exists(budget_key("c1")) == 0
         with pytest.raises(ValueError):
             BudgetLimits(daily_micro=2**53, total_micro=None)
+
+    run(redis_server.url, body)
+
+
+def test_trim_folds_campaign_spend_into_settled(redis_server: RedisServerProcess) -> None:
+    """trim.lua removes applied markers older than the retention: it folds their campaign payments
+    into `settled` (campaign:<id>), so reconcile still finds spent_total == billed payments."""
+    settings = ledger_settings(
+        redis_server.url, auction_deadline_s=0.5, billing_append_timeout_s=0.5, billing_retention_s=2
+    )
+
+    async def body(r: aioredis.Redis, b: BudgetLedger) -> None:
+        now = int(time.time() * 1000)
+        limits = BudgetLimits(None, 10_000_000)
+        reservations = [res(f"t{i}", 1_000 * (i + 1), limits=limits, expires=now + 60_000) for i in range(5)]
+        assert await b.reserve_all(reservations, now) == [True] * 5
+        for i in range(5):
+            event = make_billing_event(f"t{i}", {"adv": 0.001 * (i + 1)}, "USD", campaigns={"adv": "c1"})
+            await r.xadd(settings.billing_stream, event.stream_fields())  # type: ignore[arg-type]
+        await drain(LedgerConsumer(r, settings, "c"), r, settings)
+        await asyncio.sleep(2.2)
+        await r.xadd(settings.billing_stream, make_billing_event("fresh", {"z": 0.0}, "USD").stream_fields())  # type: ignore[arg-type]
+        await drain(LedgerConsumer(r, settings, "c"), r, settings)
+        await asyncio.sleep(1.1)
+        result = await LedgerTrimmer(r, settings).trim_once()
+        assert result.settled == 5
+        assert await r.hget(LedgerKeys.default().settled, "campaign:c1") == "15000"
+        report = await reconcile(r, settings)
+        assert report.ok, report.differences
+        [s] = await b.states(["c1"], [DAY], now)
+        assert s.spent_total == 15_000
 
     run(redis_server.url, body)
