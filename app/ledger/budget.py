@@ -158,8 +158,9 @@ class BudgetLedger:
         """Queue one EVALSHA of budget.lua on `pipe` (the ledger consumer's batch uses it too)."""
         pipe.execute_command("EVALSHA", sha, 1, budget_key(campaign_id), *(str(a) for a in args))
 
-    def post_args(self, auction_id: str, step: PacingStep | None, now_ms: int) -> list[object]:
-        return ["post", now_ms, auction_id, *_pacing_args(step), self.keep_ms]
+    def post_args(self, auction_ids: Sequence[str], step: PacingStep | None, now_ms: int) -> list[object]:
+        """ARGV of a post of these auctions' reservations on one campaign (one script call)."""
+        return ["post", now_ms, *_pacing_args(step), self.keep_ms, *auction_ids]
 
     async def _run(self, calls: Sequence[tuple[str, Sequence[object]]]) -> list[Any]:
         """Pipeline one EVALSHA per (campaign id, ARGV); on NOSCRIPT (a restarted Redis forgets
@@ -243,9 +244,9 @@ class BudgetLedger:
         if len(campaign_ids) != len(pacing):
             raise ValueError("one pacing step (or None) per campaign")
         calls = [
-            (c, self.post_args(auction_id, s, now_ms)) for c, s in zip(campaign_ids, pacing, strict=True)
+            (c, self.post_args([auction_id], s, now_ms)) for c, s in zip(campaign_ids, pacing, strict=True)
         ]
-        return [as_str(reply) for reply in await self._run(calls)]
+        return [as_str(reply[0]) for reply in await self._run(calls)]
 
     async def void_all(self, campaign_ids: list[str], auction_id: str, now_ms: int) -> list[str]:
         """Release the auction's reservations (idempotent): ``voided``, or the state it was already

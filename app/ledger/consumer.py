@@ -197,7 +197,11 @@ class LedgerConsumer:
         dead-lettered), so one bad entry cannot stall the consumer.
         """
         todo = [item for item in items if item.event is not None]
-        posts = [(c, item.event.auction_id) for item in todo if item.event for c in item.event.campaign_ids()]
+        posts: dict[str, list[str]] = defaultdict(list)  # campaign -> auction ids: one call per campaign
+        for item in todo:
+            assert item.event is not None
+            for campaign_id in item.event.campaign_ids():
+                posts[campaign_id].append(item.event.auction_id)
         for attempt in range(3):
             if not todo and not posts:
                 return
@@ -208,10 +212,9 @@ class LedgerConsumer:
                 pipe.execute_command("EVALSHA", sha, *self._apply_args(item.event))
             if posts:
                 budget_sha, now_ms = await self.budget.sha(), int(time.time() * 1000)
-                for campaign_id, auction_id in posts:
-                    self.budget.queue(
-                        pipe, budget_sha, campaign_id, self.budget.post_args(auction_id, None, now_ms)
-                    )
+                for campaign_id, auction_ids in posts.items():
+                    args = self.budget.post_args(auction_ids, None, now_ms)
+                    self.budget.queue(pipe, budget_sha, campaign_id, args)
             results = await pipe.execute(raise_on_error=False)
             posts = self._posted(posts, results[len(todo) :])
             retry: list[_Pending] = []
@@ -233,18 +236,19 @@ class LedgerConsumer:
             todo = retry
         raise RuntimeError("the ledger script could not be loaded")
 
-    def _posted(self, posts: list[tuple[str, str]], results: Sequence[Any]) -> list[tuple[str, str]]:
+    def _posted(self, posts: dict[str, list[str]], results: Sequence[Any]) -> dict[str, list[str]]:
         """Count the budget posts' outcomes; returns those to run again (NOSCRIPT: script reloaded)."""
-        retry = []
-        for post, result in zip(posts, results, strict=True):
+        retry: dict[str, list[str]] = defaultdict(list)
+        for (campaign_id, auction_ids), result in zip(posts.items(), results, strict=True):
             if isinstance(result, NoScriptError):
                 self.budget._sha = None
-                retry.append(post)
+                retry[campaign_id] = auction_ids
             elif isinstance(result, Exception):  # a refused post never stalls the ledger: logged
                 self.stats["budget_post_errors"] += 1
-                logger.error("budget post of auction %s on campaign %s failed: %s", post[1], post[0], result)
+                logger.error("budget post of %s on campaign %s failed: %s", auction_ids, campaign_id, result)
             else:
-                self.stats["budget_" + as_str(result)] += 1
+                for status in result:
+                    self.stats["budget_" + as_str(status)] += 1
         return retry
 
     async def _dead_letter(
