@@ -26,8 +26,10 @@ See docs/DESIGN.md § Billing (campaign budgets).
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +40,19 @@ from app.ledger.keys import as_str
 from app.ledger.scripts import BUDGET_SCRIPT
 from app.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 BUDGET_PREFIX = "mosaic:budget:"
 MAX_SAFE = 2**53 - 1  # every amount, limit and sum in budget.lua stays at or below it (exact doubles)
 DAYS_KEPT = 7  # budget.lua keeps the daily counters of the 7 most recent days
+
+
+def group_posts(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(campaign id, auction id) pairs -> campaign id -> auction ids (one post call per campaign)."""
+    posts: dict[str, list[str]] = defaultdict(list)
+    for campaign_id, auction_id in pairs:
+        posts[campaign_id].append(auction_id)
+    return posts
 
 
 def budget_key(campaign_id: str) -> str:
@@ -161,6 +173,26 @@ class BudgetLedger:
     def post_args(self, auction_ids: Sequence[str], step: PacingStep | None, now_ms: int) -> list[object]:
         """ARGV of a post of these auctions' reservations on one campaign (one script call)."""
         return ["post", now_ms, *_pacing_args(step), self.keep_ms, *auction_ids]
+
+    def count_posts(
+        self, posts: dict[str, list[str]], results: Sequence[Any], stats: MutableMapping[str, int]
+    ) -> dict[str, list[str]]:
+        """Count the outcomes of pipelined posts (`budget_<status>` in `stats`); returns those to
+        run again (NOSCRIPT: the script is loaded again). A refused post is logged, never raised: it
+        must not stall the ledger consumer."""
+        retry: dict[str, list[str]] = {}
+        for (campaign_id, auction_ids), result in zip(posts.items(), results, strict=True):
+            if isinstance(result, NoScriptError):
+                self._sha = None
+                retry[campaign_id] = auction_ids
+            elif isinstance(result, Exception):
+                stats["budget_post_errors"] = stats.get("budget_post_errors", 0) + 1
+                logger.error("budget post of %s on campaign %s failed: %s", auction_ids, campaign_id, result)
+            else:
+                for status in result:
+                    name = "budget_" + as_str(status)
+                    stats[name] = stats.get(name, 0) + 1
+        return retry
 
     async def _run(self, calls: Sequence[tuple[str, Sequence[object]]]) -> list[Any]:
         """Pipeline one EVALSHA per (campaign id, ARGV); on NOSCRIPT (a restarted Redis forgets

@@ -13,14 +13,12 @@ dead-lettered at once, never applied, nothing overwritten); ``invalid`` (malform
 retried through XAUTOCLAIM, dead-lettered with the reason when its delivery count reaches
 BILLING_MAX_DELIVERIES). Nothing is dropped silently. With BILLING_MODE=render it also expires the
 pending charges whose RENDER_WINDOW_S passed (app.ledger.render; a rendered charge reaches it as a
-stream entry like any other), about once a second, and voids the campaign budget reservations of
-the charges it expires.
-
-Campaign budgets: an event that carries `campaigns` has its reservations posted (app.ledger.budget,
-idempotent: the gateway posts them too) in the same MULTI round trip as its apply - the fallback
-when a gateway died between its billing write and its own post. A reservation is posted exactly when
-its billing event is in the stream, whatever the apply's outcome (an event that is dead-lettered
-after its reply was shown was spent all the same: reconcile reports the difference).
+stream entry like any other), about once a second (voiding their campaign budget reservations).
+Campaign budgets: the reservations of an event that carries `campaigns` are posted (app.ledger.budget,
+idempotent: the gateway posts them too) in the same MULTI round trip as the applies, one script call
+per campaign - the fallback when a gateway died between its billing write and its own post. A
+reservation is posted when its event is in the stream, whatever the apply's outcome (a dead-lettered
+event's reply was shown: spent all the same; reconcile reports the difference).
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from app.ledger.budget import BudgetLedger
+from app.ledger.budget import BudgetLedger, group_posts
 from app.ledger.events import MalformedEventError, StreamEvent, parse_entry
 from app.ledger.keys import LedgerKeys, as_str, decode_fields
 from app.ledger.render import RenderLedger
@@ -197,11 +195,9 @@ class LedgerConsumer:
         dead-lettered), so one bad entry cannot stall the consumer.
         """
         todo = [item for item in items if item.event is not None]
-        posts: dict[str, list[str]] = defaultdict(list)  # campaign -> auction ids: one call per campaign
-        for item in todo:
-            assert item.event is not None
-            for campaign_id in item.event.campaign_ids():
-                posts[campaign_id].append(item.event.auction_id)
+        posts = group_posts(
+            (c, item.event.auction_id) for item in todo if item.event for c in item.event.campaign_ids()
+        )
         for attempt in range(3):
             if not todo and not posts:
                 return
@@ -216,7 +212,7 @@ class LedgerConsumer:
                     args = self.budget.post_args(auction_ids, None, now_ms)
                     self.budget.queue(pipe, budget_sha, campaign_id, args)
             results = await pipe.execute(raise_on_error=False)
-            posts = self._posted(posts, results[len(todo) :])
+            posts = self.budget.count_posts(posts, results[len(todo) :], self.stats)
             retry: list[_Pending] = []
             for item, result in zip(todo, results[: len(todo)], strict=True):
                 if isinstance(result, NoScriptError):
@@ -235,21 +231,6 @@ class LedgerConsumer:
                 self._apply_sha = None
             todo = retry
         raise RuntimeError("the ledger script could not be loaded")
-
-    def _posted(self, posts: dict[str, list[str]], results: Sequence[Any]) -> dict[str, list[str]]:
-        """Count the budget posts' outcomes; returns those to run again (NOSCRIPT: script reloaded)."""
-        retry: dict[str, list[str]] = defaultdict(list)
-        for (campaign_id, auction_ids), result in zip(posts.items(), results, strict=True):
-            if isinstance(result, NoScriptError):
-                self.budget._sha = None
-                retry[campaign_id] = auction_ids
-            elif isinstance(result, Exception):  # a refused post never stalls the ledger: logged
-                self.stats["budget_post_errors"] += 1
-                logger.error("budget post of %s on campaign %s failed: %s", auction_ids, campaign_id, result)
-            else:
-                for status in result:
-                    self.stats["budget_" + as_str(status)] += 1
-        return retry
 
     async def _dead_letter(
         self,
