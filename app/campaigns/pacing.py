@@ -79,10 +79,12 @@ class TrafficCurve:
     def cumulative(self, day_fraction: float) -> float:
         """F(t): the share of the day's traffic expected before ``day_fraction`` (clipped to [0, 1])."""
         t = min(max(float(day_fraction), 0.0), 1.0)
+        if t == 1.0:
+            return 1.0  # exactly: the day's last target is the whole budget
         slots = len(self.hourly)
         slot = min(int(t * slots), slots - 1)
         bounds: tuple[float, ...] = self._cumulative  # type: ignore[attr-defined]
-        return bounds[slot] + (t * slots - slot) * self.hourly[slot]
+        return bounds[slot] + (t * slots - slot) * (bounds[slot + 1] - bounds[slot])
 
 
 def pacing_multiplier(mu: float) -> float:
