@@ -220,20 +220,24 @@ def plot(result: DayResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     hours = np.arange(0, 25)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, low) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=(3, 2))
     for k, budget in enumerate(result.budgets):
         spent = [0] + [row[k] / 1e6 for row in result.spent]
         target = [0.0] + [row[k] / 1e6 for row in result.target]
-        line = ax.plot(
-            hours, spent, marker="o", markersize=3, label=f"campaign {k}: spend (budget {budget / 1e6:.1f})"
-        )
-        ax.plot(
-            hours, target, linestyle="--", color=line[0].get_color(), label=f"campaign {k}: target B·F(t)"
-        )
-    ax.axvspan(15, 16, color="grey", alpha=0.2, label="3× burst (unannounced)")
-    ax.set_xlabel("hour of the day")
+        label = f"campaign {k} (budget {budget / 1e6:.0f})"
+        line = ax.plot(hours, spent, marker="o", markersize=3, label=f"{label}: spend")
+        ax.plot(hours, target, linestyle="--", color=line[0].get_color(), label=f"{label}: target B·F(t)")
+        devs = [100 * row[k] for row in result.deviations()]
+        low.plot(hours[1:], devs, marker="o", markersize=3, color=line[0].get_color(), label=label)
+    for axis in (ax, low):
+        axis.axvspan(15, 16, color="grey", alpha=0.2, label="3× burst (unannounced)" if axis is ax else None)
+    low.axhspan(-10, 10, color="green", alpha=0.08)
+    low.axhline(0, color="black", linewidth=0.5)
+    low.set_ylim(-12, 12)
+    low.set_xlabel("hour of the day")
+    low.set_ylabel("spend / target − 1 (%)")
     ax.set_ylabel("cumulative spend (units)")
-    ax.set_title("Pacing: cumulative spend vs target along the traffic curve")
+    ax.set_title("Pacing: cumulative spend vs target along the traffic curve (hard daily budgets)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from app import mechanism
 from app.campaigns.budget_fit import BudgetFit, charge_micro, fit_budgets
+from app.ledger.events import to_micro_units
 
 
 def _instance(seed: int, n: int, m: int, spread: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,3 +149,17 @@ def test_bad_arguments_are_named(remaining: list, seed: object, max_rounds: int,
     rewards, log_ref, log_q = _instance(0, 2, 4)
     with pytest.raises(ValueError, match=named):
         fit_budgets(rewards, log_ref, log_q, 1.0, remaining, seed, max_rounds=max_rounds)  # type: ignore[arg-type]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    payment=st.one_of(
+        st.floats(-1.0, 2e4, allow_nan=False),
+        st.integers(-(10**6), 10**10).map(lambda k: k / 1e6),
+        st.integers(-(10**6), 10**10).map(lambda k: (k + 0.5) / 1e6),
+    )
+)
+def test_the_charge_is_the_billed_rounding(payment: float) -> None:
+    """charge_micro (with its fast path) == max(0, to_micro_units(p)): the fit checks exactly the
+    integer the ledger bills, half-integers included."""
+    assert charge_micro(payment) == max(0, to_micro_units(payment))
