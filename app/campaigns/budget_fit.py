@@ -160,6 +160,33 @@ class _Problem:
         return lo
 
 
+def _lower(
+    problem: _Problem, charges: list[int], limits: list[int | None], max_rounds: int
+) -> tuple[FloatArray, int, list[tuple[float, ...]]]:
+    """(α's, rounds, α's after each round): Gauss–Seidel rounds of fits, then drops, until all fit."""
+    binding = _binding(charges, limits)
+    alphas, rounds, history = np.ones(len(limits)), 0, []
+    fitted: set[int] = set()
+    while binding and rounds < max_rounds:
+        rounds += 1
+        for index in binding:  # each fit sees the α's lowered before it in this round
+            limit = limits[index]
+            assert limit is not None
+            # Fitted before and over again: the others' lowering raised her charge by the excess;
+            # aim that much lower (unless it is over half her budget): the next raise is smaller.
+            excess = charges[index] - limit if index in fitted else 0
+            excess = excess if 2 * excess <= limit else 0
+            alphas[index] = problem.fit_one(alphas, index, max(0, limit - excess))
+            fitted.add(index)
+        history.append(tuple(float(a) for a in alphas))
+        charges = problem.charges(alphas)
+        binding = _binding(charges, limits)
+    while binding:  # dropping one can raise another's payment: drop until everyone fits
+        alphas[binding] = 0.0
+        binding = _binding(problem.charges(alphas), limits)
+    return alphas, rounds, history
+
+
 def fit_budgets(
     rewards: ArrayLike,
     log_ref: ArrayLike,
@@ -189,25 +216,7 @@ def fit_budgets(
     if not binding:
         return BudgetFit(np.ones(num_advertisers), outcome, charges, 0, [], [])
     problem = _Problem(rewards_array, log_ref, log_proposal, tau)
-    alphas, rounds, history = np.ones(num_advertisers), 0, []
-    fitted: set[int] = set()
-    while binding and rounds < max_rounds:
-        rounds += 1
-        for index in binding:  # Gauss–Seidel: each fit sees the α's lowered before it in this round
-            limit = limits[index]
-            assert limit is not None
-            # Fitted before and over again: the others' lowering raised her charge by the excess;
-            # aim that much lower, as the next raise is smaller (the rounds converge geometrically).
-            excess = charges[index] - limit if index in fitted else 0
-            excess = excess if 2 * excess <= limit else 0  # a large raise: fit plainly this round
-            alphas[index] = problem.fit_one(alphas, index, max(0, limit - excess))
-            fitted.add(index)
-        history.append(tuple(float(a) for a in alphas))
-        charges = problem.charges(alphas)
-        binding = _binding(charges, limits)
-    while binding:  # dropping one can raise another's payment: drop until everyone fits
-        alphas[binding] = 0.0
-        binding = _binding(problem.charges(alphas), limits)
+    alphas, rounds, history = _lower(problem, charges, limits, max_rounds)
     outcome = mechanism.run_auction(problem.scaled(alphas), log_ref, log_proposal, tau, make_rng())
     charges = [charge_micro(p) for p in outcome.payments]
     if _binding(charges, limits):  # pragma: no cover - run_auction is bit-identical to the fit's solves
