@@ -113,39 +113,52 @@ def test_only_a_daily_budget_is_paced_and_the_total_caps_the_day() -> None:
 REPORTS = np.geomspace(0.1, 10.0, 241)
 
 
+def _random_instance(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(log π_i − log π_ref (n, M), log_ref, log_q, the others' value scales)."""
+    rng = np.random.default_rng(seed)
+    log_ref = rng.normal(-40.0, 5.0, 16)
+    deltas = rng.normal(0.0, 1.5, (n, 16))
+    return deltas, log_ref, log_ref + rng.normal(0.0, 2.0, 16), rng.uniform(0.5, 2.0, n)
+
+
+def _recorded_instance(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A recorded SmolLM2 candidate set (docs/results/evaluate/cache), both value scales 1."""
+    deltas, log_ref, log_q = day_simulation.load_candidate_sets()[index]
+    return deltas, log_ref, log_q, np.ones(deltas.shape[0])
+
+
 def _utilities(
-    alpha: float, true_scale: float, reports: np.ndarray, seed: int, n: int
+    alpha: float, true_scale: float, reports: np.ndarray, instance: tuple[np.ndarray, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(α·r_i − p_i, r_i − p_i) in expectation over the allocation, for advertiser 0 reporting s'."""
-    rng = np.random.default_rng(seed)
-    m = 16
-    log_ref = rng.normal(-40.0, 5.0, m)
-    log_q = log_ref + rng.normal(0.0, 2.0, m)
-    deltas = rng.normal(0.0, 1.5, (n, m))  # log π_i − log π_ref
-    others = rng.uniform(0.5, 2.0, n)
+    deltas, log_ref, log_q, others = instance
+    tau = mechanism.default_tau(deltas.shape[0])
     adjusted, raw = [], []
     for report in reports:
         rows = deltas * others[:, None]
         rows[0] = alpha * report * deltas[0]  # the platform applies α to her reported scale
-        probabilities, payments = mechanism.allocation_and_payments(
-            rows, log_ref, log_q, mechanism.default_tau(n)
-        )
+        probabilities, payments = mechanism.allocation_and_payments(rows, log_ref, log_q, tau)
         reward = true_scale * float(deltas[0] @ probabilities)
         adjusted.append(alpha * reward - payments[0])
         raw.append(reward - payments[0])
     return np.asarray(adjusted), np.asarray(raw)
 
 
+INSTANCES = [("random", 0, 2), ("random", 1, 2), ("random", 2, 3), ("random", 3, 4), ("recorded", 0, 2),
+             ("recorded", 17, 2), ("recorded", 33, 2)]  # fmt: skip
+
+
 @pytest.mark.parametrize("alpha", [0.25, 0.5, 0.8])
-@pytest.mark.parametrize(("seed", "n"), [(0, 2), (1, 2), (2, 3), (3, 4), (4, 2)])
+@pytest.mark.parametrize(("kind", "index", "n"), INSTANCES)
 def test_with_alpha_frozen_the_true_scale_maximises_the_budget_adjusted_utility(
-    alpha: float, seed: int, n: int
+    alpha: float, kind: str, index: int, n: int
 ) -> None:
     """Frozen α: α·r_i − p_i is maximised by reporting the true s_i (over a grid of misreports), while
     r_i − p_i is maximised by s_i/α — the platform's α makes the report truthful for her Lagrangian."""
     true_scale = 1.3
     reports = np.sort(np.concatenate([REPORTS, [true_scale, true_scale / alpha]]))
-    adjusted, raw = _utilities(alpha, true_scale, reports, seed, n)
+    instance = _random_instance(index, n) if kind == "random" else _recorded_instance(index)
+    adjusted, raw = _utilities(alpha, true_scale, reports, instance)
     truthful = int(np.flatnonzero(reports == true_scale)[0])
     shaded = int(np.flatnonzero(reports == true_scale / alpha)[0])
     assert adjusted[truthful] >= adjusted.max() - 1e-12
