@@ -37,10 +37,14 @@ def schedule_exclusion(campaign: Campaign, now_ms: int) -> ExclusionReason | Non
     return None
 
 
+def _date_at(moment_ms: int, zone: ZoneInfo) -> date:
+    # whole seconds (floored) fall on the same local date as the millisecond itself
+    return datetime.fromtimestamp(moment_ms // 1000, zone).date()
+
+
 def _local_date(campaign: Campaign, now_ms: int) -> tuple[date, ZoneInfo]:
     zone = ZoneInfo(campaign.schedule.time_zone)
-    # whole seconds (floored) fall on the same local date as the millisecond itself
-    return datetime.fromtimestamp(now_ms // 1000, zone).date(), zone
+    return _date_at(now_ms, zone), zone
 
 
 def campaign_day(campaign: Campaign, now_ms: int) -> str:
@@ -50,8 +54,17 @@ def campaign_day(campaign: Campaign, now_ms: int) -> str:
 
 def _day_start_ms(day: date, zone: ZoneInfo) -> int:
     # fold=0: a skipped midnight is read with the offset before the transition, which is the
-    # transition instant (the day's first instant); a repeated midnight is its first occurrence.
-    return epoch_ms(datetime.combine(day, time(0, 0), tzinfo=zone))
+    # transition instant (the day's first instant) when the gap starts at midnight; a repeated
+    # midnight is its first occurrence.
+    start = epoch_ms(datetime.combine(day, time(0, 0), tzinfo=zone))
+    if _date_at(start - 1, zone) < day:
+        return start
+    # A gap that straddles midnight (e.g. 23:30 -> 00:30): the day began earlier, at the transition.
+    low, high = start - 26 * 3_600_000, start
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _date_at(middle, zone) >= day else (middle, high)
+    return high
 
 
 def day_bounds_ms(campaign: Campaign, now_ms: int) -> tuple[int, int]:

@@ -129,7 +129,8 @@ class CampaignSchedule(BaseModel):
 class CampaignTargeting(BaseModel):
     """What the campaign wants to appear beside (used by the selection step)."""
 
-    model_config = _STRICT
+    # Not stripped: a keyword with surrounding whitespace is refused as its pattern says, not trimmed.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     keywords: list[Term] = Field(default_factory=list, max_length=100, description="Query terms.")
     categories: list[CategoryId] = Field(
