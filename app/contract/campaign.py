@@ -75,7 +75,12 @@ class CampaignBudget(BaseModel):
 
     model_config = ConfigDict(
         **_STRICT,
-        json_schema_extra={"anyOf": [{"required": ["daily_micro"]}, {"required": ["total_micro"]}]},
+        json_schema_extra={
+            "anyOf": [
+                {"required": [limit], "properties": {limit: {"type": "integer"}}}
+                for limit in ("daily_micro", "total_micro")
+            ]
+        },
     )
 
     daily_micro: Micro | None = Field(
@@ -95,8 +100,14 @@ class CampaignSchedule(BaseModel):
 
     model_config = _STRICT
 
-    start: Rfc3339 | None = Field(None, description="First instant (RFC 3339 with offset).")
-    end: Rfc3339 | None = Field(None, description="First instant it no longer runs; after start.")
+    start: Rfc3339 | None = Field(
+        None, description="First instant (RFC 3339 with offset).", examples=["2027-01-01T00:00:00+01:00"]
+    )
+    end: Rfc3339 | None = Field(
+        None,
+        description="First instant it no longer runs; after start.",
+        examples=["2027-02-01T00:00:00+01:00"],
+    )
     time_zone: str = Field(
         "UTC",
         description="IANA time zone of the campaign's day (daily budget, reports).",

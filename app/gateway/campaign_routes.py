@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Resp
 from fastapi.exceptions import RequestValidationError
 
 from app.campaigns.store import (
+    CURSOR_PATTERN,
     CampaignArchivedError,
     CampaignCursorError,
     CampaignExistsError,
@@ -177,7 +178,7 @@ async def list_campaigns(
     store: CampaignStoreDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Campaigns per page.")] = 20,
     cursor: Annotated[
-        str | None, Query(min_length=1, max_length=200, description="`next_cursor` of the previous page.")
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page (opaque).")
     ] = None,
     owner: Annotated[
         str | None, Query(pattern=ADVERTISER_ID_PATTERN, description="Only this owner's campaigns.")

@@ -199,4 +199,4 @@ def test_any_other_cursor_is_refused_cleanly(cursor: str) -> None:
         score, campaign_id = decode_cursor(cursor)
     except CampaignCursorError:
         return
-    assert isinstance(score, int) and campaign_id
+    assert decode_cursor(encode_cursor(score, campaign_id)) == (score, campaign_id)
