@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import WatchError
 
-from app.contract.campaign import Campaign, CampaignCreate, CampaignPage, CampaignPatch
+from app.contract.campaign import STORED, Campaign, CampaignCreate, CampaignPage, CampaignPatch
 from app.settings import Settings
 
 PREFIX = "mosaic:campaign:"
@@ -269,6 +269,6 @@ def _parse(doc: str | bytes | None) -> Campaign | None:
     if doc is None:
         return None
     try:
-        return Campaign.model_validate_json(doc)
+        return Campaign.model_validate_json(doc, context=STORED)
     except ValidationError as error:  # written by someone else: a fault naming the key, not a 404
         raise ValueError(f"stored campaign is not a valid Campaign: {error}") from None

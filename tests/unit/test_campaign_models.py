@@ -4,7 +4,8 @@ Invariants: every bad input is refused naming its field (naive or non-RFC 3339 d
 time zones, an end not after the start, a budget with no limit or out of [1, 10^16], ids outside the
 pattern, text that renders to nothing, unknown fields, JSON of the wrong type); every valid campaign
 round-trips through its stored JSON unchanged (what the registry keeps is what it reads back);
-`Campaign.advertiser()` is the inline advertiser an auction would get (owner as id); a patch
+`Campaign.advertiser()` is the inline advertiser an auction would get (owner as id), though built
+without validating again; a patch
 reports only the fields given, and may not null a required one; a listing cursor round-trips and any
 other string is refused with `CampaignCursorError` only.
 """
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from app.campaigns.store import CampaignCursorError, decode_cursor, encode_cursor
 from app.contract.campaign import (
     MAX_BUDGET_MICRO,
+    STORED,
     Campaign,
     CampaignCreate,
     CampaignPatch,
@@ -166,6 +168,7 @@ def test_stored_json_round_trips_and_the_advertiser_is_the_inline_one(
         return
     campaign = stored(body)
     assert Campaign.model_validate_json(campaign.model_dump_json()) == campaign
+    assert Campaign.model_validate_json(campaign.model_dump_json(), context=STORED) == campaign
     advertiser = campaign.advertiser()
     assert advertiser == AdvertiserIn(
         id="alpha7", name=body.name, description=body.description, value_scale=scale
