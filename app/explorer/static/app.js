@@ -318,10 +318,9 @@ async function whatIf() {
 // The value scales of the curve: 1-2-5 steps from 0.001 to 1000 (the API's default) and hers.
 const BID_SCALES = [-3, -2, -1, 0, 1, 2].flatMap((e) => [1, 2, 5].map((m) => Number((m * 10 ** e).toPrecision(1))))
   .concat([1000]);
-const SVG = "http://www.w3.org/2000/svg";
 
 function svg(name, attributes, text) {
-  const element = document.createElementNS(SVG, name);
+  const element = document.createElementNS($("#bid-plot").namespaceURI, name);  // SVG's namespace
   for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
   if (text !== undefined) element.textContent = text;
   return element;
