@@ -146,17 +146,24 @@ def _rows(page: Any) -> list[tuple[int, float, str]]:
     ]
 
 
+def _fill_form(
+    current: Any, gateway: str, instance: int, candidates: int, max_tokens: int, seed: int
+) -> None:
+    """Open the page, type the platform key, prefill an instance and set M, max tokens and the seed."""
+    current.goto(f"{gateway}/")
+    current.wait_for_selector("body[data-ready=true]")
+    current.fill("#api-key", API_KEY)
+    current.select_option("#instance", index=instance)
+    current.fill("#candidates", str(candidates))
+    current.fill("#max-tokens", str(max_tokens))
+    current.fill("#seed", str(seed))
+
+
 def test_explorer_runs_an_auction_and_the_tau_slider_resolves(
     page: tuple[Any, list[str], list[str]], gateway: str, tmp_path: Path
 ) -> None:
     current, blocked, errors = page
-    current.goto(f"{gateway}/")
-    current.wait_for_selector("body[data-ready=true]")
-    current.fill("#api-key", API_KEY)
-    current.select_option("#instance", index=1)
-    current.fill("#candidates", "5")
-    current.fill("#max-tokens", "12")
-    current.fill("#seed", "7")
+    _fill_form(current, gateway, instance=1, candidates=5, max_tokens=12, seed=7)
     current.click("#run")
     current.wait_for_selector("#status[data-state=done]", timeout=120_000)
     auction_id = current.locator("#auction-id").inner_text()
@@ -206,13 +213,7 @@ def test_what_to_bid_plots_the_calibration_of_its_test_auctions(
     the form's query and the paper's next ones, then plots exactly what `POST /calibration` answers on
     those auctions' stored candidates (every point's cost per 1,000) and shows the solved value scale."""
     current, blocked, errors = page
-    current.goto(f"{gateway}/")
-    current.wait_for_selector("body[data-ready=true]")
-    current.fill("#api-key", API_KEY)
-    current.select_option("#instance", index=0)
-    current.fill("#candidates", "3")
-    current.fill("#max-tokens", "6")
-    current.fill("#seed", "5")
+    _fill_form(current, gateway, instance=0, candidates=3, max_tokens=6, seed=5)
     current.fill("#bid-queries", "2")
     current.fill("#bid-target", "5")
     current.click("#bid-run")
