@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.contract.request import ADVERTISER_ID_PATTERN
+from app.contract.request import _AS_INT, ADVERTISER_ID_PATTERN
 
 AdvertiserId = Annotated[str, Field(pattern=ADVERTISER_ID_PATTERN)]
 Bounded = Annotated[float, Field(ge=-1e8, le=1e8, allow_inf_nan=False)]
@@ -41,7 +41,7 @@ class CalibrationCandidate(BaseModel):
     text: str | None = None
     probability: float | None = None
     proposal: str | None = None
-    num_tokens: int | None = None
+    num_tokens: Annotated[int, _AS_INT] | None = None
     finish_reason: str | None = None
 
 
@@ -92,10 +92,8 @@ class CalibrationRequest(BaseModel):
         max_length=MAX_CALIBRATION_SCALES,
         description="Value scales to evaluate, [0, 1000] (default: 1-2-5 steps from 0.001 to 1000).",
     )
-    target_cpm_micro: int | None = Field(
+    target_cpm_micro: Annotated[int, Field(ge=1, le=10**15), _AS_INT] | None = Field(
         None,
-        ge=1,
-        le=10**15,
         description="Target cost per 1,000 auctions in micro-units: solve the value scale that meets it.",
     )
 

@@ -198,3 +198,12 @@ def test_inconsistent_tables_and_no_key(gateway: GatewayProcess) -> None:
     response = httpx.post(f"{gateway.url}/calibration", json=body, headers=AUTH, timeout=30)
     assert response.status_code == 409 and "auctions[0].candidates[1].rewards" in response.text
     assert httpx.post(f"{gateway.url}/calibration", json=BASE, timeout=30).status_code == 401
+
+
+def test_integral_floats_are_integers(gateway: GatewayProcess) -> None:
+    """JSON has one number type: a target of 5000000.0 is the integer 5000000 (the fuzzer's case)."""
+    response = httpx.post(
+        f"{gateway.url}/calibration", json={**BASE, "target_cpm_micro": 5_000_000.0}, headers=AUTH, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["target"]["target_cpm_micro"] == 5_000_000
