@@ -11,14 +11,10 @@ docs/DESIGN.md § Layout.
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
-from typing import Literal
 from zoneinfo import ZoneInfo
 
 from app.contract.campaign import Campaign, epoch_ms
-
-ExclusionReason = Literal[
-    "not_found", "paused", "archived", "not_started", "ended", "out_of_budget", "same_owner"
-]
+from app.contract.result import ExclusionReason
 
 
 def schedule_exclusion(campaign: Campaign, now_ms: int) -> ExclusionReason | None:

@@ -34,7 +34,7 @@ from app.contract.request import _AS_INT, ADVERTISER_ID_PATTERN, AdvertiserIn
 from app.prompts import AdvertiserProfile, advertiser_messages, context_messages
 
 CampaignStatus = Literal["active", "paused", "archived"]
-MAX_BUDGET_MICRO = 10**16
+MAX_BUDGET_MICRO = 10**15  # the budget script keeps every sum below 2**53 (Lua numbers are doubles)
 MAX_FREQUENCY_WINDOW_S = 366 * 86_400
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 # One visible, trimmed line: no control characters, no surrounding whitespace (Python's and ECMA's \s

@@ -90,6 +90,9 @@ def _request_errors(request: AuctionRequest, settings: Settings) -> list[dict[st
     if len(request.advertisers) > settings.max_advertisers:
         message = f"more than {settings.max_advertisers} advertisers"
         errors.append(_limit_error(("advertisers",), message, settings.max_advertisers))
+    elif len(request.advertisers) + len(request.campaigns) > settings.max_advertisers:
+        message = f"more than {settings.max_advertisers} advertisers and campaigns together"
+        errors.append(_limit_error(("campaigns",), message, settings.max_advertisers))
     return errors
 
 

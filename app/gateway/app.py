@@ -28,8 +28,9 @@ from app.auction.admission import AdmissionController, AdmissionLimits
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
 from app.explorer.routes import add_explorer
-from app.gateway.campaign_routes import router as campaign_router
 from app.gateway.calibration_routes import router as calibration_router
+from app.gateway.campaign_routes import router as campaign_router
+from app.gateway.campaign_stats_routes import router as campaign_stats_router
 from app.gateway.docs import add_offline_docs
 from app.gateway.errors import add_error_handlers
 from app.gateway.http_limits import uvicorn_config
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ledger_router)
     app.include_router(campaign_router)
     app.include_router(calibration_router)
+    app.include_router(campaign_stats_router)
     add_offline_docs(app)
     add_explorer(app)
 

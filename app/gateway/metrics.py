@@ -69,6 +69,14 @@ class GatewayMetrics:
         self.worker_errors = Counter(
             "mosaic_worker_errors_total", "Failed worker requests.", ["worker", "kind"], registry=registry
         )
+        # One label value per outcome (entered, an exclusion reason, lowered, dropped): never a campaign id.
+        self.campaigns = Counter(
+            "mosaic_campaigns_total",
+            "Requested campaigns by outcome: entered, left out (the reason), payment lowered or dropped "
+            "to fit the budget.",
+            ["outcome"],
+            registry=registry,
+        )
 
     def _register_ledger_metrics(self) -> None:
         registry = self.registry
@@ -163,6 +171,9 @@ class GatewayMetrics:
 
     def revenue_billed(self, currency: str, amount: float) -> None:
         self.revenue.labels(currency).inc(amount)
+
+    def campaign_counted(self, outcome: str) -> None:
+        self.campaigns.labels(outcome).inc()
 
     # --- WorkerObserver ----------------------------------------------------------------------------
 
