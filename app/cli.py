@@ -122,6 +122,59 @@ def auction(
     )
 
 
+@cli.command()
+def calibrate(
+    advertiser_json: Annotated[
+        Path | None, typer.Option(help="JSON file: id, name, description, instruction, value_scale.")
+    ] = None,
+    campaign: Annotated[str | None, typer.Option(help="A campaign's id (GET /campaigns/{id}).")] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(help="JSON / JSON Lines of queries or {query, advertisers} (default: the paper's)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N queries.")] = None,
+    target_cpm: Annotated[
+        float | None, typer.Option(help="Target cost per 1,000 auctions, currency units (e.g. 5.00).")
+    ] = None,
+    competitors: Annotated[
+        bool, typer.Option(help="Put each query's advertisers in her auctions (default: she is alone).")
+    ] = False,
+    gateway: Annotated[str | None, typer.Option(help="A running gateway; default: run in process.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="MOSAIC_API_KEY", help="Bearer token.")] = None,
+    proposal: Annotated[str, typer.Option(help="context (the auctions' default), reference or mixture.")] = (
+        "context"
+    ),
+    candidates: Annotated[int | None, typer.Option("--candidates", "-m", help="M per test auction.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Reply length limit.")] = None,
+    tau: Annotated[float | None, typer.Option(help="Weight on the user (default: the paper's).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the first test auction (+1 per query).")] = None,
+    model: Annotated[str | None, typer.Option(help="In-process worker's model.")] = None,
+) -> None:
+    """What to bid: expected cost per auction and per 1,000 by value scale (test auctions, never billed)."""
+    from app.cli_calibrate import AuctionOptions, run_calibrate_command
+
+    raise typer.Exit(
+        run_calibrate_command(
+            advertiser_json=advertiser_json,
+            campaign=campaign,
+            queries=queries,
+            limit=limit,
+            target_cpm=target_cpm,
+            options=AuctionOptions(
+                proposal=proposal,
+                candidates=candidates,
+                max_tokens=max_tokens,
+                tau=tau,
+                seed=seed,
+                competitors=competitors,
+            ),
+            url=gateway,
+            api_key=api_key,
+            model=model,
+        )
+    )
+
+
 @cache_cli.command("list")
 def cache_list() -> None:
     """Print the cache's entries (SmolLM2 conversions, the vLLM side venv) and their sizes."""

@@ -4,13 +4,16 @@ Against a running gateway (`--url`) or in process (the embedded default app, dri
 ASGI transport with its lifespan: the same code path as the HTTP service); both through the typed
 client `mosaic_client.AsyncMosaicClient` (retries, Idempotency-Key, one exception per status).
 Part of the CLI, above everything it drives: imports `mosaic_client`, `app.contract`, app.settings
-and, lazily, `app.gateway.app`; nothing imports it but `app.cli`. See docs/DESIGN.md § Layout.
+and, lazily, `app.gateway.app`; nothing imports it but `app.cli` and `app.cli_calibrate` (its
+`gateway_client`). See docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -34,12 +37,16 @@ def parse_advertiser(spec: str) -> dict[str, str]:
     return fields
 
 
-async def _post_auction(
-    payload: dict[str, Any], url: str | None, api_key: str | None, model: str | None
-) -> AuctionResponse:
+@contextlib.asynccontextmanager
+async def gateway_client(
+    url: str | None, api_key: str | None, model: str | None
+) -> AsyncIterator[AsyncMosaicClient]:
+    """A client of the gateway at `url`, or of the embedded default app run in process (its lifespan
+    entered here, reached through httpx's ASGI transport: the HTTP service's own code path)."""
     if url is not None:
         async with AsyncMosaicClient(url, api_key=api_key, timeout_s=600) as client:
-            return await client.auction(payload["query"], payload["advertisers"], **_fields(payload))
+            yield client
+        return
     from app.gateway.app import create_app
 
     overrides: dict[str, Any] = {"log_level": "WARNING"}
@@ -51,7 +58,14 @@ async def _post_auction(
         async with AsyncMosaicClient(
             "http://mosaic", api_key=api_key, timeout_s=600, transport=transport, retries=0
         ) as client:
-            return await client.auction(payload["query"], payload["advertisers"], **_fields(payload))
+            yield client
+
+
+async def _post_auction(
+    payload: dict[str, Any], url: str | None, api_key: str | None, model: str | None
+) -> AuctionResponse:
+    async with gateway_client(url, api_key, model) as client:
+        return await client.auction(payload["query"], payload["advertisers"], **_fields(payload))
 
 
 def _fields(payload: dict[str, Any]) -> dict[str, Any]:

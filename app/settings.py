@@ -289,11 +289,55 @@ class Settings(WorkerSettings):
     render_window_s: int = Field(
         3600, ge=1, description="BILLING_MODE=render: how long a pending charge may still be rendered."
     )
+    # issue 33: campaign budgets (app.ledger.budget)
+    budget_reservation_ttl_s: int = Field(
+        120,
+        ge=1,
+        le=86400,
+        description="How long a campaign budget reservation holds its amount when nobody posts or voids "
+        "it (a gateway killed mid-auction). In BILLING_MODE=render the effective TTL is RENDER_WINDOW_S + "
+        "BUDGET_RESERVATION_TTL_S. A billing event applied after it is still counted, as a late post.",
+    )
+    budget_reserve_attempts: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Fits of one auction against budgets read anew when a reservation is refused (others "
+        "spent meanwhile); past them a campaign still refused is left out of the draw.",
+    )
+    budget_fit_rounds: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Rounds of lowering several budget-binding campaigns before dropping some.",
+    )
+    pacing: bool = Field(
+        True, description="Pace campaigns with a daily budget (α = 1/(1+μ) on their value scale); off: α = 1."
+    )
+    pacing_epsilon: float = Field(0.2, gt=0, le=10, description="Pacing step size ε (μ moves ε per auction).")
+    pacing_mu_max: float = Field(9.0, ge=0, le=1000, description="Largest μ: α ≥ 1/(1+μ̄).")
+    pacing_traffic: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [1.0] * 24,
+        description="The day's expected traffic per hour of the campaign's day (24 non-negative weights, "
+        "comma-separated; default flat): a daily budget is spent along it.",
+    )
 
     @field_validator("api_keys", "worker_urls", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("pacing_traffic", mode="before")
+    @classmethod
+    def _hourly(cls, value: Any) -> Any:
+        return _split_list(value) if isinstance(value, str) else value
+
+    @field_validator("pacing_traffic")
+    @classmethod
+    def _day_curve(cls, weights: list[float]) -> list[float]:
+        if len(weights) != 24 or any(not (w >= 0) or w == float("inf") for w in weights) or sum(weights) <= 0:
+            raise ValueError("PACING_TRAFFIC: 24 finite weights >= 0, not all 0")
+        return weights
 
     @field_validator("advertiser_api_keys", mode="before")
     @classmethod

@@ -4,7 +4,9 @@
   reply), p50/p99 over --appends sequential appends, over loopback TCP and over the unix socket
   (the embedded default's transport);
 * consumer: events applied per second by ONE LedgerConsumer (pipelined EVALSHA batches of
-  BILLING_BATCH_SIZE, then XACK) draining --events pre-loaded events over loopback TCP.
+  BILLING_BATCH_SIZE, then XACK) draining --events pre-loaded events over loopback TCP; with
+  --campaigns every payment is on a campaign whose reservation was made beforehand, so the consumer
+  also posts one budget reservation per advertiser (in the same MULTI round trip as the applies).
 
 Prints a table; the last line is ``events_per_s=<n> producer_p50_ms=<ms>`` (TCP figures).
 Run: ``.venv/bin/python bench/ledger.py [--events 20000] [--appends 2000]``.
@@ -27,6 +29,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.ledger.budget import BudgetLedger, BudgetLimits, Reservation
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.events import BillingEvent, make_billing_event
 from app.ledger.producer import BillingProducer
@@ -37,17 +40,28 @@ from app.settings import Settings
 from bench.common import percentile
 
 
-def make_events(n: int, seed: int, prefix: str) -> list[BillingEvent]:
+def make_events(n: int, seed: int, prefix: str, campaigns: bool = False) -> list[BillingEvent]:
     rng = random.Random(seed)
     advertisers = [f"adv-{i}" for i in range(50)]
-    return [
-        make_billing_event(
-            f"{prefix}-{i}",
-            {a: rng.uniform(-0.1, 2.0) for a in rng.sample(advertisers, rng.randint(1, 4))},
-            "USD",
-        )
-        for i in range(n)
+    events = []
+    for i in range(n):
+        payments = {a: rng.uniform(0.0, 2.0) for a in rng.sample(advertisers, rng.randint(1, 4))}
+        by_campaign = {a: f"camp-{a}" for a in payments} if campaigns else None
+        events.append(make_billing_event(f"{prefix}-{i}", payments, "USD", campaigns=by_campaign))
+    return events
+
+
+async def reserve_for(client: aioredis.Redis, settings: Settings, events: list[BillingEvent]) -> None:
+    """The reservations the gateways would have made for these events (no limit: all fit)."""
+    ledger, now_ms = BudgetLedger(client, settings), int(time.time() * 1000)
+    unlimited = BudgetLimits(daily_micro=None, total_micro=None)
+    reservations = [
+        Reservation(c, e.auction_id, e.payments_micro[a], unlimited, "2026-01-01", now_ms + 3_600_000)
+        for e in events
+        for a, c in e.campaigns.items()
     ]
+    for start in range(0, len(reservations), 1000):
+        assert all(await ledger.reserve_all(reservations[start : start + 1000], now_ms))
 
 
 def fdatasync_ms(directory: Path, n: int = 200) -> list[float]:
@@ -80,9 +94,12 @@ async def producer_latency(client: aioredis.Redis, settings: Settings, n: int, p
     return latencies
 
 
-async def consumer_throughput(client: aioredis.Redis, settings: Settings, n: int) -> tuple[float, int]:
+async def consumer_throughput(
+    client: aioredis.Redis, settings: Settings, n: int, campaigns: bool
+) -> tuple[float, int]:
     settings = settings.model_copy(update={"billing_stream": "bench:consumer"})  # only these events
-    events = make_events(n, seed=2, prefix="c")
+    events = make_events(n, seed=2, prefix="c", campaigns=campaigns)
+    await reserve_for(client, settings, events)
     for start in range(0, n, 1000):  # pre-load quickly (pipelined XADDs)
         pipe = client.pipeline(transaction=False)
         for event in events[start : start + 1000]:
@@ -115,7 +132,7 @@ async def run(args: argparse.Namespace) -> int:
                 disk = fdatasync_ms(Path(args.dir or tmp))
                 tcp_lat = await producer_latency(tcp, settings, args.appends, "p-tcp")
                 unix_lat = await producer_latency(unix, settings, args.appends, "p-unix")
-                elapsed, applied = await consumer_throughput(tcp, settings, args.events)
+                elapsed, applied = await consumer_throughput(tcp, settings, args.events, args.campaigns)
                 report = await reconcile(
                     tcp, settings.model_copy(update={"billing_stream": "bench:consumer"})
                 )
@@ -137,7 +154,8 @@ async def run(args: argparse.Namespace) -> int:
         (f"producer append latency, TCP, n={len(tcp_lat)}", _lat(tcp_lat)),
         (f"producer append latency, unix socket, n={len(unix_lat)}", _lat(unix_lat)),
         (
-            f"consumer: {applied} events, batches of {args.batch_size}, TCP",
+            f"consumer: {applied} events{' with campaigns' if args.campaigns else ''}, "
+            f"batches of {args.batch_size}, TCP",
             f"{elapsed:.2f} s = {events_per_s:,.0f} events/s",
         ),
         ("reconcile after the run", "ok" if report.ok else f"{len(report.differences)} differences"),
@@ -163,6 +181,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="Events the consumer applies.")
     parser.add_argument("--appends", type=int, default=2_000, help="Timed producer appends per transport.")
     parser.add_argument("--batch-size", type=int, default=256, help="BILLING_BATCH_SIZE of the consumer.")
+    parser.add_argument(
+        "--campaigns", action="store_true", help="Payments on campaigns: the consumer posts reservations."
+    )
     parser.add_argument("--appendfsync", choices=["always", "everysec"], default="always")
     parser.add_argument("--dir", default=None, help="Where Redis keeps its AOF (default: a temp dir).")
     raise SystemExit(asyncio.run(run(parser.parse_args())))

@@ -4,17 +4,49 @@ One rule of `POST /auction` cannot be written in JSON Schema: advertiser ids are
 (`uniqueItems` compares whole objects, and two advertisers with one id but other names are still
 two items). Generated positive bodies that break it are dropped here, so `positive_data_acceptance`
 checks the rest of the schema; the rule itself is tested in tests/integration/test_hostile_input.py.
+Two rules of `POST /campaigns` cannot be written there either: a schedule's end after its start, and
+the owner a platform key must name (an advertiser key may omit it); bodies that break them are dropped
+the same way (tests/integration/test_campaigns.py tests both).
 Valid `Idempotency-Key` headers are made unique per request (`map_headers`); the 504 of an auction's
-own `tmax_ms` and the 422 of a reused key are not counted as failures (`filter_failure`).
+own `tmax_ms`, the 422 of a reused key, the 422s of those two campaign rules (the coverage phase
+does not run `filter_body`), and a campaign change's 412/428 (its `If-Match` is not the
+stored version, or absent: a fact of the server's state, not of the schema) are not counted as
+failures (`filter_failure`).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime
 from typing import Any
 
 import schemathesis
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value.replace("z", "Z")) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
+
+
+def _schedule_runs_forward(schedule: Any) -> bool:
+    if not isinstance(schedule, dict):
+        return True
+    start, end = _instant(schedule.get("start")), _instant(schedule.get("end"))
+    return start is None or end is None or end > start
+
+
+def _campaign_rules_hold(context: Any, body: dict[str, Any]) -> bool:
+    operation = getattr(context, "operation", None)
+    path, method = getattr(operation, "path", ""), str(getattr(operation, "method", "")).upper()
+    if not path.startswith("/campaigns"):
+        return True
+    if path == "/campaigns" and method == "POST" and body.get("owner") is None:
+        return False  # the fuzz test's key is a platform key: it must name the owner
+    return _schedule_runs_forward(body.get("schedule"))
 
 
 @schemathesis.hook
@@ -22,6 +54,8 @@ def filter_body(context: Any, body: Any) -> bool:
     if isinstance(body, dict) and isinstance(body.get("advertisers"), list):
         ids = [a.get("id") for a in body["advertisers"] if isinstance(a, dict)]
         return len(ids) == len(set(map(repr, ids)))
+    if isinstance(body, dict):
+        return _campaign_rules_hold(context, body)
     return True
 
 
@@ -52,4 +86,9 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
     status = getattr(response, "status_code", None)
     deadline = status == 504 and b"tmax_ms" in content
     reused = status == 422 and b'"idempotency_mismatch"' in content
-    return not (deadline or reused)
+    precondition = status in (412, 428) and b"If-Match" in content
+    # the coverage phase does not run `filter_body`: the two campaign rules it drops, refused here
+    campaign_rule = status == 422 and (
+        b"end must be after start" in content or b"a platform key must name the owner" in content
+    )
+    return not (deadline or reused or precondition or campaign_rule)

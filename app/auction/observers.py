@@ -24,6 +24,10 @@ class AuctionObserver(Protocol):
     def revenue_billed(self, currency: str, amount: float) -> None:
         """Revenue entered the ledger (an auction billed at once, or a pending charge rendered)."""
 
+    def campaign_counted(self, outcome: str) -> None:
+        """A requested campaign `entered`, was left out (`paused`, `out_of_budget`, ...: the exclusion
+        reason), or its payment was `lowered` / `dropped` to fit its budget. No campaign id: bounded."""
+
 
 class WorkerObserver(Protocol):
     def worker_request_failed(self, url: str, kind: str) -> None:
@@ -60,6 +64,9 @@ class NoopAuctionObserver:
         pass
 
     def revenue_billed(self, currency: str, amount: float) -> None:
+        pass
+
+    def campaign_counted(self, outcome: str) -> None:
         pass
 
 

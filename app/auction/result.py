@@ -14,7 +14,8 @@ import numpy as np
 
 from app import mechanism
 from app.auction.sampler import ScoredCandidates
-from app.contract.request import AuctionRequest
+from app.campaigns.participants import Participants
+from app.campaigns.spend import BudgetedOutcome
 from app.contract.result import (
     AdvertiserResult,
     AuctionRecord,
@@ -58,16 +59,18 @@ def candidate_records(resolved: ResolvedAuction, advertiser_ids: list[str]) -> l
 
 def auction_response(
     resolved: ResolvedAuction,
-    request: AuctionRequest,
+    participants: Participants,
     *,
     auction_id: str,
     seed: int,
     currency: str,
     timings: AuctionTimings,
     billing: BillingState,
+    budgeted: BudgetedOutcome | None = None,
 ) -> AuctionResponse:
     """What `POST /auction` answers (without the candidate table)."""
     outcome = resolved.outcome
+    request = participants.request
     return AuctionResponse(
         auction_id=auction_id,
         reply=resolved.scored.candidate_set.candidates[outcome.chosen_index].text,
@@ -77,30 +80,50 @@ def auction_response(
         seed=seed,
         currency=currency,
         advertisers=[
-            AdvertiserResult(
-                id=advertiser.id,
-                payment=float(outcome.payments[i]),
-                expected_reward=float(outcome.expected_rewards[i]),
-                expected_utility=float(outcome.expected_utilities[i]),
-            )
-            for i, advertiser in enumerate(request.advertisers)
+            _advertiser_result(participants, outcome, i, budgeted) for i in range(len(request.advertisers))
         ],
         revenue=float(outcome.revenue),
         effective_sample_size=float(outcome.effective_sample_size),
         timings_ms=timings,
         billing=billing,
         test=True if request.test else None,
+        excluded=list(participants.excluded) or None,
     )
 
 
+def _advertiser_result(
+    participants: Participants, outcome: mechanism.AuctionOutcome, row: int, budgeted: BudgetedOutcome | None
+) -> AdvertiserResult:
+    """Row `row`'s outcome; a campaign's also says its bid and the multipliers the auction applied."""
+    result = AdvertiserResult(
+        id=participants.request.advertisers[row].id,
+        payment=float(outcome.payments[row]),
+        expected_reward=float(outcome.expected_rewards[row]),
+        expected_utility=float(outcome.expected_utilities[row]),
+    )
+    entry = participants.campaign_of(row)
+    if entry is not None:
+        result.campaign_id = entry.campaign.id
+        result.value_scale = entry.campaign.value_scale
+        result.pacing_multiplier = entry.pacing_alpha
+        result.budget_multiplier = float(budgeted.alphas[row]) if budgeted is not None else 1.0
+    return result
+
+
 def auction_record(
-    response: AuctionResponse, candidates: list[CandidateRecord], request: AuctionRequest, event: BillingEvent
+    response: AuctionResponse,
+    candidates: list[CandidateRecord],
+    participants: Participants,
+    event: BillingEvent,
+    budgeted: BudgetedOutcome | None = None,
 ) -> AuctionRecord:
-    """What `GET /auctions/{id}` returns: the response, the candidate table and the request."""
+    """What `GET /auctions/{id}` returns: the response, the candidate table and the request as the auction
+    ran it (campaigns' advertisers included, bidding α·s_i), with what each budget fit saw."""
     return AuctionRecord(
         **response.model_dump(exclude={"candidates"}),
         candidates=candidates,
-        request=request.model_dump(mode="json"),
+        request=participants.request.model_dump(mode="json"),
         created_at_ms=event.created_at_ms,
         payments_micro=event.payments_micro,
+        budgets=list(budgeted.records) if budgeted is not None else None,
     )

@@ -26,8 +26,12 @@ from app.auction.observers import AuctionObserver, NoopAuctionObserver
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
 from app.auction.sampler import SEED_ALLOCATION, CandidateDraw, CandidateSampler, ScoredCandidates, StageClock
 from app.auction.worker_dispatch import auction_deadline
+from app.campaigns.participants import CampaignResolver, Participants
+from app.campaigns.spend import BudgetedOutcome, BudgetSpender, FitInputs
+from app.campaigns.store import CampaignStore
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings, BillingState
+from app.ledger.budget import BudgetLedger
 from app.ledger.events import BillingEvent, make_billing_event
 from app.ledger.idempotency import IdempotencyClaim, IdempotencyStore
 from app.ledger.producer import BillingProducer, BillMode
@@ -92,6 +96,20 @@ class AuctionService:
         self.billing = billing
         self.observer = observer or NoopAuctionObserver()
         self.idempotency = IdempotencyStore(billing.redis, settings)
+        self.campaign_store = CampaignStore(billing.redis, settings)
+        self.budgets = BudgetLedger(billing.redis, settings)
+        self.campaigns = CampaignResolver(self.campaign_store, self.budgets, settings)
+        self.spender = BudgetSpender(self.budgets, settings)
+
+    async def prepare(self, request: AuctionRequest) -> Participants:
+        """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
+        trip for the campaigns, one for their budgets; none without campaigns)."""
+        participants = await self.campaigns.resolve(request)
+        for _ in participants.entries:
+            self.observer.campaign_counted("entered")
+        for exclusion in participants.excluded:
+            self.observer.campaign_counted(exclusion.reason)
+        return participants
 
     def admission_cost(self, request: AuctionRequest) -> int:
         """The model tokens admission holds for the auction (`app.auction.cost`); `LimitExceededError`
@@ -103,22 +121,83 @@ class AuctionService:
             return "none"
         return "pending" if self.settings.billing_mode == "render" else "bill"
 
-    async def run(self, request: AuctionRequest, control: RunControl | None = None) -> AuctionResponse:
+    async def run(
+        self,
+        request: AuctionRequest,
+        control: RunControl | None = None,
+        participants: Participants | None = None,
+    ) -> AuctionResponse:
+        """`request` as the caller sent it; `participants` from `prepare` (who bids, and at what pacing)."""
         control = control or RunControl()
+        participants = participants or Participants(request=request)
+        bidding = participants.request
         clock = _clock_after(control)
         auction_id = uuid.uuid4().hex
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
-        resolved = await self._sample_and_resolve(request, seed, clock, worker_stats, control.cleared)
-        # Timings up to here; the stored record keeps these (billing 0: it is the write of the record).
-        so_far = clock.timings(worker_stats)
-        response, record, event = self._build_result(request, resolved, auction_id, seed, so_far)
-        await self._persist(request, response, record, event, control, clock)
+        resolved = await self._sample_and_resolve(bidding, seed, clock, worker_stats, control.cleared)
+        budgeted = await self._fit_budgets(participants, resolved, seed, auction_id, clock)
+        if budgeted is not None:
+            resolved = ResolvedAuction(
+                scored=resolved.scored, rewards=budgeted.rewards, outcome=budgeted.outcome
+            )
+        try:
+            # Timings up to here; the stored record keeps these (billing 0: it is the write of the record).
+            so_far = clock.timings(worker_stats)
+            response, record, event = self._build_result(
+                participants, resolved, auction_id, seed, so_far, budgeted
+            )
+            await self._persist(bidding, response, record, event, control, clock)
+        except BaseException:
+            # Before the billing write began nothing can be billed: release the reservations. After it
+            # began the write may stand (a timeout is ambiguous): they are left to the ledger consumer,
+            # which posts them if the event exists, or to their own expiry if it does not.
+            if budgeted is not None and budgeted.reserved and not control.billing_started:
+                await asyncio.shield(self.spender.void(participants, auction_id, clock_ms()))
+            raise
+        if budgeted is not None and budgeted.reserved and self.bill_mode(request) == "bill":
+            await self.spender.post(participants, auction_id, clock_ms())
         timings = clock.timings(worker_stats)
         if control.claim is None:
             response.timings_ms = timings
-        self._observe(request, response, len(resolved.scored.candidate_set.candidates), timings)
+        self._observe(bidding, response, len(resolved.scored.candidate_set.candidates), timings)
         return response
+
+    async def _fit_budgets(
+        self,
+        participants: Participants,
+        resolved: ResolvedAuction,
+        seed: int,
+        auction_id: str,
+        clock: StageClock,
+    ) -> BudgetedOutcome | None:
+        """Every campaign's payment within its budget, reserved (`app.campaigns.spend`); None without
+        campaigns (the inline auction is untouched)."""
+        if not participants.entries:
+            return None
+        begin = time.perf_counter()
+        scored = resolved.scored
+        inputs = FitInputs(
+            rewards=resolved.rewards,
+            log_ref=scored.log_ref,
+            log_proposal=scored.log_proposal,
+            tau=resolved.outcome.tau,
+            seed=derive_seed(seed, SEED_ALLOCATION),
+        )
+        request = participants.request
+        budgeted = await self.spender.fit_and_reserve(
+            participants,
+            inputs,
+            auction_id,
+            clock_ms(),
+            reserve=self.bill_mode(request) != "none",
+            render=self.bill_mode(request) == "pending",
+        )
+        for record in budgeted.records:
+            if record.budget_multiplier < 1.0:
+                self.observer.campaign_counted("dropped" if record.budget_multiplier == 0.0 else "lowered")
+        clock.stages_ms["mechanism"] += (time.perf_counter() - begin) * 1000
+        return budgeted
 
     async def _sample_and_resolve(
         self,
@@ -160,27 +239,35 @@ class AuctionService:
 
     def _build_result(
         self,
-        request: AuctionRequest,
+        participants: Participants,
         resolved: ResolvedAuction,
         auction_id: str,
         seed: int,
         timings: AuctionTimings,
+        budgeted: BudgetedOutcome | None = None,
     ) -> tuple[AuctionResponse, AuctionRecord, BillingEvent]:
         """The answer (`app.auction.result`: with the candidate table if asked), the audit record and
         the billing event of the resolved auction."""
+        request = participants.request
         advertiser_ids = [advertiser.id for advertiser in request.advertisers]
-        event = make_billing_event(auction_id, resolved.payments(advertiser_ids), self.settings.currency)
+        event = make_billing_event(
+            auction_id,
+            resolved.payments(advertiser_ids),
+            self.settings.currency,
+            campaigns={entry.campaign.owner: entry.campaign.id for entry in participants.entries},
+        )
         candidates = candidate_records(resolved, advertiser_ids)
         response = auction_response(
             resolved,
-            request,
+            participants,
             auction_id=auction_id,
             seed=seed,
             currency=self.settings.currency,
             timings=timings,
             billing=BILLING_STATES[self.bill_mode(request)],
+            budgeted=budgeted,
         )
-        record = auction_record(response, candidates, request, event)
+        record = auction_record(response, candidates, participants, event, budgeted)
         if request.include_candidates:
             response.candidates = candidates
         return response, record, event
@@ -231,6 +318,10 @@ class AuctionService:
                 "worker_ms": round(timings.workers, 2),
             },
         )
+
+
+def clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _clock_after(control: RunControl) -> StageClock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+from app.contract.campaign import CampaignCreate, CampaignPatch
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.settings import Settings
 
@@ -63,8 +64,9 @@ def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, 
             "max_tokens": {"maximum": settings.max_tokens_limit},
             "tmax_ms": {"maximum": max_tmax_ms(settings)},
         },
-        "AdvertiserIn": {
-            field: {"maxLength": limit} for field, limit in _advertiser_text_limits(settings).items()
+        **{
+            model: {field: {"maxLength": limit} for field, limit in _advertiser_text_limits(settings).items()}
+            for model in ("AdvertiserIn", "CampaignCreate", "CampaignPatch")
         },
     }
 
@@ -88,6 +90,9 @@ def _request_errors(request: AuctionRequest, settings: Settings) -> list[dict[st
     if len(request.advertisers) > settings.max_advertisers:
         message = f"more than {settings.max_advertisers} advertisers"
         errors.append(_limit_error(("advertisers",), message, settings.max_advertisers))
+    elif len(request.advertisers) + len(request.campaigns) > settings.max_advertisers:
+        message = f"more than {settings.max_advertisers} advertisers and campaigns together"
+        errors.append(_limit_error(("campaigns",), message, settings.max_advertisers))
     return errors
 
 
@@ -133,5 +138,17 @@ def enforce_limits(request: AuctionRequest, settings: Settings) -> None:
         *_advertiser_errors(request.advertisers, settings),
         *_work_errors(request, settings),
     ]
+    if errors:
+        raise LimitExceededError(errors)
+
+
+def enforce_campaign_limits(body: CampaignCreate | CampaignPatch, settings: Settings) -> None:
+    """Raise `LimitExceededError` for a campaign's name, description or instruction over the limits
+    an inline advertiser has (MAX_NAME_CHARS, ...): a campaign's texts become the same prompts."""
+    errors = []
+    for field, limit in _advertiser_text_limits(settings).items():
+        value = getattr(body, field)
+        if value is not None and len(value) > limit:
+            errors.append(_limit_error((field,), f"{field} longer than {limit} characters", limit))
     if errors:
         raise LimitExceededError(errors)

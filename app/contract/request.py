@@ -89,8 +89,16 @@ class AuctionRequest(BaseModel):
         min_length=1, description="The user's query.", examples=["Learning to play the guitar."]
     )
     advertisers: list[AdvertiserIn] = Field(
-        min_length=1,
-        description="The advertisers in this auction (ids unique).",
+        default_factory=list,
+        description="The advertisers in this auction, given inline (ids unique). At least one of "
+        "`advertisers` and `campaigns` is not empty.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    campaigns: list[Annotated[str, Field(pattern=ADVERTISER_ID_PATTERN)]] = Field(
+        default_factory=list,
+        description="Registered campaigns (`/campaigns`) to enter, by id (unique). One campaign per owner: "
+        "a second one of an owner already in the auction is left out (`excluded`, reason `same_owner`), as "
+        "are campaigns paused, archived, outside their schedule or out of budget.",
         json_schema_extra={"uniqueItems": True},
     )
     tau: float | None = Field(
@@ -142,6 +150,19 @@ class AuctionRequest(BaseModel):
                 raise ValueError(f"advertiser ids must be unique; '{advertiser.id}' appears twice")
             seen.add(advertiser.id)
         return advertisers
+
+    @field_validator("campaigns")
+    @classmethod
+    def _unique_campaigns(cls, campaigns: list[str]) -> list[str]:
+        if len(set(campaigns)) != len(campaigns):
+            raise ValueError("campaign ids must be unique")
+        return campaigns
+
+    @model_validator(mode="after")
+    def _someone_bids(self) -> AuctionRequest:
+        if not self.advertisers and not self.campaigns:
+            raise ValueError("give at least one advertiser (`advertisers`) or campaign (`campaigns`)")
+        return self
 
     @model_validator(mode="after")
     def _mixture_needs_raw_sampling(self) -> AuctionRequest:

@@ -15,11 +15,38 @@ from app.contract.request import ProposalName
 BillingState = Literal["billed", "pending", "expired", "test"]
 
 
+# Why a requested campaign is not in the auction (app.campaigns.eligibility decides).
+ExclusionReason = Literal[
+    "not_found", "paused", "archived", "not_started", "ended", "out_of_budget", "same_owner"
+]
+
+
+class CampaignExclusion(BaseModel):
+    campaign_id: str
+    reason: ExclusionReason = Field(
+        description="`not_found`, `paused`, `archived`, `not_started` / `ended` (its schedule), "
+        "`out_of_budget` (nothing left today or in total), `same_owner` (its owner is in the auction "
+        "already)."
+    )
+
+
 class AdvertiserResult(BaseModel):
     id: str
     payment: float = Field(description="p_i = R_i − U_i, charged (expected, not realised).")
     expected_reward: float = Field(description="R_i = Σ_j π_j r_i(y_j).")
     expected_utility: float = Field(description="U_i = τ LSE(ℓ) − τ LSE(β_{-i}).")
+    campaign_id: str | None = Field(None, description="The campaign she entered with (absent when inline).")
+    value_scale: float | None = Field(None, description="The campaign's value scale s_i (its bid).")
+    pacing_multiplier: float | None = Field(
+        None,
+        description="α = 1/(1+μ), fixed before the auction from spend before it: the auction used α·s_i "
+        "(truthful for the budget-adjusted utility α·r_i − p_i; docs/DESIGN.md § Pacing).",
+    )
+    budget_multiplier: float | None = Field(
+        None,
+        description="Below 1 when her payment at α·s_i did not fit what remains of her budget: the rewards "
+        "were scaled by it until it did (0: left out of the draw, charged nothing).",
+    )
 
 
 class CandidateRecord(BaseModel):
@@ -62,7 +89,26 @@ class AuctionResponse(BaseModel):
         "POST /auctions/{id}/render), `expired` (not rendered in time, never billed), `test` (never billed).",
     )
     test: bool | None = Field(None, description="Present (true) on test auctions only.")
+    excluded: list[CampaignExclusion] | None = Field(
+        None, description="The requested campaigns left out of this auction, and why (absent when none)."
+    )
     candidates: list[CandidateRecord] | None = None
+
+
+class BudgetRecord(BaseModel):
+    """What the budget fit of one campaign used and decided: with the seed and the candidate table,
+    enough to replay a budget-binding auction (docs/DESIGN.md § Budgets)."""
+
+    campaign_id: str
+    advertiser_id: str
+    day: str = Field(description="The campaign's day (its time zone) the spend counts on.")
+    remaining_micro: int | None = Field(
+        description="What remained of its budget when the fit ran (None: no limit)."
+    )
+    pacing_multiplier: float
+    budget_multiplier: float
+    rounds: int = Field(description="Rounds of the fit (0: nothing was lowered).")
+    reserved_micro: int
 
 
 class AuctionRecord(AuctionResponse):
@@ -71,3 +117,6 @@ class AuctionRecord(AuctionResponse):
     request: dict[str, Any]
     created_at_ms: int
     payments_micro: dict[str, int]
+    budgets: list[BudgetRecord] | None = Field(
+        None, description="Per campaign in the auction: what its budget fit saw (to replay it by seed)."
+    )

@@ -2,8 +2,9 @@
 
 The page is plain HTML, CSS and modern JavaScript (no library, no CDN, nothing fetched from outside
 the gateway): it calls the public API only (`POST /auction`, `GET /auctions/{id}`,
-`POST /auctions/{id}/resolve`) with the key the user typed, kept in the tab's sessionStorage. The
-prefilled instances are a few of the paper's (instances.json). Imports FastAPI's static files only.
+`POST /auctions/{id}/resolve`, and for "What to bid" test auctions then `POST /calibration`) with the
+key the user typed, kept in the tab's sessionStorage. The prefilled instances are a few of the
+paper's (instances.json). Imports FastAPI's static files only.
 See docs/DESIGN.md § Looking at an auction.
 """
 

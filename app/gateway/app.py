@@ -28,12 +28,20 @@ from app.auction.admission import AdmissionController, AdmissionLimits
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
 from app.explorer.routes import add_explorer
+from app.gateway.calibration_routes import router as calibration_router
+from app.gateway.campaign_routes import router as campaign_router
+from app.gateway.campaign_stats_routes import router as campaign_stats_router
 from app.gateway.docs import add_offline_docs
 from app.gateway.errors import add_error_handlers
 from app.gateway.http_limits import uvicorn_config
 from app.gateway.ledger_routes import router as ledger_router
 from app.gateway.metrics import AdmissionMetrics, GatewayMetrics
-from app.gateway.middleware import BodySizeLimit, add_request_metrics, add_slash_redirect
+from app.gateway.middleware import (
+    BodySizeLimit,
+    add_method_not_allowed,
+    add_request_metrics,
+    add_slash_redirect,
+)
 from app.gateway.openapi import document_schemas
 from app.gateway.routes import router
 from app.gateway.security import KeyRing, check_key_settings
@@ -99,8 +107,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_request_metrics(app, metrics)
     add_slash_redirect(app)
     add_error_handlers(app, metrics)
+    add_method_not_allowed(app)
     app.include_router(router)
     app.include_router(ledger_router)
+    app.include_router(campaign_router)
+    app.include_router(calibration_router)
+    app.include_router(campaign_stats_router)
     add_offline_docs(app)
     add_explorer(app)
 

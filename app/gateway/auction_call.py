@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from app.auction.admission import AdmissionController
 from app.auction.service import AuctionService, RunControl, deadline_s
 from app.auction.worker_dispatch import auction_priority
+from app.campaigns.participants import Participants
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionResponse
 from app.gateway.errors import fault_answer
@@ -72,6 +73,7 @@ async def serve_auction(
     admission: AdmissionController,
     metrics: GatewayMetrics,
     cost: int,
+    participants: Participants | None = None,
 ) -> AuctionResponse | Response:
     control = RunControl()
     lookup: asyncio.Future[StoredOutcome | None] | None = None
@@ -105,7 +107,9 @@ async def serve_auction(
                 control.idempotency_ms = lookup_ms + (time.perf_counter() - begin) * 1000
             try:
                 with auction_priority(priority):  # its worker requests' order inside the workers
-                    response = await _run_watched(service, body, request, metrics, control, lookup)
+                    response = await _run_watched(
+                        service, body, request, metrics, control, lookup, participants
+                    )
             except Exception as error:
                 claim = await _claim_taken(control)
                 if claim is not None:
@@ -155,8 +159,9 @@ async def _run_watched(
     metrics: GatewayMetrics,
     control: RunControl,
     lookup: asyncio.Future[StoredOutcome | None] | None = None,
+    participants: Participants | None = None,
 ) -> AuctionResponse | Response:
-    task = asyncio.ensure_future(service.run(body, control))
+    task = asyncio.ensure_future(service.run(body, control, participants))
     watch = asyncio.ensure_future(_client_gone(request))
     waiting: set[asyncio.Future[Any]] = {task, watch}
     waiting.update(f for f in (control.claim_ready, lookup) if f is not None)

@@ -5,7 +5,7 @@ A route declares `settings: SettingsDep`, `service: AuctionServiceDep`, ... inst
 `... | None` ones are None until the lifespan started them). Each dependency takes only the
 `Request`, so none adds a parameter to the OpenAPI document, and none refuses a request: the order of
 the checks that decide a 4xx stays the routes' own (auth first, then the body). Imports the types of
-the objects it hands out (auction, ledger, metrics, settings). The layout: docs/DESIGN.md § Layout.
+the objects it hands out (auction, campaigns, ledger, metrics, settings). The layout: docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 from app.auction.admission import AdmissionController
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
+from app.campaigns.store import CampaignStore
 from app.gateway.metrics import GatewayMetrics
 from app.ledger.reader import LedgerReader
 from app.ledger.redis_health import RedisHealth
@@ -89,3 +90,11 @@ async def _ledger_reader(redis: RedisDep, settings: SettingsDep) -> LedgerReader
 
 # The /ledger routes' reader, over the gateway's Redis (a reader holds no state: one per request).
 LedgerDep = Annotated[LedgerReader, Depends(_ledger_reader)]
+
+
+async def _campaign_store(redis: RedisDep, settings: SettingsDep) -> CampaignStore:
+    return CampaignStore(redis, settings)
+
+
+# The /campaigns routes' registry, over the gateway's Redis (it holds no state: one per request).
+CampaignStoreDep = Annotated[CampaignStore, Depends(_campaign_store)]

@@ -30,6 +30,7 @@ from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
 from app.auction.service import AuctionDeadlineError
 from app.auction.worker_dispatch import WorkersBusyError, WorkersUnavailableError
+from app.campaigns.spend import BudgetReservationError
 from app.contract.limits import LimitExceededError
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.strict_json import MAX_JSON_DEPTH, nesting
@@ -60,6 +61,12 @@ _FAULTS: tuple[tuple[type[Exception], int, str | None, str], ...] = (
         503,
         "billing_unavailable",
         "billing ledger unavailable, auction not served and not billed: ",
+    ),
+    (
+        BudgetReservationError,
+        503,
+        "budget_unavailable",
+        "campaign budgets could not be reserved, auction not served and not billed: ",
     ),
     (IdempotencyInProgressError, 409, None, ""),
     (IdempotencyLostError, 409, "idempotency_lost", ""),

@@ -58,7 +58,8 @@ class GatewayMetrics:
             buckets=(1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
             registry=registry,
         )
-        # A gauge, not a counter: a payment can be negative (a credit), and counters only go up.
+        # Payments are never negative, so this only goes up; a gauge all the same, so that its name
+        # (no `_total` suffix) stays what the dashboards and alert rules read.
         self.revenue = Gauge(
             "mosaic_revenue_cumulative",
             "Platform revenue billed since start (currency units).",
@@ -67,6 +68,14 @@ class GatewayMetrics:
         )
         self.worker_errors = Counter(
             "mosaic_worker_errors_total", "Failed worker requests.", ["worker", "kind"], registry=registry
+        )
+        # One label value per outcome (entered, an exclusion reason, lowered, dropped): never a campaign id.
+        self.campaigns = Counter(
+            "mosaic_campaigns_total",
+            "Requested campaigns by outcome: entered, left out (the reason), payment lowered or dropped "
+            "to fit the budget.",
+            ["outcome"],
+            registry=registry,
         )
 
     def _register_ledger_metrics(self) -> None:
@@ -162,6 +171,9 @@ class GatewayMetrics:
 
     def revenue_billed(self, currency: str, amount: float) -> None:
         self.revenue.labels(currency).inc(amount)
+
+    def campaign_counted(self, outcome: str) -> None:
+        self.campaigns.labels(outcome).inc()
 
     # --- WorkerObserver ----------------------------------------------------------------------------
 

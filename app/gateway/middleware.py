@@ -1,5 +1,6 @@
 """ASGI middleware of the gateway: the body-size limit (before parsing), per-route request metrics and
-the router's trailing-slash redirect (`add_slash_redirect`: a relative Location, never from `Host`).
+the router's trailing-slash redirect (`add_slash_redirect`: a relative Location, never from `Host`)
+and a 405's `Allow` naming every method of the path (`add_method_not_allowed`).
 
 Imports only the gateway's metrics; knows nothing of auctions or billing.
 See docs/DESIGN.md § Errors and limits.
@@ -12,8 +13,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, get_route_path
 
 from app.gateway.metrics import GatewayMetrics
@@ -165,3 +168,29 @@ def add_slash_redirect(app: FastAPI) -> None:
     """Replace the router's trailing-slash redirect with `SlashRedirect`."""
     app.router.redirect_slashes = False
     app.router.default = SlashRedirect(app)
+
+
+def _leaf_routes(routes: Any) -> Any:
+    """The routes, with those of included routers (FastAPI ≥ 0.165 wraps them) in their place."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        yield from _leaf_routes(included.routes) if included is not None else (route,)
+
+
+def add_method_not_allowed(app: FastAPI) -> None:
+    """A 405's `Allow` lists the methods of every route of that path (RFC 9110 §15.5.6): Starlette's
+    names only the first route that matched the path (`/campaigns/{id}` has GET and PATCH routes)."""
+    router = app.router
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code != 405:
+            return await http_exception_handler(request, error)
+        methods = {
+            method
+            for route in _leaf_routes(router.routes)
+            if route.matches(request.scope)[0] == Match.PARTIAL
+            for method in getattr(route, "methods", None) or ()
+        }
+        headers = {"Allow": ", ".join(sorted(methods))} if methods else dict(error.headers or {})
+        return JSONResponse(status_code=405, content={"detail": error.detail}, headers=headers)

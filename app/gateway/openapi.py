@@ -25,7 +25,10 @@ ERROR_DESCRIPTIONS = {
     413: "Request body over MAX_BODY_BYTES; names `body` (nothing billed)",
     409: "Conflict, naming its cause (nothing billed): the Idempotency-Key's first request is still "
     "running; the auction cannot be rendered (a test auction); or a what-if names an advertiser the "
-    "auction did not have (the field is named)",
+    "auction did not have (the field is named); a campaign id already taken, or a change to an "
+    "archived campaign",
+    412: "If-Match does not name the current version (a lost update refused); the ETag header is it",
+    428: "This change needs an If-Match header naming the version it was made from",
     410: "The pending charge's render window passed: expired, never billed",
     422: "Invalid input or over a limit; names the field (nothing billed); also an Idempotency-Key "
     "reused with different parameters",
@@ -74,6 +77,11 @@ TEXT_FIELDS = (
     ("AdvertiserIn", "name", "text"),
     ("AdvertiserIn", "description", "description"),
     ("AdvertiserIn", "instruction", "text"),
+    *(
+        (model, field, kind)
+        for model in ("CampaignCreate", "CampaignPatch")
+        for field, kind in (("name", "text"), ("description", "description"), ("instruction", "text"))
+    ),
 )
 
 

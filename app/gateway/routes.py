@@ -154,9 +154,10 @@ async def run_auction(
     ] = None,
 ) -> AuctionResponse | Response:
     enforce_limits(body, settings)  # refused (4xx) before any work: nothing stored under the key
-    cost = service.admission_cost(body)  # more model tokens than one auction may hold: 422 naming fields
     if redis_health is not None:
         redis_health.check()  # Redis down or full: 503 naming it, before any model work
+    participants = await service.prepare(body)  # the campaigns that enter: their texts count in the cost
+    cost = service.admission_cost(participants.request)  # over one auction's share: 422 naming fields
     return await serve_auction(
         body,
         request,
@@ -166,6 +167,7 @@ async def run_auction(
         admission=admission,
         metrics=metrics,
         cost=cost,
+        participants=participants,
     )
 
 

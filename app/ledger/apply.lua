@@ -3,7 +3,11 @@
 -- ARGV: 1 the event as a JSON array of strings [stream id, auction id, created_at_ms, currency,
 --       revenue, adv1, p1, adv2, p2, ...] (advertisers sorted; strings because cjson would turn numbers
 --       into doubles; one argument because packing arguments is the consumer's main CPU cost),
---       2 the ledger's currency, 3 the history key prefix
+--       2 the ledger's currency, 3 the history key prefix, 4 (optional) the event's campaigns as
+--       canonical JSON {advertiser id: campaign id} (each a paid advertiser of the event)
+-- The marker is {s: stream id, f: canonical payload, c: campaigns JSON (only when the event has
+-- campaigns)}: an event without campaigns keeps the canonical form it always had. Payments are never
+-- negative: a negative one is invalid.
 -- Returns {outcome, detail}. Everything is validated before the first write: a Lua error after a
 -- write would not roll the earlier writes back.
 local function invalid(reason) return {'invalid', reason} end
@@ -14,7 +18,7 @@ end
 local MAX_ABS = 10000000000000
 local MAX_N = 256
 local MAX_ID = 256
-if #ARGV ~= 3 then return invalid('argument count does not match') end
+if #ARGV ~= 3 and #ARGV ~= 4 then return invalid('argument count does not match') end
 local ok, e = pcall(cjson.decode, ARGV[1])
 if not ok or type(e) ~= 'table' or #e < 5 or (#e - 5) % 2 ~= 0 then
   return invalid('event is not an array of pairs')
@@ -41,8 +45,9 @@ for i = 1, n do
   if seen[adv] then return invalid('advertiser ' .. adv .. ' appears twice') end
   seen[adv] = true
   if not is_int(p) then return invalid('payment of ' .. adv .. ' is not an integer') end
+  if string.sub(p, 1, 1) == '-' then return invalid('payment of ' .. adv .. ' is negative') end
   local v = tonumber(p)
-  if math.abs(v) > MAX_ABS then return invalid('payment of ' .. adv .. ' is too large') end
+  if v > MAX_ABS then return invalid('payment of ' .. adv .. ' is too large') end
   if KEYS[4 + i] ~= hprefix .. adv then return invalid('history key of ' .. adv .. ' does not match') end
   sum = sum + v
   parts[#parts + 1] = adv
@@ -51,16 +56,26 @@ for i = 1, n do
 end
 if sum ~= tonumber(rev) then return invalid('revenue_micro ' .. rev .. ' is not the sum of the payments') end
 local canon = cjson.encode(parts)
+local camp = ARGV[4]
+if camp == '' then camp = nil end
+if camp then
+  local okc, c = pcall(cjson.decode, camp)
+  if not okc or type(c) ~= 'table' or next(c) == nil then return invalid('campaigns is not a JSON object') end
+  for adv, cid in pairs(c) do
+    if type(adv) ~= 'string' or not seen[adv] then return invalid('campaign of an advertiser without a payment') end
+    if type(cid) ~= 'string' or #cid == 0 or #cid > MAX_ID then return invalid('bad campaign id') end
+  end
+end
 local existing = redis.call('HGET', KEYS[1], aid)
 if existing then
   local rec = cjson.decode(existing)
-  if rec['f'] == canon then
+  if rec['f'] == canon and rec['c'] == camp then
     if rec['s'] == sid then return {'redelivered', sid} end
     if redis.call('HSETNX', KEYS[4], sid, aid) == 1 then redis.call('HINCRBY', KEYS[3], 'duplicates', 1) end
     return {'duplicate', rec['s']}
   end
   return {'conflict', 'auction ' .. aid .. ' was applied from ' .. rec['s'] .. ' with a different payload: '
-    .. rec['f'] .. ' vs ' .. canon}
+    .. rec['f'] .. (rec['c'] and (' ' .. rec['c']) or '') .. ' vs ' .. canon .. (camp and (' ' .. camp) or '')}
 end
 for i = 1, n do
   local t = redis.call('TYPE', KEYS[4 + i])['ok']
@@ -74,14 +89,10 @@ for i = 1, n + 1 do
   end
 end
 -- all checks passed: the writes
-redis.call('HSET', KEYS[1], aid, cjson.encode({s = sid, f = canon}))
+redis.call('HSET', KEYS[1], aid, cjson.encode({s = sid, f = canon, c = camp}))
 for i = 1, n do
   local adv, p = e[4 + 2 * i], e[5 + 2 * i]
-  local neg
-  if p == '0' then neg = '0'
-  elseif string.sub(p, 1, 1) == '-' then neg = string.sub(p, 2)
-  else neg = '-' .. p end
-  redis.call('HINCRBY', KEYS[2], accounts[i], neg)
+  redis.call('HINCRBY', KEYS[2], accounts[i], p == '0' and '0' or '-' .. p)
   redis.call('RPUSH', KEYS[4 + i], '{"auction_id":' .. cjson.encode(aid) .. ',"stream_id":"' .. sid ..
     '","created_at_ms":' .. created .. ',"payment_micro":' .. p .. '}')
 end

@@ -102,6 +102,7 @@ def reconcile_command(settings: Settings) -> int:
         ("audit records checked", report.audit_records),
         ("  of which test auctions (never billed)", report.test_records),
         *((f"  render charges {state}", n) for state, n in sorted(report.render.items())),
+        ("campaign budgets checked", report.campaigns),
         ("differences", len(report.differences)),
     ):
         overview.add_row(label, str(value))

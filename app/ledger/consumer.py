@@ -4,7 +4,7 @@ Job: `LedgerConsumer`, one member of the group BILLING_GROUP, embedded in ``mosa
 on its own by app.ledger.commands (``mosaic ledger consume``, ``python -m app.ledger``); safe to run
 several and to kill at any point (the batch cycle, and why a crash anywhere is safe:
 app/ledger/__init__.py and docs/DESIGN.md § Billing). Imports app.settings and app.ledger (events,
-keys, render, scripts) only.
+keys, budget, render, scripts) only.
 
 Outcomes of an event: ``applied``; ``redelivered`` (this same stream entry was applied before, e.g.
 the consumer died between the apply and XACK); ``duplicate`` (same auction id and payload in a second
@@ -13,7 +13,12 @@ dead-lettered at once, never applied, nothing overwritten); ``invalid`` (malform
 retried through XAUTOCLAIM, dead-lettered with the reason when its delivery count reaches
 BILLING_MAX_DELIVERIES). Nothing is dropped silently. With BILLING_MODE=render it also expires the
 pending charges whose RENDER_WINDOW_S passed (app.ledger.render; a rendered charge reaches it as a
-stream entry like any other), about once a second.
+stream entry like any other), about once a second (voiding their campaign budget reservations).
+Campaign budgets: the reservations of an event that carries `campaigns` are posted (app.ledger.budget,
+idempotent: the gateway posts them too) in the same MULTI round trip as the applies, one script call
+per campaign - the fallback when a gateway died between its billing write and its own post. A
+reservation is posted when its event is in the stream, whatever the apply's outcome (a dead-lettered
+event's reply was shown: spent all the same; reconcile reports the difference).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from app.ledger.budget import BudgetLedger, group_posts
 from app.ledger.events import MalformedEventError, StreamEvent, parse_entry
 from app.ledger.keys import LedgerKeys, as_str, decode_fields
 from app.ledger.render import RenderLedger
@@ -85,7 +91,8 @@ class LedgerConsumer:
         self._claim_cursor = "0-0"
         self._next_claim_at = 0.0  # time.monotonic() of the next XAUTOCLAIM scan
         self._next_expiry_at = 0.0  # time.monotonic() of the next sweep of pending render charges
-        self.render = RenderLedger(redis, settings)
+        self.budget = BudgetLedger(redis, settings)
+        self.render = RenderLedger(redis, settings, self.budget)
         # On start, first re-read this consumer's own pending entries (it may have died mid-batch).
         self._own_pending_cursor: str | None = "0-0"
         self.stats: dict[str, int] = defaultdict(int)
@@ -108,6 +115,8 @@ class LedgerConsumer:
         """SCRIPT LOAD both scripts (at start, and again after NOSCRIPT: a restarted Redis forgets them)."""
         apply_sha = as_str(await self.redis.script_load(APPLY_SCRIPT))
         dead_sha = as_str(await self.redis.script_load(DEAD_LETTER_SCRIPT))
+        self.budget._sha = None
+        await self.budget.sha()
         self._apply_sha, self._dead_sha = apply_sha, dead_sha
         return apply_sha, dead_sha
 
@@ -172,7 +181,8 @@ class LedgerConsumer:
         keys += [self.keys.history(adv) for adv, _ in event.payments]
         head = [event.stream_id, event.auction_id, event.created_at_ms, event.currency, event.revenue_micro]
         packed = json.dumps(head + [x for pair in event.payments for x in pair], ensure_ascii=False)
-        return [str(len(keys)), *keys, packed, self.settings.currency, self.keys.history_prefix]
+        args = [str(len(keys)), *keys, packed, self.settings.currency, self.keys.history_prefix]
+        return [*args, event.campaigns] if event.campaigns else args
 
     async def _evalsha_all(self, items: list[_Pending]) -> None:
         """One EVALSHA per event, the batch pipelined in one MULTI/EXEC.
@@ -185,17 +195,26 @@ class LedgerConsumer:
         dead-lettered), so one bad entry cannot stall the consumer.
         """
         todo = [item for item in items if item.event is not None]
+        posts = group_posts(
+            (c, item.event.auction_id) for item in todo if item.event for c in item.event.campaign_ids()
+        )
         for attempt in range(3):
-            if not todo:
+            if not todo and not posts:
                 return
             sha = self._apply_sha or (await self._load_scripts())[0]
             pipe = self.redis.pipeline(transaction=True)
             for item in todo:
                 assert item.event is not None
                 pipe.execute_command("EVALSHA", sha, *self._apply_args(item.event))
+            if posts:
+                budget_sha, now_ms = await self.budget.sha(), int(time.time() * 1000)
+                for campaign_id, auction_ids in posts.items():
+                    args = self.budget.post_args(auction_ids, None, now_ms)
+                    self.budget.queue(pipe, budget_sha, campaign_id, args)
             results = await pipe.execute(raise_on_error=False)
+            posts = self.budget.count_posts(posts, results[len(todo) :], self.stats)
             retry: list[_Pending] = []
-            for item, result in zip(todo, results, strict=True):
+            for item, result in zip(todo, results[: len(todo)], strict=True):
                 if isinstance(result, NoScriptError):
                     retry.append(item)
                 elif isinstance(result, ResponseError):
@@ -204,7 +223,7 @@ class LedgerConsumer:
                     raise result
                 else:
                     item.outcome, item.detail = as_str(result[0]), as_str(result[1])
-            if retry:
+            if retry or posts:
                 self.stats["script_reloads"] += 1
                 logger.warning(
                     "ledger script missing on the server (restart?): loading it again (try %d)", attempt + 1

@@ -15,13 +15,14 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 MICRO_UNITS_PER_UNIT = 1_000_000
-# Largest |payment| of one advertiser in one auction (10 million units). It keeps every sum inside a
+# Largest payment of one advertiser in one auction (10 million units). It keeps every sum inside a
 # Lua script exact (Lua numbers are doubles: exact below 2**53) with up to MAX_ADVERTISERS_PER_EVENT.
+# Payments are never negative (p_i = τ·KL(π ‖ π^{-i}) ≥ 0): a refund would be its own operation.
 MAX_ABS_PAYMENT_MICRO = 10_000_000 * MICRO_UNITS_PER_UNIT
 MAX_ADVERTISERS_PER_EVENT = 256
 MAX_ID_LENGTH = 256
@@ -61,24 +62,36 @@ def format_micro(micro: int) -> str:
 
 @dataclass(frozen=True)
 class BillingEvent:
-    """One auction's payments; `revenue_micro` is the sum of the rounded payments, so it balances."""
+    """One auction's payments; `revenue_micro` is the sum of the rounded payments, so it balances.
+
+    `campaigns` maps an advertiser id to the campaign whose budget holds her reservation (the ledger
+    consumer posts it when it applies the event; absent for inline advertisers)."""
 
     auction_id: str
     created_at_ms: int
     currency: str
     payments_micro: dict[str, int]
     revenue_micro: int
+    campaigns: dict[str, str] = field(default_factory=dict)
 
     def stream_fields(self) -> dict[str, str]:
-        """The fields of the stream entry (payments as canonical JSON: sorted keys, integers)."""
-        return {
+        """The fields of the stream entry (payments and campaigns as canonical JSON: sorted keys,
+        compact); `campaigns` only when non-empty, so an event without campaigns is unchanged."""
+        fields = {
             "v": EVENT_VERSION,
             "auction_id": self.auction_id,
             "created_at_ms": str(self.created_at_ms),
             "currency": self.currency,
             "revenue_micro": str(self.revenue_micro),
-            "payments": json.dumps(self.payments_micro, sort_keys=True, separators=(",", ":")),
+            "payments": _canonical(self.payments_micro),
         }
+        if self.campaigns:
+            fields["campaigns"] = _canonical(self.campaigns)
+        return fields
+
+
+def _canonical(mapping: Mapping[str, object]) -> str:
+    return json.dumps(dict(mapping), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _check_id(kind: str, value: str) -> None:
@@ -91,12 +104,17 @@ def _check_id(kind: str, value: str) -> None:
 
 
 def make_billing_event(
-    auction_id: str, payments: Mapping[str, float], currency: str, now_ms: int | None = None
+    auction_id: str,
+    payments: Mapping[str, float],
+    currency: str,
+    now_ms: int | None = None,
+    campaigns: Mapping[str, str] | None = None,
 ) -> BillingEvent:
     """Round each payment to micro-units (`to_micro_units`); revenue = sum of the rounded payments.
 
-    Payments may be negative (a credit). Raises ValueError on an empty id, a non-finite or too large
-    payment, too many advertisers or a currency that is not three upper-case letters.
+    Payments are never negative. Raises ValueError on an empty id, a negative, non-finite or too large
+    payment, too many advertisers, a currency that is not three upper-case letters, or a campaign of
+    an advertiser without a payment.
     """
     _check_id("auction_id", auction_id)
     if not (isinstance(currency, str) and len(currency) == 3 and currency.isascii() and currency.isupper()):
@@ -107,9 +125,17 @@ def make_billing_event(
     for advertiser_id in sorted(payments):
         _check_id("advertiser id", advertiser_id)
         value = to_micro_units(payments[advertiser_id])
-        if abs(value) > MAX_ABS_PAYMENT_MICRO:
+        if value < 0:
+            raise ValueError(f"payment of {advertiser_id!r} is negative ({format_micro(value)}): never")
+        if value > MAX_ABS_PAYMENT_MICRO:
             raise ValueError(f"payment of {advertiser_id!r} exceeds {format_micro(MAX_ABS_PAYMENT_MICRO)}")
         micro[advertiser_id] = value
+    for advertiser_id, campaign_id in (campaigns or {}).items():
+        _check_id("campaign id", campaign_id)
+        if advertiser_id not in micro:
+            raise ValueError(
+                f"campaign {campaign_id!r} names advertiser {advertiser_id!r}, who has no payment"
+            )
     created = int(time.time() * 1000) if now_ms is None else int(now_ms)
     if created < 0:
         raise ValueError("created_at_ms must not be negative")
@@ -119,6 +145,7 @@ def make_billing_event(
         currency=currency,
         payments_micro=micro,
         revenue_micro=sum(micro.values()),
+        campaigns={adv: (campaigns or {})[adv] for adv in sorted(campaigns or {})},
     )
 
 
@@ -139,6 +166,11 @@ class StreamEvent:
     currency: str
     revenue_micro: str
     payments: tuple[tuple[str, str], ...]
+    campaigns: str = ""  # canonical JSON {advertiser id: campaign id}, "" when the event has none
+
+    def campaign_ids(self) -> list[str]:
+        """The campaigns whose reservations this event posts (sorted by advertiser id)."""
+        return list(json.loads(self.campaigns).values()) if self.campaigns else []
 
 
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -171,6 +203,7 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
         if not _INT_RE.fullmatch(text):
             raise MalformedEventError(f"{name} is not an integer: {text!r}")
     pairs = tuple((str(adv), _int_text(payments[adv], f"payment of {adv!r}")) for adv in sorted(payments))
+    campaigns = _parse_campaigns(fields.get("campaigns"), {adv for adv, _ in pairs})
     for text in (fields["auction_id"], fields["currency"], *(adv for adv, _ in pairs)):
         try:
             text.encode("utf-8")
@@ -183,4 +216,23 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
         currency=fields["currency"],
         revenue_micro=fields["revenue_micro"],
         payments=pairs,
+        campaigns=campaigns,
     )
+
+
+def _parse_campaigns(raw: str | None, advertisers: set[str]) -> str:
+    """The `campaigns` field as canonical JSON ("" when absent); each names a paid advertiser."""
+    if raw is None:
+        return ""
+    try:
+        campaigns = json.loads(raw)
+    except ValueError as error:
+        raise MalformedEventError(f"campaigns is not JSON: {error}") from error
+    if not isinstance(campaigns, dict) or not campaigns:
+        raise MalformedEventError("campaigns is not a non-empty JSON object")
+    for adv, campaign_id in campaigns.items():
+        if adv not in advertisers:
+            raise MalformedEventError(f"campaign of {adv!r}, who has no payment")
+        if not isinstance(campaign_id, str) or not 0 < len(campaign_id) <= MAX_ID_LENGTH:
+            raise MalformedEventError(f"campaign id of {adv!r} is not a short non-empty string")
+    return _canonical(campaigns)

@@ -10,8 +10,8 @@ Redis keys of the ledger (prefix ``mosaic:ledger:``):
              and the record every balance is recomputed from by `reconcile`.
 ``balances`` hash account -> micro-units. Double entry: an advertiser's payment ``p`` debits
              ``advertiser:<id>`` by ``p`` and credits ``platform:revenue`` by ``p``; the sum over all
-             accounts is always 0. An advertiser's balance is therefore minus what it has paid
-             (a credit, ``p < 0``, raises it).
+             accounts is always 0. An advertiser's balance is therefore minus what it has paid;
+             payments are never negative (apply.lua refuses one), so it only goes down.
 ``history:<advertiser id>``  list of JSON entries (auction id, stream id, created_at_ms,
              payment_micro), in apply order; an entry is removed with its auction's marker once
              older than BILLING_RETENTION_S (trim.lua); its length is the number of auctions billed to

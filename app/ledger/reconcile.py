@@ -6,8 +6,9 @@ records against what was billed (``mosaic ledger reconcile``, app.ledger.command
 result): a test auction, and a render charge pending or expired, must not be billed; a billed one
 must. Markers and history entries that trim.lua removed (older than BILLING_RETENTION_S) are
 counted from their settled totals (``mosaic:ledger:settled``): balance = settled + remaining
-markers. Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader,
-render) only.
+markers. The campaign budgets are checked against the same events by app.ledger.reconcile_budget.
+Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader,
+reconcile_budget, render) only.
 See docs/DESIGN.md § Billing.
 """
 
@@ -25,6 +26,7 @@ import redis.asyncio as aioredis
 from app.ledger.events import to_micro_units
 from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str, decode_fields
 from app.ledger.reader import LedgerReader
+from app.ledger.reconcile_budget import add_campaign_payments, check_budgets, entry_campaign_payments
 from app.ledger.render import charge_key
 from app.settings import Settings
 
@@ -57,6 +59,7 @@ class ReconcileReport:
     # BILLING_MODE=render: audit records by the state of their charge (pending, billed, expired)
     render: dict[str, int] = field(default_factory=dict)
     settled_events: int = 0
+    campaigns: int = 0  # campaign budget keys checked
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -110,6 +113,8 @@ class _Reconciler:
         self.expected_auctions: dict[str, int] = defaultdict(int)
         self.settled_balance: dict[str, int] = defaultdict(int)
         self.stream_auctions: set[str] = set()
+        # per campaign: applied + settled + in-flight + dead-lettered payments (what spent_total must be)
+        self.campaign_spent: dict[str, int] = defaultdict(int)
 
     async def run(self) -> ReconcileReport:
         await self.load_applied()
@@ -117,6 +122,7 @@ class _Reconciler:
         await self.check_histories()
         await self.check_stream()
         await self.check_audit_records()
+        self.report.campaigns = await check_budgets(self.redis, self.campaign_spent, self.report.add)
         return self.report
 
     async def load_applied(self) -> None:
@@ -132,6 +138,7 @@ class _Reconciler:
             if currency != self.settings.currency:
                 add("currency", auction_id, self.settings.currency, currency)
             self.applied[auction_id] = _AppliedEvent(record["s"], payments, revenue)
+            add_campaign_payments(self.campaign_spent, payments, record.get("c"))
             for adv, amount in payments.items():
                 self.expected_balance[ADVERTISER_ACCOUNT_PREFIX + adv] -= amount
                 self.expected_auctions[adv] += 1
@@ -144,6 +151,8 @@ class _Reconciler:
                 self.expected_balance[account] += int(value)
             elif name == "events":
                 self.report.settled_events = int(value)
+            elif name.startswith("campaign:"):
+                self.campaign_spent[name.removeprefix("campaign:")] += int(value)
 
     async def check_balances(self) -> None:
         add, report = self.report.add, self.report
@@ -223,12 +232,20 @@ class _Reconciler:
                 entry_id = as_str(entry_id_raw)
                 stream_ids.append(entry_id)
                 self.report.stream_entries += 1
-                auction_id = decode_fields(fields_raw).get("auction_id", "")
-                self.stream_auctions.add(auction_id)
+                fields = decode_fields(fields_raw)
+                auction_id = fields.get("auction_id", "")
                 if _id_tuple(entry_id) > last_delivered or entry_id in pending:
                     self.report.in_flight += 1
+                    entry_campaign_payments(self.campaign_spent, fields)  # posted, not yet applied
+                elif (
+                    entry_id in dead
+                    and auction_id not in self.applied
+                    and auction_id not in self.stream_auctions
+                ):
+                    entry_campaign_payments(self.campaign_spent, fields)  # shown, posted, never applied
                 elif entry_id not in dead:
                     self._check_settled_entry(entry_id, auction_id, duplicates)
+                self.stream_auctions.add(auction_id)
             if len(chunk) < 1000:
                 break
             start = "(" + as_str(chunk[-1][0])

@@ -4,7 +4,12 @@ Job: the Redis side of a charge that waits for its ad to be shown (OpenRTB's `bu
 queues `pending_commands` in its MULTI (with the audit record), `RenderLedger.render` bills a
 pending charge exactly once (one Lua script: XADD the billing event and mark it billed), and
 `expire_due` (the ledger consumer calls it) marks charges past RENDER_WINDOW_S expired, never billed.
-Imports app.settings and app.ledger (events, keys, scripts: render.lua) only.
+Imports app.settings and app.ledger (budget, events, keys, scripts: render.lua) only.
+
+Campaign budgets: the pending charge keeps the event with its `campaigns`; a rendered charge's event
+reaches the stream and the ledger consumer posts its reservations when it applies it; the call that
+expires a charge voids them (`BudgetLedger.void_all`; if it dies first, they expire by themselves:
+their expiry is RENDER_WINDOW_S + BUDGET_RESERVATION_TTL_S after the auction).
 
 Keys: ``mosaic:render:charge:<auction id>`` hash {state: pending|billed|expired, event: the stream
 fields as JSON, deadline_ms, stream_id once billed}, kept AUDIT_TTL_S; ``mosaic:render:due`` sorted
@@ -25,6 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from app.ledger.budget import BudgetLedger
 from app.ledger.events import BillingEvent
 from app.ledger.keys import as_str
 from app.ledger.scripts import RENDER_SCRIPT
@@ -61,9 +67,10 @@ def pending_commands(pipe: Any, event: BillingEvent, settings: Settings) -> None
 class RenderLedger:
     """Render, expire and read pending charges."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, budget: BudgetLedger | None = None) -> None:
         self.redis = redis
         self.settings = settings
+        self.budget = budget or BudgetLedger(redis, settings)
         self._sha: str | None = None
 
     async def _transition(self, auction_id: str, action: str, now_ms: int | None) -> tuple[str, str, bool]:
@@ -73,12 +80,14 @@ class RenderLedger:
             if self._sha is None:
                 self._sha = as_str(await self.redis.script_load(RENDER_SCRIPT))
             try:
-                state, stream_id, changed = await self.redis.evalsha(
+                state, stream_id, changed, campaigns = await self.redis.evalsha(
                     self._sha, 4, *keys, now, action, auction_id
                 )
             except NoScriptError:  # a restarted Redis forgets scripts
                 self._sha = None
                 continue
+            if as_str(state) == "expired" and int(changed) and as_str(campaigns):
+                await self.budget.void_all(list(json.loads(as_str(campaigns)).values()), auction_id, now)
             return as_str(state), as_str(stream_id), bool(int(changed))
         raise RuntimeError("the render script could not be loaded")
 

@@ -28,3 +28,5 @@ IDEMPOTENCY_RELEASE_SCRIPT = _read("idempotency_release.lua")
 IDEMPOTENCY_BILL_SCRIPT = _read("idempotency_bill.lua")
 # Trims the stream below every group's pending/delivered floor; settles old markers and histories.
 TRIM_SCRIPT = _read("trim.lua")
+# One campaign's budget: reserve, post (with the pacing step), void, state (app.ledger.budget).
+BUDGET_SCRIPT = _read("budget.lua")

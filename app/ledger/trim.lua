@@ -16,7 +16,8 @@
 -- below every pending/last-delivered id too (never redelivered), and no new entry of A can come (now >
 -- s + R > s + W). So a marker is never missing when an entry of its auction is delivered: exactly-once
 -- holds. Deleted markers and their history entries are folded into KEYS[3] (per account balance, per
--- advertiser count, events) so that reconcile recomputes the same balances.
+-- advertiser count, events, and per campaign `campaign:<id>` the payments of the markers that carry
+-- campaigns) so that reconcile recomputes the same balances and campaign spend.
 local stream, applied, settled, duplicates = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local retention_ms, window_ms = tonumber(ARGV[1]), tonumber(ARGV[2])
 local batch, hprefix = tonumber(ARGV[3]), ARGV[4]
@@ -53,12 +54,14 @@ for i = 1, last do
     local rec = cjson.decode(raw)
     if rec['s'] == sid then
       local f = cjson.decode(rec['f'])  -- [created_at_ms, currency, revenue, adv1, p1, ...]
+      local camp = rec['c'] and cjson.decode(rec['c']) or {}
       for k = 4, #f, 2 do
         local adv, p = f[k], f[k + 1]
         local neg
         if p == '0' then neg = '0'
         elseif string.sub(p, 1, 1) == '-' then neg = string.sub(p, 2)
         else neg = '-' .. p end
+        if camp[adv] then redis.call('HINCRBY', settled, 'campaign:' .. camp[adv], p) end
         -- the exact entry apply.lua appended
         redis.call('LREM', hprefix .. adv, 1, '{"auction_id":' .. cjson.encode(aid) .. ',"stream_id":"' ..
           sid .. '","created_at_ms":' .. f[1] .. ',"payment_micro":' .. p .. '}')

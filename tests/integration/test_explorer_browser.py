@@ -12,7 +12,8 @@ summed, nothing of another advertiser) and its τ slider her sealed what-if; Swa
 render the operations, and Swagger's Authorize + "Try it out" runs an
 auction with its default example body (200). Screenshots go to the test's tmp_path (and to
 MOSAIC_SCREENSHOTS_DIR when set: `MOSAIC_SCREENSHOTS_DIR=docs/img .venv/bin/pytest <this file>`
-regenerates the README's).
+regenerates the README's). The "What to bid" panel runs test auctions (never billed) and plots
+exactly what `POST /calibration` answers on their stored candidates.
 
 The browser is /usr/bin/chromium (`make chromium` installs it; no browser download). Without it the
 test is skipped, except under CI=true, where it fails.
@@ -145,17 +146,24 @@ def _rows(page: Any) -> list[tuple[int, float, str]]:
     ]
 
 
+def _fill_form(
+    current: Any, gateway: str, instance: int, candidates: int, max_tokens: int, seed: int
+) -> None:
+    """Open the page, type the platform key, prefill an instance and set M, max tokens and the seed."""
+    current.goto(f"{gateway}/")
+    current.wait_for_selector("body[data-ready=true]")
+    current.fill("#api-key", API_KEY)
+    current.select_option("#instance", index=instance)
+    current.fill("#candidates", str(candidates))
+    current.fill("#max-tokens", str(max_tokens))
+    current.fill("#seed", str(seed))
+
+
 def test_explorer_runs_an_auction_and_the_tau_slider_resolves(
     page: tuple[Any, list[str], list[str]], gateway: str, tmp_path: Path
 ) -> None:
     current, blocked, errors = page
-    current.goto(f"{gateway}/")
-    current.wait_for_selector("body[data-ready=true]")
-    current.fill("#api-key", API_KEY)
-    current.select_option("#instance", index=1)
-    current.fill("#candidates", "5")
-    current.fill("#max-tokens", "12")
-    current.fill("#seed", "7")
+    _fill_form(current, gateway, instance=1, candidates=5, max_tokens=12, seed=7)
     current.click("#run")
     current.wait_for_selector("#status[data-state=done]", timeout=120_000)
     auction_id = current.locator("#auction-id").inner_text()
@@ -194,6 +202,55 @@ def test_explorer_runs_an_auction_and_the_tau_slider_resolves(
     current.click("#open")
     current.wait_for_selector("#status[data-state=error]")
     assert "HTTP 404: auction '0123456789abcdef' not found" in current.locator("#error").inner_text()
+    assert not errors, errors
+    assert not blocked, blocked
+
+
+def test_what_to_bid_plots_the_calibration_of_its_test_auctions(
+    page: tuple[Any, list[str], list[str]], gateway: str, tmp_path: Path
+) -> None:
+    """The "What to bid" panel runs test auctions (never billed) for the form's first advertiser on
+    the form's query and the paper's next ones, then plots exactly what `POST /calibration` answers on
+    those auctions' stored candidates (every point's cost per 1,000) and shows the solved value scale."""
+    current, blocked, errors = page
+    _fill_form(current, gateway, instance=0, candidates=3, max_tokens=6, seed=5)
+    current.fill("#bid-queries", "2")
+    current.fill("#bid-target", "5")
+    current.click("#bid-run")
+    current.wait_for_selector("#status[data-state=calibrated]", timeout=180_000)
+    panel = current.locator("#bid")
+    auction_ids = (panel.get_attribute("data-auctions") or "").split(",")
+    assert len(auction_ids) == 2
+    records = [httpx.get(f"{gateway}/auctions/{aid}", headers=AUTH, timeout=30).json() for aid in auction_ids]
+    assert [r["request"]["query"] for r in records] == [
+        "Learning to play the guitar.",
+        "Best skin care routine for dry skin.",
+    ]
+    assert all(r["billing"] == "test" and len(r["request"]["advertisers"]) == 1 for r in records)
+    points = current.locator("#bid-plot circle.point")
+    scales = [float(points.nth(i).get_attribute("data-value-scale")) for i in range(points.count())]
+    assert 1.0 in scales and len(scales) >= 10
+    answer = httpx.post(
+        f"{gateway}/calibration",
+        json={
+            "advertiser": "strummaster",
+            "auctions": [
+                {"tau": r["tau"], "value_scale": 1.0, "candidates": r["candidates"]} for r in records
+            ],
+            "value_scales": scales,
+            "target_cpm_micro": 5_000_000,
+        },
+        headers=AUTH,
+        timeout=60,
+    ).json()
+    shown = [float(points.nth(i).get_attribute("data-cost")) for i in range(points.count())]
+    assert shown == [point["cost_per_1000"] for point in answer["curve"]]
+    assert answer["target"]["reached"]
+    assert float(panel.get_attribute("data-value-scale")) == answer["target"]["value_scale"]
+    assert current.locator("#bid-solution").count() == 1
+    summary = current.locator("#bid-summary").inner_text()
+    assert "For 5.00 USD per 1,000: value scale" in summary and "never billed" in summary
+    _shot(current, tmp_path, "explorer-what-to-bid.png")
     assert not errors, errors
     assert not blocked, blocked
 

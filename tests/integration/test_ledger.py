@@ -98,7 +98,7 @@ def random_events(n: int, seed: int, prefix: str = "auction") -> list[BillingEve
     events = []
     for i in range(n):
         chosen = rng.sample(advertisers, rng.randint(1, 4))
-        payments = {a: round(rng.uniform(-0.5, 3.0), rng.choice([2, 6, 9])) for a in chosen}
+        payments = {a: round(rng.uniform(0.0, 3.0), rng.choice([2, 6, 9])) for a in chosen}
         events.append(make_billing_event(f"{prefix}-{i}", payments, "USD", now_ms=1_700_000_000_000 + i))
     return events
 

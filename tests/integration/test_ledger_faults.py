@@ -47,7 +47,7 @@ def make_events(n: int, rng: random.Random, start: int) -> list[BillingEvent]:
     events = []
     for i in range(start, start + n):
         chosen = rng.sample(advertisers, rng.randint(1, 5))
-        payments = {a: round(rng.uniform(-1.0, 5.0), rng.choice([1, 3, 6, 8])) for a in chosen}
+        payments = {a: round(rng.uniform(0.0, 5.0), rng.choice([1, 3, 6, 8])) for a in chosen}
         events.append(make_billing_event(f"auction-{i}", payments, "USD", now_ms=1_700_000_000_000 + i))
     return events
 

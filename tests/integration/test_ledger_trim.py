@@ -48,7 +48,7 @@ def _events(n: int, rng: random.Random, tag: str) -> list[BillingEvent]:
     return [
         make_billing_event(
             f"{tag}{i}",
-            {adv: rng.uniform(-0.5, 2.0) for adv in rng.sample(advertisers, rng.randint(1, 3))},
+            {adv: rng.uniform(0.0, 2.0) for adv in rng.sample(advertisers, rng.randint(1, 3))},
             "USD",
         )
         for i in range(n)

@@ -21,6 +21,7 @@ from app.ledger.events import (
 )
 
 finite_amounts = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+payment_amounts = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
 advertiser_ids = st.text(min_size=1, max_size=12)
 
 
@@ -72,7 +73,7 @@ def test_non_finite_amounts_are_rejected(bad: float) -> None:
 
 
 @settings(max_examples=200)
-@given(st.dictionaries(advertiser_ids, finite_amounts, max_size=16), st.integers(0, 2**41))
+@given(st.dictionaries(advertiser_ids, payment_amounts, max_size=16), st.integers(0, 2**41))
 def test_revenue_is_the_sum_of_the_rounded_payments(payments: dict[str, float], now_ms: int) -> None:
     event = make_billing_event("a1", payments, "USD", now_ms=now_ms)
     assert event.payments_micro == {k: to_micro_units(v) for k, v in payments.items()}
@@ -85,12 +86,32 @@ def test_revenue_is_the_sum_of_the_rounded_payments(payments: dict[str, float], 
     assert int(parsed.revenue_micro) == event.revenue_micro
 
 
-def test_payments_can_be_negative_credits() -> None:
-    event = make_billing_event("a2", {"x": 1.5, "y": -0.25}, "EUR", now_ms=7)
-    assert event.payments_micro == {"x": 1_500_000, "y": -250_000}
-    assert event.revenue_micro == 1_250_000
-    assert format_micro(event.revenue_micro) == "1.250000"
+def test_a_negative_payment_is_refused() -> None:
+    """Payments are never negative (p_i = τ·KL ≥ 0): make_billing_event refuses a negative rounded
+    payment instead of billing it as a credit; one that rounds to 0 is a payment of 0."""
+    with pytest.raises(ValueError, match="negative"):
+        make_billing_event("a2", {"x": 1.5, "y": -0.25}, "EUR", now_ms=7)
+    event = make_billing_event("a2", {"x": 1.5, "y": -0.0000004}, "EUR", now_ms=7)
+    assert event.payments_micro == {"x": 1_500_000, "y": 0}
+    assert event.revenue_micro == 1_500_000
     assert format_micro(-250_000) == "-0.250000"
+
+
+def test_campaigns_are_a_stream_field_only_when_present() -> None:
+    """An event without campaigns keeps today's stream fields; with them, `campaigns` is canonical
+    JSON and parses back; a campaign of an advertiser without a payment is refused."""
+    plain = make_billing_event("a3", {"x": 1.0}, "USD", now_ms=7)
+    assert "campaigns" not in plain.stream_fields()
+    assert parse_entry("1-1", plain.stream_fields()).campaigns == ""
+    event = make_billing_event("a3", {"y": 0.5, "x": 1.0}, "USD", now_ms=7, campaigns={"y": "cy", "x": "cx"})
+    assert event.stream_fields()["campaigns"] == '{"x":"cx","y":"cy"}'
+    parsed = parse_entry("1-1", event.stream_fields())
+    assert parsed.campaigns == '{"x":"cx","y":"cy"}'
+    assert parsed.campaign_ids() == ["cx", "cy"]
+    with pytest.raises(ValueError, match="no payment"):
+        make_billing_event("a3", {"x": 1.0}, "USD", campaigns={"z": "cz"})
+    with pytest.raises(MalformedEventError, match="no payment"):
+        parse_entry("1-1", {**plain.stream_fields(), "campaigns": '{"z":"cz"}'})
 
 
 @pytest.mark.parametrize(

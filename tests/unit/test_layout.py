@@ -57,6 +57,7 @@ def test_functions_are_short(path: Path) -> None:
 def test_lua_scripts_are_files() -> None:
     assert sorted(p.name for p in (ROOT / "app" / "ledger").glob("*.lua")) == [
         "apply.lua",
+        "budget.lua",
         "dead_letter.lua",
         "idempotency_bill.lua",
         "idempotency_release.lua",

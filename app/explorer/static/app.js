@@ -313,6 +313,136 @@ async function whatIf() {
   }
 }
 
+// ---------------------------------------------------------------- what to bid
+
+// The value scales of the curve: 1-2-5 steps from 0.001 to 1000 (the API's default) and hers.
+const BID_SCALES = [-3, -2, -1, 0, 1, 2].flatMap((e) => [1, 2, 5].map((m) => Number((m * 10 ** e).toPrecision(1))))
+  .concat([1000]);
+
+function svg(name, attributes, text) {
+  const element = document.createElementNS($("#bid-plot").namespaceURI, name);  // SVG's namespace
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+/** Cost per 1,000 against value scale, both axes logarithmic (points that cost nothing sit on the
+ * floor); the target as a dashed line and the solved value scale as a red point. */
+function plotBid(result, targetUnits) {
+  const plot = $("#bid-plot");
+  const [width, height, left, right, top, bottom] = [640, 300, 64, 16, 14, 40];
+  const points = result.curve.filter((p) => p.value_scale > 0);
+  const costs = points.map((p) => p.cost_per_1000).filter((c) => c > 0);
+  if (targetUnits) costs.push(targetUnits);
+  const yMax = Math.log10(Math.max(...costs, 1e-6));
+  const yMin = Math.min(yMax - 1, Math.log10(Math.max(Math.min(...costs, 1e-6), 10 ** yMax * 1e-9)));
+  const xMin = Math.log10(points[0].value_scale);
+  const xMax = Math.log10(points[points.length - 1].value_scale);
+  const x = (s) => left + ((Math.log10(s) - xMin) / Math.max(xMax - xMin, 1e-9)) * (width - left - right);
+  const y = (c) => height - bottom - ((Math.log10(Math.max(c, 10 ** yMin)) - yMin) / (yMax - yMin)) * (height - top - bottom);
+  const children = [];
+  for (let e = Math.ceil(xMin); e <= Math.floor(xMax); e += 1) {
+    children.push(svg("line", { class: "grid-line", x1: x(10 ** e), x2: x(10 ** e), y1: top, y2: height - bottom }));
+    children.push(svg("text", { x: x(10 ** e), y: height - bottom + 16, "text-anchor": "middle" }, `${10 ** e}`));
+  }
+  for (let e = Math.ceil(yMin); e <= Math.floor(yMax); e += Math.max(1, Math.ceil((yMax - yMin) / 6))) {
+    children.push(svg("line", { class: "grid-line", x1: left, x2: width - right, y1: y(10 ** e), y2: y(10 ** e) }));
+    children.push(svg("text", { x: left - 6, y: y(10 ** e) + 4, "text-anchor": "end" }, `${10 ** e}`));
+  }
+  children.push(svg("line", { class: "axis", x1: left, x2: width - right, y1: height - bottom, y2: height - bottom }));
+  children.push(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: height - bottom }));
+  children.push(svg("text", { x: (left + width) / 2, y: height - 6, "text-anchor": "middle" }, "value scale (log)"));
+  children.push(svg("text", { x: 12, y: top + 8 }, `${result.currency} / 1,000`));
+  children.push(svg("polyline", { class: "curve", points: points.map((p) => `${x(p.value_scale)},${y(p.cost_per_1000)}`).join(" ") }));
+  for (const p of points) {
+    const circle = svg("circle", { class: "point", cx: x(p.value_scale), cy: y(p.cost_per_1000), r: 3 });
+    circle.dataset.valueScale = String(p.value_scale);
+    circle.dataset.cost = String(p.cost_per_1000);
+    circle.append(svg("title", {}, `s = ${p.value_scale}: ${fmt(p.cost_per_1000, 2)} ${result.currency} per 1,000`));
+    children.push(circle);
+  }
+  if (targetUnits) {
+    children.push(svg("line", { class: "target", x1: left, x2: width - right, y1: y(targetUnits), y2: y(targetUnits) }));
+  }
+  if (result.target && result.target.reached) {
+    const solution = svg("circle", { id: "bid-solution", class: "solution", cx: x(result.target.value_scale),
+      cy: y(result.target.cost_per_1000_micro / 1e6), r: 5 });
+    solution.dataset.valueScale = String(result.target.value_scale);
+    children.push(solution);
+  }
+  plot.replaceChildren(...children);
+}
+
+function renderBid(result, ownScale, targetUnits, auctionIds) {
+  const own = result.curve.find((p) => p.value_scale === ownScale);
+  const currency = result.currency;
+  const parts = [`Over ${result.auctions} test auctions (never billed, proposal ${result.proposals.join(", ")}):`];
+  if (own) parts.push(`at her value scale ${ownScale}, ${fmt(own.cost_per_1000, 2)} ${currency} per 1,000 auctions.`);
+  const target = result.target;
+  if (target && target.reached) {
+    parts.push(`For ${fmt(targetUnits, 2)} ${currency} per 1,000: value scale ${Number(target.value_scale.toPrecision(4))}.`);
+  } else if (target) {
+    parts.push(`${fmt(targetUnits, 2)} ${currency} per 1,000 is out of reach: even value scale ` +
+      `${target.value_scale} costs ${fmt(target.cost_per_1000_micro / 1e6, 2)}.`);
+  }
+  $("#bid-summary").textContent = parts.join(" ");
+  $("#bid-advertiser").textContent = result.advertiser;
+  $("#bid-table tbody").replaceChildren(...result.curve.map((p) => {
+    const tr = document.createElement("tr");
+    if (p.value_scale === ownScale) tr.className = "own";
+    tr.append(cell(String(p.value_scale)), cell(fmt(p.cost_per_auction, 6)), cell(fmt(p.cost_per_1000, 2)));
+    return tr;
+  }));
+  plotBid(result, targetUnits);
+  const panel = $("#bid");
+  panel.dataset.auctions = auctionIds.join(",");
+  panel.dataset.valueScale = target && target.reached ? String(target.value_scale) : "";
+  panel.hidden = false;
+}
+
+/** The form's query first, then the paper's others, `count` in all. */
+function bidQueries(count) {
+  const first = $("#query").value.trim();
+  const others = instances.map((instance) => instance.query).filter((query) => query !== first);
+  return [first, ...others].filter(Boolean).slice(0, count);
+}
+
+async function estimateBid(event) {
+  event.preventDefault();
+  showError("");
+  const base = requestBody();
+  const advertiser = base.advertisers[0];
+  const ownScale = advertiser ? (advertiser.value_scale ?? 1) : 1;
+  const targetUnits = optionalNumber("#bid-target", Number);
+  const queries = bidQueries(Math.max(1, Number.parseInt($("#bid-queries").value, 10) || 3));
+  $("#bid-run").disabled = true;
+  try {
+    if (!advertiser) throw new Error("add an advertiser to the form first");
+    const tables = [];
+    const ids = [];
+    for (const [index, query] of queries.entries()) {
+      setStatus("calibrating", `test auction ${index + 1} of ${queries.length} (never billed)…`);
+      const body = { ...base, query, advertisers: [advertiser], test: true, include_candidates: true };
+      if (body.seed !== undefined) body.seed += index;
+      const auction = await api("POST", "/auction", body);
+      ids.push(auction.auction_id);
+      tables.push({ tau: auction.tau, value_scale: ownScale, candidates: auction.candidates });
+    }
+    setStatus("calibrating", "computing the cost curve…");
+    const request = { advertiser: advertiser.id, auctions: tables,
+      value_scales: [...new Set([...BID_SCALES, ownScale])].sort((a, b) => a - b) };
+    if (targetUnits) request.target_cpm_micro = Math.max(1, Math.round(targetUnits * 1e6));
+    const result = await api("POST", "/calibration", request);
+    renderBid(result, ownScale, targetUnits, ids);
+    setStatus("calibrated", `cost curve of ${advertiser.id} over ${ids.length} test auctions`);
+  } catch (error) {
+    setStatus("error", "what to bid failed");
+    showError(error.message);
+  } finally {
+    $("#bid-run").disabled = false;
+  }
+}
+
 async function start() {
   const keyInput = $("#api-key");
   keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
@@ -323,6 +453,7 @@ async function start() {
     event.preventDefault();
     openAuction($("#open-id").value.trim());
   });
+  $("#bid-form").addEventListener("submit", estimateBid);
   $("#add-advertiser").addEventListener("click", () => $("#advertisers").append(advertiserRow()));
   $("#tau-slider").addEventListener("input", whatIf);
   try {

@@ -1,0 +1,236 @@
+"""Spending campaign budgets in two phases: fit the payments, reserve them, then post or void.
+
+Job: `BudgetSpender.fit_and_reserve` runs after the mechanism, before the billing write: every campaign's
+payment must fit what remains of its budget — when one does not, the auction is resolved again on the
+same candidates with that campaign's rewards scaled down (`app.campaigns.budget_fit`: bisection, only
+ever lowering, bounded rounds; a campaign that still does not fit is left out of the draw at α = 0 and
+charged nothing); never a partial charge, never a second model pass. Each payment is then reserved on
+the campaign's own budget key (atomic there, `app.ledger.budget`); a reservation refused because others
+spent meanwhile sends the fit round again with the budgets read anew. After the billing write the
+gateway posts the reservations (`post`), after a failure it voids them (`void`); a gateway killed in
+between leaves them to expire by themselves, or to the ledger consumer, which posts those of every
+event it applies. Invariant: the sum of a campaign's posted and live reserved amounts never exceeds its
+daily or total budget. Imports the budget fit (pure), the budget ledger, the mechanism and `app.contract`.
+See docs/DESIGN.md § Budgets are hard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from redis.exceptions import RedisError
+
+from app import mechanism
+from app.campaigns.budget_fit import fit_budgets
+from app.campaigns.participants import Participants
+from app.contract.result import BudgetRecord
+from app.ledger.budget import BudgetLedger, Reservation, reservation_expiry_ms
+from app.ledger.events import to_micro_units
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class BudgetReservationError(RuntimeError):
+    """The budgets could not be reserved (Redis failed): the auction fails, nothing billed (503)."""
+
+
+@dataclass(frozen=True)
+class BudgetedOutcome:
+    """The auction's outcome once every campaign's payment fits its budget."""
+
+    rewards: np.ndarray  # (n, M): the rewards the outcome was resolved on (rows scaled by `alphas`)
+    outcome: mechanism.AuctionOutcome
+    alphas: np.ndarray  # (n,) budget multipliers: 1 where nothing was lowered (inline advertisers too)
+    rounds: int
+    records: tuple[BudgetRecord, ...]
+    reserved: bool  # whether reservations are held (not for a test auction)
+
+
+@dataclass(frozen=True)
+class FitInputs:
+    """What the fit needs of the resolved auction: its rewards and densities, τ and the draw's seed."""
+
+    rewards: np.ndarray
+    log_ref: np.ndarray
+    log_proposal: np.ndarray
+    tau: float
+    seed: int
+
+
+def _records(
+    participants: Participants,
+    remaining: list[int | None],
+    alphas: np.ndarray,
+    rounds: int,
+    reserved: list[int] | None,
+) -> tuple[BudgetRecord, ...]:
+    """What the record keeps of each campaign's fit (docs/DESIGN.md § Budgets are hard: the replay)."""
+    return tuple(
+        BudgetRecord(
+            campaign_id=entry.campaign.id,
+            advertiser_id=entry.campaign.owner,
+            day=entry.day,
+            remaining_micro=remaining[entry.row],
+            pacing_multiplier=entry.pacing_alpha,
+            budget_multiplier=float(alphas[entry.row]),
+            rounds=rounds,
+            reserved_micro=reserved[entry.row] if reserved is not None else 0,
+        )
+        for entry in participants.entries
+    )
+
+
+class BudgetSpender:
+    """Fits and reserves, posts, voids (see the module docstring)."""
+
+    def __init__(self, budgets: BudgetLedger, settings: Settings) -> None:
+        self.budgets = budgets
+        self.settings = settings
+
+    async def fit_and_reserve(
+        self,
+        participants: Participants,
+        inputs: FitInputs,
+        auction_id: str,
+        now_ms: int,
+        *,
+        reserve: bool,
+        render: bool,
+    ) -> BudgetedOutcome:
+        """The outcome with every payment within its campaign's budget, reserved when `reserve`."""
+        entries = participants.entries
+        n = inputs.rewards.shape[0]
+        alphas = np.ones(n)
+        remaining: list[int | None] = [None] * n
+        for entry in entries:
+            remaining[entry.row] = entry.remaining
+        rounds = 0
+        for attempt in range(self.settings.budget_reserve_attempts + n):
+            rewards, outcome, payments, alphas, fit_rounds = self._fit(inputs, alphas, remaining)
+            rounds += fit_rounds
+            if not reserve or not entries:
+                break
+            reservations = self._reservations(participants, payments, auction_id, now_ms, render)
+            accepted = await self._reserve(reservations, now_ms)
+            if all(accepted):
+                break
+            last = attempt + 1 >= self.settings.budget_reserve_attempts
+            await self._refresh(participants, reservations, accepted, remaining, alphas if last else None)
+        else:  # pragma: no cover - each round past the attempts drops one more campaign
+            raise BudgetReservationError(f"budgets of auction {auction_id} could not be reserved")
+        records = _records(participants, remaining, alphas, rounds, payments if reserve else None)
+        return BudgetedOutcome(rewards, outcome, alphas.copy(), rounds, records, reserve and bool(entries))
+
+    def _reservations(
+        self, participants: Participants, payments: list[int], auction_id: str, now_ms: int, render: bool
+    ) -> list[Reservation]:
+        expires_at_ms = reservation_expiry_ms(self.settings, now_ms, render)
+        return [
+            Reservation(
+                campaign_id=entry.campaign.id,
+                auction_id=auction_id,
+                amount_micro=payments[entry.row],
+                limits=entry.limits,
+                day=entry.day,
+                expires_at_ms=expires_at_ms,
+            )
+            for entry in participants.entries
+        ]
+
+    async def _refresh(
+        self,
+        participants: Participants,
+        reservations: list[Reservation],
+        accepted: list[bool],
+        remaining: list[int | None],
+        drop_into: np.ndarray | None,
+    ) -> None:
+        """After a refusal: void this auction's accepted reservations (their amounts may change), read
+        the budgets anew into `remaining`; on the last attempt, leave the refused ones out (α = 0)."""
+        entries = participants.entries
+        auction_id, now_ms = reservations[0].auction_id, int(time.time() * 1000)
+        taken = [r.campaign_id for r, ok in zip(reservations, accepted, strict=True) if ok]
+        await self._void(taken, auction_id, now_ms)
+        states = await self.budgets.states([e.campaign.id for e in entries], [e.day for e in entries], now_ms)
+        for entry, state, ok in zip(entries, states, accepted, strict=True):
+            remaining[entry.row] = state.remaining(entry.limits)
+            if not ok and drop_into is not None:
+                drop_into[entry.row] = 0.0  # others keep spending it: leave her out of this draw
+
+    def _fit(
+        self, inputs: FitInputs, alphas: np.ndarray, remaining: list[int | None]
+    ) -> tuple[np.ndarray, mechanism.AuctionOutcome, list[int], np.ndarray, int]:
+        """One fit from the current multipliers: lower them until every rounded payment fits, then
+        resolve on exactly the rewards the record keeps (rows × α), so the seed replays it."""
+        rounds = 0
+        alphas = alphas.copy()
+        over: list[int] = []
+        for _ in range(4):
+            base = inputs.rewards if bool(np.all(alphas == 1.0)) else inputs.rewards * alphas[:, None]
+            if any(r is not None for r in remaining):
+                fit = fit_budgets(
+                    base,
+                    inputs.log_ref,
+                    inputs.log_proposal,
+                    inputs.tau,
+                    remaining,
+                    inputs.seed,
+                    max_rounds=self.settings.budget_fit_rounds,
+                )
+                if not bool(np.all(fit.alphas == 1.0)):
+                    alphas = alphas * fit.alphas
+                    rounds += fit.rounds
+                    base = inputs.rewards * alphas[:, None]
+            rng = np.random.default_rng(inputs.seed)
+            outcome = mechanism.run_auction(base, inputs.log_ref, inputs.log_proposal, inputs.tau, rng)
+            payments = [to_micro_units(float(p)) for p in outcome.payments]
+            over = [i for i, r in enumerate(remaining) if r is not None and payments[i] > r]
+            if not over:
+                return base, outcome, payments, alphas, rounds
+            for i in over:  # the product α·α' rounded past the fit's own check: lower a hair more
+                alphas[i] *= 1 - 1e-9
+        alphas[over] = 0.0
+        base = inputs.rewards * alphas[:, None]
+        rng = np.random.default_rng(inputs.seed)
+        outcome = mechanism.run_auction(base, inputs.log_ref, inputs.log_proposal, inputs.tau, rng)
+        return base, outcome, [to_micro_units(float(p)) for p in outcome.payments], alphas, rounds
+
+    async def _reserve(self, reservations: list[Reservation], now_ms: int) -> list[bool]:
+        try:
+            return await self.budgets.reserve_all(reservations, now_ms)
+        except (RedisError, OSError) as error:
+            raise BudgetReservationError(
+                f"budget reservation failed: {type(error).__name__}: {error}"
+            ) from error
+
+    async def _void(self, campaign_ids: list[str], auction_id: str, now_ms: int) -> None:
+        if campaign_ids:
+            await self.budgets.void_all(campaign_ids, auction_id, now_ms)
+
+    async def post(self, participants: Participants, auction_id: str, now_ms: int) -> None:
+        """After the billing write: reserved → spent, and each campaign's pacing step. A failure here
+        loses nothing: the ledger consumer posts the reservations of every event it applies."""
+        entries = participants.entries
+        try:
+            await self.budgets.post_all(
+                [e.campaign.id for e in entries], auction_id, [e.pacing_step for e in entries], now_ms
+            )
+        except (RedisError, OSError) as error:
+            logger.warning(
+                "budget post failed (the ledger consumer posts it)",
+                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
+            )
+
+    async def void(self, participants: Participants, auction_id: str, now_ms: int) -> None:
+        """After a failed auction: release the reservations (else they expire by themselves)."""
+        try:
+            await self._void([e.campaign.id for e in participants.entries], auction_id, now_ms)
+        except (RedisError, OSError) as error:
+            logger.warning(
+                "budget void failed (the reservations expire by themselves)",
+                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
+            )

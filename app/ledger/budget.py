@@ -1,0 +1,292 @@
+"""Campaign budgets as a hard limit: two-phase reservations on one Redis hash per campaign.
+
+Job: `BudgetLedger` reserves an auction's payment on each campaign's own budget key before the
+billing write, posts it (reserved → spent) with the billing event, voids it when the auction fails,
+and lets an unposted reservation expire by itself (TigerBeetle's pending transfers). Each call is
+ONE round trip: a pipeline of EVALSHAs of ``budget.lua``, each atomic on its own key
+``mosaic:budget:{<campaign id>}`` (a hash tag: one Redis Cluster slot per campaign, so the design
+holds when campaigns and billing events live on different shards). Imports redis, app.settings and
+app.ledger (keys, scripts) only.
+
+Invariants (kept by budget.lua, checked by `mosaic ledger reconcile`):
+- a reservation succeeds only if amount ≤ daily limit − spent − reserved of its day AND total limit
+  − spent − reserved, after this key's reservations past their expiry were released (lazily: no
+  sweeper); so spent + reserved never passes a limit through reservations;
+- a post moves exactly the reserved amount to spent, once per auction id (gateway and ledger consumer
+  may both post); a post that comes after the reservation expired or was voided is still counted
+  (the reply was shown) and recorded (``late_posts`` + the auction id) — the only way spend can pass
+  a limit, reported by reconcile;
+- the pacing step μ ← clip(μ − ε·(ρ − z)/ρ, 0, μ̄), z = the posted amount, is applied once, by the
+  post that carries it, in the same script;
+- amounts are integers below 2**53 (Lua numbers are doubles): limits and amounts above MAX_SAFE are
+  refused here and in the script, and a reservation that would take spent + reserved past it too.
+See docs/DESIGN.md § Billing (campaign budgets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from app.ledger.keys import as_str
+from app.ledger.scripts import BUDGET_SCRIPT
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+BUDGET_PREFIX = "mosaic:budget:"
+MAX_SAFE = 2**53 - 1  # every amount, limit and sum in budget.lua stays at or below it (exact doubles)
+DAYS_KEPT = 7  # budget.lua keeps the daily counters of the 7 most recent days
+
+
+def group_posts(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(campaign id, auction id) pairs -> campaign id -> auction ids (one post call per campaign)."""
+    posts: dict[str, list[str]] = defaultdict(list)
+    for campaign_id, auction_id in pairs:
+        posts[campaign_id].append(auction_id)
+    return posts
+
+
+def budget_key(campaign_id: str) -> str:
+    """The campaign's one budget hash; ``{...}`` is a Redis Cluster hash tag (one slot)."""
+    return f"{BUDGET_PREFIX}{{{campaign_id}}}"
+
+
+def reservation_expiry_ms(settings: Settings, now_ms: int, render: bool) -> int:
+    """When a reservation made now expires if nobody posts or voids it.
+
+    BUDGET_RESERVATION_TTL_S after now; in render mode RENDER_WINDOW_S + BUDGET_RESERVATION_TTL_S,
+    since a pending charge holds its amount until it is rendered (billed) or expires.
+    """
+    ttl_s = settings.budget_reservation_ttl_s + (settings.render_window_s if render else 0)
+    return now_ms + ttl_s * 1000
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    daily_micro: int | None
+    total_micro: int | None
+
+    def __post_init__(self) -> None:
+        for name in ("daily_micro", "total_micro"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer")
+            if value is not None and not 1 <= value <= MAX_SAFE:
+                raise ValueError(f"{name} must be between 1 and {MAX_SAFE}")
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    day: str
+    spent_today: int
+    reserved_today: int
+    spent_total: int
+    reserved_total: int
+    auctions_today: int  # reservations posted (auctions whose charge was billed, 0 included)
+    auctions_total: int
+    charged_total: int  # posts with amount > 0
+    mu: float  # pacing state (α = 1/(1+μ)); 0.0 when new
+    late_posts: int = 0  # posts after the reservation expired or was voided
+    expired_total: int = 0  # reservations that expired unposted
+
+    def remaining(self, limits: BudgetLimits) -> int | None:
+        """min over the daily and total limits of limit − spent − reserved (≥ 0); None = no limit."""
+        left: list[int] = []
+        if limits.daily_micro is not None:
+            left.append(limits.daily_micro - self.spent_today - self.reserved_today)
+        if limits.total_micro is not None:
+            left.append(limits.total_micro - self.spent_total - self.reserved_total)
+        return max(0, min(left)) if left else None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    campaign_id: str
+    auction_id: str
+    amount_micro: int
+    limits: BudgetLimits
+    day: str
+    expires_at_ms: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amount_micro, bool) or not isinstance(self.amount_micro, int):
+            raise ValueError("amount_micro must be an integer")
+        if not 0 <= self.amount_micro <= MAX_SAFE:
+            raise ValueError(f"amount_micro must be between 0 and {MAX_SAFE}")
+        for name in ("campaign_id", "auction_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not 0 < len(value) <= 256:
+                raise ValueError(f"{name} must be a non-empty string of at most 256 characters")
+
+
+@dataclass(frozen=True)
+class PacingStep:
+    target_micro: float  # ρ: target spend per auction (no step when ≤ 0)
+    epsilon: float  # ε: step size
+    mu_max: float  # μ̄: the largest μ
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(x) for x in (self.target_micro, self.epsilon, self.mu_max)):
+            raise ValueError("a pacing step must be finite")
+        if self.epsilon < 0 or self.mu_max < 0:
+            raise ValueError("epsilon and mu_max must not be negative")
+
+
+def _opt(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _pacing_args(step: PacingStep | None) -> list[str]:
+    if step is None:
+        return ["", "", ""]
+    return [repr(float(step.target_micro)), repr(float(step.epsilon)), repr(float(step.mu_max))]
+
+
+class BudgetLedger:
+    """Reserve, post, void and read campaign budgets (one round trip per call)."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._sha: str | None = None
+        # how long a voided record, or one posted without its pacing step, is kept past its expiry
+        self.keep_ms = settings.budget_reservation_ttl_s * 1000
+
+    async def sha(self) -> str:
+        if self._sha is None:
+            self._sha = as_str(await self.redis.script_load(BUDGET_SCRIPT))
+        return self._sha
+
+    def queue(self, pipe: Any, sha: str, campaign_id: str, args: Sequence[object]) -> None:
+        """Queue one EVALSHA of budget.lua on `pipe` (the ledger consumer's batch uses it too)."""
+        pipe.execute_command("EVALSHA", sha, 1, budget_key(campaign_id), *(str(a) for a in args))
+
+    def post_args(self, auction_ids: Sequence[str], step: PacingStep | None, now_ms: int) -> list[object]:
+        """ARGV of a post of these auctions' reservations on one campaign (one script call)."""
+        return ["post", now_ms, *_pacing_args(step), self.keep_ms, *auction_ids]
+
+    def count_posts(
+        self, posts: dict[str, list[str]], results: Sequence[Any], stats: MutableMapping[str, int]
+    ) -> dict[str, list[str]]:
+        """Count the outcomes of pipelined posts (`budget_<status>` in `stats`); returns those to
+        run again (NOSCRIPT: the script is loaded again). A refused post is logged, never raised: it
+        must not stall the ledger consumer."""
+        retry: dict[str, list[str]] = {}
+        for (campaign_id, auction_ids), result in zip(posts.items(), results, strict=True):
+            if isinstance(result, NoScriptError):
+                self._sha = None
+                retry[campaign_id] = auction_ids
+            elif isinstance(result, Exception):
+                stats["budget_post_errors"] = stats.get("budget_post_errors", 0) + 1
+                logger.error("budget post of %s on campaign %s failed: %s", auction_ids, campaign_id, result)
+            else:
+                for status in result:
+                    name = "budget_" + as_str(status)
+                    stats[name] = stats.get(name, 0) + 1
+        return retry
+
+    async def _run(self, calls: Sequence[tuple[str, Sequence[object]]]) -> list[Any]:
+        """Pipeline one EVALSHA per (campaign id, ARGV); on NOSCRIPT (a restarted Redis forgets
+        scripts) load it again and rerun the whole pipeline (every op is idempotent)."""
+        if not calls:
+            return []
+        for _ in range(3):
+            sha = await self.sha()
+            pipe = self.redis.pipeline(transaction=False)
+            for campaign_id, args in calls:
+                self.queue(pipe, sha, campaign_id, args)
+            results = await pipe.execute(raise_on_error=False)
+            if any(isinstance(r, NoScriptError) for r in results):
+                self._sha = None
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return list(results)
+        raise RuntimeError("the budget script could not be loaded")
+
+    async def states(self, campaign_ids: list[str], days: list[str], now_ms: int) -> list[BudgetState]:
+        """Each campaign's state on its day (expired reservations released first). ONE round trip."""
+        if len(campaign_ids) != len(days):
+            raise ValueError("one day per campaign")
+        replies = await self._run(
+            [(c, ["state", now_ms, d]) for c, d in zip(campaign_ids, days, strict=True)]
+        )
+        out = []
+        for day, reply in zip(days, replies, strict=True):
+            v = [as_str(x) for x in reply]
+            out.append(
+                BudgetState(
+                    day=day,
+                    spent_today=int(v[0]),
+                    reserved_today=int(v[1]),
+                    spent_total=int(v[2]),
+                    reserved_total=int(v[3]),
+                    auctions_today=int(v[4]),
+                    auctions_total=int(v[5]),
+                    charged_total=int(v[6]),
+                    mu=float(v[7]),
+                    late_posts=int(v[8]),
+                    expired_total=int(v[9]),
+                )
+            )
+        return out
+
+    async def reserve_all(self, reservations: list[Reservation], now_ms: int) -> list[bool]:
+        """Reserve each amount on its own campaign's key (each atomic there). ONE round trip.
+
+        True where it fitted (or this auction already holds it); False where it did not fit the
+        daily or total limit, or its expiry already passed."""
+        calls: list[tuple[str, Sequence[object]]] = [
+            (
+                r.campaign_id,
+                [
+                    "reserve",
+                    now_ms,
+                    r.auction_id,
+                    r.amount_micro,
+                    r.day,
+                    r.expires_at_ms,
+                    _opt(r.limits.daily_micro),
+                    _opt(r.limits.total_micro),
+                    self.keep_ms,
+                ],
+            )
+            for r in reservations
+        ]
+        return [bool(int(reply[0])) for reply in await self._run(calls)]
+
+    async def post_all(
+        self, campaign_ids: list[str], auction_id: str, pacing: list[PacingStep | None], now_ms: int
+    ) -> list[str]:
+        """Post the auction's reservation on each campaign (idempotent), with its pacing step.
+
+        Per campaign: ``posted``; ``late`` (it had expired or been voided: counted and recorded);
+        ``stepped`` (posted before without a step, the step applied now); ``already_posted``;
+        ``unknown`` (never reserved, or posted with its step and forgotten). ONE round trip."""
+        if len(campaign_ids) != len(pacing):
+            raise ValueError("one pacing step (or None) per campaign")
+        calls = [
+            (c, self.post_args([auction_id], s, now_ms)) for c, s in zip(campaign_ids, pacing, strict=True)
+        ]
+        return [as_str(reply[0]) for reply in await self._run(calls)]
+
+    async def void_all(self, campaign_ids: list[str], auction_id: str, now_ms: int) -> list[str]:
+        """Release the auction's reservations (idempotent): ``voided``, or the state it was already
+        in (``posted``, ``voided``, ``expired``), or ``unknown``. ONE round trip."""
+        calls = [(c, ["void", now_ms, auction_id, self.keep_ms]) for c in campaign_ids]
+        return [as_str(reply) for reply in await self._run(calls)]
+
+    async def late_auctions(self, campaign_id: str) -> list[str]:
+        """The last auction ids posted after their reservation expired or was voided (reconcile)."""
+        raw = await self.redis.hget(budget_key(campaign_id), "late_ids")
+        return [str(x) for x in json.loads(as_str(raw))] if raw is not None else []
