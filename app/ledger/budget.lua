@@ -188,7 +188,10 @@ end
 
 if op == 'reserve' then
   local r = record(aid)
-  if r then return {(r.s == 'held' or r.s == 'posted') and 1 or 0, 'exists:' .. r.s} end
+  -- held or posted: this auction has it already (a rerun); expired: too late. A voided one is made
+  -- again: the budget fit releases its accepted reservations when another is refused, and reserves
+  -- them again under the same auction id with the amounts of its refit (app.campaigns.spend).
+  if r and r.s ~= 'voided' then return {(r.s == 'held' or r.s == 'posted') and 1 or 0, 'exists:' .. r.s} end
   local amount, d, e = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
   if e <= now then return {0, 'expired'} end
   local c = redis.call('HMGET', key, 'spent_total', 'reserved_total', d .. '|spent', d .. '|reserved')

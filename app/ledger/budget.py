@@ -245,7 +245,8 @@ class BudgetLedger:
         """Reserve each amount on its own campaign's key (each atomic there). ONE round trip.
 
         True where it fitted (or this auction already holds it); False where it did not fit the
-        daily or total limit, or its expiry already passed."""
+        daily or total limit, or its expiry already passed. A reservation this auction voided is
+        made anew (the budget fit releases and re-reserves when another campaign's was refused)."""
         calls: list[tuple[str, Sequence[object]]] = [
             (
                 r.campaign_id,

@@ -8,6 +8,7 @@ depend on the value scales (MECHANISM.md), so the two must agree on everything.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,13 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 
 from app import mechanism
 from app.auction.engine_client import derive_seed
 from app.auction.sampler import SEED_ALLOCATION
+from app.campaigns.participants import CampaignResolver
+from app.campaigns.spend import BudgetSpender, FitInputs
+from app.campaigns.store import CampaignStore
+from app.contract.request import AuctionRequest
 from app.gateway.app import create_app
-from app.ledger.budget import budget_key
+from app.ledger.budget import BudgetLedger, Reservation, budget_key
 from app.ledger.events import to_micro_units
 from tests.fixtures_redis import RedisServerProcess
 from tests.fixtures_worker import WorkerProcess
@@ -91,6 +97,11 @@ def rewards_of(answer: dict[str, Any], advertiser_id: str) -> np.ndarray:
     return np.array([c["rewards"][advertiser_id] for c in answer["candidates"]])
 
 
+def present(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields an answer states (the record also lists the absent ones, as null)."""
+    return {key: value for key, value in row.items() if value is not None}
+
+
 def replay(record: dict[str, Any]) -> mechanism.AuctionOutcome:
     """`app.mechanism.run_auction` on the record's candidate table, drawing with the record's seed."""
     ids = [row["id"] for row in record["advertisers"]]
@@ -105,7 +116,8 @@ def replay(record: dict[str, Any]) -> mechanism.AuctionOutcome:
 def assert_replays(client: TestClient, answer: dict[str, Any]) -> dict[str, Any]:
     """The stored record repeats the answer and replays by seed: the same payments, the same draw."""
     record: dict[str, Any] = client.get(f"/auctions/{answer['auction_id']}").json()
-    assert record["advertisers"] == answer["advertisers"] and record["candidates"] == answer["candidates"]
+    assert [present(row) for row in record["advertisers"]] == answer["advertisers"]
+    assert record["candidates"] == answer["candidates"]
     outcome = replay(record)
     np.testing.assert_allclose(
         outcome.payments, [row["payment"] for row in record["advertisers"]], atol=1e-12
@@ -192,7 +204,7 @@ def test_each_exclusion_is_answered_with_its_reason(client: TestClient) -> None:
         "ex-mine": "same_owner",
         "dup-b": "same_owner",
     }
-    answer = auction(client, 5, advertisers=[OTHER], campaigns=[*expected, "dup-a"])
+    answer = auction(client, 5, advertisers=[OTHER], campaigns=["dup-a", *expected])
     assert {x["campaign_id"]: x["reason"] for x in answer["excluded"]} == expected
     assert [row["id"] for row in answer["advertisers"]] == [OTHER["id"], "dup-owner"]
     assert row_of(answer, "dup-owner")["campaign_id"] == "dup-a"
@@ -259,3 +271,53 @@ def test_budget_binding_auction_lowers_the_campaign_until_its_payment_fits(clien
     while (paid := client.get("/ledger/advertisers/binder").json()["paid_micro"]) != budget:
         assert paid < budget and time.monotonic() < deadline, paid  # the embedded consumer applies
         time.sleep(0.2)
+
+
+def test_a_reservation_refused_midway_is_fitted_again_and_the_others_reserved_again(
+    client: TestClient, redis_process: RedisServerProcess
+) -> None:
+    """Invariant: when one campaign's reservation is refused because another auction took its budget
+    after it was read, the auction is fitted again on the budgets read anew — the refused campaign
+    lowered to what is left (here nothing: α = 0, charged 0) — and every campaign is reserved again
+    under the same auction id, those whose first reservation was accepted (and released for the
+    refit) included: the auction is served, never a 503 for budgets that fit."""
+    create(client, "race-a", "race-owner-a", budget={"total_micro": 10**9})
+    create(client, "race-b", "race-owner-b", budget={"total_micro": 1_000})
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    rng = np.random.default_rng(3)
+    log_ref = rng.normal(size=6)
+    # rows: race-a, then race-b with small rewards (its payment fits the 1 000 micro it was read with)
+    rewards = np.vstack([rng.normal(size=6), 0.02 * rng.normal(size=6)])
+    _, free = mechanism.allocation_and_payments(rewards, log_ref, log_ref, 1.0)
+    assert 0 < to_micro_units(float(free[1])) <= 1_000 and to_micro_units(float(free[0])) > 0, free
+
+    async def body() -> tuple[Any, list[Any]]:
+        connection = aioredis.Redis.from_url(redis_process.url)
+        try:
+            budgets = BudgetLedger(connection, settings)
+            resolver = CampaignResolver(CampaignStore(connection, settings), budgets, settings)
+            participants = await resolver.resolve(AuctionRequest(query=QUERY, campaigns=["race-a", "race-b"]))
+            assert [entry.remaining for entry in participants.entries] == [10**9, 1_000]
+            now = int(time.time() * 1000)
+            entry_b = participants.entries[1]
+            other = Reservation("race-b", "another-auction", 1_000, entry_b.limits, entry_b.day, now + 60_000)
+            assert await budgets.reserve_all([other], now) == [True]  # another auction took it all
+            spender = BudgetSpender(budgets, settings)
+            inputs = FitInputs(rewards=rewards, log_ref=log_ref, log_proposal=log_ref, tau=1.0, seed=5)
+            fitted = await spender.fit_and_reserve(
+                participants, inputs, "race-1", now, reserve=True, render=False
+            )
+            days = [entry.day for entry in participants.entries]
+            return fitted, await budgets.states(["race-a", "race-b"], days, now)
+        finally:
+            await connection.aclose()
+
+    fitted, (state_a, state_b) = asyncio.run(body())
+    assert list(fitted.alphas) == [1.0, 0.0] and float(fitted.outcome.payments[1]) == 0.0
+    charged_a = to_micro_units(float(fitted.outcome.payments[0]))
+    assert charged_a > 0 and state_a.reserved_total == charged_a  # reserved again after its release
+    assert state_b.reserved_total == 1_000  # the other auction's, nothing more
+    assert [(r.campaign_id, r.reserved_micro) for r in fitted.records] == [
+        ("race-a", charged_a),
+        ("race-b", 0),
+    ]

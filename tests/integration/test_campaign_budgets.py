@@ -189,9 +189,14 @@ class Run:
             if response.status_code == 504:  # the deadline passed (a busy CPU): stored, billed nothing
                 self.note("504")
                 return None
+            if response.status_code >= 500 and response.headers.get("idempotent-replayed") == "true":
+                self.note(
+                    f"stored {response.status_code}"
+                )  # the key's outcome: served nothing, billed nothing
+                return None
             if response.status_code != 200:
-                assert response.status_code in (409, 503), response.text
-                self.note(str(response.status_code))
+                assert response.status_code in (409, 429, 503), response.text
+                self.note(f"{response.status_code} {str(response.json().get('detail'))[-90:]}")
                 await asyncio.sleep(0.3)
                 continue
             answer: dict[str, Any] = response.json()
