@@ -111,6 +111,15 @@ class AuctionService:
             self.observer.campaign_counted(exclusion.reason)
         return participants
 
+    async def post_rendered(self, record: dict[str, Any]) -> None:
+        """A pending charge was just rendered (billed): post its campaigns' reservations with their pacing
+        steps (the ledger consumer posts them too when it applies the event, without a step)."""
+        campaign_ids = [str(entry["campaign_id"]) for entry in record.get("budgets") or []]
+        if campaign_ids:
+            now = clock_ms()
+            steps = await self.campaigns.pacing_steps(campaign_ids, now)
+            await self.spender.post_steps(campaign_ids, str(record["auction_id"]), steps, now)
+
     def admission_cost(self, request: AuctionRequest) -> int:
         """The model tokens admission holds for the auction (`app.auction.cost`); `LimitExceededError`
         (422 naming the fields) when it is more than one auction may ever cost."""

@@ -104,6 +104,22 @@ class CampaignResolver:
             request=_auction_request(request, entries), entries=tuple(entries), excluded=tuple(excluded)
         )
 
+    async def pacing_steps(self, campaign_ids: list[str], now_ms: int) -> list[PacingStep | None]:
+        """Each campaign's pacing step as of now (a pending render charge is posted when rendered, long
+        after its auction: its step is taken then, from the spend before the render)."""
+        found = await self.store.get_many(campaign_ids)
+        present = [campaign for campaign in found if campaign is not None]
+        days = [campaign_day(campaign, now_ms) for campaign in present]
+        states = iter(await self.budgets.states([c.id for c in present], days, now_ms) if present else [])
+        steps: list[PacingStep | None] = []
+        for campaign in found:
+            if campaign is None:
+                steps.append(None)
+                continue
+            entry = self._entry(campaign, 0, budget_limits(campaign), next(states), "", now_ms)
+            steps.append(entry.pacing_step)
+        return steps
+
     def _entry(
         self, campaign: Campaign, row: int, limits: BudgetLimits, state: BudgetState, day: str, now_ms: int
     ) -> CampaignEntry:

@@ -27,7 +27,7 @@ from app import mechanism
 from app.campaigns.budget_fit import fit_budgets
 from app.campaigns.participants import Participants
 from app.contract.result import BudgetRecord
-from app.ledger.budget import BudgetLedger, Reservation, reservation_expiry_ms
+from app.ledger.budget import BudgetLedger, PacingStep, Reservation, reservation_expiry_ms
 from app.ledger.events import to_micro_units
 from app.settings import Settings
 
@@ -215,10 +215,15 @@ class BudgetSpender:
         """After the billing write: reserved → spent, and each campaign's pacing step. A failure here
         loses nothing: the ledger consumer posts the reservations of every event it applies."""
         entries = participants.entries
+        await self.post_steps(
+            [e.campaign.id for e in entries], auction_id, [e.pacing_step for e in entries], now_ms
+        )
+
+    async def post_steps(
+        self, campaign_ids: list[str], auction_id: str, steps: list[PacingStep | None], now_ms: int
+    ) -> None:
         try:
-            await self.budgets.post_all(
-                [e.campaign.id for e in entries], auction_id, [e.pacing_step for e in entries], now_ms
-            )
+            await self.budgets.post_all(campaign_ids, auction_id, steps, now_ms)
         except (RedisError, OSError) as error:
             logger.warning(
                 "budget post failed (the ledger consumer posts it)",

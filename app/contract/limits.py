@@ -60,6 +60,7 @@ def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, 
         "AuctionRequest": {
             "query": {"maxLength": settings.max_query_chars},
             "advertisers": {"maxItems": settings.max_advertisers},
+            "campaigns": {"maxItems": settings.max_advertisers},
             "candidates": {"maximum": settings.max_candidates},
             "max_tokens": {"maximum": settings.max_tokens_limit},
             "tmax_ms": {"maximum": max_tmax_ms(settings)},

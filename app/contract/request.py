@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from app.prompts import AdvertiserProfile, advertiser_messages, context_messages, reference_messages
 
@@ -72,15 +80,26 @@ class AdvertiserIn(BaseModel):
 
 class AuctionRequest(BaseModel):
     # strict: JSON types as they are (no true → 1, no "2" → 2, no "yes" → True). The schema also says
-    # the one cross-field rule (`_mixture_needs_raw_sampling`): mixture only at temperature 1, top_p 1.
+    # the cross-field rules: mixture only at temperature 1, top_p 1 (`_mixture_needs_raw_sampling`), and
+    # at least one advertiser or campaign (`_unique_ids`).
     model_config = ConfigDict(
         extra="forbid",
         str_strip_whitespace=True,
         strict=True,
         json_schema_extra={
-            "anyOf": [
-                {"not": {"properties": {"proposal": {"const": "mixture"}}, "required": ["proposal"]}},
-                {"properties": {"temperature": {"const": 1}, "top_p": {"const": 1}}},
+            "allOf": [
+                {
+                    "anyOf": [
+                        {"not": {"properties": {"proposal": {"const": "mixture"}}, "required": ["proposal"]}},
+                        {"properties": {"temperature": {"const": 1}, "top_p": {"const": 1}}},
+                    ]
+                },
+                {  # someone bids: inline advertisers, campaigns or both
+                    "anyOf": [
+                        {"properties": {"advertisers": {"minItems": 1}}, "required": ["advertisers"]},
+                        {"properties": {"campaigns": {"minItems": 1}}, "required": ["campaigns"]},
+                    ]
+                },
             ]
         },
     )
@@ -88,17 +107,18 @@ class AuctionRequest(BaseModel):
     query: str = Field(
         min_length=1, description="The user's query.", examples=["Learning to play the guitar."]
     )
-    advertisers: list[AdvertiserIn] = Field(
-        default_factory=list,
-        description="The advertisers in this auction, given inline (ids unique). At least one of "
-        "`advertisers` and `campaigns` is not empty.",
-        json_schema_extra={"uniqueItems": True},
-    )
     campaigns: list[Annotated[str, Field(pattern=ADVERTISER_ID_PATTERN)]] = Field(
         default_factory=list,
         description="Registered campaigns (`/campaigns`) to enter, by id (unique). One campaign per owner: "
         "a second one of an owner already in the auction is left out (`excluded`, reason `same_owner`), as "
         "are campaigns paused, archived, outside their schedule or out of budget.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    advertisers: list[AdvertiserIn] = Field(
+        default_factory=list,
+        validate_default=True,  # an absent list is checked too: someone must bid
+        description="The advertisers in this auction, given inline (ids unique). At least one of "
+        "`advertisers` and `campaigns` is not empty.",
         json_schema_extra={"uniqueItems": True},
     )
     tau: float | None = Field(
@@ -143,7 +163,10 @@ class AuctionRequest(BaseModel):
 
     @field_validator("advertisers")
     @classmethod
-    def _unique_ids(cls, advertisers: list[AdvertiserIn]) -> list[AdvertiserIn]:
+    def _unique_ids(cls, advertisers: list[AdvertiserIn], info: ValidationInfo) -> list[AdvertiserIn]:
+        # `campaigns` comes first, so it is in info.data here (absent when it was itself refused).
+        if not advertisers and info.data.get("campaigns", [None]) == []:
+            raise ValueError("give at least one advertiser (`advertisers`) or campaign (`campaigns`)")
         seen: set[str] = set()
         for advertiser in advertisers:
             if advertiser.id in seen:
@@ -157,12 +180,6 @@ class AuctionRequest(BaseModel):
         if len(set(campaigns)) != len(campaigns):
             raise ValueError("campaign ids must be unique")
         return campaigns
-
-    @model_validator(mode="after")
-    def _someone_bids(self) -> AuctionRequest:
-        if not self.advertisers and not self.campaigns:
-            raise ValueError("give at least one advertiser (`advertisers`) or campaign (`campaigns`)")
-        return self
 
     @model_validator(mode="after")
     def _mixture_needs_raw_sampling(self) -> AuctionRequest:

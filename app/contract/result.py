@@ -30,20 +30,32 @@ class CampaignExclusion(BaseModel):
     )
 
 
+def _absent(value: object) -> bool:
+    # An inline advertiser's row has no campaign fields: left out of the JSON, not written as nulls, so
+    # records and answers of auctions without campaigns are as before.
+    return value is None
+
+
 class AdvertiserResult(BaseModel):
     id: str
     payment: float = Field(description="p_i = R_i − U_i, charged (expected, not realised).")
     expected_reward: float = Field(description="R_i = Σ_j π_j r_i(y_j).")
     expected_utility: float = Field(description="U_i = τ LSE(ℓ) − τ LSE(β_{-i}).")
-    campaign_id: str | None = Field(None, description="The campaign she entered with (absent when inline).")
-    value_scale: float | None = Field(None, description="The campaign's value scale s_i (its bid).")
+    campaign_id: str | None = Field(
+        None, exclude_if=_absent, description="The campaign she entered with (absent when inline)."
+    )
+    value_scale: float | None = Field(
+        None, exclude_if=_absent, description="The campaign's value scale s_i (its bid)."
+    )
     pacing_multiplier: float | None = Field(
         None,
+        exclude_if=_absent,
         description="α = 1/(1+μ), fixed before the auction from spend before it: the auction used α·s_i "
         "(truthful for the budget-adjusted utility α·r_i − p_i; docs/DESIGN.md § Pacing).",
     )
     budget_multiplier: float | None = Field(
         None,
+        exclude_if=_absent,
         description="Below 1 when her payment at α·s_i did not fit what remains of her budget: the rewards "
         "were scaled by it until it did (0: left out of the draw, charged nothing).",
     )

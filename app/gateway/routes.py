@@ -180,7 +180,11 @@ async def run_auction(
     responses=error_responses(401, 403, 404, 409, 410, 422, 503),
 )
 async def render_auction(
-    auction_id: str, redis_client: RedisDep, settings: SettingsDep, metrics: MetricsDep
+    auction_id: str,
+    redis_client: RedisDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    service: AuctionServiceDep,
 ) -> RenderResult:
     if len(auction_id) > 64 or not auction_id.isalnum():
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
@@ -200,6 +204,7 @@ async def render_auction(
         )
     if changed:
         metrics.revenue.labels(str(record.get("currency", settings.currency))).inc(float(record["revenue"]))
+        await service.post_rendered(record)  # its campaigns' spend and pacing steps
     return RenderResult(auction_id=auction_id, billing="billed", stream_id=stream_id, billed_now=changed)
 
 

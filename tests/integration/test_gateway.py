@@ -238,6 +238,9 @@ def test_unknown_auction_is_404(client: TestClient) -> None:
         ({"candidates": 65}, ["body", "candidates"]),
         ({"max_tokens": 513}, ["body", "max_tokens"]),
         ({"advertisers": []}, ["body", "advertisers"]),
+        ({"campaigns": [f"c{i}" for i in range(16)]}, ["body", "campaigns"]),
+        ({"campaigns": ["c1", "c1"]}, ["body", "campaigns"]),
+        ({"campaigns": ["bad id!"]}, ["body", "campaigns", 0]),
         ({"advertisers": [ADVERTISERS[0], ADVERTISERS[0]]}, ["body", "advertisers"]),
         (
             {"advertisers": [{**ADVERTISERS[0], "description": "d" * 501}]},
