@@ -340,7 +340,7 @@ def campaign_overhead(args: argparse.Namespace) -> None:
         args,
         [
             ("StrumMaster inline", overhead[False]),
-            ("StrumMaster as campaigns: [id]", overhead[True]),
+            ("StrumMaster as a campaign, by id", overhead[True]),
             ("added by the campaign (paired)", added),
             ("in-body (total − workers), inline", in_body[False]),
             ("in-body (total − workers), campaign", in_body[True]),

@@ -192,6 +192,7 @@ class AuctionService:
             log_proposal=scored.log_proposal,
             tau=resolved.outcome.tau,
             seed=derive_seed(seed, SEED_ALLOCATION),
+            outcome=resolved.outcome,
         )
         request = participants.request
         budgeted = await self.spender.fit_and_reserve(

@@ -59,6 +59,9 @@ class FitInputs:
     log_proposal: np.ndarray
     tau: float
     seed: int
+    # The outcome already resolved on `rewards` with a fresh generator of `seed` (the auction's own):
+    # when every charge fits, it is the fit's answer as it stands (no second solve).
+    outcome: mechanism.AuctionOutcome | None = None
 
 
 def _records(
@@ -168,6 +171,10 @@ class BudgetSpender:
         resolve on exactly the rewards the record keeps (rows × α), so the seed replays it."""
         rounds = 0
         alphas = alphas.copy()
+        if inputs.outcome is not None and bool(np.all(alphas == 1.0)):
+            payments = [to_micro_units(float(p)) for p in inputs.outcome.payments]
+            if all(r is None or payments[i] <= r for i, r in enumerate(remaining)):
+                return inputs.rewards, inputs.outcome, payments, alphas, rounds
         over: list[int] = []
         for _ in range(4):
             base = inputs.rewards if bool(np.all(alphas == 1.0)) else inputs.rewards * alphas[:, None]
