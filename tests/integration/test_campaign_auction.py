@@ -34,6 +34,8 @@ from tests.fixtures_redis import RedisServerProcess
 from tests.fixtures_worker import WorkerProcess
 from tests.integration.test_gateway import make_settings
 
+pytestmark = pytest.mark.timeout(120)
+
 QUERY = "Learning to play the guitar."
 OTHER = {"id": "strummaster", "name": "StrumMaster", "description": "selling guitars and tuners"}
 
