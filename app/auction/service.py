@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,7 @@ class AuctionService:
         self.budgets = BudgetLedger(billing.redis, settings)
         self.campaigns = CampaignResolver(self.campaign_store, self.budgets, settings)
         self.spender = BudgetSpender(self.budgets, settings)
+        self._background: set[asyncio.Future[None]] = set()
 
     async def prepare(self, request: AuctionRequest) -> Participants:
         """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
@@ -110,6 +112,11 @@ class AuctionService:
         for exclusion in participants.excluded:
             self.observer.campaign_counted(exclusion.reason)
         return participants
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)  # a reference until done (the loop keeps only weak ones)
+        task.add_done_callback(self._background.discard)
 
     async def post_rendered(self, record: dict[str, Any]) -> None:
         """A pending charge was just rendered (billed): post its campaigns' reservations with their pacing
@@ -165,7 +172,10 @@ class AuctionService:
                 await asyncio.shield(self.spender.void(participants, auction_id, clock_ms()))
             raise
         if budgeted is not None and budgeted.reserved and self.bill_mode(request) == "bill":
-            await self.spender.post(participants, auction_id, clock_ms())
+            # After the reply, off its path: the reservation holds the amount until posted (it counts
+            # against the budget either way), and the ledger consumer posts it too when it applies the
+            # billing event (idempotent), so a gateway that dies before this post loses nothing.
+            self._in_background(self.spender.post(participants, auction_id, clock_ms()))
         timings = clock.timings(worker_stats)
         if control.claim is None:
             response.timings_ms = timings

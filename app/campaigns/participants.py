@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from app.campaigns.eligibility import campaign_day, day_bounds_ms, schedule_exclusion
 from app.campaigns.pacing import TrafficCurve, day_fraction, pacing_multiplier, pacing_step
-from app.campaigns.store import CampaignStore
+from app.campaigns.store import CampaignStore, campaign_key, parse_stored
 from app.contract.campaign import Campaign
 from app.contract.request import AdvertiserIn, AuctionRequest
-from app.contract.result import CampaignExclusion, ExclusionReason
+from app.contract.result import CampaignExclusion
 from app.ledger.budget import BudgetLedger, BudgetLimits, BudgetState, PacingStep
 from app.settings import Settings
 
@@ -56,6 +57,10 @@ class Participants:
         return next((entry for entry in self.entries if entry.row == row), None)
 
 
+def _utc_date(moment_ms: int) -> str:
+    return datetime.fromtimestamp(moment_ms / 1000, tz=UTC).date().isoformat()
+
+
 def budget_limits(campaign: Campaign) -> BudgetLimits:
     return BudgetLimits(daily_micro=campaign.budget.daily_micro, total_micro=campaign.budget.total_micro)
 
@@ -73,23 +78,19 @@ class CampaignResolver:
         if not request.campaigns:
             return Participants(request=request)
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        found = await self.store.get_many(list(request.campaigns))
+        found, states = await self._read(list(request.campaigns), now)
         excluded: list[CampaignExclusion] = []
-        scheduled: list[Campaign] = []
+        scheduled: list[tuple[Campaign, BudgetState]] = []
         for campaign_id, campaign in zip(request.campaigns, found, strict=True):
-            reason: ExclusionReason | None = (
-                "not_found" if campaign is None else schedule_exclusion(campaign, now)
-            )
+            reason = "not_found" if campaign is None else schedule_exclusion(campaign, now)
             if reason is not None or campaign is None:
                 excluded.append(CampaignExclusion(campaign_id=campaign_id, reason=reason or "not_found"))
             else:
-                scheduled.append(campaign)
-        days = [campaign_day(campaign, now) for campaign in scheduled]
-        states = await self.budgets.states([c.id for c in scheduled], days, now) if scheduled else []
+                scheduled.append((campaign, states[campaign_id, campaign_day(campaign, now)]))
         owners = {advertiser.id for advertiser in request.advertisers}
         entries: list[CampaignEntry] = []
-        for campaign, day, state in zip(scheduled, days, states, strict=True):
-            limits = budget_limits(campaign)
+        for campaign, state in scheduled:
+            day, limits = state.day, budget_limits(campaign)
             remaining = state.remaining(limits)
             reason = "out_of_budget" if remaining is not None and remaining <= 0 else None
             if reason is None and campaign.owner in owners:
@@ -103,6 +104,25 @@ class CampaignResolver:
         return Participants(
             request=_auction_request(request, entries), entries=tuple(entries), excluded=tuple(excluded)
         )
+
+    async def _read(
+        self, campaign_ids: list[str], now_ms: int
+    ) -> tuple[list[Campaign | None], dict[tuple[str, str], BudgetState]]:
+        """The campaigns and their budget states in ONE round trip: the day a budget counts on is the
+        campaign's own (its time zone), unknown before it is read, so each campaign's state is read for
+        every date some time zone has now (UTC−12 … UTC+14: at most three)."""
+        days = sorted({_utc_date(now_ms + offset_h * 3_600_000) for offset_h in (-12, 0, 14)})
+        pairs = [(campaign_id, day) for campaign_id in campaign_ids for day in days]
+        docs, states = await self.budgets.states_beside(
+            [campaign_key(c) for c in campaign_ids], [c for c, _ in pairs], [d for _, d in pairs], now_ms
+        )
+        found = [parse_stored(doc) for doc in docs]
+        by_pair = dict(zip(pairs, states, strict=True))
+        for campaign in found:  # a zone beyond those offsets (none in the IANA database today)
+            if campaign is not None and (campaign.id, campaign_day(campaign, now_ms)) not in by_pair:
+                day = campaign_day(campaign, now_ms)
+                (by_pair[campaign.id, day],) = await self.budgets.states([campaign.id], [day], now_ms)
+        return found, by_pair
 
     async def pacing_steps(self, campaign_ids: list[str], now_ms: int) -> list[PacingStep | None]:
         """Each campaign's pacing step as of now (a pending render charge is posted when rendered, long

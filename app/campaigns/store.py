@@ -265,6 +265,11 @@ def _changed(current: Campaign, changes: dict[str, Any], now_ms: int) -> Campaig
     return Campaign.model_validate(document, strict=False)
 
 
+def parse_stored(doc: str | bytes | None) -> Campaign | None:
+    """A campaign as read from its key (`campaign_key`), or None when there is none."""
+    return _parse(doc)
+
+
 def _parse(doc: str | bytes | None) -> Campaign | None:
     if doc is None:
         return None

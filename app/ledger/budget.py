@@ -194,14 +194,19 @@ class BudgetLedger:
                     stats[name] = stats.get(name, 0) + 1
         return retry
 
-    async def _run(self, calls: Sequence[tuple[str, Sequence[object]]]) -> list[Any]:
-        """Pipeline one EVALSHA per (campaign id, ARGV); on NOSCRIPT (a restarted Redis forgets
-        scripts) load it again and rerun the whole pipeline (every op is idempotent)."""
-        if not calls:
+    async def _run(
+        self, calls: Sequence[tuple[str, Sequence[object]]], gets: Sequence[str] = ()
+    ) -> list[Any]:
+        """Pipeline a GET of each of `gets` (their replies first), then one EVALSHA per (campaign id,
+        ARGV); on NOSCRIPT (a restarted Redis forgets scripts) load it again and rerun the whole
+        pipeline (every op is idempotent)."""
+        if not calls and not gets:
             return []
         for _ in range(3):
             sha = await self.sha()
             pipe = self.redis.pipeline(transaction=False)
+            for key in gets:
+                pipe.get(key)
             for campaign_id, args in calls:
                 self.queue(pipe, sha, campaign_id, args)
             results = await pipe.execute(raise_on_error=False)
@@ -216,11 +221,24 @@ class BudgetLedger:
 
     async def states(self, campaign_ids: list[str], days: list[str], now_ms: int) -> list[BudgetState]:
         """Each campaign's state on its day (expired reservations released first). ONE round trip."""
+        _, states = await self.states_beside([], campaign_ids, days, now_ms)
+        return states
+
+    async def states_beside(
+        self, gets: list[str], campaign_ids: list[str], days: list[str], now_ms: int
+    ) -> tuple[list[Any], list[BudgetState]]:
+        """GET each key of `gets` (another feature's documents: the campaigns themselves) and each
+        (campaign, day) state, in ONE round trip (the auction reads its campaigns and their budgets at
+        once, before it knows each campaign's time zone, hence its day: several days per campaign)."""
         if len(campaign_ids) != len(days):
             raise ValueError("one day per campaign")
         replies = await self._run(
-            [(c, ["state", now_ms, d]) for c, d in zip(campaign_ids, days, strict=True)]
+            [(c, ["state", now_ms, d]) for c, d in zip(campaign_ids, days, strict=True)], gets
         )
+        return replies[: len(gets)], self._parse_states(days, replies[len(gets) :])
+
+    @staticmethod
+    def _parse_states(days: list[str], replies: list[Any]) -> list[BudgetState]:
         out = []
         for day, reply in zip(days, replies, strict=True):
             v = [as_str(x) for x in reply]
