@@ -4,7 +4,7 @@
 -- ARGV: 1 op (reserve|post|void|state), 2 now_ms, then per op:
 --   reserve: 3 auction id, 4 amount, 5 day, 6 expires_at_ms, 7 daily limit or '', 8 total limit or '',
 --            9 keep_ms (how long a voided/posted-without-step record is kept past its expiry)
---   post:    3 rho or '' (no pacing step), 4 epsilon, 5 mu_max, 6 keep_ms, 7.. auction ids (the
+--   post:    3 rho ('' : the ledger consumer's post; '0': the gateway's, without a pacing step), 4 epsilon, 5 mu_max, 6 keep_ms, 7.. auction ids (the
 --            ledger consumer posts a whole batch's auctions of one campaign in one call)
 --   void:    3 auction id, 4 keep_ms
 --   state:   3 day
@@ -40,7 +40,7 @@ if not is_uint(ARGV[2]) then return err('now_ms is not an integer') end
 local aid = ARGV[3]
 local function check_aid() return type(aid) == 'string' and #aid > 0 and #aid <= 256 end
 local function check_day(d) return type(d) == 'string' and string.match(d, '^%d%d%d%d%-%d%d%-%d%d$') ~= nil end
-local step
+local step, final
 if op == 'reserve' then
   if #ARGV ~= 9 or not check_aid() then return err('reserve arguments') end
   if not is_uint(ARGV[4]) or tonumber(ARGV[4]) > MAX_SAFE then return err('amount') end
@@ -54,7 +54,8 @@ elseif op == 'post' then
   for i = 7, #ARGV do
     if #ARGV[i] == 0 or #ARGV[i] > 256 then return err('post arguments: auction id') end
   end
-  if ARGV[3] ~= '' then
+  final = ARGV[3] ~= ''  -- the gateway's post ("0" without a step): nobody posts after it
+  if final then
     local rho, eps, mu_max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
     if not rho or not eps or not mu_max or rho ~= rho or eps ~= eps or mu_max ~= mu_max
       or eps < 0 or mu_max < 0 or eps == math.huge or mu_max == math.huge or rho == math.huge then
@@ -229,11 +230,11 @@ end
 local function post(id)
   local r = record(id)
   if not r then return 'unknown' end  -- never reserved, or posted and forgotten
-  if r.s == 'posted' then  -- posted before without a pacing step (the ledger consumer): the step now
-    if not step then return 'already_posted' end
-    pace(r.a)
+  if r.s == 'posted' then  -- posted before by the ledger consumer: the gateway's step now, once
+    if not final then return 'already_posted' end
+    if step then pace(r.a) end
     redis.call('HDEL', key, 'r:' .. id)
-    return 'stepped'
+    return step and 'stepped' or 'already_posted'
   end
   local late = r.s == 'expired' or r.s == 'voided'
   spend(r, r.s == 'held')
@@ -245,7 +246,7 @@ local function post(id)
     if #ids > LATE_IDS_KEPT then table.remove(ids, 1) end
     redis.call('HSET', key, 'late_ids', cjson.encode(ids))
   end
-  if step or late then
+  if final or late then
     redis.call('HDEL', key, 'r:' .. id)
   else  -- kept until the gateway's post brings the pacing step, or until it is dropped
     r.s, r.k = 'posted', math.max(r.e, now) + keep

@@ -145,9 +145,12 @@ def _opt(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-def _pacing_args(step: PacingStep | None) -> list[str]:
+def _pacing_args(step: PacingStep | None, final: bool) -> list[str]:
+    # '' (the ledger consumer's post) keeps a posted record for the gateway's post to come; "0" (the
+    # gateway's post without a pacing step) is final like a step: the record goes at once (the hash
+    # holds only auctions in flight, so its housekeeping scan stays short).
     if step is None:
-        return ["", "", ""]
+        return ["0", "0", "0"] if final else ["", "", ""]
     return [repr(float(step.target_micro)), repr(float(step.epsilon)), repr(float(step.mu_max))]
 
 
@@ -170,9 +173,12 @@ class BudgetLedger:
         """Queue one EVALSHA of budget.lua on `pipe` (the ledger consumer's batch uses it too)."""
         pipe.execute_command("EVALSHA", sha, 1, budget_key(campaign_id), *(str(a) for a in args))
 
-    def post_args(self, auction_ids: Sequence[str], step: PacingStep | None, now_ms: int) -> list[object]:
-        """ARGV of a post of these auctions' reservations on one campaign (one script call)."""
-        return ["post", now_ms, *_pacing_args(step), self.keep_ms, *auction_ids]
+    def post_args(
+        self, auction_ids: Sequence[str], step: PacingStep | None, now_ms: int, final: bool = False
+    ) -> list[object]:
+        """ARGV of a post of these auctions' reservations on one campaign (one script call); `final`:
+        the gateway's post (with its pacing step, if any), after which nobody posts again."""
+        return ["post", now_ms, *_pacing_args(step, final), self.keep_ms, *auction_ids]
 
     def count_posts(
         self, posts: dict[str, list[str]], results: Sequence[Any], stats: MutableMapping[str, int]
@@ -295,7 +301,8 @@ class BudgetLedger:
         if len(campaign_ids) != len(pacing):
             raise ValueError("one pacing step (or None) per campaign")
         calls = [
-            (c, self.post_args([auction_id], s, now_ms)) for c, s in zip(campaign_ids, pacing, strict=True)
+            (c, self.post_args([auction_id], s, now_ms, final=True))
+            for c, s in zip(campaign_ids, pacing, strict=True)
         ]
         return [as_str(reply[0]) for reply in await self._run(calls)]
 

@@ -28,7 +28,7 @@ from app.ledger.budget import (
 )
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.events import make_billing_event
-from app.ledger.keys import LedgerKeys, decode_fields
+from app.ledger.keys import LedgerKeys, as_str, decode_fields
 from app.ledger.reconcile import reconcile
 from app.ledger.redis_store import make_client
 from app.ledger.render import RenderLedger, pending_commands
@@ -73,7 +73,8 @@ def test_reserve_post_void_expire(redis_server: RedisServerProcess) -> None:
         assert await b.post_all(["c1"], "a1", [None], NOW + 1) == ["posted"]
         assert await b.void_all(["c1"], "a2", NOW + 2) == ["voided"]
         assert await b.void_all(["c1"], "a2", NOW + 3) == ["voided"]  # idempotent
-        assert await b.void_all(["c1"], "a1", NOW + 3) == ["posted"]  # a posted one is not voided
+        # the gateway's post is final: the record is forgotten, and a void changes nothing
+        assert await b.void_all(["c1"], "a1", NOW + 3) == ["unknown"]
         [s] = await b.states(["c1"], [DAY], NOW + 4)
         assert (s.spent_today, s.reserved_today, s.auctions_today, s.charged_total) == (600, 0, 1, 1)
         assert await b.reserve_all([res("a4", 400, expires=NOW + 10)], NOW + 5) == [True]
@@ -81,6 +82,28 @@ def test_reserve_post_void_expire(redis_server: RedisServerProcess) -> None:
         assert await b.reserve_all([res("a5", 400)], NOW + 11) == [True]  # a4 expired: released
         [s] = await b.states(["c1"], [DAY], NOW + 12)
         assert (s.spent_today, s.reserved_today, s.expired_total) == (600, 400, 1)
+
+    run(redis_server.url, body)
+
+
+async def consumer_post(b: BudgetLedger, auction_id: str) -> str:
+    """The ledger consumer's post of one auction on c1 (no pacing step, not final)."""
+    (reply,) = await b._run([("c1", b.post_args([auction_id], None, NOW))])
+    return as_str(reply[0])
+
+
+def test_a_gateway_post_without_a_step_is_final(redis_server: RedisServerProcess) -> None:
+    """The gateway's post is the last: with or without a pacing step its record goes at once (the hash
+    keeps only auctions in flight), and a consumer post after it changes nothing."""
+
+    async def body(r: aioredis.Redis, b: BudgetLedger) -> None:
+        assert await b.reserve_all([res("f1", 250)], NOW) == [True]
+        assert await consumer_post(b, "f1") == "posted"
+        assert await b.post_all(["c1"], "f1", [None], NOW) == ["already_posted"]
+        assert not await r.hexists(budget_key("c1"), "r:f1")
+        assert await consumer_post(b, "f1") == "unknown"
+        [s] = await b.states(["c1"], [DAY], NOW)
+        assert (s.spent_total, s.auctions_total, s.reserved_total) == (250, 1, 0)
 
     run(redis_server.url, body)
 
@@ -94,14 +117,15 @@ def test_two_posters_post_once_and_step_once(redis_server: RedisServerProcess) -
         assert await b.reserve_all([res("g1", 300), res("g2", 300)], NOW) == [True, True]
         # gateway first (with its step), then the consumer (without)
         assert await b.post_all(["c1"], "g1", [step], NOW) == ["posted"]
-        assert await b.post_all(["c1"], "g1", [None], NOW) == ["unknown"]
+        assert await consumer_post(b, "g1") == "unknown"
         [s] = await b.states(["c1"], [DAY], NOW)
         assert s.spent_total == 300 and s.mu == pytest.approx(1.0)  # 0 − 0.5·(100 − 300)/100
-        # consumer first, then the gateway's step
-        assert await b.post_all(["c1"], "g2", [None], NOW) == ["posted"]
-        assert await b.post_all(["c1"], "g2", [None], NOW) == ["already_posted"]
+        # consumer first (twice: a redelivery), then the gateway's step
+        assert await consumer_post(b, "g2") == "posted"
+        assert await consumer_post(b, "g2") == "already_posted"
         assert await b.post_all(["c1"], "g2", [step], NOW) == ["stepped"]
         assert await b.post_all(["c1"], "g2", [step], NOW) == ["unknown"]
+        assert await consumer_post(b, "g2") == "unknown"
         [s] = await b.states(["c1"], [DAY], NOW)
         assert (s.spent_total, s.auctions_total) == (600, 2) and s.mu == pytest.approx(2.0)  # clipped at μ̄
 
