@@ -9,12 +9,13 @@ gateway (what it reports goes to an `AuctionObserver`). Invariants: docs/DESIGN.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,9 @@ class RunControl:
     model work begins) is awaited before the write; `body` is then the exact JSON answered,
     the one stored under the Idempotency-Key in the same MULTI as the record and the billing event.
     `cleared` (with a key): generation waits for it, so the key's replay check, sent with the
-    auction's tokenization, ends before any model work.
+    auction's tokenization, ends before any model work. `after_reply` (when the caller gives a list):
+    work the caller runs once the answer is sent (the budget post; without a list it runs at once in the
+    background).
     """
 
     claim_ready: asyncio.Future[IdempotencyClaim] | None = None  # the key's claim, under way
@@ -73,6 +76,7 @@ class RunControl:
     idempotency_ms: float = 0.0
     billing_started: bool = False
     body: str | None = None
+    after_reply: list[Callable[[], Awaitable[None]]] | None = None
 
 
 def deadline_s(request: AuctionRequest, settings: Settings) -> float:
@@ -175,7 +179,11 @@ class AuctionService:
             # After the reply, off its path: the reservation holds the amount until posted (it counts
             # against the budget either way), and the ledger consumer posts it too when it applies the
             # billing event (idempotent), so a gateway that dies before this post loses nothing.
-            self._in_background(self.spender.post(participants, auction_id, clock_ms()))
+            post = functools.partial(self.spender.post, participants, auction_id, clock_ms())
+            if control.after_reply is not None:
+                control.after_reply.append(post)
+            else:
+                self._in_background(post())
         timings = clock.timings(worker_stats)
         if control.claim is None:
             response.timings_ms = timings

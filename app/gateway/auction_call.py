@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import BackgroundTasks, Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -74,8 +74,9 @@ async def serve_auction(
     metrics: GatewayMetrics,
     cost: int,
     participants: Participants | None = None,
+    background: BackgroundTasks | None = None,
 ) -> AuctionResponse | Response:
-    control = RunControl()
+    control = RunControl(after_reply=[] if background is not None else None)
     lookup: asyncio.Future[StoredOutcome | None] | None = None
     lookup_ms = 0.0
     fp = running = ""
@@ -118,6 +119,9 @@ async def serve_auction(
     finally:
         if lookup is not None and not lookup.done():
             lookup.cancel()
+    if background is not None:  # run by Starlette once the answer's bytes are sent (the budget post)
+        for work in control.after_reply or []:
+            background.add_task(work)
     if control.body is not None and not isinstance(response, Response):  # not the abandoned 499
         return Response(content=control.body, media_type="application/json")
     return response

@@ -323,3 +323,31 @@ def test_a_reservation_refused_midway_is_fitted_again_and_the_others_reserved_ag
         ("race-a", charged_a),
         ("race-b", 0),
     ]
+
+
+def test_a_billed_auction_steps_the_pacing_state_once_after_the_reply(
+    client: TestClient, redis_process: RedisServerProcess
+) -> None:
+    """Invariant: in BILLING_MODE=auction the gateway posts a campaign's reservation after the reply,
+    with its pacing step, exactly once (μ = 1 → about 1 − ε when spend is far below target; the ledger
+    consumer's post of the same event neither spends twice nor steps again)."""
+    create(client, "step-1", "stepper", budget={"daily_micro": 10**12})
+    raw = redis.Redis.from_url(redis_process.url, decode_responses=True)
+    raw.hset(budget_key("step-1"), "mu", "1.0")
+    answer = auction(client, 77, campaigns=["step-1"])
+    assert row_of(answer, "stepper")["pacing_multiplier"] == 0.5
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = client.get("/campaigns/step-1/stats").json()
+        if stats["reserved_micro"] == 0 and raw.hexists("mosaic:ledger:applied", answer["auction_id"]):
+            break
+        time.sleep(0.05)
+    assert stats["auctions_entered"] == 1 and stats["reserved_micro"] == 0
+    assert stats["spent_total_micro"] == answer_micro(client, answer["auction_id"], "stepper")
+    assert 0.79 < float(raw.hget(budget_key("step-1"), "mu") or 0) < 0.81
+    assert stats["pacing_multiplier"] == 1.0 / (1.0 + float(raw.hget(budget_key("step-1"), "mu") or 0))
+
+
+def answer_micro(client: TestClient, auction_id: str, advertiser_id: str) -> int:
+    micro: int = client.get(f"/auctions/{auction_id}").json()["payments_micro"][advertiser_id]
+    return micro
