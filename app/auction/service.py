@@ -65,9 +65,9 @@ class RunControl:
     model work begins) is awaited before the write; `body` is then the exact JSON answered,
     the one stored under the Idempotency-Key in the same MULTI as the record and the billing event.
     `cleared` (with a key): generation waits for it, so the key's replay check, sent with the
-    auction's tokenization, ends before any model work. `after_reply` (when the caller gives a list):
-    work the caller runs once the answer is sent (the budget post; without a list it runs at once in the
-    background).
+    auction's tokenization, ends before any model work. `after_reply` (when the caller gives one)
+    hands the caller work to run once the answer is sent (the route: Starlette's background tasks; the
+    budget post); without it that work runs at once in the background.
     """
 
     claim_ready: asyncio.Future[IdempotencyClaim] | None = None  # the key's claim, under way
@@ -76,7 +76,7 @@ class RunControl:
     idempotency_ms: float = 0.0
     billing_started: bool = False
     body: str | None = None
-    after_reply: list[Callable[[], Awaitable[None]]] | None = None
+    after_reply: Callable[[Callable[[], Awaitable[None]]], None] | None = None
 
 
 def deadline_s(request: AuctionRequest, settings: Settings) -> float:
@@ -181,7 +181,7 @@ class AuctionService:
             # billing event (idempotent), so a gateway that dies before this post loses nothing.
             post = functools.partial(self.spender.post, participants, auction_id, clock_ms())
             if control.after_reply is not None:
-                control.after_reply.append(post)
+                control.after_reply(post)
             else:
                 self._in_background(post())
         timings = clock.timings(worker_stats)

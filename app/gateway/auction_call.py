@@ -76,7 +76,7 @@ async def serve_auction(
     participants: Participants | None = None,
     background: BackgroundTasks | None = None,
 ) -> AuctionResponse | Response:
-    control = RunControl(after_reply=[] if background is not None else None)
+    control = RunControl(after_reply=background.add_task if background is not None else None)
     lookup: asyncio.Future[StoredOutcome | None] | None = None
     lookup_ms = 0.0
     fp = running = ""
@@ -119,9 +119,6 @@ async def serve_auction(
     finally:
         if lookup is not None and not lookup.done():
             lookup.cancel()
-    if background is not None:  # run by Starlette once the answer's bytes are sent (the budget post)
-        for work in control.after_reply or []:
-            background.add_task(work)
     if control.body is not None and not isinstance(response, Response):  # not the abandoned 499
         return Response(content=control.body, media_type="application/json")
     return response
