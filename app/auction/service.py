@@ -156,12 +156,13 @@ class AuctionService:
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
         resolved = await self._sample_and_resolve(bidding, seed, clock, worker_stats, control.cleared)
-        budgeted = await self._fit_budgets(participants, resolved, seed, auction_id, clock)
-        if budgeted is not None:
-            resolved = ResolvedAuction(
-                scored=resolved.scored, rewards=budgeted.rewards, outcome=budgeted.outcome
-            )
+        budgeted: BudgetedOutcome | None = None
         try:
+            budgeted = await self._fit_budgets(participants, resolved, seed, auction_id, clock)
+            if budgeted is not None:
+                resolved = ResolvedAuction(
+                    scored=resolved.scored, rewards=budgeted.rewards, outcome=budgeted.outcome
+                )
             # Timings up to here; the stored record keeps these (billing 0: it is the write of the record).
             so_far = clock.timings(worker_stats)
             response, record, event = self._build_result(
@@ -172,7 +173,10 @@ class AuctionService:
             # Before the billing write began nothing can be billed: release the reservations. After it
             # began the write may stand (a timeout is ambiguous): they are left to the ledger consumer,
             # which posts them if the event exists, or to their own expiry if it does not.
-            if budgeted is not None and budgeted.reserved and not control.billing_started:
+            # (Cancelled during the fit, it may hold reservations it has not returned: void them all;
+            # a void of none is a no-op.)
+            reserving = participants.entries and self.bill_mode(request) != "none"
+            if reserving and not control.billing_started:
                 await asyncio.shield(self.spender.void(participants, auction_id, clock_ms()))
             raise
         if budgeted is not None and budgeted.reserved and self.bill_mode(request) == "bill":
