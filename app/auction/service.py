@@ -9,13 +9,12 @@ gateway (what it reports goes to an `AuctionObserver`). Invariants: docs/DESIGN.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,7 @@ from app.campaigns.store import CampaignStore
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings, BillingState
 from app.ledger.budget import BudgetLedger
-from app.ledger.events import BillingEvent, make_billing_event
+from app.ledger.events import BillingEvent, PacingArgs, make_billing_event
 from app.ledger.idempotency import IdempotencyClaim, IdempotencyStore
 from app.ledger.producer import BillingProducer, BillMode
 from app.settings import Settings
@@ -45,6 +44,10 @@ AUCTION_KEY_PREFIX = "mosaic:auction:"
 
 # What a response says of its billing, by the producer's bill mode.
 BILLING_STATES: dict[BillMode, BillingState] = {"none": "test", "pending": "pending", "bill": "billed"}
+
+
+# What `_build_result` makes of a resolved auction: the answer, the audit record, the billing event.
+Built = tuple[AuctionResponse, AuctionRecord, BillingEvent]
 
 
 class AuctionDeadlineError(Exception):
@@ -65,9 +68,7 @@ class RunControl:
     model work begins) is awaited before the write; `body` is then the exact JSON answered,
     the one stored under the Idempotency-Key in the same MULTI as the record and the billing event.
     `cleared` (with a key): generation waits for it, so the key's replay check, sent with the
-    auction's tokenization, ends before any model work. `after_reply` (when the caller gives one)
-    hands the caller work to run once the answer is sent (the route: Starlette's background tasks; the
-    budget post); without it that work runs at once in the background.
+    auction's tokenization, ends before any model work.
     """
 
     claim_ready: asyncio.Future[IdempotencyClaim] | None = None  # the key's claim, under way
@@ -76,7 +77,6 @@ class RunControl:
     idempotency_ms: float = 0.0
     billing_started: bool = False
     body: str | None = None
-    after_reply: Callable[[Callable[[], Awaitable[None]]], None] | None = None
 
 
 def deadline_s(request: AuctionRequest, settings: Settings) -> float:
@@ -105,7 +105,6 @@ class AuctionService:
         self.budgets = BudgetLedger(billing.redis, settings)
         self.campaigns = CampaignResolver(self.campaign_store, self.budgets, settings)
         self.spender = BudgetSpender(self.budgets, settings)
-        self._background: set[asyncio.Future[None]] = set()
 
     async def prepare(self, request: AuctionRequest) -> Participants:
         """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
@@ -116,11 +115,6 @@ class AuctionService:
         for exclusion in participants.excluded:
             self.observer.campaign_counted(exclusion.reason)
         return participants
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)  # a reference until done (the loop keeps only weak ones)
-        task.add_done_callback(self._background.discard)
 
     async def post_rendered(self, record: dict[str, Any]) -> None:
         """A pending charge was just rendered (billed): post its campaigns' reservations with their pacing
@@ -156,18 +150,25 @@ class AuctionService:
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
         resolved = await self._sample_and_resolve(bidding, seed, clock, worker_stats, control.cleared)
-        budgeted: BudgetedOutcome | None = None
-        try:
-            budgeted = await self._fit_budgets(participants, resolved, seed, auction_id, clock)
-            if budgeted is not None:
-                resolved = ResolvedAuction(
-                    scored=resolved.scored, rewards=budgeted.rewards, outcome=budgeted.outcome
-                )
+        built: list[tuple[BudgetedOutcome | None, Built]] = []
+
+        def build(budgeted: BudgetedOutcome | None) -> Built:
             # Timings up to here; the stored record keeps these (billing 0: it is the write of the record).
+            fitted = resolved
+            if budgeted is not None:
+                fitted = ResolvedAuction(resolved.scored, budgeted.rewards, budgeted.outcome)
             so_far = clock.timings(worker_stats)
-            response, record, event = self._build_result(
-                participants, resolved, auction_id, seed, so_far, budgeted
+            return self._build_result(participants, fitted, auction_id, seed, so_far, budgeted)
+
+        try:
+            budgeted = await self._fit_budgets(
+                participants, resolved, seed, auction_id, clock, lambda b: built.append((b, build(b)))
             )
+            # built while its reservations were in flight, if they were the ones accepted
+            result = next((r for b, r in built if b is budgeted), None)
+            response, record, event = result if result is not None else build(budgeted)
+            if budgeted is not None:
+                resolved = ResolvedAuction(resolved.scored, budgeted.rewards, budgeted.outcome)
             await self._persist(bidding, response, record, event, control, clock)
         except BaseException:
             # Before the billing write began nothing can be billed: release the reservations. After it
@@ -179,15 +180,6 @@ class AuctionService:
             if reserving and not control.billing_started:
                 await asyncio.shield(self.spender.void(participants, auction_id, clock_ms()))
             raise
-        if budgeted is not None and budgeted.reserved and self.bill_mode(request) == "bill":
-            # After the reply, off its path: the reservation holds the amount until posted (it counts
-            # against the budget either way), and the ledger consumer posts it too when it applies the
-            # billing event (idempotent), so a gateway that dies before this post loses nothing.
-            post = functools.partial(self.spender.post, participants, auction_id, clock_ms())
-            if control.after_reply is not None:
-                control.after_reply(post)
-            else:
-                self._in_background(post())
         timings = clock.timings(worker_stats)
         if control.claim is None:
             response.timings_ms = timings
@@ -201,9 +193,10 @@ class AuctionService:
         seed: int,
         auction_id: str,
         clock: StageClock,
+        overlap: Callable[[BudgetedOutcome], None],
     ) -> BudgetedOutcome | None:
-        """Every campaign's payment within its budget, reserved (`app.campaigns.spend`); None without
-        campaigns (the inline auction is untouched)."""
+        """Every campaign's payment within its budget, reserved (`app.campaigns.spend`; `overlap` runs
+        while the reservations are in flight); None without campaigns (the inline auction is untouched)."""
         if not participants.entries:
             return None
         begin = time.perf_counter()
@@ -224,6 +217,7 @@ class AuctionService:
             clock_ms(),
             reserve=self.bill_mode(request) != "none",
             render=self.bill_mode(request) == "pending",
+            overlap=overlap,
         )
         for record in budgeted.records:
             if record.budget_multiplier < 1.0:
@@ -287,6 +281,7 @@ class AuctionService:
             resolved.payments(advertiser_ids),
             self.settings.currency,
             campaigns={entry.campaign.owner: entry.campaign.id for entry in participants.entries},
+            pacing=_pacing(participants) if self.bill_mode(request) == "bill" else None,
         )
         candidates = candidate_records(resolved, advertiser_ids)
         response = auction_response(
@@ -350,6 +345,17 @@ class AuctionService:
                 "worker_ms": round(timings.workers, 2),
             },
         )
+
+
+def _pacing(participants: Participants) -> dict[str, PacingArgs | None]:
+    """Each campaign's pacing step for its billing event: the ledger consumer's post, once the event is
+    in the stream, spends the reservation and steps μ with it (so nothing is written after the reply)."""
+    return {
+        entry.campaign.id: None
+        if entry.pacing_step is None
+        else (entry.pacing_step.target_micro, entry.pacing_step.epsilon, entry.pacing_step.mu_max)
+        for entry in participants.entries
+    }
 
 
 def clock_ms() -> int:

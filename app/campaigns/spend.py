@@ -6,18 +6,21 @@ same candidates with that campaign's rewards scaled down (`app.campaigns.budget_
 ever lowering, bounded rounds; a campaign that still does not fit is left out of the draw at α = 0 and
 charged nothing); never a partial charge, never a second model pass. Each payment is then reserved on
 the campaign's own budget key (atomic there, `app.ledger.budget`); a reservation refused because others
-spent meanwhile sends the fit round again with the budgets read anew. After the billing write the
-gateway posts the reservations (`post`), after a failure it voids them (`void`); a gateway killed in
-between leaves them to expire by themselves, or to the ledger consumer, which posts those of every
-event it applies. Invariant: the sum of a campaign's posted and live reserved amounts never exceeds its
-daily or total budget. Imports the budget fit (pure), the budget ledger, the mechanism and `app.contract`.
-See docs/DESIGN.md § Budgets are hard.
+spent meanwhile sends the fit round again with the budgets read anew. The ledger consumer posts the
+reservations of every billing event it applies (with the pacing steps the event carries); a rendered
+charge is posted here at render (`post_steps`); after a failure the gateway voids them (`void`); a
+gateway killed in between leaves them to expire by themselves. Invariant: the sum of a campaign's
+posted and live reserved amounts never exceeds its daily or total budget. Imports the budget fit
+(pure), the budget ledger, the mechanism and `app.contract`. See docs/DESIGN.md § Budgets are hard.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +90,17 @@ def _records(
     )
 
 
+async def _settled(pending: asyncio.Future[list[bool]]) -> list[bool]:
+    """The reservations' replies; cancelled while they are in flight, they land first (so the void the
+    cancelled auction sends next finds them) and the cancel goes on."""
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await pending
+        raise
+
+
 class BudgetSpender:
     """Fits and reserves, posts, voids (see the module docstring)."""
 
@@ -103,8 +117,13 @@ class BudgetSpender:
         *,
         reserve: bool,
         render: bool,
+        overlap: Callable[[BudgetedOutcome], None] | None = None,
     ) -> BudgetedOutcome:
-        """The outcome with every payment within its campaign's budget, reserved when `reserve`."""
+        """The outcome with every payment within its campaign's budget, reserved when `reserve`.
+
+        `overlap(outcome)` runs while the reservations of `outcome` are in flight (the caller builds its
+        answer meanwhile: the round trip costs the reply path nothing more); `outcome` stands only if
+        they are all accepted - the object returned is then that same one."""
         entries = participants.entries
         n = inputs.rewards.shape[0]
         alphas = np.ones(n)
@@ -115,18 +134,27 @@ class BudgetSpender:
         for attempt in range(self.settings.budget_reserve_attempts + n):
             rewards, outcome, payments, alphas, fit_rounds = self._fit(inputs, alphas, remaining)
             rounds += fit_rounds
+            records = _records(participants, remaining, alphas, rounds, payments if reserve else None)
+            result = BudgetedOutcome(
+                rewards, outcome, alphas.copy(), rounds, records, reserve and bool(entries)
+            )
             if not reserve or not entries:
-                break
+                return result
             reservations = self._reservations(participants, payments, auction_id, now_ms, render)
-            accepted = await self._reserve(reservations, now_ms)
+            pending = asyncio.ensure_future(self._reserve(reservations, now_ms))
+            try:
+                if overlap is not None:
+                    overlap(result)
+            finally:
+                accepted = await _settled(pending)
             if all(accepted):
-                break
+                return result
             last = attempt + 1 >= self.settings.budget_reserve_attempts
             await self._refresh(participants, reservations, accepted, remaining, alphas if last else None)
-        else:  # pragma: no cover - each round past the attempts drops one more campaign
-            raise BudgetReservationError(f"budgets of auction {auction_id} could not be reserved")
-        records = _records(participants, remaining, alphas, rounds, payments if reserve else None)
-        return BudgetedOutcome(rewards, outcome, alphas.copy(), rounds, records, reserve and bool(entries))
+        # each round past the attempts drops one more campaign
+        raise BudgetReservationError(
+            f"budgets of auction {auction_id} could not be reserved"
+        )  # pragma: no cover
 
     def _reservations(
         self, participants: Participants, payments: list[int], auction_id: str, now_ms: int, render: bool
@@ -217,14 +245,6 @@ class BudgetSpender:
     async def _void(self, campaign_ids: list[str], auction_id: str, now_ms: int) -> None:
         if campaign_ids:
             await self.budgets.void_all(campaign_ids, auction_id, now_ms)
-
-    async def post(self, participants: Participants, auction_id: str, now_ms: int) -> None:
-        """After the billing write: reserved → spent, and each campaign's pacing step. A failure here
-        loses nothing: the ledger consumer posts the reservations of every event it applies."""
-        entries = participants.entries
-        await self.post_steps(
-            [e.campaign.id for e in entries], auction_id, [e.pacing_step for e in entries], now_ms
-        )
 
     async def post_steps(
         self, campaign_ids: list[str], auction_id: str, steps: list[PacingStep | None], now_ms: int

@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any
 
-from fastapi import BackgroundTasks, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -74,9 +74,8 @@ async def serve_auction(
     metrics: GatewayMetrics,
     cost: int,
     participants: Participants | None = None,
-    background: BackgroundTasks | None = None,
 ) -> AuctionResponse | Response:
-    control = RunControl(after_reply=background.add_task if background is not None else None)
+    control = RunControl()
     lookup: asyncio.Future[StoredOutcome | None] | None = None
     lookup_ms = 0.0
     fp = running = ""

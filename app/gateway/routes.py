@@ -15,7 +15,7 @@ import contextlib
 from typing import Annotated, Any, Literal
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, BackgroundTasks, Body, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.models import Example
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -136,7 +136,6 @@ def _readiness(
 async def run_auction(
     body: AuctionRequest,
     request: Request,
-    background: BackgroundTasks,
     settings: SettingsDep,
     service: AuctionServiceDep,
     admission: AdmissionDep,
@@ -169,7 +168,6 @@ async def run_auction(
         metrics=metrics,
         cost=cost,
         participants=participants,
-        background=background,
     )
 
 

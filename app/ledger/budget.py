@@ -31,11 +31,12 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from app.ledger.events import PacingArgs
 from app.ledger.keys import as_str
 from app.ledger.scripts import BUDGET_SCRIPT
 from app.settings import Settings
@@ -47,11 +48,17 @@ MAX_SAFE = 2**53 - 1  # every amount, limit and sum in budget.lua stays at or be
 DAYS_KEPT = 7  # budget.lua keeps the daily counters of the 7 most recent days
 
 
-def group_posts(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """(campaign id, auction id) pairs -> campaign id -> auction ids (one post call per campaign)."""
-    posts: dict[str, list[str]] = defaultdict(list)
-    for campaign_id, auction_id in pairs:
-        posts[campaign_id].append(auction_id)
+# What a post of the ledger consumer carries for one (campaign, auction): "absent" (an event without
+# pacing: posted without a step, not final), None (final, no step) or the step (final, stepped).
+PostStep = PacingArgs | Literal["absent"] | None
+
+
+def group_posts(items: Iterable[tuple[str, str, PostStep]]) -> dict[tuple[str, PostStep], list[str]]:
+    """(campaign id, auction id, step) -> (campaign id, step) -> auction ids: one post call per
+    campaign and step (the auctions of one campaign without a step share one call)."""
+    posts: dict[tuple[str, PostStep], list[str]] = defaultdict(list)
+    for campaign_id, auction_id, step in items:
+        posts[campaign_id, step].append(auction_id)
     return posts
 
 
@@ -180,17 +187,27 @@ class BudgetLedger:
         the gateway's post (with its pacing step, if any), after which nobody posts again."""
         return ["post", now_ms, *_pacing_args(step, final), self.keep_ms, *auction_ids]
 
+    def consumer_post_args(self, step: PostStep, auction_ids: Sequence[str], now_ms: int) -> list[object]:
+        """ARGV of the ledger consumer's post of these auctions on one campaign (`group_posts`)."""
+        if step == "absent":
+            return self.post_args(auction_ids, None, now_ms)
+        pacing = None if step is None else PacingStep(*step)
+        return self.post_args(auction_ids, pacing, now_ms, final=True)
+
     def count_posts(
-        self, posts: dict[str, list[str]], results: Sequence[Any], stats: MutableMapping[str, int]
-    ) -> dict[str, list[str]]:
+        self,
+        posts: dict[tuple[str, PostStep], list[str]],
+        results: Sequence[Any],
+        stats: MutableMapping[str, int],
+    ) -> dict[tuple[str, PostStep], list[str]]:
         """Count the outcomes of pipelined posts (`budget_<status>` in `stats`); returns those to
         run again (NOSCRIPT: the script is loaded again). A refused post is logged, never raised: it
         must not stall the ledger consumer."""
-        retry: dict[str, list[str]] = {}
-        for (campaign_id, auction_ids), result in zip(posts.items(), results, strict=True):
+        retry: dict[tuple[str, PostStep], list[str]] = {}
+        for ((campaign_id, step), auction_ids), result in zip(posts.items(), results, strict=True):
             if isinstance(result, NoScriptError):
                 self._sha = None
-                retry[campaign_id] = auction_ids
+                retry[campaign_id, step] = auction_ids
             elif isinstance(result, Exception):
                 stats["budget_post_errors"] = stats.get("budget_post_errors", 0) + 1
                 logger.error("budget post of %s on campaign %s failed: %s", auction_ids, campaign_id, result)

@@ -14,11 +14,12 @@ retried through XAUTOCLAIM, dead-lettered with the reason when its delivery coun
 BILLING_MAX_DELIVERIES). Nothing is dropped silently. With BILLING_MODE=render it also expires the
 pending charges whose RENDER_WINDOW_S passed (app.ledger.render; a rendered charge reaches it as a
 stream entry like any other), about once a second (voiding their campaign budget reservations).
-Campaign budgets: the reservations of an event that carries `campaigns` are posted (app.ledger.budget,
-idempotent: the gateway posts them too) in the same MULTI round trip as the applies, one script call
-per campaign - the fallback when a gateway died between its billing write and its own post. A
-reservation is posted when its event is in the stream, whatever the apply's outcome (a dead-lettered
-event's reply was shown: spent all the same; reconcile reports the difference).
+Campaign budgets: an event's reservations are posted (app.ledger.budget, idempotent) in the same MULTI
+as the applies, one script call per campaign and pacing step: the step an event billed at once carries
+makes this post the final one, once per auction (the gateway writes nothing after its reply); a rendered
+charge's event has none (the gateway posts it at render, stepped). A reservation is posted when its
+event is in the stream, whatever the apply's outcome (a dead-lettered event's reply was shown: spent
+all the same; reconcile reports the difference).
 """
 
 from __future__ import annotations
@@ -195,9 +196,7 @@ class LedgerConsumer:
         dead-lettered), so one bad entry cannot stall the consumer.
         """
         todo = [item for item in items if item.event is not None]
-        posts = group_posts(
-            (c, item.event.auction_id) for item in todo if item.event for c in item.event.campaign_ids()
-        )
+        posts = group_posts(post for item in todo if item.event for post in item.event.posts())
         for attempt in range(3):
             if not todo and not posts:
                 return
@@ -208,8 +207,8 @@ class LedgerConsumer:
                 pipe.execute_command("EVALSHA", sha, *self._apply_args(item.event))
             if posts:
                 budget_sha, now_ms = await self.budget.sha(), int(time.time() * 1000)
-                for campaign_id, auction_ids in posts.items():
-                    args = self.budget.post_args(auction_ids, None, now_ms)
+                for (campaign_id, step), auction_ids in posts.items():
+                    args = self.budget.consumer_post_args(step, auction_ids, now_ms)
                     self.budget.queue(pipe, budget_sha, campaign_id, args)
             results = await pipe.execute(raise_on_error=False)
             posts = self.budget.count_posts(posts, results[len(todo) :], self.stats)

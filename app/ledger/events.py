@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
 MICRO_UNITS_PER_UNIT = 1_000_000
 # Largest payment of one advertiser in one auction (10 million units). It keeps every sum inside a
@@ -27,6 +27,8 @@ MAX_ABS_PAYMENT_MICRO = 10_000_000 * MICRO_UNITS_PER_UNIT
 MAX_ADVERTISERS_PER_EVENT = 256
 MAX_ID_LENGTH = 256
 EVENT_VERSION = "1"
+# A campaign's pacing step as an event carries it: (ρ target spend per auction, ε, μ̄).
+PacingArgs = tuple[float, float, float]
 
 
 # --- money ---------------------------------------------------------------------------------------
@@ -65,7 +67,11 @@ class BillingEvent:
     """One auction's payments; `revenue_micro` is the sum of the rounded payments, so it balances.
 
     `campaigns` maps an advertiser id to the campaign whose budget holds her reservation (the ledger
-    consumer posts it when it applies the event; absent for inline advertisers)."""
+    consumer posts it when it applies the event; absent for inline advertisers). `pacing` (billed at
+    once: BILLING_MODE=auction) maps each of those campaigns to its pacing step as fixed before the
+    auction, (ρ, ε, μ̄), or None without one: the consumer's post then applies it and is final, so μ
+    steps once per billed auction, whoever dies when (an event without it - a rendered charge, whose
+    step is taken at render - is posted without a step)."""
 
     auction_id: str
     created_at_ms: int
@@ -73,6 +79,7 @@ class BillingEvent:
     payments_micro: dict[str, int]
     revenue_micro: int
     campaigns: dict[str, str] = field(default_factory=dict)
+    pacing: dict[str, PacingArgs | None] = field(default_factory=dict)
 
     def stream_fields(self) -> dict[str, str]:
         """The fields of the stream entry (payments and campaigns as canonical JSON: sorted keys,
@@ -87,6 +94,8 @@ class BillingEvent:
         }
         if self.campaigns:
             fields["campaigns"] = _canonical(self.campaigns)
+        if self.pacing:
+            fields["pacing"] = _canonical({c: list(step or ()) for c, step in self.pacing.items()})
         return fields
 
 
@@ -109,6 +118,7 @@ def make_billing_event(
     currency: str,
     now_ms: int | None = None,
     campaigns: Mapping[str, str] | None = None,
+    pacing: Mapping[str, PacingArgs | None] | None = None,
 ) -> BillingEvent:
     """Round each payment to micro-units (`to_micro_units`); revenue = sum of the rounded payments.
 
@@ -136,6 +146,11 @@ def make_billing_event(
             raise ValueError(
                 f"campaign {campaign_id!r} names advertiser {advertiser_id!r}, who has no payment"
             )
+    for campaign_id, step in (pacing or {}).items():
+        if campaign_id not in (campaigns or {}).values():
+            raise ValueError(f"pacing of campaign {campaign_id!r}, which is not in the event")
+        if step is not None and not (len(step) == 3 and all(math.isfinite(x) for x in step)):
+            raise ValueError(f"pacing step of campaign {campaign_id!r} is not three finite numbers")
     created = int(time.time() * 1000) if now_ms is None else int(now_ms)
     if created < 0:
         raise ValueError("created_at_ms must not be negative")
@@ -146,6 +161,7 @@ def make_billing_event(
         payments_micro=micro,
         revenue_micro=sum(micro.values()),
         campaigns={adv: (campaigns or {})[adv] for adv in sorted(campaigns or {})},
+        pacing=dict(pacing or {}),
     )
 
 
@@ -167,10 +183,23 @@ class StreamEvent:
     revenue_micro: str
     payments: tuple[tuple[str, str], ...]
     campaigns: str = ""  # canonical JSON {advertiser id: campaign id}, "" when the event has none
+    pacing: str = ""  # canonical JSON {campaign id: [ρ, ε, μ̄] or []}, "" when the event has none
 
     def campaign_ids(self) -> list[str]:
         """The campaigns whose reservations this event posts (sorted by advertiser id)."""
         return list(json.loads(self.campaigns).values()) if self.campaigns else []
+
+    def posts(self) -> list[tuple[str, str, PacingArgs | Literal["absent"] | None]]:
+        """(campaign id, auction id, pacing step) of each reservation the ledger consumer posts."""
+        return [(c, self.auction_id, self.pacing_of(c)) for c in self.campaign_ids()]
+
+    def pacing_of(self, campaign_id: str) -> PacingArgs | Literal["absent"] | None:
+        """The campaign's pacing step carried by the event: (ρ, ε, μ̄), None (the event says it has
+        none) or "absent" (an event without `pacing`: a rendered charge, stepped at render)."""
+        if not self.pacing:
+            return "absent"
+        step = json.loads(self.pacing).get(campaign_id)
+        return (float(step[0]), float(step[1]), float(step[2])) if step else None
 
 
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -204,6 +233,7 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
             raise MalformedEventError(f"{name} is not an integer: {text!r}")
     pairs = tuple((str(adv), _int_text(payments[adv], f"payment of {adv!r}")) for adv in sorted(payments))
     campaigns = _parse_campaigns(fields.get("campaigns"), {adv for adv, _ in pairs})
+    pacing = _parse_pacing(fields.get("pacing"), campaigns)
     for text in (fields["auction_id"], fields["currency"], *(adv for adv, _ in pairs)):
         try:
             text.encode("utf-8")
@@ -217,17 +247,22 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
         revenue_micro=fields["revenue_micro"],
         payments=pairs,
         campaigns=campaigns,
+        pacing=pacing,
     )
+
+
+def _json_field(name: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise MalformedEventError(f"{name} is not JSON: {error}") from error
 
 
 def _parse_campaigns(raw: str | None, advertisers: set[str]) -> str:
     """The `campaigns` field as canonical JSON ("" when absent); each names a paid advertiser."""
     if raw is None:
         return ""
-    try:
-        campaigns = json.loads(raw)
-    except ValueError as error:
-        raise MalformedEventError(f"campaigns is not JSON: {error}") from error
+    campaigns = _json_field("campaigns", raw)
     if not isinstance(campaigns, dict) or not campaigns:
         raise MalformedEventError("campaigns is not a non-empty JSON object")
     for adv, campaign_id in campaigns.items():
@@ -236,3 +271,21 @@ def _parse_campaigns(raw: str | None, advertisers: set[str]) -> str:
         if not isinstance(campaign_id, str) or not 0 < len(campaign_id) <= MAX_ID_LENGTH:
             raise MalformedEventError(f"campaign id of {adv!r} is not a short non-empty string")
     return _canonical(campaigns)
+
+
+def _parse_pacing(raw: str | None, campaigns: str) -> str:
+    """The `pacing` field as canonical JSON ("" when absent): a step of three finite numbers (or [])
+    for each campaign of the event, none other."""
+    if raw is None:
+        return ""
+    pacing = _json_field("pacing", raw)
+    known = set(json.loads(campaigns).values()) if campaigns else set()
+    if not isinstance(pacing, dict) or set(pacing) != known:
+        raise MalformedEventError("pacing does not name exactly the event's campaigns")
+    for campaign_id, step in pacing.items():
+        numbers = isinstance(step, list) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in step
+        )
+        if not numbers or len(step) not in (0, 3):
+            raise MalformedEventError(f"pacing step of {campaign_id!r} is not [] or three finite numbers")
+    return _canonical(pacing)

@@ -282,7 +282,9 @@ def test_a_reservation_refused_midway_is_fitted_again_and_the_others_reserved_ag
     after it was read, the auction is fitted again on the budgets read anew — the refused campaign
     lowered to what is left (here nothing: α = 0, charged 0) — and every campaign is reserved again
     under the same auction id, those whose first reservation was accepted (and released for the
-    refit) included: the auction is served, never a 503 for budgets that fit."""
+    refit) included: the auction is served, never a 503 for budgets that fit. What the caller built
+    while the refused reservations were in flight (`overlap`) is not the outcome returned; what it built
+    for the accepted ones is that very object."""
     create(client, "race-a", "race-owner-a", budget={"total_micro": 10**9})
     create(client, "race-b", "race-owner-b", budget={"total_micro": 1_000})
     settings = client.app.state.settings  # type: ignore[attr-defined]
@@ -292,6 +294,8 @@ def test_a_reservation_refused_midway_is_fitted_again_and_the_others_reserved_ag
     rewards = np.vstack([rng.normal(size=6), 0.02 * rng.normal(size=6)])
     _, free = mechanism.allocation_and_payments(rewards, log_ref, log_ref, 1.0)
     assert 0 < to_micro_units(float(free[1])) <= 1_000 and to_micro_units(float(free[0])) > 0, free
+
+    built: list[Any] = []
 
     async def body() -> tuple[Any, list[Any]]:
         connection = aioredis.Redis.from_url(redis_process.url)
@@ -307,7 +311,7 @@ def test_a_reservation_refused_midway_is_fitted_again_and_the_others_reserved_ag
             spender = BudgetSpender(budgets, settings)
             inputs = FitInputs(rewards=rewards, log_ref=log_ref, log_proposal=log_ref, tau=1.0, seed=5)
             fitted = await spender.fit_and_reserve(
-                participants, inputs, "race-1", now, reserve=True, render=False
+                participants, inputs, "race-1", now, reserve=True, render=False, overlap=built.append
             )
             days = [entry.day for entry in participants.entries]
             return fitted, await budgets.states(["race-a", "race-b"], days, now)
@@ -316,6 +320,7 @@ def test_a_reservation_refused_midway_is_fitted_again_and_the_others_reserved_ag
 
     fitted, (state_a, state_b) = asyncio.run(body())
     assert list(fitted.alphas) == [1.0, 0.0] and float(fitted.outcome.payments[1]) == 0.0
+    assert len(built) == 2 and built[-1] is fitted and list(built[0].alphas) == [1.0, 1.0]
     charged_a = to_micro_units(float(fitted.outcome.payments[0]))
     assert charged_a > 0 and state_a.reserved_total == charged_a  # reserved again after its release
     assert state_b.reserved_total == 1_000  # the other auction's, nothing more
@@ -328,9 +333,9 @@ def test_a_reservation_refused_midway_is_fitted_again_and_the_others_reserved_ag
 def test_a_billed_auction_steps_the_pacing_state_once_after_the_reply(
     client: TestClient, redis_process: RedisServerProcess
 ) -> None:
-    """Invariant: in BILLING_MODE=auction the gateway posts a campaign's reservation after the reply,
-    with its pacing step, exactly once (μ = 1 → about 1 − ε when spend is far below target; the ledger
-    consumer's post of the same event neither spends twice nor steps again)."""
+    """Invariant: in BILLING_MODE=auction a campaign's reservation is posted once its billing event is
+    applied, with the pacing step the event carries (fixed before the auction), exactly once (μ = 1 →
+    about 1 − ε when spend is far below target): the ledger consumer's post is the final one."""
     create(client, "step-1", "stepper", budget={"daily_micro": 10**12})
     raw = redis.Redis.from_url(redis_process.url, decode_responses=True)
     raw.hset(budget_key("step-1"), "mu", "1.0")
@@ -351,3 +356,52 @@ def test_a_billed_auction_steps_the_pacing_state_once_after_the_reply(
 def answer_micro(client: TestClient, auction_id: str, advertiser_id: str) -> int:
     micro: int = client.get(f"/auctions/{auction_id}").json()["payments_micro"][advertiser_id]
     return micro
+
+
+def test_an_auction_cancelled_while_its_reservations_are_in_flight_voids_them_after_they_land(
+    client: TestClient, redis_process: RedisServerProcess
+) -> None:
+    """Invariant: cancelled while its reservations are in flight (here from inside `overlap`, the work
+    done meanwhile, so the cancel lands exactly there), the fit lets them land before the cancel goes
+    on, so the void the auction sends next releases them: nothing stays held until the expiry."""
+    create(client, "cancel-1", "cancel-owner", budget={"total_micro": 10**9})
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    rng = np.random.default_rng(4)
+    log_ref = rng.normal(size=6)
+    rewards = rng.normal(size=(1, 6))
+
+    async def body() -> tuple[bool, Any]:
+        connection = aioredis.Redis.from_url(redis_process.url)
+        try:
+            budgets = BudgetLedger(connection, settings)
+            resolver = CampaignResolver(CampaignStore(connection, settings), budgets, settings)
+            participants = await resolver.resolve(AuctionRequest(query=QUERY, campaigns=["cancel-1"]))
+            spender = BudgetSpender(budgets, settings)
+            inputs = FitInputs(rewards=rewards, log_ref=log_ref, log_proposal=log_ref, tau=1.0, seed=5)
+            now = int(time.time() * 1000)
+            task = asyncio.current_task()
+            assert task is not None
+            cancelled = False
+            try:
+                await spender.fit_and_reserve(
+                    participants,
+                    inputs,
+                    "cancel-a",
+                    now,
+                    reserve=True,
+                    render=False,
+                    overlap=lambda _: task.cancel(),
+                )
+            except asyncio.CancelledError:
+                task.uncancel()
+                cancelled = True
+                held = (await budgets.states(["cancel-1"], [participants.entries[0].day], now))[0]
+                assert held.reserved_total > 0  # it landed before the cancel went on
+                await spender.void(participants, "cancel-a", now)
+            day = participants.entries[0].day
+            return cancelled, (await budgets.states(["cancel-1"], [day], now))[0]
+        finally:
+            await connection.aclose()
+
+    cancelled, state = asyncio.run(body())
+    assert cancelled and state.reserved_total == 0 and state.spent_total == 0

@@ -114,6 +114,38 @@ def test_campaigns_are_a_stream_field_only_when_present() -> None:
         parse_entry("1-1", {**plain.stream_fields(), "campaigns": '{"z":"cz"}'})
 
 
+def test_pacing_steps_ride_the_event_for_the_consumers_post() -> None:
+    """Invariant: an event billed at once carries each campaign's pacing step (or none) exactly as fixed
+    before the auction, so the consumer's post steps μ with it; an event without `pacing` (a rendered
+    charge) reads "absent" (posted without a step); a step of a campaign not in the event, or not three
+    finite numbers, is refused on both sides."""
+    campaigns = {"x": "cx", "y": "cy"}
+    event = make_billing_event(
+        "a4",
+        {"x": 1.0, "y": 0.5},
+        "USD",
+        now_ms=7,
+        campaigns=campaigns,
+        pacing={"cx": (12.5, 0.2, 9.0), "cy": None},
+    )
+    assert event.stream_fields()["pacing"] == '{"cx":[12.5,0.2,9.0],"cy":[]}'
+    parsed = parse_entry("1-1", event.stream_fields())
+    assert parsed.pacing_of("cx") == (12.5, 0.2, 9.0) and parsed.pacing_of("cy") is None
+    plain = make_billing_event("a5", {"x": 1.0}, "USD", now_ms=7, campaigns={"x": "cx"})
+    assert "pacing" not in plain.stream_fields()
+    assert parse_entry("1-2", plain.stream_fields()).pacing_of("cx") == "absent"
+    with pytest.raises(ValueError, match="not in the event"):
+        make_billing_event("a6", {"x": 1.0}, "USD", campaigns={"x": "cx"}, pacing={"cz": None})
+    with pytest.raises(ValueError, match="three finite numbers"):
+        make_billing_event(
+            "a6", {"x": 1.0}, "USD", campaigns={"x": "cx"}, pacing={"cx": (1.0, math.inf, 9.0)}
+        )
+    fields = event.stream_fields()
+    for bad in ('{"cx":[1,2,3]}', '{"cx":[1,2],"cy":[]}', '{"cx":[1,2,NaN],"cy":[]}', "[]", "{"):
+        with pytest.raises(MalformedEventError, match="pacing"):
+            parse_entry("1-3", {**fields, "pacing": bad})
+
+
 @pytest.mark.parametrize(
     ("auction_id", "payments", "currency"),
     [
