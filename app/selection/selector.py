@@ -1,0 +1,285 @@
+"""Which campaigns enter an auction by relevance to its query: `Selector.select` → `SelectionOutcome`.
+
+One query embedding (in a thread), then: the sensitive-topic check (SELECTION_SENSITIVE: no ads at
+all, reason ``sensitive_topic``); the index's most similar campaigns plus those whose targeted keyword
+the query matches; the rules of app.selection.matching (negative keywords, relevance or keyword);
+status and schedule; the request's ``badv`` (owners) and ``bcat`` (the campaign's targeted categories);
+the campaign's blocked categories against the query's content categories; owners already in the auction
+(inline advertisers); "has budget left" (one budget read for a batch, `BudgetGate`); at most one
+campaign per owner (her most relevant eligible one); the k most relevant. It never reads a value scale
+or a budget amount (the catalog holds neither): bids cannot buy eligibility. Imports numpy, the
+selection modules, app.campaigns.eligibility and app.contract; see docs/DESIGN.md § Selection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from app.campaigns.eligibility import window_exclusion
+from app.contract.result import ExclusionReason
+from app.contract.selection import ConsideredCampaign, SelectionReport, SensitiveTopic
+from app.selection.budget_gate import BudgetGate
+from app.selection.embedder import Embedder
+from app.selection.matching import admit, matches_any, rank_key, words
+from app.selection.registry_vectors import CampaignCatalog, CatalogEntry
+from app.selection.taxonomy import (
+    CATEGORY_IDS,
+    CategoryVectors,
+    category_vectors,
+    phrase_table,
+    query_categories,
+)
+from app.selection.taxonomy import sensitive_match as find_sensitive
+from app.settings import Settings
+
+NoFillReason = str  # "sensitive_topic" | "no_relevant_campaign" | "all_out_of_budget" | "all_excluded"
+MIN_DEPTH = 32  # campaigns read from the index at least (filters drop some)
+
+
+@dataclass(frozen=True)
+class SelectionLimits:
+    """What the request says about who may enter (besides k)."""
+
+    min_relevance: float | None = None
+    bcat: frozenset[str] = frozenset()
+    badv: frozenset[str] = frozenset()
+    taken_owners: frozenset[str] = frozenset()  # owners of the request's inline advertisers
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    min_relevance: float
+    sensitive: bool
+    sensitive_categories: tuple[str, ...]
+    sensitive_threshold: float
+    category_threshold: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> SelectorConfig:
+        unknown = sorted(set(settings.selection_sensitive_categories) - CATEGORY_IDS)
+        if unknown:
+            raise ValueError(f"SELECTION_SENSITIVE_CATEGORIES: unknown category ids {unknown}")
+        return cls(
+            min_relevance=settings.selection_min_relevance,
+            sensitive=settings.selection_sensitive,
+            sensitive_categories=tuple(settings.selection_sensitive_categories),
+            sensitive_threshold=settings.selection_sensitive_threshold,
+            category_threshold=settings.selection_category_threshold,
+        )
+
+
+@dataclass
+class _Candidate:
+    entry: CatalogEntry
+    relevance: float
+    keyword_match: bool
+    reason: ExclusionReason | None = None
+    selected: bool = False
+
+
+@dataclass(frozen=True)
+class SelectionOutcome:
+    selected_ids: tuple[str, ...]
+    report: SelectionReport
+    no_fill_reason: NoFillReason | None
+    candidates: tuple[str, ...] = field(default=())  # eligible ones ranked (selected first), for callers
+
+
+class Selector:
+    """Selects campaigns for a query (module docstring)."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        catalog: CampaignCatalog,
+        categories: CategoryVectors,
+        config: SelectorConfig,
+        budget_gate: BudgetGate | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.catalog = catalog
+        self.categories = categories
+        self.config = config
+        self.budget_gate = budget_gate
+
+    @classmethod
+    async def build(
+        cls, embedder: Embedder, catalog: CampaignCatalog, settings: Settings, budget_gate: BudgetGate | None
+    ) -> Selector:
+        """A selector with the taxonomy's phrases embedded (in a thread: ~300 short texts)."""
+        config = SelectorConfig.of(settings)
+        ids, owners, phrases = phrase_table()
+        vectors = await asyncio.to_thread(embedder.embed, phrases)
+        return cls(embedder, catalog, category_vectors(ids, owners, vectors), config, budget_gate)
+
+    async def select(
+        self, query: str, k: int, limits: SelectionLimits, now_ms: int | None = None
+    ) -> SelectionOutcome:
+        """Up to k campaigns for `query` and the report of who was considered and why left out."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        started = time.perf_counter()
+        (query_vec,) = await asyncio.to_thread(self.embedder.embed, [query])
+        embedded = time.perf_counter()
+        similarities = self.categories.similarities(query_vec)
+        topics = query_categories(query_vec, self.categories, self.config.category_threshold)
+        sensitive = None
+        if self.config.sensitive:
+            sensitive = find_sensitive(
+                query_vec,
+                self.categories,
+                self.config.sensitive_categories,
+                self.config.sensitive_threshold,
+                similarities,
+            )
+        if sensitive is not None:
+            report = _report([], topics, sensitive, embedded - started, time.perf_counter() - embedded)
+            return SelectionOutcome((), report, "sensitive_topic")
+        min_relevance = self.config.min_relevance if limits.min_relevance is None else limits.min_relevance
+        candidates = self.screen(query, query_vec, k, min_relevance, limits, frozenset(topics), now)
+        await self._pick(candidates, k, now)
+        selected = tuple(c.entry.id for c in candidates if c.selected)
+        report = _report(candidates, topics, None, embedded - started, time.perf_counter() - embedded)
+        eligible = tuple(c.entry.id for c in candidates if c.reason is None)
+        return SelectionOutcome(selected, report, None if selected else _no_fill(candidates), eligible)
+
+    def screen(
+        self,
+        query: str,
+        query_vec: object,
+        k: int,
+        min_relevance: float,
+        limits: SelectionLimits,
+        topics: frozenset[str],
+        now_ms: int,
+    ) -> list[_Candidate]:
+        """The considered campaigns, most relevant first, each with its first exclusion reason (or None
+        when eligible so far): every rule but the budget, one per owner and k (pure, no I/O)."""
+        query_words = words(query)
+        entries = self.catalog.entries
+        depth = max(MIN_DEPTH, 4 * k)
+        while True:
+            found = dict(self.catalog.index.search(query_vec, depth))  # type: ignore[arg-type]
+            for campaign_id in _keyword_hits(self.catalog, query_words):
+                if campaign_id not in found:
+                    found[campaign_id] = self.catalog.index.similarity(campaign_id, query_vec)  # type: ignore[arg-type]
+            ranked = sorted(
+                ((cid, rel) for cid, rel in found.items() if cid in entries), key=lambda p: rank_key(*p)
+            )
+            candidates = [
+                _judge(entries[cid], rel, query_words, min_relevance, limits, topics, now_ms)
+                for cid, rel in ranked
+            ]
+            deep_enough = depth >= len(self.catalog.index) or min(found.values(), default=0.0) < min_relevance
+            if deep_enough or sum(c.reason is None for c in candidates) >= 2 * k:
+                return candidates
+            depth *= 4
+
+    async def _pick(self, candidates: list[_Candidate], k: int, now_ms: int) -> None:
+        """Budget, one per owner and the top k, in rank order (budget read in batches of 2k)."""
+        owners: set[str] = set()
+        eligible = [c for c in candidates if c.reason is None]
+        position = 0
+        while position < len(eligible):
+            batch = eligible[position : position + max(2 * k, 8)]
+            position += len(batch)
+            left = await self._with_budget([c.entry for c in batch], now_ms)
+            for candidate in batch:
+                if candidate.entry.id not in left:
+                    candidate.reason = "out_of_budget"
+                elif candidate.entry.owner in owners:
+                    candidate.reason = "same_owner"
+                elif len(owners) < k:
+                    owners.add(candidate.entry.owner)
+                    candidate.selected = True
+            if len(owners) >= k:
+                for candidate in eligible[position:]:  # outranked: never budget-checked, no reason
+                    if candidate.entry.owner in owners:
+                        candidate.reason = "same_owner"
+                return
+
+    async def _with_budget(self, entries: Sequence[CatalogEntry], now_ms: int) -> set[str]:
+        if self.budget_gate is None:
+            return {entry.id for entry in entries}
+        return await self.budget_gate.with_budget(entries, now_ms)
+
+
+def _keyword_hits(catalog: CampaignCatalog, query_words: frozenset[str]) -> set[str]:
+    hits: set[str] = set()
+    for word in query_words:
+        for campaign_id in catalog.postings.get(word, ()):
+            entry = catalog.entries.get(campaign_id)
+            if entry is not None and matches_any(query_words, entry.keywords):
+                hits.add(campaign_id)
+    return hits
+
+
+def _judge(
+    entry: CatalogEntry,
+    relevance: float,
+    query_words: frozenset[str],
+    min_relevance: float,
+    limits: SelectionLimits,
+    topics: frozenset[str],
+    now_ms: int,
+) -> _Candidate:
+    """The campaign's first exclusion reason by the rules that need no I/O, in the report's order."""
+    admission = admit(relevance, min_relevance, query_words, entry.keywords, entry.negatives)
+    candidate = _Candidate(entry, relevance, admission.keyword_match)
+    if admission.negative_match:
+        candidate.reason = "negative_keyword"
+    elif not admission.admitted:
+        candidate.reason = "not_relevant"
+    else:
+        candidate.reason = window_exclusion(entry.status, entry.start_ms, entry.end_ms, now_ms)
+    if candidate.reason is None:
+        if entry.owner in limits.badv:
+            candidate.reason = "badv"
+        elif entry.categories & limits.bcat:
+            candidate.reason = "bcat"
+        elif entry.blocked & topics:
+            candidate.reason = "blocked_category"
+        elif entry.owner in limits.taken_owners:
+            candidate.reason = "same_owner"
+    return candidate
+
+
+def _no_fill(candidates: list[_Candidate]) -> NoFillReason:
+    """Why nothing was selected: nothing relevant, every relevant one out of budget, or left out."""
+    relevant = [c for c in candidates if c.reason not in ("not_relevant", "negative_keyword")]
+    if not relevant:
+        return "no_relevant_campaign"
+    if all(c.reason == "out_of_budget" for c in relevant):
+        return "all_out_of_budget"
+    return "all_excluded"
+
+
+def _report(
+    candidates: list[_Candidate],
+    topics: list[str],
+    sensitive: tuple[str, float] | None,
+    embedding_s: float,
+    selection_s: float,
+) -> SelectionReport:
+    """The contract's `SelectionReport` from the internal candidates (the adapter to app.contract)."""
+    return SelectionReport(
+        considered=[
+            ConsideredCampaign(
+                campaign_id=c.entry.id,
+                owner=c.entry.owner,
+                relevance=round(c.relevance, 6),
+                keyword_match=c.keyword_match,
+                selected=c.selected,
+                reason=c.reason,
+            )
+            for c in candidates
+        ],
+        query_categories=topics,
+        sensitive=None
+        if sensitive is None
+        else SensitiveTopic(category=sensitive[0], similarity=sensitive[1]),
+        embedding_ms=embedding_s * 1000,
+        selection_ms=selection_s * 1000,
+    )
