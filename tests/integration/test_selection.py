@@ -1,0 +1,252 @@
+"""Campaign selection (issue 34) on a real Redis with the real all-MiniLM-L6-v2 (app.selection).
+
+A registry seeded with the paper's 80 advertisers (../shared/data/instances.jsonl, one campaign each,
+its own owner) is selected from per query with k = 3; sensitive-topic queries written here (not the
+tuning set of bench/selection_tuning.json) get no ads, ordinary ones do; value scales never change who
+is selected; one campaign per owner; keywords, negative keywords, bcat/badv and blocked categories;
+budgets; the catalog follows the registry's change log and vectors are computed once per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.campaigns.store import CampaignStore
+from app.contract.campaign import CampaignCreate, CampaignPatch
+from app.ledger.budget import BudgetLedger, BudgetLimits, Reservation
+from app.ledger.redis_store import make_client
+from app.selection.budget_gate import BudgetGate
+from app.selection.embedder import MiniLmEmbedder
+from app.selection.index import CampaignIndex
+from app.selection.registry_vectors import CampaignCatalog, VectorStore, vector_key
+from app.selection.selector import SelectionLimits, Selector
+from app.settings import Settings
+from tests.fixtures_redis import RedisServerProcess, start_redis_server
+
+INSTANCES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "instances.jsonl"
+NOW_MS = 1_800_000_000_000
+
+# Written for this test; the thresholds were tuned on bench/selection_tuning.json, not on these.
+SENSITIVE = [
+    "What are the symptoms of type 2 diabetes?",
+    "My doctor found a lump in my breast, what happens next?",
+    "How do I treat a kidney infection?",
+    "Is my chest pain after running something serious?",
+    "I feel empty and worthless every single day",
+    "How do I stop having anxiety attacks before exams?",
+    "Is it possible to recover from schizophrenia?",
+    "Signs that my teenager is thinking about suicide",
+    "How do I quit smoking weed every day?",
+    "My husband drinks too much, how do I get him into rehab?",
+    "Can I get pregnant right after stopping the pill?",
+    "Where can I get tested for HIV anonymously?",
+    "Which party should I vote for in the next election?",
+    "Is the new immigration bill good or bad for the country?",
+    "I'm 11 and I'm scared to tell my mom about my grades",
+    "My best friend died in a car crash last week",
+    "I lost my house and I can't afford food for my kids",
+    "I got arrested for shoplifting, will I go to jail?",
+    "How do I get an abortion in my state?",
+    "How to make explosives at home",
+]
+ORDINARY = [
+    "Which acoustic guitar should a beginner buy?",
+    "What moisturizer works for very dry winter skin?",
+    "Ideas for a productive home office setup",
+    "How do I build an online store for my crafts?",
+    "Cheap and healthy recipes for a family of four",
+    "Which mirrorless camera is good for travel photos?",
+    "How do I insulate my attic to save on heating?",
+    "Best hiking boots for rocky trails",
+    "How can I grow my Instagram following as a designer?",
+    "Fastest way to learn Italian before my trip",
+    "Home workouts with resistance bands",
+    "Sustainable hotels in Costa Rica",
+    "How long should I rest a ribeye after grilling?",
+    "How to get more subscribers on my YouTube cooking channel?",
+    "Affordable ideas to decorate a living room",
+    "Is it smart to invest in index funds for retirement?",
+    "Where can I buy organic cotton t-shirts?",
+    "What seeds should I plant in a backyard garden in spring?",
+    "Which video conferencing tool works best for a remote team?",
+    "Where can I find handmade jewelry as a gift?",
+]
+
+
+def _instances() -> list[dict[str, Any]]:
+    if not INSTANCES.is_file():
+        pytest.skip("shared/data/instances.jsonl not beside the repository")
+    return [json.loads(line) for line in INSTANCES.read_text().splitlines() if line.strip()]
+
+
+def _body(campaign_id: str, name: str, description: str, **extra: Any) -> CampaignCreate:
+    payload = {"id": campaign_id, "name": name, "description": description, "budget": {"total_micro": 10**9}}
+    return CampaignCreate.model_validate({**payload, **extra})
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it embeds (a vector is computed once per change)."""
+
+    def __init__(self, inner: MiniLmEmbedder) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dim = inner.dim
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts += list(texts)
+        return self.inner.embed(texts)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[MiniLmEmbedder]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one query at a time: spinning threads on a busy 2-core CI cost 30x
+    yield MiniLmEmbedder.load()
+    torch.set_num_threads(threads)
+
+
+class Stack:
+    """A store, a catalog and a selector on one Redis (a gateway's selection parts)."""
+
+    def __init__(self, url: str, embedder: Any, settings: Settings, ann_min: int = 50_000) -> None:
+        self.settings = settings
+        self.redis = make_client(url, settings)
+        self.store = CampaignStore(self.redis, settings)
+        self.budgets = BudgetLedger(self.redis, settings)
+        self.catalog = CampaignCatalog(
+            self.store, VectorStore(self.redis, embedder), CampaignIndex(384, ann_min)
+        )
+        self.embedder = embedder
+        self.selector: Selector | None = None
+
+    async def start(self) -> Selector:
+        await self.catalog.refresh()
+        self.selector = await Selector.build(
+            self.embedder, self.catalog, self.settings, BudgetGate(self.budgets)
+        )
+        return self.selector
+
+    async def select(self, query: str, k: int = 3, **limits: Any) -> Any:
+        assert self.selector is not None
+        frozen = {
+            key: frozenset(value) if isinstance(value, list) else value for key, value in limits.items()
+        }
+        return await self.selector.select(query, k, SelectionLimits(**frozen), now_ms=NOW_MS)
+
+
+@pytest.fixture(scope="module")
+def paper_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
+    """One Redis holding the 80 paper advertisers as campaigns."""
+    server = start_redis_server(tmp_path_factory.mktemp("paper-redis"))
+
+    async def seed() -> None:
+        stack = Stack(server.url, None, Settings())
+        for instance in _instances():
+            for ad in instance["advertisers"]:
+                await stack.store.create(
+                    _body(ad["id"], ad["name"], ad["description"]), ad["id"], now_ms=NOW_MS
+                )
+        await stack.redis.aclose()
+
+    asyncio.run(seed())
+    yield server
+    server.stop()
+
+
+def test_paper_advertisers_selected_for_their_own_instance(
+    paper_redis: RedisServerProcess, embedder: MiniLmEmbedder
+) -> None:
+    """Invariant: with k = 3 and the sensitive filter off, each paper instance's own two advertisers
+    are among the 3 selected from all 80 for ≥ 90% of the 80 (instance, advertiser) pairs."""
+
+    async def scenario() -> tuple[int, int]:
+        stack = Stack(paper_redis.url, embedder, Settings(selection_sensitive=False))
+        await stack.start()
+        assert len(stack.catalog.entries) == 80
+        hits = pairs = 0
+        for instance in _instances():
+            outcome = await stack.select(instance["query"], k=3)
+            own = {ad["id"] for ad in instance["advertisers"]}
+            assert 1 <= len(outcome.selected_ids) <= 3 and outcome.no_fill_reason is None
+            hits += len(own & set(outcome.selected_ids))
+            pairs += len(own)
+        await stack.redis.aclose()
+        return hits, pairs
+
+    hits, pairs = asyncio.run(scenario())
+    print(f"paper recall: {hits}/{pairs} = {hits / pairs:.3f}")
+    assert pairs == 80 and hits >= 72, f"{hits}/{pairs}"
+
+
+def test_sensitive_queries_get_no_ads_and_ordinary_ones_do(
+    paper_redis: RedisServerProcess, embedder: MiniLmEmbedder
+) -> None:
+    """Invariant: with the default sensitive categories, ≥ 19 of 20 sensitive queries get no campaign
+    (no_fill_reason sensitive_topic, the category reported) and ≥ 19 of 20 ordinary ones get some."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        stack = Stack(paper_redis.url, embedder, Settings())
+        await stack.start()
+        missed = []
+        for query in SENSITIVE:
+            outcome = await stack.select(query)
+            if outcome.selected_ids:
+                missed.append(query)
+            else:
+                assert outcome.no_fill_reason == "sensitive_topic" and outcome.report.sensitive is not None
+                assert outcome.report.considered == []
+        unserved = [q for q in ORDINARY if not (await stack.select(q)).selected_ids]
+        await stack.redis.aclose()
+        return missed, unserved
+
+    missed, unserved = asyncio.run(scenario())
+    print(f"sensitive with no ads: {20 - len(missed)}/20; ordinary with ads: {20 - len(unserved)}/20")
+    assert len(missed) <= 1, missed
+    assert len(unserved) <= 1, unserved
+
+
+def test_value_scales_never_change_who_is_selected(
+    redis_server: RedisServerProcess, embedder: MiniLmEmbedder
+) -> None:
+    """Invariant: selection never reads a value scale: setting every campaign's value scale to other
+    values (PATCH, the catalog refreshed) leaves the selected ids and every reported relevance as
+    they were."""
+    instances = _instances()[:12]
+
+    async def scenario() -> None:
+        stack = Stack(redis_server.url, embedder, Settings(selection_sensitive=False))
+        ids = []
+        for instance in instances:
+            for ad in instance["advertisers"]:
+                await stack.store.create(
+                    _body(ad["id"], ad["name"], ad["description"]), ad["id"], now_ms=NOW_MS
+                )
+                ids.append(ad["id"])
+        await stack.start()
+        before = [await stack.select(i["query"], k=2) for i in instances]
+        rng = np.random.default_rng(7)
+        for campaign_id in ids:
+            patch = CampaignPatch.model_validate({"value_scale": float(rng.choice([0.01, 5.0, 999.0]))})
+            current = await stack.store.get(campaign_id)
+            assert current is not None
+            await stack.store.update(campaign_id, patch, current.version)
+        await stack.catalog.refresh()
+        after = [await stack.select(i["query"], k=2) for i in instances]
+        for old, new in zip(before, after, strict=True):
+            assert new.selected_ids == old.selected_ids
+            assert [(c.campaign_id, c.relevance, c.reason) for c in new.report.considered] == [
+                (c.campaign_id, c.relevance, c.reason) for c in old.report.considered
+            ]
+        await stack.redis.aclose()
+
+    asyncio.run(scenario())
