@@ -250,3 +250,157 @@ def test_value_scales_never_change_who_is_selected(
         await stack.redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_rules_owner_keywords_blocks_and_budget(
+    redis_server: RedisServerProcess, embedder: MiniLmEmbedder
+) -> None:
+    """Invariants: one campaign per owner (her most relevant; the other `same_owner`); a negative
+    keyword excludes a relevant campaign; a targeted keyword admits a campaign below the threshold;
+    badv (owner), bcat (targeted categories) and a campaign's blocked category met by the query's
+    categories exclude; a campaign with no budget left is replaced by the next one; owners of inline
+    advertisers are taken; nothing relevant → no_relevant_campaign."""
+
+    async def scenario() -> None:
+        stack = Stack(redis_server.url, embedder, Settings(selection_sensitive=False))
+        create = stack.store.create
+        await create(
+            _body("g-shop", "StrumMaster", "selling guitars, tuners and strings"), "strum", now_ms=NOW_MS
+        )
+        await create(
+            _body("g-lessons", "StrumMaster", "guitar lessons for beginners"), "strum", now_ms=NOW_MS
+        )
+        await create(_body("chordify", "Chordify", "online guitar lessons and practice tools"), "chordify")
+        neg = {"targeting": {"negative_keywords": ["electric guitars"]}}
+        await create(_body("fender-x", "AmpHouse", "guitar amplifiers and guitars", **neg), "amphouse")
+        kw = {"targeting": {"keywords": ["wood finish"], "categories": ["IAB10"]}}
+        await create(_body("varnish", "CoatCo", "paint for boats", **kw), "coatco")
+        blocked = {"blocked_categories": ["IAB9"]}
+        await create(_body("picks", "PickPal", "guitar picks and straps", **blocked), "pickpal")
+        broke = _body("broke", "TuneBox", "guitar tuners and capos", budget={"total_micro": 5})
+        await create(broke, "tunebox", now_ms=NOW_MS)
+        await stack.budgets.reserve_all(
+            [Reservation("broke", "a1", 5, BudgetLimits(None, 5), "2027-01-15", NOW_MS + 600_000)], NOW_MS
+        )
+        await stack.start()
+
+        out = await stack.select("I want to learn to play the guitar", k=10)
+        reasons = {c.campaign_id: c.reason for c in out.report.considered}
+        strum = [c for c in out.report.considered if c.owner == "strum"]
+        assert [c.selected for c in strum] == [True, False] and strum[1].reason == "same_owner"
+        assert strum[0].relevance >= strum[1].relevance
+        assert reasons["broke"] == "out_of_budget" and "broke" not in out.selected_ids
+        assert {"chordify", "fender-x"} <= set(out.selected_ids)
+
+        out = await stack.select("are electric guitars hard to learn", k=10)
+        assert {c.campaign_id: c.reason for c in out.report.considered}["fender-x"] == "negative_keyword"
+
+        out = await stack.select("which wood finishes last outdoors", k=10, min_relevance=0.9)
+        varnish = next(c for c in out.report.considered if c.campaign_id == "varnish")
+        assert varnish.keyword_match and varnish.selected and varnish.relevance < 0.9
+        assert out.selected_ids == ("varnish",)
+        out = await stack.select("which wood finishes last outdoors", k=10, bcat=["IAB10"])
+        assert {c.campaign_id: c.reason for c in out.report.considered}["varnish"] == "bcat"
+
+        out = await stack.select(
+            "I want to learn to play the guitar", k=10, badv=["chordify"], taken_owners=["strum"]
+        )
+        reasons = {c.campaign_id: c.reason for c in out.report.considered}
+        assert reasons["chordify"] == "badv" and reasons["g-lessons"] == reasons["g-shop"] == "same_owner"
+
+        out = await stack.select("playing guitar as a hobby", k=10)
+        assert "IAB9" in out.report.query_categories
+        assert {c.campaign_id: c.reason for c in out.report.considered}["picks"] == "blocked_category"
+
+        out = await stack.select("quantum chromodynamics lattice simulations", k=3)
+        assert out.selected_ids == () and out.no_fill_reason == "no_relevant_campaign"
+        await stack.redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_catalog_follows_changes_and_vectors_are_computed_once(
+    redis_server: RedisServerProcess, embedder: MiniLmEmbedder
+) -> None:
+    """Invariants: a campaign's vector is computed by one process and read by the others (same model
+    id and text: no second embedding); a change of its text recomputes it once; a create, a pause and
+    an archive are seen by the next refresh (change log); a trimmed log falls back to a full load."""
+
+    async def scenario() -> None:
+        first = Stack(redis_server.url, CountingEmbedder(embedder), Settings(selection_sensitive=False))
+        second = Stack(redis_server.url, CountingEmbedder(embedder), Settings(selection_sensitive=False))
+        await first.store.create(_body("bikes", "VeloShop", "road bikes and cycling gear"), "velo")
+        await first.start()
+        await second.start()
+        assert first.embedder.texts[0] == "VeloShop: road bikes and cycling gear"  # then the taxonomy
+        assert "VeloShop: road bikes and cycling gear" not in second.embedder.texts
+        fields = await first.redis.hgetall(vector_key("bikes"))
+        assert (
+            fields["model_id"] == embedder.model_id
+            and len(fields["vec"].encode("utf-8", "surrogateescape")) == 1536
+        )
+
+        assert (await second.select("which road bike should I buy", k=1)).selected_ids == ("bikes",)
+        current = await first.store.get("bikes")
+        assert current is not None
+        patch = CampaignPatch.model_validate({"description": "surfboards and wetsuits", "status": "paused"})
+        await first.store.update("bikes", patch, current.version)
+        await second.catalog.refresh()
+        out = await second.select("which surfboard should I buy", k=1)
+        assert out.selected_ids == () and out.report.considered[0].reason == "paused"
+        assert second.embedder.texts.count("VeloShop: surfboards and wetsuits") == 1
+        await first.catalog.refresh()
+        assert "VeloShop: surfboards and wetsuits" not in first.embedder.texts  # read, not recomputed
+
+        await first.store.create(_body("waves", "WaveRiders", "surf lessons and surf camps"), "waves")
+        await second.store.archive("bikes", None)
+        await second.redis.xtrim("mosaic:campaign:changes", maxlen=0)  # the log lost its entries
+        await second.store.create(_body("late", "Late", "surf wax"), "late")
+        await second.catalog.refresh()
+        assert set(second.catalog.entries) == {"waves", "late"}
+        await first.redis.aclose()
+        await second.redis.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_embedder_is_deterministic_and_normalised(embedder: MiniLmEmbedder) -> None:
+    """Invariant: the same text gives the same bits alone or in a batch; rows are unit float32; the
+    model id names the archive's content hash."""
+    alone = embedder.embed(["guitar lessons for beginners"])
+    batch = embedder.embed(
+        ["a much longer text about something else entirely", "guitar lessons for beginners"]
+    )
+    assert alone.dtype == np.float32 and alone.shape == (1, 384)
+    assert np.array_equal(alone[0], batch[1])
+    assert abs(float(np.linalg.norm(batch[0])) - 1.0) < 1e-5
+    assert embedder.model_id.startswith("all-MiniLM-L6-v2@") and len(embedder.model_id) == 17 + 12
+
+
+def test_hnsw_recall_against_exact_search(embedder: MiniLmEmbedder) -> None:
+    """Invariant: the faiss HNSW index finds ≥ 95% of the exact top-10 on realistic vectors (the 80
+    paper advertisers' embeddings, each with 100 noisy copies), and after changes (a delta and
+    tombstones on the base) answers as an exact index over the same vectors."""
+    texts = [f"{ad['name']}: {ad['description']}" for i in _instances() for ad in i["advertisers"]]
+    base = embedder.embed(texts)
+    rng = np.random.default_rng(3)
+    noisy = np.repeat(base, 100, axis=0) + rng.normal(0, 0.04, (len(base) * 100, 384)).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    vectors = {f"c{i}": v for i, v in enumerate(noisy)}
+    ann, exact = CampaignIndex(384, ann_min=1000), CampaignIndex(384, ann_min=10**9)
+    ann.replace_all(vectors)
+    exact.replace_all(vectors)
+    assert ann.uses_ann and not exact.uses_ann
+    queries = embedder.embed([i["query"] for i in _instances()])
+    recall = np.mean(
+        [len({c for c, _ in ann.search(q, 10)} & {c for c, _ in exact.search(q, 10)}) / 10 for q in queries]
+    )
+    print(f"hnsw recall@10 = {recall:.3f}")
+    assert recall >= 0.95
+    changes = {"c0": -noisy[0], "new": queries[0]}
+    for index in (ann, exact):
+        index.update(changes, {"c1", "c2"})
+    for index in (ann, exact):
+        ((found, cosine),) = index.search(queries[0], 1)
+        assert found == "new" and cosine == pytest.approx(1.0, abs=1e-5)
+    assert not {"c1", "c2"} & {c for c, _ in ann.search(noisy[1], 50)}
