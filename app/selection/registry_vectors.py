@@ -12,7 +12,7 @@ schedule, targeting, blocked categories, budget limits and time zone for "has bu
 frequency cap; never the value scale) plus its vector in a `CampaignIndex`. `refresh` follows the
 registry's change log (``mosaic:campaign:changes``, written by app.campaigns.store after every
 create, update and archive) and re-reads only the changed campaigns; it loads everything at the first
-refresh, when the log was trimmed past it, and every SELECTION_RESYNC_S (a gateway that died between a
+refresh, when the log was trimmed past it, and every `RESYNC_S` (a gateway that died between a
 write and its log entry). `run` refreshes every SELECTION_REFRESH_S (0.5 s: a change is selectable
 within a second). Imports redis-py, numpy, the campaign store and models; see docs/DESIGN.md § Selection.
 """
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 VEC_PREFIX = "mosaic:campaign-vec:"
 LOCK_MS = 30_000
 BATCH = 1000
+RESYNC_S = 300.0  # full reload period: catches a change whose log entry a dying gateway never wrote
 
 
 def vector_key(campaign_id: str) -> str:
@@ -143,7 +144,7 @@ class CampaignCatalog:
     """The gateway's copy of every non-archived campaign and its vector (module docstring)."""
 
     def __init__(
-        self, store: CampaignStore, vectors: VectorStore, index: CampaignIndex, resync_s: float = 300.0
+        self, store: CampaignStore, vectors: VectorStore, index: CampaignIndex, resync_s: float = RESYNC_S
     ) -> None:
         self.store = store
         self.vector_store = vectors
@@ -212,13 +213,26 @@ class CampaignCatalog:
                 upserts[campaign.id] = vector
         for campaign_id in removals:
             entries.pop(campaign_id, None)
-        if full:
+        if full and len(self.index):  # a resync: only what differs goes to the index
+            removals = set(self.index.ids() - upserts.keys())
+            upserts = {cid: v for cid, v in upserts.items() if not _same(self.index.vector(cid), v)}
+        # In a thread: a first build of a large HNSW base takes seconds; later ones run in the index's own.
+        await asyncio.to_thread(
+            self.install, entries, upserts, None if full and not len(self.index) else removals
+        )
+        self._pending = pending
+
+    def install(
+        self, entries: dict[str, CatalogEntry], upserts: dict[str, np.ndarray], removals: set[str] | None
+    ) -> None:
+        """Swap in `entries` with the index changed by `upserts`/`removals` (None: replaced by
+        `upserts`); the entries and postings dicts are replaced, never changed in place."""
+        if removals is None:
             self.index.replace_all(upserts)
         else:
             self.index.update(upserts, removals)
         self.postings = _postings(entries)
         self.entries = entries
-        self._pending = pending
 
     async def run(self, interval_s: float) -> None:
         """Refresh every `interval_s` until cancelled (a failed refresh is logged and retried)."""
@@ -230,6 +244,10 @@ class CampaignCatalog:
             except Exception:
                 log.exception("campaign catalog refresh failed; retrying")
             await asyncio.sleep(interval_s)
+
+
+def _same(old: np.ndarray | None, new: np.ndarray) -> bool:
+    return old is not None and np.array_equal(old, new)
 
 
 def _stream_id(value: str) -> tuple[int, int]:

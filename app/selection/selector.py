@@ -18,15 +18,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import redis.asyncio as aioredis
+
 from app.campaigns.eligibility import window_exclusion
+from app.campaigns.store import CampaignStore
 from app.contract.result import ExclusionReason
 from app.contract.selection import ConsideredCampaign, SelectionReport, SensitiveTopic
+from app.ledger.budget import BudgetLedger
 from app.selection.budget_gate import BudgetGate
 from app.selection.embedder import Embedder
+from app.selection.index import CampaignIndex
 from app.selection.matching import admit, matches_any, rank_key, words
-from app.selection.registry_vectors import CampaignCatalog, CatalogEntry
+from app.selection.registry_vectors import CampaignCatalog, CatalogEntry, VectorStore
 from app.selection.taxonomy import (
     CATEGORY_IDS,
+    CATEGORY_THRESHOLD,
     CategoryVectors,
     category_vectors,
     phrase_table,
@@ -67,7 +74,7 @@ class SelectorConfig:
             sensitive=settings.selection_sensitive,
             sensitive_categories=tuple(settings.selection_sensitive_categories),
             sensitive_threshold=settings.selection_sensitive_threshold,
-            category_threshold=settings.selection_category_threshold,
+            category_threshold=CATEGORY_THRESHOLD,
         )
 
 
@@ -119,9 +126,21 @@ class Selector:
         self, query: str, k: int, limits: SelectionLimits, now_ms: int | None = None
     ) -> SelectionOutcome:
         """Up to k campaigns for `query` and the report of who was considered and why left out."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
         started = time.perf_counter()
         (query_vec,) = await asyncio.to_thread(self.embedder.embed, [query])
+        return await self.select_embedded(query, query_vec, k, limits, now_ms, time.perf_counter() - started)
+
+    async def select_embedded(
+        self,
+        query: str,
+        query_vec: np.ndarray,
+        k: int,
+        limits: SelectionLimits,
+        now_ms: int | None = None,
+        embedding_s: float = 0.0,
+    ) -> SelectionOutcome:
+        """`select` once the query is embedded (what bench/selection.py times)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
         embedded = time.perf_counter()
         similarities = self.categories.similarities(query_vec)
         topics = query_categories(query_vec, self.categories, self.config.category_threshold)
@@ -135,20 +154,20 @@ class Selector:
                 similarities,
             )
         if sensitive is not None:
-            report = _report([], topics, sensitive, embedded - started, time.perf_counter() - embedded)
+            report = _report([], topics, sensitive, embedding_s, time.perf_counter() - embedded)
             return SelectionOutcome((), report, "sensitive_topic")
         min_relevance = self.config.min_relevance if limits.min_relevance is None else limits.min_relevance
         candidates = self.screen(query, query_vec, k, min_relevance, limits, frozenset(topics), now)
         await self._pick(candidates, k, now)
         selected = tuple(c.entry.id for c in candidates if c.selected)
-        report = _report(candidates, topics, None, embedded - started, time.perf_counter() - embedded)
+        report = _report(candidates, topics, None, embedding_s, time.perf_counter() - embedded)
         eligible = tuple(c.entry.id for c in candidates if c.reason is None)
         return SelectionOutcome(selected, report, None if selected else _no_fill(candidates), eligible)
 
     def screen(
         self,
         query: str,
-        query_vec: object,
+        query_vec: np.ndarray,
         k: int,
         min_relevance: float,
         limits: SelectionLimits,
@@ -160,11 +179,12 @@ class Selector:
         query_words = words(query)
         entries = self.catalog.entries
         depth = max(MIN_DEPTH, 4 * k)
+        keyword_hits = _keyword_hits(self.catalog, query_words)
         while True:
-            found = dict(self.catalog.index.search(query_vec, depth))  # type: ignore[arg-type]
-            for campaign_id in _keyword_hits(self.catalog, query_words):
-                if campaign_id not in found:
-                    found[campaign_id] = self.catalog.index.similarity(campaign_id, query_vec)  # type: ignore[arg-type]
+            searched = self.catalog.index.search(query_vec, depth)
+            found = dict(searched)
+            for campaign_id in keyword_hits - found.keys():
+                found[campaign_id] = self.catalog.index.similarity(campaign_id, query_vec)
             ranked = sorted(
                 ((cid, rel) for cid, rel in found.items() if cid in entries), key=lambda p: rank_key(*p)
             )
@@ -172,8 +192,11 @@ class Selector:
                 _judge(entries[cid], rel, query_words, min_relevance, limits, topics, now_ms)
                 for cid, rel in ranked
             ]
-            deep_enough = depth >= len(self.catalog.index) or min(found.values(), default=0.0) < min_relevance
-            if deep_enough or sum(c.reason is None for c in candidates) >= 2 * k:
+            # Deeper only while the index still answers relevant campaigns and too few owners are
+            # eligible (twice k: some may have no budget left).
+            exhausted = len(searched) < depth or searched[-1][1] < min_relevance
+            owners = {c.entry.owner for c in candidates if c.reason is None}
+            if exhausted or len(owners) >= 2 * k:
                 return candidates
             depth *= 4
 
@@ -283,3 +306,21 @@ def _report(
         embedding_ms=embedding_s * 1000,
         selection_ms=selection_s * 1000,
     )
+
+
+async def open_selector(
+    redis: aioredis.Redis, settings: Settings, budgets: BudgetLedger, embedder: Embedder | None = None
+) -> tuple[Selector, CampaignCatalog]:
+    """A gateway's selection parts, loaded: the model (MiniLmEmbedder unless given), the catalog after
+    its first full load, the selector. The caller runs ``catalog.run(settings.selection_refresh_s)`` as
+    a task for as long as it serves."""
+    if embedder is None:
+        from app.selection.embedder import MiniLmEmbedder
+
+        embedder = await asyncio.to_thread(MiniLmEmbedder.load)
+    index = CampaignIndex(embedder.dim, settings.selection_ann_min)
+    store = CampaignStore(redis, settings)
+    catalog = CampaignCatalog(store, VectorStore(redis, embedder), index)
+    await catalog.refresh()
+    selector = await Selector.build(embedder, catalog, settings, BudgetGate(budgets))
+    return selector, catalog

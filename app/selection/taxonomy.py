@@ -301,6 +301,9 @@ CATEGORIES: tuple[Category, ...] = (
 SENSITIVE_DEFAULT: tuple[str, ...] = tuple(
     c.id for c in CATEGORIES if "-" in c.id or c.id in ("IAB25", "IAB26")
 )
+# A query's content categories are those this similar (and more): on the tuning set's ordinary queries
+# (bench/selection_tuning.json) the category it is about passes, neighbouring topics mostly do not.
+CATEGORY_THRESHOLD = 0.40
 CATEGORY_IDS: frozenset[str] = frozenset(c.id for c in CATEGORIES)
 
 

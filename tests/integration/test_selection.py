@@ -22,11 +22,10 @@ from app.campaigns.store import CampaignStore
 from app.contract.campaign import CampaignCreate, CampaignPatch
 from app.ledger.budget import BudgetLedger, BudgetLimits, Reservation
 from app.ledger.redis_store import make_client
-from app.selection.budget_gate import BudgetGate
 from app.selection.embedder import MiniLmEmbedder
 from app.selection.index import CampaignIndex
-from app.selection.registry_vectors import CampaignCatalog, VectorStore, vector_key
-from app.selection.selector import SelectionLimits, Selector
+from app.selection.registry_vectors import CampaignCatalog, vector_key
+from app.selection.selector import SelectionLimits, Selector, open_selector
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess, start_redis_server
 
@@ -116,23 +115,20 @@ def embedder() -> Iterator[MiniLmEmbedder]:
 
 
 class Stack:
-    """A store, a catalog and a selector on one Redis (a gateway's selection parts)."""
+    """A store and a budget ledger on one Redis, then a gateway's selection parts (`open_selector`)."""
 
-    def __init__(self, url: str, embedder: Any, settings: Settings, ann_min: int = 50_000) -> None:
+    def __init__(self, url: str, embedder: Any, settings: Settings) -> None:
         self.settings = settings
         self.redis = make_client(url, settings)
         self.store = CampaignStore(self.redis, settings)
         self.budgets = BudgetLedger(self.redis, settings)
-        self.catalog = CampaignCatalog(
-            self.store, VectorStore(self.redis, embedder), CampaignIndex(384, ann_min)
-        )
         self.embedder = embedder
         self.selector: Selector | None = None
+        self.catalog: CampaignCatalog | None = None
 
     async def start(self) -> Selector:
-        await self.catalog.refresh()
-        self.selector = await Selector.build(
-            self.embedder, self.catalog, self.settings, BudgetGate(self.budgets)
+        self.selector, self.catalog = await open_selector(
+            self.redis, self.settings, self.budgets, self.embedder
         )
         return self.selector
 

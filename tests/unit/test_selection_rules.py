@@ -120,8 +120,17 @@ def test_index_updates_match_a_fresh_build(ann_min: int) -> None:
     for query in (moved[0], moved[1], vectors["c9"]):
         assert [c for c, _ in index.search(query, 3)] == [c for c, _ in fresh.search(query, 3)]
     assert {"c5", "c6"}.isdisjoint(c for c, _ in index.search(vectors["c7"], 300))
-    index.update({f"m{i}": v for i, v in enumerate(_random_unit(rng, 60))}, set())  # past rebuild_at
-    assert index.uses_ann == (ann_min == 1) and len(index) == len(vectors) + 60
+    more = {f"m{i}": v for i, v in enumerate(_random_unit(rng, 60))}
+    index.update(more, set())  # past rebuild_at: a new base (HNSW: in a background thread)
+    index.update({"c0": vectors["c1"]}, {"m0"})  # during the build: kept as delta and tombstone
+    index.wait_for_build(30)
+    vectors.update(more)
+    vectors["c0"] = vectors["c1"]
+    del vectors["m0"]
+    fresh.replace_all(vectors)
+    assert index.uses_ann == (ann_min == 1) and len(index) == len(vectors)
+    for query in (more["m1"], more["m0"], vectors["c1"]):
+        assert [c for c, _ in index.search(query, 4)] == [c for c, _ in fresh.search(query, 4)]
 
 
 def test_search_during_updates_sees_whole_snapshots() -> None:
