@@ -169,3 +169,25 @@ def test_importing_selection_loads_no_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_negative_keywords_in_the_campaign_contract() -> None:
+    """Invariant: `targeting.negative_keywords` takes up to 100 visible trimmed terms; a padded term or a
+    101st is a 422 naming the field; it defaults to none and is in the API's schema."""
+    from pydantic import ValidationError
+
+    from app.contract.campaign import CampaignCreate, CampaignTargeting
+
+    assert CampaignTargeting().negative_keywords == []
+    assert CampaignTargeting.model_validate(
+        {"negative_keywords": ["free", "used cars"]}
+    ).negative_keywords == [
+        "free",
+        "used cars",
+    ]
+    for bad in ([" padded "], ["x"] * 101, [""]):
+        with pytest.raises(ValidationError) as error:
+            CampaignTargeting.model_validate({"negative_keywords": bad})
+        assert error.value.errors()[0]["loc"][0] == "negative_keywords"
+    schema = CampaignCreate.model_json_schema()
+    assert "negative_keywords" in schema["$defs"]["CampaignTargeting"]["properties"]
