@@ -185,7 +185,7 @@ def build_selector(embedder: Any, vectors: np.ndarray, ann_min: int, settings: A
     started = time.perf_counter()
     catalog.install(entries, {cid: vectors[i] for i, cid in enumerate(entries)}, None)
     build_s = time.perf_counter() - started
-    return asyncio.run(Selector.build(embedder, catalog, settings, None)), build_s
+    return asyncio.run(Selector.build(embedder, catalog, settings)), build_s
 
 
 def time_selection(selector: Any, texts: list[str], vecs: np.ndarray, repeats: int) -> list[float]:

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from app.contract.result import ExclusionReason
 from app.ledger.budget import BudgetLedger, BudgetLimits
 from app.selection.registry_vectors import CatalogEntry
+
+
+class Gate(Protocol):
+    """A check of eligible candidates that needs I/O: the ids it leaves out, with the reason."""
+
+    async def exclusions(
+        self, entries: Sequence[CatalogEntry], now_ms: int
+    ) -> dict[str, ExclusionReason]: ...
 
 
 def entry_day(entry: CatalogEntry, now_ms: int) -> str:
@@ -27,14 +37,14 @@ class BudgetGate:
     def __init__(self, budgets: BudgetLedger) -> None:
         self.budgets = budgets
 
-    async def with_budget(self, entries: Sequence[CatalogEntry], now_ms: int) -> set[str]:
+    async def exclusions(self, entries: Sequence[CatalogEntry], now_ms: int) -> dict[str, ExclusionReason]:
         if not entries:
-            return set()
+            return {}
         days = [entry_day(entry, now_ms) for entry in entries]
         states = await self.budgets.states([e.id for e in entries], days, now_ms)
-        left: set[str] = set()
+        out: dict[str, ExclusionReason] = {}
         for entry, state in zip(entries, states, strict=True):
             remaining = state.remaining(BudgetLimits(entry.daily_micro, entry.total_micro))
-            if remaining is None or remaining > 0:
-                left.add(entry.id)
-        return left
+            if remaining is not None and remaining <= 0:
+                out[entry.id] = "out_of_budget"
+        return out

@@ -5,7 +5,8 @@ all, reason ``sensitive_topic``); the index's most similar campaigns plus those 
 the query matches; the rules of app.selection.matching (negative keywords, relevance or keyword);
 status and schedule; the request's ``badv`` (owners) and ``bcat`` (the campaign's targeted categories);
 the campaign's blocked categories against the query's content categories; owners already in the auction
-(inline advertisers); "has budget left" (one budget read for a batch, `BudgetGate`); at most one
+(inline advertisers); the gates: "has budget left" (one budget read for a batch, `BudgetGate`) and any
+the request brings (e.g. a frequency-cap pre-check); at most one
 campaign per owner (her most relevant eligible one); the k most relevant. It never reads a value scale
 or a budget amount (the catalog holds neither): bids cannot buy eligibility. Imports numpy, the
 selection modules, app.campaigns.eligibility and app.contract; see docs/DESIGN.md § Selection.
@@ -26,7 +27,7 @@ from app.campaigns.store import CampaignStore
 from app.contract.result import ExclusionReason
 from app.contract.selection import ConsideredCampaign, SelectionReport, SensitiveTopic
 from app.ledger.budget import BudgetLedger
-from app.selection.budget_gate import BudgetGate
+from app.selection.budget_gate import BudgetGate, Gate
 from app.selection.embedder import Embedder
 from app.selection.index import CampaignIndex
 from app.selection.matching import admit, matches_any, rank_key, words
@@ -42,7 +43,7 @@ from app.selection.taxonomy import (
 from app.selection.taxonomy import sensitive_match as find_sensitive
 from app.settings import Settings
 
-NoFillReason = str  # "sensitive_topic" | "no_relevant_campaign" | "all_out_of_budget" | "all_excluded"
+NoFillReason = str  # sensitive_topic | no_relevant_campaign | all_out_of_budget | all_capped | all_excluded
 MIN_DEPTH = 32  # campaigns read from the index at least (filters drop some)
 
 
@@ -104,31 +105,38 @@ class Selector:
         catalog: CampaignCatalog,
         categories: CategoryVectors,
         config: SelectorConfig,
-        budget_gate: BudgetGate | None = None,
+        gates: Sequence[Gate] = (),
     ) -> None:
         self.embedder = embedder
         self.catalog = catalog
         self.categories = categories
         self.config = config
-        self.budget_gate = budget_gate
+        self.gates = tuple(gates)
 
     @classmethod
     async def build(
-        cls, embedder: Embedder, catalog: CampaignCatalog, settings: Settings, budget_gate: BudgetGate | None
+        cls, embedder: Embedder, catalog: CampaignCatalog, settings: Settings, gates: Sequence[Gate] = ()
     ) -> Selector:
         """A selector with the taxonomy's phrases embedded (in a thread: ~300 short texts)."""
         config = SelectorConfig.of(settings)
         ids, owners, phrases = phrase_table()
         vectors = await asyncio.to_thread(embedder.embed, phrases)
-        return cls(embedder, catalog, category_vectors(ids, owners, vectors), config, budget_gate)
+        return cls(embedder, catalog, category_vectors(ids, owners, vectors), config, gates)
 
     async def select(
-        self, query: str, k: int, limits: SelectionLimits, now_ms: int | None = None
+        self,
+        query: str,
+        k: int,
+        limits: SelectionLimits,
+        now_ms: int | None = None,
+        gates: Sequence[Gate] = (),
     ) -> SelectionOutcome:
-        """Up to k campaigns for `query` and the report of who was considered and why left out."""
+        """Up to k campaigns for `query` and the report of who was considered and why left out; `gates`
+        are this request's checks, after the selector's own."""
         started = time.perf_counter()
         (query_vec,) = await asyncio.to_thread(self.embedder.embed, [query])
-        return await self.select_embedded(query, query_vec, k, limits, now_ms, time.perf_counter() - started)
+        spent = time.perf_counter() - started
+        return await self.select_embedded(query, query_vec, k, limits, now_ms, spent, gates)
 
     async def select_embedded(
         self,
@@ -138,6 +146,7 @@ class Selector:
         limits: SelectionLimits,
         now_ms: int | None = None,
         embedding_s: float = 0.0,
+        gates: Sequence[Gate] = (),
     ) -> SelectionOutcome:
         """`select` once the query is embedded (what bench/selection.py times)."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -158,7 +167,7 @@ class Selector:
             return SelectionOutcome((), report, "sensitive_topic")
         min_relevance = self.config.min_relevance if limits.min_relevance is None else limits.min_relevance
         candidates = self.screen(query, query_vec, k, min_relevance, limits, frozenset(topics), now)
-        await self._pick(candidates, k, now)
+        await self._pick(candidates, k, now, (*self.gates, *gates))
         selected = tuple(c.entry.id for c in candidates if c.selected)
         report = _report(candidates, topics, None, embedding_s, time.perf_counter() - embedded)
         eligible = tuple(c.entry.id for c in candidates if c.reason is None)
@@ -200,33 +209,32 @@ class Selector:
                 return candidates
             depth *= 4
 
-    async def _pick(self, candidates: list[_Candidate], k: int, now_ms: int) -> None:
-        """Budget, one per owner and the top k, in rank order (budget read in batches of 2k)."""
+    async def _pick(self, candidates: list[_Candidate], k: int, now_ms: int, gates: Sequence[Gate]) -> None:
+        """The gates, one per owner and the top k, in rank order (the gates read batches of 2k)."""
         owners: set[str] = set()
         eligible = [c for c in candidates if c.reason is None]
         position = 0
         while position < len(eligible):
             batch = eligible[position : position + max(2 * k, 8)]
             position += len(batch)
-            left = await self._with_budget([c.entry for c in batch], now_ms)
+            reasons: dict[str, ExclusionReason] = {}
+            for gate in gates:
+                unchecked = [c.entry for c in batch if c.entry.id not in reasons]
+                reasons.update(await gate.exclusions(unchecked, now_ms))
             for candidate in batch:
-                if candidate.entry.id not in left:
-                    candidate.reason = "out_of_budget"
-                elif candidate.entry.owner in owners:
+                candidate.reason = reasons.get(candidate.entry.id)
+                if candidate.reason is not None:
+                    continue
+                if candidate.entry.owner in owners:
                     candidate.reason = "same_owner"
                 elif len(owners) < k:
                     owners.add(candidate.entry.owner)
                     candidate.selected = True
             if len(owners) >= k:
-                for candidate in eligible[position:]:  # outranked: never budget-checked, no reason
+                for candidate in eligible[position:]:  # outranked: never checked by the gates
                     if candidate.entry.owner in owners:
                         candidate.reason = "same_owner"
                 return
-
-    async def _with_budget(self, entries: Sequence[CatalogEntry], now_ms: int) -> set[str]:
-        if self.budget_gate is None:
-            return {entry.id for entry in entries}
-        return await self.budget_gate.with_budget(entries, now_ms)
 
 
 def _keyword_hits(catalog: CampaignCatalog, query_words: frozenset[str]) -> set[str]:
@@ -276,6 +284,8 @@ def _no_fill(candidates: list[_Candidate]) -> NoFillReason:
         return "no_relevant_campaign"
     if all(c.reason == "out_of_budget" for c in relevant):
         return "all_out_of_budget"
+    if all(c.reason == "frequency_capped" for c in relevant):
+        return "all_capped"
     return "all_excluded"
 
 
@@ -322,5 +332,5 @@ async def open_selector(
     store = CampaignStore(redis, settings)
     catalog = CampaignCatalog(store, VectorStore(redis, embedder), index)
     await catalog.refresh()
-    selector = await Selector.build(embedder, catalog, settings, BudgetGate(budgets))
+    selector = await Selector.build(embedder, catalog, settings, [BudgetGate(budgets)])
     return selector, catalog

@@ -132,12 +132,24 @@ class Stack:
         )
         return self.selector
 
-    async def select(self, query: str, k: int = 3, **limits: Any) -> Any:
+    async def select(self, query: str, k: int = 3, gates: Sequence[Any] = (), **limits: Any) -> Any:
         assert self.selector is not None
         frozen = {
             key: frozenset(value) if isinstance(value, list) else value for key, value in limits.items()
         }
-        return await self.selector.select(query, k, SelectionLimits(**frozen), now_ms=NOW_MS)
+        return await self.selector.select(query, k, SelectionLimits(**frozen), now_ms=NOW_MS, gates=gates)
+
+
+class CappedGate:
+    """A per-request gate (as a frequency-cap pre-check would be): these campaigns are capped."""
+
+    def __init__(self, capped: set[str]) -> None:
+        self.capped = capped
+        self.asked: list[str] = []
+
+    async def exclusions(self, entries: Sequence[Any], now_ms: int) -> dict[str, str]:
+        self.asked += [entry.id for entry in entries]
+        return {entry.id: "frequency_capped" for entry in entries if entry.id in self.capped}
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +267,8 @@ def test_rules_owner_keywords_blocks_and_budget(
     keyword excludes a relevant campaign; a targeted keyword admits a campaign below the threshold;
     badv (owner), bcat (targeted categories) and a campaign's blocked category met by the query's
     categories exclude; a campaign with no budget left is replaced by the next one; owners of inline
-    advertisers are taken; nothing relevant → no_relevant_campaign."""
+    advertisers are taken; a per-request gate (a cap pre-check) leaves a campaign out and the next one
+    takes its place, all relevant ones capped → all_capped; nothing relevant → no_relevant_campaign."""
 
     async def scenario() -> None:
         stack = Stack(redis_server.url, embedder, Settings(selection_sensitive=False))
@@ -307,6 +320,14 @@ def test_rules_owner_keywords_blocks_and_budget(
         out = await stack.select("playing guitar as a hobby", k=10)
         assert "IAB9" in out.report.query_categories
         assert {c.campaign_id: c.reason for c in out.report.considered}["picks"] == "blocked_category"
+
+        capped = CappedGate({"chordify", "varnish"})
+        out = await stack.select("online guitar lessons and practice tools", k=1, gates=[capped])
+        reasons = {c.campaign_id: c.reason for c in out.report.considered}
+        assert reasons["chordify"] == "frequency_capped" and len(out.selected_ids) == 1
+        assert "chordify" not in out.selected_ids and "broke" not in capped.asked  # budget gate first
+        out = await stack.select("which wood finishes last outdoors", k=3, min_relevance=0.9, gates=[capped])
+        assert out.selected_ids == () and out.no_fill_reason == "all_capped"
 
         out = await stack.select("quantum chromodynamics lattice simulations", k=3)
         assert out.selected_ids == () and out.no_fill_reason == "no_relevant_campaign"
