@@ -23,7 +23,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,20 +218,34 @@ class CampaignCatalog:
             upserts = {cid: v for cid, v in upserts.items() if not _same(self.index.vector(cid), v)}
         # In a thread: a first build of a large HNSW base takes seconds; later ones run in the index's own.
         await asyncio.to_thread(
-            self.install, entries, upserts, None if full and not len(self.index) else removals
+            self.install,
+            entries,
+            upserts,
+            None if full and not len(self.index) else removals,
+            None if full else ids,
         )
         self._pending = pending
 
     def install(
-        self, entries: dict[str, CatalogEntry], upserts: dict[str, np.ndarray], removals: set[str] | None
+        self,
+        entries: dict[str, CatalogEntry],
+        upserts: dict[str, np.ndarray],
+        removals: set[str] | None,
+        changed: Sequence[str] | None = None,
     ) -> None:
         """Swap in `entries` with the index changed by `upserts`/`removals` (None: replaced by
-        `upserts`); the entries and postings dicts are replaced, never changed in place."""
+        `upserts`) and the keyword postings of the `changed` ids (None: all rebuilt, ~0.4 s at 100k);
+        the entries and postings dicts are replaced, never changed in place."""
         if removals is None:
             self.index.replace_all(upserts)
         else:
             self.index.update(upserts, removals)
-        self.postings = _postings(entries)
+        if changed is None:
+            self.postings = _postings(entries.values())
+        else:
+            self.postings = _repost(
+                self.postings, [self.entries.get(c) for c in changed], [entries.get(c) for c in changed]
+            )
         self.entries = entries
 
     async def run(self, interval_s: float) -> None:
@@ -255,10 +269,30 @@ def _stream_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _postings(entries: dict[str, CatalogEntry]) -> dict[str, frozenset[str]]:
-    """Each word that starts some targeted keyword (its smallest word) → the campaigns targeting it."""
+def _postings(entries: Iterable[CatalogEntry]) -> dict[str, frozenset[str]]:
+    """Each keyword's smallest word → the campaigns targeting it (a query has that word when it
+    matches the keyword, so looking up each query word finds every keyword hit)."""
     postings: dict[str, set[str]] = {}
-    for entry in entries.values():
+    for entry in entries:
         for term in entry.keywords:
             postings.setdefault(min(term), set()).add(entry.id)
     return {word: frozenset(ids) for word, ids in postings.items()}
+
+
+def _repost(
+    postings: dict[str, frozenset[str]], old: list[CatalogEntry | None], new: list[CatalogEntry | None]
+) -> dict[str, frozenset[str]]:
+    """`postings` with the old entries' keywords taken out and the new ones' put in (a copy)."""
+    out = dict(postings)
+    for entry in old:
+        if entry is None:
+            continue
+        for word in {min(term) for term in entry.keywords}:
+            remaining = out.get(word, frozenset()) - {entry.id}
+            if remaining:
+                out[word] = remaining
+            else:
+                out.pop(word, None)
+    for word, ids in _postings(e for e in new if e is not None).items():
+        out[word] = out.get(word, frozenset()) | ids
+    return out

@@ -6,10 +6,11 @@ the query matches; the rules of app.selection.matching (negative keywords, relev
 status and schedule; the request's ``badv`` (owners) and ``bcat`` (the campaign's targeted categories);
 the campaign's blocked categories against the query's content categories; owners already in the auction
 (inline advertisers); the gates: "has budget left" (one budget read for a batch, `BudgetGate`) and any
-the request brings (e.g. a frequency-cap pre-check); at most one
-campaign per owner (her most relevant eligible one); the k most relevant. It never reads a value scale
-or a budget amount (the catalog holds neither): bids cannot buy eligibility. Imports numpy, the
-selection modules, app.campaigns.eligibility and app.contract; see docs/DESIGN.md § Selection.
+the request brings (e.g. a frequency-cap pre-check); at most one campaign per owner (her most relevant
+eligible one); the k most relevant. It never reads a value scale or a budget amount (the catalog holds
+neither): bids cannot buy eligibility. `open_selector` assembles a gateway's parts. Imports numpy,
+redis-py (a type), the selection modules, app.campaigns (eligibility, store), the budget ledger, the
+settings and app.contract; see docs/DESIGN.md § Selection.
 """
 
 from __future__ import annotations

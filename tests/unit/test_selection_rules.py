@@ -191,3 +191,40 @@ def test_negative_keywords_in_the_campaign_contract() -> None:
         assert error.value.errors()[0]["loc"][0] == "negative_keywords"
     schema = CampaignCreate.model_json_schema()
     assert "negative_keywords" in schema["$defs"]["CampaignTargeting"]["properties"]
+
+
+def test_incremental_keyword_postings_equal_a_rebuild() -> None:
+    """Invariant: the catalog's postings after a change of some campaigns (keywords changed, removed,
+    added) are exactly those rebuilt from all entries (a change costs its own campaigns, not 100k)."""
+    from dataclasses import replace
+
+    from app.selection.registry_vectors import CatalogEntry, _postings, _repost
+
+    def entry(cid: str, *keywords: str) -> CatalogEntry:
+        return CatalogEntry(
+            cid,
+            cid,
+            "active",
+            None,
+            None,
+            keyword_terms(keywords),
+            (),
+            frozenset(),
+            frozenset(),
+            None,
+            1,
+            "UTC",
+            None,
+        )
+
+    before = {"a": entry("a", "guitar lessons", "capo"), "b": entry("b", "capo"), "c": entry("c", "drums")}
+    after = dict(before)
+    after["a"] = replace(before["a"], keywords=keyword_terms(["piano"]))
+    del after["b"]
+    after["d"] = entry("d", "drum sticks", "capo")
+    changed = ["a", "b", "d"]
+    incremental = _repost(
+        _postings(before.values()), [before.get(c) for c in changed], [after.get(c) for c in changed]
+    )
+    assert incremental == _postings(after.values())
+    assert incremental["capo"] == {"d"} and "guitar" not in incremental and "lesson" not in incremental
