@@ -228,3 +228,16 @@ def test_incremental_keyword_postings_equal_a_rebuild() -> None:
     )
     assert incremental == _postings(after.values())
     assert incremental["capo"] == {"d"} and "guitar" not in incremental and "lesson" not in incremental
+
+
+def test_unknown_sensitive_category_is_refused_at_start() -> None:
+    """Invariant: SELECTION_SENSITIVE_CATEGORIES naming an id the taxonomy lacks stops the start with
+    an error naming the setting and the id (not a silently ignored category)."""
+    from app.selection.selector import SelectorConfig
+
+    with pytest.raises(ValueError, match=r"SELECTION_SENSITIVE_CATEGORIES.*IAB99"):
+        SelectorConfig.of(Settings(selection_sensitive_categories=["IAB7-mental", "IAB99"]))
+    config = SelectorConfig.of(
+        Settings(selection_sensitive_categories=["IAB11-politics"], selection_sensitive=False)
+    )
+    assert config.sensitive_categories == ("IAB11-politics",) and not config.sensitive
