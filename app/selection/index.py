@@ -159,8 +159,10 @@ class CampaignIndex:
     def _built(self, vectors: dict[str, np.ndarray]) -> _Snapshot:
         ids = tuple(sorted(vectors))
         matrix = np.stack([vectors[cid] for cid in ids]) if ids else _empty(self.dim)
-        ann = _hnsw(matrix) if len(ids) >= self.ann_min else None
-        return _Snapshot(ids=ids, matrix=matrix, ann=ann, base_ids=frozenset(ids))
+        if len(ids) < self.ann_min:
+            return _Snapshot(ids=ids, matrix=matrix, base_ids=frozenset(ids))
+        # faiss keeps its own copy of the rows: the matrix is not kept beside it (150 MB at 100k)
+        return _Snapshot(ids=ids, matrix=_empty(self.dim), ann=_hnsw(matrix), base_ids=frozenset(ids))
 
     def search(self, query_vec: np.ndarray, n: int) -> list[tuple[str, float]]:
         """The n campaigns most similar to the query: (id, cosine), most similar first."""
