@@ -5,7 +5,7 @@ slot), fields ``model_id``, ``text_sha`` (sha256 of the embedded text: name, des
 keywords: `campaign_text`) and ``vec`` (float32 little-endian bytes). A vector is computed once per
 change of that text: whoever first finds it missing or stale takes a short lock
 (``…:lock``, SET NX PX) and embeds and writes it; the other gateways skip the campaign until it appears
-(their next refresh: ≤ SELECTION_REFRESH_S later).
+(their next refresh: ≤ SELECTION_REFRESH_S later). An archive seen in the change log deletes the vector.
 
 `CampaignCatalog`: what selection reads of every non-archived campaign, in process (id, owner, status,
 schedule, targeting, blocked categories, budget limits and time zone for "has budget left", the
@@ -123,6 +123,14 @@ class VectorStore:
                 out.append(await self._compute(campaign, sha))
         return out
 
+    async def forget(self, campaign_ids: Sequence[str]) -> None:
+        """Delete these campaigns' vectors (archived: never selected again)."""
+        if campaign_ids:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for campaign_id in campaign_ids:
+                    pipe.delete(vector_key(campaign_id))
+                await pipe.execute()
+
     async def _compute(self, campaign: Campaign, sha: str) -> np.ndarray | None:
         key = vector_key(campaign.id)
         if not await self.redis.set(f"{key}:lock", sha, nx=True, px=LOCK_MS):
@@ -204,6 +212,10 @@ class CampaignCatalog:
             found = await self.store.get_many(chunk)
             live = [c for c in found if c is not None and c.status != "archived"]
             removals |= set(chunk) - {c.id for c in live}
+            if not full:  # an archive seen in the log: its vector is no longer needed (1.6 KB each)
+                await self.vector_store.forget(
+                    [c.id for c in found if c is not None and c.status == "archived"]
+                )
             for campaign, vector in zip(live, await self.vector_store.vectors(live), strict=True):
                 if vector is None:
                     pending.add(campaign.id)

@@ -341,7 +341,8 @@ def test_catalog_follows_changes_and_vectors_are_computed_once(
 ) -> None:
     """Invariants: a campaign's vector is computed by one process and read by the others (same model
     id and text: no second embedding); a change of its text recomputes it once; a create, a pause and
-    an archive are seen by the next refresh (change log); a trimmed log falls back to a full load."""
+    an archive are seen by the next refresh (change log; an archive deletes the vector); a trimmed log
+    falls back to a full load."""
 
     async def scenario() -> None:
         first = Stack(redis_server.url, CountingEmbedder(embedder), Settings(selection_sensitive=False))
@@ -375,6 +376,9 @@ def test_catalog_follows_changes_and_vectors_are_computed_once(
         await second.store.create(_body("late", "Late", "surf wax"), "late")
         await second.catalog.refresh()
         assert set(second.catalog.entries) == {"waves", "late"}
+        await first.store.archive("waves", None)  # seen in the log by `second`: its vector is deleted
+        await second.catalog.refresh()
+        assert await first.redis.exists(vector_key("waves")) == 0 and "waves" not in second.catalog.entries
         await first.redis.aclose()
         await second.redis.aclose()
 
