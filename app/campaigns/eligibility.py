@@ -21,11 +21,17 @@ def schedule_exclusion(campaign: Campaign, now_ms: int) -> ExclusionReason | Non
     """Why the campaign may not bid at `now_ms` by its status and schedule, or None when it may.
 
     The schedule is half-open: it runs from `start` (included) to `end` (excluded)."""
-    if campaign.status == "archived":
+    return window_exclusion(campaign.status, campaign.schedule.start_ms(), campaign.schedule.end_ms(), now_ms)
+
+
+def window_exclusion(
+    status: str, start_ms: int | None, end_ms: int | None, now_ms: int
+) -> ExclusionReason | None:
+    """`schedule_exclusion` from the fields it reads (the selection catalog keeps only those)."""
+    if status == "archived":
         return "archived"
-    if campaign.status == "paused":
+    if status == "paused":
         return "paused"
-    start_ms, end_ms = campaign.schedule.start_ms(), campaign.schedule.end_ms()
     if start_ms is not None and now_ms < start_ms:
         return "not_started"
     if end_ms is not None and now_ms >= end_ms:

@@ -9,6 +9,9 @@ Keys (prefix ``mosaic:campaign:``; ``{…}`` is a Redis Cluster hash tag):
                     budget key of the same campaign, ``mosaic:budget:{<id>}``, shares its slot.
 ``index``           sorted set id -> created_at_ms: every campaign, in creation order (ties by id).
 ``owner:{<owner>}`` the same, for one owner's campaigns.
+``changes``         stream: one entry ``id=<campaign id>`` per create, update and archive, written after
+                    the campaign (approximately the last `CHANGES_MAXLEN`): the change log each
+                    gateway's selection catalog follows (app.selection.registry_vectors, issue 34).
 
 The two indexes live in other slots than the campaign, so they are written by separate commands
 and kept *eventually consistent*: create adds the id to both (ZADD NX, idempotent) before the
@@ -37,6 +40,8 @@ from app.settings import Settings
 
 PREFIX = "mosaic:campaign:"
 INDEX_KEY = PREFIX + "index"
+CHANGES_KEY = PREFIX + "changes"
+CHANGES_MAXLEN = 100_000
 DANGLING_GRACE_MS = 60_000
 CAS_RETRIES = 8
 # (id, created_at_ms) of index entries; named here because `CampaignStore.list` shadows `list` there.
@@ -126,7 +131,13 @@ class CampaignStore:
                 await self.redis.zrem(owner_index_key(owner), campaign_id)
             raise CampaignExistsError(f"campaign {campaign_id!r} already exists")
         await self._index(campaign)  # again: a listing may have removed it as dangling meanwhile
+        await self._log_change(campaign_id)
         return campaign
+
+    async def _log_change(self, campaign_id: str) -> None:
+        """Note the change in the change log (after the write: a reader of the entry reads the new
+        campaign; a gateway dying before this line leaves it to the catalogs' periodic full resync)."""
+        await self.redis.xadd(CHANGES_KEY, {"id": campaign_id}, maxlen=CHANGES_MAXLEN, approximate=True)
 
     async def _index(self, campaign: Campaign) -> list[int]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -250,6 +261,7 @@ class CampaignStore:
                 pipe.multi()
                 pipe.set(key, updated.model_dump_json())
                 await pipe.execute()
+                await self._log_change(updated.id)
             except WatchError:
                 current = await self.get(updated.id)
                 raise CampaignVersionError(

@@ -143,7 +143,18 @@ class CampaignTargeting(BaseModel):
     # Not stripped: a keyword with surrounding whitespace is refused as its pattern says, not trimmed.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    keywords: list[Term] = Field(default_factory=list, max_length=100, description="Query terms.")
+    keywords: list[Term] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Query terms (broad match: every word of one keyword in the query, any order, any "
+        "case, plural -s ignored); a match admits the campaign below the relevance threshold.",
+    )
+    negative_keywords: list[Term] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Query terms (same broad match) that keep the campaign out of an auction, whatever "
+        "its relevance.",
+    )
     categories: list[CategoryId] = Field(
         default_factory=list, max_length=50, description="Content category ids (e.g. IAB1-6)."
     )

@@ -17,7 +17,19 @@ BillingState = Literal["billed", "pending", "expired", "test"]
 
 # Why a requested campaign is not in the auction (app.campaigns.eligibility decides).
 ExclusionReason = Literal[
-    "not_found", "paused", "archived", "not_started", "ended", "out_of_budget", "same_owner"
+    "not_found",
+    "paused",
+    "archived",
+    "not_started",
+    "ended",
+    "out_of_budget",
+    "same_owner",
+    "not_relevant",
+    "negative_keyword",
+    "blocked_category",
+    "bcat",
+    "badv",
+    "frequency_capped",
 ]
 
 

@@ -45,11 +45,15 @@ def test_clean_removes_entries_only(root: Path) -> None:
     (root / "smollm2-v1-1-abc").mkdir(parents=True)
     (root / "smollm2-v1-1-abc" / "model.safetensors").write_bytes(b"x" * 100)
     (root / "vllm-0.33.0" / "bin").mkdir(parents=True)
+    (root / "minilm-0872f5d7").mkdir(parents=True)  # the selection embedder's (issue 34)
+    (root / ".minilm-0872f5d7-tmp").mkdir(parents=True)  # an interrupted extraction
     (root / ".smollm2-v1-1-abc.lock").write_text("")
     (root / "unrelated.txt").write_text("keep me")
     assert {p.name for p, _ in cache.entries()} == {
         "smollm2-v1-1-abc",
         "vllm-0.33.0",
+        "minilm-0872f5d7",
+        ".minilm-0872f5d7-tmp",
         ".smollm2-v1-1-abc.lock",
     }
     result = CliRunner().invoke(cli, ["cache", "clean"])
