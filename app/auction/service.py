@@ -9,23 +9,24 @@ gateway (what it reports goes to an `AuctionObserver`). Invariants: docs/DESIGN.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
-import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import numpy as np
 
 from app import mechanism
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
+from app.auction.no_fill import ads_off, no_fill_result, organic_request
 from app.auction.observers import AuctionObserver, NoopAuctionObserver
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
+from app.auction.run_control import RunControl, auction_key, clock_after, clock_ms, deadline_s
 from app.auction.sampler import SEED_ALLOCATION, CandidateDraw, CandidateSampler, ScoredCandidates, StageClock
 from app.auction.worker_dispatch import auction_deadline
 from app.campaigns.participants import CampaignResolver, Participants
@@ -35,13 +36,13 @@ from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings, BillingState
 from app.ledger.budget import BudgetLedger
 from app.ledger.events import BillingEvent, make_billing_event
-from app.ledger.idempotency import IdempotencyClaim, IdempotencyStore
+from app.ledger.idempotency import IdempotencyStore
 from app.ledger.producer import BillingProducer, BillMode
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-AUCTION_KEY_PREFIX = "mosaic:auction:"
+T = TypeVar("T")
 
 # What a response says of its billing, by the producer's bill mode.
 BILLING_STATES: dict[BillMode, BillingState] = {"none": "test", "pending": "pending", "bill": "billed"}
@@ -51,39 +52,8 @@ class AuctionDeadlineError(Exception):
     """The auction deadline (AUCTION_DEADLINE_S) passed before the mechanism ran: 504."""
 
 
-def auction_key(auction_id: str) -> str:
-    return f"{AUCTION_KEY_PREFIX}{auction_id}"
-
-
-@dataclass
-class RunControl:
-    """One auction's link to its caller (the route).
-
-    `billing_started` turns true, with no await in between, just before the final write begins: a
-    caller may cancel the auction (an abandoned request) only while it is false; after that the
-    write runs shielded and the auction stands. With a key, `claim_ready` (sent by the caller as
-    model work begins) is awaited before the write; `body` is then the exact JSON answered,
-    the one stored under the Idempotency-Key in the same MULTI as the record and the billing event.
-    `cleared` (with a key): generation waits for it, so the key's replay check, sent with the
-    auction's tokenization, ends before any model work. `after_reply` (when the caller gives one)
-    hands the caller work to run once the answer is sent (the route: Starlette's background tasks; the
-    budget post); without it that work runs at once in the background.
-    """
-
-    claim_ready: asyncio.Future[IdempotencyClaim] | None = None  # the key's claim, under way
-    cleared: asyncio.Future[None] | None = None  # set when generation may begin (the replay check)
-    claim: IdempotencyClaim | None = None
-    idempotency_ms: float = 0.0
-    billing_started: bool = False
-    body: str | None = None
-    after_reply: Callable[[Callable[[], Awaitable[None]]], None] | None = None
-
-
-def deadline_s(request: AuctionRequest, settings: Settings) -> float:
-    """This auction's deadline: its `tmax_ms`, at most AUCTION_DEADLINE_S."""
-    if request.tmax_ms is None:
-        return settings.auction_deadline_s
-    return min(settings.auction_deadline_s, request.tmax_ms / 1000)
+class SelectionUnavailableError(Exception):
+    """A `select` request on a gateway with no campaign selector: 503 naming the cause."""
 
 
 class AuctionService:
@@ -106,16 +76,37 @@ class AuctionService:
         self.campaigns = CampaignResolver(self.campaign_store, self.budgets, settings)
         self.spender = BudgetSpender(self.budgets, settings)
         self._background: set[asyncio.Future[None]] = set()
+        self._started: set[str] = set()  # auctions prepared whose run began (it settles their cap slots)
 
     async def prepare(self, request: AuctionRequest) -> Participants:
         """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
-        trip for the campaigns, one for their budgets; none without campaigns)."""
-        participants = await self.campaigns.resolve(request)
+        trip for the campaigns and their budgets, one for their frequency caps when capped; none
+        without campaigns). Regs and consent come first: with ads off no campaign is read. Nobody
+        bidding makes a no-fill (one organic draw: its admission cost too). The gateway calls `release`
+        once the call ends (cap slots of an auction that never ran go back)."""
+        participants = ads_off(request)
+        if participants is None:
+            if request.select is not None:
+                raise SelectionUnavailableError(
+                    "selection_unavailable: `select` needs the campaign selector, which this gateway does "
+                    "not run; name the campaigns (`campaigns`) instead"
+                )
+            participants = await self.campaigns.resolve(request)
         for _ in participants.entries:
             self.observer.campaign_counted("entered")
         for exclusion in participants.excluded:
             self.observer.campaign_counted(exclusion.reason)
+        if participants.no_fill is not None:
+            participants = dataclasses.replace(participants, request=organic_request(participants))
         return participants
+
+    async def release(self, participants: Participants) -> None:
+        """After the call: the cap slots of an auction that never ran (refused by admission, answered by
+        a replay, cancelled before it began) go back now; a run settles its own (post or void)."""
+        if participants.auction_id in self._started:
+            self._started.discard(participants.auction_id)
+        elif participants.frequency_holds:
+            await asyncio.shield(self.spender.void_slots(participants, participants.auction_id, clock_ms()))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -150,14 +141,17 @@ class AuctionService:
         """`request` as the caller sent it; `participants` from `prepare` (who bids, and at what pacing)."""
         control = control or RunControl()
         participants = participants or Participants(request=request)
+        self._started.add(participants.auction_id)
         bidding = participants.request
-        clock = _clock_after(control)
-        auction_id = uuid.uuid4().hex
+        clock = clock_after(control)
+        auction_id = participants.auction_id or uuid.uuid4().hex
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
-        resolved = await self._sample_and_resolve(bidding, seed, clock, worker_stats, control.cleared)
+        if participants.no_fill is not None:
+            return await self._run_no_fill(participants, auction_id, seed, control, clock, worker_stats)
         budgeted: BudgetedOutcome | None = None
         try:
+            resolved = await self._sample_and_resolve(bidding, seed, clock, worker_stats, control.cleared)
             budgeted = await self._fit_budgets(participants, resolved, seed, auction_id, clock)
             if budgeted is not None:
                 resolved = ResolvedAuction(
@@ -170,11 +164,11 @@ class AuctionService:
             )
             await self._persist(bidding, response, record, event, control, clock)
         except BaseException:
-            # Before the billing write began nothing can be billed: release the reservations. After it
-            # began the write may stand (a timeout is ambiguous): they are left to the ledger consumer,
-            # which posts them if the event exists, or to their own expiry if it does not.
-            # (Cancelled during the fit, it may hold reservations it has not returned: void them all;
-            # a void of none is a no-op.)
+            # Before the billing write began nothing can be billed: release the reservations and cap
+            # slots. After it began the write may stand (a timeout is ambiguous): they are left to the
+            # ledger consumer, which posts them if the event exists, or to their own expiry if it does
+            # not. (Cancelled during the fit, it may hold reservations it has not returned: void them
+            # all; a void of none is a no-op.)
             reserving = participants.entries and self.bill_mode(request) != "none"
             if reserving and not control.billing_started:
                 await asyncio.shield(self.spender.void(participants, auction_id, clock_ms()))
@@ -240,13 +234,19 @@ class AuctionService:
         cleared: asyncio.Future[None] | None,
     ) -> ResolvedAuction:
         """The candidates and the mechanism's outcome, within the auction's deadline (504 past it)."""
+        draw = CandidateDraw.from_request(request, self.settings)
+        scored = await self._within_deadline(
+            request, self.sampler.collect(draw, seed, clock, worker_stats, cleared)
+        )
+        return self._resolve(request, scored, seed, clock)
+
+    async def _within_deadline(self, request: AuctionRequest, work: Coroutine[Any, Any, T]) -> T:
+        """`work` (the model work) within the auction's deadline: AuctionDeadlineError (504) past it."""
         limit_s = deadline_s(request, self.settings)
         try:
             with auction_deadline(limit_s):  # worker requests never wait past it (tmax_ms included)
                 async with asyncio.timeout(limit_s):
-                    draw = CandidateDraw.from_request(request, self.settings)
-                    scored = await self.sampler.collect(draw, seed, clock, worker_stats, cleared)
-                    return self._resolve(request, scored, seed, clock)
+                    return await work
         except TimeoutError as error:
             self.observer.auction_counted("deadline", request.proposal)
             what = (
@@ -255,6 +255,47 @@ class AuctionService:
                 else f"AUCTION_DEADLINE_S={self.settings.auction_deadline_s}s"
             )
             raise AuctionDeadlineError(f"auction did not finish within {what} (nothing billed)") from error
+
+    async def _run_no_fill(
+        self,
+        participants: Participants,
+        auction_id: str,
+        seed: int,
+        control: RunControl,
+        clock: StageClock,
+        worker_stats: WorkerCallStats,
+    ) -> AuctionResponse:
+        """Nobody bids: ONE reply sampled from π_ref with the seed, nothing scored, no mechanism, no
+        billing event; the record is stored (`billing: none`) with the Idempotency-Key's outcome."""
+        request = participants.request
+        draw = CandidateDraw.from_request(request, self.settings)
+        work = self.sampler.organic(draw, seed, clock, worker_stats, control.cleared)
+        reply = await self._within_deadline(request, work)
+        response, record = no_fill_result(
+            participants,
+            reply,
+            auction_id=auction_id,
+            seed=seed,
+            currency=self.settings.currency,
+            timings=clock.timings(worker_stats),
+            created_at_ms=clock_ms(),
+        )
+        nothing = make_billing_event(auction_id, {}, self.settings.currency)
+        await self._persist(request, response, record, nothing, control, clock, mode="none")
+        assert response.no_fill is not None
+        self.observer.no_fill_counted(response.no_fill.reason)
+        timings = clock.timings(worker_stats)
+        if control.claim is None:
+            response.timings_ms = timings
+        logger.info(
+            "no-fill served",
+            extra={
+                "auction_id": auction_id,
+                "reason": response.no_fill.reason,
+                "total_ms": round(timings.total, 2),
+            },
+        )
+        return response
 
     def _resolve(
         self, request: AuctionRequest, scored: ScoredCandidates, seed: int, clock: StageClock
@@ -287,6 +328,7 @@ class AuctionService:
             resolved.payments(advertiser_ids),
             self.settings.currency,
             campaigns={entry.campaign.owner: entry.campaign.id for entry in participants.entries},
+            fcap={h.campaign_id: (h.user, h.per_seconds) for h in participants.frequency_holds},
         )
         candidates = candidate_records(resolved, advertiser_ids)
         response = auction_response(
@@ -312,6 +354,7 @@ class AuctionService:
         event: BillingEvent,
         control: RunControl,
         clock: StageClock,
+        mode: BillMode | None = None,
     ) -> None:
         """The audit record, the billing event (or pending charge) and the Idempotency-Key's outcome,
         written in one MULTI: all or none, so a served auction always has its record, nothing is billed
@@ -324,7 +367,8 @@ class AuctionService:
             idempotent = self.idempotency.write_for(control.claim, 200, control.body, response.auction_id)
         audit = (auction_key(response.auction_id), record.model_dump_json(), self.settings.audit_ttl_s)
         control.billing_started = True  # no await since the last check: from here the auction stands
-        write = asyncio.ensure_future(self.billing.record(event, audit, self.bill_mode(request), idempotent))
+        mode = mode or self.bill_mode(request)
+        write = asyncio.ensure_future(self.billing.record(event, audit, mode, idempotent))
         await clock.timed("billing", asyncio.shield(write))
 
     def _observe(
@@ -350,23 +394,3 @@ class AuctionService:
                 "worker_ms": round(timings.workers, 2),
             },
         )
-
-
-def clock_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _clock_after(control: RunControl) -> StageClock:
-    """The auction's clock, started when the gateway began its work (the key's claim is part of it)."""
-    clock = StageClock()
-    if control.idempotency_ms:
-        clock.started -= control.idempotency_ms / 1000
-        clock.stages_ms["idempotency"] = control.idempotency_ms
-    return clock
-
-
-def load_record(raw: bytes | str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    record: dict[str, Any] = json.loads(raw)
-    return record

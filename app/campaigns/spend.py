@@ -7,7 +7,8 @@ ever lowering, bounded rounds; a campaign that still does not fit is left out of
 charged nothing); never a partial charge, never a second model pass. Each payment is then reserved on
 the campaign's own budget key (atomic there, `app.ledger.budget`); a reservation refused because others
 spent meanwhile sends the fit round again with the budgets read anew. After the billing write the
-gateway posts the reservations (`post`), after a failure it voids them (`void`); a gateway killed in
+gateway posts the reservations (`post`), after a failure it voids them (`void`), the campaigns' frequency
+cap slots (`app.ledger.frequency`, reserved by the resolver) with them; a gateway killed in
 between leaves them to expire by themselves, or to the ledger consumer, which posts those of every
 event it applies. Invariant: the sum of a campaign's posted and live reserved amounts never exceeds its
 daily or total budget. Imports the budget fit (pure), the budget ledger, the mechanism and `app.contract`.
@@ -29,6 +30,7 @@ from app.campaigns.participants import Participants
 from app.contract.result import BudgetRecord
 from app.ledger.budget import BudgetLedger, PacingStep, Reservation, reservation_expiry_ms
 from app.ledger.events import to_micro_units
+from app.ledger.frequency import FrequencyLedger
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class BudgetSpender:
 
     def __init__(self, budgets: BudgetLedger, settings: Settings) -> None:
         self.budgets = budgets
+        self.frequency = FrequencyLedger(budgets.redis, settings)
         self.settings = settings
 
     async def fit_and_reserve(
@@ -219,12 +222,21 @@ class BudgetSpender:
             await self.budgets.void_all(campaign_ids, auction_id, now_ms)
 
     async def post(self, participants: Participants, auction_id: str, now_ms: int) -> None:
-        """After the billing write: reserved → spent, and each campaign's pacing step. A failure here
-        loses nothing: the ledger consumer posts the reservations of every event it applies."""
+        """After the billing write: reserved → spent, each campaign's pacing step, and its frequency cap
+        slot counted. A failure here loses nothing: the ledger consumer posts the reservations and slots
+        of every event it applies."""
         entries = participants.entries
         await self.post_steps(
             [e.campaign.id for e in entries], auction_id, [e.pacing_step for e in entries], now_ms
         )
+        holds = [(h.campaign_id, h.user, h.per_seconds) for h in participants.frequency_holds]
+        try:
+            await self.frequency.post_all(holds, auction_id, now_ms, now_ms)
+        except (RedisError, OSError) as error:
+            logger.warning(
+                "frequency cap post failed (the ledger consumer posts it)",
+                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
+            )
 
     async def post_steps(
         self, campaign_ids: list[str], auction_id: str, steps: list[PacingStep | None], now_ms: int
@@ -238,11 +250,24 @@ class BudgetSpender:
             )
 
     async def void(self, participants: Participants, auction_id: str, now_ms: int) -> None:
-        """After a failed auction: release the reservations (else they expire by themselves)."""
+        """After a failed auction: release the reservations and cap slots (else they expire by
+        themselves)."""
         try:
             await self._void([e.campaign.id for e in participants.entries], auction_id, now_ms)
         except (RedisError, OSError) as error:
             logger.warning(
                 "budget void failed (the reservations expire by themselves)",
+                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
+            )
+        await self.void_slots(participants, auction_id, now_ms)
+
+    async def void_slots(self, participants: Participants, auction_id: str, now_ms: int) -> None:
+        """Release the auction's frequency cap slots (else they expire by themselves)."""
+        try:
+            holds = [(h.campaign_id, h.user) for h in participants.frequency_holds]
+            await self.frequency.void_all(holds, auction_id, now_ms)
+        except (RedisError, OSError) as error:
+            logger.warning(
+                "frequency cap void failed (the slots expire by themselves)",
                 extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
             )

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
+from app.auction.run_control import auction_key, load_record
 from app.auction.sealed import SealedFieldError, seal_record, sealed_whatif
-from app.auction.service import auction_key, load_record
 from app.auction.whatif import WhatIfInputError, resolve_record
 from app.contract.limits import enforce_limits
 from app.contract.request import AuctionRequest
@@ -158,19 +158,22 @@ async def run_auction(
     if redis_health is not None:
         redis_health.check()  # Redis down or full: 503 naming it, before any model work
     participants = await service.prepare(body)  # the campaigns that enter: their texts count in the cost
-    cost = service.admission_cost(participants.request)  # over one auction's share: 422 naming fields
-    return await serve_auction(
-        body,
-        request,
-        principal,
-        idempotency_key,
-        service=service,
-        admission=admission,
-        metrics=metrics,
-        cost=cost,
-        participants=participants,
-        background=background,
-    )
+    try:
+        cost = service.admission_cost(participants.request)  # over one auction's share: 422 naming fields
+        return await serve_auction(
+            body,
+            request,
+            principal,
+            idempotency_key,
+            service=service,
+            admission=admission,
+            metrics=metrics,
+            cost=cost,
+            participants=participants,
+            background=background,
+        )
+    finally:  # frequency cap slots of an auction that never ran (429, a replay, ...) go back
+        await service.release(participants)
 
 
 @router.post(

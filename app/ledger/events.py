@@ -65,7 +65,9 @@ class BillingEvent:
     """One auction's payments; `revenue_micro` is the sum of the rounded payments, so it balances.
 
     `campaigns` maps an advertiser id to the campaign whose budget holds her reservation (the ledger
-    consumer posts it when it applies the event; absent for inline advertisers)."""
+    consumer posts it when it applies the event; absent for inline advertisers). `fcap` maps a campaign
+    id to (user hash, per_seconds) of the frequency cap slot it holds for this auction's user (posted
+    with the event, like the budget)."""
 
     auction_id: str
     created_at_ms: int
@@ -73,6 +75,7 @@ class BillingEvent:
     payments_micro: dict[str, int]
     revenue_micro: int
     campaigns: dict[str, str] = field(default_factory=dict)
+    fcap: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def stream_fields(self) -> dict[str, str]:
         """The fields of the stream entry (payments and campaigns as canonical JSON: sorted keys,
@@ -87,6 +90,8 @@ class BillingEvent:
         }
         if self.campaigns:
             fields["campaigns"] = _canonical(self.campaigns)
+        if self.fcap:
+            fields["fcap"] = _canonical({c: list(hold) for c, hold in self.fcap.items()})
         return fields
 
 
@@ -109,6 +114,7 @@ def make_billing_event(
     currency: str,
     now_ms: int | None = None,
     campaigns: Mapping[str, str] | None = None,
+    fcap: Mapping[str, tuple[str, int]] | None = None,
 ) -> BillingEvent:
     """Round each payment to micro-units (`to_micro_units`); revenue = sum of the rounded payments.
 
@@ -146,6 +152,7 @@ def make_billing_event(
         payments_micro=micro,
         revenue_micro=sum(micro.values()),
         campaigns={adv: (campaigns or {})[adv] for adv in sorted(campaigns or {})},
+        fcap={c: (fcap or {})[c] for c in sorted(fcap or {}) if c in (campaigns or {}).values()},
     )
 
 
@@ -167,10 +174,15 @@ class StreamEvent:
     revenue_micro: str
     payments: tuple[tuple[str, str], ...]
     campaigns: str = ""  # canonical JSON {advertiser id: campaign id}, "" when the event has none
+    fcap: str = ""  # canonical JSON {campaign id: [user hash, per_seconds]}, "" when none
 
     def campaign_ids(self) -> list[str]:
         """The campaigns whose reservations this event posts (sorted by advertiser id)."""
         return list(json.loads(self.campaigns).values()) if self.campaigns else []
+
+    def fcap_holds(self) -> list[tuple[str, str, int]]:
+        """The frequency cap slots this event posts: (campaign id, user hash, per_seconds)."""
+        return [(c, str(u), int(w)) for c, (u, w) in json.loads(self.fcap).items()] if self.fcap else []
 
 
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -204,6 +216,7 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
             raise MalformedEventError(f"{name} is not an integer: {text!r}")
     pairs = tuple((str(adv), _int_text(payments[adv], f"payment of {adv!r}")) for adv in sorted(payments))
     campaigns = _parse_campaigns(fields.get("campaigns"), {adv for adv, _ in pairs})
+    fcap = _parse_fcap(fields.get("fcap"), set(json.loads(campaigns).values()) if campaigns else set())
     for text in (fields["auction_id"], fields["currency"], *(adv for adv, _ in pairs)):
         try:
             text.encode("utf-8")
@@ -217,6 +230,7 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
         revenue_micro=fields["revenue_micro"],
         payments=pairs,
         campaigns=campaigns,
+        fcap=fcap,
     )
 
 
@@ -236,3 +250,27 @@ def _parse_campaigns(raw: str | None, advertisers: set[str]) -> str:
         if not isinstance(campaign_id, str) or not 0 < len(campaign_id) <= MAX_ID_LENGTH:
             raise MalformedEventError(f"campaign id of {adv!r} is not a short non-empty string")
     return _canonical(campaigns)
+
+
+_USER_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _parse_fcap(raw: str | None, campaign_ids: set[str]) -> str:
+    """The `fcap` field as canonical JSON ("" when absent); each names a campaign of the event."""
+    if raw is None:
+        return ""
+    try:
+        fcap = json.loads(raw)
+    except ValueError as error:
+        raise MalformedEventError(f"fcap is not JSON: {error}") from error
+    if not isinstance(fcap, dict) or not fcap:
+        raise MalformedEventError("fcap is not a non-empty JSON object")
+    for campaign_id, hold in fcap.items():
+        if campaign_id not in campaign_ids:
+            raise MalformedEventError(f"fcap of campaign {campaign_id!r}, which is not in the event")
+        valid = isinstance(hold, list) and len(hold) == 2 and isinstance(hold[0], str)
+        if not valid or not _USER_HASH_RE.fullmatch(hold[0]) or type(hold[1]) is not int or hold[1] < 1:
+            raise MalformedEventError(
+                f"fcap of campaign {campaign_id!r} is not [user sha256 hex, per_seconds]"
+            )
+    return _canonical(fcap)

@@ -30,3 +30,5 @@ IDEMPOTENCY_BILL_SCRIPT = _read("idempotency_bill.lua")
 TRIM_SCRIPT = _read("trim.lua")
 # One campaign's budget: reserve, post (with the pacing step), void, state (app.ledger.budget).
 BUDGET_SCRIPT = _read("budget.lua")
+# One (campaign, user) frequency cap: reserve, post, void, count (app.ledger.frequency).
+FREQUENCY_SCRIPT = _read("frequency.lua")
