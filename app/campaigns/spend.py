@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,44 +231,33 @@ class BudgetSpender:
             [e.campaign.id for e in entries], auction_id, [e.pacing_step for e in entries], now_ms
         )
         holds = [(h.campaign_id, h.user, h.per_seconds) for h in participants.frequency_holds]
-        try:
-            await self.frequency.post_all(holds, auction_id, now_ms, now_ms)
-        except (RedisError, OSError) as error:
-            logger.warning(
-                "frequency cap post failed (the ledger consumer posts it)",
-                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
-            )
+        posting = self.frequency.post_all(holds, auction_id, now_ms, now_ms)
+        await _best_effort(posting, "frequency cap post failed (the ledger consumer posts it)", auction_id)
 
     async def post_steps(
         self, campaign_ids: list[str], auction_id: str, steps: list[PacingStep | None], now_ms: int
     ) -> None:
-        try:
-            await self.budgets.post_all(campaign_ids, auction_id, steps, now_ms)
-        except (RedisError, OSError) as error:
-            logger.warning(
-                "budget post failed (the ledger consumer posts it)",
-                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
-            )
+        posting = self.budgets.post_all(campaign_ids, auction_id, steps, now_ms)
+        await _best_effort(posting, "budget post failed (the ledger consumer posts it)", auction_id)
 
     async def void(self, participants: Participants, auction_id: str, now_ms: int) -> None:
         """After a failed auction: release the reservations and cap slots (else they expire by
         themselves)."""
-        try:
-            await self._void([e.campaign.id for e in participants.entries], auction_id, now_ms)
-        except (RedisError, OSError) as error:
-            logger.warning(
-                "budget void failed (the reservations expire by themselves)",
-                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
-            )
+        voiding = self._void([e.campaign.id for e in participants.entries], auction_id, now_ms)
+        await _best_effort(voiding, "budget void failed (the reservations expire by themselves)", auction_id)
         await self.void_slots(participants, auction_id, now_ms)
 
     async def void_slots(self, participants: Participants, auction_id: str, now_ms: int) -> None:
         """Release the auction's frequency cap slots (else they expire by themselves)."""
-        try:
-            holds = [(h.campaign_id, h.user) for h in participants.frequency_holds]
-            await self.frequency.void_all(holds, auction_id, now_ms)
-        except (RedisError, OSError) as error:
-            logger.warning(
-                "frequency cap void failed (the slots expire by themselves)",
-                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
-            )
+        holds = [(h.campaign_id, h.user) for h in participants.frequency_holds]
+        voiding = self.frequency.void_all(holds, auction_id, now_ms)
+        await _best_effort(voiding, "frequency cap void failed (the slots expire by themselves)", auction_id)
+
+
+async def _best_effort(work: Awaitable[object], message: str, auction_id: str) -> None:
+    """Await `work`; a Redis failure is logged (`message`), never raised: what it would have written
+    is written later by another party or expires by itself."""
+    try:
+        await work
+    except (RedisError, OSError) as error:
+        logger.warning(message, extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"})

@@ -275,15 +275,10 @@ class AuctionRequest(BaseModel):
             raise ValueError("give `campaigns` or `select`, not both (one way of naming campaigns)")
         return select
 
-    @field_validator("bcat")
+    @field_validator("bcat", "badv")
     @classmethod
-    def _unique_bcat(cls, bcat: list[str]) -> list[str]:
-        return _unique(bcat, "bcat category ids")
-
-    @field_validator("badv")
-    @classmethod
-    def _unique_badv(cls, badv: list[str]) -> list[str]:
-        return _unique(badv, "badv advertiser ids")
+    def _unique_blocks(cls, ids: list[str], info: ValidationInfo) -> list[str]:
+        return _unique(ids, f"{info.field_name} ids")
 
     @model_validator(mode="after")
     def _mixture_needs_raw_sampling(self) -> AuctionRequest:

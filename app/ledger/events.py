@@ -234,16 +234,22 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
     )
 
 
+def _json_object(raw: str, name: str) -> dict[str, Any]:
+    """An optional field's JSON: a non-empty object, else MalformedEventError naming the field."""
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        raise MalformedEventError(f"{name} is not JSON: {error}") from error
+    if not isinstance(value, dict) or not value:
+        raise MalformedEventError(f"{name} is not a non-empty JSON object")
+    return value
+
+
 def _parse_campaigns(raw: str | None, advertisers: set[str]) -> str:
     """The `campaigns` field as canonical JSON ("" when absent); each names a paid advertiser."""
     if raw is None:
         return ""
-    try:
-        campaigns = json.loads(raw)
-    except ValueError as error:
-        raise MalformedEventError(f"campaigns is not JSON: {error}") from error
-    if not isinstance(campaigns, dict) or not campaigns:
-        raise MalformedEventError("campaigns is not a non-empty JSON object")
+    campaigns = _json_object(raw, "campaigns")
     for adv, campaign_id in campaigns.items():
         if adv not in advertisers:
             raise MalformedEventError(f"campaign of {adv!r}, who has no payment")
@@ -259,12 +265,7 @@ def _parse_fcap(raw: str | None, campaign_ids: set[str]) -> str:
     """The `fcap` field as canonical JSON ("" when absent); each names a campaign of the event."""
     if raw is None:
         return ""
-    try:
-        fcap = json.loads(raw)
-    except ValueError as error:
-        raise MalformedEventError(f"fcap is not JSON: {error}") from error
-    if not isinstance(fcap, dict) or not fcap:
-        raise MalformedEventError("fcap is not a non-empty JSON object")
+    fcap = _json_object(raw, "fcap")
     for campaign_id, hold in fcap.items():
         if campaign_id not in campaign_ids:
             raise MalformedEventError(f"fcap of campaign {campaign_id!r}, which is not in the event")

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from app.ledger.events import StreamEvent
 from app.ledger.keys import as_str
-from app.ledger.scripts import FREQUENCY_SCRIPT
+from app.ledger.scripts import FREQUENCY_SCRIPT, run_pipelined
 from app.settings import Settings
 
 FCAP_PREFIX = "mosaic:fcap:"
@@ -92,26 +91,16 @@ class FrequencyLedger:
         self.settings = settings
         self._sha: str | None = None
 
+    async def sha(self) -> str:
+        if self._sha is None:
+            self._sha = as_str(await self.redis.script_load(FREQUENCY_SCRIPT))
+        return self._sha
+
+    def _forget(self) -> None:
+        self._sha = None
+
     async def _run(self, calls: Sequence[tuple[str, Sequence[object]]]) -> list[Any]:
-        """One EVALSHA per (key, ARGV), pipelined; on NOSCRIPT load the script again and rerun
-        (every op is idempotent)."""
-        if not calls:
-            return []
-        for _ in range(3):
-            if self._sha is None:
-                self._sha = as_str(await self.redis.script_load(FREQUENCY_SCRIPT))
-            pipe = self.redis.pipeline(transaction=False)
-            for key, args in calls:
-                pipe.execute_command("EVALSHA", self._sha, 1, key, *(str(a) for a in args))
-            results = await pipe.execute(raise_on_error=False)
-            if any(isinstance(r, NoScriptError) for r in results):
-                self._sha = None
-                continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return list(results)
-        raise RuntimeError("the frequency script could not be loaded")
+        return await run_pipelined(self.redis, self.sha, self._forget, calls, name="frequency")
 
     async def reserve_all(
         self, holds: Sequence[FrequencyHold], auction_id: str, now_ms: int, expires_at_ms: int

@@ -27,6 +27,7 @@ from app.ledger.redis_store import make_client
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess
 from tests.fixtures_worker import WorkerProcess
+from tests.integration.test_campaign_auction import create
 from tests.integration.test_gateway import make_settings
 
 pytestmark = pytest.mark.timeout(300)
@@ -46,21 +47,6 @@ def settings(
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def create(client: TestClient, campaign_id: str, owner: str, **fields: Any) -> dict[str, Any]:
-    body = {
-        "id": campaign_id,
-        "owner": owner,
-        "name": owner.title(),
-        "description": f"{owner}: guitar lessons for grown-ups",
-        "budget": {"total_micro": 10**12},
-        **fields,
-    }
-    response = client.post("/campaigns", json=body)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
 
 
 def post(client: TestClient, seed: int = 1, **fields: Any) -> dict[str, Any]:
