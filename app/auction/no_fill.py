@@ -11,6 +11,8 @@ read. No I/O. Imports the engine client's candidate type, the campaigns' partici
 
 from __future__ import annotations
 
+import dataclasses
+
 from app.auction.engine_client import GeneratedCandidate
 from app.campaigns.participants import Participants
 from app.contract.request import AuctionRequest
@@ -28,9 +30,13 @@ def ads_off(request: AuctionRequest) -> Participants | None:
     return Participants(request=organic, no_fill=NoFill(reason="no_consent", detail=why))
 
 
-def organic_request(participants: Participants) -> AuctionRequest:
-    """The request a no-fill runs on: one candidate from the reference model (its admission cost)."""
-    return participants.request.model_copy(update={"candidates": 1, "proposal": "reference"})
+def organic(participants: Participants) -> Participants:
+    """A no-fill's participants run on one candidate from the reference model (its admission cost too);
+    others as they are."""
+    if participants.no_fill is None:
+        return participants
+    request = participants.request.model_copy(update={"candidates": 1, "proposal": "reference"})
+    return dataclasses.replace(participants, request=request)
 
 
 def no_fill_result(

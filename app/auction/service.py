@@ -9,7 +9,6 @@ gateway (what it reports goes to an `AuctionObserver`). Invariants: docs/DESIGN.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import secrets
@@ -23,7 +22,7 @@ import numpy as np
 from app import mechanism
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
-from app.auction.no_fill import ads_off, no_fill_result, organic_request
+from app.auction.no_fill import ads_off, no_fill_result, organic
 from app.auction.observers import AuctionObserver, NoopAuctionObserver
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
 from app.auction.run_control import RunControl, auction_key, clock_after, clock_ms, deadline_s
@@ -86,19 +85,23 @@ class AuctionService:
         once the call ends (cap slots of an auction that never ran go back)."""
         participants = ads_off(request)
         if participants is None:
-            if request.select is not None:
-                raise SelectionUnavailableError(
-                    "selection_unavailable: `select` needs the campaign selector, which this gateway does "
-                    "not run; name the campaigns (`campaigns`) instead"
-                )
-            participants = await self.campaigns.resolve(request)
+            selected = await self._selected(request)
+            participants = await self.campaigns.resolve(request, campaign_ids=selected)
         for _ in participants.entries:
             self.observer.campaign_counted("entered")
         for exclusion in participants.excluded:
             self.observer.campaign_counted(exclusion.reason)
-        if participants.no_fill is not None:
-            participants = dataclasses.replace(participants, request=organic_request(participants))
-        return participants
+        return organic(participants)
+
+    async def _selected(self, request: AuctionRequest) -> list[str] | None:
+        """THE hook of `select`: the campaign ids a selector chose, which go through the resolver as
+        `campaigns` do (None: the request names its campaigns). No selector here: 503 naming it."""
+        if request.select is None:
+            return None
+        raise SelectionUnavailableError(
+            "selection_unavailable: `select` needs the campaign selector, which this gateway does not "
+            "run; name the campaigns (`campaigns`) instead"
+        )
 
     async def release(self, participants: Participants) -> None:
         """After the call: the cap slots of an auction that never ran (refused by admission, answered by

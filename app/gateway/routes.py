@@ -198,6 +198,8 @@ async def render_auction(
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
     if record.get("test"):
         raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a test auction: never billed")
+    if record.get("no_fill"):
+        raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a no-fill: nothing to bill")
     state, stream_id, changed = await RenderLedger(redis_client, settings).render(auction_id)
     if state == "missing":  # billed when it was served (BILLING_MODE=auction)
         return RenderResult(auction_id=auction_id, billing="billed", billed_now=False)
@@ -287,6 +289,8 @@ async def resolve_auction(
     principal: Principal = Depends(require_api_key),
 ) -> WhatIfResponse | SealedWhatIfResponse:
     record = await _readable_record(auction_id, redis_client, settings, principal)
+    if record.get("no_fill"):
+        raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a no-fill: no candidates")
     try:
         if principal.scope == "advertiser" and principal.advertiser_id is not None:
             return sealed_whatif(record, body, principal.advertiser_id)

@@ -77,6 +77,9 @@ def assert_no_fill(client: TestClient, answer: dict[str, Any], reason: str) -> N
     record = client.get(f"/auctions/{answer['auction_id']}").json()
     assert record["no_fill"] == answer["no_fill"] and record["reply"] == answer["reply"]
     assert record["payments_micro"] == {} and record["billing"] == "none"
+    for action, body in (("render", None), ("resolve", {"tau": 2.0})):  # nothing to bill or resolve
+        refused = client.post(f"/auctions/{answer['auction_id']}/{action}", json=body)
+        assert refused.status_code == 409 and "no-fill" in refused.json()["detail"], refused.text
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.auction.no_fill import ads_off, organic_request
+from app.auction.no_fill import ads_off, organic
 from app.campaigns.participants import nobody_bids
 from app.contract.limits import LimitExceededError, enforce_limits
 from app.contract.request import AuctionRequest, RegsIn
@@ -50,8 +50,8 @@ def test_regs_turn_ads_off_for_everyone(regs: dict[str, bool], words: str) -> No
     assert participants is not None and participants.no_fill is not None
     assert participants.no_fill.reason == "no_consent" and words in participants.no_fill.detail
     assert participants.request.advertisers == [] and participants.entries == ()
-    organic = organic_request(participants)
-    assert (organic.candidates, organic.proposal) == (1, "reference")
+    drawn = organic(participants).request
+    assert (drawn.candidates, drawn.proposal) == (1, "reference")
     assert ads_off(AuctionRequest.model_validate({"query": "q", "advertisers": [INLINE]})) is None
     assert RegsIn().no_ads() is None
 
