@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from app.gateway.app import create_app
 from app.ledger.budget import BudgetLedger, BudgetLimits, Reservation
 from app.ledger.frequency import FrequencyHold, FrequencyLedger, user_hash
+from app.ledger.reconcile import ReconcileReport, reconcile
 from app.ledger.redis_store import make_client
 from app.settings import Settings
 from tests.fixtures_redis import RedisServerProcess
@@ -105,7 +106,7 @@ def test_regs_turn_ads_off_before_any_campaign_is_read(
 def test_nobody_bids_is_a_no_fill_with_the_reason(client: TestClient, settings: Settings) -> None:
     """Invariant: every campaign left out and nobody inline → a no-fill, never an auction: all_excluded
     (mixed reasons, each listed in `excluded`), all_out_of_budget when every one is out of budget;
-    nothing billed for either."""
+    nothing billed for either, and `mosaic ledger reconcile` counts them as never billed (no difference)."""
     create(client, "nf-paused", "nf-owner-paused", status="paused")
     create(client, "nf-broke", "nf-owner-broke", budget={"total_micro": 1000})
     asyncio.run(_spend_all(settings, "nf-broke", 1000))
@@ -118,6 +119,17 @@ def test_nobody_bids_is_a_no_fill_with_the_reason(client: TestClient, settings: 
     }
     assert_no_fill(client, post(client, campaigns=["nf-broke"]), "all_out_of_budget")
     assert stream_length(settings) == before
+    report = asyncio.run(_reconcile(settings))  # a no-fill is never billed, and reconcile knows it
+    assert report.no_fill_records >= 2
+    assert answer["auction_id"] not in {difference.subject for difference in report.differences}
+
+
+async def _reconcile(settings: Settings) -> ReconcileReport:
+    client = make_client(str(settings.redis_url), settings)
+    try:
+        return await reconcile(client, settings)
+    finally:
+        await client.aclose()
 
 
 async def _spend_all(settings: Settings, campaign_id: str, amount: int) -> None:
