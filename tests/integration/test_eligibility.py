@@ -282,3 +282,15 @@ def test_a_no_fill_answers_well_under_an_auctions_time(client: TestClient) -> No
     no_fill_ms = p50(advertisers=[INLINE], regs={"ads_consent": False})
     print(f"no_fill_p50_ms={no_fill_ms:.1f} auction_p50_ms={auction_ms:.1f}")
     assert no_fill_ms < 0.6 * auction_ms, (no_fill_ms, auction_ms)
+
+
+def test_a_keyed_no_fill_replays_and_is_never_billed(client: TestClient, settings: Settings) -> None:
+    """Invariant: a no-fill with an Idempotency-Key stores its answer under the key (with its record, in
+    one write): the retry gets the same body, replayed, and nothing reaches the billing stream."""
+    before = stream_length(settings)
+    body = {"query": QUERY, "max_tokens": 6, "advertisers": [INLINE], "regs": {"minor": True}}
+    first = client.post("/auction", json=body, headers={"Idempotency-Key": "nf-key-1"})
+    again = client.post("/auction", json=body, headers={"Idempotency-Key": "nf-key-1"})
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json() == first.json()
+    assert first.json()["no_fill"]["reason"] == "no_consent" and stream_length(settings) == before
