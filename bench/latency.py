@@ -21,7 +21,7 @@ auction cannot: they are stored with it before its final write). Last line:
 the paired differences).
 
     .venv/bin/python bench/latency.py --campaign --model tiny-random --candidates 2 --max-tokens 4 \
-        --repeats 200                                     # what `campaigns: [id]` adds
+        --repeats 200 [--frequency-cap]                   # what `campaigns: [id]` adds (with its cap)
 
 `--campaign`: registers StrumMaster once as a campaign (`POST /campaigns`, a total budget that never
 binds), then auctions in interleaved pairs with the same seed and the same advertisers in the same
@@ -29,7 +29,9 @@ order, StrumMaster given inline in one and as `campaigns: [id]` in the other (re
 its budget read, reserved and posted: two more Redis round trips before the model work and two
 after). Gateway overhead of each = client-side wall time − wall time with a worker request in flight.
 Last line: `overhead_ms_p50_inline=<ms> overhead_ms_p50_campaign=<ms> campaign_overhead_p50_ms=<ms>`
-(the median of the paired differences; issue 33's target is ≤ 1 ms).
+(the median of the paired differences; issue 33's target is ≤ 1 ms). `--frequency-cap`: the campaign has
+a frequency cap it never reaches and each auction a `user_id`: its cap slot is reserved (one more round
+trip before the model work) and posted after the reply (issue 34).
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ def main() -> None:
         "--campaign",
         action="store_true",
         help="gateway overhead of an advertiser entered as `campaigns: [id]` vs the same one inline",
+    )
+    parser.add_argument(
+        "--frequency-cap",
+        action="store_true",
+        help="with --campaign: the campaign has a frequency cap (never reached) and each auction a "
+        "user_id, so its cap slot is reserved before the model work and posted after the reply",
     )
     args = parser.parse_args()
     if bool(args.url) != bool(args.worker_url):
@@ -303,6 +311,11 @@ def campaign_overhead(args: argparse.Namespace) -> None:
                 "description": registered["description"],
                 "value_scale": 1.0,
                 "budget": {"total_micro": CAMPAIGN_BUDGET_MICRO},
+                **(
+                    {"frequency_cap": {"max_auctions": 1_000_000, "per_seconds": 3600}}
+                    if args.frequency_cap
+                    else {}
+                ),
             },
         )
         if created.status_code != 201:
@@ -318,7 +331,7 @@ def campaign_overhead(args: argparse.Namespace) -> None:
                 "max_tokens": args.max_tokens,
                 "seed": repeat,
                 **(
-                    {"advertisers": [other], "campaigns": [campaign_id]}
+                    {"advertisers": [other], "campaigns": [campaign_id], "user_id": "bench-user"}
                     if via_campaign
                     else {"advertisers": [other, registered]}
                 ),

@@ -28,6 +28,9 @@ class AuctionObserver(Protocol):
         """A requested campaign `entered`, was left out (`paused`, `out_of_budget`, ...: the exclusion
         reason), or its payment was `lowered` / `dropped` to fit its budget. No campaign id: bounded."""
 
+    def no_fill_counted(self, reason: str) -> None:
+        """An auction nobody bid in was answered organically (`reason`: the no-fill reason)."""
+
 
 class WorkerObserver(Protocol):
     def worker_request_failed(self, url: str, kind: str) -> None:
@@ -67,6 +70,9 @@ class NoopAuctionObserver:
         pass
 
     def campaign_counted(self, outcome: str) -> None:
+        pass
+
+    def no_fill_counted(self, reason: str) -> None:
         pass
 
 

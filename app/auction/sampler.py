@@ -23,7 +23,7 @@ from app import mechanism
 from app.auction.engine_client import EngineClient, GeneratedCandidate, WorkerCallStats, derive_seed
 from app.contract.request import AuctionRequest, ProposalName
 from app.contract.result import AuctionTimings
-from app.prompts import AdvertiserProfile, auction_chats
+from app.prompts import AdvertiserProfile, auction_chats, reference_messages
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -186,6 +186,33 @@ class CandidateSampler:
         worker_stats = worker_stats or WorkerCallStats()
         prompt_ids, candidate_set = await self._tokenize_and_draw(draw, seed, clock, worker_stats, cleared)
         return await self._score(draw, prompt_ids, candidate_set, clock, worker_stats)
+
+    async def organic(
+        self,
+        draw: CandidateDraw,
+        seed: int,
+        clock: StageClock,
+        worker_stats: WorkerCallStats,
+        cleared: asyncio.Future[None] | None = None,
+    ) -> GeneratedCandidate:
+        """A no-fill's reply: ONE sample of the reference model π_ref (the reference draws' seed stream
+        of `seed`: a replay by seed gives it again), nothing scored. One tokenize, one generate."""
+        prompt = reference_messages(draw.query)
+        ids = await clock.timed("tokenize", self.engine.tokenize_chat(prompt, stats=worker_stats))
+        check_prompt_lengths([len(ids), 0], self.settings.max_prompt_tokens)
+        if cleared is not None:
+            await asyncio.shield(cleared)
+        generating = self.engine.generate(
+            ids,
+            1,
+            max_tokens=draw.max_tokens,
+            temperature=draw.temperature,
+            top_p=draw.top_p,
+            seed=derive_seed(seed, SEED_REFERENCE_DRAWS),
+            stats=worker_stats,
+        )
+        (reply,) = await clock.timed("generate", generating)
+        return reply
 
     async def _tokenize_and_draw(
         self,

@@ -9,22 +9,22 @@ gateway (what it reports goes to an `AuctionObserver`). Invariants: docs/DESIGN.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import numpy as np
 
 from app import mechanism
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
+from app.auction.no_fill import ads_off, no_fill_result, organic
 from app.auction.observers import AuctionObserver, NoopAuctionObserver
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
+from app.auction.run_control import RunControl, auction_key, clock_after, clock_ms, deadline_s
 from app.auction.sampler import SEED_ALLOCATION, CandidateDraw, CandidateSampler, ScoredCandidates, StageClock
 from app.auction.worker_dispatch import auction_deadline
 from app.campaigns.participants import CampaignResolver, Participants
@@ -33,57 +33,29 @@ from app.campaigns.store import CampaignStore
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings, BillingState
 from app.ledger.budget import BudgetLedger
-from app.ledger.events import BillingEvent, PacingArgs, make_billing_event
-from app.ledger.idempotency import IdempotencyClaim, IdempotencyStore
+from app.ledger.events import BillingEvent, make_billing_event
+from app.ledger.idempotency import IdempotencyStore
 from app.ledger.producer import BillingProducer, BillMode
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-AUCTION_KEY_PREFIX = "mosaic:auction:"
+T = TypeVar("T")
 
 # What a response says of its billing, by the producer's bill mode.
 BILLING_STATES: dict[BillMode, BillingState] = {"none": "test", "pending": "pending", "bill": "billed"}
-
-
-# What `_build_result` makes of a resolved auction: the answer, the audit record, the billing event.
-Built = tuple[AuctionResponse, AuctionRecord, BillingEvent]
 
 
 class AuctionDeadlineError(Exception):
     """The auction deadline (AUCTION_DEADLINE_S) passed before the mechanism ran: 504."""
 
 
-def auction_key(auction_id: str) -> str:
-    return f"{AUCTION_KEY_PREFIX}{auction_id}"
+# What `_build_result` makes of a resolved auction: the answer, the audit record, the billing event.
+Built = tuple[AuctionResponse, AuctionRecord, BillingEvent]
 
 
-@dataclass
-class RunControl:
-    """One auction's link to its caller (the route).
-
-    `billing_started` turns true, with no await in between, just before the final write begins: a
-    caller may cancel the auction (an abandoned request) only while it is false; after that the
-    write runs shielded and the auction stands. With a key, `claim_ready` (sent by the caller as
-    model work begins) is awaited before the write; `body` is then the exact JSON answered,
-    the one stored under the Idempotency-Key in the same MULTI as the record and the billing event.
-    `cleared` (with a key): generation waits for it, so the key's replay check, sent with the
-    auction's tokenization, ends before any model work.
-    """
-
-    claim_ready: asyncio.Future[IdempotencyClaim] | None = None  # the key's claim, under way
-    cleared: asyncio.Future[None] | None = None  # set when generation may begin (the replay check)
-    claim: IdempotencyClaim | None = None
-    idempotency_ms: float = 0.0
-    billing_started: bool = False
-    body: str | None = None
-
-
-def deadline_s(request: AuctionRequest, settings: Settings) -> float:
-    """This auction's deadline: its `tmax_ms`, at most AUCTION_DEADLINE_S."""
-    if request.tmax_ms is None:
-        return settings.auction_deadline_s
-    return min(settings.auction_deadline_s, request.tmax_ms / 1000)
+class SelectionUnavailableError(Exception):
+    """A `select` request on a gateway with no campaign selector: 503 naming the cause."""
 
 
 class AuctionService:
@@ -105,16 +77,41 @@ class AuctionService:
         self.budgets = BudgetLedger(billing.redis, settings)
         self.campaigns = CampaignResolver(self.campaign_store, self.budgets, settings)
         self.spender = BudgetSpender(self.budgets, settings)
+        self._started: set[str] = set()  # auctions prepared whose run began (it settles their cap slots)
 
     async def prepare(self, request: AuctionRequest) -> Participants:
         """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
-        trip for the campaigns, one for their budgets; none without campaigns)."""
-        participants = await self.campaigns.resolve(request)
+        trip for the campaigns and their budgets, one for their frequency caps when capped; none
+        without campaigns). Regs and consent come first: with ads off no campaign is read. Nobody
+        bidding makes a no-fill (one organic draw: its admission cost too). The gateway calls `release`
+        once the call ends (cap slots of an auction that never ran go back)."""
+        participants = ads_off(request)
+        if participants is None:
+            selected = await self._selected(request)
+            participants = await self.campaigns.resolve(request, campaign_ids=selected)
         for _ in participants.entries:
             self.observer.campaign_counted("entered")
         for exclusion in participants.excluded:
             self.observer.campaign_counted(exclusion.reason)
-        return participants
+        return organic(participants)
+
+    async def _selected(self, request: AuctionRequest) -> list[str] | None:
+        """THE hook of `select`: the campaign ids a selector chose, which go through the resolver as
+        `campaigns` do (None: the request names its campaigns). No selector here: 503 naming it."""
+        if request.select is None:
+            return None
+        raise SelectionUnavailableError(
+            "selection_unavailable: `select` needs the campaign selector, which this gateway does not "
+            "run; name the campaigns (`campaigns`) instead"
+        )
+
+    async def release(self, participants: Participants) -> None:
+        """After the call: the cap slots of an auction that never ran (refused by admission, answered by
+        a replay, cancelled before it began) go back now; a run settles its own (post or void)."""
+        if participants.auction_id in self._started:
+            self._started.discard(participants.auction_id)
+        elif participants.frequency_holds:
+            await asyncio.shield(self.spender.void_slots(participants, participants.auction_id, clock_ms()))
 
     async def post_rendered(self, record: dict[str, Any]) -> None:
         """A pending charge was just rendered (billed): post its campaigns' reservations with their pacing
@@ -144,23 +141,26 @@ class AuctionService:
         """`request` as the caller sent it; `participants` from `prepare` (who bids, and at what pacing)."""
         control = control or RunControl()
         participants = participants or Participants(request=request)
+        self._started.add(participants.auction_id)
         bidding = participants.request
-        clock = _clock_after(control)
-        auction_id = uuid.uuid4().hex
+        clock = clock_after(control)
+        auction_id = participants.auction_id or uuid.uuid4().hex
         seed = request.seed if request.seed is not None else secrets.randbits(53)  # <= MAX_SEED
         worker_stats = WorkerCallStats()
-        resolved = await self._sample_and_resolve(bidding, seed, clock, worker_stats, control.cleared)
+        if participants.no_fill is not None:
+            return await self._run_no_fill(participants, auction_id, seed, control, clock, worker_stats)
         built: list[tuple[BudgetedOutcome | None, Built]] = []
-
-        def build(budgeted: BudgetedOutcome | None) -> Built:
-            # Timings up to here; the stored record keeps these (billing 0: it is the write of the record).
-            fitted = resolved
-            if budgeted is not None:
-                fitted = ResolvedAuction(resolved.scored, budgeted.rewards, budgeted.outcome)
-            so_far = clock.timings(worker_stats)
-            return self._build_result(participants, fitted, auction_id, seed, so_far, budgeted)
-
         try:
+            resolved = await self._sample_and_resolve(bidding, seed, clock, worker_stats, control.cleared)
+
+            def build(budgeted: BudgetedOutcome | None) -> Built:
+                # Timings up to here; the stored record keeps these (billing 0: the write of the record).
+                fitted = resolved
+                if budgeted is not None:
+                    fitted = ResolvedAuction(resolved.scored, budgeted.rewards, budgeted.outcome)
+                so_far = clock.timings(worker_stats)
+                return self._build_result(participants, fitted, auction_id, seed, so_far, budgeted)
+
             budgeted = await self._fit_budgets(
                 participants, resolved, seed, auction_id, clock, lambda b: built.append((b, build(b)))
             )
@@ -171,11 +171,11 @@ class AuctionService:
                 resolved = ResolvedAuction(resolved.scored, budgeted.rewards, budgeted.outcome)
             await self._persist(bidding, response, record, event, control, clock)
         except BaseException:
-            # Before the billing write began nothing can be billed: release the reservations. After it
-            # began the write may stand (a timeout is ambiguous): they are left to the ledger consumer,
-            # which posts them if the event exists, or to their own expiry if it does not.
-            # (Cancelled during the fit, it may hold reservations it has not returned: void them all;
-            # a void of none is a no-op.)
+            # Before the billing write began nothing can be billed: release the reservations and cap
+            # slots. After it began the write may stand (a timeout is ambiguous): they are left to the
+            # ledger consumer, which posts them if the event exists, or to their own expiry if it does
+            # not. (Cancelled during the fit, it may hold reservations it has not returned: void them
+            # all; a void of none is a no-op.)
             reserving = participants.entries and self.bill_mode(request) != "none"
             if reserving and not control.billing_started:
                 await asyncio.shield(self.spender.void(participants, auction_id, clock_ms()))
@@ -195,8 +195,8 @@ class AuctionService:
         clock: StageClock,
         overlap: Callable[[BudgetedOutcome], None],
     ) -> BudgetedOutcome | None:
-        """Every campaign's payment within its budget, reserved (`app.campaigns.spend`; `overlap` runs
-        while the reservations are in flight); None without campaigns (the inline auction is untouched)."""
+        """Every campaign's payment within its budget, reserved (`app.campaigns.spend`); None without
+        campaigns (the inline auction is untouched)."""
         if not participants.entries:
             return None
         begin = time.perf_counter()
@@ -217,7 +217,7 @@ class AuctionService:
             clock_ms(),
             reserve=self.bill_mode(request) != "none",
             render=self.bill_mode(request) == "pending",
-            overlap=overlap,
+            overlap=overlap,  # the answer is built while the reservations are in flight
         )
         for record in budgeted.records:
             if record.budget_multiplier < 1.0:
@@ -234,13 +234,19 @@ class AuctionService:
         cleared: asyncio.Future[None] | None,
     ) -> ResolvedAuction:
         """The candidates and the mechanism's outcome, within the auction's deadline (504 past it)."""
+        draw = CandidateDraw.from_request(request, self.settings)
+        scored = await self._within_deadline(
+            request, self.sampler.collect(draw, seed, clock, worker_stats, cleared)
+        )
+        return self._resolve(request, scored, seed, clock)
+
+    async def _within_deadline(self, request: AuctionRequest, work: Coroutine[Any, Any, T]) -> T:
+        """`work` (the model work) within the auction's deadline: AuctionDeadlineError (504) past it."""
         limit_s = deadline_s(request, self.settings)
         try:
             with auction_deadline(limit_s):  # worker requests never wait past it (tmax_ms included)
                 async with asyncio.timeout(limit_s):
-                    draw = CandidateDraw.from_request(request, self.settings)
-                    scored = await self.sampler.collect(draw, seed, clock, worker_stats, cleared)
-                    return self._resolve(request, scored, seed, clock)
+                    return await work
         except TimeoutError as error:
             self.observer.auction_counted("deadline", request.proposal)
             what = (
@@ -249,6 +255,47 @@ class AuctionService:
                 else f"AUCTION_DEADLINE_S={self.settings.auction_deadline_s}s"
             )
             raise AuctionDeadlineError(f"auction did not finish within {what} (nothing billed)") from error
+
+    async def _run_no_fill(
+        self,
+        participants: Participants,
+        auction_id: str,
+        seed: int,
+        control: RunControl,
+        clock: StageClock,
+        worker_stats: WorkerCallStats,
+    ) -> AuctionResponse:
+        """Nobody bids: ONE reply sampled from π_ref with the seed, nothing scored, no mechanism, no
+        billing event; the record is stored (`billing: none`) with the Idempotency-Key's outcome."""
+        request = participants.request
+        draw = CandidateDraw.from_request(request, self.settings)
+        work = self.sampler.organic(draw, seed, clock, worker_stats, control.cleared)
+        reply = await self._within_deadline(request, work)
+        response, record = no_fill_result(
+            participants,
+            reply,
+            auction_id=auction_id,
+            seed=seed,
+            currency=self.settings.currency,
+            timings=clock.timings(worker_stats),
+            created_at_ms=clock_ms(),
+        )
+        nothing = make_billing_event(auction_id, {}, self.settings.currency)
+        await self._persist(request, response, record, nothing, control, clock, mode="none")
+        assert response.no_fill is not None
+        self.observer.no_fill_counted(response.no_fill.reason)
+        timings = clock.timings(worker_stats)
+        if control.claim is None:
+            response.timings_ms = timings
+        logger.info(
+            "no-fill served",
+            extra={
+                "auction_id": auction_id,
+                "reason": response.no_fill.reason,
+                "total_ms": round(timings.total, 2),
+            },
+        )
+        return response
 
     def _resolve(
         self, request: AuctionRequest, scored: ScoredCandidates, seed: int, clock: StageClock
@@ -281,7 +328,8 @@ class AuctionService:
             resolved.payments(advertiser_ids),
             self.settings.currency,
             campaigns={entry.campaign.owner: entry.campaign.id for entry in participants.entries},
-            pacing=_pacing(participants) if self.bill_mode(request) == "bill" else None,
+            fcap={h.campaign_id: (h.user, h.per_seconds) for h in participants.frequency_holds},
+            pacing=participants.pacing_args() if self.bill_mode(request) == "bill" else None,
         )
         candidates = candidate_records(resolved, advertiser_ids)
         response = auction_response(
@@ -307,6 +355,7 @@ class AuctionService:
         event: BillingEvent,
         control: RunControl,
         clock: StageClock,
+        mode: BillMode | None = None,
     ) -> None:
         """The audit record, the billing event (or pending charge) and the Idempotency-Key's outcome,
         written in one MULTI: all or none, so a served auction always has its record, nothing is billed
@@ -319,7 +368,8 @@ class AuctionService:
             idempotent = self.idempotency.write_for(control.claim, 200, control.body, response.auction_id)
         audit = (auction_key(response.auction_id), record.model_dump_json(), self.settings.audit_ttl_s)
         control.billing_started = True  # no await since the last check: from here the auction stands
-        write = asyncio.ensure_future(self.billing.record(event, audit, self.bill_mode(request), idempotent))
+        mode = mode or self.bill_mode(request)
+        write = asyncio.ensure_future(self.billing.record(event, audit, mode, idempotent))
         await clock.timed("billing", asyncio.shield(write))
 
     def _observe(
@@ -345,34 +395,3 @@ class AuctionService:
                 "worker_ms": round(timings.workers, 2),
             },
         )
-
-
-def _pacing(participants: Participants) -> dict[str, PacingArgs | None]:
-    """Each campaign's pacing step for its billing event: the ledger consumer's post, once the event is
-    in the stream, spends the reservation and steps μ with it (so nothing is written after the reply)."""
-    return {
-        entry.campaign.id: None
-        if entry.pacing_step is None
-        else (entry.pacing_step.target_micro, entry.pacing_step.epsilon, entry.pacing_step.mu_max)
-        for entry in participants.entries
-    }
-
-
-def clock_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _clock_after(control: RunControl) -> StageClock:
-    """The auction's clock, started when the gateway began its work (the key's claim is part of it)."""
-    clock = StageClock()
-    if control.idempotency_ms:
-        clock.started -= control.idempotency_ms / 1000
-        clock.stages_ms["idempotency"] = control.idempotency_ms
-    return clock
-
-
-def load_record(raw: bytes | str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    record: dict[str, Any] = json.loads(raw)
-    return record

@@ -1,20 +1,25 @@
 """Which requested campaigns enter an auction, and as what: `CampaignResolver.resolve`.
 
-Job: turn `POST /auction`'s `campaigns: [ids]` into advertisers of the auction, before any model work
-and before admission (their texts are part of its cost): read the campaigns (one round trip), leave out
-those paused, archived, outside their schedule, out of budget (their budget hash: one round trip) or of
-an owner already in the auction (one campaign per owner: two would form a coalition that reads a third
-party's rewards by subtraction), and fix each one's pacing multiplier α = 1/(1+μ) from spend before
-this auction. The auction then runs on the `Participants.request`, whose campaign advertisers bid α·s_i.
-Which campaigns enter never depends on s_i beyond "has budget left" (docs/DESIGN.md § The ad-server
-layer: selection). Imports the campaign store, eligibility and pacing, the budget ledger and
+Job: turn `POST /auction`'s `campaigns: [ids]` (or those a selection chose) into advertisers of the
+auction, before any model work and before admission (their texts are part of its cost): read the
+campaigns and their budgets (one round trip), leave out those paused, archived, outside their schedule,
+of an owner in the request's `badv`, in a category of its `bcat`, out of budget, or of an owner already
+in the auction (one campaign per owner: two would form a coalition that reads a third party's rewards by
+subtraction), reserve each capped campaign's frequency cap slot for the request's `user_id` (one round
+trip; a cap reached: `frequency_capped`), and fix each one's pacing multiplier α = 1/(1+μ) from spend
+before this auction. Nobody left and nobody inline: the participants carry the no-fill reason. The
+auction then runs on the `Participants.request`, whose campaign advertisers bid α·s_i. Which enter
+never depends on s_i beyond "has budget left" (docs/DESIGN.md § The ad-server layer: selection).
+Imports the campaign store, eligibility and pacing, the budget and frequency ledgers and
 `app.contract` (no web types).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from app.campaigns.eligibility import campaign_day, day_bounds_ms, schedule_exclusion
@@ -23,7 +28,10 @@ from app.campaigns.store import CampaignStore, campaign_key, parse_stored
 from app.contract.campaign import Campaign
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import CampaignExclusion
+from app.contract.selection import ExclusionReason, NoFill
 from app.ledger.budget import BudgetLedger, BudgetLimits, BudgetState, PacingStep
+from app.ledger.events import PacingArgs
+from app.ledger.frequency import FrequencyHold, FrequencyLedger, reservation_expiry_ms, user_hash
 from app.settings import Settings
 
 
@@ -38,6 +46,7 @@ class CampaignEntry:
     day: str
     pacing_alpha: float
     pacing_step: PacingStep | None
+    frequency: FrequencyHold | None = None  # its cap slot for this auction's user, reserved
 
     @property
     def remaining(self) -> int | None:
@@ -52,6 +61,22 @@ class Participants:
     request: AuctionRequest
     entries: tuple[CampaignEntry, ...] = ()
     excluded: tuple[CampaignExclusion, ...] = ()
+    auction_id: str = ""  # given before the auction runs: its cap slots are reserved under it
+    no_fill: NoFill | None = None  # nobody bids: the reply is organic (app.auction.no_fill)
+
+    @property
+    def frequency_holds(self) -> list[FrequencyHold]:
+        return [entry.frequency for entry in self.entries if entry.frequency is not None]
+
+    def pacing_args(self) -> dict[str, PacingArgs | None]:
+        """Each campaign's pacing step for its billing event: the ledger consumer's post, once the event
+        is in the stream, spends the reservation and steps μ with it (nothing is written after the reply)."""
+        return {
+            entry.campaign.id: None
+            if entry.pacing_step is None
+            else (entry.pacing_step.target_micro, entry.pacing_step.epsilon, entry.pacing_step.mu_max)
+            for entry in self.entries
+        }
 
     def campaign_of(self, row: int) -> CampaignEntry | None:
         return next((entry for entry in self.entries if entry.row == row), None)
@@ -71,39 +96,87 @@ class CampaignResolver:
     def __init__(self, store: CampaignStore, budgets: BudgetLedger, settings: Settings) -> None:
         self.store = store
         self.budgets = budgets
+        self.frequency = FrequencyLedger(budgets.redis, settings)
         self.settings = settings
         self.traffic = TrafficCurve(tuple(settings.pacing_traffic))
 
-    async def resolve(self, request: AuctionRequest, now_ms: int | None = None) -> Participants:
-        if not request.campaigns:
-            return Participants(request=request)
+    async def resolve(
+        self,
+        request: AuctionRequest,
+        now_ms: int | None = None,
+        *,
+        auction_id: str = "",
+        campaign_ids: Sequence[str] | None = None,
+    ) -> Participants:
+        """Who enters (see the module docstring). `campaign_ids`: those a `select` request's selection
+        chose (default: the request's `campaigns`); `auction_id`: the auction's (made here when not
+        given) under which cap slots are reserved."""
+        auction_id = auction_id or uuid.uuid4().hex
+        requested = list(request.campaigns if campaign_ids is None else campaign_ids)
+        if not requested:
+            return _participants(request, [], [], auction_id, selected_none=request.select is not None)
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        found, states = await self._read(list(request.campaigns), now)
+        found, states = await self._read(requested, now)
         excluded: list[CampaignExclusion] = []
-        scheduled: list[tuple[Campaign, BudgetState]] = []
-        for campaign_id, campaign in zip(request.campaigns, found, strict=True):
-            reason = "not_found" if campaign is None else schedule_exclusion(campaign, now)
+        candidates: list[tuple[Campaign, BudgetState]] = []
+        inline_owners = {advertiser.id for advertiser in request.advertisers}
+        for campaign_id, campaign in zip(requested, found, strict=True):
+            reason = _exclusion(request, campaign, now, inline_owners)
+            if reason is None and campaign is not None:
+                state = states[campaign.id, campaign_day(campaign, now)]
+                remaining = state.remaining(budget_limits(campaign))
+                reason = "out_of_budget" if remaining is not None and remaining <= 0 else None
             if reason is not None or campaign is None:
                 excluded.append(CampaignExclusion(campaign_id=campaign_id, reason=reason or "not_found"))
             else:
-                scheduled.append((campaign, states[campaign_id, campaign_day(campaign, now)]))
-        owners = {advertiser.id for advertiser in request.advertisers}
+                candidates.append((campaign, state))
+        holds, refused = await self._reserve_caps(request, [c for c, _ in candidates], auction_id, now)
+        owners = set(inline_owners)
         entries: list[CampaignEntry] = []
-        for campaign, state in scheduled:
-            day, limits = state.day, budget_limits(campaign)
-            remaining = state.remaining(limits)
-            reason = "out_of_budget" if remaining is not None and remaining <= 0 else None
+        extra: list[FrequencyHold] = []
+        for campaign, state in candidates:
+            hold = holds.get(campaign.id)
+            reason = "frequency_capped" if campaign.id in refused else None
             if reason is None and campaign.owner in owners:
                 reason = "same_owner"
+                extra += [hold] if hold is not None else []
             if reason is not None:
                 excluded.append(CampaignExclusion(campaign_id=campaign.id, reason=reason))
                 continue
             owners.add(campaign.owner)
             row = len(request.advertisers) + len(entries)
-            entries.append(self._entry(campaign, row, limits, state, day, now))
-        return Participants(
-            request=_auction_request(request, entries), entries=tuple(entries), excluded=tuple(excluded)
-        )
+            entry = self._entry(campaign, row, budget_limits(campaign), state, state.day, now)
+            entries.append(replace(entry, frequency=hold))
+        if extra:  # a second campaign of one owner: its slot goes back at once
+            await self.frequency.void_all([(h.campaign_id, h.user) for h in extra], auction_id, now)
+        return _participants(request, entries, excluded, auction_id, selected_none=False)
+
+    async def _reserve_caps(
+        self, request: AuctionRequest, campaigns: list[Campaign], auction_id: str, now_ms: int
+    ) -> tuple[dict[str, FrequencyHold], set[str]]:
+        """Each capped campaign's slot for the request's user, reserved (ONE round trip): the slots
+        held, and the campaigns whose cap is reached. A test auction only counts (it is never billed);
+        without `user_id` caps do not apply."""
+        if request.user_id is None:
+            return {}, set()
+        user = user_hash(request.user_id)
+        holds = [
+            FrequencyHold(c.id, user, c.frequency_cap.max_auctions, c.frequency_cap.per_seconds)
+            for c in campaigns
+            if c.frequency_cap is not None
+        ]
+        if not holds:
+            return {}, set()
+        if request.test:
+            counts = await self.frequency.count_all(holds, now_ms)
+            return {}, {
+                h.campaign_id for h, n in zip(holds, counts, strict=True) if n.reached(h.max_auctions)
+            }
+        render = self.settings.billing_mode == "render"
+        expires_at_ms = reservation_expiry_ms(self.settings, now_ms, render)
+        taken = await self.frequency.reserve_all(holds, auction_id, now_ms, expires_at_ms)
+        held = {h.campaign_id: h for h, ok in zip(holds, taken, strict=True) if ok}
+        return held, {h.campaign_id for h in holds if h.campaign_id not in held}
 
     async def _read(
         self, campaign_ids: list[str], now_ms: int
@@ -169,9 +242,54 @@ class CampaignResolver:
         )
 
 
+def _exclusion(
+    request: AuctionRequest, campaign: Campaign | None, now_ms: int, inline_owners: set[str]
+) -> ExclusionReason | None:
+    """Why a campaign read from the registry may not enter, before its budget and cap are looked at."""
+    if campaign is None:
+        return "not_found"
+    reason = schedule_exclusion(campaign, now_ms)
+    if reason is None and campaign.owner in request.badv:
+        reason = "badv"
+    if reason is None and not set(campaign.targeting.categories).isdisjoint(request.bcat):
+        reason = "bcat"
+    if reason is None and campaign.owner in inline_owners:
+        reason = "same_owner"
+    return reason
+
+
+def nobody_bids(excluded: Sequence[CampaignExclusion], selected_none: bool) -> NoFill:
+    """Why nobody bids when no inline advertiser and no campaign entered (docs/DESIGN.md § No-fill):
+    all_capped / all_out_of_budget when every campaign left out had that reason, no_relevant_campaign
+    when the selection found none, else all_excluded."""
+    reasons = {exclusion.reason for exclusion in excluded}
+    if reasons == {"frequency_capped"}:
+        return NoFill(
+            reason="all_capped", detail=f"all {len(excluded)} campaigns reached their frequency cap"
+        )
+    if reasons == {"out_of_budget"}:
+        return NoFill(reason="all_out_of_budget", detail=f"all {len(excluded)} campaigns are out of budget")
+    if selected_none:
+        return NoFill(reason="no_relevant_campaign", detail="no campaign is relevant to the query")
+    counts = ", ".join(f"{r}: {sum(x.reason == r for x in excluded)}" for r in sorted(reasons))
+    return NoFill(reason="all_excluded", detail=f"every campaign was left out ({counts})")
+
+
+def _participants(
+    request: AuctionRequest,
+    entries: list[CampaignEntry],
+    excluded: list[CampaignExclusion],
+    auction_id: str,
+    selected_none: bool,
+) -> Participants:
+    bidding = _auction_request(request, entries)
+    no_fill = None if bidding.advertisers else nobody_bids(excluded, selected_none)
+    return Participants(bidding, tuple(entries), tuple(excluded), auction_id=auction_id, no_fill=no_fill)
+
+
 def _auction_request(request: AuctionRequest, entries: list[CampaignEntry]) -> AuctionRequest:
     """The request the auction runs on: inline advertisers, then each campaign's, bidding α·s_i. With
-    nobody left it is an organic reply: candidates from the reference model, nobody charged."""
+    nobody left it is a no-fill: one organic reply from the reference model, nobody charged."""
     bidders: list[AdvertiserIn] = [
         entry.campaign.advertiser().model_copy(
             update={"value_scale": entry.campaign.value_scale * entry.pacing_alpha}

@@ -7,11 +7,12 @@ ever lowering, bounded rounds; a campaign that still does not fit is left out of
 charged nothing); never a partial charge, never a second model pass. Each payment is then reserved on
 the campaign's own budget key (atomic there, `app.ledger.budget`); a reservation refused because others
 spent meanwhile sends the fit round again with the budgets read anew. The ledger consumer posts the
-reservations of every billing event it applies (with the pacing steps the event carries); a rendered
-charge is posted here at render (`post_steps`); after a failure the gateway voids them (`void`); a
-gateway killed in between leaves them to expire by themselves. Invariant: the sum of a campaign's
-posted and live reserved amounts never exceeds its daily or total budget. Imports the budget fit
-(pure), the budget ledger, the mechanism and `app.contract`. See docs/DESIGN.md § Budgets are hard.
+reservations and frequency cap slots (`app.ledger.frequency`, reserved by the resolver) of every billing
+event it applies, with the pacing steps the event carries; a rendered charge is posted here at render
+(`post_steps`); after a failure the gateway voids them (`void`); a gateway killed in between leaves them
+to expire by themselves. Invariant: the sum of a campaign's posted and live reserved amounts never
+exceeds its daily or total budget. Imports the budget fit (pure), the budget ledger, the mechanism and
+`app.contract`. See docs/DESIGN.md § Budgets are hard.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from app.campaigns.participants import Participants
 from app.contract.result import BudgetRecord
 from app.ledger.budget import BudgetLedger, PacingStep, Reservation, reservation_expiry_ms
 from app.ledger.events import to_micro_units
+from app.ledger.frequency import FrequencyLedger
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class BudgetSpender:
 
     def __init__(self, budgets: BudgetLedger, settings: Settings) -> None:
         self.budgets = budgets
+        self.frequency = FrequencyLedger(budgets.redis, settings)
         self.settings = settings
 
     async def fit_and_reserve(
@@ -249,20 +252,27 @@ class BudgetSpender:
     async def post_steps(
         self, campaign_ids: list[str], auction_id: str, steps: list[PacingStep | None], now_ms: int
     ) -> None:
-        try:
-            await self.budgets.post_all(campaign_ids, auction_id, steps, now_ms)
-        except (RedisError, OSError) as error:
-            logger.warning(
-                "budget post failed (the ledger consumer posts it)",
-                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
-            )
+        posting = self.budgets.post_all(campaign_ids, auction_id, steps, now_ms)
+        await _best_effort(posting, "budget post failed (the ledger consumer posts it)", auction_id)
 
     async def void(self, participants: Participants, auction_id: str, now_ms: int) -> None:
-        """After a failed auction: release the reservations (else they expire by themselves)."""
-        try:
-            await self._void([e.campaign.id for e in participants.entries], auction_id, now_ms)
-        except (RedisError, OSError) as error:
-            logger.warning(
-                "budget void failed (the reservations expire by themselves)",
-                extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"},
-            )
+        """After a failed auction: release the reservations and cap slots (else they expire by
+        themselves)."""
+        voiding = self._void([e.campaign.id for e in participants.entries], auction_id, now_ms)
+        await _best_effort(voiding, "budget void failed (the reservations expire by themselves)", auction_id)
+        await self.void_slots(participants, auction_id, now_ms)
+
+    async def void_slots(self, participants: Participants, auction_id: str, now_ms: int) -> None:
+        """Release the auction's frequency cap slots (else they expire by themselves)."""
+        holds = [(h.campaign_id, h.user) for h in participants.frequency_holds]
+        voiding = self.frequency.void_all(holds, auction_id, now_ms)
+        await _best_effort(voiding, "frequency cap void failed (the slots expire by themselves)", auction_id)
+
+
+async def _best_effort(work: Awaitable[object], message: str, auction_id: str) -> None:
+    """Await `work`; a Redis failure is logged (`message`), never raised: what it would have written
+    is written later by another party or expires by itself."""
+    try:
+        await work
+    except (RedisError, OSError) as error:
+        logger.warning(message, extra={"auction_id": auction_id, "error": f"{type(error).__name__}: {error}"})

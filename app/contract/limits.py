@@ -65,6 +65,7 @@ def limit_schema_overrides(settings: Settings) -> dict[str, dict[str, dict[str, 
             "max_tokens": {"maximum": settings.max_tokens_limit},
             "tmax_ms": {"maximum": max_tmax_ms(settings)},
         },
+        "SelectionIn": {"max": {"maximum": settings.max_advertisers}},
         **{
             model: {field: {"maxLength": limit} for field, limit in _advertiser_text_limits(settings).items()}
             for model in ("AdvertiserIn", "CampaignCreate", "CampaignPatch")
@@ -94,6 +95,12 @@ def _request_errors(request: AuctionRequest, settings: Settings) -> list[dict[st
     elif len(request.advertisers) + len(request.campaigns) > settings.max_advertisers:
         message = f"more than {settings.max_advertisers} advertisers and campaigns together"
         errors.append(_limit_error(("campaigns",), message, settings.max_advertisers))
+    elif (
+        request.select is not None
+        and len(request.advertisers) + request.select.max > settings.max_advertisers
+    ):
+        message = f"select.max and the inline advertisers together above {settings.max_advertisers}"
+        errors.append(_limit_error(("select", "max"), message, settings.max_advertisers))
     return errors
 
 

@@ -37,6 +37,12 @@ def _integral_number(value: Any) -> Any:
 _AS_INT = BeforeValidator(_integral_number)  # last in Annotated, so the bounds stay in the schema
 
 ADVERTISER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+# An opaque user or session id (a platform's own, hashed or not): the service keeps only its SHA-256.
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-:@+/=]{0,127}$"
+MAX_BCAT = 50
+MAX_BADV = 100
+CategoryId = Annotated[str, Field(pattern=ADVERTISER_ID_PATTERN)]
+OwnerId = Annotated[str, Field(pattern=ADVERTISER_ID_PATTERN)]
 
 
 class AdvertiserIn(BaseModel):
@@ -78,10 +84,54 @@ class AdvertiserIn(BaseModel):
         return AdvertiserProfile(name=self.name, description=self.description, instruction=self.instruction)
 
 
+class SelectionIn(BaseModel):
+    """`select`: the service picks up to `max` relevant active campaigns for the query."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max: Annotated[int, Field(ge=1), _AS_INT] = Field(
+        description="Most campaigns selected (inline advertisers plus `max` at most MAX_ADVERTISERS).",
+        examples=[3],
+    )
+    min_relevance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Cosine relevance a campaign needs (overrides SELECTION_MIN_RELEVANCE for this request).",
+    )
+
+
+class RegsIn(BaseModel):
+    """Regulations and consent (OpenRTB `regs`): any of them turns ads off (a no-fill, `no_consent`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    coppa: bool = Field(False, description="Child-directed (OpenRTB regs.coppa): no ads.")
+    minor: bool = Field(False, description="The user is under 18: no ads.")
+    ads_consent: bool = Field(True, description="The user consented to ads; false: no ads.")
+
+    def no_ads(self) -> str | None:
+        """Which flag turns ads off (None: ads allowed)."""
+        if self.coppa:
+            return "regs.coppa is true (child-directed)"
+        if self.minor:
+            return "regs.minor is true (the user is under 18)"
+        if not self.ads_consent:
+            return "regs.ads_consent is false"
+        return None
+
+
+def _unique(values: list[str], what: str) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must be unique")
+    return values
+
+
 class AuctionRequest(BaseModel):
     # strict: JSON types as they are (no true → 1, no "2" → 2, no "yes" → True). The schema also says
     # the cross-field rules: mixture only at temperature 1, top_p 1 (`_mixture_needs_raw_sampling`), and
-    # at least one advertiser or campaign (`_unique_ids`).
+    # at least one advertiser, campaign or selection (`_unique_ids`), not `campaigns` and `select` both.
     model_config = ConfigDict(
         extra="forbid",
         str_strip_whitespace=True,
@@ -94,11 +144,18 @@ class AuctionRequest(BaseModel):
                         {"properties": {"temperature": {"const": 1}, "top_p": {"const": 1}}},
                     ]
                 },
-                {  # someone bids: inline advertisers, campaigns or both
+                {  # someone bids: inline advertisers, campaigns, a selection, or some of them
                     "anyOf": [
                         {"properties": {"advertisers": {"minItems": 1}}, "required": ["advertisers"]},
                         {"properties": {"campaigns": {"minItems": 1}}, "required": ["campaigns"]},
+                        {"properties": {"select": {"type": "object"}}, "required": ["select"]},
                     ]
+                },
+                {  # one way of naming campaigns: by id or by selection
+                    "not": {
+                        "properties": {"campaigns": {"minItems": 1}, "select": {"type": "object"}},
+                        "required": ["campaigns", "select"],
+                    }
                 },
             ]
         },
@@ -114,11 +171,38 @@ class AuctionRequest(BaseModel):
         "are campaigns paused, archived, outside their schedule or out of budget.",
         json_schema_extra={"uniqueItems": True},
     )
+    select: SelectionIn | None = Field(
+        None,
+        description="Let the service pick up to `max` relevant active campaigns for the query (instead of "
+        "`campaigns`; beside inline `advertisers`). None relevant, or ads turned off: a no-fill reply.",
+    )
     advertisers: list[AdvertiserIn] = Field(
         default_factory=list,
         validate_default=True,  # an absent list is checked too: someone must bid
         description="The advertisers in this auction, given inline (ids unique). At least one of "
-        "`advertisers` and `campaigns` is not empty.",
+        "`advertisers`, `campaigns` and `select` is given.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    user_id: str | None = Field(
+        None,
+        pattern=USER_ID_PATTERN,
+        description="An opaque user or session id (at most 128 characters; only its SHA-256 is kept): "
+        "campaign frequency caps count per (campaign, user_id). Without it caps do not apply.",
+        examples=["u-5f2a9c"],
+    )
+    regs: RegsIn = Field(
+        default_factory=RegsIn, description="Regulations and consent: coppa, minor or no consent: no ads."
+    )
+    bcat: list[CategoryId] = Field(
+        default_factory=list,
+        max_length=MAX_BCAT,
+        description="Blocked content categories (OpenRTB bcat, unique): campaigns in one are left out.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    badv: list[OwnerId] = Field(
+        default_factory=list,
+        max_length=MAX_BADV,
+        description="Blocked advertisers (OpenRTB badv: owner ids, unique): their campaigns are left out.",
         json_schema_extra={"uniqueItems": True},
     )
     tau: float | None = Field(
@@ -164,9 +248,12 @@ class AuctionRequest(BaseModel):
     @field_validator("advertisers")
     @classmethod
     def _unique_ids(cls, advertisers: list[AdvertiserIn], info: ValidationInfo) -> list[AdvertiserIn]:
-        # `campaigns` comes first, so it is in info.data here (absent when it was itself refused).
-        if not advertisers and info.data.get("campaigns", [None]) == []:
-            raise ValueError("give at least one advertiser (`advertisers`) or campaign (`campaigns`)")
+        # `campaigns` and `select` come first, so they are in info.data here (absent when refused).
+        nobody = info.data.get("campaigns", [None]) == [] and info.data.get("select", False) is None
+        if not advertisers and nobody:
+            raise ValueError(
+                "give at least one advertiser (`advertisers`), campaign (`campaigns`) or `select`"
+            )
         seen: set[str] = set()
         for advertiser in advertisers:
             if advertiser.id in seen:
@@ -177,9 +264,21 @@ class AuctionRequest(BaseModel):
     @field_validator("campaigns")
     @classmethod
     def _unique_campaigns(cls, campaigns: list[str]) -> list[str]:
-        if len(set(campaigns)) != len(campaigns):
-            raise ValueError("campaign ids must be unique")
-        return campaigns
+        return _unique(campaigns, "campaign ids")
+
+    @field_validator("select")
+    @classmethod
+    def _one_way_of_naming_campaigns(
+        cls, select: SelectionIn | None, info: ValidationInfo
+    ) -> SelectionIn | None:
+        if select is not None and info.data.get("campaigns"):
+            raise ValueError("give `campaigns` or `select`, not both (one way of naming campaigns)")
+        return select
+
+    @field_validator("bcat", "badv")
+    @classmethod
+    def _unique_blocks(cls, ids: list[str], info: ValidationInfo) -> list[str]:
+        return _unique(ids, f"{info.field_name} ids")
 
     @model_validator(mode="after")
     def _mixture_needs_raw_sampling(self) -> AuctionRequest:

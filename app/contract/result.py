@@ -11,35 +11,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.contract.request import ProposalName
+from app.contract.selection import EXCLUSION_DESCRIPTION, ExclusionReason, NoFill, SelectionReport
 
-BillingState = Literal["billed", "pending", "expired", "test"]
-
-
-# Why a requested campaign is not in the auction (app.campaigns.eligibility decides).
-ExclusionReason = Literal[
-    "not_found",
-    "paused",
-    "archived",
-    "not_started",
-    "ended",
-    "out_of_budget",
-    "same_owner",
-    "not_relevant",
-    "negative_keyword",
-    "blocked_category",
-    "bcat",
-    "badv",
-    "frequency_capped",
-]
+BillingState = Literal["billed", "pending", "expired", "test", "none"]
 
 
 class CampaignExclusion(BaseModel):
     campaign_id: str
-    reason: ExclusionReason = Field(
-        description="`not_found`, `paused`, `archived`, `not_started` / `ended` (its schedule), "
-        "`out_of_budget` (nothing left today or in total), `same_owner` (its owner is in the auction "
-        "already)."
-    )
+    reason: ExclusionReason = Field(description=EXCLUSION_DESCRIPTION)
 
 
 def _absent(value: object) -> bool:
@@ -110,11 +89,23 @@ class AuctionResponse(BaseModel):
     billing: BillingState = Field(
         "billed",
         description="`billed` (in the ledger), `pending` (BILLING_MODE=render, awaiting "
-        "POST /auctions/{id}/render), `expired` (not rendered in time, never billed), `test` (never billed).",
+        "POST /auctions/{id}/render), `expired` (not rendered in time, never billed), `test` (never billed), "
+        "`none` (a no-fill: nobody bid, nothing to bill).",
     )
     test: bool | None = Field(None, description="Present (true) on test auctions only.")
     excluded: list[CampaignExclusion] | None = Field(
         None, description="The requested campaigns left out of this auction, and why (absent when none)."
+    )
+    no_fill: NoFill | None = Field(
+        None,
+        exclude_if=_absent,
+        description="Present when nobody bid: the reply is ONE sample of the reference model (π_ref, "
+        "the request's seed), nothing scored, nothing billed (`billing: none`); why.",
+    )
+    selection: SelectionReport | None = Field(
+        None,
+        exclude_if=_absent,
+        description="`select` requests: the campaigns considered and why each was left out.",
     )
     candidates: list[CandidateRecord] | None = None
 

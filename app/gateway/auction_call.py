@@ -32,7 +32,8 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from app.auction.admission import AdmissionController
-from app.auction.service import AuctionService, RunControl, deadline_s
+from app.auction.run_control import RunControl, deadline_s
+from app.auction.service import AuctionService
 from app.auction.worker_dispatch import auction_priority
 from app.campaigns.participants import Participants
 from app.contract.request import AuctionRequest

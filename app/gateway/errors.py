@@ -1,7 +1,7 @@
 """How failures become HTTP answers: each known fault a clear 5xx naming its cause.
 
-Workers down → 503, a worker refusing → 502, the deadline (or `tmax_ms`) → 504, billing or Redis
-unavailable → 503, an admission limit → 429 with Retry-After,
+Workers down → 503, a worker refusing → 502, `select` without a selector → 503, the deadline (or
+`tmax_ms`) → 504, billing or Redis unavailable → 503, an admission limit → 429 with Retry-After,
 an Idempotency-Key still running → 409, reused with other parameters → 422 naming
 it, anything else → 500 with the exception's type (`fault_answer`, also what a key stores).
 Nothing is billed for any of them: billing is the last step of an auction. `add_error_handlers`
@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from app.auction.admission import AdmissionRefusedError
 from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
-from app.auction.service import AuctionDeadlineError
+from app.auction.service import AuctionDeadlineError, SelectionUnavailableError
 from app.auction.worker_dispatch import WorkersBusyError, WorkersUnavailableError
 from app.campaigns.spend import BudgetReservationError
 from app.contract.limits import LimitExceededError
@@ -68,6 +68,7 @@ _FAULTS: tuple[tuple[type[Exception], int, str | None, str], ...] = (
         "budget_unavailable",
         "campaign budgets could not be reserved, auction not served and not billed: ",
     ),
+    (SelectionUnavailableError, 503, "selection_unavailable", ""),
     (IdempotencyInProgressError, 409, None, ""),
     (IdempotencyLostError, 409, "idempotency_lost", ""),
 )

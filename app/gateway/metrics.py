@@ -77,6 +77,12 @@ class GatewayMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.no_fills = Counter(
+            "mosaic_no_fill_total",
+            "Auctions nobody bid in, answered with one organic reply (nothing billed), by no-fill reason.",
+            ["reason"],
+            registry=registry,
+        )
 
     def _register_ledger_metrics(self) -> None:
         registry = self.registry
@@ -174,6 +180,9 @@ class GatewayMetrics:
 
     def campaign_counted(self, outcome: str) -> None:
         self.campaigns.labels(outcome).inc()
+
+    def no_fill_counted(self, reason: str) -> None:
+        self.no_fills.labels(reason).inc()
 
     # --- WorkerObserver ----------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from app.auction.engine_client import EngineClient
+from app.auction.run_control import auction_key, load_record
 from app.auction.sealed import SealedFieldError, seal_record, sealed_whatif
-from app.auction.service import auction_key, load_record
 from app.auction.whatif import WhatIfInputError, resolve_record
 from app.contract.limits import enforce_limits
 from app.contract.request import AuctionRequest
@@ -157,18 +157,21 @@ async def run_auction(
     if redis_health is not None:
         redis_health.check()  # Redis down or full: 503 naming it, before any model work
     participants = await service.prepare(body)  # the campaigns that enter: their texts count in the cost
-    cost = service.admission_cost(participants.request)  # over one auction's share: 422 naming fields
-    return await serve_auction(
-        body,
-        request,
-        principal,
-        idempotency_key,
-        service=service,
-        admission=admission,
-        metrics=metrics,
-        cost=cost,
-        participants=participants,
-    )
+    try:
+        cost = service.admission_cost(participants.request)  # over one auction's share: 422 naming fields
+        return await serve_auction(
+            body,
+            request,
+            principal,
+            idempotency_key,
+            service=service,
+            admission=admission,
+            metrics=metrics,
+            cost=cost,
+            participants=participants,
+        )
+    finally:  # frequency cap slots of an auction that never ran (429, a replay, ...) go back
+        await service.release(participants)
 
 
 @router.post(
@@ -193,6 +196,8 @@ async def render_auction(
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
     if record.get("test"):
         raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a test auction: never billed")
+    if record.get("no_fill"):
+        raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a no-fill: nothing to bill")
     state, stream_id, changed = await RenderLedger(redis_client, settings).render(auction_id)
     if state == "missing":  # billed when it was served (BILLING_MODE=auction)
         return RenderResult(auction_id=auction_id, billing="billed", billed_now=False)
@@ -282,6 +287,8 @@ async def resolve_auction(
     principal: Principal = Depends(require_api_key),
 ) -> WhatIfResponse | SealedWhatIfResponse:
     record = await _readable_record(auction_id, redis_client, settings, principal)
+    if record.get("no_fill"):
+        raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a no-fill: no candidates")
     try:
         if principal.scope == "advertiser" and principal.advertiser_id is not None:
             return sealed_whatif(record, body, principal.advertiser_id)

@@ -38,7 +38,7 @@ from redis.exceptions import NoScriptError
 
 from app.ledger.events import PacingArgs
 from app.ledger.keys import as_str
-from app.ledger.scripts import BUDGET_SCRIPT
+from app.ledger.scripts import BUDGET_SCRIPT, run_pipelined
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -221,26 +221,12 @@ class BudgetLedger:
         self, calls: Sequence[tuple[str, Sequence[object]]], gets: Sequence[str] = ()
     ) -> list[Any]:
         """Pipeline a GET of each of `gets` (their replies first), then one EVALSHA per (campaign id,
-        ARGV); on NOSCRIPT (a restarted Redis forgets scripts) load it again and rerun the whole
-        pipeline (every op is idempotent)."""
-        if not calls and not gets:
-            return []
-        for _ in range(3):
-            sha = await self.sha()
-            pipe = self.redis.pipeline(transaction=False)
-            for key in gets:
-                pipe.get(key)
-            for campaign_id, args in calls:
-                self.queue(pipe, sha, campaign_id, args)
-            results = await pipe.execute(raise_on_error=False)
-            if any(isinstance(r, NoScriptError) for r in results):
-                self._sha = None
-                continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return list(results)
-        raise RuntimeError("the budget script could not be loaded")
+        ARGV) (`run_pipelined`: every op is idempotent, rerun after NOSCRIPT)."""
+        keyed = [(budget_key(campaign_id), args) for campaign_id, args in calls]
+        return await run_pipelined(self.redis, self.sha, self._forget, keyed, gets, "budget")
+
+    def _forget(self) -> None:
+        self._sha = None
 
     async def states(self, campaign_ids: list[str], days: list[str], now_ms: int) -> list[BudgetState]:
         """Each campaign's state on its day (expired reservations released first). ONE round trip."""

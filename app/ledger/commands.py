@@ -101,6 +101,7 @@ def reconcile_command(settings: Settings) -> int:
         ("dead letters", report.dead_letters),
         ("audit records checked", report.audit_records),
         ("  of which test auctions (never billed)", report.test_records),
+        ("  of which no-fills (never billed)", report.no_fill_records),
         *((f"  render charges {state}", n) for state, n in sorted(report.render.items())),
         ("campaign budgets checked", report.campaigns),
         ("differences", len(report.differences)),

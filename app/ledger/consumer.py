@@ -19,7 +19,8 @@ as the applies, one script call per campaign and pacing step: the step an event 
 makes this post the final one, once per auction (the gateway writes nothing after its reply); a rendered
 charge's event has none (the gateway posts it at render, stepped). A reservation is posted when its
 event is in the stream, whatever the apply's outcome (a dead-lettered event's reply was shown: spent
-all the same; reconcile reports the difference).
+all the same; reconcile reports the difference). Frequency caps: the slots an
+event's `fcap` names are posted after the apply, before the XACK (app.ledger.frequency).
 """
 
 from __future__ import annotations
@@ -292,6 +293,7 @@ class LedgerConsumer:
             await asyncio.sleep(self.linger_s)
         items = [_parsed(entry_id, fields) for entry_id, fields in raw]
         await self._evalsha_all(items)
+        await self.render.frequency.post_events([i.event for i in items if i.event], self.stats)
         done = await self._settle(items)
         pause = self.settings.billing_fault_pause_before_ack_s
         if pause > 0:
@@ -321,9 +323,7 @@ class LedgerConsumer:
             claimed = await self._autoclaim(size - len(raw))
             if claimed:
                 logger.warning(
-                    "claimed %d billing entries idle > %d ms",
-                    len(claimed),
-                    self.settings.billing_claim_idle_ms,
+                    "claimed %d entries idle > %d ms", len(claimed), self.settings.billing_claim_idle_ms
                 )
                 self.stats["claimed"] += len(claimed)
             seen = {entry_id for entry_id, _ in raw}

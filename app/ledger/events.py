@@ -71,7 +71,9 @@ class BillingEvent:
     once: BILLING_MODE=auction) maps each of those campaigns to its pacing step as fixed before the
     auction, (ρ, ε, μ̄), or None without one: the consumer's post then applies it and is final, so μ
     steps once per billed auction, whoever dies when (an event without it - a rendered charge, whose
-    step is taken at render - is posted without a step)."""
+    step is taken at render - is posted without a step). `fcap` maps a campaign id to (user hash,
+    per_seconds) of the frequency cap slot it holds for this auction's user (posted with the event, like
+    the budget)."""
 
     auction_id: str
     created_at_ms: int
@@ -80,6 +82,7 @@ class BillingEvent:
     revenue_micro: int
     campaigns: dict[str, str] = field(default_factory=dict)
     pacing: dict[str, PacingArgs | None] = field(default_factory=dict)
+    fcap: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def stream_fields(self) -> dict[str, str]:
         """The fields of the stream entry (payments and campaigns as canonical JSON: sorted keys,
@@ -96,6 +99,8 @@ class BillingEvent:
             fields["campaigns"] = _canonical(self.campaigns)
         if self.pacing:
             fields["pacing"] = _canonical({c: list(step or ()) for c, step in self.pacing.items()})
+        if self.fcap:
+            fields["fcap"] = _canonical({c: list(hold) for c, hold in self.fcap.items()})
         return fields
 
 
@@ -119,6 +124,7 @@ def make_billing_event(
     now_ms: int | None = None,
     campaigns: Mapping[str, str] | None = None,
     pacing: Mapping[str, PacingArgs | None] | None = None,
+    fcap: Mapping[str, tuple[str, int]] | None = None,
 ) -> BillingEvent:
     """Round each payment to micro-units (`to_micro_units`); revenue = sum of the rounded payments.
 
@@ -162,6 +168,7 @@ def make_billing_event(
         revenue_micro=sum(micro.values()),
         campaigns={adv: (campaigns or {})[adv] for adv in sorted(campaigns or {})},
         pacing=dict(pacing or {}),
+        fcap={c: (fcap or {})[c] for c in sorted(fcap or {}) if c in (campaigns or {}).values()},
     )
 
 
@@ -184,6 +191,7 @@ class StreamEvent:
     payments: tuple[tuple[str, str], ...]
     campaigns: str = ""  # canonical JSON {advertiser id: campaign id}, "" when the event has none
     pacing: str = ""  # canonical JSON {campaign id: [ρ, ε, μ̄] or []}, "" when the event has none
+    fcap: str = ""  # canonical JSON {campaign id: [user hash, per_seconds]}, "" when none
 
     def campaign_ids(self) -> list[str]:
         """The campaigns whose reservations this event posts (sorted by advertiser id)."""
@@ -200,6 +208,10 @@ class StreamEvent:
             return "absent"
         step = json.loads(self.pacing).get(campaign_id)
         return (float(step[0]), float(step[1]), float(step[2])) if step else None
+
+    def fcap_holds(self) -> list[tuple[str, str, int]]:
+        """The frequency cap slots this event posts: (campaign id, user hash, per_seconds)."""
+        return [(c, str(u), int(w)) for c, (u, w) in json.loads(self.fcap).items()] if self.fcap else []
 
 
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -234,6 +246,7 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
     pairs = tuple((str(adv), _int_text(payments[adv], f"payment of {adv!r}")) for adv in sorted(payments))
     campaigns = _parse_campaigns(fields.get("campaigns"), {adv for adv, _ in pairs})
     pacing = _parse_pacing(fields.get("pacing"), campaigns)
+    fcap = _parse_fcap(fields.get("fcap"), set(json.loads(campaigns).values()) if campaigns else set())
     for text in (fields["auction_id"], fields["currency"], *(adv for adv, _ in pairs)):
         try:
             text.encode("utf-8")
@@ -248,23 +261,26 @@ def parse_entry(stream_id: str, fields: Mapping[str, str]) -> StreamEvent:
         payments=pairs,
         campaigns=campaigns,
         pacing=pacing,
+        fcap=fcap,
     )
 
 
-def _json_field(name: str, raw: str) -> Any:
+def _json_object(raw: str, name: str) -> dict[str, Any]:
+    """An optional field's JSON: a non-empty object, else MalformedEventError naming the field."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError as error:
         raise MalformedEventError(f"{name} is not JSON: {error}") from error
+    if not isinstance(value, dict) or not value:
+        raise MalformedEventError(f"{name} is not a non-empty JSON object")
+    return value
 
 
 def _parse_campaigns(raw: str | None, advertisers: set[str]) -> str:
     """The `campaigns` field as canonical JSON ("" when absent); each names a paid advertiser."""
     if raw is None:
         return ""
-    campaigns = _json_field("campaigns", raw)
-    if not isinstance(campaigns, dict) or not campaigns:
-        raise MalformedEventError("campaigns is not a non-empty JSON object")
+    campaigns = _json_object(raw, "campaigns")
     for adv, campaign_id in campaigns.items():
         if adv not in advertisers:
             raise MalformedEventError(f"campaign of {adv!r}, who has no payment")
@@ -278,9 +294,9 @@ def _parse_pacing(raw: str | None, campaigns: str) -> str:
     for each campaign of the event, none other."""
     if raw is None:
         return ""
-    pacing = _json_field("pacing", raw)
+    pacing = _json_object(raw, "pacing")
     known = set(json.loads(campaigns).values()) if campaigns else set()
-    if not isinstance(pacing, dict) or set(pacing) != known:
+    if set(pacing) != known:
         raise MalformedEventError("pacing does not name exactly the event's campaigns")
     for campaign_id, step in pacing.items():
         numbers = isinstance(step, list) and all(
@@ -289,3 +305,22 @@ def _parse_pacing(raw: str | None, campaigns: str) -> str:
         if not numbers or len(step) not in (0, 3):
             raise MalformedEventError(f"pacing step of {campaign_id!r} is not [] or three finite numbers")
     return _canonical(pacing)
+
+
+_USER_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _parse_fcap(raw: str | None, campaign_ids: set[str]) -> str:
+    """The `fcap` field as canonical JSON ("" when absent); each names a campaign of the event."""
+    if raw is None:
+        return ""
+    fcap = _json_object(raw, "fcap")
+    for campaign_id, hold in fcap.items():
+        if campaign_id not in campaign_ids:
+            raise MalformedEventError(f"fcap of campaign {campaign_id!r}, which is not in the event")
+        valid = isinstance(hold, list) and len(hold) == 2 and isinstance(hold[0], str)
+        if not valid or not _USER_HASH_RE.fullmatch(hold[0]) or type(hold[1]) is not int or hold[1] < 1:
+            raise MalformedEventError(
+                f"fcap of campaign {campaign_id!r} is not [user sha256 hex, per_seconds]"
+            )
+    return _canonical(fcap)

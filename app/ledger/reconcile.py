@@ -3,7 +3,7 @@
 Job: `reconcile` checks the balances, counters and histories against the applied-events record, the
 stream against what was applied, dead-lettered or recorded as a duplicate, and the gateway's audit
 records against what was billed (``mosaic ledger reconcile``, app.ledger.commands, prints the
-result): a test auction, and a render charge pending or expired, must not be billed; a billed one
+result): a test auction, a no-fill and a render charge pending or expired must not be billed; a billed one
 must. Markers and history entries that trim.lua removed (older than BILLING_RETENTION_S) are
 counted from their settled totals (``mosaic:ledger:settled``): balance = settled + remaining
 markers. The campaign budgets are checked against the same events by app.ledger.reconcile_budget.
@@ -56,6 +56,7 @@ class ReconcileReport:
     dead_letters: int = 0
     audit_records: int = 0
     test_records: int = 0
+    no_fill_records: int = 0  # no-fills (billing "none": nobody bid, nothing to bill)
     # BILLING_MODE=render: audit records by the state of their charge (pending, billed, expired)
     render: dict[str, int] = field(default_factory=dict)
     settled_events: int = 0
@@ -333,12 +334,15 @@ class _Reconciler:
                 )
 
     async def _never_billed(self, record: Mapping[str, Any], auction_id: str) -> bool:
-        """A test auction, or a render charge still pending or expired: it must not be billed (a
+        """A test auction, a no-fill, or a render charge still pending or expired: it must not be billed (a
         difference if it is). False for the records that must be (billed, the default)."""
         billing = record.get("billing", "billed")
         if billing == "test" or record.get("test"):
             self.report.test_records += 1
             state = "test"
+        elif billing == "none":
+            self.report.no_fill_records += 1
+            state = "no-fill"
         elif billing == "pending":
             raw = await self.redis.hget(charge_key(auction_id), "state")
             state = as_str(raw) if raw is not None else "expired"

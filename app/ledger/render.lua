@@ -2,12 +2,13 @@
 -- billing event) or pending -> expired, once; the counts change in the same script.
 -- KEYS: charge hash, billing stream, due set, counts. ARGV: now_ms, action (render|expire), auction id.
 -- Reply: {state after, stream id or '', 1 if this call changed the state else 0, the event's campaigns
--- JSON or ''} (app.ledger.render voids the budget reservations of a charge this call expired).
+-- JSON or '', its fcap JSON or ''} (app.ledger.render voids the budget reservations and frequency cap
+-- slots of a charge this call expired).
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'missing', '', 0, ''} end
+if not state then return {'missing', '', 0, '', ''} end
 local fields = cjson.decode(redis.call('HGET', KEYS[1], 'event'))
-local campaigns = fields['campaigns'] or ''
-if state ~= 'pending' then return {state, redis.call('HGET', KEYS[1], 'stream_id') or '', 0, campaigns} end
+local campaigns, fcap = fields['campaigns'] or '', fields['fcap'] or ''
+if state ~= 'pending' then return {state, redis.call('HGET', KEYS[1], 'stream_id') or '', 0, campaigns, fcap} end
 local now = tonumber(ARGV[1])
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline_ms'))
 if ARGV[2] == 'render' and now <= deadline then
@@ -18,13 +19,13 @@ if ARGV[2] == 'render' and now <= deadline then
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('HINCRBY', KEYS[4], 'pending', -1)
   redis.call('HINCRBY', KEYS[4], 'billed', 1)
-  return {'billed', id, 1, campaigns}
+  return {'billed', id, 1, campaigns, fcap}
 end
 if now > deadline then
   redis.call('HSET', KEYS[1], 'state', 'expired', 'changed_at_ms', ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('HINCRBY', KEYS[4], 'pending', -1)
   redis.call('HINCRBY', KEYS[4], 'expired', 1)
-  return {'expired', '', 1, campaigns}
+  return {'expired', '', 1, campaigns, fcap}
 end
-return {'pending', '', 0, campaigns}
+return {'pending', '', 0, campaigns, fcap}

@@ -4,12 +4,14 @@ Job: the Redis side of a charge that waits for its ad to be shown (OpenRTB's `bu
 queues `pending_commands` in its MULTI (with the audit record), `RenderLedger.render` bills a
 pending charge exactly once (one Lua script: XADD the billing event and mark it billed), and
 `expire_due` (the ledger consumer calls it) marks charges past RENDER_WINDOW_S expired, never billed.
-Imports app.settings and app.ledger (budget, events, keys, scripts: render.lua) only.
+Imports app.settings and app.ledger (budget, events, frequency, keys, scripts: render.lua) only.
 
 Campaign budgets: the pending charge keeps the event with its `campaigns`; a rendered charge's event
 reaches the stream and the ledger consumer posts its reservations when it applies it; the call that
 expires a charge voids them (`BudgetLedger.void_all`; if it dies first, they expire by themselves:
-their expiry is RENDER_WINDOW_S + BUDGET_RESERVATION_TTL_S after the auction).
+their expiry is RENDER_WINDOW_S + BUDGET_RESERVATION_TTL_S after the auction), and the frequency cap
+slots of its `fcap` the same way (`FrequencyLedger.void_all`); the render that bills it posts them
+(frequency caps count at render; the ledger consumer posts them again, idempotent).
 
 Keys: ``mosaic:render:charge:<auction id>`` hash {state: pending|billed|expired, event: the stream
 fields as JSON, deadline_ms, stream_id once billed}, kept AUDIT_TTL_S; ``mosaic:render:due`` sorted
@@ -23,15 +25,17 @@ See docs/DESIGN.md § Billing (billing on render).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from app.ledger.budget import BudgetLedger
 from app.ledger.events import BillingEvent
+from app.ledger.frequency import FrequencyLedger
 from app.ledger.keys import as_str
 from app.ledger.scripts import RENDER_SCRIPT
 from app.settings import Settings
@@ -71,6 +75,7 @@ class RenderLedger:
         self.redis = redis
         self.settings = settings
         self.budget = budget or BudgetLedger(redis, settings)
+        self.frequency = FrequencyLedger(redis, settings)
         self._sha: str | None = None
 
     async def _transition(self, auction_id: str, action: str, now_ms: int | None) -> tuple[str, str, bool]:
@@ -80,7 +85,7 @@ class RenderLedger:
             if self._sha is None:
                 self._sha = as_str(await self.redis.script_load(RENDER_SCRIPT))
             try:
-                state, stream_id, changed, campaigns = await self.redis.evalsha(
+                state, stream_id, changed, campaigns, fcap = await self.redis.evalsha(
                     self._sha, 4, *keys, now, action, auction_id
                 )
             except NoScriptError:  # a restarted Redis forgets scripts
@@ -88,8 +93,20 @@ class RenderLedger:
                 continue
             if as_str(state) == "expired" and int(changed) and as_str(campaigns):
                 await self.budget.void_all(list(json.loads(as_str(campaigns)).values()), auction_id, now)
+            if int(changed) and as_str(fcap):
+                await self._settle_slots(as_str(state), as_str(fcap), auction_id, now)
             return as_str(state), as_str(stream_id), bool(int(changed))
         raise RuntimeError("the render script could not be loaded")
+
+    async def _settle_slots(self, state: str, fcap: str, auction_id: str, now_ms: int) -> None:
+        """Frequency cap slots of a charge this call changed: billed → counted now (a failure is left to
+        the ledger consumer, which posts them when it applies the event); expired → released."""
+        holds = [(c, str(u), int(w)) for c, (u, w) in json.loads(fcap).items()]
+        if state == "expired":
+            await self.frequency.void_all([(c, u) for c, u, _ in holds], auction_id, now_ms)
+        elif state == "billed":
+            with contextlib.suppress(RedisError, OSError):
+                await self.frequency.post_all(holds, auction_id, now_ms, now_ms)
 
     async def render(self, auction_id: str, now_ms: int | None = None) -> tuple[str, str, bool]:
         """Bill a pending charge (idempotent): (state after, stream id, whether this call changed it);

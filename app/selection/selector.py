@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from app.campaigns.eligibility import window_exclusion
 from app.campaigns.store import CampaignStore
 from app.contract.result import ExclusionReason
-from app.contract.selection import ConsideredCampaign, SelectionReport, SensitiveTopic
+from app.contract.selection import ConsideredCampaign, SelectionReport, SensitiveMatch
 from app.ledger.budget import BudgetLedger
 from app.selection.budget_gate import BudgetGate, Gate
 from app.selection.embedder import Embedder
@@ -313,7 +313,7 @@ def _report(
         query_categories=topics,
         sensitive=None
         if sensitive is None
-        else SensitiveTopic(category=sensitive[0], similarity=sensitive[1]),
+        else SensitiveMatch(category=sensitive[0], similarity=sensitive[1]),
         embedding_ms=embedding_s * 1000,
         selection_ms=selection_s * 1000,
     )

@@ -216,11 +216,13 @@ def test_each_exclusion_is_answered_with_its_reason(client: TestClient) -> None:
 
 def test_all_campaigns_excluded_and_no_inline_is_an_organic_reply(client: TestClient) -> None:
     """Invariant: when every requested campaign is left out and nobody is inline, the reply is organic
-    (drawn from the reference model), nobody is charged, and the answer says why each was left out."""
+    (a no-fill: one draw from the reference model), nobody is charged, nothing billed, and the answer
+    says why each was left out."""
     create(client, "org-paused", "org-owner-paused", status="paused")
     answer = auction(client, 6, campaigns=["org-paused", "org-nobody"])
     assert answer["advertisers"] == [] and answer["revenue"] == 0.0 and answer["reply"]
-    assert answer["proposal"] == "reference"
+    assert answer["proposal"] == "reference" and answer["billing"] == "none"
+    assert answer["no_fill"]["reason"] == "all_excluded"
     assert {x["campaign_id"]: x["reason"] for x in answer["excluded"]} == {
         "org-paused": "paused",
         "org-nobody": "not_found",

@@ -359,7 +359,10 @@ async def run_clients(
 def check_budgets(
     stack: Stack, run: Run, limits: dict[str, int], stats: dict[str, dict[str, Any]], billed_before: int
 ) -> None:
-    served_ids = run.rendered if run.render else set(run.served)
+    # a no-fill (both campaigns out of budget, nobody inline) is served and never billed (issue 34)
+    no_fills = {i for i, answer in run.served.items() if "no_fill" in answer}
+    assert all(run.served[i]["no_fill"]["reason"] == "all_out_of_budget" for i in no_fills)
+    served_ids = run.rendered if run.render else set(run.served) - no_fills
     for campaign_id, owner, limit in ((TOTAL["id"], TOTAL["owner"], limits[TOTAL["id"]]),
                                       (DAILY["id"], DAILY["owner"], limits[DAILY["id"]])):  # fmt: skip
         account = httpx.get(f"{stack.urls[0]}/ledger/advertisers/{owner}", params={"limit": 1}).json()

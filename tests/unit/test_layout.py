@@ -59,6 +59,7 @@ def test_lua_scripts_are_files() -> None:
         "apply.lua",
         "budget.lua",
         "dead_letter.lua",
+        "frequency.lua",
         "idempotency_bill.lua",
         "idempotency_release.lua",
         "idempotency_store.lua",
