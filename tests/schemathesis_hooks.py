@@ -8,7 +8,7 @@ Two rules of `POST /campaigns` cannot be written there either: a schedule's end 
 the owner a platform key must name (an advertiser key may omit it); bodies that break them are dropped
 the same way (tests/integration/test_campaigns.py tests both). Nor can MAX_ADVERTISERS over inline
 advertisers and campaigns (or `select.max`) together (each one's own bound is in the schema): its 422 is
-not counted. A `select` answered 503 `selection_unavailable` (no selector configured) is not counted.
+not counted.
 Valid `Idempotency-Key` headers are made unique per request (`map_headers`); the 504 of an auction's
 own `tmax_ms`, the 422 of a reused key, the 422s of those two campaign rules (the coverage phase
 does not run `filter_body`), and a campaign change's 412/428 (its `If-Match` is not the
@@ -98,6 +98,4 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
     together = status == 422 and (
         b"advertisers and campaigns together" in content or b"inline advertisers together" in content
     )
-    # `select` until the coordinator wires the selector: a 503 naming the cause (test_eligibility.py)
-    no_selector = status == 503 and b"selection_unavailable" in content
-    return not (deadline or reused or precondition or campaign_rule or together or no_selector)
+    return not (deadline or reused or precondition or campaign_rule or together)

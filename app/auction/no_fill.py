@@ -67,6 +67,7 @@ def no_fill_result(
         billing="none",
         test=True if request.test else None,
         excluded=list(participants.excluded) or None,
+        selection=participants.selection,
         no_fill=participants.no_fill,
     )
     record = AuctionRecord(

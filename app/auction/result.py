@@ -88,6 +88,7 @@ def auction_response(
         billing=billing,
         test=True if request.test else None,
         excluded=list(participants.excluded) or None,
+        selection=participants.selection,
     )
 
 

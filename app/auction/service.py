@@ -26,6 +26,7 @@ from app.auction.observers import AuctionObserver, NoopAuctionObserver
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
 from app.auction.run_control import RunControl, auction_key, clock_after, clock_ms, deadline_s
 from app.auction.sampler import SEED_ALLOCATION, CandidateDraw, CandidateSampler, ScoredCandidates, StageClock
+from app.auction.selection_hook import LazySelection
 from app.auction.worker_dispatch import auction_deadline
 from app.campaigns.participants import CampaignResolver, Participants
 from app.campaigns.spend import BudgetedOutcome, BudgetSpender, FitInputs
@@ -54,10 +55,6 @@ class AuctionDeadlineError(Exception):
 Built = tuple[AuctionResponse, AuctionRecord, BillingEvent]
 
 
-class SelectionUnavailableError(Exception):
-    """A `select` request on a gateway with no campaign selector: 503 naming the cause."""
-
-
 class AuctionService:
     """One auction end to end: sample → resolve → build result → persist → observe."""
 
@@ -78,6 +75,7 @@ class AuctionService:
         self.campaigns = CampaignResolver(self.campaign_store, self.budgets, settings)
         self.spender = BudgetSpender(self.budgets, settings)
         self._started: set[str] = set()  # auctions prepared whose run began (it settles their cap slots)
+        self.selection = LazySelection(billing.redis, settings, self.budgets)  # opened by the first `select`
 
     async def prepare(self, request: AuctionRequest) -> Participants:
         """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
@@ -86,24 +84,15 @@ class AuctionService:
         bidding makes a no-fill (one organic draw: its admission cost too). The gateway calls `release`
         once the call ends (cap slots of an auction that never ran go back)."""
         participants = ads_off(request)
-        if participants is None:
-            selected = await self._selected(request)
-            participants = await self.campaigns.resolve(request, campaign_ids=selected)
+        if participants is None and request.select is not None:  # the service chooses the campaigns
+            participants = await self.selection.participants(request, self.campaigns)
+        elif participants is None:
+            participants = await self.campaigns.resolve(request)
         for _ in participants.entries:
             self.observer.campaign_counted("entered")
         for exclusion in participants.excluded:
             self.observer.campaign_counted(exclusion.reason)
         return organic(participants)
-
-    async def _selected(self, request: AuctionRequest) -> list[str] | None:
-        """THE hook of `select`: the campaign ids a selector chose, which go through the resolver as
-        `campaigns` do (None: the request names its campaigns). No selector here: 503 naming it."""
-        if request.select is None:
-            return None
-        raise SelectionUnavailableError(
-            "selection_unavailable: `select` needs the campaign selector, which this gateway does not "
-            "run; name the campaigns (`campaigns`) instead"
-        )
 
     async def release(self, participants: Participants) -> None:
         """After the call: the cap slots of an auction that never ran (refused by admission, answered by

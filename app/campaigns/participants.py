@@ -28,7 +28,7 @@ from app.campaigns.store import CampaignStore, campaign_key, parse_stored
 from app.contract.campaign import Campaign
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import CampaignExclusion
-from app.contract.selection import ExclusionReason, NoFill
+from app.contract.selection import ExclusionReason, NoFill, SelectionReport
 from app.ledger.budget import BudgetLedger, BudgetLimits, BudgetState, PacingStep
 from app.ledger.events import PacingArgs
 from app.ledger.frequency import FrequencyHold, FrequencyLedger, reservation_expiry_ms, user_hash
@@ -63,6 +63,7 @@ class Participants:
     excluded: tuple[CampaignExclusion, ...] = ()
     auction_id: str = ""  # given before the auction runs: its cap slots are reserved under it
     no_fill: NoFill | None = None  # nobody bids: the reply is organic (app.auction.no_fill)
+    selection: SelectionReport | None = None  # a `select` request's: what the selection saw
 
     @property
     def frequency_holds(self) -> list[FrequencyHold]:

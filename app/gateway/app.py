@@ -180,6 +180,7 @@ async def _running_components(
         if consumer_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(consumer_task, timeout=settings.billing_block_ms / 1000 + 5)
+        await app.state.auctions.selection.aclose()
         await engine_client.aclose()
         await redis_handle.close()
 

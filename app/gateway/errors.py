@@ -28,7 +28,8 @@ from starlette.requests import ClientDisconnect
 from app.auction.admission import AdmissionRefusedError
 from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
-from app.auction.service import AuctionDeadlineError, SelectionUnavailableError
+from app.auction.selection_hook import SelectionUnavailableError
+from app.auction.service import AuctionDeadlineError
 from app.auction.worker_dispatch import WorkersBusyError, WorkersUnavailableError
 from app.campaigns.spend import BudgetReservationError
 from app.contract.limits import LimitExceededError

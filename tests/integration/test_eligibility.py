@@ -5,7 +5,7 @@ Regs and consent turn ads off before any campaign is read; `bcat` / `badv` leave
 frequency caps per (campaign, user_id) are reserved before the model work and released when the
 auction fails or never runs; nobody bidding answers ONE organic reply (π_ref, the request's seed), no
 scoring, nothing billed, `billing: none`, a `no_fill` reason, the record stored, a metric; `select`
-without a selector is a 503 naming the cause; each new field's bad value is a 422 naming it.
+whose selector cannot open is a 503 naming the cause; each new field's bad value is a 422 naming it.
 """
 
 from __future__ import annotations
@@ -223,11 +223,22 @@ async def _count(settings: Settings, hold: FrequencyHold) -> tuple[int, int]:
         await client.aclose()
 
 
-def test_select_without_a_selector_is_a_503_naming_the_cause(client: TestClient) -> None:
-    """Invariant: until a selector is configured, `select` is refused 503 `selection_unavailable`
-    (a clear fault, not an empty auction); with ads turned off it is a no-fill all the same."""
+def test_a_selector_that_cannot_open_is_a_503_naming_the_cause(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant: when the campaign selector cannot be opened (here: the embedding model's package is
+    missing), `select` is refused 503 `selection_unavailable` naming the cause (a clear fault, not an
+    empty auction, nothing billed) and retried on the next request; with ads turned off it is a no-fill
+    all the same (no selector needed)."""
+    import app.auction.selection_hook as hook
+
+    async def missing(*_: object, **__: object) -> object:
+        raise ImportError("no module named 'all_minilm_l6_v2'")
+
+    monkeypatch.setattr(hook, "open_selector", missing)
     response = client.post("/auction", json={"query": QUERY, "select": {"max": 2}})
-    assert response.status_code == 503 and "selection_unavailable" in response.json()["detail"]
+    assert response.status_code == 503, response.text
+    assert "selection_unavailable" in response.json()["detail"] and "all_minilm_l6_v2" in response.text
     answer = post(client, select={"max": 2}, regs={"coppa": True})
     assert answer["no_fill"]["reason"] == "no_consent"
 
