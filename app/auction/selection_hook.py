@@ -8,6 +8,7 @@ missing, its archive unreadable) is a 503 `selection_unavailable` naming the cau
 request. Then `participants`: what the selection makes of a request - a sensitive topic is a no-fill
 before any campaign is read; otherwise the selected ids go through the campaign resolver as `campaigns`
 do, and the report rides along for the answer. Imports app.selection, app.campaigns, app.contract.
+See docs/DESIGN.md § Selection.
 """
 
 from __future__ import annotations
