@@ -153,19 +153,44 @@ def named_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def _with_all_runs(table: pd.DataFrame, frame: pd.DataFrame, shared_runs: int) -> pd.DataFrame:
+    """The claims table plus, for a model with more runs than the shared ones, its verdicts on all of
+    them (what its own report rests on)."""
+    for model, rows in frame.groupby("model", sort=True):
+        runs = rows[["instance_id", "seed"]].drop_duplicates().shape[0]
+        if runs > shared_runs:
+            own = claims_table(rows).set_index("conclusion")[str(model)]
+            table.insert(len(table.columns) - 1, f"{model}, all {runs} runs", own.to_numpy())
+    return table
+
+
+def _tally(table: pd.DataFrame, models: list[str]) -> str:
+    """One sentence: how many conclusions hold on both families, on one, on neither."""
+    counts = table["holds on"].value_counts()
+    one = ", ".join(f"{counts.get(m, 0)} on {m} only" for m in models)
+    return (
+        f"On the shared runs {counts.get('both', 0)} of {len(table)} conclusions hold on both families, "
+        f"{one}, {counts.get('neither', 0)} on neither."
+    )
+
+
 def families_section(frame: pd.DataFrame) -> list[str]:
     """compare.md's "Model families" section for a frame holding several models."""
     shared = common_runs(frame)
     runs = shared[["instance_id", "seed"]].drop_duplicates().shape[0]
+    table = claims_table(shared)
+    models = sorted(str(m) for m in frame["model"].unique())
     lines = [
         "## Model families: which conclusions hold on both",
         "",
         f"Models: {', '.join(sorted(str(m) for m in frame['model'].unique()))}. Each conclusion is tested",
         f"per model on the {runs} (instance, seed) runs every model has (the same auctions), at the",
         f"largest M ({int(frame['M'].max())}) unless it says otherwise; evidence: mean ± 95% CI over",
-        "those runs.",
+        "those runs. A model with more runs of its own also gets its verdicts on all of them.",
         "",
-        markdown_table(claims_table(shared)),
+        markdown_table(_with_all_runs(table, frame, runs)),
+        "",
+        _tally(table, models),
         "",
     ]
     if {"candidates_named", "reply_named"} <= set(frame.columns):

@@ -15,7 +15,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from app.comparison.families import claims_table, common_runs, named_table
+from app.comparison.families import claims_table, common_runs, families_section, named_table
 from app.comparison.mechanisms import LABELS, MECHANISMS
 from app.comparison.report import write_report
 from app.comparison.rows import COLUMNS
@@ -147,6 +147,9 @@ def test_families_are_compared_on_the_runs_both_have_and_named_shares_per_model(
     shared = common_runs(frame)
     runs = set(map(tuple, shared[["instance_id", "seed"]].drop_duplicates().to_numpy()))
     assert runs == {("1", 0), ("2", 0)}
+    section = "\n".join(families_section(frame))
+    assert "| smollm2, all 9 runs |" in section  # its own report's verdicts, beside the shared ones
+    assert "conclusions hold on both families" in section
     named = named_table(frame).set_index(["model", "proposal"])
     assert named.loc[("smollm2", "context"), "candidates naming an advertiser"].startswith("0.6")
     assert named.loc[("gemma3-270m", "context"), "runs"] == 2
