@@ -132,6 +132,32 @@ def _panel(frame: pd.DataFrame, model: str, proposal: str) -> pd.DataFrame:
     return frame[(frame["model"] == model) & (frame["proposal"] == proposal)]
 
 
+def _errorbar_style(mechanism: str) -> dict[str, Any]:
+    """A mechanism's line in every figure: its colour, marker and line style."""
+    colour, marker, line = _style(mechanism)
+    sizes = {"markersize": 4, "capsize": 2, "linewidth": 1.2}
+    return {"color": colour, "marker": marker, "linestyle": line, **sizes}
+
+
+def _mechanism_lines(ax: Axes, panel: pd.DataFrame, mechanisms: list[str], column: str) -> None:
+    """One line per mechanism: ``column``'s mean ± 95% CI against M, nudged apart along M."""
+    for index, name in enumerate(mechanisms):
+        summary = metrics.summarise(panel[panel["mechanism"] == name], ["M"], column)
+        if summary.empty:
+            continue
+        nudge = 2.0 ** (_NUDGE * (index - (len(mechanisms) - 1) / 2))
+        x = summary["M"].to_numpy(dtype=float) * nudge
+        ax.errorbar(x, summary["mean"], yerr=summary["ci"].fillna(0.0), **_errorbar_style(name))
+
+
+def _labels(ax: Axes, bottom: bool, left: bool, quantity: str) -> None:
+    """M on the bottom row's axes, the quantity with its unit on the left column's."""
+    if bottom:
+        ax.set_xlabel(UNITS["M"])
+    if left:
+        ax.set_ylabel(UNITS[quantity], fontsize=8)
+
+
 def plot_vs_m(frame: pd.DataFrame, out: Path, column: str, stem: str, title: str) -> list[Path]:
     """``column`` (mean ± 95% CI) against M, one line per mechanism, a panel per (model, proposal)."""
     fig, axes, models, proposals = _grid(frame)
@@ -141,28 +167,9 @@ def plot_vs_m(frame: pd.DataFrame, out: Path, column: str, stem: str, title: str
         for col, proposal in enumerate(proposals):
             ax = axes[row, col]
             panel = _panel(frame, model, proposal)
-            for index, name in enumerate(mechanisms):
-                summary = metrics.summarise(panel[panel["mechanism"] == name], ["M"], column)
-                if summary.empty:
-                    continue
-                colour, marker, line = _style(name)
-                nudge = 2.0 ** (_NUDGE * (index - (len(mechanisms) - 1) / 2))
-                ax.errorbar(
-                    summary["M"].to_numpy(dtype=float) * nudge,
-                    summary["mean"],
-                    yerr=summary["ci"].fillna(0.0),
-                    color=colour,
-                    marker=marker,
-                    linestyle=line,
-                    markersize=4,
-                    capsize=2,
-                    linewidth=1.2,
-                )
+            _mechanism_lines(ax, panel, mechanisms, column)
             _m_axis(ax, m_values)
-            if row == len(models) - 1:
-                ax.set_xlabel(UNITS["M"])
-            if col == 0:
-                ax.set_ylabel(UNITS[column], fontsize=8)
+            _labels(ax, row == len(models) - 1, col == 0, column)
     _legend(fig, mechanisms)
     return _finish(fig, f"{title} (mean ± 95% CI over runs)", out, stem)
 
@@ -182,20 +189,9 @@ def plot_frontier(frame: pd.DataFrame, out: Path) -> list[Path]:
                 y = metrics.summarise(rows, ["M"], "revenue")
                 if x.empty:
                     continue
-                colour, marker, line = _style(name)
-                ax.errorbar(
-                    x["mean"],
-                    y["mean"],
-                    xerr=x["ci"].fillna(0.0),
-                    yerr=y["ci"].fillna(0.0),
-                    color=colour,
-                    marker=marker,
-                    linestyle=line,
-                    markersize=4,
-                    capsize=2,
-                    linewidth=1.2,
-                    alpha=0.9,
-                )
+                colour = _style(name)[0]
+                xerr, yerr = x["ci"].fillna(0.0), y["ci"].fillna(0.0)
+                ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, alpha=0.9, **_errorbar_style(name))
                 for i in (0, len(x) - 1):
                     ax.annotate(
                         f"M={int(x['M'].iloc[i])}",
@@ -227,27 +223,10 @@ def plot_named(frame: pd.DataFrame, out: Path) -> list[Path]:
             panel = _panel(frame, model, proposal)
             share = metrics.summarise(panel[panel["mechanism"] == mechanisms[0]], ["M"], "candidates_named")
             ax.plot(share["M"], share["mean"], **candidates_style)
-            for index, name in enumerate(mechanisms):
-                summary = metrics.summarise(panel[panel["mechanism"] == name], ["M"], "reply_named")
-                colour, marker, line = _style(name)
-                nudge = 2.0 ** (_NUDGE * (index - (len(mechanisms) - 1) / 2))
-                ax.errorbar(
-                    summary["M"].to_numpy(dtype=float) * nudge,
-                    summary["mean"],
-                    yerr=summary["ci"].fillna(0.0),
-                    color=colour,
-                    marker=marker,
-                    linestyle=line,
-                    markersize=4,
-                    capsize=2,
-                    linewidth=1.2,
-                )
+            _mechanism_lines(ax, panel, mechanisms, "reply_named")
             _m_axis(ax, m_values)
             ax.set_ylim(-0.05, 1.05)
-            if row == len(models) - 1:
-                ax.set_xlabel(UNITS["M"])
-            if col == 0:
-                ax.set_ylabel(UNITS["named"], fontsize=8)
+            _labels(ax, row == len(models) - 1, col == 0, "named")
     _legend(fig, mechanisms, [("candidates (all M of them)", candidates_style)])
     title = "Replies naming an advertiser: the candidates and the returned reply"
     return _finish(fig, title, out, "named_vs_m")
