@@ -7,9 +7,9 @@ column: Σ sampled log-probs = the teacher-forced score to ~1e-5 nats, a sequenc
 independent of the rest of the request to float noise, and bit-identical tokens and log-probs for
 the same request and seed. Every test here uses the real model (one worker process per module).
 
-`make test` runs the contract, exactness and auction tests (~2 min on 2 cores); the ones marked
-``gemma_full`` (long prompts past the sliding window, batch composition, more auctions) run with
-``pytest -m gemma_full tests/integration/test_worker_gemma.py``.
+`make test` runs the contract, exactness and auction tests (~1-3 min on 2 shared cores); the ones
+marked ``gemma_full`` (a long prompt past the sliding window, batch composition; the llama.cpp check in
+test_gguf_dequant.py) run with ``pytest -m gemma_full tests/integration``.
 """
 
 from __future__ import annotations
@@ -221,7 +221,6 @@ def test_an_auction_on_gemma_is_exact_and_replays(gateway: TestClient) -> None:
     assert again["reply"] == body["reply"]
 
 
-@gemma_full
 def test_context_auction_on_gemma(gateway: TestClient) -> None:
     """Invariant: the context-aware proposal's candidates carry their own log q (not π_ref's), the
     payments follow MECHANISM.md on the candidate table, and the sums are finite."""
