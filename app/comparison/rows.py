@@ -5,8 +5,10 @@ as `mosaic evaluate` does (`app.evaluation.rows.prefix_indices`), at the paper's
 advertisers. Measured per row (expectations over the mechanism's allocation π, payments as charged):
 revenue Σ p_i; reward gain Σ_i (E_π r_i − E_no-ads r_i) against the no-ads reply on the same candidates;
 social welfare E_π W; user utility E_π log π_ref and its gap to the no-ads reply; ESS 1/Σ π_j²
-(1 for a deterministic choice); the incentive gap (`incentives.max_incentive_gap`); and the compute of one
-resolution (median µs). Imports `mechanisms`, `incentives`, `app.mechanism` and `app.evaluation`.
+(1 for a deterministic choice); how often the returned reply names an advertiser (E_π) and the share
+of the M candidates that do (the same for every mechanism); the incentive gap
+(`incentives.max_incentive_gap`); and the compute of one resolution (median µs). Imports `mechanisms`,
+`incentives`, `app.mechanism` and `app.evaluation`.
 See docs/DESIGN.md § Layout.
 """
 
@@ -29,7 +31,7 @@ from app.evaluation.instances import Instance
 from app.evaluation.rows import candidate_log_proposal, prefix_indices
 from app.evaluation.units import UnitData
 
-KEYS = ["instance_id", "seed", "proposal", "M", "mechanism"]
+KEYS = ["model", "instance_id", "seed", "proposal", "M", "mechanism"]
 COLUMNS = [
     *KEYS,
     "n_advertisers",
@@ -40,6 +42,8 @@ COLUMNS = [
     "user_log_ref",
     "user_gap",
     "ess",
+    "candidates_named",
+    "reply_named",
     "incentive_gap",
     "compute_us",
 ]
@@ -84,6 +88,7 @@ def outcome_row(candidates: CandidateSet, outcome: Outcome, reference: Outcome) 
         "user_log_ref": float(candidates.log_ref @ pi),
         "user_gap": float(candidates.log_ref @ pi - candidates.log_ref @ pi_ref),
         "ess": float(1.0 / (pi @ pi)),
+        "reply_named": float(candidates.named.any(axis=0) @ pi),
     }
 
 
@@ -107,6 +112,7 @@ def unit_rows(
             rng = np.random.default_rng([data.unit_seed & 0xFFFFFFFF, m, zlib.crc32(name.encode())])
             rows.append(
                 {
+                    "model": data.model_name or "unknown",
                     "instance_id": instance.id,
                     "seed": data.seed,
                     "proposal": data.proposal,
@@ -114,6 +120,7 @@ def unit_rows(
                     "mechanism": name,
                     "n_advertisers": candidates.rewards.shape[0],
                     "tau": candidates.tau,
+                    "candidates_named": float(candidates.named.any(axis=0).mean()),
                     **outcome_row(candidates, resolve(candidates), reference),
                     "incentive_gap": max_incentive_gap(
                         resolve, candidates, rng, optimise_evaluations=optimise_evaluations

@@ -2,7 +2,10 @@
 them, then ``compare.csv``, ``compare.md``, the figures and ``compare.json``.
 
 The units are `mosaic evaluate`'s (`app.evaluation.collect.collect_units`, same cache layout under
-``OUT/cache``), so pointing both commands at one directory draws the candidates once. Imports `rows`,
+``OUT/cache``), so pointing both commands at one directory draws the candidates once. ``beside``: other
+runs' directories (another model's ``compare.csv`` + ``compare.json``) whose rows join this run's in the
+report, a panel row and a section per model; :func:`rewrite_report` redraws a directory's report and
+figures from its committed ``compare.csv`` without drawing or resolving anything. Imports `rows`,
 `report`, `mechanisms` and the evaluation's instances and collection (the layout: docs/DESIGN.md §
 Layout).
 """
@@ -20,7 +23,7 @@ import pandas as pd
 
 from app.comparison.mechanisms import MECHANISMS
 from app.comparison.report import write_report
-from app.comparison.rows import build_frame
+from app.comparison.rows import KEYS, build_frame
 from app.evaluation.collect import PROPOSALS, CollectedUnits, collect_units
 from app.evaluation.instances import Instance, load_instances
 
@@ -68,8 +71,9 @@ def run_comparison(
     resume: bool = True,
     show_progress: bool = True,
     cache_from: Path | None = None,
+    beside: list[Path] | None = None,
 ) -> ComparisonSummary:
-    """Run every mechanism on the same candidates and write the report into ``out``."""
+    """Run every mechanism on the same candidates; the report into ``out`` (``beside``: other models)."""
     started = time.perf_counter()
     plan = _checked_plan(
         instances,
@@ -100,6 +104,7 @@ def run_comparison(
     )
     frame, resolve_seconds = _resolve(collected, plan)
     run_info = _run_info(plan, collected, cache_from or out, resolve_seconds)
+    frame = with_beside(frame, run_info, beside or [])
     files, wall = _write_outputs(frame, out, run_info, started)
     logger.info("comparison written", extra={"out": str(out), "rows": len(frame)})
     return ComparisonSummary(
@@ -177,6 +182,50 @@ def _write_outputs(
     info_path.write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
     files.append(info_path)
     return files, wall
+
+
+def read_results(directory: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A compare run's rows (``compare.csv``) and configuration (``compare.json``). Rows written before
+    the ``model`` column existed get the run's one model."""
+    info: dict[str, Any] = json.loads((directory / "compare.json").read_text(encoding="utf-8"))
+    frame = pd.read_csv(directory / "compare.csv")
+    if "model" not in frame.columns:
+        names = info.get("model_names") or [info.get("engine", "unknown")]
+        if len(names) != 1:
+            raise ValueError(f"{directory}/compare.csv has no model column and its run names {names}")
+        frame.insert(0, "model", str(names[0]))
+    frame["instance_id"] = frame["instance_id"].astype(str)
+    return frame, info
+
+
+def with_beside(frame: pd.DataFrame, run_info: dict[str, Any], beside: list[Path]) -> pd.DataFrame:
+    """``frame`` with the rows of the runs in ``beside`` (each replacing any rows of its models);
+    ``run_info["beside"]`` records what joined."""
+    joined = []
+    for directory in beside:
+        other, info = read_results(directory)
+        frame = frame[~frame["model"].isin(other["model"].unique())]
+        joined.append(other)
+        summary = {key: info.get(key) for key in ("model_names", "num_instances", "seeds", "max_tokens")}
+        run_info.setdefault("beside", []).append({"directory": str(directory), **summary})
+    if not joined:
+        return frame
+    combined = pd.concat([frame, *joined], ignore_index=True)
+    combined["instance_id"] = combined["instance_id"].astype(str)
+    return combined.sort_values(KEYS, kind="stable").reset_index(drop=True)
+
+
+def rewrite_report(out: Path, beside: list[Path] | None = None) -> list[Path]:
+    """Redraw ``out``'s figures and ``compare.md`` from its ``compare.csv`` (and ``beside`` runs');
+    ``compare.csv`` is rewritten only when rows joined. Returns the paths written."""
+    frame, info = read_results(out)
+    files: list[Path] = []
+    if beside:
+        frame = with_beside(frame, info, beside)
+        frame.to_csv(out / "compare.csv", index=False)
+        (out / "compare.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        files += [out / "compare.csv", out / "compare.json"]
+    return [*files, *write_report(frame, out, info)]
 
 
 def _run_info(
