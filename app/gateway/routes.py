@@ -111,6 +111,28 @@ def _readiness(
     return JSONResponse(status_code=200 if ready else 503, content=content)
 
 
+# The first is what Swagger's "Try it out" sends: a request that runs as it is.
+AUCTION_EXAMPLES = {
+    "inline": Example(
+        summary="two advertisers given inline",
+        value={
+            "query": "Learning to play the guitar.",
+            "advertisers": [
+                {"id": "strummaster", "name": "StrumMaster", "description": "selling guitars and tuners"},
+                {"id": "chordify", "name": "Chordify", "description": "online guitar lessons"},
+            ],
+            "candidates": 4,
+            "max_tokens": 32,
+            "tmax_ms": 60000,
+        },
+    ),
+    "select": Example(
+        summary="the service chooses up to 3 registered campaigns",
+        value={"query": "Learning to play the guitar.", "select": {"max": 3}, "user_id": "user-42"},
+    ),
+}
+
+
 @router.post(
     "/auction",
     response_model=AuctionResponse,
@@ -134,7 +156,7 @@ def _readiness(
     },
 )
 async def run_auction(
-    body: AuctionRequest,
+    body: Annotated[AuctionRequest, Body(openapi_examples=AUCTION_EXAMPLES)],
     request: Request,
     settings: SettingsDep,
     service: AuctionServiceDep,

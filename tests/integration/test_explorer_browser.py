@@ -206,6 +206,52 @@ def test_explorer_runs_an_auction_and_the_tau_slider_resolves(
     assert not blocked, blocked
 
 
+def test_explorer_shows_which_campaigns_a_select_auction_considered_and_why(
+    page: tuple[Any, list[str], list[str]], gateway: str, tmp_path: Path
+) -> None:
+    """Invariant: with `select`, the page lists every campaign the selection considered with the
+    relevance, selected or the reason it was left out, as the answer says; a sensitive query shows its
+    no-fill reason."""
+    current, blocked, errors = page
+    for campaign_id, owner, description in (
+        ("ex-skin", "hydraskin", "providing moisturizers and serums for dry skin"),
+        ("ex-guitar", "strummaster", "selling guitars, tuners, and learning materials for beginners"),
+    ):
+        body = {
+            "id": campaign_id,
+            "owner": owner,
+            "name": owner.title(),
+            "description": description,
+            "budget": {"total_micro": 10**12},
+        }
+        assert httpx.post(f"{gateway}/campaigns", json=body, headers=AUTH, timeout=30).status_code == 201
+    _fill_form(current, gateway, instance=1, candidates=3, max_tokens=8, seed=3)  # dry skin
+    current.check("#use-select")
+    current.fill("#select-max", "1")
+    current.click("#run")
+    current.wait_for_selector("#status[data-state=done]", timeout=180_000)
+    auction_id = current.locator("#auction-id").inner_text()
+    record = httpx.get(f"{gateway}/auctions/{auction_id}", headers=AUTH, timeout=30).json()
+    considered = {c["campaign_id"]: c for c in record["selection"]["considered"]}
+    assert considered["ex-skin"]["selected"] and not considered["ex-guitar"]["selected"]
+    shown = current.locator("#selection-table tbody tr")
+    assert shown.count() == len(considered)
+    row = current.locator('#selection-table tbody tr[data-campaign="ex-guitar"] td')
+    assert row.nth(5).inner_text() == (considered["ex-guitar"]["reason"] or "")
+    assert (
+        current.locator('#selection-table tbody tr[data-campaign="ex-skin"]').get_attribute("data-selected")
+        == "true"
+    )
+    _shot(current, tmp_path, "explorer-selection.png")
+
+    current.fill("#query", "I have been feeling depressed and hopeless, what should I do?")
+    current.click("#run")
+    current.wait_for_selector("#status[data-state=done]", timeout=180_000)
+    assert "no-fill: sensitive_topic" in current.locator("#selection-note").inner_text()
+    assert not errors, errors
+    assert not blocked, blocked
+
+
 def test_what_to_bid_plots_the_calibration_of_its_test_auctions(
     page: tuple[Any, list[str], list[str]], gateway: str, tmp_path: Path
 ) -> None:

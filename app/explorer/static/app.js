@@ -110,6 +110,10 @@ function requestBody() {
     return advertiser;
   });
   const body = { query: $("#query").value.trim(), advertisers, proposal: $("#proposal").value };
+  if ($("#use-select").checked) {  // the service chooses the campaigns: the form's advertisers stay out
+    body.advertisers = [];
+    body.select = { max: Number.parseInt($("#select-max").value, 10) || 1 };
+  }
   const numbers = [
     ["candidates", "#candidates", (t) => Number.parseInt(t, 10)],
     ["tau", "#tau", Number],
@@ -178,6 +182,28 @@ function renderView(auction) {
   $("#result").dataset.view = sealed ? "sealed" : "full";
 }
 
+/** Which campaigns a `select` auction considered, their relevance and why each was left out; and a
+ * no-fill's reason (nobody bid: one organic reply, nothing billed). */
+function renderSelection(auction) {
+  const report = auction.selection;
+  const noFill = auction.no_fill;
+  $("#selection").hidden = !report && !noFill;
+  const sensitive = report && report.sensitive ? ` · sensitive topic: ${report.sensitive.category}` : "";
+  const timing = report ? ` · embedding ${fmt(report.embedding_ms, 1)} ms, selection ${fmt(report.selection_ms, 2)} ms` : "";
+  $("#selection-note").textContent = (noFill ? `no-fill: ${noFill.reason} (${noFill.detail})` : "") + sensitive + timing;
+  $("#selection-table tbody").replaceChildren(
+    ...((report && report.considered) || []).map((c) => {
+      const tr = document.createElement("tr");
+      tr.dataset.campaign = c.campaign_id;
+      tr.dataset.selected = String(c.selected);
+      tr.append(cell(c.campaign_id, "text"), cell(c.owner, "text"), cell(fmt(c.relevance, 3)),
+        cell(c.keyword_match ? "yes" : "", "text"), cell(c.selected ? "yes" : "", "text"),
+        cell(c.reason || "", "text"));
+      return tr;
+    }),
+  );
+}
+
 function renderTimings(timings) {
   $("#timings").hidden = !timings;
   if (!timings) return;  // a sealed view has no stage timings
@@ -240,6 +266,7 @@ function sliderFor(tau) {
 /** Show an auction (a POST /auction answer with candidates, or a GET /auctions/{id} record: the full
  * record for a platform key, her sealed view for an advertiser key). */
 function showAuction(auction, advertisersIn) {
+  auction.candidates = auction.candidates || [];  // a no-fill scored nothing: no table
   state.auction = auction;
   state.names = Object.fromEntries(advertisersIn.map((a) => [a.id, a.name]));
   $("#auction-id").textContent = auction.auction_id;
@@ -247,6 +274,7 @@ function showAuction(auction, advertisersIn) {
   renderView(auction);
   renderSummary(auction.tau, auction.effective_sample_size, auction.revenue);
   renderAdvertisers(advertiserRows(auction));
+  renderSelection(auction);
   renderTimings(auction.timings_ms);
   renderCandidates(auction.candidates.map((c) => c.probability));
   sliderFor(auction.tau);
