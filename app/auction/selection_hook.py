@@ -24,6 +24,8 @@ from app.campaigns.participants import CampaignResolver, Participants
 from app.contract.request import AuctionRequest
 from app.contract.selection import NoFill
 from app.ledger.budget import BudgetLedger
+from app.ledger.frequency import FrequencyLedger
+from app.selection.budget_gate import CapGate
 from app.selection.registry_vectors import CampaignCatalog
 from app.selection.selector import SelectionLimits, SelectionOutcome, Selector, open_selector
 from app.settings import Settings
@@ -44,6 +46,7 @@ class LazySelection:
         self.budgets = budgets
         self._parts: tuple[Selector, CampaignCatalog, asyncio.Task[None]] | None = None
         self._lock = asyncio.Lock()
+        self.frequency = FrequencyLedger(redis, settings)
 
     async def selector(self) -> Selector:
         async with self._lock:  # one opening, however many requests wait for it
@@ -68,7 +71,9 @@ class LazySelection:
             badv=frozenset(request.badv),
             taken_owners=frozenset(advertiser.id for advertiser in request.advertisers),
         )
-        return await (await self.selector()).select(request.query, request.select.max, limits)
+        # a capped campaign is replaced by the next relevant one (the resolver's reservation decides)
+        gates = [CapGate(self.frequency, request.user_id)] if request.user_id and not request.test else []
+        return await (await self.selector()).select(request.query, request.select.max, limits, gates=gates)
 
     async def participants(self, request: AuctionRequest, resolver: CampaignResolver) -> Participants:
         """Who bids in a `select` request: the selected campaigns through the resolver (their budgets,

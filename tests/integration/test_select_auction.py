@@ -119,3 +119,30 @@ def test_nothing_relevant_and_all_out_of_budget_are_no_fills_with_their_reason(
         raw.hset(budget_key(campaign_id), "spent_total", str(10**12))
     answer = auction(client, "How should I set up an ergonomic home office desk?")
     assert answer["no_fill"]["reason"] == "all_out_of_budget", answer
+
+
+def test_a_campaign_at_its_frequency_cap_is_replaced_by_the_next_relevant_one(client: TestClient) -> None:
+    """Invariant: with a `user_id`, a campaign this user has capped is not selected (reason
+    frequency_capped) and the next relevant campaign takes its place; with every relevant one capped the
+    answer is the `all_capped` no-fill. Caps count reservations too, so this holds at once."""
+    for campaign_id in ("sel-guitar", "sel-lessons"):
+        current = client.get(f"/campaigns/{campaign_id}")
+        patched = client.patch(
+            f"/campaigns/{campaign_id}",
+            json={"frequency_cap": {"max_auctions": 1, "per_seconds": 3600}},
+            headers={"If-Match": current.headers["ETag"]},
+        )
+        assert patched.status_code == 200, patched.text
+    time.sleep(1.0)  # the catalog's refresh
+    query, user = "Learning to play the guitar.", {"user_id": "capped-user-1", "select": {"max": 1}}
+    first = auction(client, query, seed=5, **user)
+    (taken,) = [row["campaign_id"] for row in first["advertisers"]]
+    second = auction(client, query, seed=6, **user)
+    (other,) = [row["campaign_id"] for row in second["advertisers"]]
+    assert {taken, other} == {"sel-guitar", "sel-lessons"}
+    reasons = {c["campaign_id"]: c.get("reason") for c in second["selection"]["considered"]}
+    assert reasons[taken] == "frequency_capped"
+    third = auction(client, query, seed=7, **user)
+    assert third["no_fill"]["reason"] == "all_capped" and third["billing"] == "none"
+    fresh = auction(client, query, seed=8, user_id="another-user", select={"max": 1})
+    assert len(fresh["advertisers"]) == 1  # caps are per user
