@@ -1,0 +1,1 @@
+"""attestation (issue 35): see docs/DESIGN.md § Verifiable auctions."""

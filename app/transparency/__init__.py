@@ -1,0 +1,1 @@
+"""transparency (issue 35): see docs/DESIGN.md § Verifiable auctions."""

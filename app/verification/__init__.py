@@ -1,0 +1,1 @@
+"""verification (issue 35): see docs/DESIGN.md § Verifiable auctions."""
