@@ -1,17 +1,21 @@
 """What the auction reports as it runs: observer protocols the domain calls, each with a no-op.
 
-`AuctionObserver` (an auction's outcome, latencies, revenue: `app.auction.service`), `WorkerObserver`
-(worker requests failed or hedged, breakers: `app.auction.engine_client`, `worker_health`,
-`worker_dispatch`) and `AdmissionObserver` (`app.auction.admission`). The gateway's Prometheus metrics
-(`app.gateway.metrics`) implement them; the evaluation runs on the no-ops. Imports `app.contract`
-only; see docs/DESIGN.md § Observability.
+`AuctionObserver` (an auction's outcome, latencies, revenue: `app.auction.service`, through
+`observe_served`), `WorkerObserver` (worker requests failed or hedged, breakers:
+`app.auction.engine_client`, `worker_health`, `worker_dispatch`) and `AdmissionObserver`
+(`app.auction.admission`). The gateway's Prometheus metrics (`app.gateway.metrics`) implement them; the
+evaluation runs on the no-ops. Imports `app.contract` only; see docs/DESIGN.md § Observability.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
-from app.contract.result import AuctionTimings
+from app.contract.request import AuctionRequest
+from app.contract.result import AuctionResponse, AuctionTimings
+
+logger = logging.getLogger("app.auction.service")
 
 
 class AuctionObserver(Protocol):
@@ -103,3 +107,34 @@ class NoopAdmissionObserver:
 
     def admission_refused(self, reason: str) -> None:
         pass
+
+
+def observe_served(
+    observer: AuctionObserver,
+    request: AuctionRequest,
+    response: AuctionResponse,
+    num_candidates: int,
+    timings: AuctionTimings,
+) -> None:
+    """A served auction's counters, latencies and revenue (a test auction: counted only), and its log
+    line (under the service's logger name, as before)."""
+    if request.test:
+        observer.auction_counted("test", request.proposal)  # not in the revenue metrics
+    else:
+        observer.auction_counted("served", request.proposal)
+        observer.auction_served(timings, num_candidates, response.effective_sample_size)
+        if response.billing == "billed":  # a pending charge counts when rendered
+            observer.revenue_billed(response.currency, response.revenue)
+    logger.info(
+        "auction served",
+        extra={
+            "auction_id": response.auction_id,
+            "advertisers": len(request.advertisers),
+            "candidates": num_candidates,
+            "proposal": request.proposal,
+            "revenue": response.revenue,
+            "ess": response.effective_sample_size,
+            "total_ms": round(timings.total, 2),
+            "worker_ms": round(timings.workers, 2),
+        },
+    )

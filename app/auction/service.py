@@ -13,23 +13,24 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import numpy as np
 
 from app import mechanism
+from app.auction.campaign_spend import CampaignSpend
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
 from app.auction.no_fill import ads_off, no_fill_result, organic
-from app.auction.observers import AuctionObserver, NoopAuctionObserver
+from app.auction.observers import AuctionObserver, NoopAuctionObserver, observe_served
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
 from app.auction.run_control import RunControl, auction_key, clock_after, clock_ms, deadline_s
 from app.auction.sampler import SEED_ALLOCATION, CandidateDraw, CandidateSampler, ScoredCandidates, StageClock
 from app.auction.selection_hook import LazySelection
 from app.auction.worker_dispatch import auction_deadline
 from app.campaigns.participants import CampaignResolver, Participants
-from app.campaigns.spend import BudgetedOutcome, BudgetSpender, FitInputs
+from app.campaigns.spend import BudgetedOutcome, BudgetSpender
 from app.campaigns.store import CampaignStore
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings, BillingState
@@ -74,6 +75,7 @@ class AuctionService:
         self.budgets = BudgetLedger(billing.redis, settings)
         self.campaigns = CampaignResolver(self.campaign_store, self.budgets, settings)
         self.spender = BudgetSpender(self.budgets, settings)
+        self.spend = CampaignSpend(self.spender, self.campaigns, settings, self.observer)
         self._started: set[str] = set()  # auctions prepared whose run began (it settles their cap slots)
         self.selection = LazySelection(billing.redis, settings, self.budgets)  # opened by the first `select`
 
@@ -101,15 +103,6 @@ class AuctionService:
             self._started.discard(participants.auction_id)
         elif participants.frequency_holds:
             await asyncio.shield(self.spender.void_slots(participants, participants.auction_id, clock_ms()))
-
-    async def post_rendered(self, record: dict[str, Any]) -> None:
-        """A pending charge was just rendered (billed): post its campaigns' reservations with their pacing
-        steps (the ledger consumer posts them too when it applies the event, without a step)."""
-        campaign_ids = [str(entry["campaign_id"]) for entry in record.get("budgets") or []]
-        if campaign_ids:
-            now = clock_ms()
-            steps = await self.campaigns.pacing_steps(campaign_ids, now)
-            await self.spender.post_steps(campaign_ids, str(record["auction_id"]), steps, now)
 
     def admission_cost(self, request: AuctionRequest) -> int:
         """The model tokens admission holds for the auction (`app.auction.cost`); `LimitExceededError`
@@ -139,6 +132,8 @@ class AuctionService:
         if participants.no_fill is not None:
             return await self._run_no_fill(participants, auction_id, seed, control, clock, worker_stats)
         built: list[tuple[BudgetedOutcome | None, Built]] = []
+        mode = self.bill_mode(request)
+        holding = self.spend.hold(participants, mode, auction_id)  # beside the model work
         try:
             resolved = await self._sample_and_resolve(bidding, seed, clock, worker_stats, control.cleared)
 
@@ -150,8 +145,9 @@ class AuctionService:
                 so_far = clock.timings(worker_stats)
                 return self._build_result(participants, fitted, auction_id, seed, so_far, budgeted)
 
-            budgeted = await self._fit_budgets(
-                participants, resolved, seed, auction_id, clock, lambda b: built.append((b, build(b)))
+            built_one = lambda b: built.append((b, build(b)))  # noqa: E731 (built while reserving)
+            budgeted = await self.spend.fit(
+                participants, resolved, seed, auction_id, clock, mode, built_one, holding
             )
             # built while its reservations were in flight, if they were the ones accepted
             result = next((r for b, r in built if b is budgeted), None)
@@ -165,54 +161,20 @@ class AuctionService:
             # ledger consumer, which posts them if the event exists, or to their own expiry if it does
             # not. (Cancelled during the fit, it may hold reservations it has not returned: void them
             # all; a void of none is a no-op.)
-            reserving = participants.entries and self.bill_mode(request) != "none"
-            if reserving and not control.billing_started:
-                await asyncio.shield(self.spender.void(participants, auction_id, clock_ms()))
+            if not control.billing_started:
+                await self.spend.void(participants, mode, auction_id, holding)
             raise
         timings = clock.timings(worker_stats)
         if control.claim is None:
             response.timings_ms = timings
-        self._observe(bidding, response, len(resolved.scored.candidate_set.candidates), timings)
+        observe_served(
+            self.observer, bidding, response, len(resolved.scored.candidate_set.candidates), timings
+        )
         return response
 
-    async def _fit_budgets(
-        self,
-        participants: Participants,
-        resolved: ResolvedAuction,
-        seed: int,
-        auction_id: str,
-        clock: StageClock,
-        overlap: Callable[[BudgetedOutcome], None],
-    ) -> BudgetedOutcome | None:
-        """Every campaign's payment within its budget, reserved (`app.campaigns.spend`); None without
-        campaigns (the inline auction is untouched)."""
-        if not participants.entries:
-            return None
-        begin = time.perf_counter()
-        scored = resolved.scored
-        inputs = FitInputs(
-            rewards=resolved.rewards,
-            log_ref=scored.log_ref,
-            log_proposal=scored.log_proposal,
-            tau=resolved.outcome.tau,
-            seed=derive_seed(seed, SEED_ALLOCATION),
-            outcome=resolved.outcome,
-        )
-        request = participants.request
-        budgeted = await self.spender.fit_and_reserve(
-            participants,
-            inputs,
-            auction_id,
-            clock_ms(),
-            reserve=self.bill_mode(request) != "none",
-            render=self.bill_mode(request) == "pending",
-            overlap=overlap,  # the answer is built while the reservations are in flight
-        )
-        for record in budgeted.records:
-            if record.budget_multiplier < 1.0:
-                self.observer.campaign_counted("dropped" if record.budget_multiplier == 0.0 else "lowered")
-        clock.stages_ms["mechanism"] += (time.perf_counter() - begin) * 1000
-        return budgeted
+    async def post_rendered(self, record: dict[str, Any]) -> None:
+        """A pending charge was just rendered (billed): post its campaigns' reservations."""
+        await self.spend.post_rendered(record)
 
     async def _sample_and_resolve(
         self,
@@ -360,27 +322,3 @@ class AuctionService:
         mode = mode or self.bill_mode(request)
         write = asyncio.ensure_future(self.billing.record(event, audit, mode, idempotent))
         await clock.timed("billing", asyncio.shield(write))
-
-    def _observe(
-        self, request: AuctionRequest, response: AuctionResponse, num_candidates: int, timings: AuctionTimings
-    ) -> None:
-        if request.test:
-            self.observer.auction_counted("test", request.proposal)  # not in the revenue metrics
-        else:
-            self.observer.auction_counted("served", request.proposal)
-            self.observer.auction_served(timings, num_candidates, response.effective_sample_size)
-            if response.billing == "billed":  # a pending charge counts when rendered
-                self.observer.revenue_billed(response.currency, response.revenue)
-        logger.info(
-            "auction served",
-            extra={
-                "auction_id": response.auction_id,
-                "advertisers": len(request.advertisers),
-                "candidates": num_candidates,
-                "proposal": request.proposal,
-                "revenue": response.revenue,
-                "ess": response.effective_sample_size,
-                "total_ms": round(timings.total, 2),
-                "worker_ms": round(timings.workers, 2),
-            },
-        )

@@ -13,6 +13,13 @@ event it applies, with the pacing steps the event carries; a rendered charge is 
 to expire by themselves. Invariant: the sum of a campaign's posted and live reserved amounts never
 exceeds its daily or total budget. Imports the budget fit (pure), the budget ledger, the mechanism and
 `app.contract`. See docs/DESIGN.md § Budgets are hard.
+
+Pre-authorisation (`hold`, BUDGET_HOLD_FACTOR): before the model work each campaign reserves a hold under
+the auction's id (a few times its mean charge, at most what remains), so that the reservation's durable
+write runs while the candidates are generated. A payment within its hold needs nothing more before the
+billing write (the ledger consumer's post captures the payment and releases the whole hold in one step);
+a larger one grows the hold on the reply path (atomic on the campaign's key, refused past the limits like
+any reservation). The invariant above holds throughout: a hold is a reservation.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,7 +37,7 @@ from redis.exceptions import RedisError
 
 from app import mechanism
 from app.campaigns.budget_fit import fit_budgets
-from app.campaigns.participants import Participants
+from app.campaigns.participants import CampaignEntry, Participants
 from app.contract.result import BudgetRecord
 from app.ledger.budget import BudgetLedger, PacingStep, Reservation, reservation_expiry_ms
 from app.ledger.events import to_micro_units
@@ -103,6 +111,33 @@ async def _settled(pending: asyncio.Future[list[bool]]) -> list[bool]:
         raise
 
 
+def _after_refusal(
+    participants: Participants, accepted: list[bool], held: list[int], remaining: list[int | None]
+) -> list[int]:
+    """The holds left after `_refresh`: the accepted rows' were voided with their reservations (0); a
+    refused row keeps its hold, which the budget read anew counts as reserved — it is this auction's own,
+    so it is added back to what remains for it."""
+    left = list(held)
+    for entry, ok in zip(participants.entries, accepted, strict=True):
+        if ok:
+            left[entry.row] = 0
+        elif remaining[entry.row] is not None:
+            remaining[entry.row] = int(remaining[entry.row] or 0) + held[entry.row]
+    return left
+
+
+def hold_amount(entry: CampaignEntry, factor: float, share: float = 1.0) -> int:
+    """What a campaign pre-authorises before the model work: `factor` × its mean charge so far (its
+    pacing target per auction ρ while it has no charge), at most `share` of what remains of its budget
+    (the holds of concurrent auctions must leave room for each other's payments); 0: none."""
+    state = entry.state
+    mean = state.spent_total / state.charged_total if state.charged_total > 0 else 0.0
+    target = entry.pacing_step.target_micro if entry.pacing_step is not None else 0.0
+    amount = math.ceil(factor * (mean if mean > 0 else max(target, 0.0)))
+    remaining = entry.remaining
+    return max(0, min(amount, math.floor(share * remaining)) if remaining is not None else amount)
+
+
 class BudgetSpender:
     """Fits and reserves, posts, voids (see the module docstring)."""
 
@@ -121,12 +156,14 @@ class BudgetSpender:
         reserve: bool,
         render: bool,
         overlap: Callable[[BudgetedOutcome], None] | None = None,
+        held: list[int] | None = None,
     ) -> BudgetedOutcome:
         """The outcome with every payment within its campaign's budget, reserved when `reserve`.
 
         `overlap(outcome)` runs while the reservations of `outcome` are in flight (the caller builds its
         answer meanwhile: the round trip costs the reply path nothing more); `outcome` stands only if
-        they are all accepted - the object returned is then that same one."""
+        they are all accepted - the object returned is then that same one. `held`: each row's hold
+        (`hold`); payments within them are reserved already (no round trip)."""
         entries = participants.entries
         n = inputs.rewards.shape[0]
         alphas = np.ones(n)
@@ -143,6 +180,12 @@ class BudgetSpender:
             )
             if not reserve or not entries:
                 return result
+            if held is not None and all(0 < held[e.row] >= payments[e.row] for e in entries):
+                if overlap is not None:
+                    overlap(result)
+                # every payment within its hold, reserved before the model work (no hold: a record of
+                # the auction must still be made, 0 included, for the post to count it)
+                return result
             reservations = self._reservations(participants, payments, auction_id, now_ms, render)
             pending = asyncio.ensure_future(self._reserve(reservations, now_ms))
             try:
@@ -154,10 +197,40 @@ class BudgetSpender:
                 return result
             last = attempt + 1 >= self.settings.budget_reserve_attempts
             await self._refresh(participants, reservations, accepted, remaining, alphas if last else None)
+            if held is not None:
+                held = _after_refusal(participants, accepted, held, remaining)
         # each round past the attempts drops one more campaign
         raise BudgetReservationError(
             f"budgets of auction {auction_id} could not be reserved"
         )  # pragma: no cover
+
+    async def hold(self, participants: Participants, auction_id: str, now_ms: int, render: bool) -> list[int]:
+        """Pre-authorise each campaign's `hold_amount` under the auction's id (ONE round trip, meant to
+        run beside the model work); each row's hold as accepted (0: none, refused, or Redis failed — the
+        payment is then reserved after the mechanism, as without holds). It expires after the auction's
+        deadline plus the reservation TTL if nothing posts or voids it."""
+        n = len(participants.request.advertisers)
+        held = [0] * n
+        factor = self.settings.budget_hold_factor
+        share = self.settings.budget_hold_share
+        amounts = {e.row: hold_amount(e, factor, share) for e in participants.entries} if factor > 0 else {}
+        asked = [e for e in participants.entries if amounts.get(e.row, 0) > 0]
+        if not asked:
+            return held
+        deadline_ms = int(self.settings.auction_deadline_s * 1000)
+        expires_at_ms = reservation_expiry_ms(self.settings, now_ms, render) + deadline_ms
+        holds = [
+            Reservation(e.campaign.id, auction_id, amounts[e.row], e.limits, e.day, expires_at_ms)
+            for e in asked
+        ]
+        try:
+            accepted = await self.budgets.reserve_all(holds, now_ms)
+        except (RedisError, OSError) as error:
+            logger.warning("budget holds of auction %s not taken: %s", auction_id, error)
+            return held
+        for entry, ok in zip(asked, accepted, strict=True):
+            held[entry.row] = amounts[entry.row] if ok else 0
+        return held
 
     def _reservations(
         self, participants: Participants, payments: list[int], auction_id: str, now_ms: int, render: bool
@@ -250,9 +323,15 @@ class BudgetSpender:
             await self.budgets.void_all(campaign_ids, auction_id, now_ms)
 
     async def post_steps(
-        self, campaign_ids: list[str], auction_id: str, steps: list[PacingStep | None], now_ms: int
+        self,
+        campaign_ids: list[str],
+        auction_id: str,
+        steps: list[PacingStep | None],
+        now_ms: int,
+        captured: list[int | None] | None = None,
     ) -> None:
-        posting = self.budgets.post_all(campaign_ids, auction_id, steps, now_ms)
+        """A rendered charge's post at render, with its pacing steps and the payments it captures."""
+        posting = self.budgets.post_all(campaign_ids, auction_id, steps, now_ms, captured)
         await _best_effort(posting, "budget post failed (the ledger consumer posts it)", auction_id)
 
     async def void(self, participants: Participants, auction_id: str, now_ms: int) -> None:

@@ -5,7 +5,10 @@
 --   reserve: 3 auction id, 4 amount, 5 day, 6 expires_at_ms, 7 daily limit or '', 8 total limit or '',
 --            9 keep_ms (how long a voided/posted-without-step record is kept past its expiry)
 --   post:    3 rho ('' : the ledger consumer's post; '0': the gateway's, without a pacing step), 4 epsilon, 5 mu_max, 6 keep_ms, 7.. auction ids (the
---            ledger consumer posts a whole batch's auctions of one campaign in one call)
+--            ledger consumer posts a whole batch's auctions of one campaign in one call), each either
+--            the id alone (spend what is reserved) or "<id>\t<amount>": the charge is captured — the
+--            amount is spent and the whole reservation released (a pre-authorisation hold may be
+--            larger than the payment: the rest goes back to the budget in the same step)
 --   void:    3 auction id, 4 keep_ms
 --   state:   3 day
 -- Replies: reserve {1|0, reason}; post a list of statuses (one per auction id); void a status; state {spent_today, reserved_today,
@@ -52,7 +55,11 @@ if op == 'reserve' then
 elseif op == 'post' then
   if #ARGV < 7 or not is_uint(ARGV[6]) then return err('post arguments') end
   for i = 7, #ARGV do
-    if #ARGV[i] == 0 or #ARGV[i] > 256 then return err('post arguments: auction id') end
+    if #ARGV[i] == 0 or #ARGV[i] > 280 then return err('post arguments: auction id') end
+    local id, amount = string.match(ARGV[i], '^(.-)\t(.*)$')
+    if id and (#id == 0 or #id > 256 or not is_uint(amount) or tonumber(amount) > MAX_SAFE) then
+      return err('post arguments: captured amount')
+    end
   end
   final = ARGV[3] ~= ''  -- the gateway's post ("0" without a step): nobody posts after it
   if final then
@@ -192,10 +199,19 @@ if op == 'reserve' then
   -- held or posted: this auction has it already (a rerun); expired: too late. A voided one is made
   -- again: the budget fit releases its accepted reservations when another is refused, and reserves
   -- them again under the same auction id with the amounts of its refit (app.campaigns.spend).
-  if r and r.s ~= 'voided' then return {(r.s == 'held' or r.s == 'posted') and 1 or 0, 'exists:' .. r.s} end
+  -- A held one asked for more (the payment came out above its pre-authorisation hold): it grows by the
+  -- difference if that fits the limits, in place (same record, same expiry), or stays as it was.
   local amount, d, e = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+  if r and r.s == 'held' and amount > r.a and r.d ~= d then return {0, 'exists:held'} end
+  local grow = r and r.s == 'held' and amount > r.a
+  if r and r.s ~= 'voided' and not grow then
+    return {(r.s == 'held' or r.s == 'posted') and 1 or 0, 'exists:' .. r.s}
+  end
+  local held = grow and r.a or 0
+  if grow then e = r.e end
   if e <= now then return {0, 'expired'} end
   local c = redis.call('HMGET', key, 'spent_total', 'reserved_total', d .. '|spent', d .. '|reserved')
+  amount = amount - held  -- what this call adds to the reserved counters
   local used_total = tonumber(c[1] or '0') + tonumber(c[2] or '0') + amount
   if used_total > MAX_SAFE then return {0, 'overflow'} end
   if ARGV[8] ~= '' and used_total > tonumber(ARGV[8]) then return {0, 'total'} end
@@ -206,11 +222,11 @@ if op == 'reserve' then
   -- the limits this reservation was admitted under (reconcile checks spend against them)
   if ARGV[7] ~= '' then redis.call('HSET', key, d .. '|limit', ARGV[7]) end
   if ARGV[8] ~= '' then redis.call('HSET', key, 'limit_total', ARGV[8]) else redis.call('HDEL', key, 'limit_total') end
-  redis.call('HINCRBY', key, 'reserved_total', ARGV[4])
-  redis.call('HINCRBY', key, d .. '|reserved', ARGV[4])
-  put(aid, {a = amount, d = d, e = e, s = 'held'})
+  redis.call('HINCRBY', key, 'reserved_total', int(amount))
+  redis.call('HINCRBY', key, d .. '|reserved', int(amount))
+  put(aid, {a = held + amount, d = d, e = e, s = 'held'})
   due(e)
-  return {1, 'reserved'}
+  return {1, grow and 'grown' or 'reserved'}
 end
 
 local keep = tonumber(op == 'post' and ARGV[6] or ARGV[#ARGV])
@@ -227,7 +243,9 @@ if op == 'void' then
 end
 
 -- post: each auction id of the call
-local function post(id)
+local function post(item)
+  local id, captured = string.match(item, '^(.-)\t(%d+)$')
+  if not id then id = item end
   local r = record(id)
   if not r then return 'unknown' end  -- never reserved, or posted and forgotten
   if r.s == 'posted' then  -- posted before by the ledger consumer: the gateway's step now, once
@@ -237,7 +255,9 @@ local function post(id)
     return step and 'stepped' or 'already_posted'
   end
   local late = r.s == 'expired' or r.s == 'voided'
-  spend(r, r.s == 'held')
+  if r.s == 'held' then release(r) end  -- the whole hold goes back, then the charge is spent
+  if captured then r.a = tonumber(captured) end
+  spend(r, false)
   if step then pace(r.a) end
   if late then  -- the reply was shown: counted anyway, and recorded for reconcile
     redis.call('HINCRBY', key, 'late_posts', 1)

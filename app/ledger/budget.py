@@ -53,12 +53,20 @@ DAYS_KEPT = 7  # budget.lua keeps the daily counters of the 7 most recent days
 PostStep = PacingArgs | Literal["absent"] | None
 
 
-def group_posts(items: Iterable[tuple[str, str, PostStep]]) -> dict[tuple[str, PostStep], list[str]]:
-    """(campaign id, auction id, step) -> (campaign id, step) -> auction ids: one post call per
-    campaign and step (the auctions of one campaign without a step share one call)."""
+def post_item(auction_id: str, captured_micro: int | None) -> str:
+    """One auction of a post's ARGV: its id, with the amount captured when known (budget.lua spends
+    that amount and releases the whole reservation: a pre-authorisation hold may be larger)."""
+    return auction_id if captured_micro is None else f"{auction_id}\t{int(captured_micro)}"
+
+
+def group_posts(
+    items: Iterable[tuple[str, str, PostStep, int | None]],
+) -> dict[tuple[str, PostStep], list[str]]:
+    """(campaign id, auction id, step, captured amount) -> (campaign id, step) -> post items: one post
+    call per campaign and step (the auctions of one campaign without a step share one call)."""
     posts: dict[tuple[str, PostStep], list[str]] = defaultdict(list)
-    for campaign_id, auction_id, step in items:
-        posts[campaign_id, step].append(auction_id)
+    for campaign_id, auction_id, step, captured_micro in items:
+        posts[campaign_id, step].append(post_item(auction_id, captured_micro))
     return posts
 
 
@@ -294,18 +302,25 @@ class BudgetLedger:
         return [bool(int(reply[0])) for reply in await self._run(calls)]
 
     async def post_all(
-        self, campaign_ids: list[str], auction_id: str, pacing: list[PacingStep | None], now_ms: int
+        self,
+        campaign_ids: list[str],
+        auction_id: str,
+        pacing: list[PacingStep | None],
+        now_ms: int,
+        captured: list[int | None] | None = None,
     ) -> list[str]:
         """Post the auction's reservation on each campaign (idempotent), with its pacing step.
 
         Per campaign: ``posted``; ``late`` (it had expired or been voided: counted and recorded);
         ``stepped`` (posted before without a step, the step applied now); ``already_posted``;
-        ``unknown`` (never reserved, or posted with its step and forgotten). ONE round trip."""
-        if len(campaign_ids) != len(pacing):
-            raise ValueError("one pacing step (or None) per campaign")
+        ``unknown`` (never reserved, or posted with its step and forgotten). `captured`: each campaign's
+        payment (None: spend what is reserved). ONE round trip."""
+        amounts = captured if captured is not None else [None] * len(campaign_ids)
+        if not len(campaign_ids) == len(pacing) == len(amounts):
+            raise ValueError("one pacing step (or None) and one captured amount (or None) per campaign")
         calls = [
-            (c, self.post_args([auction_id], s, now_ms, final=True))
-            for c, s in zip(campaign_ids, pacing, strict=True)
+            (c, self.post_args([post_item(auction_id, a)], s, now_ms, final=True))
+            for c, s, a in zip(campaign_ids, pacing, amounts, strict=True)
         ]
         return [as_str(reply[0]) for reply in await self._run(calls)]
 

@@ -197,9 +197,16 @@ class StreamEvent:
         """The campaigns whose reservations this event posts (sorted by advertiser id)."""
         return list(json.loads(self.campaigns).values()) if self.campaigns else []
 
-    def posts(self) -> list[tuple[str, str, PacingArgs | Literal["absent"] | None]]:
-        """(campaign id, auction id, pacing step) of each reservation the ledger consumer posts."""
-        return [(c, self.auction_id, self.pacing_of(c)) for c in self.campaign_ids()]
+    def posts(self) -> list[tuple[str, str, PacingArgs | Literal["absent"] | None, int | None]]:
+        """(campaign id, auction id, pacing step, payment) of each reservation the ledger consumer
+        posts: the payment is the amount captured (the reservation may be a larger hold)."""
+        if not self.campaigns:
+            return []
+        paid = dict(self.payments)
+        return [
+            (c, self.auction_id, self.pacing_of(c), int(paid[a]) if a in paid else None)
+            for a, c in json.loads(self.campaigns).items()
+        ]
 
     def pacing_of(self, campaign_id: str) -> PacingArgs | Literal["absent"] | None:
         """The campaign's pacing step carried by the event: (ρ, ε, μ̄), None (the event says it has

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from app import mechanism
 from app.auction.engine_client import derive_seed
 from app.auction.sampler import SEED_ALLOCATION
 from app.campaigns.participants import CampaignResolver
-from app.campaigns.spend import BudgetSpender, FitInputs
+from app.campaigns.spend import BudgetSpender, FitInputs, hold_amount
 from app.campaigns.store import CampaignStore
 from app.contract.request import AuctionRequest
 from app.gateway.app import create_app
@@ -407,3 +408,82 @@ def test_an_auction_cancelled_while_its_reservations_are_in_flight_voids_them_af
 
     cancelled, state = asyncio.run(body())
     assert cancelled and state.reserved_total == 0 and state.spent_total == 0
+
+
+class _CountingLedger(BudgetLedger):
+    """The real ledger, counting its reservation round trips."""
+
+    reserve_calls = 0
+
+    async def reserve_all(self, reservations: list[Reservation], now_ms: int) -> list[bool]:
+        self.reserve_calls += 1
+        return await super().reserve_all(reservations, now_ms)
+
+
+def test_a_payment_within_its_hold_needs_no_reservation_on_the_reply_path(
+    client: TestClient, redis_process: RedisServerProcess
+) -> None:
+    """Invariant (issue 33, pre-authorisation): the hold taken before the model work is a reservation
+    under the auction's id; a payment within it is reserved already (no round trip after the mechanism),
+    a payment above it grows it (one round trip, atomic on the campaign's key), and either way the
+    campaign holds exactly max(hold, payment) until the post, which captures the payment."""
+    create(client, "hold-a", "hold-owner-a", budget={"total_micro": 10**9})
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    rng = np.random.default_rng(11)
+    log_ref = rng.normal(size=6)
+    rewards = rng.normal(size=(1, 6))
+    _, free = mechanism.allocation_and_payments(rewards, log_ref, log_ref, 1.0)
+    payment = to_micro_units(float(free[0]))
+    assert payment > 2
+
+    async def body(auction_id: str, hold: int) -> tuple[int, int, int]:
+        connection = aioredis.Redis.from_url(redis_process.url)
+        try:
+            budgets = _CountingLedger(connection, settings)
+            resolver = CampaignResolver(CampaignStore(connection, settings), budgets, settings)
+            participants = await resolver.resolve(AuctionRequest(query=QUERY, campaigns=["hold-a"]))
+            now = int(time.time() * 1000)
+            (entry,) = participants.entries
+            before = (await budgets.states(["hold-a"], [entry.day], now))[0].reserved_total
+            held = Reservation("hold-a", auction_id, hold, entry.limits, entry.day, now + 60_000)
+            assert await budgets.reserve_all([held], now) == [True]
+            calls = budgets.reserve_calls
+            spender = BudgetSpender(budgets, settings)
+            inputs = FitInputs(rewards=rewards, log_ref=log_ref, log_proposal=log_ref, tau=1.0, seed=5)
+            fitted = await spender.fit_and_reserve(
+                participants, inputs, auction_id, now, reserve=True, render=False, held=[hold]
+            )
+            assert fitted.reserved and to_micro_units(float(fitted.outcome.payments[0])) == payment
+            after = (await budgets.states(["hold-a"], [entry.day], now))[0].reserved_total
+            await budgets.void_all(["hold-a"], auction_id, now)
+            return budgets.reserve_calls - calls, before, after
+        finally:
+            await connection.aclose()
+
+    trips, before, after = asyncio.run(body("hold-1", 4 * payment))
+    assert (trips, after - before) == (0, 4 * payment)  # within the hold: nothing on the reply path
+    trips, before, after = asyncio.run(body("hold-2", payment // 2))
+    assert (trips, after - before) == (1, payment)  # above it: grown to the payment, once
+
+
+def test_hold_amount_is_a_few_mean_charges_at_most_what_remains(client: TestClient) -> None:
+    """hold = ⌈BUDGET_HOLD_FACTOR × max(mean charge so far, pacing target ρ)⌉, at most what remains."""
+    create(client, "hold-b", "hold-owner-b", budget={"total_micro": 1_000})
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+
+    async def entry_of() -> Any:
+        connection = aioredis.Redis.from_url(client.app.state.settings.redis_url)  # type: ignore[attr-defined]
+        try:
+            budgets = BudgetLedger(connection, settings)
+            resolver = CampaignResolver(CampaignStore(connection, settings), budgets, settings)
+            return (await resolver.resolve(AuctionRequest(query=QUERY, campaigns=["hold-b"]))).entries[0]
+        finally:
+            await connection.aclose()
+
+    entry = asyncio.run(entry_of())
+    assert entry.pacing_step is None  # a total budget only: no target per auction, no history
+    assert hold_amount(entry, 4.0) == 0
+    spent = replace(entry.state, spent_total=600, charged_total=3)  # mean charge 200
+    assert hold_amount(replace(entry, state=spent), 1.5) == 300
+    assert hold_amount(replace(entry, state=spent), 4.0) == 400  # capped: 1 000 − 600 remain
+    assert hold_amount(replace(entry, state=spent), 4.0, share=0.1) == 40  # a tenth of what remains
