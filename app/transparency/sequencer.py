@@ -91,12 +91,21 @@ class TransparencyLog:
             )
 
     async def _audit(self) -> None:
-        """Re-read TRANSPARENCY_AUDIT_LEAVES leaves read earlier (in rotation) and compare."""
-        width = min(self.settings.transparency_audit_leaves, self.tree.size)
+        """Re-read TRANSPARENCY_AUDIT_LEAVES leaves read earlier, in rotation (wrapping around: a log
+        no larger than that is re-read whole every tick), and compare."""
+        size = self.tree.size
+        width = min(self.settings.transparency_audit_leaves, size)
         if width == 0:
             return
-        start = self._audit_cursor if self._audit_cursor < self.tree.size else 0
-        stop = min(start + width, self.tree.size)
+        start = self._audit_cursor % size
+        segments = [(start, min(start + width, size))]
+        if start + width > size:
+            segments.append((0, start + width - size))
+        for first, stop in segments:
+            await self._compare(first, stop)
+        self._audit_cursor = (start + width) % size
+
+    async def _compare(self, start: int, stop: int) -> None:
         try:
             stored = await self.store.leaf_hashes(start, stop)
         except MalformedLeafError as error:
@@ -110,7 +119,6 @@ class TransparencyLog:
                 )
         if len(stored) < stop - start:
             raise LogTamperedError("deleted", f"leaves from {start + len(stored)} on are gone from Redis")
-        self._audit_cursor = stop
 
     async def _sync(self) -> tuple[int, SignedTreeHead | None]:
         """Read the new leaves and run the checks; (Redis' size, the latest head) or LogTamperedError."""
