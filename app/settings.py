@@ -364,7 +364,7 @@ class Settings(WorkerSettings):
         1.0, gt=0, le=3600, description="At most one signed tree head per this many seconds (if it grew)."
     )
     transparency_audit_leaves: int = Field(
-        8192,
+        2048,
         ge=1,
         description="Leaves re-read from Redis and compared with those read before, per tick, in rotation "
         "(a rewrite of the log is caught within size / this many ticks; at start all are read).",
