@@ -354,28 +354,11 @@ class Settings(WorkerSettings):
         0.5, gt=0, le=60, description="Period of the catalog's refresh (change log)."
     )
 
-    # issue 35: the transparency log (app.transparency; docs/DESIGN.md § Verifiable auctions)
-    transparency_sequencer: bool = Field(
-        True,
-        description="Run the transparency log's sequencer in this gateway (signs a tree head when the log "
-        "grew; several gateways at once are safe: one head per size).",
-    )
-    transparency_head_interval_s: float = Field(
-        1.0, gt=0, le=3600, description="At most one signed tree head per this many seconds (if it grew)."
-    )
-    transparency_audit_leaves: int = Field(
-        2048,
-        ge=1,
-        description="Leaves re-read from Redis and compared with those read before, per tick, in rotation "
-        "(a rewrite of the log is caught within size / this many ticks; at start all are read).",
-    )
-    transparency_proof_wait_s: float = Field(
-        2.0,
-        ge=0,
-        le=60,
-        description="GET /auctions/{id}/proof waits this long for a head covering the auction, then answers "
-        "409 with Retry-After.",
-    )
+    # issue 35: the transparency log (app.transparency.sequencer; DESIGN.md § Verifiable auctions)
+    transparency_sequencer: bool = Field(True, description="Sign tree heads here (several gateways: safe).")
+    transparency_head_interval_s: float = Field(1.0, gt=0, le=3600, description="Least s between heads.")
+    transparency_audit_leaves: int = Field(2048, ge=1, description="Leaves re-read per head.")
+    transparency_proof_wait_s: float = Field(2.0, ge=0, le=60, description="Proof waits, then 409.")
 
     @field_validator("api_keys", "worker_urls", "selection_sensitive_categories", mode="before")
     @classmethod
