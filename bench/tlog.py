@@ -7,6 +7,7 @@
 * head: a log of --leaves leaves: the first tick of a new process (reads every leaf, checks the
   latest head), then the p50 of an incremental head (--grow new leaves per tick: read them, check,
   re-read TRANSPARENCY_AUDIT_LEAVES, sign, store);
+* memory: Redis bytes per auction of the leaves list and the index hash (never trimmed);
 * proof: p50 of an inclusion path and of a consistency path at that size (server side, pymerkle's
   cached subtree roots), and of their client-side verification (app.transparency.proofs).
 
@@ -117,6 +118,7 @@ async def fill(client: aioredis.Redis, leaves: int, prefix: str) -> None:
         pipe = client.pipeline(transaction=False)
         ids = [f"{prefix}{i}" for i in range(start, min(leaves, start + 10_000))]
         pipe.rpush(LOG_KEYS.leaves, *(leaf_hash_hex(statement(i)) for i in ids))
+        pipe.hset(LOG_KEYS.index, mapping={f"{i}{'0' * 24}": n for n, i in enumerate(ids, start=start)})
         await pipe.execute()
 
 
@@ -125,6 +127,9 @@ async def head_and_proof_costs(
 ) -> dict[str, float]:
     await client.delete(LOG_KEYS.leaves, LOG_KEYS.index, LOG_KEYS.heads)
     await fill(client, leaves, "h")
+    memory = sum(
+        [await client.memory_usage(key, samples=0) or 0 for key in (LOG_KEYS.leaves, LOG_KEYS.index)]
+    )
     signer = Signer()
     await TransparencyLog(client, settings, signer=signer).tick()  # a head at `leaves`
     log = TransparencyLog(client, settings, signer=signer)  # a new process
@@ -168,6 +173,7 @@ async def head_and_proof_costs(
         "verify_inclusion_ms": verify_inclusion,
         "verify_consistency_ms": verify_consistency,
         "path_len": float(len(path)),
+        "redis_bytes_per_auction": memory / leaves,  # leaf + index entry (32-character auction ids)
     }
 
 

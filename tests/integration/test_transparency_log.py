@@ -7,7 +7,8 @@ and the signed heads survive a SIGKILL of Redis (AOF) and a new process (a fresh
 gives the same root; a rewrite of the log (a leaf overwritten, deleted, or made malformed, while the
 sequencer runs or while it is down) is detected, counted and no head is signed over it, and the
 rewritten log's consistency proof fails against the old head; two sequencers on one Redis store one
-head per size; the ledger's trim never touches the log.
+head per size, and a gateway that signs nothing reads the leaves another's head covers; the ledger's
+trim never touches the log (and the log's keys never expire).
 """
 
 from __future__ import annotations
@@ -271,6 +272,9 @@ def test_two_sequencers_store_one_head_per_size(redis_server: RedisServerProcess
         assert sizes == sorted(set(sizes)) and sizes[-1] == 21
         stamps = [json.loads(member)["timestamp_ms"] for member, _ in stored]
         assert stamps == sorted(stamps)
+        reader = TransparencyLog(client, settings)  # a gateway that signs nothing serves proofs too
+        proof = await proof_of(reader, "g5-3")
+        assert reader.tree.size == 21 and all(c.ok for c in check_inclusion(statement("g5-3"), proof, KEYS))
         await client.aclose()
 
     asyncio.run(scenario())
