@@ -2,8 +2,8 @@
 
 Invariants: `GET /transparency/head` serves the latest signed head; `GET /auctions/{id}/proof`
 serves an inclusion proof that `check_inclusion` accepts, to a platform key and to an advertiser who
-took part (another advertiser, an unknown or malformed id: 404; no key: 401); an auction not yet
-covered by a head answers 409 with Retry-After (no sequencer here: nobody signs); `GET
+took part (another advertiser, an unknown or malformed id: 404; no key: 401), waiting for the next
+head when the auction is newer than the latest; an auction not covered in time answers 409 with Retry-After (no sequencer here: nobody signs); `GET
 /transparency/consistency` serves a proof `check_consistency` accepts, and 422 naming the size when
 the sizes are out of order or past the latest head.
 """
@@ -78,6 +78,10 @@ def test_head_and_proofs_verify(client: TestClient, redis_server: RedisServerPro
         assert not check_inclusion(statement("p1"), proof, KEYS)[1].ok  # another auction's statement
     asyncio.run(
         append_many(redis_server, Settings(redis_url=redis_server.url, data_dir=tmp_path), ["q1", "q2"])
+    )
+    waited = client.get("/auctions/q2/proof", headers=PLATFORM)  # not covered yet: the route waits for a head
+    assert waited.status_code == 200 and all(
+        c.ok for c in check_inclusion(statement("q2"), waited.json(), KEYS)
     )
     new_head = wait_for_head(client, 39)
     proof = client.get("/transparency/consistency?first=37&second=39", headers=ALICE).json()

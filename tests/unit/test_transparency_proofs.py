@@ -11,6 +11,7 @@ any hash, the leaf, the root, the index or a size is changed; the gateway's leaf
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -137,6 +138,20 @@ def flipped(digest: bytes, bit: int = 0) -> bytes:
     return bytes([digest[0] ^ (1 << bit), *digest[1:]])
 
 
+def each_flipped(hashes: list[bytes]) -> Iterator[list[bytes]]:
+    """The path with one hash changed by one bit, for each hash."""
+    for position in range(len(hashes)):
+        bad = [*hashes]
+        bad[position] = flipped(bad[position], position % 8)
+        yield bad
+
+
+def draw_tree(entries: list[bytes], data: st.DataObject, low: str, high: str) -> tuple[LogTree, int, int]:
+    """The tree of `entries` and two sizes 1 <= a <= b <= len(entries) (labels `low`, `high`)."""
+    b = data.draw(st.integers(1, len(entries)), label=high)
+    return tree_of(entries), data.draw(st.integers(1, b), label=low), b
+
+
 def test_reference_roots_and_the_empty_tree() -> None:
     tree = LogTree()
     assert tree.root(0) == EMPTY_ROOT == _h(b"")
@@ -178,10 +193,8 @@ entries_st = st.lists(st.binary(max_size=12), min_size=1, max_size=140, unique=T
 def test_inclusion_matches_the_rfc_and_fails_when_anything_changes(
     entries: list[bytes], data: st.DataObject
 ) -> None:
-    n = len(entries)
-    size = data.draw(st.integers(1, n), label="size")
-    index = data.draw(st.integers(0, size - 1), label="index")
-    tree = tree_of(entries)
+    tree, index, size = draw_tree(entries, data, "index + 1", "size")
+    index -= 1
     root = tree.root(size)
     assert root == mth(entries[:size])
     got = tree.inclusion_path(index, size)
@@ -190,10 +203,7 @@ def test_inclusion_matches_the_rfc_and_fails_when_anything_changes(
     assert inclusion_ok(index, size, leaf, got, root)
     assert not inclusion_ok(index, size, flipped(leaf), got, root)
     assert not inclusion_ok(index, size, leaf, got, flipped(root, 7))
-    for position in range(len(got)):
-        bad = [*got]
-        bad[position] = flipped(bad[position], position % 8)
-        assert not inclusion_ok(index, size, leaf, bad, root)
+    assert not any(inclusion_ok(index, size, leaf, bad, root) for bad in each_flipped(got))
     if size > 1:
         assert not inclusion_ok(index ^ 1 if index ^ 1 < size else index - 1, size, leaf, got, root)
         assert not inclusion_ok(index, size, leaf, got[:-1], root)
@@ -206,10 +216,7 @@ def test_inclusion_matches_the_rfc_and_fails_when_anything_changes(
 def test_consistency_matches_the_rfc_and_fails_when_anything_changes(
     entries: list[bytes], data: st.DataObject
 ) -> None:
-    n = len(entries)
-    second = data.draw(st.integers(1, n), label="second")
-    first = data.draw(st.integers(1, second), label="first")
-    tree = tree_of(entries)
+    tree, first, second = draw_tree(entries, data, "first", "second")
     old, new = tree.root(first), tree.root(second)
     got = tree.consistency_path(first, second)
     assert got == subproof(first, entries[:second], True)
@@ -219,10 +226,7 @@ def test_consistency_matches_the_rfc_and_fails_when_anything_changes(
         return
     assert not consistency_ok(first, second, flipped(old), new, got)
     assert not consistency_ok(first, second, old, flipped(new), got)
-    for position in range(len(got)):
-        bad = [*got]
-        bad[position] = flipped(bad[position], position % 8)
-        assert not consistency_ok(first, second, old, new, bad)
+    assert not any(consistency_ok(first, second, old, new, bad) for bad in each_flipped(got))
     assert not consistency_ok(first, second, old, new, got[:-1])
     assert not consistency_ok(first, second, old, new, [*got, new])
     # a rewritten old leaf: the new tree no longer extends the old head
