@@ -3,9 +3,10 @@
 Invariants: `GET /transparency/head` serves the latest signed head; `GET /auctions/{id}/proof`
 serves an inclusion proof that `check_inclusion` accepts, to a platform key and to an advertiser who
 took part (another advertiser, an unknown or malformed id: 404; no key: 401), waiting for the next
-head when the auction is newer than the latest; an auction not covered in time answers 409 with Retry-After (no sequencer here: nobody signs); `GET
-/transparency/consistency` serves a proof `check_consistency` accepts, and 422 naming the size when
-the sizes are out of order or past the latest head.
+head when the auction is newer than the latest; an auction not covered in time answers 409 with
+Retry-After (no sequencer here: nobody signs); `GET /transparency/consistency` serves a proof
+`check_consistency` accepts, and 422 naming the size when the sizes are out of order or past the
+latest head.
 """
 
 from __future__ import annotations
