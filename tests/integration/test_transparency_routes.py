@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from app.gateway.app import create_app
@@ -113,3 +114,29 @@ def test_an_auction_not_yet_covered_answers_409_with_retry_after(
         response = client.get("/auctions/u1/proof", headers=PLATFORM)
         assert response.status_code == 409, response.text
         assert response.headers["retry-after"] == "1" and "not yet covered" in response.json()["detail"]
+
+
+def test_a_rewrite_is_counted_and_halts_the_proofs(
+    client: TestClient, redis_server: RedisServerProcess
+) -> None:
+    """A leaf overwritten under a running gateway: the sequencer counts it (mosaic_tlog_tampered_total),
+    signs no further head, and the proof routes answer 503 naming the cause."""
+    head = wait_for_head(client, 37)
+    metrics = client.get("/metrics", headers=PLATFORM).text
+    assert "mosaic_tlog_tree_size 37.0" in metrics
+    assert 'mosaic_tlog_tampered_total{kind="rewritten"}' not in metrics
+    with redis.Redis.from_url(redis_server.url) as sync_client:
+        sync_client.lset("mosaic:tlog:leaves", 4, "ff" * 32)
+    deadline = time.monotonic() + 10
+    while (
+        'mosaic_tlog_tampered_total{kind="rewritten"} 1.0'
+        not in client.get("/metrics", headers=PLATFORM).text
+    ):
+        assert time.monotonic() < deadline, "the rewrite was not counted"
+        time.sleep(0.05)
+    response = client.get("/auctions/p9/proof", headers=PLATFORM)
+    assert response.status_code == 503 and "halted (rewritten)" in response.json()["detail"]
+    settings = Settings(redis_url=redis_server.url, data_dir=redis_server.data_dir)
+    asyncio.run(append_many(redis_server, settings, ["z1"]))
+    time.sleep(0.5)  # five sequencer periods
+    assert client.get("/transparency/head", headers=PLATFORM).json() == head  # nothing signed over it
