@@ -81,9 +81,10 @@ def _checked(error: LogTamperedError) -> HTTPException:
 async def _latest(log: TransparencyLog) -> SignedTreeHead:
     head = await log.store.latest_head()
     if head is None:
-        raise HTTPException(
-            status_code=503,
-            detail="no tree head signed yet (the sequencer signs one within TRANSPARENCY_HEAD_INTERVAL_S)",
+        raise HTTPException(  # 404: nothing to serve yet (a signing gateway signs one within a period)
+            status_code=404,
+            detail="no tree head signed yet (a gateway with a signing key signs one within "
+            "TRANSPARENCY_HEAD_INTERVAL_S of its start)",
             headers={"Retry-After": str(math.ceil(log.settings.transparency_head_interval_s))},
         )
     return head
@@ -93,7 +94,7 @@ async def _latest(log: TransparencyLog) -> SignedTreeHead:
     "/transparency/head",
     response_model=TreeHead,
     summary="The transparency log's latest signed tree head",
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 404, 503),
 )
 async def get_tree_head(*, _principal: Principal = Depends(require_api_key), log: LogDep) -> dict[str, Any]:
     return (await _latest(log)).as_dict()
@@ -103,7 +104,7 @@ async def get_tree_head(*, _principal: Principal = Depends(require_api_key), log
     "/transparency/consistency",
     response_model=ConsistencyProof,
     summary="A consistency proof between two tree sizes (the later one at most the latest head's)",
-    responses=error_responses(401, 422, 503),
+    responses=error_responses(401, 404, 422, 503),
 )
 async def get_consistency_proof(
     *,

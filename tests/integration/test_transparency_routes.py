@@ -110,7 +110,7 @@ def test_an_auction_not_yet_covered_answers_409_with_retry_after(
     with gateway(
         redis_server, tmp_path, transparency_sequencer=False, transparency_proof_wait_s=0.3
     ) as client:
-        assert client.get("/transparency/head", headers=PLATFORM).status_code == 503
+        assert client.get("/transparency/head", headers=PLATFORM).status_code == 404  # none signed
         response = client.get("/auctions/u1/proof", headers=PLATFORM)
         assert response.status_code == 409, response.text
         assert response.headers["retry-after"] == "1" and "not yet covered" in response.json()["detail"]
