@@ -88,13 +88,13 @@ class BillingProducer:
                 stream_id = await self.redis.xadd(self.settings.billing_stream, fields)
             else:
                 pipe = self.redis.pipeline(transaction=True)
-                pipe.xadd(self.settings.billing_stream, fields)
                 if audit is not None:
                     key, record, ttl_s = audit
                     pipe.set(key, record, ex=ttl_s)
+                pipe.xadd(self.settings.billing_stream, fields)
                 if log_entry is not None:
                     queue_log_append(pipe, event.auction_id, log_entry)
-                stream_id = (await pipe.execute())[0]
+                stream_id = (await pipe.execute())[0 if audit is None else 1]
         return as_str(stream_id)
 
     async def record(
