@@ -114,6 +114,11 @@ def test_every_write_path_appends_one_leaf_with_its_record(
                 idem = store.write_for(claim, 200, "{}", auction_id)
             await write(producer, auction_id, mode=mode, idempotency=idem, log_entry=statement(auction_id))
             written.append(auction_id)
+        stream_id = await producer.append(
+            make_billing_event("bare", {"alice": 0.1}, "USD"), None, statement("bare")
+        )
+        assert stream_id.count("-") == 1  # the XADD's id, not the leaf's reply
+        written.append("bare")
         await write(producer, "plain")  # no log entry: no leaf
         assert await client.get(auction_key("plain")) is not None
         assert await log.leaf_index("plain") is None
