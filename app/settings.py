@@ -358,6 +358,7 @@ class Settings(WorkerSettings):
     transparency_sequencer: bool = Field(True, description="Sign tree heads here (several gateways: safe).")
     transparency_head_interval_s: float = Field(1.0, gt=0, le=3600, description="Least s between heads.")
     transparency_audit_leaves: int = Field(2048, ge=1, description="Leaves re-read per head.")
+    transparency_heads_kept: int = Field(4096, ge=1, description="Latest signed tree heads kept in Redis.")
     transparency_proof_wait_s: float = Field(2.0, ge=0, le=60, description="Proof waits, then 409.")
 
     @field_validator("api_keys", "worker_urls", "selection_sensitive_categories", mode="before")

@@ -7,7 +7,8 @@
 * head: a log of --leaves leaves: the first tick of a new process (reads every leaf, checks the
   latest head), then the p50 of an incremental head (--grow new leaves per tick: read them, check,
   re-read TRANSPARENCY_AUDIT_LEAVES, sign, store);
-* memory: Redis bytes per auction of the leaves list and the index hash (never trimmed);
+* memory: Redis bytes per auction of the leaves list and the index hash (never trimmed), and per
+  stored head (the latest TRANSPARENCY_HEADS_KEPT are kept);
 * proof: p50 of an inclusion path and of a consistency path at that size (server side, pymerkle's
   cached subtree roots), and of their client-side verification (app.transparency.proofs).
 
@@ -149,6 +150,8 @@ async def head_and_proof_costs(
 
     incremental = await heads(settings.transparency_audit_leaves, "g")
     no_audit = await heads(1, "n")
+    head_count = await client.zcard(LOG_KEYS.heads)
+    head_bytes = (await client.memory_usage(LOG_KEYS.heads, samples=0) or 0) / head_count
     size = log.tree.size
     rng = random.Random(1)
     sign_only = timed_sync(lambda: signer.sign(b"x" * 200), 200)
@@ -173,6 +176,7 @@ async def head_and_proof_costs(
         "verify_inclusion_ms": verify_inclusion,
         "verify_consistency_ms": verify_consistency,
         "path_len": float(len(path)),
+        "redis_bytes_per_head": head_bytes,
         "redis_bytes_per_auction": memory / leaves,  # leaf + index entry (32-character auction ids)
     }
 

@@ -6,15 +6,15 @@ an EVAL of ``log_append.lua``), or give the keyed bill script its arguments (`lo
 write and its log leaf commit together or not at all. The tree, the signed heads and the proofs are
 app.transparency (above this layer). Imports the standard library and app.ledger.scripts only.
 
-Redis keys (prefix ``mosaic:tlog:``), never trimmed and never expiring (app.ledger.trim does not
-know them; a later issue archives them to PostgreSQL):
+Redis keys (prefix ``mosaic:tlog:``), never expiring; the leaves and the index are never trimmed
+(app.ledger.trim does not know them; a later issue archives them to PostgreSQL):
 
 ``leaves``  list of leaf hashes, 64 hex each: SHA-256(0x00 || entry) (RFC 9162 §2.1.1), in log order
             (leaf index = list position, from 0). Append-only: only RPUSH writes it.
 ``index``   hash auction id -> leaf index (written in the same script as the RPUSH: one leaf per
             auction).
-``heads``   sorted set of signed tree heads (canonical JSON) scored by tree size: one per size
-            (app.transparency.store).
+``heads``   sorted set of signed tree heads (canonical JSON) scored by tree size: one per size, the
+            latest TRANSPARENCY_HEADS_KEPT (app.transparency.store).
 See docs/DESIGN.md § Verifiable auctions.
 """
 

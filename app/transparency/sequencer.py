@@ -60,7 +60,7 @@ class TransparencyLog:
         signer: HeadSigner | None = None,
         observer: TransparencyObserver | None = None,
     ) -> None:
-        self.store = LogStore(redis)
+        self.store = LogStore(redis, heads_kept=settings.transparency_heads_kept)
         self.settings = settings
         self.signer = signer
         self.observer = observer or NoopTransparencyObserver()

@@ -3,9 +3,12 @@
 Job: `LogStore` reads the leaves (`size`, `leaf_hashes`), an auction's leaf index (`leaf_index`) and
 the heads (`latest_head`, `head_of_size`), and stores a head (`put_head`): one head per tree size, and
 only a larger one than the latest (a WATCH on the heads key: several gateways sign at once; the
-first to store a size wins, the others read it back and compare roots). The leaves are written by
-the auction's own write (app.ledger.tlog, app.ledger.producer), never here. Imports redis,
-app.ledger (keys, tlog) and app.transparency.heads. See docs/DESIGN.md § Verifiable auctions.
+first to store a size wins, the others read it back and compare roots), keeping the latest
+TRANSPARENCY_HEADS_KEPT heads (about 370 bytes each: a head a second would grow Redis by ~32 MB a
+day; no route needs an older head, a consistency proof takes sizes, an auditor keeps the heads she
+saw). The leaves are written by the auction's own write (app.ledger.tlog, app.ledger.producer),
+never here. Imports redis, app.ledger (keys, tlog) and app.transparency.heads.
+See docs/DESIGN.md § Verifiable auctions.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ def _head(raw: Any) -> SignedTreeHead:
 
 
 class LogStore:
-    def __init__(self, redis: aioredis.Redis, keys: LogKeys = LOG_KEYS) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: LogKeys = LOG_KEYS, heads_kept: int = 4096) -> None:
         self.redis = redis
         self.keys = keys
+        self.heads_kept = heads_kept
 
     async def size(self) -> int:
         return int(await self.redis.llen(self.keys.leaves))
@@ -87,6 +91,7 @@ class LogStore:
                         return await self.head_of_size(head.tree_size)
                     pipe.multi()
                     pipe.zadd(self.keys.heads, {head.canonical().decode(): head.tree_size})
+                    pipe.zremrangebyrank(self.keys.heads, 0, -self.heads_kept - 1)  # bounded memory
                     await pipe.execute()
                     return head
                 except WatchError:

@@ -307,3 +307,21 @@ def test_the_ledger_trim_leaves_the_log_alone(redis_server: RedisServerProcess, 
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_redis_keeps_the_latest_heads_only(redis_server: RedisServerProcess, tmp_path: Path) -> None:
+    """TRANSPARENCY_HEADS_KEPT bounds the heads in Redis (the oldest go first); the leaves stay."""
+    settings = settings_for(redis_server, tmp_path, transparency_heads_kept=3)
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        log = TransparencyLog(client, settings, signer=SIGNER)
+        for round_ in range(5):
+            await append_many(redis_server, settings, [f"k{round_}"])
+            await log.tick(now_ms=round_)
+        stored = await client.zrange(LOG_KEYS.heads, 0, -1, withscores=True)
+        assert [int(score) for _, score in stored] == [3, 4, 5]
+        assert await client.llen(LOG_KEYS.leaves) == 5
+        await client.aclose()
+
+    asyncio.run(scenario())
