@@ -137,7 +137,7 @@ class TransparencyLog:
         return size, latest
 
     def _halt(self, error: LogTamperedError) -> None:
-        if self.halted is None or str(self.halted) != str(error):
+        if self.halted is None or self.halted.kind != error.kind:  # once per incident
             logger.error("transparency log: no head signed: %s", error, extra={"kind": error.kind})
             self.observer.log_tampered(error.kind)
         self.halted = error

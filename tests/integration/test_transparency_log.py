@@ -325,3 +325,34 @@ def test_redis_keeps_the_latest_heads_only(redis_server: RedisServerProcess, tmp
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_head_of_the_same_size_with_another_root_is_a_fork(
+    redis_server: RedisServerProcess, tmp_path: Path
+) -> None:
+    """Another gateway stores a head of the size this one signs, with another root, between this
+    one's checks and its store: this one stores nothing, counts a `fork` and stops signing."""
+    settings = settings_for(redis_server, tmp_path)
+
+    async def scenario() -> None:
+        await append_many(redis_server, settings, [f"f{i}" for i in range(9)])
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        observer = Counted()
+        log = TransparencyLog(client, settings, signer=SIGNER, observer=observer)
+        store_head = log.store.put_head
+
+        async def racing_put(head: Any) -> Any:
+            from app.transparency.heads import sign_head
+
+            other = sign_head(head.tree_size, bytes(32), head.timestamp_ms, SIGNER)
+            await client.zadd(LOG_KEYS.heads, {other.canonical().decode(): other.tree_size})
+            return await store_head(head)
+
+        log.store.put_head = racing_put  # type: ignore[method-assign]
+        with pytest.raises(LogTamperedError) as caught:
+            await log.tick()
+        assert caught.value.kind == "fork" and observer.tampered == ["fork"] and observer.sizes == []
+        assert await client.zcard(LOG_KEYS.heads) == 1  # only the other gateway's head
+        await client.aclose()
+
+    asyncio.run(scenario())
