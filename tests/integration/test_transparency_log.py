@@ -6,7 +6,8 @@ write is refused (an Idempotency-Key lost), never a second for the same auction;
 and the signed heads survive a SIGKILL of Redis (AOF) and a new process (a fresh in-memory tree)
 gives the same root; a rewrite of the log (a leaf overwritten, deleted, or made malformed, while the
 sequencer runs or while it is down) is detected, counted and no head is signed over it, and the
-rewritten log's consistency proof fails against the old head; two sequencers on one Redis store one
+rewritten log's consistency proof fails against the old head; another gateway's head of the same
+size with another root is a fork (counted, nothing stored); two sequencers on one Redis store one
 head per size, and a gateway that signs nothing reads the leaves another's head covers; the ledger's
 trim never touches the log (and the log's keys never expire).
 """
