@@ -1,4 +1,5 @@
-"""The ad server's settings (campaign budgets and pacing, issue 33; campaign selection, issue 34).
+"""The ad server's settings: campaign budgets and pacing (issue 33), campaign selection (issue 34),
+the transparency log (issue 35).
 
 One pydantic-settings mixin that `app.settings.Settings` extends (it extends the worker's settings in
 turn), so that every component still reads ONE `Settings` while each file stays small. Imports pydantic
@@ -111,6 +112,13 @@ class AdServerSettings(WorkerSettings):
     selection_refresh_s: float = Field(
         0.5, gt=0, le=60, description="Period of the catalog's refresh (change log)."
     )
+
+    # issue 35: the transparency log (app.transparency.sequencer; DESIGN.md § Verifiable auctions)
+    transparency_sequencer: bool = Field(True, description="Sign tree heads here (several gateways: safe).")
+    transparency_head_interval_s: float = Field(1.0, gt=0, le=3600, description="Least s between heads.")
+    transparency_audit_leaves: int = Field(2048, ge=1, description="Leaves re-read per head.")
+    transparency_heads_kept: int = Field(4096, ge=1, description="Latest signed tree heads kept in Redis.")
+    transparency_proof_wait_s: float = Field(2.0, ge=0, le=60, description="Proof waits, then 409.")
 
     @field_validator("selection_sensitive_categories", mode="before")
     @classmethod

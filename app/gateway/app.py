@@ -45,6 +45,7 @@ from app.gateway.middleware import (
 from app.gateway.openapi import document_schemas
 from app.gateway.routes import router
 from app.gateway.security import KeyRing, check_key_settings
+from app.gateway.transparency_routes import router as transparency_router
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.producer import BillingProducer
 from app.ledger.reader import LedgerReader
@@ -54,6 +55,7 @@ from app.ledger.redis_supervisor import RedisSupervisor
 from app.ledger.trim import LedgerTrimmer
 from app.logging_setup import configure_logging
 from app.settings import Settings, get_settings
+from app.transparency.sequencer import TransparencyLog
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(campaign_router)
     app.include_router(calibration_router)
     app.include_router(campaign_stats_router)
+    app.include_router(transparency_router)
     add_offline_docs(app)
     add_explorer(app)
 
@@ -154,6 +157,7 @@ async def _running_components(
         settings, engine_client, BillingProducer(redis_handle.client, settings), metrics
     )
     app.state.ledger_reader = LedgerReader(redis_handle.client, settings)
+    _start_transparency_log(app, settings, metrics, redis_handle, stop_background, background)
     stop_consumer = asyncio.Event()
     consumer_task = await _start_embedded_ledger(
         redis_handle, settings, stop_consumer, stop_background, background
@@ -225,6 +229,24 @@ async def _start_embedded_ledger(
     trimmer = LedgerTrimmer(redis_handle.client, settings)
     background.append(asyncio.create_task(trimmer.run(stop_background), name="ledger-trim"))
     return consumer_task
+
+
+def _start_transparency_log(
+    app: FastAPI,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    redis_handle: RedisHandle,
+    stop: asyncio.Event,
+    background: list[asyncio.Task[None]],
+) -> None:
+    """The transparency log (app.transparency) on `app.state.transparency` (the proof routes read it)
+    and, with TRANSPARENCY_SEQUENCER, its sequencer task in `background`, signing tree heads with
+    `app.state.head_signer` (the key ring's active key; without one it checks the log, never signs)."""
+    signer = getattr(app.state, "head_signer", None)
+    log = TransparencyLog(redis_handle.client, settings, signer=signer, observer=metrics)
+    app.state.transparency = log
+    if settings.transparency_sequencer:
+        background.append(asyncio.create_task(log.run(stop), name="transparency-sequencer"))
 
 
 async def _start_health_tasks(

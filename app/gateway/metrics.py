@@ -1,7 +1,8 @@
 """Prometheus metrics of the gateway (DESIGN.md § Observability), in a per-app registry.
 
 `GatewayMetrics` implements the domain's observers (`app.auction.observers.AuctionObserver`,
-`WorkerObserver`, `app.ledger.observers.RedisObserver`) and holds the gateway's own gauges;
+`WorkerObserver`, `app.ledger.observers.RedisObserver`, `app.transparency.observers.TransparencyObserver`)
+and holds the gateway's own gauges;
 `AdmissionMetrics` implements `AdmissionObserver`. A registry per app (not the process default) lets
 tests and the CLI build several apps in one process. Imports prometheus_client and `app.contract`.
 """
@@ -26,6 +27,7 @@ class GatewayMetrics:
         self._register_auction_metrics()
         self._register_ledger_metrics()
         self._register_health_metrics()
+        self._register_transparency_metrics()
 
     def _register_auction_metrics(self) -> None:
         registry = self.registry
@@ -165,6 +167,33 @@ class GatewayMetrics:
         )
 
     # --- AuctionObserver ---------------------------------------------------------------------------
+
+    def _register_transparency_metrics(self) -> None:  # issue 35
+        self.tlog_tree_size = Gauge(
+            "mosaic_tlog_tree_size",
+            "Leaves covered by the latest tree head this gateway signed.",
+            registry=self.registry,
+        )
+        self.tlog_sign_seconds = Histogram(
+            "mosaic_tlog_head_sign_seconds",
+            "Time to sign and store one tree head (after the leaves were read and checked).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=self.registry,
+        )
+        self.tlog_tampered = Counter(
+            "mosaic_tlog_tampered",
+            "Checks before a tree head that failed (no head signed), by kind: "
+            "deleted, rewritten, fork, malformed.",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def log_head(self, tree_size: int, sign_seconds: float) -> None:
+        self.tlog_tree_size.set(tree_size)
+        self.tlog_sign_seconds.observe(sign_seconds)
+
+    def log_tampered(self, kind: str) -> None:
+        self.tlog_tampered.labels(kind).inc()
 
     def auction_counted(self, outcome: str, proposal: str) -> None:
         self.auctions.labels(outcome, proposal).inc()

@@ -26,7 +26,7 @@ ERROR_DESCRIPTIONS = {
     409: "Conflict, naming its cause (nothing billed): the Idempotency-Key's first request is still "
     "running; the auction cannot be rendered (a test auction); or a what-if names an advertiser the "
     "auction did not have (the field is named); a campaign id already taken, or a change to an "
-    "archived campaign",
+    "archived campaign; an auction not yet covered by a signed tree head (retry after `Retry-After`)",
     412: "If-Match does not name the current version (a lost update refused); the ETag header is it",
     428: "This change needs an If-Match header naming the version it was made from",
     410: "The pending charge's render window passed: expired, never billed",

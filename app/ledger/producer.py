@@ -9,8 +9,10 @@ idempotency key's outcome, all in one atomic write: after any crash all of them 
 key taken over by another gateway writes nothing. A keyed `bill` (the common keyed case) is one
 script, `idempotency_bill.lua` (check the key, SET, XADD, SET: one round trip, one fsync, as the
 unkeyed MULTI); `pending` / `none` with a key are a MULTI/EXEC under a WATCH of the key (EXEC fails if
-anyone touched it). Imports app.settings and app.ledger (events, keys, idempotency, render, scripts)
-only.
+anyone touched it). Every write takes an optional `log_entry` (issue 35: the auction's signed
+statement, canonical bytes): its leaf is appended to the transparency log (app.ledger.tlog) in the
+same script or MULTI, so a stored record always has its leaf and a leaf always its record. Imports
+app.settings and app.ledger (events, keys, idempotency, render, scripts, tlog) only.
 See docs/DESIGN.md § Billing.
 """
 
@@ -29,6 +31,7 @@ from app.ledger.idempotency import IdempotencyLostError, IdempotencyWrite, owned
 from app.ledger.keys import as_str
 from app.ledger.render import pending_commands
 from app.ledger.scripts import IDEMPOTENCY_BILL_SCRIPT
+from app.ledger.tlog import log_args, log_keys, queue_log_append
 from app.settings import Settings
 
 BillMode = Literal["bill", "pending", "none"]
@@ -69,23 +72,29 @@ class BillingProducer:
                 f"billing XADD failed for auction {event.auction_id}: {type(error).__name__}: {error}"
             ) from error
 
-    async def append(self, event: BillingEvent, audit: tuple[str, str, int] | None = None) -> str:
+    async def append(
+        self, event: BillingEvent, audit: tuple[str, str, int] | None = None, log_entry: bytes | None = None
+    ) -> str:
         """XADD the event (trimmed only once applied everywhere: trim.py); returns its stream id.
 
         `audit` = (key, JSON record, ttl seconds): the auction's audit record is SET in the same
-        MULTI/EXEC as the XADD, so both or neither are written. Any Redis error or a wait longer than
-        BILLING_APPEND_TIMEOUT_S raises BillingUnavailableError naming the cause.
+        MULTI/EXEC as the XADD, so both or neither are written; so is `log_entry`'s leaf (app.ledger.tlog).
+        Any Redis error or a wait longer than BILLING_APPEND_TIMEOUT_S raises BillingUnavailableError
+        naming the cause.
         """
         fields: dict[Any, Any] = dict(event.stream_fields())
         async with self._write(event):
-            if audit is None:
+            if audit is None and log_entry is None:
                 stream_id = await self.redis.xadd(self.settings.billing_stream, fields)
             else:
-                key, record, ttl_s = audit
                 pipe = self.redis.pipeline(transaction=True)
-                pipe.set(key, record, ex=ttl_s)
+                if audit is not None:
+                    key, record, ttl_s = audit
+                    pipe.set(key, record, ex=ttl_s)
                 pipe.xadd(self.settings.billing_stream, fields)
-                stream_id = (await pipe.execute())[1]
+                if log_entry is not None:
+                    queue_log_append(pipe, event.auction_id, log_entry)
+                stream_id = (await pipe.execute())[0 if audit is None else 1]
         return as_str(stream_id)
 
     async def record(
@@ -94,14 +103,16 @@ class BillingProducer:
         audit: tuple[str, str, int],
         mode: BillMode = "bill",
         idempotency: IdempotencyWrite | None = None,
+        log_entry: bytes | None = None,
     ) -> str:
         """The auction's final write (see the module docstring); returns the stream id ('' unless billed).
+        `log_entry`: the bytes appended to the transparency log as this auction's leaf, in the same write.
 
         Raises BillingUnavailableError (Redis down or slow) or IdempotencyLostError (the key is no
         longer this request's: nothing was written).
         """
         if mode == "bill" and idempotency is None:
-            return await self.append(event, audit)
+            return await self.append(event, audit, log_entry)
         key, record, ttl_s = audit
         if mode == "bill":  # keyed (the unkeyed bill returned above)
             assert idempotency is not None
@@ -109,8 +120,16 @@ class BillingProducer:
             claim = idempotency.claim
             async with self._write(event):
                 stream_id = await self._bill_keyed(
-                    keys=[claim.key, key, self.settings.billing_stream],
-                    args=[claim.running_value, idempotency.value, idempotency.ttl_s, record, ttl_s, *fields],
+                    keys=[claim.key, key, self.settings.billing_stream, *log_keys()],
+                    args=[
+                        claim.running_value,
+                        idempotency.value,
+                        idempotency.ttl_s,
+                        record,
+                        ttl_s,
+                        *log_args(event.auction_id, log_entry),
+                        *fields,
+                    ],
                 )
             if stream_id == 0:
                 raise IdempotencyLostError("the Idempotency-Key was taken by another request")
@@ -124,6 +143,8 @@ class BillingProducer:
             pipe.set(key, record, ex=ttl_s)
             if mode == "pending":
                 pending_commands(pipe, event, self.settings)
+            if log_entry is not None:
+                queue_log_append(pipe, event.auction_id, log_entry)
             if idempotency is not None:
                 pipe.set(idempotency.claim.key, idempotency.value, ex=idempotency.ttl_s)
             await pipe.execute()

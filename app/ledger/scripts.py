@@ -30,6 +30,8 @@ IDEMPOTENCY_STORE_SCRIPT = _read("idempotency_store.lua")
 IDEMPOTENCY_RELEASE_SCRIPT = _read("idempotency_release.lua")
 # A keyed auction's final write in bill mode: audit record, billing event, done value (producer).
 IDEMPOTENCY_BILL_SCRIPT = _read("idempotency_bill.lua")
+# Appends one leaf to the transparency log, one per auction (app.ledger.tlog; EVAL inside the MULTI).
+LOG_APPEND_SCRIPT = _read("log_append.lua")
 # Trims the stream below every group's pending/delivered floor; settles old markers and histories.
 TRIM_SCRIPT = _read("trim.lua")
 # One campaign's budget: reserve, post (with the pacing step), void, state (app.ledger.budget).

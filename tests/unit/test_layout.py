@@ -63,6 +63,7 @@ def test_lua_scripts_are_files() -> None:
         "idempotency_bill.lua",
         "idempotency_release.lua",
         "idempotency_store.lua",
+        "log_append.lua",
         "render.lua",
         "trim.lua",
     ]

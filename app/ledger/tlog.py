@@ -1,0 +1,61 @@
+"""The transparency log's Redis keys and its append, written in the auction's own atomic write.
+
+Job: name the log's keys and queue the append of one entry in the caller's MULTI (`queue_log_append`:
+an EVAL of ``log_append.lua``), or give the keyed bill script its arguments (`log_keys`,
+`log_args`). The producer (app.ledger.producer) calls these, so an auction's record, its billing
+write and its log leaf commit together or not at all. The tree, the signed heads and the proofs are
+app.transparency (above this layer). Imports the standard library and app.ledger.scripts only.
+
+Redis keys (prefix ``mosaic:tlog:``), never expiring; the leaves and the index are never trimmed
+(app.ledger.trim does not know them; a later issue archives them to PostgreSQL):
+
+``leaves``  list of leaf hashes, 64 hex each: SHA-256(0x00 || entry) (RFC 9162 §2.1.1), in log order
+            (leaf index = list position, from 0). Append-only: only RPUSH writes it.
+``index``   hash auction id -> leaf index (written in the same script as the RPUSH: one leaf per
+            auction).
+``heads``   sorted set of signed tree heads (canonical JSON) scored by tree size: one per size, the
+            latest TRANSPARENCY_HEADS_KEPT (app.transparency.store).
+See docs/DESIGN.md § Verifiable auctions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from app.ledger.scripts import LOG_APPEND_SCRIPT
+
+TLOG_PREFIX = "mosaic:tlog:"
+
+
+@dataclass(frozen=True)
+class LogKeys:
+    leaves: str = TLOG_PREFIX + "leaves"
+    index: str = TLOG_PREFIX + "index"
+    heads: str = TLOG_PREFIX + "heads"
+
+
+LOG_KEYS = LogKeys()
+
+
+def leaf_hash_hex(entry: bytes) -> str:
+    """RFC 9162 §2.1.1: the leaf hash of one entry, SHA-256(0x00 || entry), as 64 hex digits (the same
+    rule as app.transparency.proofs.leaf_hash, which the client imports without this layer)."""
+    return hashlib.sha256(b"\x00" + entry).hexdigest()
+
+
+def queue_log_append(pipe: Any, auction_id: str, entry: bytes, keys: LogKeys = LOG_KEYS) -> None:
+    """Queue, in the caller's MULTI, the append of `entry` as the auction's leaf. EVAL, not EVALSHA: a
+    NOSCRIPT inside EXEC would fail this command alone and commit the others."""
+    pipe.eval(LOG_APPEND_SCRIPT, 2, keys.leaves, keys.index, auction_id, leaf_hash_hex(entry))
+
+
+def log_keys(keys: LogKeys = LOG_KEYS) -> list[str]:
+    """KEYS 4 and 5 of idempotency_bill.lua."""
+    return [keys.leaves, keys.index]
+
+
+def log_args(auction_id: str, entry: bytes | None) -> list[str]:
+    """ARGV 6 and 7 of idempotency_bill.lua: the leaf hash ('' without an entry) and the auction id."""
+    return ["" if entry is None else leaf_hash_hex(entry), auction_id]
