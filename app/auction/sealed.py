@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from app.contract.disclosure import record_disclosure, seal_disclosure
 from app.contract.result import AdvertiserResult
 from app.contract.sealed import (
     SealedAuctionRecord,
@@ -80,6 +81,7 @@ def seal_record(record: dict[str, Any], advertiser_id: str) -> SealedAuctionReco
     entry = _row(stored_request.get("advertisers", []), advertiser_id, auction_id)
     return SealedAuctionRecord(
         **{name: record.get(name) for name in _RECORD_FIELDS},
+        disclosure=seal_disclosure(record_disclosure(record), advertiser_id),
         advertiser=AdvertiserResult.model_validate(_row(record["advertisers"], advertiser_id, auction_id)),
         payment_micro=int(record.get("payments_micro", {}).get(advertiser_id, 0)),
         candidates=[_candidate(row, advertiser_id) for row in record.get("candidates") or []],

@@ -45,6 +45,7 @@ from app.gateway.middleware import (
 from app.gateway.openapi import document_schemas
 from app.gateway.routes import router
 from app.gateway.security import KeyRing, check_key_settings
+from app.gateway.why_routes import router as why_router
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.producer import BillingProducer
 from app.ledger.reader import LedgerReader
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(campaign_router)
     app.include_router(calibration_router)
     app.include_router(campaign_stats_router)
+    app.include_router(why_router)
     add_offline_docs(app)
     add_explorer(app)
 

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from app import mechanism
 from app.auction.sealed import SealedFieldError, check_sealed_whatif, seal_record, sealed_whatif
 from app.auction.whatif import resolve_record
+from app.contract.disclosure import disclose
 from app.contract.request import AuctionRequest
 from app.contract.result import AdvertiserResult, AuctionRecord, AuctionTimings, CandidateRecord
 from app.contract.sealed import resolve_own
@@ -68,6 +69,9 @@ def make_record(seed: int, n: int, m: int, tau: float) -> dict[str, Any]:
     record = AuctionRecord(
         auction_id="f" * 32,
         reply=f"reply {outcome.chosen_index}",
+        disclosure=disclose(
+            ((a.id, a.name) for a in request.advertisers), payments_micro, auction_id="f" * 32
+        ),
         chosen_index=outcome.chosen_index,
         tau=tau,
         proposal="context",
