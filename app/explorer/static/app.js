@@ -182,6 +182,27 @@ function renderView(auction) {
   $("#result").dataset.view = sealed ? "sealed" : "full";
 }
 
+// Why a reply is not sponsored, by the disclosure's `metadata.reason`.
+const NOT_SPONSORED = {
+  test: "test auction: never billed",
+  no_fill: "no-fill: nobody bid",
+  nobody_charged: "nobody was charged a micro-unit",
+};
+
+/** The disclosure above the reply: its label as is (what an integrator shows the user), or why the
+ * reply is not sponsored. Text only (textContent): a sponsor's name is never markup. */
+function renderDisclosure(disclosure) {
+  const line = $("#disclosure");
+  line.dataset.sponsored = String(Boolean(disclosure && disclosure.sponsored));
+  if (disclosure && disclosure.label) {
+    line.textContent = disclosure.label;
+  } else {
+    const reason = disclosure ? NOT_SPONSORED[disclosure.metadata.reason] : "";
+    line.textContent = `Not sponsored${reason ? ` (${reason})` : ""}`;
+  }
+  line.title = disclosure ? `rule: ${disclosure.metadata.basis}; why: ${disclosure.metadata.parameters}` : "";
+}
+
 /** Which campaigns a `select` auction considered, their relevance and why each was left out; and a
  * no-fill's reason (nobody bid: one organic reply, nothing billed). */
 function renderSelection(auction) {
@@ -271,6 +292,7 @@ function showAuction(auction, advertisersIn) {
   state.names = Object.fromEntries(advertisersIn.map((a) => [a.id, a.name]));
   $("#auction-id").textContent = auction.auction_id;
   $("#reply").textContent = auction.reply;
+  renderDisclosure(auction.disclosure);
   renderView(auction);
   renderSummary(auction.tau, auction.effective_sample_size, auction.revenue);
   renderAdvertisers(advertiserRows(auction));
