@@ -7,8 +7,9 @@ what-if, computed from her sealed view alone by `app.contract.sealed.resolve_own
 them by the key's scope (an advertiser key; platform keys and auth off keep the full record). The
 invariant, property-tested: a sealed view holds no other advertiser's id, name, description,
 instruction, value scale, payment or reward vector (with one other advertiser, the sum of the others'
-rewards is hers: inherent, docs/DESIGN.md § Sealed views), and her payment recomputed from it equals
-the stored one. No I/O. Imports the API's models (`app.contract`) only; see docs/DESIGN.md § Layout.
+rewards is hers: inherent, docs/DESIGN.md § Sealed views), its disclosure names her alone and counts
+the other sponsors (`app.contract.disclosure.seal_disclosure`), and her payment recomputed from it
+equals the stored one. No I/O. Imports the API's models (`app.contract`) only; see docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

@@ -43,6 +43,4 @@ async def explain_auction(
     principal: Principal = Depends(require_api_key),
 ) -> AuctionWhy:
     record = await readable_record(auction_id, redis_client, settings, principal)
-    if principal.scope == "advertiser" and principal.advertiser_id is not None:
-        return explain(record, principal.advertiser_id)
-    return explain(record)
+    return explain(record, principal.sealed_to)

@@ -11,8 +11,9 @@ the label is "Sponsored · " and the names; a no-fill and a test auction say not
 advertiser key's sealed view and /why name her alone and count the others (nothing of another
 advertiser: the sealed views' leak check); /why gives each sponsor's basis (inline, listed campaign,
 selected campaign with the selection's relevance), τ, M and the proposal, and the figures to the
-platform and to her only; /why answers 404 for an unknown id or an auction the key was not in, 401
-without a key, and follows the OpenAPI document; `mosaic_client` parses both.
+platform and to her only; a record stored before disclosures reads with the same rule; /why answers
+404 for an unknown id or an auction the key was not in, 401 without a key, and follows the OpenAPI
+document; `mosaic_client` parses both.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import redis
 
+from app.auction.run_control import auction_key
 from mosaic_client import AuctionWhy, Disclosure, MosaicClient, SealedAuctionRecord
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
@@ -238,3 +241,27 @@ def test_why_statuses_the_client_and_the_document(gateway: GatewayProcess) -> No
         served = platform.auction(QUERY, INLINE[:1], candidates=2, max_tokens=3, seed=6)
         assert isinstance(served.disclosure, Disclosure)
         assert platform.why(served.auction_id).sponsored == served.disclosure.sponsored
+
+
+def test_a_record_stored_before_disclosures_is_read_with_the_same_rule(
+    gateway: GatewayProcess, redis_process: RedisServerProcess
+) -> None:
+    """A record written before this field existed (same TTL'd key, no `disclosure`) reads with the
+    disclosure the rule gives it: the full record, the sealed view and /why (no 500 after an upgrade)."""
+    answer, record = run(gateway, advertisers=INLINE, seed=14)
+    legacy = {k: v for k, v in record.items() if k != "disclosure"} | {"auction_id": "feed" * 8}
+    with redis.Redis.from_url(redis_process.url) as client:
+        client.set(auction_key(legacy["auction_id"]), json.dumps(legacy), ex=600)
+    read = httpx.get(f"{gateway.url}/auctions/{legacy['auction_id']}", headers=PLATFORM, timeout=30).json()
+    expected = record["disclosure"] | {"metadata": {**record["disclosure"]["metadata"]}}
+    expected["metadata"]["parameters"] = f"/auctions/{legacy['auction_id']}/why"
+    assert read["disclosure"] == expected
+    sealed = httpx.get(f"{gateway.url}/auctions/{legacy['auction_id']}", headers=ALPHA, timeout=30)
+    assert (
+        sealed.status_code == 200
+        and sealed.json()["disclosure"]["sponsored"] == answer["disclosure"]["sponsored"]
+    )
+    assert (
+        why(gateway, legacy["auction_id"], PLATFORM).json()["sponsors"]
+        == why(gateway, answer["auction_id"], PLATFORM).json()["sponsors"]
+    )
