@@ -305,6 +305,38 @@ function showAuction(auction, advertisersIn) {
   history.replaceState(null, "", `#auction=${auction.auction_id}`);
 }
 
+/** GET /auctions/{id}/why: each sponsor's reason (selected for the query, or listed by the caller),
+ * τ, M and the proposal; the figures of everyone (platform key) or hers alone (advertiser key). A
+ * failure here leaves the auction shown and says so in the note. */
+async function loadWhy(auctionId) {
+  const panel = $("#why");
+  let why;
+  try {
+    why = await api("GET", `/auctions/${encodeURIComponent(auctionId)}/why`);
+  } catch (error) {
+    panel.hidden = false;
+    $("#why-note").textContent = `unavailable: ${error.message}`;
+    $("#why-table tbody").replaceChildren();
+    return;
+  }
+  panel.hidden = !why.sponsored;
+  panel.dataset.auction = auctionId;
+  const others = why.other_sponsors ? ` · ${why.other_sponsors} other sponsor(s), not named in a sealed view` : "";
+  $("#why-note").textContent =
+    `τ ${fmt(why.tau, 3)} (${why.tau_basis}) · M ${why.candidates} · proposal ${why.proposal}${others}`;
+  $("#why-table tbody").replaceChildren(...why.sponsors.map((s) => {
+    const tr = document.createElement("tr");
+    tr.dataset.sponsor = s.id;
+    tr.dataset.basis = s.basis;
+    const figures = s.figures || {};
+    const share = figures.reward_share === null || figures.reward_share === undefined
+      ? "" : `${fmt(100 * figures.reward_share, 1)} %`;
+    tr.append(cell(`${s.name} (${s.id})`, "text"), cell(s.reason, "text"),
+      cell(figures.paced_value_scale === undefined ? "" : fmt(figures.paced_value_scale, 4)), cell(share));
+    return tr;
+  }));
+}
+
 // ---------------------------------------------------------------- actions
 
 async function runAuction(event) {
@@ -316,6 +348,7 @@ async function runAuction(event) {
   try {
     const auction = await api("POST", "/auction", body);
     showAuction(auction, body.advertisers);
+    await loadWhy(auction.auction_id);
     setStatus("done", `auction ${auction.auction_id} served`);
   } catch (error) {
     setStatus("error", "failed");
@@ -332,6 +365,7 @@ async function openAuction(auctionId) {
     const record = await api("GET", `/auctions/${encodeURIComponent(auctionId)}`);
     const entries = record.view === "sealed" ? [record.request.advertiser] : record.request.advertisers;
     showAuction(record, entries);
+    await loadWhy(record.auction_id);
     setStatus("done", `auction ${record.auction_id} opened`);
   } catch (error) {
     setStatus("error", "failed");
