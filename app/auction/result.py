@@ -78,7 +78,12 @@ def auction_response(
     return AuctionResponse(
         auction_id=auction_id,
         reply=resolved.scored.candidate_set.candidates[outcome.chosen_index].text,
-        disclosure=response_disclosure(participants, payments_micro, auction_id),
+        disclosure=response_disclosure(
+            participants,
+            payments_micro,
+            auction_id,
+            resolved.scored.candidate_set.sources[outcome.chosen_index],
+        ),
         chosen_index=outcome.chosen_index,
         tau=outcome.tau,
         proposal=request.proposal,
@@ -98,10 +103,11 @@ def auction_response(
 
 
 def response_disclosure(
-    participants: Participants, payments_micro: Mapping[str, int], auction_id: str
+    participants: Participants, payments_micro: Mapping[str, int], auction_id: str, drawn_from: str
 ) -> Disclosure:
     """The reply's disclosure (`app.contract.disclosure.disclose`): the advertisers as the auction ran
-    them (a campaign's display name is its `name`), charged by the billing event's `payments_micro`."""
+    them (a campaign's display name is its `name`), charged by the billing event's `payments_micro`;
+    `drawn_from`: the proposal that drew the chosen reply."""
     request = participants.request
     return disclose(
         ((advertiser.id, advertiser.name) for advertiser in request.advertisers),
@@ -109,6 +115,7 @@ def response_disclosure(
         auction_id=auction_id,
         test=request.test,
         no_fill=participants.no_fill is not None,
+        advertisers_in_prompt=drawn_from == "context",
     )
 
 

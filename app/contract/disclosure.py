@@ -70,6 +70,12 @@ class DisclosureMetadata(BaseModel):
     parameters: str = Field(
         description="Where the main parameters that chose them are (DSA art. 26(1)(d)): `/auctions/{id}/why`."
     )
+    advertisers_in_prompt: bool = Field(
+        False,
+        description="The reply was drawn from the context-aware proposal, whose prompt names every "
+        "advertiser of the auction, charged or not (with M = 1 that draw IS the reply, and nobody is "
+        "charged: docs/DESIGN.md § Disclosure).",
+    )
     frameworks: list[str] = Field(default_factory=lambda: list(FRAMEWORKS))
 
 
@@ -113,9 +119,11 @@ def disclose(
     auction_id: str,
     test: bool = False,
     no_fill: bool = False,
+    advertisers_in_prompt: bool = False,
 ) -> Disclosure:
     """The disclosure of a reply: `advertisers` are the auction's (id, display name) rows, `payments_micro`
-    its billing event's (what each is charged, in micro-units)."""
+    its billing event's (what each is charged, in micro-units); `advertisers_in_prompt`: the chosen reply
+    was drawn from the context-aware proposal."""
     sponsors: list[Sponsor] = []
     if not (test or no_fill):
         charged = [
@@ -129,7 +137,9 @@ def disclose(
         sponsored=bool(sponsors),
         sponsors=sponsors,
         label=_label([s.name for s in sponsors]),
-        metadata=_metadata(sponsors, reason, auction_id),
+        metadata=_metadata(sponsors, reason, auction_id).model_copy(
+            update={"advertisers_in_prompt": advertisers_in_prompt and not no_fill}
+        ),
     )
 
 
@@ -154,12 +164,16 @@ def record_disclosure(record: Mapping[str, Any]) -> Disclosure:
     if stored is not None:
         return Disclosure.model_validate(stored)
     rows = (record.get("request") or {}).get("advertisers") or []
+    candidates = record.get("candidates") or []
+    chosen = int(record.get("chosen_index") or 0)
+    drawn_from = candidates[chosen].get("proposal") if chosen < len(candidates) else None
     return disclose(
         ((str(row["id"]), str(row.get("name") or row["id"])) for row in rows),
         {str(k): int(v) for k, v in (record.get("payments_micro") or {}).items()},
         auction_id=str(record["auction_id"]),
         test=bool(record.get("test")),
         no_fill=record.get("no_fill") is not None,
+        advertisers_in_prompt=drawn_from == "context",
     )
 
 

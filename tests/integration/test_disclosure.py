@@ -118,6 +118,8 @@ def assert_rule(answer: dict[str, Any], record: dict[str, Any]) -> list[str]:
     assert [s.name for s in disclosure.sponsors] == [names[s.id] for s in disclosure.sponsors]
     if charged:
         assert disclosure.label == "Sponsored · " + ", ".join(s.name for s in disclosure.sponsors)
+    chosen = (record.get("candidates") or [{}])[record["chosen_index"]]
+    assert disclosure.metadata.advertisers_in_prompt is (chosen.get("proposal") == "context")
     shown = json.loads(disclosure.model_dump_json())
     assert shown["metadata"].pop("version") == 1 and json_numbers(shown) == []  # no amount
     return [s.id for s in disclosure.sponsors]

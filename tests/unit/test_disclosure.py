@@ -6,6 +6,8 @@ Invariants:
 - sponsors are listed by display name then id, whatever the order of the advertisers or the size of
   their payments; the disclosure holds no number at all (no amount, no rank by amount);
 - the label is "Sponsored · " and the names, null when not sponsored;
+- `metadata.advertisers_in_prompt` says whether the chosen reply was drawn from the context-aware
+  proposal (whose prompt names every advertiser, charged or not), never for a no-fill;
 - an advertiser's sealed disclosure names her alone and counts the others;
 - with the mechanism's offset p_i = τ·KL(π‖π^{-i}): positive when r_i differs across the candidates,
   zero when it is constant (so nearly everyone who bids is disclosed);
@@ -254,3 +256,21 @@ def test_a_record_stored_before_disclosures_gets_the_same_rule() -> None:
     record = _record()
     stored = record.pop("disclosure")
     assert record_disclosure(record).model_dump(mode="json") == stored
+
+
+@pytest.mark.parametrize(("proposal", "flag"), [("context", True), ("reference", False)])
+def test_the_metadata_says_when_the_reply_was_prompted_with_the_advertisers(
+    proposal: str, flag: bool
+) -> None:
+    """M = 1 with the context proposal: nobody is charged (one candidate, nothing to steer), yet the
+    reply was written under a prompt that names the advertisers: the metadata says so."""
+    record = _record()
+    record.pop("disclosure")
+    record["payments_micro"] = {"inl": 0, "low": 0, "zulu9": 0}
+    record["candidates"] = [{"text": "x", "proposal": proposal}]
+    record["chosen_index"] = 0
+    disclosure = record_disclosure(record)
+    assert not disclosure.sponsored and disclosure.metadata.reason == "nobody_charged"
+    assert disclosure.metadata.advertisers_in_prompt is flag
+    nofill = disclose([], {}, auction_id="x", no_fill=True, advertisers_in_prompt=True)
+    assert nofill.metadata.advertisers_in_prompt is False
