@@ -197,8 +197,9 @@ function renderDisclosure(disclosure) {
   if (disclosure && disclosure.label) {
     line.textContent = disclosure.label;
   } else {
-    const reason = disclosure ? NOT_SPONSORED[disclosure.metadata.reason] : "";
-    line.textContent = `Not sponsored${reason ? ` (${reason})` : ""}`;
+    const reasons = disclosure ? [NOT_SPONSORED[disclosure.metadata.reason]] : [];
+    if (disclosure && disclosure.metadata.advertisers_in_prompt) reasons.push("drawn under the advertisers' prompt");
+    line.textContent = `Not sponsored${reasons.length ? ` (${reasons.join("; ")})` : ""}`;
   }
   line.title = disclosure ? `rule: ${disclosure.metadata.basis}; why: ${disclosure.metadata.parameters}` : "";
 }
