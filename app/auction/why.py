@@ -74,12 +74,13 @@ def _sponsor(record: Mapping[str, Any], sponsor: Sponsor, figures: SponsorFigure
     campaign_id = outcome.get("campaign_id")
     why = SponsorWhy(id=sponsor.id, name=sponsor.name, basis="inline", reason="", figures=figures)
     if campaign_id is None:
-        why.reason = "listed by the caller: an inline advertiser of the request (`advertisers`)"
+        why.reason = "listed by the caller: one of the inline advertisers of the request"
         return why
     why.campaign_id = str(campaign_id)
     why.selection = _selected(record, why.campaign_id)
     if why.selection is None:
-        why.basis, why.reason = "campaign", f"listed by the caller: campaign {campaign_id!r} (`campaigns`)"
+        why.basis = "campaign"
+        why.reason = f"listed by the caller: campaign {campaign_id!r} in the request's campaigns"
         return why
     keyword = ", and one of its targeting keywords is in the query" if why.selection.keyword_match else ""
     why.basis = "selected"
