@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from app.contract.result import AuctionResponse
 from app.settings import Settings
@@ -113,7 +114,9 @@ def run_auction_command(
 
 
 def _print_outcome(body: dict[str, Any]) -> None:
-    """The reply, the payments table, the ESS and the stage timings."""
+    """The reply with its disclosure label, the payments table, the ESS and the stage timings."""
+    # The disclosure label above the reply, as is (Text: a sponsor's name is never read as markup).
+    console.print(Text(body["disclosure"].get("label") or "Not sponsored", style="bold"))
     console.print(Panel(body["reply"], title=f"reply (candidate {body['chosen_index']})", expand=False))
     table = Table(title=f"auction {body['auction_id']}  τ={body['tau']:g}  proposal={body['proposal']}")
     for column in ("advertiser", "payment", "expected reward", "expected utility"):

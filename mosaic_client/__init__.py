@@ -6,10 +6,14 @@
 
 With an advertiser key, `get_auction` and `resolve` return her sealed view (`SealedAuctionRecord`,
 `SealedWhatIfResponse`); `resolve_own(view)` recomputes her payment from it with `app.mechanism`.
+Every answer and record carries its `disclosure` (`Disclosure`; `SealedDisclosure` in a sealed view):
+render `result.disclosure.label` beside the reply when it is not None; `why(auction_id)` is the
+`AuctionWhy` of `GET /auctions/{id}/why` (each sponsor's reason, τ, M, the proposal).
 Exceptions: `mosaic_client.errors` (one per status, all `MosaicError`).
 See docs/DESIGN.md § Layout.
 """
 
+from app.contract.disclosure import Disclosure, DisclosureMetadata, SealedDisclosure, Sponsor
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import AdvertiserResult, AuctionRecord, AuctionResponse, CandidateRecord
 from app.contract.sealed import (
@@ -20,6 +24,7 @@ from app.contract.sealed import (
     resolve_own,
 )
 from app.contract.whatif import WhatIfRequest, WhatIfResponse
+from app.contract.why import AuctionWhy, SelectionWhy, SponsorFigures, SponsorWhy
 from mosaic_client.client import AsyncMosaicClient, MosaicClient, auction_request, parse_advertiser
 from mosaic_client.errors import (
     AuthenticationError,
@@ -44,10 +49,13 @@ __all__ = [
     "AuctionRecord",
     "AuctionRequest",
     "AuctionResponse",
+    "AuctionWhy",
     "AuthenticationError",
     "CandidateRecord",
     "ConflictError",
     "DeadlineError",
+    "Disclosure",
+    "DisclosureMetadata",
     "InvalidRequestError",
     "MosaicClient",
     "MosaicError",
@@ -57,9 +65,14 @@ __all__ = [
     "RateLimitedError",
     "SealedAuctionRecord",
     "SealedCandidate",
+    "SealedDisclosure",
     "SealedRequest",
     "SealedWhatIfResponse",
+    "SelectionWhy",
     "ServerError",
+    "Sponsor",
+    "SponsorFigures",
+    "SponsorWhy",
     "TransportError",
     "UnavailableError",
     "WhatIfRequest",

@@ -29,6 +29,7 @@ from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse
 from app.contract.sealed import SealedAuctionRecord, SealedWhatIfResponse
 from app.contract.whatif import WhatIfRequest, WhatIfResponse
+from app.contract.why import AuctionWhy
 from mosaic_client.errors import MosaicError, TransportError, error_for, retry_after
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -184,6 +185,11 @@ class MosaicClient(_Base):
             self._call("POST", _path("auctions", auction_id, "resolve"), json=body)
         )
 
+    def why(self, auction_id: str) -> AuctionWhy:
+        """Why the reply is sponsored (`GET /auctions/{id}/why`): each sponsor's reason, τ, M, the
+        proposal; the figures of everyone (platform key) or hers alone (advertiser key, `view: sealed`)."""
+        return AuctionWhy.model_validate(self._call("GET", _path("auctions", auction_id, "why")))
+
     def ledger_summary(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/ledger/summary")
         return result
@@ -268,6 +274,9 @@ class AsyncMosaicClient(_Base):
         body = _whatif_body(tau, advertisers, value_scales)
         answer = await self._call("POST", _path("auctions", auction_id, "resolve"), json=body)
         return _WHATIF.validate_python(answer)
+
+    async def why(self, auction_id: str) -> AuctionWhy:
+        return AuctionWhy.model_validate(await self._call("GET", _path("auctions", auction_id, "why")))
 
     async def ledger_summary(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", "/ledger/summary")

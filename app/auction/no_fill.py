@@ -15,6 +15,7 @@ import dataclasses
 
 from app.auction.engine_client import GeneratedCandidate
 from app.campaigns.participants import Participants
+from app.contract.disclosure import disclose
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings
 from app.contract.selection import NoFill
@@ -55,6 +56,7 @@ def no_fill_result(
     response = AuctionResponse(
         auction_id=auction_id,
         reply=reply.text,
+        disclosure=disclose((), {}, auction_id=auction_id, test=request.test, no_fill=True),
         chosen_index=0,
         tau=request.tau if request.tau is not None else 1.0,
         proposal="reference",

@@ -8,6 +8,7 @@ docs/DESIGN.md § The path of one auction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from app import mechanism
 from app.auction.sampler import ScoredCandidates
 from app.campaigns.participants import Participants
 from app.campaigns.spend import BudgetedOutcome
+from app.contract.disclosure import Disclosure, disclose
 from app.contract.result import (
     AdvertiserResult,
     AuctionRecord,
@@ -66,14 +68,22 @@ def auction_response(
     currency: str,
     timings: AuctionTimings,
     billing: BillingState,
+    payments_micro: Mapping[str, int],
     budgeted: BudgetedOutcome | None = None,
 ) -> AuctionResponse:
-    """What `POST /auction` answers (without the candidate table)."""
+    """What `POST /auction` answers (without the candidate table); `payments_micro` are the billing
+    event's (the disclosure names who is charged at least one micro-unit)."""
     outcome = resolved.outcome
     request = participants.request
     return AuctionResponse(
         auction_id=auction_id,
         reply=resolved.scored.candidate_set.candidates[outcome.chosen_index].text,
+        disclosure=response_disclosure(
+            participants,
+            payments_micro,
+            auction_id,
+            resolved.scored.candidate_set.sources[outcome.chosen_index],
+        ),
         chosen_index=outcome.chosen_index,
         tau=outcome.tau,
         proposal=request.proposal,
@@ -89,6 +99,23 @@ def auction_response(
         test=True if request.test else None,
         excluded=list(participants.excluded) or None,
         selection=participants.selection,
+    )
+
+
+def response_disclosure(
+    participants: Participants, payments_micro: Mapping[str, int], auction_id: str, drawn_from: str
+) -> Disclosure:
+    """The reply's disclosure (`app.contract.disclosure.disclose`): the advertisers as the auction ran
+    them (a campaign's display name is its `name`), charged by the billing event's `payments_micro`;
+    `drawn_from`: the proposal that drew the chosen reply."""
+    request = participants.request
+    return disclose(
+        ((advertiser.id, advertiser.name) for advertiser in request.advertisers),
+        payments_micro,
+        auction_id=auction_id,
+        test=request.test,
+        no_fill=participants.no_fill is not None,
+        advertisers_in_prompt=drawn_from == "context",
     )
 
 

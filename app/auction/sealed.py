@@ -7,8 +7,9 @@ what-if, computed from her sealed view alone by `app.contract.sealed.resolve_own
 them by the key's scope (an advertiser key; platform keys and auth off keep the full record). The
 invariant, property-tested: a sealed view holds no other advertiser's id, name, description,
 instruction, value scale, payment or reward vector (with one other advertiser, the sum of the others'
-rewards is hers: inherent, docs/DESIGN.md § Sealed views), and her payment recomputed from it equals
-the stored one. No I/O. Imports the API's models (`app.contract`) only; see docs/DESIGN.md § Layout.
+rewards is hers: inherent, docs/DESIGN.md § Sealed views), its disclosure names her alone and counts
+the other sponsors (`app.contract.disclosure.seal_disclosure`), and her payment recomputed from it
+equals the stored one. No I/O. Imports the API's models (`app.contract`) only; see docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from app.contract.disclosure import record_disclosure, seal_disclosure
 from app.contract.result import AdvertiserResult
 from app.contract.sealed import (
     SealedAuctionRecord,
@@ -80,6 +82,7 @@ def seal_record(record: dict[str, Any], advertiser_id: str) -> SealedAuctionReco
     entry = _row(stored_request.get("advertisers", []), advertiser_id, auction_id)
     return SealedAuctionRecord(
         **{name: record.get(name) for name in _RECORD_FIELDS},
+        disclosure=seal_disclosure(record_disclosure(record), advertiser_id),
         advertiser=AdvertiserResult.model_validate(_row(record["advertisers"], advertiser_id, auction_id)),
         payment_micro=int(record.get("payments_micro", {}).get(advertiser_id, 0)),
         candidates=[_candidate(row, advertiser_id) for row in record.get("candidates") or []],

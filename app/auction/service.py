@@ -291,6 +291,7 @@ class AuctionService:
             currency=self.settings.currency,
             timings=timings,
             billing=BILLING_STATES[self.bill_mode(request)],
+            payments_micro=event.payments_micro,
             budgeted=budgeted,
         )
         record = auction_record(response, candidates, participants, event, budgeted)

@@ -1,7 +1,7 @@
 """What `POST /auction` answers (`AuctionResponse`) and `GET /auctions/{id}` returns (`AuctionRecord`).
 
-Built from an auction's outcome by `app.auction.result`. Imports pydantic and `app.contract.request`
-only; see docs/DESIGN.md § Layout.
+Built from an auction's outcome by `app.auction.result`. Imports pydantic and the contract's request,
+selection and disclosure models only; see docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.contract.disclosure import Disclosure
 from app.contract.request import ProposalName
 from app.contract.selection import EXCLUSION_DESCRIPTION, ExclusionReason, NoFill, SelectionReport
 
@@ -77,6 +78,10 @@ class AuctionTimings(BaseModel):
 class AuctionResponse(BaseModel):
     auction_id: str
     reply: str
+    disclosure: Disclosure = Field(
+        description="For the user: whether the reply is sponsored and by whom (no amounts); render its "
+        "`label` beside the reply (docs/DESIGN.md § Disclosure)."
+    )
     chosen_index: int
     tau: float
     proposal: ProposalName

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app import mechanism
+from app.contract.disclosure import SealedDisclosure
 from app.contract.request import AdvertiserIn, ProposalName
 from app.contract.result import AdvertiserResult, BillingState
 
@@ -65,6 +66,10 @@ class SealedAuctionRecord(BaseModel):
     view: Literal["sealed"] = Field("sealed", description="An advertiser's sealed view (her figures only).")
     auction_id: str
     reply: str
+    disclosure: SealedDisclosure = Field(
+        description="The reply's disclosure as she may see it: `sponsored`, her own entry when she is a "
+        "sponsor and the count of the others (never their ids or names)."
+    )
     chosen_index: int
     tau: float
     proposal: ProposalName

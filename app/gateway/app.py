@@ -46,6 +46,7 @@ from app.gateway.openapi import document_schemas
 from app.gateway.routes import router
 from app.gateway.security import KeyRing, check_key_settings
 from app.gateway.transparency_routes import router as transparency_router
+from app.gateway.why_routes import router as why_router
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.producer import BillingProducer
 from app.ledger.reader import LedgerReader
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(calibration_router)
     app.include_router(campaign_stats_router)
     app.include_router(transparency_router)
+    app.include_router(why_router)
     add_offline_docs(app)
     add_explorer(app)
 

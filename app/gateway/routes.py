@@ -27,6 +27,7 @@ from app.auction.engine_client import EngineClient
 from app.auction.run_control import auction_key, load_record
 from app.auction.sealed import SealedFieldError, seal_record, sealed_whatif
 from app.auction.whatif import WhatIfInputError, resolve_record
+from app.contract.disclosure import record_disclosure
 from app.contract.limits import enforce_limits
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse
@@ -253,13 +254,13 @@ async def get_auction(
     settings: SettingsDep,
     principal: Principal = Depends(require_api_key),
 ) -> Any:
-    record = await _readable_record(auction_id, redis_client, settings, principal)
+    record = await readable_record(auction_id, redis_client, settings, principal)
     if principal.scope == "advertiser" and principal.advertiser_id is not None:
         return seal_record(record, principal.advertiser_id)
     return record
 
 
-async def _readable_record(
+async def readable_record(
     auction_id: str, redis_client: aioredis.Redis, settings: Settings, principal: Principal
 ) -> dict[str, Any]:
     """The stored record, or 404 when absent, expired, or not the caller's (an advertiser key sees only
@@ -275,6 +276,8 @@ async def _readable_record(
         record = None
     if record is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
+    if "disclosure" not in record:  # stored before disclosures: the same rule on its payments
+        record["disclosure"] = record_disclosure(record).model_dump(mode="json")
     if record.get("billing") == "pending":  # BILLING_MODE=render: the charge's state now
         record["billing"] = await RenderLedger(redis_client, settings).state(auction_id) or "expired"
     return record
@@ -308,7 +311,7 @@ async def resolve_auction(
     ),
     principal: Principal = Depends(require_api_key),
 ) -> WhatIfResponse | SealedWhatIfResponse:
-    record = await _readable_record(auction_id, redis_client, settings, principal)
+    record = await readable_record(auction_id, redis_client, settings, principal)
     if record.get("no_fill"):
         raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a no-fill: no candidates")
     try:

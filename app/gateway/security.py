@@ -67,6 +67,11 @@ class Principal:
     def may_read_advertiser(self, advertiser_id: str) -> bool:
         return self.scope != "advertiser" or self.advertiser_id == advertiser_id
 
+    @property
+    def sealed_to(self) -> str | None:
+        """The advertiser whose sealed view this key reads (None: the full record, platform or open)."""
+        return self.advertiser_id if self.scope == "advertiser" else None
+
 
 def digest_of(key: str) -> bytes:
     """The SHA-256 a configured key stands for: given as ``sha256:<hex>``, or of the token itself."""

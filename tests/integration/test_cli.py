@@ -38,6 +38,9 @@ def test_auction_command_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 0, result.output
     for text in ("reply (candidate", "strummaster", "chordify", "revenue", "candidates"):
         assert text in result.output
+    # the disclosure label above the reply: with tiny-random both differ across candidates, both pay
+    assert "Sponsored · Chordify, StrumMaster\n" in result.output, result.output
+    assert result.output.index("Sponsored · ") < result.output.index("reply (candidate")
 
 
 def test_bad_advertiser_spec_exits_2() -> None:

@@ -8,8 +8,9 @@ API's candidates (index, text, probability, sorted by probability); moving the �
 probabilities to exactly what `POST /auctions/{id}/resolve` answers for that τ; the key survives a
 reload (sessionStorage) and `#auction=<id>` reopens the auction; an unknown id shows the API's
 message; with an advertiser key the page shows her sealed view (her row, her rewards, the others'
-summed, nothing of another advertiser) and its τ slider her sealed what-if; Swagger UI and ReDoc
-render the operations, and Swagger's Authorize + "Try it out" runs an
+summed, nothing of another advertiser) and its τ slider her sealed what-if; the disclosure label (hers
+in the sealed view: the others counted, not named) shows above the reply, and each sponsor's /why;
+Swagger UI and ReDoc render the operations, and Swagger's Authorize + "Try it out" runs an
 auction with its default example body (200). Screenshots go to the test's tmp_path (and to
 MOSAIC_SCREENSHOTS_DIR when set: `MOSAIC_SCREENSHOTS_DIR=docs/img .venv/bin/pytest <this file>`
 regenerates the README's). The "What to bid" panel runs test auctions (never billed) and plots
@@ -146,6 +147,33 @@ def _rows(page: Any) -> list[tuple[int, float, str]]:
     ]
 
 
+def _assert_disclosure_above_the_reply(current: Any, disclosure: dict[str, Any], why: dict[str, Any]) -> None:
+    """The page shows the answer's disclosure label as is above the reply (or why it is not sponsored),
+    and the /why of each sponsor (`why`: what `GET /auctions/{id}/why` answers the same key)."""
+    line = current.locator("#disclosure")
+    if disclosure["label"]:
+        assert line.inner_text() == disclosure["label"] and disclosure["label"].startswith("Sponsored · ")
+    else:
+        assert line.inner_text().startswith("Not sponsored")
+    assert line.get_attribute("data-sponsored") == str(disclosure["sponsored"]).lower()
+    assert line.bounding_box()["y"] < current.locator("#reply").bounding_box()["y"]
+    rows = current.locator("#why-table tbody tr")
+    assert [rows.nth(i).get_attribute("data-sponsor") for i in range(rows.count())] == [
+        sponsor["id"] for sponsor in why["sponsors"]
+    ]
+    for i, sponsor in enumerate(why["sponsors"]):
+        assert rows.nth(i).get_attribute("data-basis") == sponsor["basis"]
+        assert rows.nth(i).locator("td").nth(1).inner_text() == sponsor["reason"]
+    assert current.locator("#why").is_visible() == disclosure["sponsored"]
+
+
+def _why(gateway: str, auction_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    answer = httpx.get(f"{gateway}/auctions/{auction_id}/why", headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
 def _fill_form(
     current: Any, gateway: str, instance: int, candidates: int, max_tokens: int, seed: int
 ) -> None:
@@ -170,6 +198,9 @@ def test_explorer_runs_an_auction_and_the_tau_slider_resolves(
     record = httpx.get(f"{gateway}/auctions/{auction_id}", headers=AUTH, timeout=30).json()
     candidates = record["candidates"]
     assert record["request"]["query"] == "Best skin care routine for dry skin."
+    _assert_disclosure_above_the_reply(current, record["disclosure"], _why(gateway, auction_id, AUTH))
+    sponsors = {row["id"] for row in record["advertisers"] if record["payments_micro"][row["id"]] >= 1}
+    assert {s["id"] for s in record["disclosure"]["sponsors"]} == sponsors and sponsors
 
     rows = _rows(current)
     assert sorted(index for index, _, _ in rows) == list(range(len(candidates))) and len(rows) == 5
@@ -242,12 +273,18 @@ def test_explorer_shows_which_campaigns_a_select_auction_considered_and_why(
         current.locator('#selection-table tbody tr[data-campaign="ex-skin"]').get_attribute("data-selected")
         == "true"
     )
+    why = _why(gateway, auction_id, AUTH)
+    _assert_disclosure_above_the_reply(current, record["disclosure"], why)
+    assert all(sponsor["basis"] == "selected" for sponsor in why["sponsors"])
+    assert [s["name"] for s in record["disclosure"]["sponsors"]] in ([], ["Hydraskin"])
     _shot(current, tmp_path, "explorer-selection.png")
 
     current.fill("#query", "I have been feeling depressed and hopeless, what should I do?")
     current.click("#run")
     current.wait_for_selector("#status[data-state=done]", timeout=180_000)
     assert "no-fill: sensitive_topic" in current.locator("#selection-note").inner_text()
+    assert current.locator("#disclosure").inner_text() == "Not sponsored (no-fill: nobody bid)"
+    assert current.locator("#disclosure").get_attribute("data-sponsored") == "false"
     assert not errors, errors
     assert not blocked, blocked
 
@@ -350,6 +387,11 @@ def test_explorer_with_an_advertiser_key_shows_her_sealed_view(
     for field in ("id", "name", "description", "instruction"):
         assert secret[field] not in shown or any(secret[field] in text for text in texts), field
     assert "revenue" not in current.locator("#summary").inner_text()
+    _assert_disclosure_above_the_reply(
+        current, view["disclosure"], _why(gateway, auction_id, mine)
+    )  # hers: the other counted, not named
+    others = [s for s in served.json()["disclosure"]["sponsors"] if s["id"] != "alpha7"]
+    assert view["disclosure"]["other_sponsors"] == len(others)
     assert current.locator("#timings").is_hidden()
     _shot(current, tmp_path, "explorer-sealed.png")
 

@@ -49,6 +49,7 @@ def test_operation_ids_are_the_function_names(document: dict[str, Any]) -> None:
     assert ids[("post", "/auction")] == "run_auction"
     assert ids[("get", "/auctions/{auction_id}")] == "get_auction"
     assert ids[("post", "/auctions/{auction_id}/resolve")] == "resolve_auction"
+    assert ids[("get", "/auctions/{auction_id}/why")] == "explain_auction"
     assert len(set(ids.values())) == len(ids)
     assert all(re.fullmatch(r"[a-z][a-z_]*", name) for name in ids.values()), ids
 
@@ -65,6 +66,7 @@ def test_the_bearer_scheme_is_declared_and_used(document: dict[str, Any]) -> Non
         "/auction",
         "/auctions/{auction_id}",
         "/auctions/{auction_id}/resolve",
+        "/auctions/{auction_id}/why",
         "/ledger/summary",
     } <= keyed
     assert "/healthz" not in keyed

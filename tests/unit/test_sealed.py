@@ -7,6 +7,8 @@ candidates, τ. Invariants, for every advertiser X of it:
   JSON), nor another's value scale, payment, expected reward or utility, nor (n ≥ 3) any other
   advertiser's reward on any candidate, nor the revenue; its fields are X's own and the per-candidate
   sum of the others' rewards (exactly rounded);
+- her disclosure names no one but her (when she is charged ≥ 1 micro-unit) and counts the other
+  sponsors; her /why (`app.auction.why.explain`) holds nothing of the others either;
 - her payment, expected reward and utility recomputed from the view alone (`resolve_own`, the function
   `mosaic_client` exports) equal the stored ones to 1e-12 (relative or absolute, as the what-if's);
 - her what-if (`sealed_whatif`) equals the full what-if's row for her to 1e-12, and names no one else;
@@ -28,6 +30,8 @@ from hypothesis import strategies as st
 from app import mechanism
 from app.auction.sealed import SealedFieldError, check_sealed_whatif, seal_record, sealed_whatif
 from app.auction.whatif import resolve_record
+from app.auction.why import explain
+from app.contract.disclosure import disclose
 from app.contract.request import AuctionRequest
 from app.contract.result import AdvertiserResult, AuctionRecord, AuctionTimings, CandidateRecord
 from app.contract.sealed import resolve_own
@@ -68,6 +72,9 @@ def make_record(seed: int, n: int, m: int, tau: float) -> dict[str, Any]:
     record = AuctionRecord(
         auction_id="f" * 32,
         reply=f"reply {outcome.chosen_index}",
+        disclosure=disclose(
+            ((a.id, a.name) for a in request.advertisers), payments_micro, auction_id="f" * 32
+        ),
         chosen_index=outcome.chosen_index,
         tau=tau,
         proposal="context",
@@ -133,6 +140,21 @@ def test_a_sealed_view_holds_nothing_of_the_others_and_gives_her_payment(
         own = resolve_own(view).advertiser
         for figure in ("payment", "expected_reward", "expected_utility"):
             assert getattr(own, figure) == pytest.approx(stored[figure], rel=TOLERANCE, abs=TOLERANCE), figure
+        _her_disclosure_and_why(record, mine)
+
+
+def _her_disclosure_and_why(record: dict[str, Any], mine: str) -> None:
+    """Her disclosure names her alone (when she is charged ≥ 1 micro-unit) and counts the other
+    sponsors; her /why likewise, with her figures only."""
+    view = seal_record(record, mine)
+    charged = {aid for aid, micro in record["payments_micro"].items() if micro >= 1}
+    assert [s.id for s in view.disclosure.sponsors] == ([mine] if mine in charged else [])
+    assert view.disclosure.other_sponsors == len(charged - {mine})
+    assert view.disclosure.sponsored == bool(charged)
+    why = explain(record, mine)
+    assert_nothing_of_the_others(json.loads(why.model_dump_json()), record, mine)
+    assert [s.id for s in why.sponsors] == [s.id for s in view.disclosure.sponsors]
+    assert why.other_sponsors == view.disclosure.other_sponsors
 
 
 @settings(max_examples=60, deadline=None)

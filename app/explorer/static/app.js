@@ -182,6 +182,28 @@ function renderView(auction) {
   $("#result").dataset.view = sealed ? "sealed" : "full";
 }
 
+// Why a reply is not sponsored, by the disclosure's `metadata.reason`.
+const NOT_SPONSORED = {
+  test: "test auction: never billed",
+  no_fill: "no-fill: nobody bid",
+  nobody_charged: "nobody was charged a micro-unit",
+};
+
+/** The disclosure above the reply: its label as is (what an integrator shows the user), or why the
+ * reply is not sponsored. Text only (textContent): a sponsor's name is never markup. */
+function renderDisclosure(disclosure) {
+  const line = $("#disclosure");
+  line.dataset.sponsored = String(Boolean(disclosure && disclosure.sponsored));
+  if (disclosure && disclosure.label) {
+    line.textContent = disclosure.label;
+  } else {
+    const reasons = disclosure ? [NOT_SPONSORED[disclosure.metadata.reason]] : [];
+    if (disclosure && disclosure.metadata.advertisers_in_prompt) reasons.push("drawn under the advertisers' prompt");
+    line.textContent = `Not sponsored${reasons.length ? ` (${reasons.join("; ")})` : ""}`;
+  }
+  line.title = disclosure ? `rule: ${disclosure.metadata.basis}; why: ${disclosure.metadata.parameters}` : "";
+}
+
 /** Which campaigns a `select` auction considered, their relevance and why each was left out; and a
  * no-fill's reason (nobody bid: one organic reply, nothing billed). */
 function renderSelection(auction) {
@@ -271,6 +293,7 @@ function showAuction(auction, advertisersIn) {
   state.names = Object.fromEntries(advertisersIn.map((a) => [a.id, a.name]));
   $("#auction-id").textContent = auction.auction_id;
   $("#reply").textContent = auction.reply;
+  renderDisclosure(auction.disclosure);
   renderView(auction);
   renderSummary(auction.tau, auction.effective_sample_size, auction.revenue);
   renderAdvertisers(advertiserRows(auction));
@@ -281,6 +304,38 @@ function showAuction(auction, advertisersIn) {
   $("#result").hidden = false;
   $("#open-id").value = auction.auction_id;
   history.replaceState(null, "", `#auction=${auction.auction_id}`);
+}
+
+/** GET /auctions/{id}/why: each sponsor's reason (selected for the query, or listed by the caller),
+ * τ, M and the proposal; the figures of everyone (platform key) or hers alone (advertiser key). A
+ * failure here leaves the auction shown and says so in the note. */
+async function loadWhy(auctionId) {
+  const panel = $("#why");
+  let why;
+  try {
+    why = await api("GET", `/auctions/${encodeURIComponent(auctionId)}/why`);
+  } catch (error) {
+    panel.hidden = false;
+    $("#why-note").textContent = `unavailable: ${error.message}`;
+    $("#why-table tbody").replaceChildren();
+    return;
+  }
+  panel.hidden = !why.sponsored;
+  panel.dataset.auction = auctionId;
+  const others = why.other_sponsors ? ` · ${why.other_sponsors} other sponsor(s), not named in a sealed view` : "";
+  $("#why-note").textContent =
+    `τ ${fmt(why.tau, 3)} (${why.tau_basis}) · M ${why.candidates} · proposal ${why.proposal}${others}`;
+  $("#why-table tbody").replaceChildren(...why.sponsors.map((s) => {
+    const tr = document.createElement("tr");
+    tr.dataset.sponsor = s.id;
+    tr.dataset.basis = s.basis;
+    const figures = s.figures || {};
+    const share = figures.reward_share === null || figures.reward_share === undefined
+      ? "" : `${fmt(100 * figures.reward_share, 1)} %`;
+    tr.append(cell(`${s.name} (${s.id})`, "text"), cell(s.reason, "text"),
+      cell(figures.paced_value_scale === undefined ? "" : fmt(figures.paced_value_scale, 4)), cell(share));
+    return tr;
+  }));
 }
 
 // ---------------------------------------------------------------- actions
@@ -294,6 +349,7 @@ async function runAuction(event) {
   try {
     const auction = await api("POST", "/auction", body);
     showAuction(auction, body.advertisers);
+    await loadWhy(auction.auction_id);
     setStatus("done", `auction ${auction.auction_id} served`);
   } catch (error) {
     setStatus("error", "failed");
@@ -310,6 +366,7 @@ async function openAuction(auctionId) {
     const record = await api("GET", `/auctions/${encodeURIComponent(auctionId)}`);
     const entries = record.view === "sealed" ? [record.request.advertiser] : record.request.advertisers;
     showAuction(record, entries);
+    await loadWhy(record.auction_id);
     setStatus("done", `auction ${record.auction_id} opened`);
   } catch (error) {
     setStatus("error", "failed");
