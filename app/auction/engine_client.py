@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from app.auction.engine_identity import ENGINE_HEADER, EngineIdentities
 from app.auction.observers import NoopWorkerObserver, WorkerObserver
 from app.auction.worker_dispatch import (
     BusyWorkerError,
@@ -61,6 +62,17 @@ class GeneratedCandidate:
     text: str
     finish_reason: str | None
     log_proposal: float  # Σ of the sampled tokens' processed log-probs: log q(y)
+    engine_id: str = ""  # the engine that drew it (`app.auction.engine_identity`)
+    share: int = 0  # the generation request of its pool that drew it (its seed: derive_seed(seed, share))
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    """One scoring request: sequences [start, stop) of the batch, scored by engine `engine_id`."""
+
+    start: int
+    stop: int
+    engine_id: str
 
 
 @dataclass
@@ -132,6 +144,7 @@ class EngineClient:
         self.observer = observer or NoopWorkerObserver()
         self.worker_health = WorkerHealth(settings, self.worker_urls, self.observer)
         self.dispatcher = WorkerDispatcher(settings, self.worker_health, self.observer)
+        self.identities = EngineIdentities()  # which engine answered: the record's `engine` (issue 35)
 
     async def run_health_probes(self, stop: asyncio.Event) -> None:
         """The active probe of every worker, until `stop` (a background task of the gateway)."""
@@ -157,10 +170,25 @@ class EngineClient:
         tokens: int = 0,
         kind: str | None = None,
     ) -> ResponseModel:
+        answer = await self._answer(method, path, payload, response_model, first_worker, stats, tokens, kind)
+        return answer[0]
+
+    async def _answer(
+        self,
+        method: str,
+        path: str,
+        payload: BaseModel | None,
+        response_model: type[ResponseModel],
+        first_worker: int = 0,
+        stats: WorkerCallStats | None = None,
+        tokens: int = 0,
+        kind: str | None = None,
+    ) -> tuple[ResponseModel, str]:
+        """The parsed answer and the id of the engine that gave it (`app.auction.engine_identity`)."""
         body = payload.model_dump(mode="json", exclude_none=True) if payload is not None else None
         health = self.worker_health
 
-        async def attempt(url: str, read_timeout: float) -> ResponseModel:
+        async def attempt(url: str, read_timeout: float) -> tuple[ResponseModel, str, str | None]:
             connect = min(read_timeout, self.settings.worker_connect_timeout_s)
             timeout = httpx.Timeout(read_timeout, connect=connect)
             started = time.perf_counter()
@@ -187,12 +215,14 @@ class EngineClient:
                 self._record_error(url, f"http_{response.status_code}")
                 raise WorkerRequestError(url, f"HTTP {response.status_code}: {_error_message(response)}")
             try:
-                return response_model.model_validate_json(response.content)
+                parsed = response_model.model_validate_json(response.content)
             except ValidationError as error:
                 self._record_error(url, "bad_response")
                 raise WorkerRequestError(url, f"response breaks the worker contract: {error}") from error
+            return parsed, url, response.headers.get(ENGINE_HEADER)
 
-        return await self.dispatcher.call(kind or path, tokens, first_worker, attempt)
+        parsed, url, header = await self.dispatcher.call(kind or path, tokens, first_worker, attempt)
+        return parsed, await self.identities.engine_id(self._clients[url], header)
 
     def _record_error(self, url: str, kind: str) -> None:
         logger.warning("worker request failed", extra={"worker": url, "error": kind})
@@ -239,48 +269,66 @@ class EngineClient:
         ignore_eos: bool = False,
         stats: WorkerCallStats | None = None,
     ) -> list[GeneratedCandidate]:
-        """M candidates, split across all workers, all requests in parallel; order is deterministic."""
-        model = await self.model_name()
+        """M candidates, split across all workers, all requests in parallel; order is deterministic.
+
+        Share k (of `split_evenly(M, workers)`) is drawn with seed `derive_seed(seed, k)`, whichever
+        worker answers it: a re-score replays it by `generate_share` (`app.verification.rescore`)."""
         shares = split_evenly(num_candidates, len(self.worker_urls))
-        requests = []
-        for worker_index, share in enumerate(shares):
-            if share == 0:
-                continue
-            request = CompletionRequest(
-                model=model,
-                prompt=prompt_ids,
-                n=share,
+        requests = [
+            self.generate_share(
+                prompt_ids,
+                share,
+                worker_index,
                 max_tokens=max_tokens,
                 temperature=temperature,
                 top_p=top_p,
                 seed=derive_seed(seed, worker_index),
-                logprobs=0,
-                return_tokens_as_token_ids=True,
-                return_token_ids=True,
                 ignore_eos=ignore_eos,
-                priority=self._priority(),
+                stats=stats,
             )
-            # The seed is the share's (worker_index), not the worker's: any worker, hedged or not, gives
-            # the same candidates for this share.
-            tokens = len(prompt_ids) + share * max_tokens
-            requests.append(
-                self._call(
-                    "POST",
-                    "/v1/completions",
-                    request,
-                    CompletionResponseView,
-                    worker_index,
-                    stats,
-                    tokens,
-                    "generate",
-                )
-            )
-        responses = await asyncio.gather(*requests)
-        candidates: list[GeneratedCandidate] = []
-        for response in responses:
-            for choice in sorted(response.choices, key=lambda choice: choice.index):
-                candidates.append(_candidate_from_choice(choice))
-        return candidates
+            for worker_index, share in enumerate(shares)
+            if share
+        ]
+        return [candidate for share in await asyncio.gather(*requests) for candidate in share]
+
+    async def generate_share(
+        self,
+        prompt_ids: list[int],
+        count: int,
+        share: int,
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        ignore_eos: bool = False,
+        stats: WorkerCallStats | None = None,
+    ) -> list[GeneratedCandidate]:
+        """One generation request: `count` samples with this `seed`, first sent to worker `share`."""
+        request = CompletionRequest(
+            model=await self.model_name(),
+            prompt=prompt_ids,
+            n=count,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            logprobs=0,
+            return_tokens_as_token_ids=True,
+            return_token_ids=True,
+            ignore_eos=ignore_eos,
+            priority=self._priority(),
+        )
+        # The seed is the share's, not the worker's: any worker, hedged or not, gives the same
+        # candidates for this share.
+        tokens = len(prompt_ids) + count * max_tokens
+        response, engine_id = await self._answer(
+            "POST", "/v1/completions", request, CompletionResponseView, share, stats, tokens, "generate"
+        )
+        return [
+            _candidate_from_choice(choice, engine_id, share)
+            for choice in sorted(response.choices, key=lambda choice: choice.index)
+        ]
 
     async def score(
         self,
@@ -289,12 +337,26 @@ class EngineClient:
         stats: WorkerCallStats | None = None,
         groups: int = 1,
     ) -> list[float]:
+        """`score_chunks`' log-probs alone."""
+        scores, _ = await self.score_chunks(sequences, prompt_lengths, stats, groups)
+        return scores
+
+    async def score_chunks(
+        self,
+        sequences: list[list[int]],
+        prompt_lengths: list[int],
+        stats: WorkerCallStats | None = None,
+        groups: int = 1,
+        chunks: list[tuple[int, int]] | None = None,
+    ) -> tuple[list[float], list[ScoredChunk]]:
         """log-prob of each sequence's tail after its prompt (teacher forcing, temperature 1).
 
         `groups`: how many context prompts the (group-contiguous) batch holds. The batch is cut into
         W·⌈groups/W⌉ contiguous chunks for W workers, dealt round-robin, all requests in parallel:
         contiguous keeps the sequences of one context together (the worker prefills that prompt once),
         and several chunks per worker let the gateway parse one answer while the worker computes the next.
+        `chunks` ([start, stop) ranges): send exactly these requests instead (a re-score replays the
+        auction's). Also returns each request's range and the engine that scored it.
         """
         if len(sequences) != len(prompt_lengths):
             raise ValueError("one prompt length per sequence")
@@ -302,7 +364,7 @@ class EngineClient:
         num_workers = len(self.worker_urls)
         num_chunks = num_workers * -(-max(1, groups) // num_workers)
 
-        async def score_chunk(chunk_index: int, start: int, stop: int) -> list[float]:
+        async def score_chunk(chunk_index: int, start: int, stop: int) -> tuple[list[float], ScoredChunk]:
             request = CompletionRequest(
                 model=model,
                 prompt=sequences[start:stop],
@@ -313,7 +375,7 @@ class EngineClient:
                 priority=self._priority(),
             )
             tokens = sum(len(sequence) for sequence in sequences[start:stop])
-            response = await self._call(
+            response, engine_id = await self._answer(
                 "POST",
                 "/v1/completions",
                 request,
@@ -323,15 +385,17 @@ class EngineClient:
                 tokens,
                 "score",
             )
-            return _sequence_logprob_sums(response, sequences, prompt_lengths, offset=start)
+            sums = _sequence_logprob_sums(response, sequences, prompt_lengths, offset=start)
+            return sums, ScoredChunk(start, stop, engine_id)
 
-        chunks = []
-        start = 0
-        for chunk_index, share in enumerate(split_evenly(len(sequences), num_chunks)):
-            if share:
-                chunks.append(score_chunk(chunk_index, start, start + share))
-            start += share
-        return [score for chunk_scores in await asyncio.gather(*chunks) for score in chunk_scores]
+        if chunks is None:
+            chunks, start = [], 0
+            for share in split_evenly(len(sequences), num_chunks):
+                if share:
+                    chunks.append((start, start + share))
+                start += share
+        answers = await asyncio.gather(*(score_chunk(i, a, b) for i, (a, b) in enumerate(chunks)))
+        return [score for sums, _ in answers for score in sums], [chunk for _, chunk in answers]
 
     def health(self) -> dict[str, bool]:
         """Which workers are up now (the breakers' state, kept current by the probe task; no I/O)."""
@@ -350,7 +414,7 @@ def _error_message(response: httpx.Response) -> str:
     return str(body)[:500]
 
 
-def _candidate_from_choice(choice: Any) -> GeneratedCandidate:
+def _candidate_from_choice(choice: Any, engine_id: str = "", share: int = 0) -> GeneratedCandidate:
     if choice.token_ids is None or choice.logprobs is None:
         raise WorkerRequestError("worker", "generation choice without token_ids/logprobs")
     token_logprobs = choice.logprobs.token_logprobs
@@ -361,6 +425,8 @@ def _candidate_from_choice(choice: Any) -> GeneratedCandidate:
         text=choice.text,
         finish_reason=choice.finish_reason,
         log_proposal=float(sum(token_logprobs)),
+        engine_id=engine_id,
+        share=share,
     )
 
 

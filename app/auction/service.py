@@ -21,6 +21,7 @@ import numpy as np
 from app import mechanism
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
+from app.auction.engine_record import engine_record
 from app.auction.no_fill import ads_off, no_fill_result, organic
 from app.auction.observers import AuctionObserver, NoopAuctionObserver
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
@@ -332,6 +333,7 @@ class AuctionService:
             budgeted=budgeted,
         )
         record = auction_record(response, candidates, participants, event, budgeted)
+        record.engine = engine_record(resolved.scored)  # which engines drew and scored (issue 35)
         if request.include_candidates:
             response.candidates = candidates
         return response, record, event

@@ -1,0 +1,320 @@
+"""Re-score a stored auction on a worker and compare the log-probs (`mosaic verify --rescore URL`).
+
+Job: `rescore_checks(record, url)` → one `Check` per rule. From the record alone it rebuilds the exact
+prompts (the reference prompt from the query; each advertiser's context prompt from her request
+entry; the context-aware prompt of the `context` / `mixture` proposals, `app.prompts`), has the
+worker at `url` tokenize them and score the candidates' recorded token ids in the same requests the
+gateway sent (the record's `engine.scored` ranges), and draws every generation request again with its
+recorded seed and share (`engine.generated`): the same tokens must come back, and their log q.
+* The worker must be the announced model: its identity's `model` and `weights_sha256` equal every
+  identity the record names, else `rescore.engine` fails naming the field.
+* Same identity (every field of `workers.identity`: build, dtype, threads, kernels, hardware class):
+  log_ref, log_context[i] and log_proposal must agree BIT FOR BIT (float64 compared by its bits).
+* Another identity (another CPU family, CPU vs GPU, other threads or dtype): within `tolerance`
+  nats per candidate (default by the dtypes: `default_tolerance`, measured, docs/DESIGN.md
+  § Verifiable auctions); `rescore.mode` says which case applied and the fields that differ. Draws
+  may legitimately diverge there: a redrawn candidate whose tokens differ is reported, not failed.
+* A sealed view (`view: "sealed"`) re-scores what it allows: log π_ref under the reference prompt,
+  her own log π_i, and the reference pool's draws; the others' prompts stay sealed (the context
+  prompt names them), so log q of context draws and of a mixture are reported as not re-scored.
+Every check names the first differing candidate and field, and the max |diff|.
+Imports the engine client (`app.auction.engine_client`, `app.auction.engine_identity`), the prompts,
+the mechanism's mixture density and `app.settings`; see docs/DESIGN.md § Verifiable auctions.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app import mechanism
+from app.auction.engine_client import EngineClient, derive_seed
+from app.auction.engine_identity import read_identity
+from app.auction.sampler import SEED_CONTEXT_DRAWS, SEED_REFERENCE_DRAWS
+from app.contract.request import AdvertiserIn
+from app.prompts import ChatMessage, advertiser_messages, context_messages, reference_messages
+from app.settings import Settings
+from app.verification.report import Check
+
+MODEL_FIELDS = ("model", "weights_sha256")  # what makes a worker "the announced model"
+# Measured (docs/DESIGN.md § Verifiable auctions): the largest |Δ log-prob| per candidate between
+# engines of one model that differ in threads/kernels at one dtype, and across dtypes (bf16 vs fp32).
+SAME_DTYPE_TOLERANCE = 1e-3
+CROSS_DTYPE_TOLERANCE = 2.0
+
+
+def default_tolerance(recorded: Sequence[dict[str, Any]], worker: dict[str, Any]) -> float:
+    """Nats per candidate allowed between another engine and the recorded ones: by dtype."""
+    dtypes = {identity.get("dtype") for identity in recorded} | {worker.get("dtype")}
+    return SAME_DTYPE_TOLERANCE if len(dtypes) == 1 else CROSS_DTYPE_TOLERANCE
+
+
+def identity_differences(recorded: dict[str, Any], worker: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths where two identities differ, with both values ("kernels.threads: 1 ≠ 2")."""
+    found: list[str] = []
+    for key in sorted(set(recorded) | set(worker)):
+        left, right = recorded.get(key), worker.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            found.extend(identity_differences(left, right, f"{prefix}{key}."))
+        elif left != right:
+            found.append(f"{prefix}{key}: {left!r} ≠ {right!r}")
+    return found
+
+
+def same_bits(left: float, right: float) -> bool:
+    """Whether two float64 values are the same bits (0.0 and -0.0 differ; a NaN equals itself)."""
+    return struct.pack("<d", left) == struct.pack("<d", right)
+
+
+def compare_values(
+    name: str, stored: Sequence[tuple[str, float]], fresh: Sequence[float], tolerance: float | None
+) -> Check:
+    """`stored` [(label, value)] against `fresh`: bit for bit (`tolerance` None) or within it."""
+    diffs = [abs(value - again) for (_, value), again in zip(stored, fresh, strict=True)]
+    worst = max(diffs, default=0.0)
+    rule = "bit for bit" if tolerance is None else f"within {tolerance:g} nats"
+    for (label, value), again, diff in zip(stored, fresh, diffs, strict=True):
+        if not (same_bits(value, again) if tolerance is None else diff <= tolerance):
+            return Check(
+                name,
+                False,
+                f"{label}: recorded {value!r}, re-scored {again!r} (|diff| {diff:.3g}; {rule}); "
+                f"max |diff| {worst:.3g} over {len(stored)} values",
+            )
+    return Check(name, True, f"{len(stored)} values agree {rule} (max |diff| {worst:.3g})")
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What of the record a re-score uses, and how strictly it compares."""
+
+    record: dict[str, Any]
+    sealed: bool
+    token_ids: list[list[int]]
+    engine: dict[str, Any]
+    tolerance: float | None  # None: bit for bit
+
+    @property
+    def candidates(self) -> list[dict[str, Any]]:
+        return list(self.record.get("candidates") or [])
+
+    @property
+    def request(self) -> dict[str, Any]:
+        return dict(self.record.get("request") or {})
+
+    def advertisers(self) -> list[dict[str, Any]]:
+        """The advertisers whose prompts this view holds: everyone (full), or her own entry (sealed)."""
+        if self.sealed:
+            return [self.request["advertiser"]]
+        return list(self.request.get("advertisers") or [])
+
+
+async def rescore_checks(
+    record: dict[str, Any], url: str, api_key: str | None = None, tolerance: float | None = None
+) -> list[Check]:
+    """Re-score `record` (a full record or a sealed view, as `GET /auctions/{id}` returns it) on the
+    worker at `url`; one `Check` per rule (see the module docs). `tolerance`: nats per candidate
+    allowed when the worker's identity differs from the record's (default `default_tolerance`)."""
+    candidates = record.get("candidates") or []
+    engine = record.get("engine")
+    if not engine:
+        return [Check("rescore.engine", False, "the record has no `engine` (recorded before issue 35)")]
+    token_ids = [candidate.get("token_ids") for candidate in candidates]
+    missing = next((j for j, ids in enumerate(token_ids) if ids is None), None)
+    if missing is not None or not candidates:
+        return [Check("rescore.tokens", False, f"candidate {missing}: the record has no token_ids")]
+    settings = Settings(
+        worker_urls=[url],
+        worker_api_key=api_key,
+        served_model_name=None,
+        worker_priority=False,
+        worker_hedge=False,
+        worker_retries=1,
+    )
+    client = EngineClient(settings, [url])
+    try:
+        _, worker_identity, _ = await read_identity(client.clients[url])
+        checks, strict, allowed = _identity_checks(engine, worker_identity, tolerance)
+        if not all(check.ok for check in checks):
+            return checks
+        replay = Replay(
+            record, record.get("view") == "sealed", token_ids, engine, None if strict else allowed
+        )
+        return checks + await _rescore(client, replay)
+    finally:
+        await client.aclose()
+
+
+def _identity_checks(
+    engine: dict[str, Any], worker: dict[str, Any], tolerance: float | None
+) -> tuple[list[Check], bool, float]:
+    """`rescore.engine` (the announced model) and `rescore.mode` (bit for bit, or the tolerance)."""
+    recorded = [entry.get("identity", {}) for entry in engine.get("identities", [])]
+    if "unread" in worker:
+        return [Check("rescore.engine", False, f"the worker's identity: {worker['unread']}")], False, 0.0
+    for index, identity in enumerate(recorded):
+        if "unread" in identity:
+            problem = f"engine.identities[{index}] was not read when the auction ran: {identity['unread']}"
+            return [Check("rescore.engine", False, problem)], False, 0.0
+        for field in MODEL_FIELDS:
+            if identity.get(field) != worker.get(field):
+                problem = (
+                    f"engine.identities[{index}].identity.{field}: the record says "
+                    f"{identity.get(field)!r}, the worker is {worker.get(field)!r}: not the announced model"
+                )
+                return [Check("rescore.engine", False, problem)], False, 0.0
+    model = Check("rescore.engine", True, f"the worker serves {worker.get('model')!r}, weights as recorded")
+    differences = sorted({d for identity in recorded for d in identity_differences(identity, worker)})
+    if not differences:
+        return [model, Check("rescore.mode", True, "same engine identity: bit for bit")], True, 0.0
+    allowed = default_tolerance(recorded, worker) if tolerance is None else tolerance
+    detail = f"another engine identity ({'; '.join(differences)}): within {allowed:g} nats per candidate"
+    return [model, Check("rescore.mode", True, detail)], False, allowed
+
+
+async def _rescore(client: EngineClient, replay: Replay) -> list[Check]:
+    """Tokenize the prompts, score the candidates, draw again; compare each field."""
+    request, advertisers = replay.request, replay.advertisers()
+    query = str(request["query"])
+    profiles = [AdvertiserIn.model_validate(entry).profile() for entry in advertisers]
+    proposal = str(replay.record.get("proposal") or request.get("proposal"))
+    context_chat = None if replay.sealed else context_messages(query, profiles)
+    chats: list[list[ChatMessage]] = [reference_messages(query)]
+    chats += [advertiser_messages(query, profile) for profile in profiles]
+    if proposal == "mixture" and context_chat is not None:
+        chats.append(context_chat)
+    prompts = [await client.tokenize_chat(chat) for chat in chats]
+    rows = await _score_rows(client, replay, prompts)
+    checks = [_compare_log_ref(replay, rows[0])]
+    checks.append(
+        _compare_log_context(replay, [str(a["id"]) for a in advertisers], rows[1 : 1 + len(profiles)])
+    )
+    context_ids = None
+    if context_chat is not None and proposal != "reference":
+        context_ids = prompts[-1] if proposal == "mixture" else await client.tokenize_chat(context_chat)
+    draws = await _redraw(client, replay, prompts[0], context_ids)
+    checks.append(_compare_draws(replay, draws))
+    checks.append(_compare_log_proposal(replay, proposal, rows, draws, len(profiles)))
+    return checks
+
+
+async def _score_rows(client: EngineClient, replay: Replay, prompts: list[list[int]]) -> np.ndarray:
+    """Every candidate under every prompt: (prompts, M). A full view sends the gateway's requests
+    (`engine.scored`); a sealed view one request per prompt (rows are batch-invariant on our CPU path)."""
+    m = len(replay.token_ids)
+    sequences = [prompt + ids for prompt in prompts for ids in replay.token_ids]
+    lengths = [len(prompt) for prompt in prompts for _ in replay.token_ids]
+    chunks = sorted((int(a), int(b)) for _, a, b in replay.engine.get("scored", []))
+    starts, stops = [a for a, _ in chunks], [b for _, b in chunks]
+    if replay.sealed or not chunks or starts != [0, *stops[:-1]] or stops[-1] != len(sequences):
+        chunks = [(g * m, (g + 1) * m) for g in range(len(prompts))]
+    scores, _ = await client.score_chunks(sequences, lengths, chunks=chunks)
+    return np.asarray(scores, dtype=np.float64).reshape(len(prompts), m)
+
+
+def _compare_log_ref(replay: Replay, fresh: np.ndarray) -> Check:
+    stored = [(f"candidate {j} log_ref", float(c["log_ref"])) for j, c in enumerate(replay.candidates)]
+    return compare_values("rescore.log_ref", stored, [float(x) for x in fresh], replay.tolerance)
+
+
+def _compare_log_context(replay: Replay, advertiser_ids: list[str], fresh: np.ndarray) -> Check:
+    stored: list[tuple[str, float]] = []
+    for i, aid in enumerate(advertiser_ids):
+        for j, candidate in enumerate(replay.candidates):
+            value = (candidate.get("log_context") or {}).get(aid)
+            if value is None:
+                return Check("rescore.log_context", False, f"candidate {j}: no log_context[{aid!r}] recorded")
+            stored.append((f"candidate {j} log_context[{aid!r}] (row {i})", float(value)))
+    flat = [float(x) for row in fresh for x in row]
+    return compare_values("rescore.log_context", stored, flat, replay.tolerance)
+
+
+@dataclass(frozen=True)
+class Redrawn:
+    """One recorded generation request drawn again: its candidates' range, tokens and log q."""
+
+    first: int
+    token_ids: list[list[int]]
+    log_proposal: list[float]
+
+
+async def _redraw(
+    client: EngineClient, replay: Replay, reference_ids: list[int], context_ids: list[int] | None
+) -> list[Redrawn] | str:
+    """Each generation request of `engine.generated` again, with its seed and share (those whose
+    prompt this view holds); a string says why none could be."""
+    request, seed = replay.request, int(replay.record["seed"])
+    redrawn: list[Redrawn] = []
+    for _, share, first, stop in replay.engine.get("generated", []):
+        pool = replay.candidates[first]["proposal"]
+        prompt = reference_ids if pool == "reference" else context_ids
+        if prompt is None:
+            continue  # the context prompt names the other advertisers: sealed
+        stream = SEED_REFERENCE_DRAWS if pool == "reference" else SEED_CONTEXT_DRAWS
+        drawn = await client.generate_share(
+            prompt,
+            stop - first,
+            share,
+            max_tokens=int(replay.engine["max_tokens"]),
+            temperature=float(request.get("temperature", 1.0)),
+            top_p=float(request.get("top_p", 1.0)),
+            seed=derive_seed(derive_seed(seed, stream), share),
+        )
+        ids = [list(candidate.token_ids) for candidate in drawn]
+        redrawn.append(Redrawn(first, ids, [candidate.log_proposal for candidate in drawn]))
+    return redrawn or "no draw whose prompt this view holds (context draws: the context prompt is sealed)"
+
+
+def _compare_draws(replay: Replay, draws: list[Redrawn] | str) -> Check:
+    """The recorded tokens are what the recorded seeds draw: a failure with the same engine, a note
+    with another (sampling may legitimately diverge on other kernels)."""
+    if isinstance(draws, str):
+        return Check("rescore.draws", True, f"not redrawn: {draws}")
+    differing = [
+        draw.first + k
+        for draw in draws
+        for k, ids in enumerate(draw.token_ids)
+        if ids != replay.token_ids[draw.first + k]
+    ]
+    count = sum(len(draw.token_ids) for draw in draws)
+    if not differing:
+        return Check("rescore.draws", True, f"{count} candidates redrawn by their seeds: the same tokens")
+    detail = f"candidate {differing[0]} token_ids: a redraw with its recorded seed gives other tokens"
+    if replay.tolerance is None:
+        return Check("rescore.draws", False, f"{detail} ({len(differing)} of {count} differ)")
+    return Check("rescore.draws", True, f"{detail} ({len(differing)} of {count}; another engine: noted)")
+
+
+def _compare_log_proposal(
+    replay: Replay, proposal: str, rows: np.ndarray, draws: list[Redrawn] | str, n: int
+) -> Check:
+    """log q: a mixture's from the re-scored context and reference rows (`mechanism`), a single
+    proposal's from the redrawn samples whose tokens agree."""
+    stored_all = [float(c["log_proposal"]) for c in replay.candidates]
+    if proposal == "mixture":
+        if replay.sealed:
+            return Check(
+                "rescore.log_proposal",
+                True,
+                "not re-scored: a mixture's log q needs the sealed context prompt",
+            )
+        share = sum(c["proposal"] == "context" for c in replay.candidates) / len(replay.candidates)
+        fresh = mechanism.mixture_log_proposal(
+            np.stack([rows[1 + n], rows[0]]), np.array([share, 1.0 - share])
+        )
+        stored = [(f"candidate {j} log_proposal", value) for j, value in enumerate(stored_all)]
+        return compare_values("rescore.log_proposal", stored, [float(x) for x in fresh], replay.tolerance)
+    pairs = [
+        (draw.first + k, again)
+        for draw in ([] if isinstance(draws, str) else draws)
+        for k, again in enumerate(draw.log_proposal)
+        if draw.token_ids[k] == replay.token_ids[draw.first + k]
+    ]
+    if not pairs:
+        return Check("rescore.log_proposal", True, "not re-scored: no redrawn candidate (see rescore.draws)")
+    stored = [(f"candidate {j} log_proposal", stored_all[j]) for j, _ in pairs]
+    return compare_values("rescore.log_proposal", stored, [again for _, again in pairs], replay.tolerance)
