@@ -17,7 +17,9 @@ path), one real Redis. Invariants:
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,3 +134,156 @@ def test_a_served_auction_rescores_bit_for_bit_on_its_worker(
     assert {"rescore.log_ref", "rescore.log_context", "rescore.log_proposal", "rescore.draws"} <= set(checks)
     assert "bit for bit" in checks["rescore.log_proposal"].detail
     assert "the same tokens" in checks["rescore.draws"].detail
+
+
+@pytest.fixture(scope="module")
+def worker_b() -> Iterator[WorkerProcess]:
+    """Same build and threads as A, other batching: continuous batching off, tiny batch budgets."""
+    env = {
+        "WORKER_TORCH_THREADS": "1",
+        "WORKER_BATCHING": "false",
+        "WORKER_SCORE_TOKEN_BUDGET": "64",
+        "WORKER_BATCH_TOKEN_BUDGET": "64",
+        "WORKER_BATCH_MAX_ROWS": "1",
+    }
+    worker = start_worker_process("tiny-random", env=env)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def test_another_process_with_other_batching_rescores_bit_for_bit(
+    records: dict[str, dict[str, Any]], worker_b: WorkerProcess
+) -> None:
+    """Batching settings change no bits on the batch-invariant path, so they are not part of the
+    identity: worker B is the same engine, and every log-prob agrees bit for bit."""
+    for record in records.values():
+        checks = _rescore(record, worker_b.url)
+        _all_pass(checks)
+        assert "same engine identity: bit for bit" in checks["rescore.mode"].detail
+
+
+# Other engines of the same model and build: what differs from A, and the tolerance they must meet.
+OTHER_ENGINES = {
+    "threads-2": ({"WORKER_TORCH_THREADS": "2"}, "kernels.threads: 1 ≠ 2"),
+    "fp32": ({"WORKER_TORCH_THREADS": "1", "WORKER_DTYPE": "float32"}, "dtype: 'bfloat16' ≠ 'float32'"),
+}
+
+
+@pytest.mark.parametrize("config", sorted(OTHER_ENGINES))
+def test_another_engine_is_named_and_agrees_within_the_tolerance(
+    records: dict[str, dict[str, Any]], config: str
+) -> None:
+    """A worker with 2 torch threads, or fp32 weights, is another identity: `rescore.mode` names what
+    differs and the tolerance; every log-prob agrees within it (max |diff| printed: the measurement
+    of docs/DESIGN.md § Verifiable auctions)."""
+    env, named = OTHER_ENGINES[config]
+    other = start_worker_process("tiny-random", env=env)
+    try:
+        for proposal, record in records.items():
+            checks = _rescore(record, other.url)
+            _all_pass(checks)
+            assert "another engine identity" in checks["rescore.mode"].detail
+            assert named in checks["rescore.mode"].detail, checks["rescore.mode"].detail
+            for name in ("rescore.log_ref", "rescore.log_context", "rescore.log_proposal"):
+                print(config, proposal, name, checks[name].detail)
+    finally:
+        other.stop()
+
+
+def _tampered(record: dict[str, Any], path: tuple[Any, ...], change: Any) -> dict[str, Any]:
+    copy_ = copy.deepcopy(record)
+    target = copy_
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = change(target[path[-1]])
+    return copy_
+
+
+@pytest.mark.parametrize(
+    ("path", "change", "name", "named"),
+    [
+        (
+            ("candidates", 2, "log_context", "bravo"),
+            lambda v: v + 1e-12,
+            "rescore.log_context",
+            "candidate 2 log_context['bravo']",
+        ),
+        (
+            ("candidates", 0, "log_ref"),
+            lambda v: math.nextafter(v, 0.0),
+            "rescore.log_ref",
+            "candidate 0 log_ref",
+        ),
+        (
+            ("candidates", 1, "log_proposal"),
+            lambda v: v - 1e-9,
+            "rescore.log_proposal",
+            "candidate 1 log_proposal",
+        ),
+        (
+            ("candidates", 3, "token_ids"),
+            lambda ids: [*ids[:-1], (ids[-1] + 1) % 1000],
+            "rescore.draws",
+            "candidate 3 token_ids",
+        ),
+    ],
+)
+def test_a_tampered_record_fails_naming_the_candidate_and_field(
+    records: dict[str, dict[str, Any]],
+    worker_a: WorkerProcess,
+    path: tuple[Any, ...],
+    change: Any,
+    name: str,
+    named: str,
+) -> None:
+    """One changed log-prob (by as little as one ulp) or token fails its check, naming it."""
+    record = _tampered(records["mixture"], path, change)
+    assert record != records["mixture"]
+    checks = _rescore(record, worker_a.url)
+    assert not checks[name].ok, checks[name]
+    assert named in checks[name].detail, checks[name].detail
+
+
+def test_a_record_of_other_weights_fails_naming_the_field(
+    records: dict[str, dict[str, Any]], worker_a: WorkerProcess
+) -> None:
+    """The worker must be the announced model: a record whose weights hash is not the worker's fails
+    `rescore.engine` naming `weights_sha256`, before anything is scored."""
+    path = ("engine", "identities", 0, "identity", "weights_sha256")
+    record = _tampered(records["reference"], path, lambda _: "0" * 64)
+    checks = _rescore(record, worker_a.url)
+    assert list(checks) == ["rescore.engine"]
+    assert not checks["rescore.engine"].ok
+    assert "engine.identities[0].identity.weights_sha256" in checks["rescore.engine"].detail
+
+
+def test_a_worker_of_another_model_fails_naming_model(records: dict[str, dict[str, Any]]) -> None:
+    """A SmolLM2 worker is not the recorded tiny-random: `rescore.engine` fails naming `model`."""
+    other = start_worker_process("smollm2", env={"WORKER_TORCH_THREADS": "1"})
+    try:
+        checks = _rescore(records["reference"], other.url)
+    finally:
+        other.stop()
+    assert not checks["rescore.engine"].ok
+    detail = checks["rescore.engine"].detail
+    assert "engine.identities[0].identity.model" in detail and "'smollm2'" in detail, detail
+
+
+def test_her_sealed_view_rescores_what_it_holds(
+    gateway: GatewayProcess, records: dict[str, dict[str, Any]], worker_a: WorkerProcess
+) -> None:
+    """Her sealed view re-scores log π_ref, her own log π_i and the reference draws bit for bit; a
+    mixture's log q needs the sealed context prompt and says so; the others' log_context never shows."""
+    view = _record(gateway, records["mixture"]["auction_id"], ALPHA_KEY)
+    assert view["view"] == "sealed"
+    assert all(set(c["log_context"]) == {"alpha"} for c in view["candidates"])
+    checks = _rescore(view, worker_a.url)
+    _all_pass(checks)
+    assert "5 values agree bit for bit" in checks["rescore.log_context"].detail
+    assert "sealed context prompt" in checks["rescore.log_proposal"].detail
+    assert "bit for bit" in checks["rescore.log_ref"].detail
+    tampered = _tampered(view, ("candidates", 4, "log_context", "alpha"), lambda v: v + 1e-9)
+    failed = _rescore(tampered, worker_a.url)["rescore.log_context"]
+    assert not failed.ok and "candidate 4 log_context['alpha']" in failed.detail
