@@ -135,6 +135,8 @@ async def rescore_checks(
     allowed when the worker's identity differs from the record's (default `default_tolerance`)."""
     candidates = record.get("candidates") or []
     engine = record.get("engine")
+    if record.get("no_fill") is not None:
+        return [Check("rescore", True, "a no-fill: nothing was scored (one organic draw, no bids)")]
     if not engine:
         return [Check("rescore.engine", False, "the record has no `engine` (recorded before issue 35)")]
     token_ids = [candidate.get("token_ids") for candidate in candidates]

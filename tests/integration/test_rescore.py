@@ -287,3 +287,28 @@ def test_her_sealed_view_rescores_what_it_holds(
     tampered = _tampered(view, ("candidates", 4, "log_context", "alpha"), lambda v: v + 1e-9)
     failed = _rescore(tampered, worker_a.url)["rescore.log_context"]
     assert not failed.ok and "candidate 4 log_context['alpha']" in failed.detail
+
+
+def _compact(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def test_what_rescoring_adds_to_a_record_stays_small(records: dict[str, dict[str, Any]]) -> None:
+    """The bytes issue 35 adds to a stored record (compact JSON): `engine` under 1.5 KB whatever the
+    auction's size (one identity, a few requests), each log_context entry under 40 bytes, each token
+    id under 8 bytes (printed: the figures of docs/DESIGN.md § Verifiable auctions)."""
+    for proposal, record in records.items():
+        candidates = record["candidates"]
+        engine = _compact({"engine": record["engine"]})
+        log_context = sum(_compact({"log_context": c["log_context"]}) for c in candidates)
+        token_ids = sum(_compact({"token_ids": c["token_ids"]}) for c in candidates)
+        tokens = sum(len(c["token_ids"]) for c in candidates)
+        entries = sum(len(c["log_context"]) for c in candidates)
+        total = _compact(record)
+        print(
+            f"{proposal}: record {total} B; engine {engine} B, log_context {log_context} B "
+            f"({entries} entries), token_ids {token_ids} B ({tokens} tokens)"
+        )
+        assert engine < 1500
+        assert log_context < 40 * entries
+        assert token_ids < 8 * tokens + 16 * len(candidates)
