@@ -8,8 +8,11 @@ Which worker, how long to wait, hedging and retries are `app.auction.worker_disp
 circuit breaker is `app.auction.worker_health`'s (fed here: a timeout, connect error or 5xx is a
 failure, an answer a success). A failed request (connection error, timeout, 5xx) goes to the next
 healthy worker; a worker 4xx is the worker refusing our request, answered 502 with its message; all
-workers failed → 503.
-See docs/DESIGN.md § Faults: workers, Redis, slow clients.
+workers failed → 503. Every answer is tied to the engine that gave it (`app.auction.engine_identity`:
+the worker's X-Mosaic-Engine, its identity read once from GET /version): generated candidates and
+scoring chunks carry it, for the record's `engine` (issue 35). Value types and answer parsing:
+`app.auction.engine_answers`.
+See docs/DESIGN.md § Faults: workers, Redis, slow clients; § Verifiable auctions.
 """
 
 from __future__ import annotations
@@ -18,12 +21,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from app.auction.engine_answers import (
+    GeneratedCandidate,
+    ScoredChunk,
+    WorkerCallStats,
+    WorkerRequestError,
+    candidate_from_choice,
+    derive_seed,
+    error_message,
+    sequence_logprob_sums,
+    split_evenly,
+)
 from app.auction.engine_identity import ENGINE_HEADER, EngineIdentities
 from app.auction.observers import NoopWorkerObserver, WorkerObserver
 from app.auction.worker_dispatch import (
@@ -45,73 +58,18 @@ from workers.protocol import (
 
 logger = logging.getLogger(__name__)
 
+# The value types live in `app.auction.engine_answers`; importable from here as before.
+__all__ = [
+    "EngineClient",
+    "GeneratedCandidate",
+    "ScoredChunk",
+    "WorkerCallStats",
+    "WorkerRequestError",
+    "derive_seed",
+    "split_evenly",
+]
+
 ResponseModel = TypeVar("ResponseModel", bound=BaseModel)
-
-
-class WorkerRequestError(Exception):
-    """A worker refused a request (4xx) or answered something that is not the contract: 502."""
-
-    def __init__(self, worker_url: str, message: str) -> None:
-        super().__init__(f"worker {worker_url}: {message}")
-        self.worker_url = worker_url
-
-
-@dataclass(frozen=True)
-class GeneratedCandidate:
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None
-    log_proposal: float  # Σ of the sampled tokens' processed log-probs: log q(y)
-    engine_id: str = ""  # the engine that drew it (`app.auction.engine_identity`)
-    share: int = 0  # the generation request of its pool that drew it (its seed: derive_seed(seed, share))
-
-
-@dataclass(frozen=True)
-class ScoredChunk:
-    """One scoring request: sequences [start, stop) of the batch, scored by engine `engine_id`."""
-
-    start: int
-    stop: int
-    engine_id: str
-
-
-@dataclass
-class WorkerCallStats:
-    """When worker requests were in flight, for the gateway-overhead figure (total − time in workers)."""
-
-    intervals: list[tuple[float, float]] = field(default_factory=list)
-
-    def add(self, started: float, ended: float) -> None:
-        self.intervals.append((started, ended))
-
-    def busy_seconds(self) -> float:
-        """Length of the union of the intervals: wall time with at least one request in flight."""
-        total = 0.0
-        current_start = current_end = None
-        for start, end in sorted(self.intervals):
-            if current_end is None or start > current_end:
-                if current_end is not None and current_start is not None:
-                    total += current_end - current_start
-                current_start, current_end = start, end
-            else:
-                current_end = max(current_end, end)
-        if current_end is not None and current_start is not None:
-            total += current_end - current_start
-        return total
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    """`total` items over `parts` workers as evenly as possible, larger shares first."""
-    base, extra = divmod(total, parts)
-    return [base + (1 if index < extra else 0) for index in range(parts)]
-
-
-def derive_seed(seed: int, stream: int) -> int:
-    """Independent, reproducible per-request seeds from one auction seed (SplitMix64 step)."""
-    value = (seed + 0x9E3779B97F4A7C15 * (stream + 1)) & 0xFFFFFFFFFFFFFFFF
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (value ^ (value >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
 class EngineClient:
@@ -204,16 +162,16 @@ class EngineClient:
             if response.status_code >= 500:
                 self._record_error(url, f"http_{response.status_code}")
                 health.record_failure(url, f"http_{response.status_code}")
-                message = _error_message(response)
+                message = error_message(response)
                 raise RetryableWorkerError(f"{url}{path}: HTTP {response.status_code} {message}")
             health.record_success(url)  # it answered: a 4xx is our request refused, not a sick worker
             if response.status_code == 429:  # its queue is full: busy, not sick; another may take it
                 self._record_error(url, "http_429")
                 retry = int(response.headers.get("retry-after", "1") or 1)
-                raise BusyWorkerError(f"{url}{path}: HTTP 429 {_error_message(response)}", retry)
+                raise BusyWorkerError(f"{url}{path}: HTTP 429 {error_message(response)}", retry)
             if response.status_code >= 400:
                 self._record_error(url, f"http_{response.status_code}")
-                raise WorkerRequestError(url, f"HTTP {response.status_code}: {_error_message(response)}")
+                raise WorkerRequestError(url, f"HTTP {response.status_code}: {error_message(response)}")
             try:
                 parsed = response_model.model_validate_json(response.content)
             except ValidationError as error:
@@ -326,7 +284,7 @@ class EngineClient:
             "POST", "/v1/completions", request, CompletionResponseView, share, stats, tokens, "generate"
         )
         return [
-            _candidate_from_choice(choice, engine_id, share)
+            candidate_from_choice(choice, engine_id, share)
             for choice in sorted(response.choices, key=lambda choice: choice.index)
         ]
 
@@ -385,7 +343,7 @@ class EngineClient:
                 tokens,
                 "score",
             )
-            sums = _sequence_logprob_sums(response, sequences, prompt_lengths, offset=start)
+            sums = sequence_logprob_sums(response, sequences, prompt_lengths, offset=start)
             return sums, ScoredChunk(start, stop, engine_id)
 
         if chunks is None:
@@ -400,53 +358,3 @@ class EngineClient:
     def health(self) -> dict[str, bool]:
         """Which workers are up now (the breakers' state, kept current by the probe task; no I/O)."""
         return self.worker_health.healthy()
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body: Any = response.json()
-    except ValueError:
-        return response.text[:500]
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return str(body["error"].get("message", body["error"]))
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])[:500]
-    return str(body)[:500]
-
-
-def _candidate_from_choice(choice: Any, engine_id: str = "", share: int = 0) -> GeneratedCandidate:
-    if choice.token_ids is None or choice.logprobs is None:
-        raise WorkerRequestError("worker", "generation choice without token_ids/logprobs")
-    token_logprobs = choice.logprobs.token_logprobs
-    if len(token_logprobs) != len(choice.token_ids) or any(value is None for value in token_logprobs):
-        raise WorkerRequestError("worker", "one sampled log-prob per generated token expected")
-    return GeneratedCandidate(
-        token_ids=list(choice.token_ids),
-        text=choice.text,
-        finish_reason=choice.finish_reason,
-        log_proposal=float(sum(token_logprobs)),
-        engine_id=engine_id,
-        share=share,
-    )
-
-
-def _sequence_logprob_sums(
-    response: CompletionResponseView, sequences: list[list[int]], prompt_lengths: list[int], offset: int
-) -> list[float]:
-    choices = sorted(response.choices, key=lambda choice: choice.index)
-    sums: list[float] = []
-    for local_index, choice in enumerate(choices):
-        sequence = sequences[offset + local_index]
-        prompt_length = prompt_lengths[offset + local_index]
-        entries = choice.prompt_logprobs
-        if entries is None or len(entries) != len(sequence):
-            raise WorkerRequestError("worker", "prompt_logprobs missing or of the wrong length")
-        total = 0.0
-        for position in range(prompt_length, len(sequence)):
-            entry = entries[position]
-            token_key = str(sequence[position])
-            if entry is None or token_key not in entry:
-                raise WorkerRequestError("worker", f"no prompt log-prob for token {token_key} at {position}")
-            total += float(entry[token_key]["logprob"])
-        sums.append(total)
-    return sums

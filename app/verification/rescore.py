@@ -8,24 +8,26 @@ gateway sent (the record's `engine.scored` ranges), and draws every generation r
 recorded seed and share (`engine.generated`): the same tokens must come back, and their log q.
 * The worker must be the announced model: its identity's `model` and `weights_sha256` equal every
   identity the record names, else `rescore.engine` fails naming the field.
-* Same identity (every field of `workers.identity`: build, dtype, threads, kernels, hardware class):
-  log_ref, log_context[i] and log_proposal must agree BIT FOR BIT (float64 compared by its bits).
-* Another identity (another CPU family, CPU vs GPU, other threads or dtype): within `tolerance`
-  nats per reply token (default by the dtypes: `default_tolerance`, measured, docs/DESIGN.md
-  § Verifiable auctions); `rescore.mode` says which case applied and the fields that differ. Draws
-  may legitimately diverge there: a redrawn candidate whose tokens differ is reported, not failed.
+* What an engine of the worker's identity (every field of `workers.identity`: build, dtype,
+  threads, kernels, hardware class) scored or drew must agree BIT FOR BIT (float64 compared by its
+  bits): log_ref, log_context[i], log_proposal and the redrawn tokens.
+* What another identity scored (another CPU family, CPU vs GPU, other threads or dtype): within
+  `tolerance` nats per reply token (default by the dtypes: `default_tolerance`, measured,
+  docs/DESIGN.md § Verifiable auctions); `rescore.mode` says which case applied and the fields that
+  differ. Draws may legitimately diverge there: a redrawn candidate whose tokens differ is noted.
+  With several engines in one auction (`engine.scored` / `engine.generated` say which did what)
+  each value is compared by its own engine's rule (`app.verification.rescore_compare`).
 * A sealed view (`view: "sealed"`) re-scores what it allows: log π_ref under the reference prompt,
   her own log π_i, and the reference pool's draws; the others' prompts stay sealed (the context
   prompt names them), so log q of context draws and of a mixture are reported as not re-scored.
 Every check names the first differing candidate and field, and the max |diff|.
 Imports the engine client (`app.auction.engine_client`, `app.auction.engine_identity`), the prompts,
-the mechanism's mixture density and `app.settings`; see docs/DESIGN.md § Verifiable auctions.
+the mechanism's mixture density, `app.settings` and the pure comparisons
+(`app.verification.rescore_compare`); see docs/DESIGN.md § Verifiable auctions.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,63 +41,7 @@ from app.contract.request import AdvertiserIn
 from app.prompts import ChatMessage, advertiser_messages, context_messages, reference_messages
 from app.settings import Settings
 from app.verification.report import Check
-
-MODEL_FIELDS = ("model", "weights_sha256")  # what makes a worker "the announced model"
-# Nats per reply token (|Δ log-prob of the reply| / its tokens) allowed between engines of one model
-# whose identities differ (docs/DESIGN.md § Verifiable auctions). Both fp32 on CPU (other threads,
-# batching, CPU family): float noise, ≤ ~3e-5 nats per reply measured (bench/numerics.py). bf16 on
-# either side, or a GPU: other kernels round bf16 products differently; bf16 vs fp32 measured up to
-# 0.69 nats on one SmolLM2 token (docs/results/dtype.txt) and 0.26 on tiny-random (test_rescore.py).
-FP32_TOLERANCE = 1e-4
-BF16_TOLERANCE = 0.75
-
-
-def default_tolerance(recorded: Sequence[dict[str, Any]], worker: dict[str, Any]) -> float:
-    """Nats per reply token allowed between another engine and the recorded ones (by dtype)."""
-    identities = [*recorded, worker]
-    fp32 = all(i.get("dtype") == "float32" and i.get("device") == "cpu" for i in identities)
-    return FP32_TOLERANCE if fp32 else BF16_TOLERANCE
-
-
-def identity_differences(recorded: dict[str, Any], worker: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted paths where two identities differ, with both values ("kernels.threads: 1 ≠ 2")."""
-    found: list[str] = []
-    for key in sorted(set(recorded) | set(worker)):
-        left, right = recorded.get(key), worker.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            found.extend(identity_differences(left, right, f"{prefix}{key}."))
-        elif left != right:
-            found.append(f"{prefix}{key}: {left!r} ≠ {right!r}")
-    return found
-
-
-def same_bits(left: float, right: float) -> bool:
-    """Whether two float64 values are the same bits (0.0 and -0.0 differ; a NaN equals itself)."""
-    return struct.pack("<d", left) == struct.pack("<d", right)
-
-
-def compare_values(
-    name: str,
-    stored: Sequence[tuple[str, float]],
-    fresh: Sequence[float],
-    tolerance: float | None,
-    tokens: Sequence[int],
-) -> Check:
-    """`stored` [(label, value)] against `fresh`: bit for bit (`tolerance` None), or each within
-    `tolerance` nats per reply token (`tokens`: each value's reply length, at least 1)."""
-    diffs = [abs(value - again) for (_, value), again in zip(stored, fresh, strict=True)]
-    per_token = [diff / max(1, count) for diff, count in zip(diffs, tokens, strict=True)]
-    worst = f"max |diff| {max(diffs, default=0.0):.3g}, {max(per_token, default=0.0):.3g} per token"
-    rule = "bit for bit" if tolerance is None else f"within {tolerance:g} nats per token"
-    for (label, value), again, diff, rate in zip(stored, fresh, diffs, per_token, strict=True):
-        if not (same_bits(value, again) if tolerance is None else rate <= tolerance):
-            return Check(
-                name,
-                False,
-                f"{label}: recorded {value!r}, re-scored {again!r} (|diff| {diff:.3g}; {rule}); "
-                f"{worst} over {len(stored)} values",
-            )
-    return Check(name, True, f"{len(stored)} values agree {rule} ({worst})")
+from app.verification.rescore_compare import Strictness, compare_values, identity_checks
 
 
 @dataclass(frozen=True)
@@ -106,7 +52,7 @@ class Replay:
     sealed: bool
     token_ids: list[list[int]]
     engine: dict[str, Any]
-    tolerance: float | None  # None: bit for bit
+    strictness: Strictness  # per value: bit for bit (same engine identity) or the tolerance
 
     @property
     def candidates(self) -> list[dict[str, Any]]:
@@ -115,6 +61,14 @@ class Replay:
     @property
     def request(self) -> dict[str, Any]:
         return dict(self.record.get("request") or {})
+
+    def sequence_tolerance(self, group: int, candidate: int) -> float | None:
+        """How strictly candidate j's score under prompt `group` (0: reference, 1+i: advertiser i,
+        1+n: context) compares: by the engine that scored it (a sealed view cannot place her own row
+        in the batch: bit for bit only if every recorded engine is the worker's)."""
+        if self.sealed and group > 0:
+            return self.strictness.sequence(None)
+        return self.strictness.sequence(group * len(self.token_ids) + candidate)
 
     def lengths(self) -> list[int]:
         """Each candidate's reply length in tokens (a tolerance is per token)."""
@@ -154,42 +108,13 @@ async def rescore_checks(
     client = EngineClient(settings, [url])
     try:
         _, worker_identity, _ = await read_identity(client.clients[url])
-        checks, strict, allowed = _identity_checks(engine, worker_identity, tolerance)
-        if not all(check.ok for check in checks):
+        checks, strictness = identity_checks(engine, worker_identity, tolerance)
+        if strictness is None:
             return checks
-        replay = Replay(
-            record, record.get("view") == "sealed", token_ids, engine, None if strict else allowed
-        )
+        replay = Replay(record, record.get("view") == "sealed", token_ids, engine, strictness)
         return checks + await _rescore(client, replay)
     finally:
         await client.aclose()
-
-
-def _identity_checks(
-    engine: dict[str, Any], worker: dict[str, Any], tolerance: float | None
-) -> tuple[list[Check], bool, float]:
-    """`rescore.engine` (the announced model) and `rescore.mode` (bit for bit, or the tolerance)."""
-    recorded = [entry.get("identity", {}) for entry in engine.get("identities", [])]
-    if "unread" in worker:
-        return [Check("rescore.engine", False, f"the worker's identity: {worker['unread']}")], False, 0.0
-    for index, identity in enumerate(recorded):
-        if "unread" in identity:
-            problem = f"engine.identities[{index}] was not read when the auction ran: {identity['unread']}"
-            return [Check("rescore.engine", False, problem)], False, 0.0
-        for field in MODEL_FIELDS:
-            if identity.get(field) != worker.get(field):
-                problem = (
-                    f"engine.identities[{index}].identity.{field}: the record says "
-                    f"{identity.get(field)!r}, the worker is {worker.get(field)!r}: not the announced model"
-                )
-                return [Check("rescore.engine", False, problem)], False, 0.0
-    model = Check("rescore.engine", True, f"the worker serves {worker.get('model')!r}, weights as recorded")
-    differences = sorted({d for identity in recorded for d in identity_differences(identity, worker)})
-    if not differences:
-        return [model, Check("rescore.mode", True, "same engine identity: bit for bit")], True, 0.0
-    allowed = default_tolerance(recorded, worker) if tolerance is None else tolerance
-    detail = f"another engine identity ({'; '.join(differences)}): within {allowed:g} nats per token"
-    return [model, Check("rescore.mode", True, detail)], False, allowed
 
 
 async def _rescore(client: EngineClient, replay: Replay) -> list[Check]:
@@ -234,22 +159,23 @@ async def _score_rows(client: EngineClient, replay: Replay, prompts: list[list[i
 
 def _compare_log_ref(replay: Replay, fresh: np.ndarray) -> Check:
     stored = [(f"candidate {j} log_ref", float(c["log_ref"])) for j, c in enumerate(replay.candidates)]
-    return compare_values(
-        "rescore.log_ref", stored, [float(x) for x in fresh], replay.tolerance, replay.lengths()
-    )
+    strict = [replay.sequence_tolerance(0, j) for j in range(len(stored))]
+    return compare_values("rescore.log_ref", stored, [float(x) for x in fresh], strict, replay.lengths())
 
 
 def _compare_log_context(replay: Replay, advertiser_ids: list[str], fresh: np.ndarray) -> Check:
     stored: list[tuple[str, float]] = []
+    strict: list[float | None] = []
     for i, aid in enumerate(advertiser_ids):
         for j, candidate in enumerate(replay.candidates):
             value = (candidate.get("log_context") or {}).get(aid)
             if value is None:
                 return Check("rescore.log_context", False, f"candidate {j}: no log_context[{aid!r}] recorded")
-            stored.append((f"candidate {j} log_context[{aid!r}] (row {i})", float(value)))
+            stored.append((f"candidate {j} log_context[{aid!r}]", float(value)))
+            strict.append(replay.sequence_tolerance(1 + i, j))
     flat = [float(x) for row in fresh for x in row]
     tokens = replay.lengths() * len(advertiser_ids)
-    return compare_values("rescore.log_context", stored, flat, replay.tolerance, tokens)
+    return compare_values("rescore.log_context", stored, flat, strict, tokens)
 
 
 @dataclass(frozen=True)
@@ -302,10 +228,12 @@ def _compare_draws(replay: Replay, draws: list[Redrawn] | str) -> Check:
     count = sum(len(draw.token_ids) for draw in draws)
     if not differing:
         return Check("rescore.draws", True, f"{count} candidates redrawn by their seeds: the same tokens")
-    detail = f"candidate {differing[0]} token_ids: a redraw with its recorded seed gives other tokens"
-    if replay.tolerance is None:
-        return Check("rescore.draws", False, f"{detail} ({len(differing)} of {count} differ)")
-    return Check("rescore.draws", True, f"{detail} ({len(differing)} of {count}; another engine: noted)")
+    wrong = [j for j in differing if replay.strictness.draw(j) is None]  # the same engine drew it
+    if wrong:
+        detail = f"candidate {wrong[0]} token_ids: a redraw with its recorded seed gives other tokens"
+        return Check("rescore.draws", False, f"{detail} ({len(wrong)} of {count} differ; same engine)")
+    detail = f"candidates {differing} drew other tokens on another engine (sampling may diverge there)"
+    return Check("rescore.draws", True, f"{detail}: noted, their log q not compared")
 
 
 def _compare_log_proposal(
@@ -326,9 +254,12 @@ def _compare_log_proposal(
             np.stack([rows[1 + n], rows[0]]), np.array([share, 1.0 - share])
         )
         stored = [(f"candidate {j} log_proposal", value) for j, value in enumerate(stored_all)]
-        fresh_values = [float(x) for x in fresh]
+        strict = [
+            _stricter(replay.sequence_tolerance(0, j), replay.sequence_tolerance(1 + n, j))
+            for j in range(len(stored))
+        ]
         return compare_values(
-            "rescore.log_proposal", stored, fresh_values, replay.tolerance, replay.lengths()
+            "rescore.log_proposal", stored, [float(x) for x in fresh], strict, replay.lengths()
         )
     pairs = [
         (draw.first + k, again)
@@ -339,7 +270,11 @@ def _compare_log_proposal(
     if not pairs:
         return Check("rescore.log_proposal", True, "not re-scored: no redrawn candidate (see rescore.draws)")
     stored = [(f"candidate {j} log_proposal", stored_all[j]) for j, _ in pairs]
+    strict = [replay.strictness.draw(j) for j, _ in pairs]
     tokens = [replay.lengths()[j] for j, _ in pairs]
-    return compare_values(
-        "rescore.log_proposal", stored, [again for _, again in pairs], replay.tolerance, tokens
-    )
+    return compare_values("rescore.log_proposal", stored, [again for _, again in pairs], strict, tokens)
+
+
+def _stricter(left: float | None, right: float | None) -> float | None:
+    """A value computed from two scores: bit for bit only if both are."""
+    return None if left is None and right is None else max(t for t in (left, right) if t is not None)

@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 from app.auction.engine_client import GeneratedCandidate, ScoredChunk
 from app.auction.engine_record import engine_record
 from app.auction.sampler import CandidateSet, ScoredCandidates
-from app.verification.rescore import (
+from app.verification.rescore_compare import (
     BF16_TOLERANCE,
     FP32_TOLERANCE,
     compare_values,
     default_tolerance,
+    identity_checks,
     identity_differences,
     same_bits,
 )
@@ -35,11 +36,12 @@ def test_bit_for_bit_fails_on_one_ulp_and_names_the_first(values: list[float], d
     """Equal bits pass; one ulp off in value k fails naming value k (the first that differs)."""
     labels = [(f"candidate {j} log_ref", v) for j, v in enumerate(values)]
     tokens = [3] * len(values)
-    assert compare_values("rescore.log_ref", labels, list(values), None, tokens).ok
+    exact = [None] * len(values)
+    assert compare_values("rescore.log_ref", labels, list(values), exact, tokens).ok
     k = data.draw(st.integers(0, len(values) - 1))
     fresh = list(values)
     fresh[k] = math.nextafter(fresh[k], math.inf)
-    check = compare_values("rescore.log_ref", labels, fresh, None, tokens)
+    check = compare_values("rescore.log_ref", labels, fresh, exact, tokens)
     assert not check.ok
     assert check.detail.startswith(f"candidate {k} log_ref:"), check.detail
 
@@ -55,8 +57,8 @@ def test_a_tolerance_is_per_reply_token(value: float, tokens: int, tolerance: fl
     inside = value + 0.5 * tolerance * tokens
     outside = value + 2.0 * tolerance * tokens
     labels = [("candidate 0 log_ref", value)]
-    assert compare_values("x", labels, [inside], tolerance, [tokens]).ok
-    failed = compare_values("x", labels, [outside], tolerance, [tokens])
+    assert compare_values("x", labels, [inside], [tolerance], [tokens]).ok
+    failed = compare_values("x", labels, [outside], [tolerance], [tokens])
     assert not failed.ok and "candidate 0 log_ref" in failed.detail
 
 
@@ -121,3 +123,45 @@ def test_engine_record_accounts_for_every_candidate_and_sequence(
     assert [ids[k] for k, _, _ in record.scored] == [c.engine_id for c in chunks]
     assert record.max_tokens == 7
     assert all(identity.identity["model"] == "x" for identity in record.identities)
+
+
+def test_each_value_is_compared_by_the_rule_of_the_engine_that_produced_it() -> None:
+    """With two engines recorded, one the worker's own: the sequences and draws of that one compare
+    bit for bit, the other's within the tolerance; the mode names the differing field of the other."""
+    worker = {
+        "model": "m",
+        "weights_sha256": "w",
+        "dtype": "bfloat16",
+        "device": "cpu",
+        "kernels": {"threads": 1},
+    }
+    other = {**worker, "kernels": {"threads": 2}}
+    engine = {
+        "identities": [{"id": "a", "identity": worker}, {"id": "b", "identity": other}],
+        "scored": [[0, 0, 4], [1, 4, 8]],
+        "generated": [[1, 0, 0, 2], [0, 1, 2, 4]],
+    }
+    checks, strictness = identity_checks(engine, worker, None)
+    assert strictness is not None and all(check.ok for check in checks)
+    assert "engine 1: kernels.threads: 2 ≠ 1" in checks[1].detail
+    assert [strictness.sequence(s) for s in range(8)] == [None] * 4 + [BF16_TOLERANCE] * 4
+    assert [strictness.draw(j) for j in range(4)] == [BF16_TOLERANCE] * 2 + [None] * 2
+    assert strictness.sequence(None) == BF16_TOLERANCE  # a sealed row: unknown engine, the looser rule
+    labels = [(f"candidate {j} log_ref", -1.0) for j in range(2)]
+    mixed = compare_values("x", labels, [-1.0, -1.01], [None, 0.1], [1, 1])
+    assert mixed.ok and "1 bit for bit, 1 within 0.1" in mixed.detail
+    assert not compare_values("x", labels, [-1.0 + 1e-15, -1.0], [None, 0.1], [1, 1]).ok
+
+
+def test_another_model_or_unread_identity_fails_naming_it() -> None:
+    """A worker whose model or weights differ from any recorded engine fails `rescore.engine` naming
+    the field; an identity the gateway could not read fails naming that."""
+    worker = {"model": "m", "weights_sha256": "w"}
+    engine = {"identities": [{"id": "a", "identity": {**worker, "weights_sha256": "x"}}]}
+    checks, strictness = identity_checks(engine, worker, None)
+    assert strictness is None and not checks[0].ok
+    assert "engine.identities[0].identity.weights_sha256" in checks[0].detail
+    checks, _ = identity_checks(
+        {"identities": [{"id": "a", "identity": {"unread": "timeout"}}]}, worker, None
+    )
+    assert not checks[0].ok and "timeout" in checks[0].detail
