@@ -312,3 +312,35 @@ def test_what_rescoring_adds_to_a_record_stays_small(records: dict[str, dict[str
         assert engine < 1500
         assert log_context < 40 * entries
         assert token_ids < 8 * tokens + 16 * len(candidates)
+
+
+def test_two_engines_in_one_auction_are_recorded_and_each_compared_by_its_rule(
+    worker_a: WorkerProcess, redis_process: RedisServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A gateway over A and a 2-thread worker (another identity): the record names both engines and
+    which generation shares and scoring requests each answered; re-scored on A, what A produced agrees
+    bit for bit and what the other produced within the tolerance, and `rescore.mode` names the field."""
+    other = start_worker_process("tiny-random", env={"WORKER_TORCH_THREADS": "2"})
+    gateway = start_gateway_process(
+        f"{worker_a.url},{other.url}",
+        redis_process.url,
+        tmp_path_factory.mktemp("rescore-two"),
+        API_KEYS=PLATFORM_KEY,
+        WORKER_HEDGE="false",
+        **LIMITS,
+    )
+    try:
+        record = _record(gateway, _auction(gateway, "mixture", 29))
+    finally:
+        gateway.stop()
+        other.stop()
+    engine = record["engine"]
+    assert len(engine["identities"]) == 2
+    threads = {entry["identity"]["kernels"]["threads"] for entry in engine["identities"]}
+    assert threads == {1, 2}
+    assert {k for k, *_ in engine["generated"]} == {0, 1} and {k for k, *_ in engine["scored"]} == {0, 1}
+    checks = _rescore(record, worker_a.url)
+    _all_pass(checks)
+    assert "kernels.threads: 2 ≠ 1" in checks["rescore.mode"].detail
+    detail = checks["rescore.log_context"].detail
+    assert " bit for bit, " in detail and "within" in detail, detail
