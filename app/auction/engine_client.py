@@ -117,20 +117,6 @@ class EngineClient:
 
     # --- transport with retry on another worker ---------------------------------------------------
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        payload: BaseModel | None,
-        response_model: type[ResponseModel],
-        first_worker: int = 0,
-        stats: WorkerCallStats | None = None,
-        tokens: int = 0,
-        kind: str | None = None,
-    ) -> ResponseModel:
-        answer = await self._answer(method, path, payload, response_model, first_worker, stats, tokens, kind)
-        return answer[0]
-
     async def _answer(
         self,
         method: str,
@@ -195,7 +181,7 @@ class EngineClient:
 
     async def model_name(self) -> str:
         if self._model_name is None:
-            models = await self._call("GET", "/v1/models", None, ModelList)
+            models, _ = await self._answer("GET", "/v1/models", None, ModelList)
             if not models.data:
                 raise WorkerRequestError(self.worker_urls[0], "GET /v1/models listed no model")
             self._model_name = models.data[0].id
@@ -210,7 +196,7 @@ class EngineClient:
             add_generation_prompt=True,
             add_special_tokens=False,
         )
-        response = await self._call(
+        response, _ = await self._answer(
             "POST", "/tokenize", request, TokenizeResponse, first_worker, stats, kind="tokenize"
         )
         return list(response.tokens)
