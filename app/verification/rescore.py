@@ -44,6 +44,9 @@ from app.verification.report import Check
 from app.verification.rescore_compare import Strictness, compare_values, identity_checks
 
 
+RESCORE_TIMEOUT_S = 600.0
+
+
 @dataclass(frozen=True)
 class Replay:
     """What of the record a re-score uses, and how strictly it compares."""
@@ -104,6 +107,9 @@ async def rescore_checks(
         worker_priority=False,
         worker_hedge=False,
         worker_retries=1,
+        # an audit waits for its answers: no per-token budget, one generous ceiling per request
+        worker_timeout_s=RESCORE_TIMEOUT_S,
+        worker_timeout_base_s=RESCORE_TIMEOUT_S,
     )
     client = EngineClient(settings, [url])
     try:
