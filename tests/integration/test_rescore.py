@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.auction.engine_identity import EngineIdentities, identity_digest
 from app.verification.rescore import rescore_checks
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
@@ -344,3 +345,25 @@ def test_two_engines_in_one_auction_are_recorded_and_each_compared_by_its_rule(
     assert "kernels.threads: 2 ≠ 1" in checks["rescore.mode"].detail
     detail = checks["rescore.log_context"].detail
     assert " bit for bit, " in detail and "within" in detail, detail
+
+
+def test_the_gateway_reads_each_engine_identity_once_and_flags_a_changed_one(worker_a: WorkerProcess) -> None:
+    """An answer's X-Mosaic-Engine is the digest of the worker's GET /version identity, read once and
+    kept; read without the header (as for a stock vLLM) the worker gets the same id; a header that is
+    not the worker's identity now (restarted as another engine) is recorded as unread, never cached."""
+
+    async def run() -> None:
+        identities = EngineIdentities()
+        async with httpx.AsyncClient(base_url=worker_a.url) as client:
+            header = (await client.get("/v1/models")).headers["X-Mosaic-Engine"]
+            version = (await client.get("/version")).json()
+            assert await identities.engine_id(client, header) == header
+            assert identities.known[header] == version["mosaic_engine"]
+            assert identity_digest(version["mosaic_engine"]) == header
+            assert await identities.engine_id(client, None) == header
+            stale = "0" * 64
+            assert await identities.engine_id(client, stale) == stale
+            assert "unread" in identities.known[stale]
+            assert stale not in identities._ids  # read again next time
+
+    asyncio.run(run())
