@@ -1,10 +1,11 @@
 """The engine client's value types and the parsing of worker answers (docs/VLLM_PROTOCOL.md).
 
-Job: what `app.auction.engine_client` hands back (`GeneratedCandidate`, `ScoredChunk`), the per-auction
-`WorkerCallStats`, the seeds and shares of generation (`derive_seed`, `split_evenly`) and the reading
-of a completion's choices (`candidate_from_choice`, `sequence_logprob_sums`, `error_message`); a
-broken answer is `WorkerRequestError` (502). Pure: imports httpx (a response's body) and the worker's
-wire models only. See docs/DESIGN.md § The path of one auction.
+Job: what `app.auction.engine_client` takes and hands back (`DrawParams`, `GeneratedCandidate`,
+`ScoredChunk`), the per-auction `WorkerCallStats`, the seeds and shares of generation (`derive_seed`,
+`split_evenly`) and the reading of a completion's choices (`candidate_from_choice`,
+`sequence_logprob_sums`, `error_message`); a broken answer is `WorkerRequestError` (502). Pure:
+imports httpx (a response's body) and the worker's wire models only. See docs/DESIGN.md § The path
+of one auction.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ class GeneratedCandidate:
     log_proposal: float  # Σ of the sampled tokens' processed log-probs: log q(y)
     engine_id: str = ""  # the engine that drew it (`app.auction.engine_identity`)
     share: int = 0  # the generation request of its pool that drew it (its seed: derive_seed(seed, share))
+
+
+@dataclass(frozen=True)
+class DrawParams:
+    """How one generation request samples (the auction's reply length, temperature, top-p)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from app.auction.engine_answers import (
+    DrawParams,
     GeneratedCandidate,
     ScoredChunk,
     WorkerCallStats,
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 # The value types live in `app.auction.engine_answers`; importable from here as before.
 __all__ = [
+    "DrawParams",
     "EngineClient",
     "GeneratedCandidate",
     "ScoredChunk",
@@ -218,17 +220,10 @@ class EngineClient:
         Share k (of `split_evenly(M, workers)`) is drawn with seed `derive_seed(seed, k)`, whichever
         worker answers it: a re-score replays it by `generate_share` (`app.verification.rescore`)."""
         shares = split_evenly(num_candidates, len(self.worker_urls))
+        params = DrawParams(max_tokens, temperature, top_p, ignore_eos)
         requests = [
             self.generate_share(
-                prompt_ids,
-                share,
-                worker_index,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=derive_seed(seed, worker_index),
-                ignore_eos=ignore_eos,
-                stats=stats,
+                prompt_ids, share, worker_index, derive_seed(seed, worker_index), params, stats
             )
             for worker_index, share in enumerate(shares)
             if share
@@ -240,12 +235,8 @@ class EngineClient:
         prompt_ids: list[int],
         count: int,
         share: int,
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
         seed: int,
-        ignore_eos: bool = False,
+        params: DrawParams,
         stats: WorkerCallStats | None = None,
     ) -> list[GeneratedCandidate]:
         """One generation request: `count` samples with this `seed`, first sent to worker `share`."""
@@ -253,19 +244,19 @@ class EngineClient:
             model=await self.model_name(),
             prompt=prompt_ids,
             n=count,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
             seed=seed,
             logprobs=0,
             return_tokens_as_token_ids=True,
             return_token_ids=True,
-            ignore_eos=ignore_eos,
+            ignore_eos=params.ignore_eos,
             priority=self._priority(),
         )
         # The seed is the share's, not the worker's: any worker, hedged or not, gives the same
         # candidates for this share.
-        tokens = len(prompt_ids) + count * max_tokens
+        tokens = len(prompt_ids) + count * params.max_tokens
         response, engine_id = await self._answer(
             "POST", "/v1/completions", request, CompletionResponseView, share, stats, tokens, "generate"
         )

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from app import mechanism
-from app.auction.engine_client import EngineClient, derive_seed
+from app.auction.engine_client import DrawParams, EngineClient, derive_seed
 from app.auction.engine_identity import read_identity
 from app.auction.sampler import SEED_CONTEXT_DRAWS, SEED_REFERENCE_DRAWS
 from app.contract.request import AdvertiserIn
@@ -42,7 +42,6 @@ from app.prompts import ChatMessage, advertiser_messages, context_messages, refe
 from app.settings import Settings
 from app.verification.report import Check
 from app.verification.rescore_compare import Strictness, compare_values, identity_checks
-
 
 RESCORE_TIMEOUT_S = 600.0
 
@@ -206,14 +205,14 @@ async def _redraw(
         if prompt is None:
             continue  # the context prompt names the other advertisers: sealed
         stream = SEED_REFERENCE_DRAWS if pool == "reference" else SEED_CONTEXT_DRAWS
+        params = DrawParams(
+            int(replay.engine["max_tokens"]),
+            float(request.get("temperature", 1.0)),
+            float(request.get("top_p", 1.0)),
+        )
+        stream_seed = derive_seed(seed, stream)
         drawn = await client.generate_share(
-            prompt,
-            stop - first,
-            share,
-            max_tokens=int(replay.engine["max_tokens"]),
-            temperature=float(request.get("temperature", 1.0)),
-            top_p=float(request.get("top_p", 1.0)),
-            seed=derive_seed(derive_seed(seed, stream), share),
+            prompt, stop - first, share, derive_seed(stream_seed, share), params
         )
         ids = [list(candidate.token_ids) for candidate in drawn]
         redrawn.append(Redrawn(first, ids, [candidate.log_proposal for candidate in drawn]))
