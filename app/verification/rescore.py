@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from app import mechanism
-from app.auction.engine_client import DrawParams, EngineClient, derive_seed
+from app.auction.engine_client import DrawParams, EngineClient, WorkerRequestError, derive_seed
 from app.auction.engine_identity import read_identity
 from app.auction.sampler import SEED_CONTEXT_DRAWS, SEED_REFERENCE_DRAWS
+from app.auction.worker_dispatch import WorkersBusyError, WorkersUnavailableError
 from app.contract.request import AdvertiserIn
 from app.prompts import ChatMessage, advertiser_messages, context_messages, reference_messages
 from app.settings import Settings
@@ -117,7 +118,15 @@ async def rescore_checks(
         if strictness is None:
             return checks
         replay = Replay(record, record.get("view") == "sealed", token_ids, engine, strictness)
-        return checks + await _rescore(client, replay)
+        try:
+            return checks + await _rescore(client, replay)
+        except (WorkersUnavailableError, WorkersBusyError, WorkerRequestError) as error:
+            return [*checks, Check("rescore.worker", False, f"the worker did not answer: {error}")]
+        except (KeyError, IndexError, ValueError) as error:  # a record that is not one we wrote
+            return [
+                *checks,
+                Check("rescore.record", False, f"malformed record: {type(error).__name__} {error}"),
+            ]
     finally:
         await client.aclose()
 

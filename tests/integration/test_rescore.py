@@ -30,7 +30,7 @@ from app.auction.engine_identity import EngineIdentities, identity_digest
 from app.verification.rescore import rescore_checks
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
-from tests.fixtures_worker import WorkerProcess, start_worker_process
+from tests.fixtures_worker import WorkerProcess, free_port, start_worker_process
 
 PLATFORM_KEY = "rescore-platform-key"
 ALPHA_KEY = "rescore-alpha-key"
@@ -367,3 +367,11 @@ def test_the_gateway_reads_each_engine_identity_once_and_flags_a_changed_one(wor
             assert stale not in identities._ids  # read again next time
 
     asyncio.run(run())
+
+
+def test_no_worker_at_the_url_fails_naming_it(records: dict[str, dict[str, Any]]) -> None:
+    """Nothing listening at the URL: `rescore.engine` fails saying the identity could not be read
+    (a verify run reports it, never crashes)."""
+    checks = _rescore(records["reference"], f"http://127.0.0.1:{free_port()}")
+    assert list(checks) == ["rescore.engine"] and not checks["rescore.engine"].ok
+    assert "GET /version: ConnectError" in checks["rescore.engine"].detail
