@@ -7,7 +7,7 @@ kernels, hardware class: what bit-identity of the log-probs depends on) is read 
 worker's ``GET /version`` and kept. A worker without the header (a stock vLLM) is identified by its
 ``/version`` answer, once per worker URL. The auction record's `engine` names these identities
 (`app.auction.engine_record`). Reading an identity never fails an auction: an unreadable one is
-recorded as such (``{"unread": why}``) and read again next time.
+recorded as such (``{"unread": why}``) and read again after UNREAD_RETRY_S (not on every answer).
 Imports httpx, rfc8785 and the worker's wire models (`workers.protocol`); see docs/DESIGN.md
 § Verifiable auctions.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ENGINE_HEADER", "EngineIdentities", "identity_digest", "read_identity"]
 
 IDENTITY_TIMEOUT_S = 5.0
+UNREAD_RETRY_S = 30.0  # an identity that could not be read is read again after this long
 
 
 def identity_digest(identity: dict[str, Any]) -> str:
@@ -72,6 +74,7 @@ class EngineIdentities:
         self.known: dict[str, dict[str, Any]] = {}  # engine id -> identity
         self._ids: dict[str, str] = {}  # header, or the URL of a worker without one -> engine id
         self._pending: dict[str, asyncio.Future[tuple[str, dict[str, Any], bool]]] = {}
+        self._unread: dict[str, tuple[float, str]] = {}  # key -> (read again after, id recorded)
 
     async def engine_id(self, client: httpx.AsyncClient, header: str | None) -> str:
         """The id of the engine behind an answer from `client` that carried `header`."""
@@ -79,6 +82,9 @@ class EngineIdentities:
         known = self._ids.get(key)
         if known is not None:
             return known
+        unread = self._unread.get(key)
+        if unread is not None and time.monotonic() < unread[0]:  # no GET /version per answer
+            return unread[1]
         pending = self._pending.get(key)
         if pending is None:
             pending = asyncio.ensure_future(read_identity(client))
@@ -94,6 +100,8 @@ class EngineIdentities:
         self.known[engine_id] = identity
         if final:
             self._ids[key] = engine_id
+            self._unread.pop(key, None)
         else:
+            self._unread[key] = (time.monotonic() + UNREAD_RETRY_S, engine_id)
             logger.warning("worker identity not read", extra={"worker": str(client.base_url), **identity})
         return engine_id

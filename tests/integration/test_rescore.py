@@ -349,22 +349,31 @@ def test_two_engines_in_one_auction_are_recorded_and_each_compared_by_its_rule(
 
 def test_the_gateway_reads_each_engine_identity_once_and_flags_a_changed_one(worker_a: WorkerProcess) -> None:
     """An answer's X-Mosaic-Engine is the digest of the worker's GET /version identity, read once and
-    kept; read without the header (as for a stock vLLM) the worker gets the same id; a header that is
-    not the worker's identity now (restarted as another engine) is recorded as unread, never cached."""
+        kept; read without the header (as for a stock vLLM) the worker gets the same id; a header that is
+        not the worker's identity now (restarted as another engine) is recorded as unread, never kept as
+    read (read again after UNREAD_RETRY_S)."""
 
     async def run() -> None:
         identities = EngineIdentities()
-        async with httpx.AsyncClient(base_url=worker_a.url) as client:
+        reads: list[str] = []
+
+        async def count(request: httpx.Request) -> None:
+            reads.extend([request.url.path] if request.url.path == "/version" else [])
+
+        async with httpx.AsyncClient(base_url=worker_a.url, event_hooks={"request": [count]}) as client:
             header = (await client.get("/v1/models")).headers["X-Mosaic-Engine"]
             version = (await client.get("/version")).json()
             assert await identities.engine_id(client, header) == header
+            assert await identities.engine_id(client, header) == header and len(reads) == 2  # kept
             assert identities.known[header] == version["mosaic_engine"]
             assert identity_digest(version["mosaic_engine"]) == header
             assert await identities.engine_id(client, None) == header
             stale = "0" * 64
             assert await identities.engine_id(client, stale) == stale
             assert "unread" in identities.known[stale]
-            assert stale not in identities._ids  # read again next time
+            assert stale not in identities._ids  # read again later, not on every answer
+            before = len(reads)
+            assert await identities.engine_id(client, stale) == stale and len(reads) == before
 
     asyncio.run(run())
 
