@@ -59,14 +59,17 @@ class Strictness:
     tolerance: float
     scored: list[list[int]]  # engine.scored: [engine, first sequence, stop]
     generated: list[list[int]]  # engine.generated: [engine, share, first candidate, stop]
+    batch_invariant: bool = True  # every recorded engine's rows are independent of their batch
 
     def _of(self, engine: int | None) -> float | None:
-        exact = all(self.same) if engine is None else self.same[engine]
+        # engine None: scored in a batch this view cannot send again
+        exact = all(self.same) and self.batch_invariant if engine is None else self.same[engine]
         return None if exact else self.tolerance
 
     def sequence(self, index: int | None) -> float | None:
-        """Sequence `index` of the scoring batch (None: unknown, as in a sealed view: bit for bit only
-        when every recorded engine is the worker's)."""
+        """Sequence `index` of the scoring batch (None: unknown, as in a sealed view, whose batches
+        differ from the gateway's: bit for bit only when every recorded engine is the worker's and
+        batch-invariant, `kernels.path` "invariant"; elsewhere a row's bits depend on its batch)."""
         owner = None if index is None else next((k for k, a, b in self.scored if a <= index < b), None)
         return self._of(owner)
 
@@ -97,7 +100,8 @@ def identity_checks(
     model = Check("rescore.engine", True, f"the worker serves {worker.get('model')!r}, weights as recorded")
     allowed = default_tolerance(recorded, worker) if tolerance is None else tolerance
     same = [not identity_differences(identity, worker) for identity in recorded]
-    strictness = Strictness(same, allowed, engine.get("scored", []), engine.get("generated", []))
+    invariant = all((identity.get("kernels") or {}).get("path") == "invariant" for identity in recorded)
+    strictness = Strictness(same, allowed, engine.get("scored", []), engine.get("generated", []), invariant)
     if all(same):
         return [model, Check("rescore.mode", True, "same engine identity: bit for bit")], strictness
     parts = [

@@ -165,3 +165,17 @@ def test_another_model_or_unread_identity_fails_naming_it() -> None:
         {"identities": [{"id": "a", "identity": {"unread": "timeout"}}]}, worker, None
     )
     assert not checks[0].ok and "timeout" in checks[0].detail
+
+
+def test_a_sealed_row_is_bit_for_bit_only_on_a_batch_invariant_engine() -> None:
+    """A sealed view cannot send the gateway's batches again: its rows compare bit for bit only when
+    the recorded engine is the worker's AND batch-invariant; on the fp32 transformers path (rows
+    depend on their batch, to float noise) within the fp32 tolerance."""
+    base = {"model": "m", "weights_sha256": "w", "dtype": "float32", "device": "cpu"}
+    for path, expected in (("invariant", None), ("transformers", FP32_TOLERANCE)):
+        identity = {**base, "kernels": {"path": path}}
+        engine = {"identities": [{"id": "a", "identity": identity}], "scored": [[0, 0, 4]], "generated": []}
+        _, strictness = identity_checks(engine, identity, None)
+        assert strictness is not None
+        assert strictness.sequence(None) == expected
+        assert strictness.sequence(2) is None  # the full view replays the batch: bit for bit
