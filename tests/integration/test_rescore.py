@@ -384,3 +384,36 @@ def test_no_worker_at_the_url_fails_naming_it(records: dict[str, dict[str, Any]]
     checks = _rescore(records["reference"], f"http://127.0.0.1:{free_port()}")
     assert list(checks) == ["rescore.engine"] and not checks["rescore.engine"].ok
     assert "GET /version: ConnectError" in checks["rescore.engine"].detail
+
+
+def test_an_fp32_auction_replays_the_gateways_batches_bit_for_bit(
+    redis_process: RedisServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """On the fp32 transformers path a row's bits depend on its batch (to float noise): the full
+    record's re-score sends the gateway's exact scoring requests again (`engine.scored`) and agrees
+    bit for bit; her sealed view cannot (the batches hold the others' prompts), so her rows compare
+    within the fp32 tolerance, and the mode of each says so."""
+    worker = start_worker_process("tiny-random", env={"WORKER_TORCH_THREADS": "1", "WORKER_DTYPE": "float32"})
+    gateway = start_gateway_process(
+        worker.url,
+        redis_process.url,
+        tmp_path_factory.mktemp("rescore-fp32"),
+        API_KEYS=PLATFORM_KEY,
+        ADVERTISER_API_KEYS=json.dumps({"alpha": [ALPHA_KEY]}),
+        **LIMITS,
+    )
+    try:
+        auction_id = _auction(gateway, "mixture", 41)
+        record, view = _record(gateway, auction_id), _record(gateway, auction_id, ALPHA_KEY)
+        assert record["engine"]["identities"][0]["identity"]["kernels"]["path"] == "transformers"
+        full, sealed = _rescore(record, worker.url), _rescore(view, worker.url)
+    finally:
+        gateway.stop()
+        worker.stop()
+    _all_pass(full)
+    _all_pass(sealed)
+    assert "5 values agree bit for bit" in full["rescore.log_ref"].detail
+    assert "15 values agree bit for bit" in full["rescore.log_context"].detail
+    assert "bit for bit" in full["rescore.log_proposal"].detail
+    assert "5 values agree within 0.0001 nats per token" in sealed["rescore.log_context"].detail
+    print(sealed["rescore.log_context"].detail)
