@@ -44,12 +44,13 @@ def without_texts(body: dict[str, Any]) -> dict[str, Any]:
 def assert_nothing_of_the_others(body: dict[str, Any], record: dict[str, Any], mine: str) -> None:
     """`body` (advertiser `mine`'s sealed answer about the full stored `record`) holds no other
     advertiser's id, name, description or instruction (outside the reply and the candidates' texts),
-    value scale, and — with two others or more, and M ≥ 2 — no other's payment, expected reward,
-    utility or reward on any candidate, nor the revenue; and none of the full record's per-advertiser
-    keys. With one other advertiser the sum of the others IS its reward vector (and its figures follow
-    from it): the disclosure DESIGN.md § Sealed views states. With M = 1 every payment is 0 to
-    rounding, so equal figures there are no leak; nor are payments of rounding size (hypothesis found
-    degenerate draws where the others' payments and her own are the same 0 or 8.9e-16)."""
+    value scale, raw log-prob under its own prompt (log_context), and — with two others or more, and
+    M ≥ 2 — no other's payment, expected reward, utility or reward on any candidate, nor the revenue;
+    and none of the full record's per-advertiser keys. With one other advertiser the sum of the others
+    IS its reward vector (and its figures follow from it): the disclosure DESIGN.md § Sealed views
+    states. With M = 1 every payment is 0 to rounding, so equal figures there are no leak; nor are
+    payments of rounding size (hypothesis found degenerate draws where the others' payments and her
+    own are the same 0 or 8.9e-16)."""
     assert body.get("view") == "sealed", body
     text = json.dumps(without_texts(body))
     numbers = set(json_numbers(body))
@@ -70,6 +71,8 @@ def assert_nothing_of_the_others(body: dict[str, Any], record: dict[str, Any], m
             assert abs(micro) < 1000 or micro not in numbers, "payments_micro"
             for candidate in record["candidates"]:
                 assert candidate["rewards"][entry["id"]] not in numbers, "rewards"
+        for candidate in record["candidates"]:  # her raw log π_i only (issue 35), even with one other
+            assert (candidate.get("log_context") or {}).get(entry["id"]) not in numbers, "log_context"
     if others and generic:
         own_payment = next(r["payment"] for r in record["advertisers"] if r["id"] == mine)
         # the revenue equals her own payment when the others pay nothing (then it tells her nothing)

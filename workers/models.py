@@ -26,6 +26,7 @@ See docs/DESIGN.md (the LLM worker) for the invariants and figures.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from workers.cache import content_hash
 from workers.convert import ModelNotFoundError, ensure_gemma3_converted, ensure_smollm2_converted
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ class LoadedModel:
     max_position_embeddings: int
     vocab_size: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # SHA-256 of the weights at the precision they are stored in (before the dtype cast), so one model
+    # has one hash in bf16 and fp32 (the worker's identity, ``workers.identity``; issue 35).
+    weights_sha256: str = ""
 
 
 # ------------------------------------------------------------------------------------------- devices
@@ -134,6 +139,28 @@ def load_smollm2_tokenizer() -> PreTrainedTokenizerBase:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def files_sha256(path: Path) -> str:
+    """SHA-256 over the (name, content hash) of a model directory's weight files, sorted: the weights
+    as stored (each file's hash memoised by ``workers.cache.content_hash``: read once per machine)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)):
+        digest.update(f"{file.name}\0{content_hash(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def tensors_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over the (name, dtype, shape, bytes) of every tensor of ``model``'s state, sorted by name."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().contiguous().cpu().reshape(-1)
+        digest.update(f"{name}\0{flat.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     ids: set[int] = set()
     for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
@@ -175,7 +202,9 @@ def _load_pretrained_dir(
         local_files_only=True,
     )
     model.to(device)  # type: ignore[arg-type]
-    return _finish(name, model, tokenizer, device)
+    loaded = _finish(name, model, tokenizer, device)
+    loaded.weights_sha256 = files_sha256(path)
+    return loaded
 
 
 def _llama_config(
@@ -206,6 +235,18 @@ def _llama_config(
     return config
 
 
+def _one_thread_mean(values: torch.Tensor) -> torch.Tensor:
+    """``values.mean()`` as one thread sums it: a parallel sum adds in another order (other bits), and
+    tiny-random's weights must be the same in every process, whatever its thread count (its weights
+    hash is part of the worker's identity, ``workers.identity``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return values.mean()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def build_tiny_random(device: torch.device, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """2-layer Llama with deterministic weights and the real SmolLM2 tokenizer."""
     tokenizer = load_smollm2_tokenizer()
@@ -225,11 +266,14 @@ def build_tiny_random(device: torch.device, dtype: torch.dtype = torch.float32) 
     if eos is not None:
         # A long EOS row: EOS wins at a few percent of the steps, so replies end on their own.
         head = model.lm_head.weight.data
-        head[eos] = head[eos] / head[eos].norm() * 2.0 * head.norm(dim=1).mean()
+        head[eos] = head[eos] / head[eos].norm() * 2.0 * _one_thread_mean(head.norm(dim=1))
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    weights = tensors_sha256(model)  # fp32, as built: one hash whatever dtype it is cast to
     torch.nn.Module.to(model, device=device, dtype=dtype)
-    return _finish("tiny-random", model, tokenizer, device)
+    loaded = _finish("tiny-random", model, tokenizer, device)
+    loaded.weights_sha256 = weights
+    return loaded
 
 
 def build_random_7b(device: torch.device) -> LoadedModel:
@@ -248,7 +292,9 @@ def build_random_7b(device: torch.device) -> LoadedModel:
         else:
             param.data.normal_(0.0, 0.02, generator=generator)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return _finish("random-7b", model, tokenizer, device)
+    loaded = _finish("random-7b", model, tokenizer, device)
+    loaded.weights_sha256 = f"random-seed-{TINY_RANDOM_SEED}"  # timing only: not hashed (14 GB)
+    return loaded
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
 
 __all__ = [
+    "ENGINE_HEADER",
     "ChatMessage",
     "CompletionChoice",
     "CompletionLogprobs",
@@ -48,6 +49,7 @@ __all__ = [
     "TokenizeCompletionRequest",
     "TokenizeRequest",
     "TokenizeResponse",
+    "VersionResponse",
     "parse_token_id",
     "token_id_str",
 ]
@@ -104,6 +106,21 @@ class ModelCard(_Model):
 class ModelList(_Model):
     object: Literal["list"] = "list"
     data: list[ModelCard] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ engine identity (35)
+# Every answer of our worker names the engine that gave it: the digest of its identity
+# (``workers.identity``); a stock vLLM sends none.
+ENGINE_HEADER = "X-Mosaic-Engine"
+
+
+class VersionResponse(_Model):
+    """``GET /version``: vLLM's ``{"version": ...}``; our worker adds what bit-identity of its
+    log-probs depends on (``mosaic_engine``) and its digest (``mosaic_engine_id``)."""
+
+    version: str
+    mosaic_engine: dict[str, Any] | None = None
+    mosaic_engine_id: str | None = None
 
 
 # --------------------------------------------------------------------------------------- (de)tokenize

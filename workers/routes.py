@@ -12,8 +12,8 @@ import asyncio
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,6 +24,7 @@ from workers.dialect import check_request
 from workers.engine.core import Engine
 from workers.engine.sampling import SamplingOptions
 from workers.engine.types import PromptResult
+from workers.identity import package_version
 from workers.metrics import WorkerMetrics
 from workers.protocol import (
     CompletionRequest,
@@ -36,6 +37,7 @@ from workers.protocol import (
     TokenizeChatRequest,
     TokenizeCompletionRequest,
     TokenizeResponse,
+    VersionResponse,
 )
 from workers.queue_limit import TokenQueue, request_cost
 
@@ -48,6 +50,8 @@ class Worker:
     metrics: WorkerMetrics
     model_name: str  # the name answered (served name, else the engine's)
     queue: TokenQueue  # accepted work, bounded (429 beyond)
+    identity: dict[str, Any] = field(default_factory=dict)  # workers.identity.engine_identity
+    identity_id: str = ""  # its digest, sent as X-Mosaic-Engine on every answer
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and requested not in (self.model_name, self.engine.name):
@@ -77,6 +81,14 @@ async def models(worker: WorkerDep) -> ModelList:
         id=worker.model_name, root=engine.name, owned_by="mosaic", max_model_len=engine.max_model_len
     )
     return ModelList(data=[card])
+
+
+@router.get("/version", response_model=VersionResponse)
+async def version(worker: WorkerDep) -> VersionResponse:
+    # vLLM's route ({"version": ...}) plus what bit-identity of the log-probs depends on (issue 35)
+    return VersionResponse(
+        version=package_version(), mosaic_engine=worker.identity, mosaic_engine_id=worker.identity_id
+    )
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True)

@@ -12,6 +12,7 @@ Routes (:mod:`workers.routes`; shapes: ``workers.protocol``, contract: ``docs/VL
     POST /detokenize        {"tokens": [...]} → {"prompt": "..."}
     POST /v1/completions    generation (n samples, processed log-probs) and batched scoring
     GET  /metrics           Prometheus text, vLLM's metric names
+    GET  /version           vLLM's {"version"} + mosaic_engine (what bit-identity depends on)
 
 Errors use vLLM's body ``{"error": {"message", "type", "param", "code"}}``; bad input is 400 (a
 malformed body too, as vLLM does), an unknown model 404; never a 500 for the client's mistake.
@@ -44,6 +45,7 @@ from workers.auth import BearerKeyMiddleware
 from workers.engine.config import EngineConfig
 from workers.engine.core import Engine
 from workers.http_errors import install_error_handlers
+from workers.identity import ENGINE_HEADER, engine_identity, identity_id
 from workers.logging_setup import configure_logging
 from workers.metrics import WorkerMetrics
 from workers.queue_limit import TokenQueue
@@ -65,7 +67,15 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
     metrics = WorkerMetrics(model_name)
     app = FastAPI(title="MOSAIC worker (vLLM OpenAI-compatible subset)", version="0.1.0")
     queue = TokenQueue(get_worker_settings().worker_max_queued_tokens)
-    app.state.worker = Worker(engine=engine, metrics=metrics, model_name=model_name, queue=queue)
+    identity = engine_identity(engine)
+    app.state.worker = Worker(
+        engine=engine,
+        metrics=metrics,
+        model_name=model_name,
+        queue=queue,
+        identity=identity,
+        identity_id=identity_id(identity),
+    )
     if api_key:
         app.add_middleware(BearerKeyMiddleware, api_key=api_key)
     install_error_handlers(app)
@@ -75,12 +85,14 @@ def create_app(engine: Engine, served_model_name: str | None = None, api_key: st
 
 
 async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Every request's latency by route, method and status."""
+    """Every request's latency by route, method and status; every answer names the engine that gave
+    it (``X-Mosaic-Engine``: the digest of its identity, ``workers.identity``)."""
     start = time.perf_counter()
     status = 500
     try:
         response = await call_next(request)
         status = response.status_code
+        response.headers[ENGINE_HEADER] = request.app.state.worker.identity_id
         return response
     finally:
         route = request.scope.get("route")

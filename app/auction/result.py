@@ -54,6 +54,8 @@ def candidate_records(resolved: ResolvedAuction, advertiser_ids: list[str]) -> l
             proposal=scored.candidate_set.sources[j],
             num_tokens=len(candidate.token_ids),
             finish_reason=candidate.finish_reason,
+            token_ids=list(candidate.token_ids),
+            log_context={aid: float(scored.log_advertisers[i, j]) for i, aid in enumerate(advertiser_ids)},
         )
         for j, candidate in enumerate(scored.candidate_set.candidates)
     ]

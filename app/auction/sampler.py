@@ -20,7 +20,13 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from app import mechanism
-from app.auction.engine_client import EngineClient, GeneratedCandidate, WorkerCallStats, derive_seed
+from app.auction.engine_client import (
+    EngineClient,
+    GeneratedCandidate,
+    ScoredChunk,
+    WorkerCallStats,
+    derive_seed,
+)
 from app.contract.request import AuctionRequest, ProposalName
 from app.contract.result import AuctionTimings
 from app.prompts import AdvertiserProfile, auction_chats, reference_messages
@@ -125,6 +131,12 @@ class ScoredCandidates:
     log_advertisers: np.ndarray  # (n, M) log π_i(y_j), before value scales
     log_proposal: np.ndarray  # (M,) log q(y_j)
     log_context: np.ndarray | None  # (M,) raw context-prompt score, scored for the mixture only
+    # Which engine scored what (the record's `engine`, `app.auction.engine_record`; issue 35): the
+    # scoring requests over the batch (sequence g·M + j: candidate j under prompt g = reference, each
+    # advertiser, the context prompt for a mixture) and the identities of the engines that took part.
+    score_chunks: tuple[ScoredChunk, ...] = ()
+    identities: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -262,9 +274,10 @@ class CandidateSampler:
         scoring_prompts = [reference_ids, *advertiser_ids, *([context_ids] if mixture else [])]
         sequences = [prompt + c.token_ids for prompt in scoring_prompts for c in candidates]
         prompt_lengths = [len(prompt) for prompt in scoring_prompts for _ in candidates]
-        scores = await clock.timed(
-            "score", self.engine.score(sequences, prompt_lengths, worker_stats, groups=len(scoring_prompts))
+        scoring = self.engine.score_chunks(
+            sequences, prompt_lengths, worker_stats, groups=len(scoring_prompts)
         )
+        scores, chunks = await clock.timed("score", scoring)
         score_matrix = np.asarray(scores, dtype=np.float64).reshape(len(scoring_prompts), len(candidates))
         num_advertisers = len(draw.advertisers)
         log_ref = score_matrix[0]
@@ -281,7 +294,18 @@ class CandidateSampler:
             log_advertisers=score_matrix[1 : 1 + num_advertisers],
             log_proposal=log_proposal,
             log_context=log_context,
+            score_chunks=tuple(chunks),
+            identities=self._identities(candidates, chunks),
+            max_tokens=draw.max_tokens,
         )
+
+    def _identities(
+        self, candidates: list[GeneratedCandidate], chunks: list[ScoredChunk]
+    ) -> dict[str, dict[str, Any]]:
+        """The identities of the engines that drew or scored this candidate set, by id."""
+        used = {c.engine_id for c in candidates} | {chunk.engine_id for chunk in chunks}
+        known = self.engine.identities.known
+        return {engine_id: known.get(engine_id, {"unread": "not seen"}) for engine_id in sorted(used)}
 
     async def _draw_candidates(
         self,

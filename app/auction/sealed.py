@@ -36,7 +36,7 @@ _RECORD_FIELDS = (
 )
 _CANDIDATE_FIELDS = (
     *("text", "log_ref", "log_proposal", "probability"),
-    *("proposal", "num_tokens", "finish_reason"),
+    *("proposal", "num_tokens", "finish_reason", "token_ids"),
 )
 # The request's settings (every field but the advertisers and the response-shaping flags).
 _REQUEST_FIELDS = (
@@ -72,7 +72,15 @@ def _candidate(row: dict[str, Any], advertiser_id: str) -> SealedCandidate:
         reward=rewards[advertiser_id],
         # exactly rounded (fsum): the aggregate does not depend on the others' order
         others_reward=math.fsum(float(value) for key, value in rewards.items() if key != advertiser_id),
+        log_context=_own_entry(row.get("log_context"), advertiser_id),
     )
+
+
+def _own_entry(by_advertiser: dict[str, float] | None, advertiser_id: str) -> dict[str, float] | None:
+    """Her own entry of a per-advertiser map (issue 35: log_context), never the others'."""
+    if by_advertiser is None or advertiser_id not in by_advertiser:
+        return None
+    return {advertiser_id: by_advertiser[advertiser_id]}
 
 
 def seal_record(record: dict[str, Any], advertiser_id: str) -> SealedAuctionRecord:
@@ -89,6 +97,7 @@ def seal_record(record: dict[str, Any], advertiser_id: str) -> SealedAuctionReco
         request=SealedRequest.model_validate(
             {**{name: stored_request.get(name) for name in _REQUEST_FIELDS}, "advertiser": entry}
         ),
+        engine=record.get("engine"),  # names no advertiser (issue 35)
     )
 
 

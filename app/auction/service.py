@@ -22,6 +22,7 @@ from app import mechanism
 from app.auction.campaign_spend import CampaignSpend
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
+from app.auction.engine_record import engine_record
 from app.auction.no_fill import ads_off, no_fill_result, organic
 from app.auction.observers import AuctionObserver, NoopAuctionObserver, observe_served
 from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
@@ -295,6 +296,7 @@ class AuctionService:
             budgeted=budgeted,
         )
         record = auction_record(response, candidates, participants, event, budgeted)
+        record.engine = engine_record(resolved.scored)  # which engines drew and scored (issue 35)
         if request.include_candidates:
             response.candidates = candidates
         return response, record, event

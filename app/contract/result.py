@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.contract.disclosure import Disclosure
+from app.contract.engine import EngineRecord
 from app.contract.request import ProposalName
 from app.contract.selection import EXCLUSION_DESCRIPTION, ExclusionReason, NoFill, SelectionReport
 
@@ -62,6 +63,16 @@ class CandidateRecord(BaseModel):
     proposal: Literal["context", "reference"] = Field(description="Which proposal drew it.")
     num_tokens: int
     finish_reason: str | None
+    # issue 35, re-scoring (app.verification.rescore): the exact tokens scored and each raw log π_i
+    token_ids: list[int] | None = Field(
+        None, exclude_if=_absent, description="The reply's token ids as drawn and scored (EOS included)."
+    )
+    log_context: dict[str, float] | None = Field(
+        None,
+        exclude_if=_absent,
+        description="log π_i(y_j | her context prompt) by advertiser id, as scored "
+        "(r_i = α·s_i(this − log_ref)).",
+    )
 
 
 class AuctionTimings(BaseModel):
@@ -139,4 +150,9 @@ class AuctionRecord(AuctionResponse):
     payments_micro: dict[str, int]
     budgets: list[BudgetRecord] | None = Field(
         None, description="Per campaign in the auction: what its budget fit saw (to replay it by seed)."
+    )
+    engine: EngineRecord | None = Field(
+        None,
+        exclude_if=_absent,
+        description="Which worker engines drew and scored the candidates, and what each is (issue 35).",
     )

@@ -24,8 +24,13 @@ from pydantic import BaseModel, Field
 
 from app import mechanism
 from app.contract.disclosure import SealedDisclosure
+from app.contract.engine import EngineRecord
 from app.contract.request import AdvertiserIn, ProposalName
 from app.contract.result import AdvertiserResult, BillingState
+
+
+def _absent(value: object) -> bool:
+    return value is None
 
 
 class SealedRequest(BaseModel):
@@ -58,6 +63,14 @@ class SealedCandidate(BaseModel):
         description="Σ_{k≠i} r_k(y_j): the other advertisers' rewards on this candidate, summed (0 when "
         "she was alone). ℓ_j = (reward + others_reward)/τ + log_ref − log_proposal."
     )
+    token_ids: list[int] | None = Field(
+        None, exclude_if=_absent, description="The reply's token ids as drawn and scored (EOS included)."
+    )
+    log_context: dict[str, float] | None = Field(
+        None,
+        exclude_if=_absent,
+        description="Her own entry only: log π_i(y_j | her context prompt), as scored (issue 35).",
+    )
 
 
 class SealedAuctionRecord(BaseModel):
@@ -83,6 +96,9 @@ class SealedAuctionRecord(BaseModel):
     effective_sample_size: float
     candidates: list[SealedCandidate]
     request: SealedRequest
+    engine: EngineRecord | None = Field(
+        None, exclude_if=_absent, description="Which engines drew and scored the candidates (issue 35)."
+    )
 
 
 class SealedWhatIfResponse(BaseModel):

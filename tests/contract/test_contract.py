@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
+from app.auction.engine_identity import identity_digest
 from workers.protocol import (
     CompletionResponse,
     CompletionResponseView,
     ErrorResponse,
     ModelList,
     TokenizeResponse,
+    VersionResponse,
 )
 
 MESSAGES = [
@@ -250,3 +252,23 @@ def test_metrics_exposed(client: httpx.Client) -> None:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert "vllm:num_requests_running" in response.text
+
+
+def test_version_names_the_engine(client: httpx.Client, model: str) -> None:
+    """GET /version is vLLM's `{"version": str}`; our worker adds its engine identity, whose digest is
+    `mosaic_engine_id` and the `X-Mosaic-Engine` header of every answer (issue 35). A stock vLLM has
+    the version only (then the gateway identifies it by that, once per URL)."""
+    response = client.get("/version")
+    assert response.status_code == 200
+    body = VersionResponse.model_validate(response.json())
+    assert isinstance(body.version, str) and body.version
+    if body.mosaic_engine is None:  # a stock vLLM
+        return
+    assert body.mosaic_engine_id == identity_digest(body.mosaic_engine)
+    assert {"model", "weights_sha256", "build", "dtype", "device", "kernels", "hardware"} <= set(
+        body.mosaic_engine
+    )
+    assert body.mosaic_engine["model"] == client.get("/v1/models").json()["data"][0]["root"]
+    assert isinstance(body.mosaic_engine["kernels"]["threads"], int)
+    for answer in (client.get("/v1/models"), client.post("/tokenize", json={"model": model, "prompt": "hi"})):
+        assert answer.headers["X-Mosaic-Engine"] == body.mosaic_engine_id

@@ -47,7 +47,8 @@ def make_record(seed: int, n: int, m: int, tau: float) -> dict[str, Any]:
     scales = rng.uniform(0.05, 3.0, n)
     log_ref = rng.normal(-30, 8, m)
     log_q = log_ref + rng.normal(0, 2, m)
-    rewards = mechanism.rewards_from_logprobs(log_ref + rng.normal(0, 3, (n, m)), log_ref, scales)
+    log_advertisers = log_ref + rng.normal(0, 3, (n, m))
+    rewards = mechanism.rewards_from_logprobs(log_advertisers, log_ref, scales)
     outcome = mechanism.run_auction(rewards, log_ref, log_q, tau, rng)
     ids = [f"adv{i}q{seed % 997}" for i in range(n)]
     request = AuctionRequest.model_validate(
@@ -104,6 +105,8 @@ def make_record(seed: int, n: int, m: int, tau: float) -> dict[str, Any]:
                 proposal="context",
                 num_tokens=3,
                 finish_reason="length",
+                token_ids=[7, j, 9],
+                log_context={aid: float(log_advertisers[i, j]) for i, aid in enumerate(ids)},
             )
             for j in range(m)
         ],
@@ -137,6 +140,9 @@ def test_a_sealed_view_holds_nothing_of_the_others_and_gives_her_payment(
             assert shown.reward == candidate["rewards"][mine]
             assert shown.others_reward == math.fsum(v for k, v in candidate["rewards"].items() if k != mine)
             assert shown.probability == candidate["probability"]
+            # issue 35: what her re-score needs, her own raw log π_i only
+            assert shown.log_context == {mine: candidate["log_context"][mine]}
+            assert shown.token_ids == candidate["token_ids"]
         own = resolve_own(view).advertiser
         for figure in ("payment", "expected_reward", "expected_utility"):
             assert getattr(own, figure) == pytest.approx(stored[figure], rel=TOLERANCE, abs=TOLERANCE), figure

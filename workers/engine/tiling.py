@@ -57,6 +57,12 @@ def plan_for(weight: torch.Tensor, bias: torch.Tensor | None = None) -> TilePlan
     return _plans.get(_key(weight, bias), DEFAULT_PLAN)
 
 
+def calibrated_plans() -> dict[tuple[int, int, torch.dtype, bool], TilePlan]:
+    """The plans measured so far in this process, by (out, in, dtype, bias): part of the worker's
+    identity (``workers.identity``), since another plan may give other bits."""
+    return dict(_plans)
+
+
 def tiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear`` of rows x [N, K] whose row i's bits depend on row i only (see the module docs)."""
     return _tiled(x, weight, bias, plan_for(weight, bias))
