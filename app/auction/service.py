@@ -2,8 +2,9 @@
 
 I/O lives here and in the clients it calls; the mathematics is `app.mechanism` (pure), the candidate
 set is `app.auction.sampler`'s, the answer's models `app.auction.result`'s. Imports the auction's own
-modules, the mechanism, `app.contract` and the ledger's producer and idempotency store; never the
-gateway (what it reports goes to an `AuctionObserver`). Invariants: docs/DESIGN.md.
+modules, the mechanism, `app.contract`, `app.attestation` (the record is signed before its write) and
+the ledger's producer and idempotency store; never the gateway (what it reports goes to an
+`AuctionObserver`). Invariants: docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app import mechanism
+from app.attestation.keys import SigningKeyRing, key_dir, load_keyring
+from app.attestation.statement import attest
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
 from app.auction.no_fill import ads_off, no_fill_result, organic
@@ -31,6 +34,7 @@ from app.auction.worker_dispatch import auction_deadline
 from app.campaigns.participants import CampaignResolver, Participants
 from app.campaigns.spend import BudgetedOutcome, BudgetSpender, FitInputs
 from app.campaigns.store import CampaignStore
+from app.contract.attestation import RecordAttestation
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings, BillingState
 from app.ledger.budget import BudgetLedger
@@ -76,6 +80,9 @@ class AuctionService:
         self.spender = BudgetSpender(self.budgets, settings)
         self._started: set[str] = set()  # auctions prepared whose run began (it settles their cap slots)
         self.selection = LazySelection(billing.redis, settings, self.budgets)  # opened by the first `select`
+        # The signing keys (created once in DATA_DIR/keys when none are configured): every stored record
+        # is signed with the active one unless ATTESTATION_ENABLED=false; all are served as a JWK set.
+        self.signing_keys: SigningKeyRing = load_keyring(key_dir(settings))
 
     async def prepare(self, request: AuctionRequest) -> Participants:
         """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
@@ -346,15 +353,18 @@ class AuctionService:
         clock: StageClock,
         mode: BillMode | None = None,
     ) -> None:
-        """The audit record, the billing event (or pending charge) and the Idempotency-Key's outcome,
-        written in one MULTI: all or none, so a served auction always has its record, nothing is billed
-        for an auction we fail, and a retried key is billed once."""
+        """The audit record (signed: `app.attestation`), the billing event (or pending charge) and the
+        Idempotency-Key's outcome, written in one MULTI: all or none, so a served auction always has its
+        record, nothing is billed for an auction we fail, and a retried key is billed once."""
         idempotent = None
         if control.claim_ready is not None:  # shielded: a cancel must not lose a claim that was taken
             control.claim = await asyncio.shield(control.claim_ready)
         if control.claim is not None:
             control.body = response.model_dump_json(exclude_none=True)
             idempotent = self.idempotency.write_for(control.claim, 200, control.body, response.auction_id)
+        if self.settings.attestation_enabled:  # before the write: a record that cannot be signed fails
+            signed = attest(record.model_dump(mode="json"), self.signing_keys.active)
+            record.attestation = RecordAttestation.model_validate(signed)
         audit = (auction_key(response.auction_id), record.model_dump_json(), self.settings.audit_ttl_s)
         control.billing_started = True  # no await since the last check: from here the auction stands
         mode = mode or self.bill_mode(request)

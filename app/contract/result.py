@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.contract.attestation import RecordAttestation
 from app.contract.request import ProposalName
 from app.contract.selection import EXCLUSION_DESCRIPTION, ExclusionReason, NoFill, SelectionReport
 
@@ -134,4 +135,10 @@ class AuctionRecord(AuctionResponse):
     payments_micro: dict[str, int]
     budgets: list[BudgetRecord] | None = Field(
         None, description="Per campaign in the auction: what its budget fit saw (to replay it by seed)."
+    )
+    attestation: RecordAttestation | None = Field(
+        None,
+        exclude_if=_absent,
+        description="The record's signed statement (Ed25519), its signature and the salts of the "
+        "advertisers' parts: `mosaic verify` checks them (absent when ATTESTATION_ENABLED=false).",
     )

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app import mechanism
+from app.contract.attestation import SealedAttestation
 from app.contract.request import AdvertiserIn, ProposalName
 from app.contract.result import AdvertiserResult, BillingState
 
@@ -78,6 +79,12 @@ class SealedAuctionRecord(BaseModel):
     effective_sample_size: float
     candidates: list[SealedCandidate]
     request: SealedRequest
+    attestation: SealedAttestation | None = Field(
+        None,
+        description="The signed statement, its signature, her salt, the shared part and her part: "
+        "`mosaic verify` checks her part, the shared part and this view against them (absent when the "
+        "record is not signed).",
+    )
 
 
 class SealedWhatIfResponse(BaseModel):

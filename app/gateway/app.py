@@ -34,6 +34,7 @@ from app.gateway.campaign_stats_routes import router as campaign_stats_router
 from app.gateway.docs import add_offline_docs
 from app.gateway.errors import add_error_handlers
 from app.gateway.http_limits import uvicorn_config
+from app.gateway.keys_routes import router as keys_router
 from app.gateway.ledger_routes import router as ledger_router
 from app.gateway.metrics import AdmissionMetrics, GatewayMetrics
 from app.gateway.middleware import (
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(campaign_router)
     app.include_router(calibration_router)
     app.include_router(campaign_stats_router)
+    app.include_router(keys_router)
     add_offline_docs(app)
     add_explorer(app)
 
