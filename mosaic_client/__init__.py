@@ -20,6 +20,7 @@ from app.contract.sealed import (
     resolve_own,
 )
 from app.contract.whatif import WhatIfRequest, WhatIfResponse
+from app.verification.report import Check, VerificationReport
 from mosaic_client.client import AsyncMosaicClient, MosaicClient, auction_request, parse_advertiser
 from mosaic_client.errors import (
     AuthenticationError,
@@ -46,6 +47,7 @@ __all__ = [
     "AuctionResponse",
     "AuthenticationError",
     "CandidateRecord",
+    "Check",
     "ConflictError",
     "DeadlineError",
     "InvalidRequestError",
@@ -62,6 +64,7 @@ __all__ = [
     "ServerError",
     "TransportError",
     "UnavailableError",
+    "VerificationReport",
     "WhatIfRequest",
     "WhatIfResponse",
     "WorkerError",

@@ -166,11 +166,13 @@ def commit(record: dict[str, Any], salts: dict[str, str]) -> Commitments:
 
 
 def commit_slowly(record: dict[str, Any], salts: dict[str, str]) -> Commitments:
-    """The digests by their definitions, each piece through `canonical_bytes` on its own."""
+    """The digests by their definitions, each piece through `canonical_bytes` on its own (the whole
+    record first: a value with no canonical form is refused with its path in the record)."""
+    whole = sha256_hex(signed_record(record))
     shared = shared_part(record)
     candidates = [sha256_hex(row) for row in shared["candidates"]]
     return Commitments(
-        record_sha256=sha256_hex(signed_record(record)),
+        record_sha256=whole,
         shared_sha256=shared_digest(shared, candidates),
         candidates_sha256=candidates,
         parts_sha256=sorted(

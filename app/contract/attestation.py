@@ -15,6 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Where the gateway serves its signing keys (a JWK set; no API key).
+KEYS_PATH = "/.well-known/mosaic-keys"
+
 
 class AttestationStatement(BaseModel):
     """What is signed (Ed25519 over its RFC 8785 bytes); also the auction's transparency-log entry."""

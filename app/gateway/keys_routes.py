@@ -13,10 +13,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.attestation.keys import jwks
-from app.contract.attestation import JwkSet
+from app.contract.attestation import KEYS_PATH, JwkSet
 from app.gateway.deps import AuctionServiceDep
 
-KEYS_PATH = "/.well-known/mosaic-keys"
 CACHE_CONTROL = "public, max-age=300"
 
 router = APIRouter(tags=["verification"])

@@ -1,0 +1,218 @@
+"""`mosaic verify`: check an auction's signed record, its commitments and its payments; `mosaic keys`.
+
+`mosaic verify AUCTION_ID --url GATEWAY [--api-key K]` reads the record (a platform key: the full
+record; an advertiser key: her sealed view) and the gateway's keys (/.well-known/mosaic-keys);
+`mosaic verify --record FILE [--keys FILE]` checks a saved record (the keys from a JWK set file, or
+from `--url`). The checks, in order (`app.verification.verify`): the signature over the statement,
+the digests against it, the inclusion in the transparency log (when this build has one:
+`app.transparency`), τ, the allocation and the payments recomputed by `app.mechanism` (to 1e-9), and
+with `--rescore URL` the candidates re-scored on a worker (`app.verification.rescore`, when present).
+Prints a table (or `--json`) naming what disagrees. Exit 0: every check passed; 1: one failed; 2: it
+could not check (usage, an unreadable file, an unreachable gateway, an unknown auction).
+`mosaic keys show|rotate` prints or rotates the signing keys (`app.attestation.keys`).
+Part of the CLI: imports `mosaic_client`, `app.verification`, `app.attestation`, `app.contract` and
+app.settings; nothing imports it but `app.cli`. See docs/DESIGN.md § Verifiable auctions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.console import Console
+from rich.table import Table
+
+from app.attestation.keys import jwks, key_dir, kid_of, load_keyring, public_keys, rotate
+from app.settings import Settings
+from app.verification.digests import PublicKeys
+from app.verification.report import Check, VerificationReport
+from app.verification.verify import verify_document
+from mosaic_client import AsyncMosaicClient, MosaicError
+
+console = Console()
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """What `mosaic verify` could not start from (exit 2): the message says why."""
+
+
+def optional_hook(module: str, name: str) -> Callable[..., Any] | None:
+    """`module.name` when this build has it (a feature another part adds), else None."""
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module.startswith(error.name):
+            return None
+        raise
+    hook = getattr(found, name, None)
+    return hook if callable(hook) else None
+
+
+def read_keys(path: Path) -> PublicKeys:
+    """Public keys from a file: a JWK set (as /.well-known/mosaic-keys serves it) or PEM public keys."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UsageError(f"--keys {path}: {error.strerror or error}") from error
+    try:
+        if text.lstrip().startswith("-----BEGIN"):
+            blocks = [f"-----BEGIN{block}" for block in text.split("-----BEGIN")[1:]]
+            keys = [serialization.load_pem_public_key(block.encode()) for block in blocks]
+            ed25519 = [key for key in keys if isinstance(key, Ed25519PublicKey)]
+            if len(ed25519) != len(keys):
+                raise ValueError("not every PEM block is an Ed25519 public key")
+            return {kid_of(key): key for key in ed25519}
+        return public_keys(json.loads(text))
+    except ValueError as error:
+        raise UsageError(f"--keys {path}: {error}") from error
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except OSError as error:
+        raise UsageError(f"--record {path}: {error.strerror or error}") from error
+    except ValueError as error:
+        raise UsageError(f"--record {path}: not JSON: {error}") from error
+    if not isinstance(document, dict):
+        raise UsageError(f"--record {path}: not a JSON object (a record from GET /auctions/{{id}})")
+    return document
+
+
+async def _fetch(
+    client: AsyncMosaicClient | None, auction_id: str | None, record: Path | None, keys: Path | None
+) -> tuple[dict[str, Any], PublicKeys]:
+    """The document and the keys, from the files given or the gateway."""
+    document = read_record(record) if record is not None else None
+    found = read_keys(keys) if keys is not None else None
+    if client is not None:
+        try:
+            if document is None:
+                document = await client.get_auction_json(str(auction_id))
+            if found is None:
+                found = public_keys(await client.signing_keys())
+        except (MosaicError, ValueError) as error:
+            raise UsageError(f"{type(error).__name__}: {error}") from error
+    if document is None or found is None:
+        raise UsageError("give AUCTION_ID with --url, or --record FILE with --keys FILE (or --url)")
+    return document, found
+
+
+async def _io_checks(document: dict[str, Any], rescore: str | None, notes: list[str]) -> list[Check]:
+    """The checks that need I/O: the inclusion proof (the transparency log's `inclusion_checks`, when
+    this build has one) and, when asked, the re-score (`app.verification.rescore.rescore_checks`)."""
+    checks: list[Check] = []
+    inclusion = optional_hook("app.transparency", "inclusion_checks")
+    if inclusion is None:
+        notes.append("inclusion: not checked (this build has no transparency log verifier)")
+    else:
+        checks.extend(await inclusion(document))
+    if rescore is not None:
+        rescore_checks = optional_hook("app.verification.rescore", "rescore_checks")
+        if rescore_checks is None:
+            checks.append(
+                Check("rescore", False, "not available: this build has no app.verification.rescore")
+            )
+        else:
+            checks.extend(await rescore_checks(document, rescore))
+    return checks
+
+
+async def verify_async(
+    auction_id: str | None,
+    *,
+    url: str | None,
+    api_key: str | None,
+    record: Path | None,
+    keys: Path | None,
+    rescore: str | None,
+) -> tuple[VerificationReport, list[str]]:
+    """The report (and notes on what was not checked); UsageError when it cannot start."""
+    if (auction_id is None) == (record is None):
+        raise UsageError("give either AUCTION_ID (with --url) or --record FILE, not both")
+    notes: list[str] = []
+    if url is None:
+        document, found = await _fetch(None, auction_id, record, keys)
+    else:
+        async with AsyncMosaicClient(url, api_key=api_key, timeout_s=60, retries=1) as client:
+            document, found = await _fetch(client, auction_id, record, keys)
+    report = verify_document(document, found)
+    if report.checks and report.checks[0].name == "attestation" and report.checks[0].ok:
+        extra = await _io_checks(document, rescore, notes)
+        position = next((i for i, c in enumerate(report.checks) if c.name == "tau"), len(report.checks))
+        report.checks[position:position] = [c for c in extra if not c.name.startswith("rescore")]
+        report.checks.extend(c for c in extra if c.name.startswith("rescore"))
+    return report, notes
+
+
+def print_report(report: VerificationReport, notes: list[str]) -> None:
+    table = Table(
+        title=f"auction {report.auction_id} ({report.view} {'record' if report.view == 'full' else 'view'})"
+    )
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for check in report.checks:
+        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
+    console.print(table)
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]")
+    failed = report.failures()
+    if report.ok:
+        console.print(f"[green]verified[/green]: all {len(report.checks)} checks passed")
+    else:
+        console.print(
+            f"[red]NOT verified[/red]: {len(failed)} of {len(report.checks)} checks failed: "
+            + ", ".join(check.name for check in failed)
+        )
+
+
+def run_verify_command(
+    auction_id: str | None,
+    *,
+    url: str | None,
+    api_key: str | None,
+    record: Path | None,
+    keys: Path | None,
+    rescore: str | None,
+    as_json: bool,
+) -> int:
+    """`mosaic verify`: the exit code (0 verified, 1 a check failed, 2 could not check)."""
+    try:
+        report, notes = asyncio.run(
+            verify_async(auction_id, url=url, api_key=api_key, record=record, keys=keys, rescore=rescore)
+        )
+    except UsageError as error:
+        console.print(f"[red]mosaic verify[/red]: {error}")
+        return EXIT_USAGE
+    if as_json:
+        body = {"auction_id": report.auction_id, "view": report.view, "ok": report.ok, "notes": notes}
+        print(json.dumps({**body, "checks": [asdict(check) for check in report.checks]}, indent=2))
+    else:
+        print_report(report, notes)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def keys_command(action: str, directory: Path | None) -> int:
+    """`mosaic keys show|rotate`: the JWK set of the key directory (rotated first with `rotate`)."""
+    path = directory or key_dir(Settings())
+    if action == "rotate":
+        ring = rotate(path)
+        console.print(
+            f"new active key {ring.active.kid}; restart the gateways to sign with it", style="green"
+        )
+    elif action == "show":
+        ring = load_keyring(path, create=False)
+    else:
+        console.print(f"[red]mosaic keys[/red]: unknown action {action!r} (show or rotate)")
+        return EXIT_USAGE
+    print(json.dumps(jwks(ring), indent=2))
+    return EXIT_OK
