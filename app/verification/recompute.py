@@ -54,6 +54,8 @@ def record_recompute(record: Mapping[str, Any]) -> list[Check]:
     """π, the payments, R_i, U_i, the revenue, the ESS, the reply and the micro-units of a full record."""
     rows: list[dict[str, Any]] = list(record.get("candidates") or [])
     outcome: list[dict[str, Any]] = list(record.get("advertisers") or [])
+    if record.get("no_fill"):
+        return [no_fill_check(record)]
     if not rows:
         return [Check("allocation", False, "the record has no candidates to recompute from")]
     try:
@@ -103,6 +105,21 @@ def record_recompute(record: Mapping[str, Any]) -> list[Check]:
         reply_check(record),
         micro_check(record),
     ]
+
+
+def no_fill_check(record: Mapping[str, Any]) -> Check:
+    """A no-fill (nobody bid: one organic reply, no mechanism): nobody charged, nothing billed."""
+    charged = [str(row.get("id")) for row in record.get("advertisers") or []]
+    if charged or record.get("payments_micro") or record.get("revenue") != 0:
+        return Check(
+            "payments",
+            False,
+            f"a no-fill charges nobody: advertisers {charged}, payments_micro "
+            f"{record.get('payments_micro')!r}, revenue {record.get('revenue')!r}",
+        )
+    return Check(
+        "payments", True, f"a no-fill ({record['no_fill'].get('reason')}): nobody bid, nothing billed"
+    )
 
 
 def tau_check(shown: Mapping[str, Any], bidders: int | None) -> Check:
