@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import secrets
 from typing import Any
 
@@ -69,6 +70,7 @@ _REPR_LOW, _REPR_HIGH = 1e-4, 1e16
 # Markers stand for the other floats: "\x00<nonce>:<n>\x00". The input's strings may not hold a NUL
 # (those values go to rfc8785), so a marker in the output is always one of ours.
 _NONCE = secrets.token_hex(8)
+_MARKER = re.compile(rb'"\\u0000' + _NONCE.encode() + rb':([0-9]+)\\u0000"')
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
@@ -88,7 +90,7 @@ class Canonicaliser:
     (property-tested, tests/unit/test_attestation.py)."""
 
     def __init__(self) -> None:
-        self.markers: list[tuple[bytes, bytes]] = []
+        self.markers: list[bytes] = []  # the ES form of marker n
 
     def prepare(self, value: Any) -> Any:
         kind = type(value)
@@ -103,15 +105,23 @@ class Canonicaliser:
         if value is None or kind is bool:
             return value
         if kind is dict:
-            for key in value:
-                if type(key) is not str or "\x00" in key or (not key.isascii() and max(key) > "\uffff"):
-                    raise FastPathError
-            return {key: self.prepare(item) for key, item in value.items()}
+            self._check_keys(value)
+            prepare = self.prepare
+            return {key: prepare(item) for key, item in value.items()}
         if kind is list or kind is tuple:
             return [self.prepare(item) for item in value]
         if kind is int and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
             return value
         raise FastPathError  # bool and int subclasses, other types, big integers: rfc8785 decides
+
+    @staticmethod
+    def _check_keys(value: dict[Any, Any]) -> None:
+        try:
+            keys = "".join(value)  # one C pass; TypeError: a key that is not a string
+        except TypeError as error:
+            raise FastPathError from error
+        if "\x00" in keys or (not keys.isascii() and max(keys) > "\uffff"):
+            raise FastPathError
 
     def _number(self, value: float) -> Any:
         magnitude = abs(value)
@@ -121,9 +131,8 @@ class Canonicaliser:
             return int(value)
         if not math.isfinite(value):
             raise FastPathError
-        marker = f"\x00{_NONCE}:{len(self.markers)}\x00"
-        self.markers.append((json.dumps(marker).encode(), rfc8785.dumps(value)))
-        return marker
+        self.markers.append(rfc8785.dumps(value))
+        return f"\x00{_NONCE}:{len(self.markers) - 1}\x00"
 
     def encode(self, prepared: Any) -> bytes:
         """The RFC 8785 bytes of a value made by `prepare` (or built of such values)."""
@@ -132,8 +141,7 @@ class Canonicaliser:
         except UnicodeEncodeError as error:  # a lone surrogate: not UTF-8 (rfc8785 refuses it too)
             raise FastPathError from error
         if self.markers and b"\\u0000" in data:
-            for token, number in self.markers:
-                data = data.replace(token, number)
+            data = _MARKER.sub(lambda found: self.markers[int(found[1])], data)
         return data
 
 

@@ -9,12 +9,12 @@ Job: split a stored audit record (the JSON `GET /auctions/{id}` returns to the p
   candidate's shared row is also digested alone (`candidates_sha256`), so a verifier names WHICH
   candidate disagrees;
 - one part per advertiser (`advertiser_part`): every per-advertiser field keyed by her id — her
-  request entry, her outcome row, her billed micro-units, her budget fit, per candidate her reward
-  (and `log_context` when the record has it) and the others' rewards summed (exactly rounded: the
-  aggregate her sealed view shows). A part is committed as SHA-256 of the canonical `[salt, part]`
-  with a random 128-bit salt per advertiser (SD-JWT's salted disclosures): the digests of the others'
-  parts, sorted, tell her nothing of them (their count is the number of advertisers, which the
-  default τ = n/2 shows already).
+  request entry, her outcome row, her billed micro-units, her budget fit, and by candidate (lists in
+  the candidates' order) her reward, the others' rewards summed (exactly rounded: the aggregate her
+  sealed view shows) and her `log_context` when the record has it. A part is committed as SHA-256 of
+  the canonical `[salt, part]` with a random 128-bit salt per advertiser (SD-JWT's salted
+  disclosures): the digests of the others' parts, sorted, tell her nothing of them (their count is
+  the number of advertisers, which the default τ = n/2 shows already).
 Pure: the standard library and `app.attestation.canonical` only; records are plain JSON dicts. See
 docs/DESIGN.md § Verifiable auctions.
 """
@@ -25,6 +25,7 @@ import base64
 import hashlib
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,15 +92,17 @@ def others_sum(values: dict[str, float], advertiser_id: str) -> float:
     return math.fsum(float(value) for key, value in values.items() if key != advertiser_id)
 
 
-def _own_candidate(row: dict[str, Any], advertiser_id: str) -> dict[str, Any]:
-    rewards: dict[str, float] = row.get("rewards") or {}
-    own: dict[str, Any] = {
-        "reward": rewards.get(advertiser_id),
-        "others_reward": others_sum(rewards, advertiser_id),
+def _per_candidate(rows: list[dict[str, Any]], advertiser_id: str) -> dict[str, list[Any]]:
+    """Her per-candidate values, one list per field (in the candidates' order): `reward`,
+    `others_reward` (Σ_{k≠i}, exactly rounded) and `log_context` when the record has it."""
+    rewards = [row.get("rewards") or {} for row in rows]
+    own: dict[str, list[Any]] = {
+        "reward": [values.get(advertiser_id) for values in rewards],
+        "others_reward": [others_sum(values, advertiser_id) for values in rewards],
     }
     for name in PER_ADVERTISER_CANDIDATE_FIELDS[1:]:
-        if isinstance(row.get(name), dict):
-            own[name] = row[name].get(advertiser_id)
+        if any(isinstance(row.get(name), dict) for row in rows):
+            own[name] = [(row.get(name) or {}).get(advertiser_id) for row in rows]
     return own
 
 
@@ -115,7 +118,7 @@ def advertiser_part(record: dict[str, Any], advertiser_id: str) -> dict[str, Any
         "result": _her(record.get("advertisers"), "id", advertiser_id),
         "payment_micro": int((record.get("payments_micro") or {}).get(advertiser_id, 0)),
         "budget": _her(record.get("budgets"), "advertiser_id", advertiser_id),
-        "candidates": [_own_candidate(row, advertiser_id) for row in record.get("candidates") or []],
+        **_per_candidate(list(record.get("candidates") or []), advertiser_id),
     }
 
 
@@ -165,17 +168,24 @@ def commit(record: dict[str, Any], salts: dict[str, str]) -> Commitments:
         return commit_slowly(record, salts)
 
 
-def commit_slowly(record: dict[str, Any], salts: dict[str, str]) -> Commitments:
-    """The digests by their definitions, each piece through `canonical_bytes` on its own (the whole
-    record first: a value with no canonical form is refused with its path in the record)."""
-    whole = sha256_hex(signed_record(record))
+def commit_slowly(
+    record: dict[str, Any], salts: dict[str, str], encode: Callable[[Any], bytes] = canonical_bytes
+) -> Commitments:
+    """The digests by their definitions, each piece through `encode` on its own (`canonical_bytes`;
+    the tests and bench/attestation.py pass `rfc8785.dumps`, the reference). The whole record first:
+    a value with no canonical form is refused with its path in the record."""
+
+    def digest(value: Any) -> str:
+        return _sha256(encode(value))
+
+    whole = digest(signed_record(record))
     shared = shared_part(record)
-    candidates = [sha256_hex(row) for row in shared["candidates"]]
+    candidates = [digest(row) for row in shared["candidates"]]
     return Commitments(
         record_sha256=whole,
-        shared_sha256=shared_digest(shared, candidates),
+        shared_sha256=digest({**shared, "candidates": candidates}),
         candidates_sha256=candidates,
         parts_sha256=sorted(
-            salted_digest(salts[aid], advertiser_part(record, aid)) for aid in advertiser_ids(record)
+            digest([salts[aid], advertiser_part(record, aid)]) for aid in advertiser_ids(record)
         ),
     )

@@ -187,22 +187,18 @@ def _view_differences(view: dict[str, Any], shared: dict[str, Any], part: dict[s
         view.get("advertiser") or {}, part.get("result") or {}, list(part.get("result") or {}), "advertiser."
     )
     found += _differences(view, part, ["payment_micro"], "")
-    rows, committed, own = (
-        view.get("candidates") or [],
-        shared.get("candidates") or [],
-        part.get("candidates") or [],
-    )
-    if not len(rows) == len(committed) == len(own):
+    rows, committed = view.get("candidates") or [], shared.get("candidates") or []
+    own = [part.get(name) or [] for name in ("reward", "others_reward")]
+    if not len(rows) == len(committed) == len(own[0]) == len(own[1]):
         return [
             *found,
             f"candidates: the view shows {len(rows)}, the shared part commits {len(committed)}, "
-            f"her part {len(own)}",
+            f"her part {len(own[0])}",
         ]
     for j, row in enumerate(rows):
         found += _differences(row, committed[j], list(committed[j]), f"candidates[{j}].")
-        found += _differences(
-            row, own[j], [n for n in ("reward", "others_reward") if n in own[j]], f"candidates[{j}]."
-        )
+        mine = {"reward": own[0][j], "others_reward": own[1][j]}
+        found += _differences(row, mine, list(mine), f"candidates[{j}].")
     return found
 
 

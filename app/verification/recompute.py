@@ -173,13 +173,10 @@ def view_recompute(attestation: Mapping[str, Any]) -> list[Check]:
     shared: Mapping[str, Any] = attestation.get("shared") or {}
     part: Mapping[str, Any] = attestation.get("part") or {}
     rows: list[dict[str, Any]] = list(shared.get("candidates") or [])
-    own: list[dict[str, Any]] = list(part.get("candidates") or [])
     result: Mapping[str, Any] = part.get("result") or {}
     try:
         log_ref, log_proposal, tau = _inputs(rows, shared.get("tau"))
-        rewards = np.array(
-            [[float(c["reward"]) for c in own], [float(c["others_reward"]) for c in own]], dtype=np.float64
-        )
+        rewards = np.array([part["reward"], part["others_reward"]], dtype=np.float64).reshape(2, len(rows))
         probabilities, payments = mechanism.allocation_and_payments(rewards, log_ref, log_proposal, tau)
         utilities = mechanism.expected_utilities(rewards, log_ref, log_proposal, tau)
     except (KeyError, TypeError, ValueError) as error:
