@@ -204,18 +204,12 @@ class Settings(WorkerSettings):
     billing_fault_pause_before_ack_s: float = Field(
         0.0, ge=0, description="Fault injection for tests: pause between the Lua apply and XACK."
     )
-    # --- Signed audit records (issue 35: verifiable auctions; docs/DESIGN.md § Verifiable auctions) ---
+    # --- Signed audit records (issue 35; docs/DESIGN.md § Verifiable auctions) ----------------------
     attestation_enabled: bool = Field(
-        True,
-        description="Sign every stored auction record (Ed25519 over its RFC 8785 JSON, with salted "
-        "per-advertiser commitments for sealed views). false: records are stored unsigned and `mosaic "
-        "verify` fails them (for the with/without latency comparison only).",
+        True, description="Sign every stored auction record (Ed25519 over RFC 8785); false: stored unsigned."
     )
     signing_key_dir: Path | None = Field(
-        None,
-        description="The signing keys: `active.pem` (Ed25519 PKCS#8, mode 0600) and `retired/*.pem` "
-        "(public keys still served at /.well-known/mosaic-keys). Empty: DATA_DIR/keys, a key generated "
-        "there once. Gateways sharing a Redis must share it (a mounted secret). `mosaic keys rotate`.",
+        None, description="active.pem (0600) + retired/*.pem; empty: DATA_DIR/keys, made once. Share it."
     )
     billing_append_timeout_s: float = Field(
         2.0, gt=0, description="Longest wait for the billing XADD; past it the auction fails with 503."
