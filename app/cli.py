@@ -331,13 +331,10 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check an auction: signature, commitments, inclusion, allocation and payments. Exit 0/1/2."""
-    from app.cli_verify import run_verify_command
+    from app.cli_verify import VerifyOptions, run_verify_command
 
-    raise typer.Exit(
-        run_verify_command(
-            auction_id, url=url, api_key=api_key, record=record, keys=keys, rescore=rescore, as_json=as_json
-        )
-    )
+    options = VerifyOptions(auction_id, url, api_key, record, keys, rescore)
+    raise typer.Exit(run_verify_command(options, as_json=as_json))
 
 
 @keys_cli.command("show")

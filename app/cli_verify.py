@@ -20,7 +20,7 @@ import asyncio
 import importlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +88,15 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 async def _fetch(
-    client: AsyncMosaicClient | None, auction_id: str | None, record: Path | None, keys: Path | None
+    client: AsyncMosaicClient | None, options: VerifyOptions
 ) -> tuple[dict[str, Any], PublicKeys]:
     """The document and the keys, from the files given or the gateway."""
-    document = read_record(record) if record is not None else None
-    found = read_keys(keys) if keys is not None else None
+    document = read_record(options.record) if options.record is not None else None
+    found = read_keys(options.keys) if options.keys is not None else None
     if client is not None:
         try:
             if document is None:
-                document = await client.get_auction_json(str(auction_id))
+                document = await client.get_auction_json(str(options.auction_id))
             if found is None:
                 found = public_keys(await client.signing_keys())
         except (MosaicError, ValueError) as error:
@@ -126,27 +126,31 @@ async def _io_checks(document: dict[str, Any], rescore: str | None, notes: list[
     return checks
 
 
-async def verify_async(
-    auction_id: str | None,
-    *,
-    url: str | None,
-    api_key: str | None,
-    record: Path | None,
-    keys: Path | None,
-    rescore: str | None,
-) -> tuple[VerificationReport, list[str]]:
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What `mosaic verify` was given: an auction id at a gateway, or a saved record (and its keys)."""
+
+    auction_id: str | None = None
+    url: str | None = None
+    api_key: str | None = None
+    record: Path | None = None
+    keys: Path | None = None
+    rescore: str | None = None
+
+
+async def verify_async(options: VerifyOptions) -> tuple[VerificationReport, list[str]]:
     """The report (and notes on what was not checked); UsageError when it cannot start."""
-    if (auction_id is None) == (record is None):
+    if (options.auction_id is None) == (options.record is None):
         raise UsageError("give either AUCTION_ID (with --url) or --record FILE, not both")
     notes: list[str] = []
-    if url is None:
-        document, found = await _fetch(None, auction_id, record, keys)
+    if options.url is None:
+        document, found = await _fetch(None, options)
     else:
-        async with AsyncMosaicClient(url, api_key=api_key, timeout_s=60, retries=1) as client:
-            document, found = await _fetch(client, auction_id, record, keys)
+        async with AsyncMosaicClient(options.url, api_key=options.api_key, timeout_s=60, retries=1) as client:
+            document, found = await _fetch(client, options)
     report = verify_document(document, found)
     if report.checks and report.checks[0].name == "attestation" and report.checks[0].ok:
-        extra = await _io_checks(document, rescore, notes)
+        extra = await _io_checks(document, options.rescore, notes)
         position = next((i for i, c in enumerate(report.checks) if c.name == "tau"), len(report.checks))
         report.checks[position:position] = [c for c in extra if not c.name.startswith("rescore")]
         report.checks.extend(c for c in extra if c.name.startswith("rescore"))
@@ -175,21 +179,10 @@ def print_report(report: VerificationReport, notes: list[str]) -> None:
         )
 
 
-def run_verify_command(
-    auction_id: str | None,
-    *,
-    url: str | None,
-    api_key: str | None,
-    record: Path | None,
-    keys: Path | None,
-    rescore: str | None,
-    as_json: bool,
-) -> int:
+def run_verify_command(options: VerifyOptions, *, as_json: bool) -> int:
     """`mosaic verify`: the exit code (0 verified, 1 a check failed, 2 could not check)."""
     try:
-        report, notes = asyncio.run(
-            verify_async(auction_id, url=url, api_key=api_key, record=record, keys=keys, rescore=rescore)
-        )
+        report, notes = asyncio.run(verify_async(options))
     except UsageError as error:
         console.print(f"[red]mosaic verify[/red]: {error}")
         return EXIT_USAGE

@@ -15,6 +15,7 @@ p99 µs, then ``attest_us_p50_n3_m8=<number>`` last. See docs/DESIGN.md § Verif
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import statistics
 import sys
@@ -33,13 +34,33 @@ from app import mechanism
 from app.attestation.commitments import commit_slowly, new_salt
 from app.attestation.keys import SigningKey
 from app.attestation.statement import attest
+from app.auction.engine_client import GeneratedCandidate
+from app.auction.result import ResolvedAuction, auction_record, auction_response, candidate_records
+from app.auction.sampler import CandidateSet, ScoredCandidates
+from app.campaigns.participants import Participants
 from app.contract.attestation import RecordAttestation
-from app.contract.request import AuctionRequest
-from app.contract.result import AdvertiserResult, AuctionRecord, AuctionTimings, CandidateRecord
+from app.contract.request import AdvertiserIn, AuctionRequest
+from app.contract.result import AuctionRecord, AuctionTimings
+from app.ledger.events import make_billing_event
 from bench.common import rich_table
 
-WORDS = ("the", "guitar", "is", "a", "fretted", "string", "instrument", "with", "six", "strings", "you")
-WORDS += ("learn", "chords", "and", "scales")
+WORDS = [
+    "the",
+    "guitar",
+    "is",
+    "a",
+    "fretted",
+    "string",
+    "instrument",
+    "with",
+    "six",
+    "strings",
+    "you",
+    "learn",
+    "chords",
+    "and",
+    "scales",
+]
 
 
 def _text(rng: np.random.Generator, tokens: int = 64) -> str:
@@ -49,67 +70,46 @@ def _text(rng: np.random.Generator, tokens: int = 64) -> str:
 
 
 def make_record(n: int, m: int, seed: int) -> AuctionRecord:
-    """A stored record as `AuctionService` builds one, with random figures from the mechanism."""
+    """A stored record built by `app.auction.result` (what `AuctionService._build_result` calls) from
+    random scores: M candidates of 64 tokens, n advertisers with their instructions."""
     rng = np.random.default_rng(seed)
     scales = rng.uniform(0.01, 0.1, n)
     log_ref = rng.normal(-60, 12, m)
     log_q = log_ref + rng.normal(0, 3, m)
-    rewards = mechanism.rewards_from_logprobs(log_ref + rng.normal(0, 6, (n, m)), log_ref, scales)
-    outcome = mechanism.run_auction(rewards, log_ref, log_q, 1.0 if n <= 2 else n / 2, rng)
+    log_advertisers = log_ref + rng.normal(0, 6, (n, m))
+    candidates = [GeneratedCandidate(list(range(64)), _text(rng), "length", float(q)) for q in log_q]
+    scored = ScoredCandidates(
+        CandidateSet(candidates, ["context"] * m, 1.0), log_ref, log_advertisers, log_q, None
+    )
+    rewards = mechanism.rewards_from_logprobs(log_advertisers, log_ref, scales)
+    resolved = ResolvedAuction(scored, rewards, mechanism.run_auction(rewards, log_ref, log_q, 1.0, rng))
     ids = [f"advertiser-{i}" for i in range(n)]
-    texts = [_text(rng) for _ in range(m)]
     advertisers = [
-        {
-            "id": aid,
-            "name": f"Brand {i}",
-            "description": "guitars, tuners and lessons for beginners",
-            "instruction": f"Mention Brand {i} and its beginner bundle where it helps.",
-            "value_scale": float(scales[i]),
-        }
+        AdvertiserIn(
+            id=aid,
+            name=f"Brand {i}",
+            description="guitars, tuners and lessons for beginners",
+            instruction=f"Mention Brand {i} and its beginner bundle where it helps.",
+            value_scale=float(scales[i]),
+        )
         for i, aid in enumerate(ids)
     ]
-    request = AuctionRequest.model_validate(
-        {"query": "Learning to play the guitar.", "advertisers": advertisers}
+    participants = Participants(AuctionRequest(query="Learning to play the guitar.", advertisers=advertisers))
+    auction_id = f"{seed:032x}"
+    timings = AuctionTimings(
+        tokenize=1, generate=812, score=95, mechanism=0.08, billing=0, total=911, workers=905
     )
-    return AuctionRecord(
-        auction_id=f"{seed:032x}",
-        reply=texts[outcome.chosen_index],
-        chosen_index=outcome.chosen_index,
-        tau=outcome.tau,
-        proposal="context",
+    response = auction_response(
+        resolved,
+        participants,
+        auction_id=auction_id,
         seed=seed,
         currency="USD",
-        advertisers=[
-            AdvertiserResult(
-                id=aid,
-                payment=float(outcome.payments[i]),
-                expected_reward=float(outcome.expected_rewards[i]),
-                expected_utility=float(outcome.expected_utilities[i]),
-            )
-            for i, aid in enumerate(ids)
-        ],
-        revenue=outcome.revenue,
-        effective_sample_size=outcome.effective_sample_size,
-        timings_ms=AuctionTimings(
-            tokenize=1.2, generate=812.5, score=95.1, mechanism=0.08, billing=0.0, total=911.3, workers=905.2
-        ),
-        candidates=[
-            CandidateRecord(
-                text=texts[j],
-                log_ref=float(log_ref[j]),
-                log_proposal=float(log_q[j]),
-                rewards={aid: float(rewards[i, j]) for i, aid in enumerate(ids)},
-                probability=float(outcome.probabilities[j]),
-                proposal="context",
-                num_tokens=64,
-                finish_reason="length",
-            )
-            for j in range(m)
-        ],
-        request=request.model_dump(mode="json"),
-        created_at_ms=1_765_000_000_000 + seed,
-        payments_micro={aid: round(float(outcome.payments[i]) * 1e6) for i, aid in enumerate(ids)},
+        timings=timings,
+        billing="billed",
     )
+    event = make_billing_event(auction_id, resolved.payments(ids), "USD")
+    return auction_record(response, candidate_records(resolved, ids), participants, event)
 
 
 def _signed(record: AuctionRecord, signer: SigningKey) -> str:
@@ -117,6 +117,10 @@ def _signed(record: AuctionRecord, signer: SigningKey) -> str:
     record = record.model_copy()
     record.attestation = RecordAttestation.model_validate(attest(record.model_dump(mode="json"), signer))
     return record.model_dump_json()
+
+
+def _reference(record: dict[str, Any], salts: dict[str, str]) -> object:
+    return commit_slowly(record, salts, rfc8785.dumps)
 
 
 def _time(work: Callable[[Any], object], records: list[Any], repeats: int) -> list[float]:
@@ -150,7 +154,7 @@ def main() -> None:
             "signed: dump + attest + model_dump_json": (lambda r: _signed(r, signer), records),
             "attest (digests + Ed25519)": (lambda d: attest(d, signer), dumped),
             "digests by definition, rfc8785 (reference)": (
-                lambda d, s=salts: commit_slowly(d, s, rfc8785.dumps),
+                functools.partial(_reference, salts=salts),
                 dumped,
             ),
             "Ed25519 sign of 600 bytes": (lambda _: signer.sign(b"x" * 600), dumped),

@@ -14,6 +14,7 @@ used. No I/O. Imports numpy, `app.mechanism` and the report's types only; see do
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
@@ -44,10 +45,45 @@ def _compare(name: str, pairs: list[tuple[str, Any, float]], what: str) -> Check
     return Check(name, True, f"{len(pairs)} values agree to {TOLERANCE:g} ({what})")
 
 
-def _inputs(rows: list[dict[str, Any]], tau: Any) -> tuple[np.ndarray, np.ndarray, float]:
+@dataclass(frozen=True)
+class Recomputed:
+    """What `app.mechanism` decides on the candidates from these rewards (n rows) and τ."""
+
+    tau: float
+    rewards: np.ndarray  # (n, M)
+    probabilities: np.ndarray  # (M,)
+    payments: np.ndarray  # (n,)
+    utilities: np.ndarray  # (n,)
+
+    def allocation(self, rows: list[dict[str, Any]]) -> list[tuple[str, Any, float]]:
+        """Each candidate's stored π_j beside the recomputed one."""
+        return [
+            (f"candidates[{j}].probability", row.get("probability"), float(self.probabilities[j]))
+            for j, row in enumerate(rows)
+        ]
+
+    def figures(self, row: int, stored: Mapping[str, Any], name: str) -> list[tuple[str, Any, float]]:
+        """Row `row`'s stored payment, R_i and U_i (in `stored`) beside the recomputed ones."""
+        return [
+            (f"{name}.payment", stored.get("payment"), float(self.payments[row])),
+            (
+                f"{name}.expected_reward",
+                stored.get("expected_reward"),
+                float(self.rewards[row] @ self.probabilities),
+            ),
+            (f"{name}.expected_utility", stored.get("expected_utility"), float(self.utilities[row])),
+        ]
+
+
+def recompute(rows: list[dict[str, Any]], rewards: Any, tau: Any) -> Recomputed:
+    """The mechanism on the candidates' log π_ref and log q; KeyError/TypeError/ValueError when the
+    document lacks a value or holds one that is not a number."""
     log_ref = np.array([float(row["log_ref"]) for row in rows], dtype=np.float64)
     log_proposal = np.array([float(row["log_proposal"]) for row in rows], dtype=np.float64)
-    return log_ref, log_proposal, float(tau)
+    matrix = np.array(rewards, dtype=np.float64).reshape(-1, len(rows))
+    probabilities, payments = mechanism.allocation_and_payments(matrix, log_ref, log_proposal, float(tau))
+    utilities = mechanism.expected_utilities(matrix, log_ref, log_proposal, float(tau))
+    return Recomputed(float(tau), matrix, probabilities, payments, utilities)
 
 
 def record_recompute(record: Mapping[str, Any]) -> list[Check]:
@@ -59,45 +95,24 @@ def record_recompute(record: Mapping[str, Any]) -> list[Check]:
     if not rows:
         return [Check("allocation", False, "the record has no candidates to recompute from")]
     try:
-        log_ref, log_proposal, tau = _inputs(rows, record.get("tau"))
         ids = [str(row["id"]) for row in outcome]
-        rewards = np.array([[float(row["rewards"][aid]) for row in rows] for aid in ids], dtype=np.float64)
-        rewards = rewards.reshape(len(ids), len(rows))
-        probabilities, payments = mechanism.allocation_and_payments(rewards, log_ref, log_proposal, tau)
-        utilities = mechanism.expected_utilities(rewards, log_ref, log_proposal, tau)
+        found = recompute(
+            rows, [[float(row["rewards"][aid]) for row in rows] for aid in ids], record.get("tau")
+        )
     except (KeyError, TypeError, ValueError) as error:
         return [
             Check("allocation", False, f"cannot recompute from the record: {type(error).__name__}: {error}")
         ]
-    what = f"τ = {tau!r}, M = {len(rows)}, n = {len(ids)}"
+    what = f"τ = {found.tau!r}, M = {len(rows)}, n = {len(ids)}"
+    ess = mechanism.effective_sample_size(found.probabilities)
     allocation = [
-        (f"candidates[{j}].probability", row.get("probability"), float(probabilities[j]))
-        for j, row in enumerate(rows)
+        *found.allocation(rows),
+        ("effective_sample_size", record.get("effective_sample_size"), ess),
     ]
-    allocation.append(
-        (
-            "effective_sample_size",
-            record.get("effective_sample_size"),
-            mechanism.effective_sample_size(probabilities),
-        )
-    )
-    figures: list[tuple[str, Any, float]] = []
-    for i, row in enumerate(outcome):
-        figures += [
-            (f"advertisers[{row['id']!r}].payment", row.get("payment"), float(payments[i])),
-            (
-                f"advertisers[{row['id']!r}].expected_reward",
-                row.get("expected_reward"),
-                float(rewards[i] @ probabilities),
-            ),
-            (
-                f"advertisers[{row['id']!r}].expected_utility",
-                row.get("expected_utility"),
-                float(utilities[i]),
-            ),
-        ]
-    if not record.get("no_fill"):
-        figures.append(("revenue", record.get("revenue"), float(np.add.reduce(payments))))
+    figures = [
+        pair for i, row in enumerate(outcome) for pair in found.figures(i, row, f"advertisers[{row['id']!r}]")
+    ]
+    figures.append(("revenue", record.get("revenue"), float(np.add.reduce(found.payments))))
     return [
         tau_check(record, len(ids)),
         _compare("allocation", allocation, what),
@@ -173,28 +188,16 @@ def view_recompute(attestation: Mapping[str, Any]) -> list[Check]:
     shared: Mapping[str, Any] = attestation.get("shared") or {}
     part: Mapping[str, Any] = attestation.get("part") or {}
     rows: list[dict[str, Any]] = list(shared.get("candidates") or [])
-    result: Mapping[str, Any] = part.get("result") or {}
     try:
-        log_ref, log_proposal, tau = _inputs(rows, shared.get("tau"))
-        rewards = np.array([part["reward"], part["others_reward"]], dtype=np.float64).reshape(2, len(rows))
-        probabilities, payments = mechanism.allocation_and_payments(rewards, log_ref, log_proposal, tau)
-        utilities = mechanism.expected_utilities(rewards, log_ref, log_proposal, tau)
+        found = recompute(rows, [part["reward"], part["others_reward"]], shared.get("tau"))
     except (KeyError, TypeError, ValueError) as error:
         return [
             Check("allocation", False, f"cannot recompute from the view: {type(error).__name__}: {error}")
         ]
-    what = f"τ = {tau!r}, M = {len(rows)}, her reward and the others' sum"
-    allocation = [
-        (f"candidates[{j}].probability", row.get("probability"), float(probabilities[j]))
-        for j, row in enumerate(rows)
-    ]
-    figures = [
-        ("advertiser.payment", result.get("payment"), float(payments[0])),
-        ("advertiser.expected_reward", result.get("expected_reward"), float(rewards[0] @ probabilities)),
-        ("advertiser.expected_utility", result.get("expected_utility"), float(utilities[0])),
-    ]
+    what = f"τ = {found.tau!r}, M = {len(rows)}, her reward and the others' sum"
     return [
-        _compare("allocation", allocation, what),
-        _compare("payments", figures, what),
+        tau_check(shared, None),
+        _compare("allocation", found.allocation(rows), what),
+        _compare("payments", found.figures(0, part.get("result") or {}, "advertiser"), what),
         reply_check(shared),
     ]
