@@ -106,15 +106,18 @@ async def _fetch(
     return document, found
 
 
-async def _io_checks(document: dict[str, Any], rescore: str | None, notes: list[str]) -> list[Check]:
-    """The checks that need I/O: the inclusion proof (the transparency log's `inclusion_checks`, when
-    this build has one) and, when asked, the re-score (`app.verification.rescore.rescore_checks`)."""
+async def _io_checks(
+    document: dict[str, Any], client: AsyncMosaicClient | None, rescore: str | None, notes: list[str]
+) -> list[Check]:
+    """The checks that need I/O. The inclusion proof: `app.transparency.inclusion_checks(document,
+    client)` (the gateway's client, None for a saved record) when this build has it. The re-score,
+    when asked: `app.verification.rescore.rescore_checks(document, url)`."""
     checks: list[Check] = []
     inclusion = optional_hook("app.transparency", "inclusion_checks")
     if inclusion is None:
         notes.append("inclusion: not checked (this build has no transparency log verifier)")
     else:
-        checks.extend(await inclusion(document))
+        checks.extend(await inclusion(document, client))
     if rescore is not None:
         rescore_checks = optional_hook("app.verification.rescore", "rescore_checks")
         if rescore_checks is None:
@@ -142,15 +145,22 @@ async def verify_async(options: VerifyOptions) -> tuple[VerificationReport, list
     """The report (and notes on what was not checked); UsageError when it cannot start."""
     if (options.auction_id is None) == (options.record is None):
         raise UsageError("give either AUCTION_ID (with --url) or --record FILE, not both")
-    notes: list[str] = []
     if options.url is None:
-        document, found = await _fetch(None, options)
-    else:
-        async with AsyncMosaicClient(options.url, api_key=options.api_key, timeout_s=60, retries=1) as client:
-            document, found = await _fetch(client, options)
+        return await _verify(None, options)
+    async with AsyncMosaicClient(options.url, api_key=options.api_key, timeout_s=60, retries=1) as client:
+        return await _verify(client, options)
+
+
+async def _verify(
+    client: AsyncMosaicClient | None, options: VerifyOptions
+) -> tuple[VerificationReport, list[str]]:
+    """The offline checks (`verify_document`), then those that need I/O, in `mosaic verify`'s order:
+    the inclusion proof before the recomputed mechanism (from `tau` on), the re-score last."""
+    document, found = await _fetch(client, options)
     report = verify_document(document, found)
+    notes: list[str] = []
     if report.checks and report.checks[0].name == "attestation" and report.checks[0].ok:
-        extra = await _io_checks(document, options.rescore, notes)
+        extra = await _io_checks(document, client, options.rescore, notes)
         position = next((i for i, c in enumerate(report.checks) if c.name == "tau"), len(report.checks))
         report.checks[position:position] = [c for c in extra if not c.name.startswith("rescore")]
         report.checks.extend(c for c in extra if c.name.startswith("rescore"))

@@ -9,21 +9,35 @@ each salted part; SHA-256; one Ed25519 signature), the attestation's model, and 
 `model_dump_json` of the signed record. Also the same digests by their definition with the
 reference `rfc8785` package for every piece (`commit_slowly`), to show what the fast canonical path
 (`app.attestation.canonical.Canonicaliser`, byte-identical) saves. Prints a table of p50 and
-p99 µs, then ``attest_us_p50_n3_m8=<number>`` last. See docs/DESIGN.md § Verifiable auctions.
+p99 µs, then ``attest_us_p50_n3_m8=<number>`` last.
+
+    .venv/bin/python bench/attestation.py --gateway [--model tiny-random] [--repeats 200]
+
+`--gateway`: the same through HTTP — one worker, two gateways in front of it (ATTESTATION_ENABLED true
+and false, each with its embedded Redis), auctions in interleaved pairs (same seed, M = 8, 64 tokens
+unless told, two advertisers); gateway overhead = client wall time − wall time with a worker request
+in flight. Last line: `overhead_ms_p50_unsigned=<ms> overhead_ms_p50_signed=<ms> signing_added_ms_p50=<ms>` (the
+median of the paired differences). See docs/DESIGN.md § Verifiable auctions.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
+import os
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -42,7 +56,9 @@ from app.contract.attestation import RecordAttestation
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import AuctionRecord, AuctionTimings
 from app.ledger.events import make_billing_event
+from bench import common
 from bench.common import rich_table
+from bench.latency import interleaved_pairs, overhead_table
 
 WORDS = [
     "the",
@@ -60,6 +76,16 @@ WORDS = [
     "chords",
     "and",
     "scales",
+]
+
+
+GATEWAY_ADVERTISERS = [
+    {
+        "id": "strummaster",
+        "name": "StrumMaster",
+        "description": "selling guitars, tuners, and learning materials",
+    },
+    {"id": "chordify", "name": "Chordify", "description": "offering online guitar lessons"},
 ]
 
 
@@ -137,12 +163,73 @@ def _time(work: Callable[[Any], object], records: list[Any], repeats: int) -> li
     return samples
 
 
+@contextlib.contextmanager
+def _unsigned_gateway(worker_url: str) -> Iterator[str]:
+    """A second gateway (ATTESTATION_ENABLED=false, its own embedded Redis) in front of `worker_url`."""
+    port = common.free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {**os.environ, "LOG_LEVEL": "WARNING", "WORKER_URLS": worker_url, "PORT": str(port)}
+        env |= {"DATA_DIR": data_dir, "ATTESTATION_ENABLED": "false"}
+        env.pop("REDIS_URL", None)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"], cwd=common.REPO, env=env, start_new_session=True
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            common.wait_ready(url + "/readyz", gateway, 300)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(gateway.pid, signal.SIGTERM)
+            gateway.wait(timeout=30)
+
+
+def gateway_overhead(args: argparse.Namespace) -> None:
+    """Interleaved pairs (signed, unsigned) through two gateways over one worker."""
+    env = {**os.environ, "LOG_LEVEL": "WARNING"}
+    stack = common.local_stack(args.model, [], env, {}, {}, ready_timeout_s=300, stop_timeout_s=20)
+    with (
+        stack as (signed_url, worker_url),
+        _unsigned_gateway(worker_url) as unsigned_url,
+        httpx.Client(timeout=900) as client,
+    ):
+
+        def one(repeat: int, signed: bool) -> float:
+            payload: dict[str, Any] = {
+                "query": "Learning to play the guitar.",
+                "advertisers": GATEWAY_ADVERTISERS,
+            }
+            payload |= {"candidates": args.candidates, "max_tokens": args.max_tokens, "seed": repeat}
+            started = time.perf_counter()
+            answer = client.post(f"{signed_url if signed else unsigned_url}/auction", json=payload)
+            wall_ms = (time.perf_counter() - started) * 1000
+            answer.raise_for_status()
+            return wall_ms - float(answer.json()["timings_ms"]["workers"])
+
+        overhead = interleaved_pairs(one, args.repeats, "signed and unsigned")
+    added = [s - u for s, u in zip(overhead[True], overhead[False], strict=True)]
+    rows = [("unsigned", overhead[False]), ("signed", overhead[True]), ("added by signing (paired)", added)]
+    overhead_table(args, rows)
+    print(
+        f"overhead_ms_p50_unsigned={statistics.median(overhead[False]):.3f} "
+        f"overhead_ms_p50_signed={statistics.median(overhead[True]):.3f} "
+        f"signing_added_ms_p50={statistics.median(added):.3f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3000)
+    parser.add_argument("--gateway", action="store_true", help="signed vs unsigned gateways, interleaved")
+    parser.add_argument("--model", default="tiny-random", help="the worker's model (with --gateway)")
+    parser.add_argument("--candidates", type=int, default=8, help="M (with --gateway)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="reply length (with --gateway)")
     args = parser.parse_args()
+    if args.gateway:
+        gateway_overhead(args)
+        return
     signer = SigningKey(Ed25519PrivateKey.generate())
     rows, last = [], 0.0
     for n in (2, 3):
