@@ -16,8 +16,8 @@ p99 µs, then ``attest_us_p50_n3_m8=<number>`` last.
 `--gateway`: the same through HTTP — one worker, two gateways in front of it (ATTESTATION_ENABLED true
 and false, each with its embedded Redis), auctions in interleaved pairs (same seed, M = 8, 64 tokens
 unless told, two advertisers); gateway overhead = client wall time − wall time with a worker request
-in flight. Last line: `overhead_ms_p50_unsigned=<ms> overhead_ms_p50_signed=<ms> signing_added_ms_p50=<ms>` (the
-median of the paired differences). See docs/DESIGN.md § Verifiable auctions.
+in flight. Last line: `overhead_ms_p50_unsigned=<ms> overhead_ms_p50_signed=<ms>
+signing_added_ms_p50=<ms>` (the median of the paired differences). See docs/DESIGN.md § Verifiable auctions.
 """
 
 from __future__ import annotations
