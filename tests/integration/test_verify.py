@@ -120,6 +120,32 @@ def test_a_no_fill_verifies(gateway: GatewayProcess) -> None:
     assert report.ok, report.failures()
 
 
+def test_a_campaign_auction_with_a_binding_budget_verifies(gateway: GatewayProcess) -> None:
+    """A campaign whose budget binds (its rewards lowered by the fit): the record, with its budget
+    fit, verifies, and so does the campaign owner's sealed view (her part holds her budget row)."""
+    campaign = {"owner": "alpha7", "name": "Alphaqz", "description": "guitars", "value_scale": 0.5}
+    created = httpx.post(
+        f"{gateway.url}/campaigns",
+        json={**campaign, "budget": {"total_micro": 40}},
+        headers=PLATFORM,
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    body = {**BODY, "advertisers": ADVERTISERS[1:], "campaigns": [created.json()["id"]], "seed": 5}
+    auction_id = serve(gateway.url, body)
+    record = stored(gateway.url, auction_id)
+    fit = (record.get("budgets") or [{}])[0]
+    assert fit.get("advertiser_id") == "alpha7" and fit["budget_multiplier"] < 1.0, fit  # it binds
+    with MosaicClient(gateway.url, api_key=PLATFORM_KEY) as platform:
+        report = platform.verify(auction_id)
+    assert report.ok, report.failures()
+    with MosaicClient(gateway.url, api_key=ALPHA_KEY) as alpha:
+        view = alpha.get_auction_json(auction_id)
+        assert view["attestation"]["part"]["budget"]["campaign_id"] == created.json()["id"]
+        sealed = alpha.verify(auction_id)
+    assert sealed.ok, sealed.failures()
+
+
 def cli_verify(*args: str) -> Any:
     return CliRunner().invoke(cli, ["verify", *args])
 
