@@ -205,17 +205,17 @@ def run_verify_command(options: VerifyOptions, *, as_json: bool) -> int:
 
 
 def keys_command(action: str, directory: Path | None) -> int:
-    """`mosaic keys show|rotate`: the JWK set of the key directory (rotated first with `rotate`)."""
+    """`mosaic keys show|rotate`: the JWK set of the key directory (rotated first with `rotate`); exit 2
+    when it holds no key (a gateway creates one at its first start) or an unreadable one."""
     path = directory or key_dir(Settings())
-    if action == "rotate":
-        ring = rotate(path)
-        console.print(
-            f"new active key {ring.active.kid}; restart the gateways to sign with it", style="green"
-        )
-    elif action == "show":
-        ring = load_keyring(path, create=False)
-    else:
-        console.print(f"[red]mosaic keys[/red]: unknown action {action!r} (show or rotate)")
+    try:
+        if action == "rotate":
+            ring = rotate(path)
+            console.print(f"new active key {ring.active.kid}; restart the gateways to sign with it")
+        else:
+            ring = load_keyring(path, create=False)
+    except (OSError, ValueError) as error:
+        console.print(f"[red]mosaic keys {action}[/red]: {error}")
         return EXIT_USAGE
     print(json.dumps(jwks(ring), indent=2))
     return EXIT_OK
