@@ -4,7 +4,8 @@ Invariants:
 - the signing keys are served without an API key at /.well-known/mosaic-keys (a JWK set whose kid is
   each key's thumbprint, cacheable) and the key file is created once in DATA_DIR/keys, mode 0600;
 - a served auction's stored record verifies (`mosaic_client` sync and async, `mosaic verify`): the
-  full record with a platform key, her sealed view with an advertiser key; a no-fill too;
+  full record with a platform key, her sealed view with an advertiser key; a no-fill too, and a
+  campaign auction whose budget binds (the record's budget fit; the owner's part holds her row);
 - the record as the gateway stored it, with one value changed (a log-prob, τ, a payment, a reward,
   the reply, a dropped candidate), fails `mosaic verify --record` with exit 1 and the output names
   what disagrees; usage errors and an unknown auction exit 2;
