@@ -198,6 +198,8 @@ def _view_differences(view: dict[str, Any], shared: dict[str, Any], part: dict[s
     for j, row in enumerate(rows):
         found += _differences(row, committed[j], list(committed[j]), f"candidates[{j}].")
         mine = {"reward": own[0][j], "others_reward": own[1][j]}
+        if "log_context" in row and isinstance(part.get("log_context"), list):  # her own score only
+            mine["log_context"] = part["log_context"][j]
         found += _differences(row, mine, list(mine), f"candidates[{j}].")
     return found
 

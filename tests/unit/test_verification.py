@@ -211,3 +211,20 @@ def test_keys_retired_unknown_and_unsigned_records() -> None:
     broken = copy.deepcopy(record)
     broken["candidates"] = "none"
     assert not verify_document(broken, KEYS).ok
+
+
+def test_log_context_is_committed_in_each_advertisers_part() -> None:
+    """`log_context` (per advertiser id, when the record has it) goes to her part, not the shared one:
+    changing one advertiser's names her part; her sealed view's part holds her own values only."""
+    record = make_record(4, 3, 4, 1.2)
+    ids = [row["id"] for row in record["advertisers"]]
+    for j, row in enumerate(record["candidates"]):
+        row["log_context"] = {aid: -10.0 - i - j / 8 for i, aid in enumerate(ids)}
+    record["attestation"] = attest(record, SIGNER)
+    assert verify_document(record, KEYS).ok
+    part = sealed_view(record, 0)["attestation"]["part"]
+    assert part["log_context"] == [-10.0 - j / 8 for j in range(4)]
+    tampered = copy.deepcopy(record)
+    tampered["candidates"][2]["log_context"][ids[1]] += 1e-9
+    found = failed(verify_document(tampered, KEYS))
+    assert repr(ids[1]) in found["parts"] and "candidates" not in found, found
