@@ -6,6 +6,8 @@
 
 With an advertiser key, `get_auction` and `resolve` return her sealed view (`SealedAuctionRecord`,
 `SealedWhatIfResponse`); `resolve_own(view)` recomputes her payment from it with `app.mechanism`.
+`verify(auction_id)` checks the stored record (or her sealed view) against its signed statement with
+the gateway's keys and recomputes the allocation and payments (`VerificationReport`, one `Check` each).
 Exceptions: `mosaic_client.errors` (one per status, all `MosaicError`).
 See docs/DESIGN.md § Layout.
 """
