@@ -214,6 +214,19 @@ def load_keyring(directory: Path, *, create: bool = True) -> SigningKeyRing:
     return SigningKeyRing(active=_read_private(active), retired=_read_retired(directory))
 
 
+def load_signing_keys(settings: Settings) -> SigningKeyRing:
+    """The gateway's key ring (`key_dir`), created there once. With an external Redis and no
+    SIGNING_KEY_DIR each gateway would sign with a key of its own: said in a warning (the records
+    still verify, against the keys of the gateway that signed them)."""
+    if settings.redis_url and settings.signing_key_dir is None:
+        logger.warning(
+            "SIGNING_KEY_DIR is empty with an external Redis: this gateway signs with its own key in "
+            "%s; gateways sharing a Redis should share SIGNING_KEY_DIR (one key set for all records)",
+            key_dir(settings),
+        )
+    return load_keyring(key_dir(settings))
+
+
 def rotate(directory: Path) -> SigningKeyRing:
     """Retire the active key (its public key kept in `retired/`) and make a new one active."""
     directory = Path(directory)

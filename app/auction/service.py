@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app import mechanism
-from app.attestation.keys import SigningKeyRing, key_dir, load_keyring
+from app.attestation.keys import SigningKeyRing, load_signing_keys
 from app.attestation.statement import attest
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
@@ -82,7 +82,7 @@ class AuctionService:
         self.selection = LazySelection(billing.redis, settings, self.budgets)  # opened by the first `select`
         # The signing keys (created once in DATA_DIR/keys when none are configured): every stored record
         # is signed with the active one unless ATTESTATION_ENABLED=false; all are served as a JWK set.
-        self.signing_keys: SigningKeyRing = load_keyring(key_dir(settings))
+        self.signing_keys: SigningKeyRing = load_signing_keys(settings)
 
     async def prepare(self, request: AuctionRequest) -> Participants:
         """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
