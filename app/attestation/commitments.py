@@ -92,13 +92,17 @@ def others_sum(values: dict[str, float], advertiser_id: str) -> float:
     return math.fsum(float(value) for key, value in values.items() if key != advertiser_id)
 
 
-def _per_candidate(rows: list[dict[str, Any]], advertiser_id: str) -> dict[str, list[Any]]:
+def others_rewards(record: dict[str, Any], advertiser_id: str) -> list[float]:
+    """Per candidate, the others' rewards summed (Σ_{k≠i}, exactly rounded): her aggregate."""
+    return [others_sum(row.get("rewards") or {}, advertiser_id) for row in record.get("candidates") or []]
+
+
+def _per_candidate(rows: list[dict[str, Any]], advertiser_id: str, others: list[Any]) -> dict[str, list[Any]]:
     """Her per-candidate values, one list per field (in the candidates' order): `reward`,
-    `others_reward` (Σ_{k≠i}, exactly rounded) and `log_context` when the record has it."""
-    rewards = [row.get("rewards") or {} for row in rows]
+    `others_reward` and `log_context` when the record has it."""
     own: dict[str, list[Any]] = {
-        "reward": [values.get(advertiser_id) for values in rewards],
-        "others_reward": [others_sum(values, advertiser_id) for values in rewards],
+        "reward": [(row.get("rewards") or {}).get(advertiser_id) for row in rows],
+        "others_reward": others,
     }
     for name in PER_ADVERTISER_CANDIDATE_FIELDS[1:]:
         if any(isinstance(row.get(name), dict) for row in rows):
@@ -110,15 +114,19 @@ def _her(rows: list[dict[str, Any]] | None, key: str, advertiser_id: str) -> dic
     return next((row for row in rows or [] if row.get(key) == advertiser_id), None)
 
 
-def advertiser_part(record: dict[str, Any], advertiser_id: str) -> dict[str, Any]:
-    """Advertiser `advertiser_id`'s part: every per-advertiser field of the record keyed by her id."""
+def advertiser_part(
+    record: dict[str, Any], advertiser_id: str, others: list[Any] | None = None
+) -> dict[str, Any]:
+    """Advertiser `advertiser_id`'s part: every per-advertiser field of the record keyed by her id
+    (`others`: her `others_rewards`, when already computed)."""
+    others = others_rewards(record, advertiser_id) if others is None else others
     return {
         "advertiser_id": advertiser_id,
         "entry": _her((record.get("request") or {}).get("advertisers"), "id", advertiser_id),
         "result": _her(record.get("advertisers"), "id", advertiser_id),
         "payment_micro": int((record.get("payments_micro") or {}).get(advertiser_id, 0)),
         "budget": _her(record.get("budgets"), "advertiser_id", advertiser_id),
-        **_per_candidate(list(record.get("candidates") or []), advertiser_id),
+        **_per_candidate(list(record.get("candidates") or []), advertiser_id, others),
     }
 
 
@@ -151,18 +159,22 @@ def commit(record: dict[str, Any], salts: dict[str, str]) -> Commitments:
 
     The same digests as `commit_slowly` (the definitions), faster: the record is prepared for the
     canonical encoder once (`Canonicaliser`) and its shared part and candidates are cut from that
-    copy; a record the fast path cannot write goes to `commit_slowly` (rfc8785 throughout)."""
-    parts = [(salts[aid], advertiser_part(record, aid)) for aid in advertiser_ids(record)]
+    copy, and so are the parts (only the others' sums, computed from the record, are prepared
+    anew); a record the fast path cannot write goes to `commit_slowly` (rfc8785 throughout)."""
     canon = Canonicaliser()
     try:
         prepared = canon.prepare(signed_record(record))
         shared = shared_part(prepared)
         candidates = [_sha256(canon.encode(row)) for row in shared["candidates"]]
+        parts = [
+            [salts[aid], advertiser_part(prepared, aid, canon.prepare(others_rewards(record, aid)))]
+            for aid in advertiser_ids(record)
+        ]
         return Commitments(
             record_sha256=_sha256(canon.encode(prepared)),
             shared_sha256=_sha256(canon.encode({**shared, "candidates": candidates})),
             candidates_sha256=candidates,
-            parts_sha256=sorted(_sha256(canon.encode(canon.prepare([salt, part]))) for salt, part in parts),
+            parts_sha256=sorted(_sha256(canon.encode(part)) for part in parts),
         )
     except FastPathError:
         return commit_slowly(record, salts)
