@@ -10,8 +10,8 @@ Job: pure checks (`Check`s, app.verification.report) that
 - sealed view (`view_checks`): `shared`, `candidates`, `part` (her salted part is one of the signed
   digests), `view` (what the view shows equals what is committed: names the field).
 A failed check says what disagrees: the field, the candidate or the advertiser, and both values
-where they can be shown. No I/O. Imports `app.attestation` and the report's types only; see
-docs/DESIGN.md § Verifiable auctions.
+where they can be shown. No I/O. Imports `cryptography` (the key type), `app.attestation` and the
+report's types only; see docs/DESIGN.md § Verifiable auctions.
 """
 
 from __future__ import annotations

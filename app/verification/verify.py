@@ -7,8 +7,8 @@ Job: given the JSON `GET /auctions/{id}` returned (a full `AuctionRecord`, or an
 (`app.verification.digests`), then the recomputed mechanism (`app.verification.recompute`). The
 inclusion proof (the transparency log) and the re-score need I/O: the caller (`app.cli_verify`,
 `mosaic_client`) appends their checks to the same report. Never raises on a malformed document: a
-check fails naming what is missing. No I/O. Imports `app.verification` and `app.attestation` only;
-see docs/DESIGN.md § Verifiable auctions.
+check fails naming what is missing. No I/O. Imports the other `app.verification` modules only; see
+docs/DESIGN.md § Verifiable auctions.
 """
 
 from __future__ import annotations
