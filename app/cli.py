@@ -19,6 +19,8 @@ cache_cli = typer.Typer(
     no_args_is_help=True, help="The machine-wide cache (~/.cache/mosaic or MOSAIC_CACHE_DIR)."
 )
 cli.add_typer(cache_cli, name="cache")
+keys_cli = typer.Typer(no_args_is_help=True, help="The keys that sign auction records (SIGNING_KEY_DIR).")
+cli.add_typer(keys_cli, name="keys")
 
 
 @cli.command()
@@ -314,6 +316,45 @@ def compare_report(
 
     files = rewrite_report(out, beside)
     typer.echo(f"{len(files)} files written; report: {out / 'compare.md'}")
+
+
+@cli.command()
+def verify(
+    auction_id: Annotated[str | None, typer.Argument(help="The auction to check (read from --url).")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="The gateway (its record and /.well-known/mosaic-keys).")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="MOSAIC_API_KEY", help="Bearer token.")] = None,
+    record: Annotated[Path | None, typer.Option(help="A saved record (GET /auctions/{id}) to check.")] = None,
+    keys: Annotated[Path | None, typer.Option(help="The public keys: a JWK set or PEM file.")] = None,
+    rescore: Annotated[str | None, typer.Option(help="Re-score the candidates on this worker URL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check an auction: signature, commitments, inclusion, allocation and payments. Exit 0/1/2."""
+    from app.cli_verify import VerifyOptions, run_verify_command
+
+    options = VerifyOptions(auction_id, url, api_key, record, keys, rescore)
+    raise typer.Exit(run_verify_command(options, as_json=as_json))
+
+
+@keys_cli.command("show")
+def keys_show(
+    directory: Annotated[Path | None, typer.Option(help="Key directory (default: SIGNING_KEY_DIR).")] = None,
+) -> None:
+    """Print the signing keys' JWK set (the active key and the retired ones)."""
+    from app.cli_verify import keys_command
+
+    raise typer.Exit(keys_command("show", directory))
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    directory: Annotated[Path | None, typer.Option(help="Key directory (default: SIGNING_KEY_DIR).")] = None,
+) -> None:
+    """Retire the active signing key (still served) and make a new one; restart the gateways."""
+    from app.cli_verify import keys_command
+
+    raise typer.Exit(keys_command("rotate", directory))
 
 
 def main() -> None:

@@ -187,6 +187,13 @@ class Settings(AdServerSettings):
     billing_fault_pause_before_ack_s: float = Field(
         0.0, ge=0, description="Fault injection for tests: pause between the Lua apply and XACK."
     )
+    # --- Signed audit records (issue 35; docs/DESIGN.md § Verifiable auctions) ----------------------
+    attestation_enabled: bool = Field(
+        True, description="Sign every stored auction record (Ed25519 over RFC 8785); false: stored unsigned."
+    )
+    signing_key_dir: Path | None = Field(
+        None, description="active.pem (0600) + retired/*.pem; empty: DATA_DIR/keys, made once. Share it."
+    )
     billing_append_timeout_s: float = Field(
         2.0, gt=0, description="Longest wait for the billing XADD; past it the auction fails with 503."
     )

@@ -10,6 +10,12 @@ same worker. Gateway overhead = total − wall time with a worker request in fli
 
 Last line: `ratio=<auction/single> overhead_ms_p50=<ms>`.
 
+    .venv/bin/python bench/latency.py --signing --model tiny-random --candidates 8 --max-tokens 64 \
+        --repeats 100                                     # what signed records + the log add (issue 35)
+
+`--signing`: two gateways over one worker, ATTESTATION_ENABLED true and false (bench/attestation.py
+--gateway); last line `overhead_ms_p50_unsigned=<ms> overhead_ms_p50_signed=<ms> signing_added_ms_p50=<ms>`.
+
     .venv/bin/python bench/latency.py --idempotency --model tiny-random --candidates 2 --max-tokens 4 \
         --repeats 200                                     # what an Idempotency-Key adds
 
@@ -102,7 +108,18 @@ def main() -> None:
         help="with --campaign: the campaign has a frequency cap (never reached) and each auction a "
         "user_id, so its cap slot is reserved before the model work and posted after the reply",
     )
+    parser.add_argument(
+        "--signing",
+        action="store_true",
+        help="gateway overhead of signed records + the transparency log vs ATTESTATION_ENABLED=false "
+        "(two gateways over one worker: bench/attestation.py --gateway)",
+    )
     args = parser.parse_args()
+    if args.signing:
+        from bench import attestation  # it imports this module: imported here, not on top
+
+        attestation.gateway_overhead(args)
+        return
     if bool(args.url) != bool(args.worker_url):
         parser.error("--url and --worker-url go together")
     if args.idempotency:

@@ -9,6 +9,8 @@ With an advertiser key, `get_auction` and `resolve` return her sealed view (`Sea
 Every answer and record carries its `disclosure` (`Disclosure`; `SealedDisclosure` in a sealed view):
 render `result.disclosure.label` beside the reply when it is not None; `why(auction_id)` is the
 `AuctionWhy` of `GET /auctions/{id}/why` (each sponsor's reason, τ, M, the proposal).
+`verify(auction_id)` checks the stored record (or her sealed view) against its signed statement with
+the gateway's keys and recomputes the allocation and payments (`VerificationReport`, one `Check` each).
 Exceptions: `mosaic_client.errors` (one per status, all `MosaicError`).
 See docs/DESIGN.md § Layout.
 """
@@ -25,6 +27,7 @@ from app.contract.sealed import (
 )
 from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from app.contract.why import AuctionWhy, SelectionWhy, SponsorFigures, SponsorWhy
+from app.verification.report import Check, VerificationReport
 from mosaic_client.client import AsyncMosaicClient, MosaicClient, auction_request, parse_advertiser
 from mosaic_client.errors import (
     AuthenticationError,
@@ -52,6 +55,7 @@ __all__ = [
     "AuctionWhy",
     "AuthenticationError",
     "CandidateRecord",
+    "Check",
     "ConflictError",
     "DeadlineError",
     "Disclosure",
@@ -75,6 +79,7 @@ __all__ = [
     "SponsorWhy",
     "TransportError",
     "UnavailableError",
+    "VerificationReport",
     "WhatIfRequest",
     "WhatIfResponse",
     "WorkerError",

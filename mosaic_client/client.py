@@ -9,7 +9,9 @@ Retries: a call is tried up to `retries + 1` times on a connection failure, a ti
 exponential backoff. Every `POST /auction` carries an `Idempotency-Key` header (a fresh UUID per call,
 the same on each retry of it; or the caller's), so a retry after a lost answer is answered from the
 first attempt by a gateway that honours the key instead of running and billing a second auction.
-Imports httpx, the API's models and the errors.
+`verify(auction_id)` checks a stored record's signature, commitments and payments (`app.verification`).
+Imports httpx, the API's models, the errors and the pure verification (`app.verification`,
+`app.attestation`).
 See docs/DESIGN.md § Layout.
 """
 
@@ -25,11 +27,15 @@ from urllib.parse import quote
 import httpx
 from pydantic import TypeAdapter
 
+from app.attestation.keys import public_keys
+from app.contract.attestation import KEYS_PATH
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse
 from app.contract.sealed import SealedAuctionRecord, SealedWhatIfResponse
 from app.contract.whatif import WhatIfRequest, WhatIfResponse
 from app.contract.why import AuctionWhy
+from app.verification.report import VerificationReport
+from app.verification.verify import verify_document
 from mosaic_client.errors import MosaicError, TransportError, error_for, retry_after
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -194,6 +200,23 @@ class MosaicClient(_Base):
         result: dict[str, Any] = self._call("GET", "/ledger/summary")
         return result
 
+    def verify(self, auction_id: str) -> VerificationReport:
+        """Check the stored record (or, with an advertiser key, her sealed view) offline against its
+        signed statement, with the keys the gateway serves: the signature, the digests, and the
+        allocation and payments recomputed (`app.verification.verify.verify_document`)."""
+        document = self.get_auction_json(auction_id)
+        return verify_document(document, public_keys(self.signing_keys()))
+
+    def get_auction_json(self, auction_id: str) -> dict[str, Any]:
+        """The stored record (or her sealed view) as the JSON the gateway sent: what is verified."""
+        result: dict[str, Any] = self._call("GET", _path("auctions", auction_id))
+        return result
+
+    def signing_keys(self) -> dict[str, Any]:
+        """The JWK set of the keys that sign records (`GET /.well-known/mosaic-keys`)."""
+        result: dict[str, Any] = self._call("GET", KEYS_PATH)
+        return result
+
     def advertiser_account(self, advertiser_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", _path("ledger", "advertisers", advertiser_id))
         return result
@@ -277,6 +300,27 @@ class AsyncMosaicClient(_Base):
 
     async def why(self, auction_id: str) -> AuctionWhy:
         return AuctionWhy.model_validate(await self._call("GET", _path("auctions", auction_id, "why")))
+
+    async def verify(self, auction_id: str) -> VerificationReport:
+        """`MosaicClient.verify`, asynchronously."""
+        document = await self.get_auction_json(auction_id)
+        return verify_document(document, public_keys(await self.signing_keys()))
+
+    async def get_auction_json(self, auction_id: str) -> dict[str, Any]:
+        """The stored record (or her sealed view) as the JSON the gateway sent: what is verified."""
+        result: dict[str, Any] = await self._call("GET", _path("auctions", auction_id))
+        return result
+
+    async def signing_keys(self) -> dict[str, Any]:
+        """The JWK set of the keys that sign records (`GET /.well-known/mosaic-keys`)."""
+        result: dict[str, Any] = await self._call("GET", KEYS_PATH)
+        return result
+
+    async def inclusion_proof(self, auction_id: str) -> dict[str, Any]:
+        """The auction's leaf, its audit path and the signed tree head it is checked against
+        (`GET /auctions/{id}/proof`); `app.verification.log_checks.check_inclusion` checks it."""
+        result: dict[str, Any] = await self._call("GET", _path("auctions", auction_id, "proof"))
+        return result
 
     async def ledger_summary(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", "/ledger/summary")

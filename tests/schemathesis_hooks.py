@@ -98,4 +98,7 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
     together = status == 422 and (
         b"advertisers and campaigns together" in content or b"inline advertisers together" in content
     )
-    return not (deadline or reused or precondition or campaign_rule or together)
+    # first ≤ second of a consistency proof: a rule between two query fields (tests/integration/
+    # test_transparency_routes.py tests it)
+    ordered = status == 422 and b"must not exceed second" in content
+    return not (deadline or reused or precondition or campaign_rule or together or ordered)

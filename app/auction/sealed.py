@@ -9,14 +9,24 @@ invariant, property-tested: a sealed view holds no other advertiser's id, name, 
 instruction, value scale, payment or reward vector (with one other advertiser, the sum of the others'
 rewards is hers: inherent, docs/DESIGN.md § Sealed views), its disclosure names her alone and counts
 the other sponsors (`app.contract.disclosure.seal_disclosure`), and her payment recomputed from it
-equals the stored one. No I/O. Imports the API's models (`app.contract`) only; see docs/DESIGN.md § Layout.
+equals the stored one. Her view carries her share of the record's attestation (the signed statement,
+her salt, the shared part and her part), so that she can verify it (`app.verification`). No I/O.
+Imports the API's models (`app.contract`) and `app.attestation` (the shared fields, the commitments)
+only; see docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from app.attestation.commitments import (
+    SHARED_CANDIDATE_FIELDS,
+    SHARED_RECORD_FIELDS,
+    SHARED_REQUEST_FIELDS,
+    others_sum,
+)
+from app.attestation.statement import sealed_attestation
+from app.contract.attestation import SealedAttestation
 from app.contract.disclosure import record_disclosure, seal_disclosure
 from app.contract.result import AdvertiserResult
 from app.contract.sealed import (
@@ -28,21 +38,13 @@ from app.contract.sealed import (
 )
 from app.contract.whatif import WhatIfRequest
 
-# The whitelists: what of the full record an advertiser may read as it is stored. Everything else of
-# hers is added by name (her entry, her figures, her reward); of the others, only the summed rewards.
-_RECORD_FIELDS = (
-    *("auction_id", "reply", "chosen_index", "tau", "proposal", "seed", "currency"),
-    *("billing", "test", "created_at_ms", "effective_sample_size"),
-)
-_CANDIDATE_FIELDS = (
-    *("text", "log_ref", "log_proposal", "probability"),
-    *("proposal", "num_tokens", "finish_reason", "token_ids"),
-)
+# The whitelists: what of the full record an advertiser may read as it is stored (the shared part its
+# attestation commits to, and the charge's state). Everything else of hers is added by name (her entry,
+# her figures, her reward); of the others, only the summed rewards.
+_RECORD_FIELDS = (*SHARED_RECORD_FIELDS, "billing")
+_CANDIDATE_FIELDS = SHARED_CANDIDATE_FIELDS
 # The request's settings (every field but the advertisers and the response-shaping flags).
-_REQUEST_FIELDS = (
-    *("query", "tau", "candidates", "proposal", "max_tokens"),
-    *("temperature", "top_p", "seed", "test"),
-)
+_REQUEST_FIELDS = SHARED_REQUEST_FIELDS
 
 
 class SealedFieldError(PermissionError):
@@ -71,7 +73,7 @@ def _candidate(row: dict[str, Any], advertiser_id: str) -> SealedCandidate:
         **{name: row.get(name) for name in _CANDIDATE_FIELDS},
         reward=rewards[advertiser_id],
         # exactly rounded (fsum): the aggregate does not depend on the others' order
-        others_reward=math.fsum(float(value) for key, value in rewards.items() if key != advertiser_id),
+        others_reward=others_sum(rewards, advertiser_id),
         log_context=_own_entry(row.get("log_context"), advertiser_id),
     )
 
@@ -98,7 +100,15 @@ def seal_record(record: dict[str, Any], advertiser_id: str) -> SealedAuctionReco
             {**{name: stored_request.get(name) for name in _REQUEST_FIELDS}, "advertiser": entry}
         ),
         engine=record.get("engine"),  # names no advertiser (issue 35)
+        attestation=_attestation(record, advertiser_id),
     )
+
+
+def _attestation(record: dict[str, Any], advertiser_id: str) -> SealedAttestation | None:
+    """Her share of the record's attestation (the statement, the signature, her salt, the shared part,
+    her part: `app.attestation.statement.sealed_attestation`); None when the record is unsigned."""
+    attestation = sealed_attestation(record, advertiser_id)
+    return None if attestation is None else SealedAttestation.model_validate(attestation)
 
 
 def check_sealed_whatif(request: WhatIfRequest, advertiser_id: str) -> None:

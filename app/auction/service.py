@@ -2,8 +2,9 @@
 
 I/O lives here and in the clients it calls; the mathematics is `app.mechanism` (pure), the candidate
 set is `app.auction.sampler`'s, the answer's models `app.auction.result`'s. Imports the auction's own
-modules, the mechanism, `app.contract` and the ledger's producer and idempotency store; never the
-gateway (what it reports goes to an `AuctionObserver`). Invariants: docs/DESIGN.md.
+modules, the mechanism, `app.contract`, `app.attestation` (the record is signed before its write) and
+the ledger's producer and idempotency store; never the gateway (what it reports goes to an
+`AuctionObserver`). Invariants: docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app import mechanism
+from app.attestation.keys import SigningKeyRing, load_signing_keys
+from app.attestation.statement import attest, statement_bytes
 from app.auction.campaign_spend import CampaignSpend
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
@@ -33,6 +36,7 @@ from app.auction.worker_dispatch import auction_deadline
 from app.campaigns.participants import CampaignResolver, Participants
 from app.campaigns.spend import BudgetedOutcome, BudgetSpender
 from app.campaigns.store import CampaignStore
+from app.contract.attestation import RecordAttestation
 from app.contract.request import AuctionRequest
 from app.contract.result import AuctionRecord, AuctionResponse, AuctionTimings, BillingState
 from app.ledger.budget import BudgetLedger
@@ -79,6 +83,9 @@ class AuctionService:
         self.spend = CampaignSpend(self.spender, self.campaigns, settings, self.observer)
         self._started: set[str] = set()  # auctions prepared whose run began (it settles their cap slots)
         self.selection = LazySelection(billing.redis, settings, self.budgets)  # opened by the first `select`
+        # The signing keys (created once in DATA_DIR/keys when none are configured): every stored record
+        # is signed with the active one unless ATTESTATION_ENABLED=false; all are served as a JWK set.
+        self.signing_keys: SigningKeyRing = load_signing_keys(settings)
 
     async def prepare(self, request: AuctionRequest) -> Participants:
         """Who bids: the inline advertisers and the requested campaigns that may enter (one Redis round
@@ -311,17 +318,22 @@ class AuctionService:
         clock: StageClock,
         mode: BillMode | None = None,
     ) -> None:
-        """The audit record, the billing event (or pending charge) and the Idempotency-Key's outcome,
-        written in one MULTI: all or none, so a served auction always has its record, nothing is billed
-        for an auction we fail, and a retried key is billed once."""
+        """The audit record (signed: `app.attestation`), the billing event (or pending charge) and the
+        Idempotency-Key's outcome, written in one MULTI: all or none, so a served auction always has its
+        record, nothing is billed for an auction we fail, and a retried key is billed once."""
         idempotent = None
         if control.claim_ready is not None:  # shielded: a cancel must not lose a claim that was taken
             control.claim = await asyncio.shield(control.claim_ready)
         if control.claim is not None:
             control.body = response.model_dump_json(exclude_none=True)
             idempotent = self.idempotency.write_for(control.claim, 200, control.body, response.auction_id)
+        log_entry = None  # the record's leaf in the transparency log: its signed statement's bytes
+        if self.settings.attestation_enabled:  # before the write: a record that cannot be signed fails
+            signed = attest(record.model_dump(mode="json"), self.signing_keys.active)
+            record.attestation = RecordAttestation.model_validate(signed)
+            log_entry = statement_bytes(signed["statement"])
         audit = (auction_key(response.auction_id), record.model_dump_json(), self.settings.audit_ttl_s)
         control.billing_started = True  # no await since the last check: from here the auction stands
         mode = mode or self.bill_mode(request)
-        write = asyncio.ensure_future(self.billing.record(event, audit, mode, idempotent))
+        write = asyncio.ensure_future(self.billing.record(event, audit, mode, idempotent, log_entry))
         await clock.timed("billing", asyncio.shield(write))

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.contract.attestation import RecordAttestation
 from app.contract.disclosure import Disclosure
 from app.contract.engine import EngineRecord
 from app.contract.request import ProposalName
@@ -155,4 +156,10 @@ class AuctionRecord(AuctionResponse):
         None,
         exclude_if=_absent,
         description="Which worker engines drew and scored the candidates, and what each is (issue 35).",
+    )
+    attestation: RecordAttestation | None = Field(
+        None,
+        exclude_if=_absent,
+        description="The record's signed statement (Ed25519), its signature and the salts of the "
+        "advertisers' parts: `mosaic verify` checks them (absent when ATTESTATION_ENABLED=false).",
     )

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app import mechanism
+from app.contract.attestation import SealedAttestation
 from app.contract.disclosure import SealedDisclosure
 from app.contract.engine import EngineRecord
 from app.contract.request import AdvertiserIn, ProposalName
@@ -98,6 +99,12 @@ class SealedAuctionRecord(BaseModel):
     request: SealedRequest
     engine: EngineRecord | None = Field(
         None, exclude_if=_absent, description="Which engines drew and scored the candidates (issue 35)."
+    )
+    attestation: SealedAttestation | None = Field(
+        None,
+        description="The signed statement, its signature, her salt, the shared part and her part: "
+        "`mosaic verify` checks her part, the shared part and this view against them (absent when the "
+        "record is not signed).",
     )
 
 

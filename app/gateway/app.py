@@ -34,6 +34,7 @@ from app.gateway.campaign_stats_routes import router as campaign_stats_router
 from app.gateway.docs import add_offline_docs
 from app.gateway.errors import add_error_handlers
 from app.gateway.http_limits import uvicorn_config
+from app.gateway.keys_routes import router as keys_router
 from app.gateway.ledger_routes import router as ledger_router
 from app.gateway.metrics import AdmissionMetrics, GatewayMetrics
 from app.gateway.middleware import (
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(campaign_stats_router)
     app.include_router(transparency_router)
     app.include_router(why_router)
+    app.include_router(keys_router)
     add_offline_docs(app)
     add_explorer(app)
 
@@ -243,8 +245,9 @@ def _start_transparency_log(
 ) -> None:
     """The transparency log (app.transparency) on `app.state.transparency` (the proof routes read it)
     and, with TRANSPARENCY_SEQUENCER, its sequencer task in `background`, signing tree heads with
-    `app.state.head_signer` (the key ring's active key; without one it checks the log, never signs)."""
-    signer = getattr(app.state, "head_signer", None)
+    `app.state.head_signer` when a test sets one, else the key ring's active key (the one that signs the
+    records: `mosaic keys rotate`, then a restart, changes both)."""
+    signer = getattr(app.state, "head_signer", None) or app.state.auctions.signing_keys.active
     log = TransparencyLog(redis_handle.client, settings, signer=signer, observer=metrics)
     app.state.transparency = log
     if settings.transparency_sequencer:

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from app.auction.run_control import auction_key, load_record
@@ -104,7 +105,7 @@ async def get_tree_head(*, _principal: Principal = Depends(require_api_key), log
     "/transparency/consistency",
     response_model=ConsistencyProof,
     summary="A consistency proof between two tree sizes (the later one at most the latest head's)",
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(401, 404, 409, 422, 503),
 )
 async def get_consistency_proof(
     *,
@@ -114,12 +115,16 @@ async def get_consistency_proof(
     second: Annotated[int, Query(ge=1, le=2**53 - 1, description="The newer head's tree_size.")],
 ) -> dict[str, Any]:
     head = await _latest(log)
-    if first > second:
-        raise HTTPException(status_code=422, detail=f"first ({first}) must not exceed second ({second})")
-    if second > head.tree_size:
+    if first > second:  # a rule between two fields: the schema cannot say it
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("query", "first"), "msg": f"must not exceed second ({second})",
+              "input": first}]
+        )  # fmt: skip
+    if second > head.tree_size:  # a fact of the log's state, not of the request: 409, as a proof's
         raise HTTPException(
-            status_code=422,
-            detail=f"second ({second}) exceeds the latest signed tree_size ({head.tree_size})",
+            status_code=409,
+            detail=f"second ({second}) exceeds the latest signed tree_size ({head.tree_size}): no head "
+            "that large is signed yet",
         )
     try:
         await log.at_least(head)

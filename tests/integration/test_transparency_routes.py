@@ -5,7 +5,7 @@ serves an inclusion proof that `check_inclusion` accepts, to a platform key and 
 took part (another advertiser, an unknown or malformed id: 404; no key: 401), waiting for the next
 head when the auction is newer than the latest; an auction not covered in time answers 409 with
 Retry-After (no sequencer here: nobody signs); `GET /transparency/consistency` serves a proof
-`check_consistency` accepts, and 422 naming the size when the sizes are out of order or past the
+`check_consistency` accepts, 422 naming `first` when the sizes are out of order, 409 past the
 latest head.
 """
 
@@ -97,9 +97,11 @@ def test_who_may_read_a_proof(client: TestClient) -> None:
     assert client.get("/auctions/p3/proof", headers=CAROL).status_code == 404  # not her auction
     assert client.get("/auctions/nope/proof", headers=PLATFORM).status_code == 404
     assert client.get("/auctions/bad-id!/proof", headers=PLATFORM).status_code == 404
-    for query, field in (("first=5&second=4", "first"), ("first=1&second=38", "second")):
+    for query, status, field in (("first=5&second=4", 422, "first"), ("first=1&second=38", 409, "second")):
         response = client.get(f"/transparency/consistency?{query}", headers=PLATFORM)
-        assert response.status_code == 422 and field in response.text, response.text
+        assert response.status_code == status and field in response.text, response.text
+    (error,) = client.get("/transparency/consistency?first=5&second=4", headers=PLATFORM).json()["detail"]
+    assert error["loc"] == ["query", "first"]  # a FieldError naming the field, as every 422
 
 
 def test_an_auction_not_yet_covered_answers_409_with_retry_after(

@@ -115,3 +115,19 @@ def test_from_rewards_divides_by_the_scale_it_ran_with() -> None:
     assert expected_payment(auction, 2.0) == pytest.approx(float(payments[0]), rel=1e-12)
     with pytest.raises(ValueError, match="no rewards"):
         SampleAuction.from_rewards("c", 2.0, 1.5, log_ref, log_proposal, rewards)
+
+
+def test_every_field_of_an_answers_candidate_row_is_accepted_by_the_calibration() -> None:
+    """Invariant: a candidate table exactly as `POST /auction` returns it (`CandidateRecord`, every field,
+    the re-score's `token_ids` and `log_context` included) is a valid calibration candidate — the
+    explorer sends it as is (tests/integration/test_explorer_browser.py)."""
+    from app.contract.calibration import CalibrationCandidate
+    from app.contract.result import CandidateRecord
+
+    names = set(CandidateRecord.model_fields)
+    assert names <= set(CalibrationCandidate.model_fields), names - set(CalibrationCandidate.model_fields)
+    row = CandidateRecord(
+        text="hi", log_ref=-1.0, log_proposal=-1.5, rewards={"a": 0.25}, probability=1.0, proposal="context",
+        num_tokens=2, finish_reason="length", token_ids=[5, 6], log_context={"a": -0.75},
+    )  # fmt: skip
+    CalibrationCandidate.model_validate_json(row.model_dump_json())

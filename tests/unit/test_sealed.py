@@ -11,6 +11,8 @@ candidates, τ. Invariants, for every advertiser X of it:
   sponsors; her /why (`app.auction.why.explain`) holds nothing of the others either;
 - her payment, expected reward and utility recomputed from the view alone (`resolve_own`, the function
   `mosaic_client` exports) equal the stored ones to 1e-12 (relative or absolute, as the what-if's);
+- signed (issue 35), her view carries the statement, the signature, HER salt only, the shared part
+  and her part — still nothing of the others — and verifies (`app.verification.verify_document`);
 - her what-if (`sealed_whatif`) equals the full what-if's row for her to 1e-12, and names no one else;
   a what-if naming any other id is refused with the field, the same whether that id took part or not.
 The values are drawn from a seeded numpy generator (generic: no two figures coincide by chance).
@@ -24,10 +26,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import mechanism
+from app.attestation.keys import SigningKey
+from app.attestation.statement import attest
 from app.auction.sealed import SealedFieldError, check_sealed_whatif, seal_record, sealed_whatif
 from app.auction.whatif import resolve_record
 from app.auction.why import explain
@@ -36,9 +41,11 @@ from app.contract.request import AuctionRequest
 from app.contract.result import AdvertiserResult, AuctionRecord, AuctionTimings, CandidateRecord
 from app.contract.sealed import resolve_own
 from app.contract.whatif import WhatIfRequest
+from app.verification.verify import verify_document
 from tests.sealed_checks import assert_nothing_of_the_others
 
 TOLERANCE = 1e-12
+SIGNER = SigningKey(Ed25519PrivateKey.generate())
 
 
 def make_record(seed: int, n: int, m: int, tau: float) -> dict[str, Any]:
@@ -129,10 +136,16 @@ def test_a_sealed_view_holds_nothing_of_the_others_and_gives_her_payment(
 ) -> None:
     seed, n, m = dimensions
     record = make_record(seed, n, m, tau)
+    record["attestation"] = attest(record, SIGNER)
     for stored in record["advertisers"]:
         mine = stored["id"]
         view = seal_record(record, mine)
-        assert_nothing_of_the_others(json.loads(view.model_dump_json()), record, mine)
+        body = json.loads(view.model_dump_json())
+        assert_nothing_of_the_others(body, record, mine)
+        assert body["attestation"]["salt"] == record["attestation"]["salts"][mine]
+        assert "salts" not in body["attestation"] and body["attestation"]["part"]["advertiser_id"] == mine
+        report = verify_document(body, {SIGNER.kid: SIGNER.public})
+        assert report.ok, report.failures()
         assert view.advertiser.model_dump() == stored
         assert view.payment_micro == record["payments_micro"][mine]
         assert view.request.advertiser.id == mine and len(view.candidates) == m

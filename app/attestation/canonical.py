@@ -1,0 +1,169 @@
+"""Canonical JSON (RFC 8785, JCS) for what is signed and digested, via the `rfc8785` package.
+
+Job: `canonical_bytes(obj)` — the one byte string a JSON value signs as (keys sorted by UTF-16 code
+units, numbers in ECMAScript's shortest round-trip form, no whitespace), and `sha256_hex(obj)`, its
+SHA-256 in lower-case hex. Both sides of a signature (the gateway signing a record, `mosaic verify`
+checking it) call this function, so the two agree byte for byte.
+
+Not finite numbers: JSON has no NaN or ±inf and RFC 8785 refuses them; a record holding one cannot be
+signed, so `canonical_bytes` raises `NonCanonicalError` (a ValueError) naming the path of the value
+(`candidates[3].log_ref`). The auction then fails before its billing write (500 naming the cause):
+nothing is stored unsigned and nothing is billed. The mechanism refuses non-finite inputs before
+that (`app.mechanism`), so this is the last guard, not a path taken. Integers beyond ±(2^53 − 1) are
+refused the same way (JCS numbers are IEEE doubles). Pure: imports `rfc8785` and the standard
+library only. See docs/DESIGN.md § Verifiable auctions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import secrets
+from typing import Any
+
+import rfc8785
+
+__all__ = ["Canonicaliser", "FastPathError", "NonCanonicalError", "canonical_bytes", "sha256_hex"]
+
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class NonCanonicalError(ValueError):
+    """A value with no canonical JSON form (NaN, ±inf, an integer past 2^53, a non-JSON type);
+    `path` names where it is (`$` is the value itself)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+def _offending(value: Any, path: str) -> tuple[str, str] | None:
+    """The first value under `value` with no canonical form, with its path (None: all fine)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, f"{value} is not a finite number")
+    if isinstance(value, int):
+        return None if abs(value) <= _MAX_SAFE_INTEGER else (path, f"integer {value} is past 2^53 - 1")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return (path, f"key {key!r} is not a string")
+            found = _offending(item, f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _offending(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    return (path, f"{type(value).__name__} is not a JSON value")
+
+
+# Floats Python's repr already writes as ECMAScript does: non-integral, 1e-4 <= |x| < 1e16 (both
+# use fixed notation there, with the shortest round-trip digits).
+_REPR_LOW, _REPR_HIGH = 1e-4, 1e16
+# Markers stand for the other floats: "\x00<nonce>:<n>\x00". The input's strings may not hold a NUL
+# (those values go to rfc8785), so a marker in the output is always one of ours.
+_NONCE = secrets.token_hex(8)
+_MARKER = re.compile(rb'"\\u0000' + _NONCE.encode() + rb':([0-9]+)\\u0000"')
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class FastPathError(Exception):
+    """The fast path cannot write this value exactly: use `rfc8785` (`canonical_bytes` does)."""
+
+
+class Canonicaliser:
+    """RFC 8785 through the C `json` encoder: `prepare(value)` makes a copy that
+    `json.dumps(sort_keys=True)` writes as RFC 8785 does — integral floats below 2^53 as ints (ES
+    writes 5.0 as 5, -0.0 as 0), floats whose ES form differs from repr's (exponents, |x| < 1e-4) as
+    marker strings — and `encode(prepared)` writes it, swapping each marker for its ES form (by
+    `rfc8785`). Anything it cannot write exactly raises `FastPathError`: a NaN or ±inf, an integer past
+    2^53, a string holding a NUL, a key past U+FFFF (Python sorts keys by code point, JCS by UTF-16
+    unit: the same within the BMP), a non-JSON type. Parts of one prepared value (a record's
+    candidates) encode without walking them again. Byte-identical to `rfc8785.dumps`
+    (property-tested, tests/unit/test_attestation.py)."""
+
+    def __init__(self) -> None:
+        self.markers: list[bytes] = []  # the ES form of marker n
+
+    def prepare(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is float:
+            if _REPR_LOW <= abs(value) < _REPR_HIGH and not value.is_integer():
+                return value  # the common case, inline
+            return self._number(value)
+        if kind is str:
+            if "\x00" in value:
+                raise FastPathError
+            return value
+        if value is None or kind is bool:
+            return value
+        if kind is dict:
+            self._check_keys(value)
+            prepare = self.prepare
+            return {key: prepare(item) for key, item in value.items()}
+        if kind is list or kind is tuple:
+            return [self.prepare(item) for item in value]
+        if kind is int and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+            return value
+        raise FastPathError  # bool and int subclasses, other types, big integers: rfc8785 decides
+
+    @staticmethod
+    def _check_keys(value: dict[Any, Any]) -> None:
+        try:
+            keys = "".join(value)  # one C pass; TypeError: a key that is not a string
+        except TypeError as error:
+            raise FastPathError from error
+        if "\x00" in keys or (not keys.isascii() and max(keys) > "\uffff"):
+            raise FastPathError
+
+    def _number(self, value: float) -> Any:
+        magnitude = abs(value)
+        if _REPR_LOW <= magnitude < _REPR_HIGH:
+            return int(value) if value.is_integer() else value
+        if magnitude <= _MAX_SAFE_INTEGER and value.is_integer():  # 0.0, -0.0 and exact integers
+            return int(value)
+        if not math.isfinite(value):
+            raise FastPathError
+        self.markers.append(rfc8785.dumps(value))
+        return f"\x00{_NONCE}:{len(self.markers) - 1}\x00"
+
+    def encode(self, prepared: Any) -> bytes:
+        """The RFC 8785 bytes of a value made by `prepare` (or built of such values)."""
+        try:
+            data = _ENCODER.encode(prepared).encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: not UTF-8 (rfc8785 refuses it too)
+            raise FastPathError from error
+        if self.markers and b"\\u0000" in data:
+            data = _MARKER.sub(lambda found: self.markers[int(found[1])], data)
+        return data
+
+
+def canonical_bytes(obj: Any) -> bytes:
+    """The RFC 8785 bytes of a JSON value (dicts, lists, str, int, float, bool, None).
+
+    Fast path: `Canonicaliser` (the C `json` encoder on a prepared copy), byte-identical to `rfc8785`
+    (property-tested on random JSON values, tests/unit/test_attestation.py); whatever it cannot
+    write exactly goes to `rfc8785` itself."""
+    try:
+        canonicaliser = Canonicaliser()
+        return canonicaliser.encode(canonicaliser.prepare(obj))
+    except FastPathError:
+        pass
+    try:
+        return rfc8785.dumps(obj)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as error:
+        found = _offending(obj, "$")
+        path, message = found if found is not None else ("$", str(error))
+        raise NonCanonicalError(path, message) from error
+
+
+def sha256_hex(obj: Any) -> str:
+    """SHA-256 of `canonical_bytes(obj)`, lower-case hex."""
+    return hashlib.sha256(canonical_bytes(obj)).hexdigest()
