@@ -94,6 +94,8 @@ bench: venv
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/dtype.py
 	$(BIN)/python bench/selection.py
+	$(BIN)/python bench/attestation.py
+	$(BIN)/python bench/tlog.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .mosaic-data

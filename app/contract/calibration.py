@@ -44,7 +44,7 @@ class CalibrationCandidate(BaseModel):
     num_tokens: Annotated[int, _AS_INT] | None = None
     finish_reason: str | None = None
     # issue 35: what a re-score needs (accepted, not used)
-    token_ids: list[Annotated[int, _AS_INT, Field(ge=0, lt=2**31)]] | None = Field(None, max_length=16384)
+    token_ids: list[Annotated[int, Field(ge=0, lt=2**31), _AS_INT]] | None = Field(None, max_length=4096)
     log_context: dict[str, Bounded] | None = Field(None, max_length=64)
 
 
