@@ -1,0 +1,117 @@
+"""The archiver: audit records leave Redis for PostgreSQL, at least once, never lost.
+
+Job: `Archiver.archive_once` takes the oldest ARCHIVE_BATCH entries of the archive queue
+(`ARCHIVE_QUEUE_KEY`: record key -> ms queued, written in the record's own atomic write by
+app.ledger.producer) at least ARCHIVE_MIN_AGE_S old, reads their records (MGET), writes them to
+PostgreSQL in one committed transaction (`ArchiveStore.write`: ON CONFLICT DO NOTHING), and only THEN
+removes them from Redis (one MULTI: ZREM from the queue, DEL the record). A process killed anywhere
+loses nothing (before the commit Redis still holds every record; after it, PostgreSQL does) and
+duplicates nothing (the next pass writes the same rows again: conflicts, stored once; then drops them).
+A queued key whose record expired (AUDIT_TTL_S passed before archiving) is dropped from the queue and
+counted. `run` loops until stopped, with retention (ARCHIVE_RETENTION_DAYS) once an hour. Imports
+redis, app.archive (store, schema), app.ledger.keys and app.settings. See docs/DESIGN.md § Archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from app.archive.schema import drop_before
+from app.archive.store import ArchiveStore, ArchiveUnavailableError, archived_record
+from app.ledger.keys import ARCHIVE_QUEUE_KEY, as_str
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+RETENTION_EVERY_S = 3600.0
+
+
+@dataclass
+class ArchiverStats:
+    archived: int = 0  # records written (new) to PostgreSQL
+    repeated: int = 0  # records found already archived (a pass after a kill)
+    expired: int = 0  # queued records gone before archiving (AUDIT_TTL_S)
+    batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Archiver:
+    """Drains the archive queue into PostgreSQL (see the module docstring)."""
+
+    def __init__(self, redis: aioredis.Redis, store: ArchiveStore, settings: Settings) -> None:
+        self.redis = redis
+        self.store = store
+        self.settings = settings
+        self.stats = ArchiverStats()
+
+    async def archive_once(self) -> int:
+        """One batch; returns how many queue entries it settled (0: nothing due)."""
+        cutoff_ms = int((time.time() - self.settings.archive_min_age_s) * 1000)
+        queued = await self.redis.zrangebyscore(
+            ARCHIVE_QUEUE_KEY, "-inf", cutoff_ms, start=0, num=self.settings.archive_batch, withscores=True
+        )
+        if not queued:
+            return 0
+        pairs = cast(list[tuple[Any, float]], queued)
+        keys = [as_str(member) for member, _ in pairs]
+        values = await self.redis.mget(keys)
+        rows, gone = [], 0
+        for key, (_, score), raw in zip(keys, pairs, values, strict=True):
+            if raw is None:
+                gone += 1
+                continue
+            rows.append(archived_record(key.rsplit(":", 1)[-1], as_str(raw), int(score)))
+        new = await self.store.write(rows)  # committed: from here PostgreSQL holds them
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(ARCHIVE_QUEUE_KEY, *keys)
+            pipe.delete(*keys)
+            await pipe.execute()
+        self.stats.archived += new
+        self.stats.repeated += len(rows) - new
+        self.stats.expired += gone
+        self.stats.batches += 1
+        return len(keys)
+
+    async def drain(self) -> int:
+        """Batches until nothing is due; returns the entries settled."""
+        total = 0
+        while settled := await self.archive_once():
+            total += settled
+        return total
+
+    async def retention(self) -> list[str]:
+        """Drop the partitions older than ARCHIVE_RETENTION_DAYS (nothing when it is 0)."""
+        days = self.settings.archive_retention_days
+        if days <= 0:
+            return []
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+        async with self.store.pool.connection() as conn:
+            return await drop_before(conn, cutoff)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Archive until `stop`; a Redis or PostgreSQL fault is logged and retried after the interval."""
+        next_retention = 0.0
+        while not stop.is_set():
+            settled = 0
+            try:
+                if time.monotonic() >= next_retention:
+                    dropped = await self.retention()
+                    if dropped:
+                        logger.info("archive retention dropped %s", dropped)
+                    next_retention = time.monotonic() + RETENTION_EVERY_S
+                settled = await self.archive_once()
+            except (RedisError, OSError, ArchiveUnavailableError, Exception) as error:  # any fault: retried
+                message = f"{type(error).__name__}: {error}"
+                self.stats.errors = [*self.stats.errors[-9:], message]
+                logger.warning("archiver pass failed, retrying: %s", message)
+            if settled < self.settings.archive_batch:  # a full batch: more may be due at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.settings.archive_interval_s)
