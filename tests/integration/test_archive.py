@@ -1,0 +1,235 @@
+"""The audit archive on a real Redis and a real PostgreSQL (app.archive).
+
+Invariants: the migrations apply once (a second `migrate` applies nothing) and make a table
+partitioned by range on created_at; with ARCHIVE_DSN every final write of the producer (unkeyed bill,
+keyed bill script, pending, none) queues its record's key in that same write, and without it nothing
+is queued (today's behaviour); the archiver stores each queued record's exact text in its day's
+partition, and only then removes it and its queue entry from Redis; a record already archived (a
+pass after a commit whose drop never ran) is stored once; a queued key whose record expired is
+dropped from the queue and counted; the reader answers the same text from Redis and, once archived,
+from PostgreSQL; reads by advertiser use the advertiser ids; retention drops whole old partitions
+and keeps the recent ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+
+from app.archive.archiver import Archiver
+from app.archive.reader import RecordReader
+from app.archive.schema import drop_before, migrate, partitions
+from app.archive.store import ArchiveStore, archived_record
+from app.ledger.events import make_billing_event
+from app.ledger.idempotency import IdempotencyClaim, IdempotencyWrite
+from app.ledger.keys import ARCHIVE_QUEUE_KEY
+from app.ledger.producer import BillingProducer
+from app.settings import Settings
+from tests.fixtures_redis import RedisServerProcess
+
+DAY_MS = 86_400_000
+
+
+def record_json(auction_id: str, created_at_ms: int, advertisers: tuple[str, ...] = ("alice", "bob")) -> str:
+    return json.dumps(
+        {
+            "auction_id": auction_id,
+            "created_at_ms": created_at_ms,
+            "advertisers": [{"id": a, "value_scale": 1.0} for a in advertisers],
+            "revenue": 0.25,
+            "note": "é ünïcode, 1e-07",
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def settings_for(redis: RedisServerProcess, dsn: str, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"redis_url": redis.url, "data_dir": tmp_path, "archive_dsn": dsn}
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def migrated(dsn: str) -> list[str]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        return await migrate(conn)
+
+
+async def open_all(settings: Settings) -> tuple[aioredis.Redis, ArchiveStore]:
+    await migrated(settings.archive_dsn)
+    store = ArchiveStore(settings.archive_dsn)
+    await store.open()
+    return aioredis.Redis.from_url(settings.redis_url), store
+
+
+async def write_four_ways(producer: BillingProducer, redis: aioredis.Redis, now_ms: int) -> list[str]:
+    """One final write of each kind; returns their auction ids."""
+    ids = ["unkeyed", "keyed", "pending", "none"]
+    for auction_id in ids:
+        event = make_billing_event(auction_id, {"alice": 0.1}, "USD", now_ms=now_ms)
+        audit = (f"mosaic:auction:{auction_id}", record_json(auction_id, now_ms), 3600)
+        if auction_id == "unkeyed":
+            await producer.record(event, audit)
+            continue
+        claim = IdempotencyClaim(f"mosaic:idem:k:{auction_id}", "running-1", "fp")
+        await redis.set(claim.key, claim.running_value)
+        keyed = IdempotencyWrite(claim, "done", 60)
+        mode = "bill" if auction_id == "keyed" else auction_id
+        await producer.record(event, audit, mode, keyed)  # type: ignore[arg-type]
+    return ids
+
+
+def test_migrations_apply_once_and_partition_by_day(archive_dsn: str) -> None:
+    """The first `migrate` applies every file, a second applies none; the table is range-partitioned."""
+    first = asyncio.run(migrated(archive_dsn))
+    assert first and first[0].startswith("0001_")
+    assert asyncio.run(migrated(archive_dsn)) == []
+    with psycopg.connect(archive_dsn) as conn:
+        row = conn.execute(
+            "SELECT partstrat, a.attname FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = p.partattrs[0] "
+            "WHERE c.relname = 'auction_records'"
+        ).fetchone()
+    assert row == ("r", "created_at")
+
+
+def test_every_final_write_queues_its_record_only_with_archive_dsn(
+    redis_server: RedisServerProcess, archive_dsn: str, tmp_path: Path
+) -> None:
+    """All four final writes queue their record in the same write; without ARCHIVE_DSN nothing is queued."""
+
+    async def run(dsn: str) -> list[str]:
+        redis = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await redis.flushall()
+            producer = BillingProducer(redis, settings_for(redis_server, dsn, tmp_path))
+            await write_four_ways(producer, redis, int(time.time() * 1000))
+            return sorted(m.decode() for m in await redis.zrange(ARCHIVE_QUEUE_KEY, 0, -1))
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(run(archive_dsn)) == sorted(
+        f"mosaic:auction:{i}" for i in ("unkeyed", "keyed", "pending", "none")
+    )
+    assert asyncio.run(run("")) == []
+
+
+def test_archiver_moves_records_then_drops_them(
+    redis_server: RedisServerProcess, archive_dsn: str, tmp_path: Path
+) -> None:
+    """Each record lands in PostgreSQL byte for byte, in its day's partition; then Redis drops it and its
+    queue entry; the reader answers the same text before and after."""
+    settings = settings_for(redis_server, archive_dsn, tmp_path, archive_batch=3)
+
+    async def run() -> None:
+        redis, store = await open_all(settings)
+        try:
+            now_ms = int(time.time() * 1000)
+            ids = await write_four_ways(BillingProducer(redis, settings), redis, now_ms)
+            reader = RecordReader(redis, store)
+            before = {i: await reader.raw(i) for i in ids}
+            archiver = Archiver(redis, store, settings)
+            assert await archiver.drain() == 4 and archiver.stats.batches == 2
+            assert archiver.stats.archived == 4 and archiver.stats.repeated == 0
+            assert await redis.zcard(ARCHIVE_QUEUE_KEY) == 0
+            assert await redis.exists(*(f"mosaic:auction:{i}" for i in ids)) == 0
+            assert {i: await reader.raw(i) for i in ids} == before
+            assert await RecordReader(redis).raw("keyed") is None  # without the archive: gone
+            async with store.pool.connection() as conn:
+                day = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).date()
+                assert [d for _, d in await partitions(conn)] == [day]
+        finally:
+            await redis.aclose()
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_record_archived_twice_is_stored_once(
+    redis_server: RedisServerProcess, archive_dsn: str, tmp_path: Path
+) -> None:
+    """A commit whose drop never ran (a kill between them): the next pass writes nothing new, drops."""
+    settings = settings_for(redis_server, archive_dsn, tmp_path)
+
+    async def run() -> None:
+        redis, store = await open_all(settings)
+        try:
+            now_ms = int(time.time() * 1000)
+            for i in range(10):
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.set(f"mosaic:auction:a{i}", record_json(f"a{i}", now_ms - i * DAY_MS))
+                    pipe.zadd(ARCHIVE_QUEUE_KEY, {f"mosaic:auction:a{i}": now_ms})
+                    await pipe.execute()
+            assert (
+                await store.write(
+                    [archived_record(f"a{i}", record_json(f"a{i}", now_ms - i * DAY_MS), 0) for i in range(4)]
+                )
+                == 4
+            )
+            archiver = Archiver(redis, store, settings)
+            assert await archiver.drain() == 10
+            assert (archiver.stats.archived, archiver.stats.repeated) == (6, 4)
+            assert await store.count() == 10
+            assert sorted(await store.by_advertiser("alice", limit=3)) == ["a0", "a1", "a2"]
+            assert await store.by_advertiser("nobody") == []
+        finally:
+            await redis.aclose()
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_expired_record_leaves_the_queue(
+    redis_server: RedisServerProcess, archive_dsn: str, tmp_path: Path
+) -> None:
+    """A queued key whose record is gone (AUDIT_TTL_S passed first) is dropped from the queue, counted."""
+    settings = settings_for(redis_server, archive_dsn, tmp_path)
+
+    async def run() -> None:
+        redis, store = await open_all(settings)
+        try:
+            await redis.zadd(ARCHIVE_QUEUE_KEY, {"mosaic:auction:gone": 1})
+            archiver = Archiver(redis, store, settings)
+            assert await archiver.drain() == 1
+            assert (archiver.stats.expired, archiver.stats.archived) == (1, 0)
+            assert await redis.zcard(ARCHIVE_QUEUE_KEY) == 0
+        finally:
+            await redis.aclose()
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_retention_drops_whole_old_partitions(
+    redis_server: RedisServerProcess, archive_dsn: str, tmp_path: Path
+) -> None:
+    """Partitions whose day ended before the cutoff are dropped; newer ones and their rows stay."""
+    settings = settings_for(redis_server, archive_dsn, tmp_path)
+
+    async def run() -> None:
+        redis, store = await open_all(settings)
+        try:
+            now_ms = int(time.time() * 1000)
+            rows = [
+                archived_record(f"r{age}", record_json(f"r{age}", now_ms - age * DAY_MS), 0)
+                for age in range(8)
+            ]
+            assert await store.write(rows) == 8
+            async with store.pool.connection() as conn:
+                dropped = await drop_before(conn, dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+                assert len(dropped) == 4  # ages 4..7 ended before now - 3 days; age 3's day has not
+                assert len(await partitions(conn)) == 4
+            assert await store.count() == 4
+            assert await store.record("r3") is not None and await store.record("r4") is None
+        finally:
+            await redis.aclose()
+            await store.close()
+
+    asyncio.run(run())
