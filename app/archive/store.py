@@ -24,6 +24,9 @@ class ArchiveUnavailableError(RuntimeError):
     """PostgreSQL could not be reached or refused a statement (the read answers 503, the archiver retries)."""
 
 
+MAX_MS = 253_402_300_800_000  # year 10000
+
+
 def _named(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -45,8 +48,9 @@ def archived_record(auction_id: str, raw: str, fallback_ms: int) -> ArchivedReco
     except ValueError:
         parsed = None
     if isinstance(parsed, dict):
-        if isinstance(parsed.get("created_at_ms"), int):
-            created_ms = parsed["created_at_ms"]
+        stamp = parsed.get("created_at_ms")
+        if type(stamp) is int and 0 <= stamp < MAX_MS:  # not a bool, within datetime's range
+            created_ms = stamp
         rows = parsed.get("advertisers") or []
         advertisers = tuple(str(row["id"]) for row in rows if isinstance(row, dict) and "id" in row)
     created = dt.datetime.fromtimestamp(created_ms / 1000, tz=dt.UTC)
