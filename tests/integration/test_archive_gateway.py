@@ -5,7 +5,8 @@ record - `GET /auctions/{id}` (platform key and an advertiser's sealed view), th
 (`POST /auctions/{id}/resolve`), `GET /auctions/{id}/why`, `GET /auctions/{id}/proof` (its leaf, or
 "not in the transparency log": past the record check either way) - answers the same status and the
 same body once the archiver has moved the record to PostgreSQL and Redis no longer holds it; an
-unknown id is 404 before and after; and without ARCHIVE_DSN the same gateway answers 404 for the archived auction (so the answers above did come from the archive).
+unknown id is 404 before and after; and without ARCHIVE_DSN the same gateway answers 404 for the
+archived auction (so the answers above did come from the archive).
 """
 
 from __future__ import annotations
