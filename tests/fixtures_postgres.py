@@ -102,6 +102,9 @@ class PostgresServer:
         return self.dsn_for(name)
 
     def stop(self) -> None:
+        """Immediate shutdown, directory removed (a second call does nothing)."""
+        if not self.root.exists():
+            return
         subprocess.run(
             [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
             capture_output=True,

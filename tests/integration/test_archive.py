@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import redis.asyncio as aioredis
 
 from app.archive.archiver import Archiver
@@ -233,3 +234,31 @@ def test_retention_drops_whole_old_partitions(
             await store.close()
 
     asyncio.run(run())
+
+
+def test_archive_down_is_503_naming_it_and_old_schema_refused(
+    redis_server: RedisServerProcess, tmp_path: Path
+) -> None:
+    """A gateway refuses to start on an un-migrated archive (naming the command); once started, a record
+    Redis no longer has, with PostgreSQL down, is 503 naming PostgreSQL (not 404: it may exist)."""
+    from fastapi.testclient import TestClient
+
+    from app.gateway.app import create_app
+    from tests.fixtures_postgres import start_postgres
+
+    server = start_postgres()
+    try:
+        dsn = server.fresh_database()
+        settings = settings_for(
+            redis_server, dsn, tmp_path, worker_urls=["http://127.0.0.1:9"], log_json=False
+        )
+        with pytest.raises(Exception, match="mosaic archive migrate"), TestClient(create_app(settings)):
+            pass
+        asyncio.run(migrated(dsn))
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/auctions/0123456789abcdef").status_code == 404
+            server.stop()
+            answer = client.get("/auctions/0123456789abcdef")
+            assert answer.status_code == 503 and "PostgreSQL" in answer.json()["detail"], answer.text
+    finally:
+        server.stop()
