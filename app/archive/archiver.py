@@ -8,7 +8,8 @@ removes them from Redis (one MULTI: ZREM from the queue, DEL the record). A proc
 loses nothing (before the commit Redis still holds every record; after it, PostgreSQL does) and
 duplicates nothing (the next pass writes the same rows again: conflicts, stored once; then drops them).
 A queued key whose record expired (AUDIT_TTL_S passed before archiving) is dropped from the queue and
-counted. `run` loops until stopped, with retention (ARCHIVE_RETENTION_DAYS) once an hour. Imports
+counted. Each pass also archives a batch of the billing stream (app.archive.events: the ledger's
+history). `run` loops until stopped, with retention (ARCHIVE_RETENTION_DAYS) once an hour. Imports
 redis, app.archive (store, schema), app.ledger.keys and app.settings. See docs/DESIGN.md § Archive.
 """
 
@@ -25,7 +26,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.archive.schema import drop_before
+from app.archive.events import EventArchiver
+from app.archive.schema import EVENTS_TABLE, RECORDS_TABLE, drop_before
 from app.archive.store import ArchiveStore, ArchiveUnavailableError, archived_record
 from app.ledger.keys import ARCHIVE_QUEUE_KEY, as_str
 from app.settings import Settings
@@ -51,6 +53,7 @@ class Archiver:
         self.store = store
         self.settings = settings
         self.stats = ArchiverStats()
+        self.events = EventArchiver(redis, store, settings)
 
     async def archive_once(self) -> int:
         """One batch; returns how many queue entries it settled (0: nothing due)."""
@@ -88,26 +91,37 @@ class Archiver:
         return total
 
     async def retention(self) -> list[str]:
-        """Drop the partitions older than ARCHIVE_RETENTION_DAYS (nothing when it is 0)."""
+        """Drop the records' and events' partitions older than ARCHIVE_RETENTION_DAYS (none when 0)."""
         days = self.settings.archive_retention_days
         if days <= 0:
             return []
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
         async with self.store.pool.connection() as conn:
-            return await drop_before(conn, cutoff)
+            return [
+                *await drop_before(conn, cutoff, RECORDS_TABLE),
+                *await drop_before(conn, cutoff, EVENTS_TABLE),
+            ]
+
+    async def pass_once(self, state: dict[str, float]) -> int:
+        """One pass: the events' group (once), retention (hourly), a batch of records and one of events;
+        returns the larger batch settled."""
+        if not state.get("group"):
+            await self.events.ensure_group()
+            state["group"] = 1
+        if time.monotonic() >= state.get("retention", 0.0):
+            dropped = await self.retention()
+            if dropped:
+                logger.info("archive retention dropped %s", dropped)
+            state["retention"] = time.monotonic() + RETENTION_EVERY_S
+        return max(await self.archive_once(), await self.events.archive_once())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Archive until `stop`; a Redis or PostgreSQL fault is logged and retried after the interval."""
-        next_retention = 0.0
+        state: dict[str, float] = {}
         while not stop.is_set():
             settled = 0
             try:
-                if time.monotonic() >= next_retention:
-                    dropped = await self.retention()
-                    if dropped:
-                        logger.info("archive retention dropped %s", dropped)
-                    next_retention = time.monotonic() + RETENTION_EVERY_S
-                settled = await self.archive_once()
+                settled = await self.pass_once(state)
             except (RedisError, OSError, ArchiveUnavailableError, Exception) as error:  # any fault: retried
                 message = f"{type(error).__name__}: {error}"
                 self.stats.errors = [*self.stats.errors[-9:], message]

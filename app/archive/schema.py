@@ -18,6 +18,7 @@ from importlib import resources
 import psycopg
 
 RECORDS_TABLE = "auction_records"
+EVENTS_TABLE = "billing_events"
 MIGRATIONS_TABLE = "archive_schema_migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _PARTITION = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")

@@ -4,7 +4,8 @@ Job: `ArchiveStore` opens a psycopg 3 `AsyncConnectionPool` on ARCHIVE_DSN (ARCH
 connections), writes a batch of `ArchivedRecord`s in ONE transaction (the day partitions it needs,
 then `INSERT ... ON CONFLICT DO NOTHING`: a record archived twice is stored once), and reads a record
 by auction id or an advertiser's auctions by time. `archived_record` turns a Redis record (its exact
-JSON text) into a row. Imports psycopg, psycopg_pool, app.archive.schema and the standard library.
+JSON text) into a row, `archived_event` a billing stream entry (app.archive.events). Imports psycopg,
+psycopg_pool, app.archive.schema and the standard library.
 See docs/DESIGN.md § Archive.
 """
 
@@ -15,9 +16,10 @@ import json
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from app.archive.schema import RECORDS_TABLE, ensure_days, migrations, schema_version
+from app.archive.schema import EVENTS_TABLE, RECORDS_TABLE, ensure_days, migrations, schema_version
 
 
 class ArchiveUnavailableError(RuntimeError):
@@ -57,6 +59,27 @@ def archived_record(auction_id: str, raw: str, fallback_ms: int) -> ArchivedReco
     return ArchivedRecord(auction_id, created, advertisers, raw)
 
 
+@dataclass(frozen=True)
+class ArchivedEvent:
+    stream_id: str
+    created_at: dt.datetime
+    auction_id: str
+    advertiser_ids: tuple[str, ...]
+    fields: dict[str, str]
+
+
+def archived_event(stream_id: str, fields: dict[str, str]) -> ArchivedEvent:
+    """The row of one stream entry: its day is the stream id's ms; a malformed entry (dead-lettered by
+    the ledger) is archived as it is."""
+    created = dt.datetime.fromtimestamp(int(stream_id.split("-", 1)[0]) / 1000, tz=dt.UTC)
+    try:
+        payments = json.loads(fields.get("payments", "{}"))
+    except ValueError:
+        payments = {}
+    advertisers = tuple(sorted(str(a) for a in payments)) if isinstance(payments, dict) else ()
+    return ArchivedEvent(stream_id, created, fields.get("auction_id", ""), advertisers, fields)
+
+
 class ArchiveStore:
     """The archive's tables through one pool (open with `open`, close with `close`)."""
 
@@ -94,6 +117,24 @@ class ArchiveStore:
                     f"INSERT INTO {RECORDS_TABLE} (auction_id, created_at, advertiser_ids, record) "
                     "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                     [(r.auction_id, r.created_at, list(r.advertiser_ids), r.record) for r in rows],
+                    returning=False,
+                )
+                return max(cursor.rowcount, 0)
+
+    async def write_events(self, rows: list[ArchivedEvent]) -> int:
+        """Store billing stream entries in one transaction (as `write`); returns how many were new."""
+        if not rows:
+            return 0
+        async with self.pool.connection() as conn, conn.transaction():
+            await ensure_days(conn, {row.created_at.date() for row in rows}, EVENTS_TABLE)
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    f"INSERT INTO {EVENTS_TABLE} (stream_id, created_at, auction_id, advertiser_ids, fields) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [
+                        (r.stream_id, r.created_at, r.auction_id, list(r.advertiser_ids), Jsonb(r.fields))
+                        for r in rows
+                    ],
                     returning=False,
                 )
                 return max(cursor.rowcount, 0)

@@ -262,3 +262,51 @@ def test_archive_down_is_503_naming_it_and_old_schema_refused(
             assert answer.status_code == 503 and "PostgreSQL" in answer.json()["detail"], answer.text
     finally:
         server.stop()
+
+
+def test_billing_events_archived_by_their_group_then_acknowledged(
+    redis_server: RedisServerProcess, archive_dsn: str, tmp_path: Path
+) -> None:
+    """Every billing stream entry reaches billing_events once, with its fields as Redis held them, then
+    is acknowledged by the ``archive`` group; entries read before a kill (pending, never acknowledged)
+    are archived on the next pass; while the group lags, the ledger's trim removes none of its entries,
+    and once it has acknowledged them the trim removes the old ones."""
+    from app.archive.events import ARCHIVE_CONSUMER, ARCHIVE_GROUP, EventArchiver
+    from app.ledger.trim import LedgerTrimmer
+
+    settings = settings_for(redis_server, archive_dsn, tmp_path, archive_batch=4, billing_retention_s=400)
+
+    async def run() -> None:
+        redis, store = await open_all(settings)
+        try:
+            events = EventArchiver(redis, store, settings)
+            await events.ensure_group()
+            old_ms = int(time.time() * 1000) - 3 * DAY_MS  # entries older than any retention
+            producer = BillingProducer(redis, settings)
+            for i in range(10):
+                event = make_billing_event(f"e{i}", {"alice": 0.1, "bob": 0.2 * i}, "USD", now_ms=old_ms)
+                await redis.xadd(settings.billing_stream, event.stream_fields(), id=f"{old_ms + i}-0")
+            await producer.append(make_billing_event("e10", {"carol": 1.0}, "USD"))
+            await redis.xreadgroup(ARCHIVE_GROUP, ARCHIVE_CONSUMER, {settings.billing_stream: ">"}, count=3)
+            assert (await LedgerTrimmer(redis, settings).trim_once()).entries == 0  # nothing archived yet
+            while await events.archive_once():
+                pass
+            assert events.archived == 11
+            assert (await redis.xpending(settings.billing_stream, ARCHIVE_GROUP))["pending"] == 0
+            stream = {
+                k.decode(): {a.decode(): b.decode() for a, b in f.items()}
+                for k, f in await redis.xrange(settings.billing_stream)
+            }
+            async with store.pool.connection() as conn:
+                cursor = await conn.execute("SELECT stream_id, fields, advertiser_ids FROM billing_events")
+                rows = await cursor.fetchall()
+            assert {r[0]: r[1] for r in rows} == stream
+            assert sorted(r[2] for r in rows)[0] == ["alice", "bob"]
+            assert (
+                await LedgerTrimmer(redis, settings).trim_once()
+            ).entries == 10  # archived: the old ten go
+        finally:
+            await redis.aclose()
+            await store.close()
+
+    asyncio.run(run())
