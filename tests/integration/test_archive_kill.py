@@ -1,11 +1,12 @@
 """A SIGKILLed archiver loses and duplicates nothing (real processes: Redis, PostgreSQL, the archiver).
 
-Invariant: Redis holds N queued audit records; `python -m app.archive run` is started and SIGKILLed
-again and again at random moments (mid-batch: before its commit, or between its commit and Redis'
-drop), then left to finish. Afterwards PostgreSQL holds exactly N rows, one per auction, each the exact
-text Redis held; Redis holds none of them and the queue is empty. At some kill PostgreSQL and Redis
-both held a record (the window between commit and drop was hit) - checked, so the test shows the
-window it claims to cover.
+Invariant: Redis holds N queued audit records and N/2 billing stream entries; `python -m app.archive
+run` is started and SIGKILLed again and again at random moments (mid-batch: before its commit, or
+between its commit and Redis' drop), then left to finish. Afterwards PostgreSQL holds exactly N rows,
+one per auction, each the exact text Redis held, and one row per stream entry; Redis holds none of
+the records, the queue is empty and the ``archive`` group has nothing pending. At some kills
+PostgreSQL and Redis both held a record (the window between commit and drop was hit) - checked, so
+the test shows the window it claims to cover.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def fill(client: redis.Redis, n: int) -> dict[str, str]:
             records[auction_id] = text
             pipe.set(f"mosaic:auction:{auction_id}", text, ex=3600)
             pipe.zadd(ARCHIVE_QUEUE_KEY, {f"mosaic:auction:{auction_id}": now_ms})
+            if i % 2 == 0:  # a billing event for every other auction: the ledger's history
+                pipe.xadd("mosaic:billing", {"auction_id": auction_id, "payments": '{"a":1}'})
         pipe.execute()
     return records
 
@@ -114,16 +117,24 @@ def test_sigkilled_archiver_loses_and_duplicates_nothing(
             kills += 1
         final = archive_process("run", redis_server.url, archive_dsn, tmp_path)
         started, deadline = time.monotonic(), time.monotonic() + 120
-        while (
-            client.zcard(ARCHIVE_QUEUE_KEY) or time.monotonic() < started + 3
-        ) and time.monotonic() < deadline:
+
+        def busy() -> bool:
+            row = conn.execute("SELECT count(*) FROM billing_events").fetchone()
+            return bool(client.zcard(ARCHIVE_QUEUE_KEY)) or (row is not None and row[0] < N // 2)
+
+        while (busy() or time.monotonic() < started + 3) and time.monotonic() < deadline:
             time.sleep(0.1)
         final.send_signal(signal.SIGTERM)  # its signal handlers are installed by now: a clean stop
         assert final.wait(timeout=30) == 0
         rows = conn.execute("SELECT auction_id, record FROM auction_records").fetchall()
+        events = conn.execute("SELECT auction_id, stream_id FROM billing_events").fetchall()
     print(f"kills={kills} of which between a commit and its drop: {window_kills}")
     assert len(rows) == N and dict(rows) == records  # nothing lost, nothing twice, byte for byte
     assert kills >= 8, "the archiver finished before it was killed a few times: raise N"
     assert window_kills >= 3, "no kill landed between a commit and its drop: the test missed that window"
     assert client.zcard(ARCHIVE_QUEUE_KEY) == 0
+    stream_ids = [entry_id for entry_id, _ in client.xrange("mosaic:billing")]
+    assert len(events) == N // 2 and sorted(i for _, i in events) == sorted(stream_ids)  # each entry once
+    assert sorted(a for a, _ in events) == sorted(a for a in records if int(a[1:]) % 2 == 0)
+    assert client.xpending("mosaic:billing", "archive")["pending"] == 0
     assert not list(client.scan_iter(match="mosaic:auction:*", count=1000))
