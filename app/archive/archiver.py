@@ -80,6 +80,8 @@ class Archiver:
         self.stats.archived += new
         self.stats.repeated += len(rows) - new
         self.stats.expired += gone
+        if gone:
+            logger.warning("%d queued audit records expired before archiving (AUDIT_TTL_S): lost", gone)
         self.stats.batches += 1
         return len(keys)
 

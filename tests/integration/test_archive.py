@@ -310,3 +310,39 @@ def test_billing_events_archived_by_their_group_then_acknowledged(
             await store.close()
 
     asyncio.run(run())
+
+
+def test_cli_migrate_and_retention(
+    archive_dsn: str, redis_server: RedisServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mosaic archive migrate` applies the files once (then says the schema is current);
+    `mosaic archive retention --days N` drops the partitions that ended N days ago, names them, and
+    keeps the rest; without ARCHIVE_DSN both fail naming the setting."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    runner = CliRunner()
+    monkeypatch.setenv("ARCHIVE_DSN", archive_dsn)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    first = runner.invoke(cli, ["archive", "migrate"])
+    assert first.exit_code == 0 and "0001_auction_records.sql" in first.output and "0002_" in first.output
+    assert "schema current" in runner.invoke(cli, ["archive", "migrate"]).output
+
+    async def fill() -> None:
+        store = ArchiveStore(archive_dsn)
+        await store.open()
+        now_ms = int(time.time() * 1000)
+        await store.write(
+            [archived_record(f"c{a}", record_json(f"c{a}", now_ms - a * DAY_MS), 0) for a in (0, 5)]
+        )
+        await store.close()
+
+    asyncio.run(fill())
+    old_day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=5)).strftime("%Y%m%d")
+    dropped = runner.invoke(cli, ["archive", "retention", "--days", "2"])
+    assert dropped.exit_code == 0 and f"auction_records_p{old_day}" in dropped.output, dropped.output
+    assert "nothing" in runner.invoke(cli, ["archive", "retention", "--days", "2"]).output
+    monkeypatch.setenv("ARCHIVE_DSN", "")
+    failed = runner.invoke(cli, ["archive", "migrate"])
+    assert failed.exit_code != 0 and "ARCHIVE_DSN" in str(failed.exception)
