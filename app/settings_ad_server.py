@@ -131,6 +131,7 @@ class AdServerSettings(WorkerSettings):
     archive_interval_s: float = Field(1.0, gt=0, le=3600, description="Archiver's pause when idle.")
     archive_min_age_s: float = Field(0.0, ge=0, le=86_400, description="Least age of an archived record.")
     archive_retention_days: int = Field(0, ge=0, le=36_500, description="Days archived; 0: forever.")
+    archive_lease_s: float = Field(30.0, gt=0, le=3600, description="One archiver at a time: its lease.")
     archive_pool_max: int = Field(4, ge=1, le=100, description="PostgreSQL connections per process.")
 
     @field_validator("selection_sensitive_categories", mode="before")

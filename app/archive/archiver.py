@@ -9,8 +9,9 @@ loses nothing (before the commit Redis still holds every record; after it, Postg
 duplicates nothing (the next pass writes the same rows again: conflicts, stored once; then drops them).
 A queued key whose record expired (AUDIT_TTL_S passed before archiving) is dropped from the queue and
 counted. Each pass also archives a batch of the billing stream (app.archive.events: the ledger's
-history). `run` loops until stopped, with retention (ARCHIVE_RETENTION_DAYS) once an hour. Imports
-redis, app.archive (store, schema), app.ledger.keys and app.settings. See docs/DESIGN.md § Archive.
+history). Only the holder of the lease (app.archive.lease) works. `run` loops until stopped, with
+retention (ARCHIVE_RETENTION_DAYS) once an hour. Imports redis, app.archive (store, schema, events,
+lease), app.ledger.keys and app.settings. See docs/DESIGN.md § Archive.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from app.archive.events import EventArchiver
+from app.archive.lease import ArchiveLease
 from app.archive.schema import EVENTS_TABLE, RECORDS_TABLE, drop_before
 from app.archive.store import ArchiveStore, ArchiveUnavailableError, archived_record
 from app.ledger.keys import ARCHIVE_QUEUE_KEY, as_str
@@ -54,6 +56,7 @@ class Archiver:
         self.settings = settings
         self.stats = ArchiverStats()
         self.events = EventArchiver(redis, store, settings)
+        self.lease = ArchiveLease(redis, settings.archive_lease_s)
 
     async def archive_once(self) -> int:
         """One batch; returns how many queue entries it settled (0: nothing due)."""
@@ -106,7 +109,9 @@ class Archiver:
 
     async def pass_once(self, state: dict[str, float]) -> int:
         """One pass: the events' group (once), retention (hourly), a batch of records and one of events;
-        returns the larger batch settled."""
+        returns the larger batch settled (0 while another archiver holds the lease)."""
+        if not await self.lease.hold():
+            return 0
         if not state.get("group"):
             await self.events.ensure_group()
             state["group"] = 1
@@ -131,3 +136,5 @@ class Archiver:
             if settled < self.settings.archive_batch:  # a full batch: more may be due at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.archive_interval_s)
+        with contextlib.suppress(RedisError, OSError):
+            await self.lease.release()

@@ -27,7 +27,7 @@ Redis keys of the ledger (prefix ``mosaic:ledger:``):
              same payload (a producer retry): acknowledged, counted once, not applied again.
 ``mosaic:archive:queue`` (issue 36, only with ARCHIVE_DSN) sorted set: audit record key -> ms when
              written, added in the record's own atomic write; app.archive drains it (archived, then
-             dropped from Redis). ``ARCHIVE_QUEUE_KEY``.
+             dropped from Redis). ``ARCHIVE_QUEUE_KEY``; ``mosaic:archive:lease`` the archivers' lease.
 See docs/DESIGN.md § Billing and § Bounded Redis memory.
 """
 
@@ -40,6 +40,7 @@ LEDGER_PREFIX = "mosaic:ledger:"
 PLATFORM_ACCOUNT = "platform:revenue"
 ADVERTISER_ACCOUNT_PREFIX = "advertiser:"
 ARCHIVE_QUEUE_KEY = "mosaic:archive:queue"
+ARCHIVE_LEASE_KEY = "mosaic:archive:lease"  # app.archive.lease: one archiver at a time
 AUCTION_KEY_PREFIX = "mosaic:auction:"  # the audit records (app.auction.run_control.auction_key)
 
 

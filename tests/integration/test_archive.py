@@ -346,3 +346,37 @@ def test_cli_migrate_and_retention(
     monkeypatch.setenv("ARCHIVE_DSN", "")
     failed = runner.invoke(cli, ["archive", "migrate"])
     assert failed.exit_code != 0 and "ARCHIVE_DSN" in str(failed.exception)
+
+
+def test_one_archiver_at_a_time(redis_server: RedisServerProcess, archive_dsn: str, tmp_path: Path) -> None:
+    """While one archiver holds the lease another does no work; a released lease, or a lapsed one (its
+    holder killed), lets the other take over."""
+    settings = settings_for(redis_server, archive_dsn, tmp_path, archive_batch=2, archive_lease_s=0.3)
+
+    async def run() -> None:
+        redis, store = await open_all(settings)
+        try:
+            now_ms = int(time.time() * 1000)
+            for i in range(8):
+                await redis.set(f"mosaic:auction:l{i}", record_json(f"l{i}", now_ms))
+                await redis.zadd(ARCHIVE_QUEUE_KEY, {f"mosaic:auction:l{i}": now_ms})
+            first, second, state_a, state_b = (
+                Archiver(redis, store, settings),
+                Archiver(redis, store, settings),
+                {},
+                {},
+            )
+            assert await first.pass_once(state_a) == 2
+            assert await second.pass_once(state_b) == 0 and second.stats.batches == 0
+            assert await first.pass_once(state_a) == 2  # renewed: still the holder
+            await first.lease.release()
+            assert await second.pass_once(state_b) == 2
+            assert await first.pass_once(state_a) == 0
+            await asyncio.sleep(0.4)  # the holder stops renewing (killed): its lease lapses
+            assert await first.pass_once(state_a) == 2
+            assert await store.count() == 8 and await redis.zcard(ARCHIVE_QUEUE_KEY) == 0
+        finally:
+            await redis.aclose()
+            await store.close()
+
+    asyncio.run(run())

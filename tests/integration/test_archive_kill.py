@@ -39,6 +39,7 @@ def archive_process(action: str, redis_url: str, dsn: str, data_dir: Path) -> su
         "ARCHIVE_DSN": dsn,
         "ARCHIVE_BATCH": "100",
         "ARCHIVE_INTERVAL_S": "0.05",
+        "ARCHIVE_LEASE_S": "1",  # a killed archiver's lease lapses in 1 s
         "DATA_DIR": str(data_dir),
         "LOG_JSON": "false",
     }
@@ -109,7 +110,7 @@ def test_sigkilled_archiver_loses_and_duplicates_nothing(
 
         while client.zcard(ARCHIVE_QUEUE_KEY) and kills < 40 and not (kills >= 8 and window_kills >= 3):
             process = archive_process("run", redis_server.url, archive_dsn, tmp_path)
-            time.sleep(rng.uniform(0.6, 1.0))  # it starts in ~0.6 s, then a batch every few ms
+            time.sleep(rng.uniform(1.2, 1.6))  # it starts in ~0.6 s, the killed one's lease lapses in 1 s
             if kills % 2:
                 window_kills += kill_between_commit_and_drop(process, overlap, rng)
             process.send_signal(signal.SIGKILL)  # at a random moment (mostly mid-transaction)
