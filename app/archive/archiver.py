@@ -11,7 +11,7 @@ A queued key whose record expired (AUDIT_TTL_S passed before archiving) is dropp
 counted. Each pass also archives a batch of the billing stream (app.archive.events: the ledger's
 history). Only the holder of the lease (app.archive.lease) works. `run` loops until stopped, with
 retention (ARCHIVE_RETENTION_DAYS) once an hour. Imports redis, app.archive (store, schema, events,
-lease), app.ledger.keys and app.settings. See docs/DESIGN.md § Archive.
+lease, observers), app.ledger.keys and app.settings. See docs/DESIGN.md § Archive.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from app.archive.events import EventArchiver
 from app.archive.lease import ArchiveLease
+from app.archive.observers import ArchiveObserver, NoopArchiveObserver
 from app.archive.schema import EVENTS_TABLE, RECORDS_TABLE, drop_before
 from app.archive.store import ArchiveStore, ArchiveUnavailableError, archived_record
 from app.ledger.keys import ARCHIVE_QUEUE_KEY, as_str
@@ -50,10 +51,17 @@ class ArchiverStats:
 class Archiver:
     """Drains the archive queue into PostgreSQL (see the module docstring)."""
 
-    def __init__(self, redis: aioredis.Redis, store: ArchiveStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        store: ArchiveStore,
+        settings: Settings,
+        observer: ArchiveObserver | None = None,
+    ) -> None:
         self.redis = redis
         self.store = store
         self.settings = settings
+        self.observer: ArchiveObserver = observer or NoopArchiveObserver()
         self.stats = ArchiverStats()
         self.events = EventArchiver(redis, store, settings)
         self.lease = ArchiveLease(redis, settings.archive_lease_s)
@@ -86,6 +94,7 @@ class Archiver:
         if gone:
             logger.warning("%d queued audit records expired before archiving (AUDIT_TTL_S): lost", gone)
         self.stats.batches += 1
+        self.observer.archive_batch("records", new, len(rows) - new, gone)
         return len(keys)
 
     async def drain(self) -> int:
@@ -120,7 +129,20 @@ class Archiver:
             if dropped:
                 logger.info("archive retention dropped %s", dropped)
             state["retention"] = time.monotonic() + RETENTION_EVERY_S
-        return max(await self.archive_once(), await self.events.archive_once())
+        await self._observe_queue()
+        records = await self.archive_once()
+        events_before = self.events.archived
+        events = await self.events.archive_once()
+        if events:
+            new = self.events.archived - events_before
+            self.observer.archive_batch("events", new, events - new, 0)
+        return max(records, events)
+
+    async def _observe_queue(self) -> None:
+        depth = await self.redis.zcard(ARCHIVE_QUEUE_KEY)
+        oldest = await self.redis.zrange(ARCHIVE_QUEUE_KEY, 0, 0, withscores=True)
+        age_s = max(0.0, time.time() - float(oldest[0][1]) / 1000) if oldest else 0.0
+        self.observer.archive_queue(int(depth), age_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Archive until `stop`; a Redis or PostgreSQL fault is logged and retried after the interval."""
@@ -133,6 +155,7 @@ class Archiver:
                 message = f"{type(error).__name__}: {error}"
                 self.stats.errors = [*self.stats.errors[-9:], message]
                 logger.warning("archiver pass failed, retrying: %s", message)
+                self.observer.archive_failed(type(error).__name__)
             if settled < self.settings.archive_batch:  # a full batch: more may be due at once
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.archive_interval_s)

@@ -162,7 +162,7 @@ async def _running_components(
     )
     app.state.ledger_reader = LedgerReader(redis_handle.client, settings)
     _start_transparency_log(app, settings, metrics, redis_handle, stop_background, background)
-    archive = await _start_archive(app, settings, redis_handle, stop_background, background)
+    archive = await _start_archive(app, settings, metrics, redis_handle, stop_background, background)
     stop_consumer = asyncio.Event()
     consumer_task = await _start_embedded_ledger(
         redis_handle, settings, stop_consumer, stop_background, background
@@ -259,6 +259,7 @@ def _start_transparency_log(
 async def _start_archive(
     app: FastAPI,
     settings: Settings,
+    metrics: GatewayMetrics,
     redis_handle: RedisHandle,
     stop: asyncio.Event,
     background: list[asyncio.Task[None]],
@@ -272,7 +273,7 @@ async def _start_archive(
     await store.open()
     app.state.archive = store
     if settings.archive_embedded:
-        archiver = Archiver(redis_handle.client, store, settings)
+        archiver = Archiver(redis_handle.client, store, settings, observer=metrics)
         background.append(asyncio.create_task(archiver.run(stop), name="archiver"))
     return store
 

@@ -6,7 +6,8 @@ record - `GET /auctions/{id}` (platform key and an advertiser's sealed view), th
 "not in the transparency log": past the record check either way) - answers the same status and the
 same body once the archiver has moved the record to PostgreSQL and Redis no longer holds it; an
 unknown id is 404 before and after; and without ARCHIVE_DSN the same gateway answers 404 for the
-archived auction (so the answers above did come from the archive).
+archived auction (so the answers above did come from the archive). /metrics counts the record and
+its billing event archived, and an empty queue.
 """
 
 from __future__ import annotations
@@ -95,5 +96,13 @@ def test_archived_record_reads_the_same(
             time.sleep(0.1)
         assert not store.exists(key), "the embedded archiver did not archive the record"
         assert reads(client, auction_id) == before
+        deadline = time.monotonic() + 10  # the gauge is read at the start of the archiver's next pass
+        while "mosaic_archive_queue_depth 0.0" not in (
+            metrics := client.get("/metrics", headers=PLATFORM).text
+        ):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.05)
+        assert 'mosaic_archive_rows_total{kind="records",outcome="archived"} 1.0' in metrics
+        assert 'mosaic_archive_rows_total{kind="events",outcome="archived"} 1.0' in metrics  # its bill
     with make_gateway(tiny_worker, redis_server, tmp_path, "") as plain:
         assert plain.get(f"/auctions/{auction_id}", headers=PLATFORM).status_code == 404
