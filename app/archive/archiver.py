@@ -121,6 +121,9 @@ class Archiver:
         returns the larger batch settled (0 while another archiver holds the lease)."""
         if not await self.lease.hold():
             return 0
+        if not state.get("schema"):  # once per process: never write into an older schema
+            await self.store.check_schema()
+            state["schema"] = 1
         if not state.get("group"):
             await self.events.ensure_group()
             state["group"] = 1

@@ -27,10 +27,15 @@ class ArchiveUnavailableError(RuntimeError):
 
 
 MAX_MS = 253_402_300_800_000  # year 10000
+POOL_WAIT_S = 5.0  # longest wait for a connection: then ArchiveUnavailableError (a read answers 503)
 
 
 def _named(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+class ArchiveSchemaError(ArchiveUnavailableError):
+    """The database's schema is older than this code: `mosaic archive migrate` first."""
 
 
 @dataclass(frozen=True)
@@ -84,23 +89,27 @@ class ArchiveStore:
     """The archive's tables through one pool (open with `open`, close with `close`)."""
 
     def __init__(self, dsn: str, pool_max: int = 4) -> None:
-        self.pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_max, open=False, timeout=10)
+        self.pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_max, open=False, timeout=POOL_WAIT_S)
 
     async def open(self, require_schema: bool = True) -> None:
         """Open the pool; with `require_schema`, refuse a database whose schema is older than this code
-        (run `mosaic archive migrate`)."""
+        (ArchiveSchemaError: run `mosaic archive migrate`). PostgreSQL unreachable: ArchiveUnavailableError,
+        the pool stays open and keeps trying (a gateway serves on; `check_schema` runs again later)."""
+        await self.pool.open(wait=False)  # its worker connects (and reconnects) in the background
+        if require_schema:
+            await self.check_schema()
+
+    async def check_schema(self) -> None:
+        """Raise ArchiveSchemaError when the schema is older than this code's migrations."""
         try:
-            await self.pool.open(wait=True, timeout=10)
-            if require_schema:
-                async with self.pool.connection() as conn:
-                    have, want = await schema_version(conn), len(migrations())
-                if have < want:
-                    raise ArchiveUnavailableError(
-                        f"archive schema is at version {have}, this code needs {want}: "
-                        "run `mosaic archive migrate`"
-                    )
+            async with self.pool.connection() as conn:
+                have, want = await schema_version(conn), len(migrations())
         except (psycopg.Error, TimeoutError) as error:
             raise ArchiveUnavailableError(f"PostgreSQL archive unreachable: {_named(error)}") from error
+        if have < want:
+            raise ArchiveSchemaError(
+                f"archive schema is at version {have}, this code needs {want}: run `mosaic archive migrate`"
+            )
 
     async def close(self) -> None:
         await self.pool.close()

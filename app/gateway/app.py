@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.archive.archiver import Archiver
-from app.archive.store import ArchiveStore
+from app.archive.store import ArchiveSchemaError, ArchiveStore, ArchiveUnavailableError
 from app.auction.admission import AdmissionController, AdmissionLimits
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
@@ -266,11 +266,18 @@ async def _start_archive(
 ) -> ArchiveStore | None:
     """ARCHIVE_DSN (issue 36): the archive's pool on `app.state.archive` (the record routes read
     through it) and, with ARCHIVE_EMBEDDED, the archiver as a task in `background`; None without it
-    (records only in Redis, as before). Refuses to start on a schema older than the code."""
+    (records only in Redis, as before). Refuses to start on a schema older than the code; PostgreSQL
+    down at start is logged, not fatal (auctions need none; its pool keeps trying)."""
     if not settings.archive_dsn:
         return None
     store = ArchiveStore(settings.archive_dsn, settings.archive_pool_max)
-    await store.open()
+    try:
+        await store.open()
+    except ArchiveSchemaError:
+        await store.close()
+        raise
+    except ArchiveUnavailableError as error:  # auctions need no PostgreSQL: serve, retry in the background
+        logger.error("archive unavailable at start (archived reads answer 503 until it is back): %s", error)
     app.state.archive = store
     if settings.archive_embedded:
         archiver = Archiver(redis_handle.client, store, settings, observer=metrics)

@@ -240,7 +240,8 @@ def test_archive_down_is_503_naming_it_and_old_schema_refused(
     redis_server: RedisServerProcess, tmp_path: Path
 ) -> None:
     """A gateway refuses to start on an un-migrated archive (naming the command); once started, a record
-    Redis no longer has, with PostgreSQL down, is 503 naming PostgreSQL (not 404: it may exist)."""
+    Redis no longer has, with PostgreSQL down, is 503 naming PostgreSQL (not 404: it may exist); with
+    PostgreSQL down at start the gateway starts all the same (auctions need none) and answers that 503."""
     from fastapi.testclient import TestClient
 
     from app.gateway.app import create_app
@@ -259,6 +260,10 @@ def test_archive_down_is_503_naming_it_and_old_schema_refused(
             assert client.get("/auctions/0123456789abcdef").status_code == 404
             server.stop()
             answer = client.get("/auctions/0123456789abcdef")
+            assert answer.status_code == 503 and "PostgreSQL" in answer.json()["detail"], answer.text
+        with TestClient(create_app(settings)) as down:  # PostgreSQL down at start: serves on
+            assert down.get("/healthz").status_code == 200
+            answer = down.get("/auctions/0123456789abcdef")
             assert answer.status_code == 503 and "PostgreSQL" in answer.json()["detail"], answer.text
     finally:
         server.stop()
