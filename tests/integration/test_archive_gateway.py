@@ -34,7 +34,7 @@ STRUM = {"Authorization": "Bearer strum-key-0001"}
 
 
 def make_gateway(
-    worker: WorkerProcess, redis_server: RedisServerProcess, tmp_path: Path, dsn: str
+    worker: WorkerProcess, redis_server: RedisServerProcess, tmp_path: Path, dsn: str, **overrides: Any
 ) -> TestClient:
     settings = Settings(
         worker_urls=[worker.url],
@@ -49,6 +49,7 @@ def make_gateway(
         archive_dsn=dsn,
         archive_min_age_s=2.0,
         archive_interval_s=0.05,
+        **overrides,
     )
     app = create_app(settings)
     app.state.head_signer = SIGNER
@@ -106,3 +107,30 @@ def test_archived_record_reads_the_same(
         assert 'mosaic_archive_rows_total{kind="events",outcome="archived"} 1.0' in metrics  # its bill
     with make_gateway(tiny_worker, redis_server, tmp_path, "") as plain:
         assert plain.get(f"/auctions/{auction_id}", headers=PLATFORM).status_code == 404
+
+
+def test_render_of_an_archived_auction_bills_it_once(
+    tiny_worker: WorkerProcess, redis_server: RedisServerProcess, archive_dsn: str, tmp_path: Path
+) -> None:
+    """BILLING_MODE=render: an auction whose record was archived before it was shown is billed by its
+    render as before (the record read through the archive; the pending charge stays in Redis), once."""
+
+    async def migrated() -> None:
+        async with await psycopg.AsyncConnection.connect(archive_dsn, autocommit=True) as conn:
+            await migrate(conn)
+
+    asyncio.run(migrated())
+    store = redis.Redis.from_url(redis_server.url)
+    with make_gateway(tiny_worker, redis_server, tmp_path, archive_dsn, billing_mode="render") as client:
+        served = client.post("/auction", json=auction_body(), headers=PLATFORM)
+        assert served.status_code == 200 and served.json()["billing"] == "pending", served.text
+        auction_id = served.json()["auction_id"]
+        deadline = time.monotonic() + 30
+        while store.exists(f"mosaic:auction:{auction_id}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not store.exists(f"mosaic:auction:{auction_id}")
+        first = client.post(f"/auctions/{auction_id}/render", headers=PLATFORM)
+        assert first.status_code == 200 and first.json()["billed_now"] is True, first.text
+        again = client.post(f"/auctions/{auction_id}/render", headers=PLATFORM)
+        assert again.status_code == 200 and again.json()["billed_now"] is False
+        assert client.get(f"/auctions/{auction_id}", headers=PLATFORM).json()["billing"] == "billed"
