@@ -5,9 +5,9 @@ Each handler is thin: it validates (the request models and `enforce_limits`), ha
 service objects it is given as typed dependencies (`app.gateway.deps`; `POST /auction` through
 `app.gateway.auction_call`: admission, idempotency keys, abandoned requests), and returns their answer.
 Imports: the auction service (types) and its what-if, the stored records (app.archive.reader: Redis,
-then the archive), the ledger's render and idempotency names, the
-API's models (`app.contract`), the gateway's dependencies and security. Every route's function name is
-its OpenAPI operationId (`app.gateway.app`). The layout: docs/DESIGN.md § Layout.
+then the archive), the ledger's render and idempotency names, the API's models (`app.contract`), the
+gateway's dependencies and security. Every route's function name is its OpenAPI operationId
+(`app.gateway.app`). The layout: docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations

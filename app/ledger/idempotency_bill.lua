@@ -8,9 +8,9 @@
 -- Writes the audit record, the billing event, the log leaf (as log_append.lua: one per auction) and
 -- the done value (and, with KEYS[6], the record key in the archive queue, scored by the server's
 -- clock in ms: app.archive drains it) only where KEYS[1] still holds this request's running value,
--- or nothing (its lease lapsed and no one claimed the key since); else nothing. A script is atomic and reaches the AOF as
--- one MULTI/EXEC: after any crash all of them exist or none. (Redis refuses a script for OOM before
--- its first write, never between two.)
+-- or nothing (its lease lapsed and no one claimed the key since); else nothing. A script is atomic
+-- and reaches the AOF as one MULTI/EXEC: after any crash all of them exist or none. (Redis refuses a
+-- script for OOM before its first write, never between two.)
 -- Reply: the stream id, or 0 (another request owns the key: nothing written).
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then return 0 end
