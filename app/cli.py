@@ -15,6 +15,8 @@ import typer
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="MOSAIC auction service.")
 ledger_cli = typer.Typer(no_args_is_help=True, help="The Redis billing ledger.")
 cli.add_typer(ledger_cli, name="ledger")
+archive_cli = typer.Typer(no_args_is_help=True, help="The audit archive in PostgreSQL (ARCHIVE_DSN).")
+cli.add_typer(archive_cli, name="archive")
 cache_cli = typer.Typer(
     no_args_is_help=True, help="The machine-wide cache (~/.cache/mosaic or MOSAIC_CACHE_DIR)."
 )
@@ -206,6 +208,33 @@ def ledger_consume(
     from app.settings import Settings
 
     run_consumer_forever(Settings(), consumer_name=consumer_name)
+
+
+@archive_cli.command("migrate")
+def archive_migrate() -> None:
+    """Apply the archive's pending SQL migrations to ARCHIVE_DSN."""
+    from app.archive.commands import migrate_command
+    from app.settings import Settings
+
+    typer.echo(f"applied: {migrate_command(Settings()) or 'nothing (schema current)'}")
+
+
+@archive_cli.command("run")
+def archive_run() -> None:
+    """Archive audit records from Redis to PostgreSQL, then drop them from Redis (runs until stopped)."""
+    from app.archive.commands import run_forever
+    from app.settings import Settings
+
+    run_forever(Settings())
+
+
+@archive_cli.command("retention")
+def archive_retention(days: Annotated[int, typer.Option(min=1, help="Keep the last N days.")]) -> None:
+    """Drop the archive's day partitions that ended more than N days ago."""
+    from app.archive.commands import retention_command
+    from app.settings import Settings
+
+    typer.echo(f"dropped: {retention_command(Settings(), days) or 'nothing'}")
 
 
 @ledger_cli.command("reconcile")

@@ -1,5 +1,6 @@
 """The ad server's settings: campaign budgets and pacing (issue 33), campaign selection (issue 34),
-the transparency log (issue 35).
+the transparency log (issue 35),
+the audit archive in PostgreSQL (issue 36).
 
 One pydantic-settings mixin that `app.settings.Settings` extends (it extends the worker's settings in
 turn), so that every component still reads ONE `Settings` while each file stays small. Imports pydantic
@@ -119,6 +120,19 @@ class AdServerSettings(WorkerSettings):
     transparency_audit_leaves: int = Field(2048, ge=1, description="Leaves re-read per head.")
     transparency_heads_kept: int = Field(4096, ge=1, description="Latest signed tree heads kept in Redis.")
     transparency_proof_wait_s: float = Field(2.0, ge=0, le=60, description="Proof waits, then 409.")
+
+    # issue 36: audit records archived to PostgreSQL (app.archive; DESIGN.md § Archive)
+    archive_dsn: str = Field(
+        "",
+        description="PostgreSQL DSN of the audit archive; empty: records stay in Redis only (AUDIT_TTL_S).",
+    )
+    archive_embedded: bool = Field(True, description="With ARCHIVE_DSN: the gateway runs the archiver.")
+    archive_batch: int = Field(500, ge=1, le=10_000, description="Records per archiver transaction.")
+    archive_interval_s: float = Field(1.0, gt=0, le=3600, description="Archiver's pause when idle.")
+    archive_min_age_s: float = Field(0.0, ge=0, le=86_400, description="Least age of an archived record.")
+    archive_retention_days: int = Field(0, ge=0, le=36_500, description="Days archived; 0: forever.")
+    archive_lease_s: float = Field(30.0, gt=0, le=3600, description="One archiver at a time: its lease.")
+    archive_pool_max: int = Field(4, ge=1, le=100, description="PostgreSQL connections per process.")
 
     @field_validator("selection_sensitive_categories", mode="before")
     @classmethod

@@ -19,9 +19,8 @@ from typing import Any
 from app.auction.sampler import StageClock
 from app.contract.request import AuctionRequest
 from app.ledger.idempotency import IdempotencyClaim
+from app.ledger.keys import AUCTION_KEY_PREFIX
 from app.settings import Settings
-
-AUCTION_KEY_PREFIX = "mosaic:auction:"
 
 
 def auction_key(auction_id: str) -> str:

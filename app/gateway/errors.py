@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 
+from app.archive.store import ArchiveUnavailableError
 from app.auction.admission import AdmissionRefusedError
 from app.auction.engine_client import WorkerRequestError
 from app.auction.sampler import PromptTooLongError
@@ -72,6 +73,7 @@ _FAULTS: tuple[tuple[type[Exception], int, str | None, str], ...] = (
     (SelectionUnavailableError, 503, "selection_unavailable", ""),
     (IdempotencyInProgressError, 409, None, ""),
     (IdempotencyLostError, 409, "idempotency_lost", ""),
+    (ArchiveUnavailableError, 503, None, ""),  # issue 36: an archived record could not be read
 )
 
 

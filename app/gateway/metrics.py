@@ -1,7 +1,8 @@
 """Prometheus metrics of the gateway (DESIGN.md § Observability), in a per-app registry.
 
 `GatewayMetrics` implements the domain's observers (`app.auction.observers.AuctionObserver`,
-`WorkerObserver`, `app.ledger.observers.RedisObserver`, `app.transparency.observers.TransparencyObserver`)
+`WorkerObserver`, `app.ledger.observers.RedisObserver`, `app.transparency.observers.TransparencyObserver`,
+`app.archive.observers.ArchiveObserver`)
 and holds the gateway's own gauges;
 `AdmissionMetrics` implements `AdmissionObserver`. A registry per app (not the process default) lets
 tests and the CLI build several apps in one process. Imports prometheus_client and `app.contract`.
@@ -28,6 +29,7 @@ class GatewayMetrics:
         self._register_ledger_metrics()
         self._register_health_metrics()
         self._register_transparency_metrics()
+        self._register_archive_metrics()
 
     def _register_auction_metrics(self) -> None:
         registry = self.registry
@@ -187,6 +189,41 @@ class GatewayMetrics:
             ["kind"],
             registry=self.registry,
         )
+
+    def _register_archive_metrics(self) -> None:  # issue 36
+        self.archive_rows = Counter(
+            "mosaic_archive_rows",
+            "Rows the archiver settled, by kind (records, events) and outcome: archived (new in "
+            "PostgreSQL), repeated (already there: a pass after a kill), expired (lost before archiving).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.archive_queue_depth = Gauge(
+            "mosaic_archive_queue_depth", "Audit records queued for archiving.", registry=self.registry
+        )
+        self.archive_oldest_age = Gauge(
+            "mosaic_archive_queue_oldest_age_seconds",
+            "Age of the oldest record queued for archiving (lost if it reaches AUDIT_TTL_S).",
+            registry=self.registry,
+        )
+        self.archive_failures = Counter(
+            "mosaic_archive_failures",
+            "Archiver passes that failed, by cause.",
+            ["cause"],
+            registry=self.registry,
+        )
+
+    def archive_batch(self, kind: str, archived: int, repeated: int, expired: int) -> None:
+        for outcome, count in (("archived", archived), ("repeated", repeated), ("expired", expired)):
+            if count:
+                self.archive_rows.labels(kind, outcome).inc(count)
+
+    def archive_queue(self, depth: int, oldest_age_s: float) -> None:
+        self.archive_queue_depth.set(depth)
+        self.archive_oldest_age.set(oldest_age_s)
+
+    def archive_failed(self, cause: str) -> None:
+        self.archive_failures.labels(cause).inc()
 
     def log_head(self, tree_size: int, sign_seconds: float) -> None:
         self.tlog_tree_size.set(tree_size)

@@ -4,9 +4,10 @@
 Each handler is thin: it validates (the request models and `enforce_limits`), hands the work to the
 service objects it is given as typed dependencies (`app.gateway.deps`; `POST /auction` through
 `app.gateway.auction_call`: admission, idempotency keys, abandoned requests), and returns their answer.
-Imports: the auction service (types) and its what-if, the ledger's render and idempotency names, the
-API's models (`app.contract`), the gateway's dependencies and security. Every route's function name is
-its OpenAPI operationId (`app.gateway.app`). The layout: docs/DESIGN.md § Layout.
+Imports: the auction service (types) and its what-if, the stored records (app.archive.reader: Redis,
+then the archive), the ledger's render and idempotency names, the API's models (`app.contract`), the
+gateway's dependencies and security. Every route's function name is its OpenAPI operationId
+(`app.gateway.app`). The layout: docs/DESIGN.md § Layout.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 from typing import Annotated, Any, Literal
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.models import Example
@@ -23,8 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
+from app.archive.reader import RecordReader
 from app.auction.engine_client import EngineClient
-from app.auction.run_control import auction_key, load_record
 from app.auction.sealed import SealedFieldError, seal_record, sealed_whatif
 from app.auction.whatif import WhatIfInputError, resolve_record
 from app.contract.disclosure import record_disclosure
@@ -39,6 +39,7 @@ from app.gateway.deps import (
     AuctionServiceDep,
     EngineClientDep,
     MetricsDep,
+    RecordsDep,
     RedisDep,
     RedisHealthDep,
     RedisSupervisorDep,
@@ -208,13 +209,14 @@ async def run_auction(
 async def render_auction(
     auction_id: str,
     redis_client: RedisDep,
+    records: RecordsDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     service: AuctionServiceDep,
 ) -> RenderResult:
     if len(auction_id) > 64 or not auction_id.isalnum():
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
-    record = load_record(await redis_client.get(auction_key(auction_id)))
+    record = await records.record(auction_id)
     if record is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
     if record.get("test"):
@@ -250,24 +252,24 @@ async def render_auction(
 )
 async def get_auction(
     auction_id: str,
-    redis_client: RedisDep,
+    records: RecordsDep,
     settings: SettingsDep,
     principal: Principal = Depends(require_api_key),
 ) -> Any:
-    record = await readable_record(auction_id, redis_client, settings, principal)
+    record = await readable_record(auction_id, records, settings, principal)
     if principal.scope == "advertiser" and principal.advertiser_id is not None:
         return seal_record(record, principal.advertiser_id)
     return record
 
 
 async def readable_record(
-    auction_id: str, redis_client: aioredis.Redis, settings: Settings, principal: Principal
+    auction_id: str, records: RecordReader, settings: Settings, principal: Principal
 ) -> dict[str, Any]:
-    """The stored record, or 404 when absent, expired, or not the caller's (an advertiser key sees only
-    the auctions it took part in; others answer as if absent)."""
+    """The stored record (in Redis, or archived: the same body), or 404 when absent, expired, or not
+    the caller's (an advertiser key sees only the auctions it took part in; others answer as if absent)."""
     if len(auction_id) > 64 or not auction_id.isalnum():
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
-    record = load_record(await redis_client.get(auction_key(auction_id)))
+    record = await records.record(auction_id)
     if (
         record is not None
         and principal.scope == "advertiser"
@@ -279,7 +281,7 @@ async def readable_record(
     if "disclosure" not in record:  # stored before disclosures: the same rule on its payments
         record["disclosure"] = record_disclosure(record).model_dump(mode="json")
     if record.get("billing") == "pending":  # BILLING_MODE=render: the charge's state now
-        record["billing"] = await RenderLedger(redis_client, settings).state(auction_id) or "expired"
+        record["billing"] = await RenderLedger(records.redis, settings).state(auction_id) or "expired"
     return record
 
 
@@ -298,7 +300,7 @@ async def readable_record(
 )
 async def resolve_auction(
     auction_id: str,
-    redis_client: RedisDep,
+    records: RecordsDep,
     settings: SettingsDep,
     body: WhatIfRequest = Body(
         openapi_examples={
@@ -311,7 +313,7 @@ async def resolve_auction(
     ),
     principal: Principal = Depends(require_api_key),
 ) -> WhatIfResponse | SealedWhatIfResponse:
-    record = await readable_record(auction_id, redis_client, settings, principal)
+    record = await readable_record(auction_id, records, settings, principal)
     if record.get("no_fill"):
         raise HTTPException(status_code=409, detail=f"auction {auction_id!r} is a no-fill: no candidates")
     try:

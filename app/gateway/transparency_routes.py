@@ -18,12 +18,12 @@ import math
 import time
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
-from app.auction.run_control import auction_key, load_record
+from app.archive.reader import RecordReader
+from app.gateway.deps import RecordsDep
 from app.gateway.openapi import error_responses
 from app.gateway.security import Principal, require_api_key
 from app.transparency.heads import HEAD_TYPE, SignedTreeHead
@@ -134,12 +134,12 @@ async def get_consistency_proof(
     return {"first": first, "second": second, "consistency_path": [digest.hex() for digest in path]}
 
 
-async def _may_read(redis: aioredis.Redis, auction_id: str, principal: Principal) -> None:
+async def _may_read(records: RecordReader, auction_id: str, principal: Principal) -> None:
     """404 unless the caller may read this auction: an advertiser key only the auctions she took part in
-    (her record must still be stored: AUDIT_TTL_S); a platform key any auction in the log."""
+    (her record must still be stored: in Redis, AUDIT_TTL_S, or archived); a platform key any auction."""
     if principal.scope != "advertiser":
         return
-    record = load_record(await redis.get(auction_key(auction_id)))
+    record = await records.record(auction_id)
     bidders = {row.get("id") for row in (record or {}).get("advertisers", [])}
     if record is None or principal.advertiser_id not in bidders:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found (or expired)")
@@ -173,11 +173,11 @@ async def _head_covering(log: TransparencyLog, index: int, auction_id: str) -> S
     responses=error_responses(401, 404, 409, 503),
 )
 async def get_auction_proof(
-    auction_id: str, request: Request, *, principal: Principal = Depends(require_api_key), log: LogDep
+    auction_id: str, records: RecordsDep, *, principal: Principal = Depends(require_api_key), log: LogDep
 ) -> dict[str, Any]:
     if len(auction_id) > 64 or not auction_id.isalnum():
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} not found")
-    await _may_read(request.app.state.redis, auction_id, principal)
+    await _may_read(records, auction_id, principal)
     index = await log.store.leaf_index(auction_id)
     if index is None:
         raise HTTPException(status_code=404, detail=f"auction {auction_id!r} is not in the transparency log")

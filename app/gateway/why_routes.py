@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 
 from app.auction.why import explain
 from app.contract.why import AuctionWhy
-from app.gateway.deps import RedisDep, SettingsDep
+from app.gateway.deps import RecordsDep, SettingsDep
 from app.gateway.openapi import error_responses
 from app.gateway.routes import readable_record
 from app.gateway.security import Principal, require_api_key
@@ -38,9 +38,9 @@ router = APIRouter(route_class=StrictJSONRoute)
 )
 async def explain_auction(
     auction_id: str,
-    redis_client: RedisDep,
+    records: RecordsDep,
     settings: SettingsDep,
     principal: Principal = Depends(require_api_key),
 ) -> AuctionWhy:
-    record = await readable_record(auction_id, redis_client, settings, principal)
+    record = await readable_record(auction_id, records, settings, principal)
     return explain(record, principal.sealed_to)

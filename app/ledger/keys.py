@@ -25,6 +25,9 @@ Redis keys of the ledger (prefix ``mosaic:ledger:``):
              the dead-letter stream at most once, however often it is redelivered).
 ``duplicates`` hash stream id -> auction id: a second stream entry with the same auction id and the
              same payload (a producer retry): acknowledged, counted once, not applied again.
+``mosaic:archive:queue`` (issue 36, only with ARCHIVE_DSN) sorted set: audit record key -> ms when
+             written, added in the record's own atomic write; app.archive drains it (archived, then
+             dropped from Redis). ``ARCHIVE_QUEUE_KEY``; ``mosaic:archive:lease`` the archivers' lease.
 See docs/DESIGN.md § Billing and § Bounded Redis memory.
 """
 
@@ -36,6 +39,9 @@ from typing import Any
 LEDGER_PREFIX = "mosaic:ledger:"
 PLATFORM_ACCOUNT = "platform:revenue"
 ADVERTISER_ACCOUNT_PREFIX = "advertiser:"
+ARCHIVE_QUEUE_KEY = "mosaic:archive:queue"
+ARCHIVE_LEASE_KEY = "mosaic:archive:lease"  # app.archive.lease: one archiver at a time
+AUCTION_KEY_PREFIX = "mosaic:auction:"  # the audit records (app.auction.run_control.auction_key)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ script, `idempotency_bill.lua` (check the key, SET, XADD, SET: one round trip, o
 unkeyed MULTI); `pending` / `none` with a key are a MULTI/EXEC under a WATCH of the key (EXEC fails if
 anyone touched it). Every write takes an optional `log_entry` (issue 35: the auction's signed
 statement, canonical bytes): its leaf is appended to the transparency log (app.ledger.tlog) in the
-same script or MULTI, so a stored record always has its leaf and a leaf always its record. Imports
+same script or MULTI, so a stored record always has its leaf and a leaf always its record. With
+ARCHIVE_DSN (issue 36) the record's key also enters the archive queue (`ARCHIVE_QUEUE_KEY`, app.archive)
+in that same write, so every stored record is archived and dropped from Redis. Imports
 app.settings and app.ledger (events, keys, idempotency, render, scripts, tlog) only.
 See docs/DESIGN.md § Billing.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -28,7 +31,7 @@ from redis.exceptions import RedisError, WatchError
 
 from app.ledger.events import BillingEvent
 from app.ledger.idempotency import IdempotencyLostError, IdempotencyWrite, owned
-from app.ledger.keys import as_str
+from app.ledger.keys import ARCHIVE_QUEUE_KEY, as_str
 from app.ledger.render import pending_commands
 from app.ledger.scripts import IDEMPOTENCY_BILL_SCRIPT
 from app.ledger.tlog import log_args, log_keys, queue_log_append
@@ -48,6 +51,15 @@ class BillingProducer:
         self.redis = redis
         self.settings = settings
         self._bill_keyed = redis.register_script(IDEMPOTENCY_BILL_SCRIPT)  # EVALSHA, EVAL if unknown
+
+    def _archive_keys(self) -> list[str]:
+        """The bill script's optional KEYS[6]: the archive queue, with ARCHIVE_DSN only."""
+        return [ARCHIVE_QUEUE_KEY] if self.settings.archive_dsn else []
+
+    def _queue_archive(self, pipe: Any, record_key: str) -> None:
+        """With ARCHIVE_DSN: the record's key enters the archive queue in the record's own MULTI."""
+        if self.settings.archive_dsn:
+            pipe.zadd(ARCHIVE_QUEUE_KEY, {record_key: int(time.time() * 1000)})
 
     @contextlib.asynccontextmanager
     async def _write(self, event: BillingEvent) -> AsyncIterator[None]:
@@ -91,6 +103,7 @@ class BillingProducer:
                 if audit is not None:
                     key, record, ttl_s = audit
                     pipe.set(key, record, ex=ttl_s)
+                    self._queue_archive(pipe, key)
                 pipe.xadd(self.settings.billing_stream, fields)
                 if log_entry is not None:
                     queue_log_append(pipe, event.auction_id, log_entry)
@@ -120,7 +133,7 @@ class BillingProducer:
             claim = idempotency.claim
             async with self._write(event):
                 stream_id = await self._bill_keyed(
-                    keys=[claim.key, key, self.settings.billing_stream, *log_keys()],
+                    keys=[claim.key, key, self.settings.billing_stream, *log_keys(), *self._archive_keys()],
                     args=[
                         claim.running_value,
                         idempotency.value,
@@ -141,6 +154,7 @@ class BillingProducer:
                     raise IdempotencyLostError("the Idempotency-Key was taken by another request")
                 pipe.multi()
             pipe.set(key, record, ex=ttl_s)
+            self._queue_archive(pipe, key)
             if mode == "pending":
                 pending_commands(pipe, event, self.settings)
             if log_entry is not None:
