@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv vllm-venv promtool chromium serve worker mosaic test test-gemma llama-cpp gguf-check lint unit integration e2e bench alerts-test env-example clean clean-cache
+.PHONY: venv vllm-venv promtool chromium postgres serve worker mosaic test test-gemma llama-cpp gguf-check lint unit integration e2e bench alerts-test env-example clean clean-cache
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ vllm-venv: venv
 # promtool (Debian's `prometheus` package) for the alert rules' unit tests.
 promtool:
 	@command -v promtool >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+
+# Debian's PostgreSQL server binaries for the archive's tests (tests/fixtures_postgres.py runs initdb itself).
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql)
 
 # Debian's chromium for the explorer's browser test (Playwright drives it: no browser download).
 chromium:
@@ -73,7 +78,7 @@ integration: vllm-venv
 e2e: venv
 	$(BIN)/pytest -q tests/e2e
 
-test: lint vllm-venv alerts-test chromium
+test: lint vllm-venv alerts-test chromium postgres
 	$(BIN)/pytest -q -m "not gemma_full" tests
 
 # The rest of the Gemma 3 270M suite (past the sliding window, batch composition, the llama.cpp check).
