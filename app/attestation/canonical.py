@@ -78,6 +78,15 @@ class FastPathError(Exception):
     """The fast path cannot write this value exactly: use `rfc8785` (`canonical_bytes` does)."""
 
 
+def _safe_integers(values: list[Any] | tuple[Any, ...]) -> bool:
+    """Every item a plain int (not a bool) within ±(2^53 − 1): written by JSON as JCS writes it."""
+    return (
+        set(map(type, values)) == {int}
+        and min(values) >= -_MAX_SAFE_INTEGER
+        and max(values) <= _MAX_SAFE_INTEGER
+    )
+
+
 class Canonicaliser:
     """RFC 8785 through the C `json` encoder: `prepare(value)` makes a copy that
     `json.dumps(sort_keys=True)` writes as RFC 8785 does — integral floats below 2^53 as ints (ES
@@ -109,6 +118,8 @@ class Canonicaliser:
             prepare = self.prepare
             return {key: prepare(item) for key, item in value.items()}
         if kind is list or kind is tuple:
+            if value and _safe_integers(value):  # token ids: checked by C loops, copied as they are
+                return list(value)
             return [self.prepare(item) for item in value]
         if kind is int and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
             return value
