@@ -320,6 +320,12 @@ class AuctionOutcome:
     effective_sample_size: float  # 1 / Σ_j π_j²
 
 
+def draw_index(probabilities: FloatArray, rng: np.random.Generator) -> int:
+    """The candidate an auction draws from its allocation with `rng` (what `run_auction` does):
+    `mosaic verify` replays a record's draw from its seed with it."""
+    return _draw(probabilities, rng)
+
+
 def _draw(probabilities: FloatArray, rng: np.random.Generator) -> int:
     """J ~ probabilities by inverse CDF on one uniform from the caller's generator."""
     cdf = np.cumsum(probabilities)

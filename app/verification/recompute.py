@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from app import mechanism
+from app.auction.engine_answers import derive_seed
+from app.auction.sampler import SEED_ALLOCATION
 from app.verification.report import Check
 
 TOLERANCE = 1e-9
@@ -151,13 +153,40 @@ def tau_check(shown: Mapping[str, Any], bidders: int | None) -> Check:
 
 
 def reply_check(shown: Mapping[str, Any]) -> Check:
-    """The reply is the chosen candidate's text."""
+    """The reply is the chosen candidate's text, and the chosen candidate is the one the auction's seed
+    draws from the signed allocation (the mechanism's one uniform, from the generator of
+    derive_seed(seed, SEED_ALLOCATION): the same draw as `app.mechanism.run_auction`'s)."""
     rows, index = list(shown.get("candidates") or []), shown.get("chosen_index")
     if not isinstance(index, int) or not 0 <= index < len(rows):
         return Check("reply", False, f"chosen_index {index!r} is not one of the {len(rows)} candidates")
     if rows[index].get("text") != shown.get("reply"):
         return Check("reply", False, f"the reply is not candidates[{index}].text, the chosen candidate's")
-    return Check("reply", True, f"the reply is candidates[{index}], the chosen one")
+    drawn = _drawn_index(shown.get("seed"), [row.get("probability") for row in rows])
+    if drawn is None:
+        return Check(
+            "reply", False, "the seed or the probabilities cannot be read: the draw cannot be replayed"
+        )
+    if drawn != index:
+        return Check(
+            "reply",
+            False,
+            f"chosen_index {index}, but the seed draws candidates[{drawn}] from the allocation",
+        )
+    return Check("reply", True, f"the reply is candidates[{index}], the one the seed draws")
+
+
+def _drawn_index(seed: Any, probabilities: list[Any]) -> int | None:
+    """The candidate the auction's seed draws from `probabilities` (None: not numbers)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        return None
+    try:
+        weights = np.array([float(p) for p in probabilities], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if weights.size == 0 or not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.sum() <= 0:
+        return None
+    rng = np.random.default_rng(derive_seed(seed, SEED_ALLOCATION))
+    return mechanism.draw_index(weights, rng)
 
 
 def _micro(amount: Any) -> int | None:

@@ -33,6 +33,8 @@ from hypothesis import strategies as st
 from app import mechanism
 from app.attestation.keys import SigningKey
 from app.attestation.statement import attest
+from app.auction.engine_answers import derive_seed
+from app.auction.sampler import SEED_ALLOCATION
 from app.auction.sealed import SealedFieldError, check_sealed_whatif, seal_record, sealed_whatif
 from app.auction.whatif import resolve_record
 from app.auction.why import explain
@@ -56,7 +58,10 @@ def make_record(seed: int, n: int, m: int, tau: float) -> dict[str, Any]:
     log_q = log_ref + rng.normal(0, 2, m)
     log_advertisers = log_ref + rng.normal(0, 3, (n, m))
     rewards = mechanism.rewards_from_logprobs(log_advertisers, log_ref, scales)
-    outcome = mechanism.run_auction(rewards, log_ref, log_q, tau, rng)
+    # drawn as the service draws (its seed's allocation stream): `mosaic verify` replays the draw
+    outcome = mechanism.run_auction(
+        rewards, log_ref, log_q, tau, np.random.default_rng(derive_seed(seed, SEED_ALLOCATION))
+    )
     ids = [f"adv{i}q{seed % 997}" for i in range(n)]
     request = AuctionRequest.model_validate(
         {

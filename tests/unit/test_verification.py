@@ -255,3 +255,24 @@ def test_her_sealed_disclosure_names_her_iff_her_committed_charge_is_at_least_on
             assert failed and "disclosure" in failed[0].detail, (how, failed)
         return
     raise AssertionError("no seed charged her a micro-unit")
+
+
+def test_the_chosen_candidate_is_the_one_the_seed_draws() -> None:
+    """Invariant: verify replays the draw — the chosen candidate must be the one the auction's seed draws
+    from the signed allocation (derive_seed(seed, SEED_ALLOCATION), one uniform, as `run_auction`); a
+    record that names another candidate, its reply swapped consistently, fails naming the draw."""
+    from app.verification.recompute import reply_check
+
+    checked = 0
+    for seed in range(8):
+        record = signed(seed, 3, 4, 0.9)
+        assert reply_check(record).ok, reply_check(record)
+        rows = record["candidates"]
+        other = next((j for j, row in enumerate(rows) if j != record["chosen_index"] and row["text"]), None)
+        if other is None:
+            continue
+        swapped = copy.deepcopy(record) | {"chosen_index": other, "reply": rows[other]["text"]}
+        failed = reply_check(swapped)
+        assert not failed.ok and "the seed draws" in failed.detail, failed
+        checked += 1
+    assert checked
