@@ -14,9 +14,11 @@ and keeps the recent ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,17 @@ async def open_all(settings: Settings) -> tuple[aioredis.Redis, ArchiveStore]:
     store = ArchiveStore(settings.archive_dsn)
     await store.open()
     return aioredis.Redis.from_url(settings.redis_url), store
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[tuple[aioredis.Redis, ArchiveStore]]:
+    """Redis and the migrated archive for one test body, closed after it."""
+    redis, store = await open_all(settings)
+    try:
+        yield redis, store
+    finally:
+        await redis.aclose()
+        await store.close()
 
 
 async def write_four_ways(producer: BillingProducer, redis: aioredis.Redis, now_ms: int) -> list[str]:
@@ -130,8 +143,7 @@ def test_archiver_moves_records_then_drops_them(
     settings = settings_for(redis_server, archive_dsn, tmp_path, archive_batch=3)
 
     async def run() -> None:
-        redis, store = await open_all(settings)
-        try:
+        async with opened(settings) as (redis, store):
             now_ms = int(time.time() * 1000)
             ids = await write_four_ways(BillingProducer(redis, settings), redis, now_ms)
             reader = RecordReader(redis, store)
@@ -146,9 +158,6 @@ def test_archiver_moves_records_then_drops_them(
             async with store.pool.connection() as conn:
                 day = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC).date()
                 assert [d for _, d in await partitions(conn)] == [day]
-        finally:
-            await redis.aclose()
-            await store.close()
 
     asyncio.run(run())
 
@@ -160,8 +169,7 @@ def test_a_record_archived_twice_is_stored_once(
     settings = settings_for(redis_server, archive_dsn, tmp_path)
 
     async def run() -> None:
-        redis, store = await open_all(settings)
-        try:
+        async with opened(settings) as (redis, store):
             now_ms = int(time.time() * 1000)
             for i in range(10):
                 async with redis.pipeline(transaction=True) as pipe:
@@ -180,9 +188,6 @@ def test_a_record_archived_twice_is_stored_once(
             assert await store.count() == 10
             assert sorted(await store.by_advertiser("alice", limit=3)) == ["a0", "a1", "a2"]
             assert await store.by_advertiser("nobody") == []
-        finally:
-            await redis.aclose()
-            await store.close()
 
     asyncio.run(run())
 
@@ -194,16 +199,12 @@ def test_expired_record_leaves_the_queue(
     settings = settings_for(redis_server, archive_dsn, tmp_path)
 
     async def run() -> None:
-        redis, store = await open_all(settings)
-        try:
+        async with opened(settings) as (redis, store):
             await redis.zadd(ARCHIVE_QUEUE_KEY, {"mosaic:auction:gone": 1})
             archiver = Archiver(redis, store, settings)
             assert await archiver.drain() == 1
             assert (archiver.stats.expired, archiver.stats.archived) == (1, 0)
             assert await redis.zcard(ARCHIVE_QUEUE_KEY) == 0
-        finally:
-            await redis.aclose()
-            await store.close()
 
     asyncio.run(run())
 
@@ -215,8 +216,7 @@ def test_retention_drops_whole_old_partitions(
     settings = settings_for(redis_server, archive_dsn, tmp_path)
 
     async def run() -> None:
-        redis, store = await open_all(settings)
-        try:
+        async with opened(settings) as (_redis, store):
             now_ms = int(time.time() * 1000)
             rows = [
                 archived_record(f"r{age}", record_json(f"r{age}", now_ms - age * DAY_MS), 0)
@@ -229,9 +229,6 @@ def test_retention_drops_whole_old_partitions(
                 assert len(await partitions(conn)) == 4
             assert await store.count() == 4
             assert await store.record("r3") is not None and await store.record("r4") is None
-        finally:
-            await redis.aclose()
-            await store.close()
 
     asyncio.run(run())
 
@@ -282,8 +279,7 @@ def test_billing_events_archived_by_their_group_then_acknowledged(
     settings = settings_for(redis_server, archive_dsn, tmp_path, archive_batch=4, billing_retention_s=400)
 
     async def run() -> None:
-        redis, store = await open_all(settings)
-        try:
+        async with opened(settings) as (redis, store):
             events = EventArchiver(redis, store, settings)
             await events.ensure_group()
             old_ms = int(time.time() * 1000) - 3 * DAY_MS  # entries older than any retention
@@ -310,9 +306,6 @@ def test_billing_events_archived_by_their_group_then_acknowledged(
             assert (
                 await LedgerTrimmer(redis, settings).trim_once()
             ).entries == 10  # archived: the old ten go
-        finally:
-            await redis.aclose()
-            await store.close()
 
     asyncio.run(run())
 
@@ -359,8 +352,7 @@ def test_one_archiver_at_a_time(redis_server: RedisServerProcess, archive_dsn: s
     settings = settings_for(redis_server, archive_dsn, tmp_path, archive_batch=2, archive_lease_s=0.3)
 
     async def run() -> None:
-        redis, store = await open_all(settings)
-        try:
+        async with opened(settings) as (redis, store):
             now_ms = int(time.time() * 1000)
             for i in range(8):
                 await redis.set(f"mosaic:auction:l{i}", record_json(f"l{i}", now_ms))
@@ -380,8 +372,5 @@ def test_one_archiver_at_a_time(redis_server: RedisServerProcess, archive_dsn: s
             await asyncio.sleep(0.4)  # the holder stops renewing (killed): its lease lapses
             assert await first.pass_once(state_a) == 2
             assert await store.count() == 8 and await redis.zcard(ARCHIVE_QUEUE_KEY) == 0
-        finally:
-            await redis.aclose()
-            await store.close()
 
     asyncio.run(run())
