@@ -50,6 +50,27 @@ def _model_tokens(worker_url: str) -> float:
     return sum(float(value) for value in re.findall(pattern, text, re.M))
 
 
+def _kill_and_wait_dead(pid: int, timeout_s: float = 5.0) -> float:
+    """SIGKILL ``pid`` and return once it is dead (gone or a zombie), when it can no longer answer.
+
+    A process blocked in the kernel (Redis in an AOF fsync on a slow disk) dies only when the call
+    returns, so without this wait an auction could still reach the old Redis after the kill.
+    """
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.005)
+    else:
+        raise AssertionError(f"Redis pid {pid} still alive {timeout_s}s after SIGKILL")
+    return time.monotonic()
+
+
 def _metric(text: str, name: str, labels: str = "") -> float:
     match = re.search(r"^" + re.escape(name + labels) + r" ([0-9.e+-]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
@@ -68,8 +89,7 @@ def test_killed_embedded_redis_is_restarted_and_auctions_resume_within_5s_else_l
         with httpx.Client(base_url=gateway.url, timeout=60) as client:
             served.append(client.post("/auction", json=BODY).raise_for_status().json()["auction_id"])
             pid = int(redis.Redis.from_url(url).info("server")["process_id"])
-            os.kill(pid, signal.SIGKILL)
-            killed = time.monotonic()
+            killed = _kill_and_wait_dead(pid)
             statuses = []
             while True:
                 response = client.post("/auction", json=BODY)
@@ -83,7 +103,8 @@ def test_killed_embedded_redis_is_restarted_and_auctions_resume_within_5s_else_l
                 assert time.monotonic() - killed < 5, statuses
                 time.sleep(0.1)
             assert time.monotonic() - killed < 5 + 2  # the restart, then one auction
-            pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+            old_pid, pid = pid, int(redis.Redis.from_url(url).info("server")["process_id"])
+            assert pid != old_pid  # served by the restarted Redis, not the killed one
             assert _metric(client.get("/metrics").text, "mosaic_redis_restarts_total") == 1
             served.append(client.post("/auction", json=BODY).raise_for_status().json()["auction_id"])
             assert_billed_exactly_once(url, served, billed_before)
