@@ -14,13 +14,12 @@ retried through XAUTOCLAIM, dead-lettered with the reason when its delivery coun
 BILLING_MAX_DELIVERIES). Nothing is dropped silently. With BILLING_MODE=render it also expires the
 pending charges whose RENDER_WINDOW_S passed (app.ledger.render; a rendered charge reaches it as a
 stream entry like any other), about once a second (voiding their campaign budget reservations).
-Campaign budgets: an event's reservations are posted (app.ledger.budget, idempotent) in the same MULTI
-as the applies, one script call per campaign and pacing step: the step an event billed at once carries
-makes this post the final one, once per auction (the gateway writes nothing after its reply); a rendered
-charge's event has none (the gateway posts it at render, stepped). A reservation is posted when its
-event is in the stream, whatever the apply's outcome (a dead-lettered event's reply was shown: spent
-all the same; reconcile reports the difference). Frequency caps: the slots an
-event's `fcap` names are posted after the apply, before the XACK (app.ledger.frequency).
+Campaign budgets: an event's reservations are posted (app.ledger.budget, idempotent) in the applies'
+MULTI (on a Redis Cluster in a pipeline beside it: budget keys are in their campaigns' slots, each post
+atomic on its key), one call per campaign and step: the step of an event billed at once makes this post
+final, once per auction; a rendered charge's event has none (the gateway posts it at render). It is
+posted whatever the apply's outcome (a dead-lettered event's reply was shown: spent all the same;
+reconcile reports it). Frequency caps: posted after the apply, before the XACK (app.ledger.frequency).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from app.ledger.budget import BudgetLedger, group_posts
 from app.ledger.events import MalformedEventError, StreamEvent, parse_entry
-from app.ledger.keys import LedgerKeys, as_str, decode_fields
+from app.ledger.keys import LedgerKeys, as_str, dead_stream_key, decode_fields, stream_key
 from app.ledger.render import RenderLedger
 from app.ledger.scripts import APPLY_SCRIPT, DEAD_LETTER_SCRIPT
 from app.settings import Settings
@@ -87,7 +86,7 @@ class LedgerConsumer:
         self.settings = settings
         self.name = name
         self.linger_s = linger_s  # pause between a read and its apply (the embedded consumer)
-        self.keys = LedgerKeys.default()
+        self.keys = LedgerKeys.of(settings)
         self._apply_sha: str | None = None
         self._dead_sha: str | None = None
         self._claim_cursor = "0-0"
@@ -103,10 +102,10 @@ class LedgerConsumer:
         """Create the stream and the group (from the first entry) if missing; load the scripts."""
         try:
             await self.redis.xgroup_create(
-                self.settings.billing_stream, self.settings.billing_group, id="0", mkstream=True
+                stream_key(self.settings), self.settings.billing_group, id="0", mkstream=True
             )
             logger.info(
-                "created consumer group %s on %s", self.settings.billing_group, self.settings.billing_stream
+                "created consumer group %s on %s", self.settings.billing_group, stream_key(self.settings)
             )
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
@@ -128,7 +127,7 @@ class LedgerConsumer:
         reply = await self.redis.xreadgroup(
             self.settings.billing_group,
             self.name,
-            {self.settings.billing_stream: stream_id},
+            {stream_key(self.settings): stream_id},
             count=count,
             block=block_ms,
         )
@@ -149,7 +148,7 @@ class LedgerConsumer:
         logged as an ALERT and recorded in the dead-letter stream (kind ``deleted``).
         """
         reply = await self.redis.xautoclaim(
-            self.settings.billing_stream,
+            stream_key(self.settings),
             self.settings.billing_group,
             self.name,
             min_idle_time=self.settings.billing_claim_idle_ms,
@@ -206,12 +205,14 @@ class LedgerConsumer:
             for item in todo:
                 assert item.event is not None
                 pipe.execute_command("EVALSHA", sha, *self._apply_args(item.event))
+            posts_pipe = self.redis.pipeline(transaction=False) if self.settings.redis_cluster else pipe
             if posts:
                 budget_sha, now_ms = await self.budget.sha(), int(time.time() * 1000)
                 for (campaign_id, step), auction_ids in posts.items():
                     args = self.budget.consumer_post_args(step, auction_ids, now_ms)
-                    self.budget.queue(pipe, budget_sha, campaign_id, args)
+                    self.budget.queue(posts_pipe, budget_sha, campaign_id, args)
             results = await pipe.execute(raise_on_error=False)
+            results += await posts_pipe.execute(raise_on_error=False) if posts_pipe is not pipe else []
             posts = self.budget.count_posts(posts, results[len(todo) :], self.stats)
             retry: list[_Pending] = []
             for item, result in zip(todo, results[: len(todo)], strict=True):
@@ -241,7 +242,7 @@ class LedgerConsumer:
         auction_id: str,
         fields: Mapping[str, str],
     ) -> bool:
-        keys = [self.keys.dead, self.settings.billing_dead_letter_stream, self.keys.meta]
+        keys = [self.keys.dead, dead_stream_key(self.settings), self.keys.meta]
         args = [stream_id, kind, reason, str(deliveries), self.name, auction_id, _entry_json(fields)]
         for _ in range(2):
             sha = self._dead_sha or (await self._load_scripts())[1]
@@ -262,7 +263,7 @@ class LedgerConsumer:
         pipe = self.redis.pipeline(transaction=False)
         for stream_id in stream_ids:
             pipe.xpending_range(
-                self.settings.billing_stream, self.settings.billing_group, stream_id, stream_id, 1
+                stream_key(self.settings), self.settings.billing_group, stream_id, stream_id, 1
             )
         counts: dict[str, int] = {}
         for stream_id, rows in zip(stream_ids, await pipe.execute(), strict=True):
@@ -302,7 +303,7 @@ class LedgerConsumer:
             )
             await asyncio.sleep(pause)
         if done:
-            await self.redis.xack(self.settings.billing_stream, self.settings.billing_group, *done)
+            await self.redis.xack(stream_key(self.settings), self.settings.billing_group, *done)
         return len(items)
 
     async def _take_entries(self, size: int) -> list[tuple[str, Any]]:

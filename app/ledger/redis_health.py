@@ -20,10 +20,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
+from app.ledger.keys import hot_key
 from app.ledger.observers import NoopRedisObserver, RedisObserver
 from app.settings import Settings
 
@@ -69,15 +71,32 @@ class RedisHealth:
         """A write of an auction failed (passive signal): not writable until the next good probe."""
         self._set(RedisState(False, cause, self.state.used_memory, self.state.maxmemory, time.monotonic()))
 
+    async def _info_and_write(self) -> tuple[Any, Any]:
+        """INFO memory and the probe write, in one round trip; errors as values. On a Redis Cluster
+        both go to the ledger shard's primary, where every bill is written (app.ledger.keys.hot_key)."""
+        key, value = hot_key(self.settings, PROBE_KEY), str(int(time.time() * 1000))
+        if self.settings.redis_cluster:
+            node = self.redis.get_node_from_key(key)  # type: ignore[attr-defined]
+            replies = await asyncio.gather(
+                self.redis.info("memory", target_nodes=node),
+                self.redis.set(key, value, px=60_000),
+                return_exceptions=True,
+            )
+            if isinstance(replies[0], BaseException) and not isinstance(replies[0], Exception):
+                raise replies[0]
+            return replies[0], replies[1]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.info("memory")
+        pipe.set(key, value, px=60_000)
+        info, written = await pipe.execute(raise_on_error=False)
+        return info, written
+
     async def probe(self) -> RedisState:
         timeout = self.settings.redis_probe_timeout_s
         used = maxmemory = 0
         try:
             async with asyncio.timeout(timeout):
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.info("memory")
-                pipe.set(PROBE_KEY, str(int(time.time() * 1000)), px=60_000)
-                info, written = await pipe.execute(raise_on_error=False)
+                info, written = await self._info_and_write()
         except TimeoutError:
             return self._set(RedisState(False, f"Redis did not answer a write probe within {timeout}s"))
         except (RedisError, OSError) as error:
