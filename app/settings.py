@@ -173,7 +173,7 @@ class Settings(AdServerSettings):
         "answer; fewer within REDIS_WAIT_TIMEOUT_MS: 503. 0: no WAIT.",
     )
     redis_wait_timeout_ms: int = Field(
-        250, ge=1, le=60_000, description="REDIS_CLUSTER: longest WAIT for the replicas of a billing write."
+        1000, ge=1, le=60_000, description="REDIS_CLUSTER: longest WAIT for the replicas of a billing write."
     )
     redis_appendfsync: Literal["always", "everysec"] = Field(
         "always",

@@ -68,6 +68,7 @@ def _not_run(reply: Any) -> bool:
 async def _send(client: Any, slot_key: str, packed: Sequence[Sequence[Any]]) -> list[Any]:
     """Send `packed` on one connection of the primary serving `slot_key`; every reply, errors as
     exception objects. A connection error leaves the connection closed and is raised."""
+    await client.initialize()  # a no-op once the client has read the topology
     node = client.get_node_from_key(slot_key)
     connection = node.acquire_connection()
     try:
@@ -92,8 +93,8 @@ async def write_and_wait(
     commands: Sequence[Sequence[Any]],
     *,
     transaction: bool,
-    replicas: int,
-    timeout_ms: int,
+    replicas: int = 0,
+    timeout_ms: int = 0,
 ) -> Any:
     """Run `commands` atomically on the primary of `slot_key`'s slot, then WAIT for `replicas`.
 

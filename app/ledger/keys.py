@@ -51,8 +51,16 @@ ADVERTISER_ACCOUNT_PREFIX = "advertiser:"
 ARCHIVE_QUEUE_KEY = "mosaic:archive:queue"
 ARCHIVE_LEASE_KEY = "mosaic:archive:lease"  # app.archive.lease: one archiver at a time
 AUCTION_KEY_PREFIX = "mosaic:auction:"  # the audit records (app.auction.run_control.auction_key)
-# The hash tag of the ledger's one shard on a Redis Cluster (DESIGN.md § The hot state on a Redis Cluster).
-CLUSTER_SHARD_TAG = "{ledger:s0}"
+
+
+def shard_tag(shard: int) -> str:
+    """The hash tag of ledger shard `shard` on a Redis Cluster: all of that shard's keys in one slot."""
+    return "{ledger:s" + str(shard) + "}"
+
+
+# The hash tag of the ledger's shard 0 (the one the service writes today: DESIGN.md § The hot state
+# on a Redis Cluster; shards > 0 are the N-shard layout's, used by bench/ledger.py --cluster so far).
+CLUSTER_SHARD_TAG = shard_tag(0)
 
 
 class KeySettings(Protocol):
@@ -63,24 +71,24 @@ class KeySettings(Protocol):
     billing_dead_letter_stream: str
 
 
-def hot_tag(settings: KeySettings) -> str:
+def hot_tag(settings: KeySettings, shard: int = 0) -> str:
     """The prefix of every hot key: the shard's hash tag on a Redis Cluster, else '' (today's names)."""
-    return CLUSTER_SHARD_TAG if settings.redis_cluster else ""
+    return shard_tag(shard) if settings.redis_cluster else ""
 
 
-def hot_key(settings: KeySettings, name: str) -> str:
+def hot_key(settings: KeySettings, name: str, shard: int = 0) -> str:
     """`name` (a key of the single-Redis layout) as it is named on this deployment."""
-    return hot_tag(settings) + name
+    return hot_tag(settings, shard) + name
 
 
-def stream_key(settings: KeySettings) -> str:
+def stream_key(settings: KeySettings, shard: int = 0) -> str:
     """The billing stream (BILLING_STREAM, with the shard's tag on a cluster)."""
-    return hot_key(settings, settings.billing_stream)
+    return hot_key(settings, settings.billing_stream, shard)
 
 
-def dead_stream_key(settings: KeySettings) -> str:
+def dead_stream_key(settings: KeySettings, shard: int = 0) -> str:
     """The dead-letter stream (BILLING_DEAD_LETTER_STREAM, with the shard's tag on a cluster)."""
-    return hot_key(settings, settings.billing_dead_letter_stream)
+    return hot_key(settings, settings.billing_dead_letter_stream, shard)
 
 
 def auction_record_key(settings: KeySettings, auction_id: str) -> str:
@@ -118,8 +126,8 @@ class LedgerKeys:
         )
 
     @classmethod
-    def of(cls, settings: KeySettings) -> LedgerKeys:
-        return cls.default(hot_tag(settings))
+    def of(cls, settings: KeySettings, shard: int = 0) -> LedgerKeys:
+        return cls.default(hot_tag(settings, shard))
 
     def history(self, advertiser_id: str) -> str:
         return self.history_prefix + advertiser_id

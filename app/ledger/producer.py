@@ -56,6 +56,9 @@ class BillingProducer:
         self._log_keys = log_keys_for(hot_tag(settings))
         # REDIS_CLUSTER: a bill is answered only once REDIS_WAIT_REPLICAS replicas have it (WAIT)
         self._wait = settings.redis_wait_replicas if settings.redis_cluster else 0
+        # a cluster's bill goes on one raw connection (write_and_wait), WAIT or not: redis-py's
+        # ClusterPipeline transaction costs ~2 ms more per write (bench/ledger.py --cluster)
+        self._raw = settings.redis_cluster
 
     def _archive_keys(self) -> list[str]:
         """The bill script's optional KEYS[6]: the archive queue, with ARCHIVE_DSN only."""
@@ -116,44 +119,22 @@ class BillingProducer:
         """
         fields: dict[Any, Any] = dict(event.stream_fields())
         async with self._write(event):
-            if self._wait:
-                stream_id = await self._append_waited(event, fields, audit, log_entry)
-            elif audit is None and log_entry is None:
-                stream_id = await self.redis.xadd(self._stream, fields)
+            if audit is None and log_entry is None and not self._raw:
+                return as_str(await self.redis.xadd(self._stream, fields))
+            pipe: Any = _Recorder() if self._raw else self.redis.pipeline(transaction=True)
+            if audit is not None:
+                key, record, ttl_s = audit
+                pipe.set(key, record, ex=ttl_s)
+                self._queue_archive(pipe, key)
+            pipe.xadd(self._stream, fields)
+            if log_entry is not None:
+                queue_log_append(pipe, event.auction_id, log_entry, self._log_keys)
+            if self._raw:  # REDIS_CLUSTER: the same MULTI on one connection, then WAIT
+                replies = await self._waited(pipe.commands(), transaction=True)
             else:
-                pipe = self.redis.pipeline(transaction=True)
-                if audit is not None:
-                    key, record, ttl_s = audit
-                    pipe.set(key, record, ex=ttl_s)
-                    self._queue_archive(pipe, key)
-                pipe.xadd(self._stream, fields)
-                if log_entry is not None:
-                    queue_log_append(pipe, event.auction_id, log_entry, self._log_keys)
-                stream_id = (await pipe.execute())[self._xadd_index(audit)]
-        return as_str(stream_id)
-
-    def _xadd_index(self, audit: tuple[str, str, int] | None) -> int:
-        """Where the XADD's reply is in `append`'s MULTI: after the record's SET and archive ZADD."""
-        return 0 if audit is None else (2 if self.settings.archive_dsn else 1)
-
-    async def _append_waited(
-        self,
-        event: BillingEvent,
-        fields: dict[Any, Any],
-        audit: tuple[str, str, int] | None,
-        log: bytes | None,
-    ) -> Any:
-        """`append`'s MULTI (the same commands, in the same order) sent by `_waited`."""
-        pipe = _Recorder()
-        if audit is not None:
-            key, record, ttl_s = audit
-            pipe.set(key, record, ex=ttl_s)
-            self._queue_archive(pipe, key)
-        pipe.xadd(self._stream, fields)
-        if log is not None:
-            queue_log_append(pipe, event.auction_id, log, self._log_keys)
-        replies = await self._waited(pipe.commands(), transaction=True)
-        return replies[self._xadd_index(audit)]
+                replies = await pipe.execute()
+        # the XADD's reply: after the record's SET and (ARCHIVE_DSN) the archive queue's ZADD
+        return as_str(replies[0 if audit is None else (2 if self.settings.archive_dsn else 1)])
 
     async def record(
         self,
@@ -187,7 +168,7 @@ class BillingProducer:
                 *fields,
             ]
             async with self._write(event):
-                if self._wait:
+                if self._raw:
                     script = ("EVAL", IDEMPOTENCY_BILL_SCRIPT, len(keys), *keys, *args)
                     stream_id = await self._waited([script], transaction=False)
                 else:
