@@ -326,3 +326,34 @@ def gateway_wait(
         yield process
     finally:
         process.stop()
+
+
+def test_render_mode_on_a_cluster(
+    redis_cluster: RedisCluster, tiny_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """Invariant: BILLING_MODE=render on a cluster: the pending charge is written with the record (a
+    keyed one under WATCH of its key, all in the shard's slot), billed once by the render (render.lua:
+    charge, stream, due set, counts in one slot), a second render bills nothing, an unrendered charge
+    expires unbilled; reconcile is clean."""
+    redis_cluster.flushall()
+    env = {**GATEWAY_ENV, "BILLING_MODE": "render", "RENDER_WINDOW_S": "2"}
+    gateway = start_gateway_process(tiny_worker.url, redis_cluster.url, tmp_path / "gw", **env)
+    try:
+        url = f"{gateway.url}/auction"
+        first = httpx.post(
+            url, json=small_body(301), headers={"Idempotency-Key": "render-1"}, timeout=60
+        ).json()
+        unrendered = httpx.post(url, json=small_body(302), timeout=60).json()
+        assert first["billing"] == unrendered["billing"] == "pending"
+        rendered = httpx.post(f"{gateway.url}/auctions/{first['auction_id']}/render", timeout=30)
+        assert rendered.status_code == 200 and rendered.json()["billed_now"] is True, rendered.text
+        again = httpx.post(f"{gateway.url}/auctions/{first['auction_id']}/render", timeout=30).json()
+        assert again["billed_now"] is False and again["stream_id"] == rendered.json()["stream_id"]
+        time.sleep(2 + 1.5)  # the window passes; the embedded consumer sweeps about once a second
+        late = httpx.post(f"{gateway.url}/auctions/{unrendered['auction_id']}/render", timeout=30)
+        assert late.status_code == 410, late.text
+        report = asyncio.run(settle(cluster_settings(redis_cluster, tmp_path), 1))
+        assert report.ok and report.events_applied == 1, report
+        assert report.render.get("billed") == 1 and report.render.get("expired") == 1, report.render
+    finally:
+        gateway.stop()
