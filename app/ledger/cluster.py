@@ -37,7 +37,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.ledger.keys import hot_key
+from app.ledger.keys import BARRIER_KEY, hot_key
 from app.settings import Settings
 
 # Error replies that mean the command was not run (the slot moved, the cluster is failing over):
@@ -126,9 +126,6 @@ async def write_and_wait(
                     f"the billing write reached {acked} of {replicas} replicas within {timeout_ms} ms"
                 )
         return result
-
-
-BARRIER_KEY = "mosaic:replication:barrier"
 
 
 async def wait_replicated(client: Any, settings: Settings) -> None:

@@ -51,6 +51,8 @@ ADVERTISER_ACCOUNT_PREFIX = "advertiser:"
 ARCHIVE_QUEUE_KEY = "mosaic:archive:queue"
 ARCHIVE_LEASE_KEY = "mosaic:archive:lease"  # app.archive.lease: one archiver at a time
 AUCTION_KEY_PREFIX = "mosaic:auction:"  # the audit records (app.auction.run_control.auction_key)
+# REDIS_CLUSTER: the tiny write a WAIT barrier makes in the shard's slot (app.ledger.cluster.wait_replicated)
+BARRIER_KEY = "mosaic:replication:barrier"
 
 
 def shard_tag(shard: int) -> str:

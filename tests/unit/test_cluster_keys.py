@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from app.auction.run_control import auction_key
-from app.ledger.cluster import BARRIER_KEY
 from app.ledger.idempotency import redis_key
 from app.ledger.keys import (
     ARCHIVE_QUEUE_KEY,
+    BARRIER_KEY,
     LedgerKeys,
     archive_queue_key,
     dead_stream_key,
