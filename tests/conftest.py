@@ -2,7 +2,12 @@
 
 import os
 
-pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_worker", "tests.fixtures_postgres"]
+pytest_plugins = [
+    "tests.fixtures_redis",
+    "tests.fixtures_redis_cluster",
+    "tests.fixtures_worker",
+    "tests.fixtures_postgres",
+]
 
 # Tests run the default dtype (WORKER_DTYPE=auto: bf16 on CPUs with native bf16, as users run it):
 # decoding and scoring are exact and batch invariant there (workers/engine/invariant.py). Only the

@@ -32,7 +32,7 @@ from app.archive.lease import ArchiveLease
 from app.archive.observers import ArchiveObserver, NoopArchiveObserver
 from app.archive.schema import EVENTS_TABLE, RECORDS_TABLE, drop_before
 from app.archive.store import ArchiveStore, ArchiveUnavailableError, archived_record
-from app.ledger.keys import ARCHIVE_QUEUE_KEY, as_str
+from app.ledger.keys import archive_queue_key, as_str
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,12 @@ class Archiver:
         """One batch; returns how many queue entries it settled (0: nothing due)."""
         cutoff_ms = int((time.time() - self.settings.archive_min_age_s) * 1000)
         queued = await self.redis.zrangebyscore(
-            ARCHIVE_QUEUE_KEY, "-inf", cutoff_ms, start=0, num=self.settings.archive_batch, withscores=True
+            archive_queue_key(self.settings),
+            "-inf",
+            cutoff_ms,
+            start=0,
+            num=self.settings.archive_batch,
+            withscores=True,
         )
         if not queued:
             return 0
@@ -85,7 +90,7 @@ class Archiver:
             rows.append(archived_record(key.rsplit(":", 1)[-1], as_str(raw), int(score)))
         new = await self.store.write(rows)  # committed: from here PostgreSQL holds them
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(ARCHIVE_QUEUE_KEY, *keys)
+            pipe.zrem(archive_queue_key(self.settings), *keys)
             pipe.delete(*keys)
             await pipe.execute()
         self.stats.archived += new
@@ -142,8 +147,8 @@ class Archiver:
         return max(records, events)
 
     async def _observe_queue(self) -> None:
-        depth = await self.redis.zcard(ARCHIVE_QUEUE_KEY)
-        oldest = await self.redis.zrange(ARCHIVE_QUEUE_KEY, 0, 0, withscores=True)
+        depth = await self.redis.zcard(archive_queue_key(self.settings))
+        oldest = await self.redis.zrange(archive_queue_key(self.settings), 0, 0, withscores=True)
         age_s = max(0.0, time.time() - float(oldest[0][1]) / 1000) if oldest else 0.0
         self.observer.archive_queue(int(depth), age_s)
 

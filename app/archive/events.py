@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app.archive.store import ArchiveStore, archived_event
-from app.ledger.keys import as_str, decode_fields
+from app.ledger.keys import as_str, decode_fields, stream_key
 from app.settings import Settings
 
 ARCHIVE_GROUP = "archive"
@@ -31,7 +31,7 @@ class EventArchiver:
     def __init__(self, redis: aioredis.Redis, store: ArchiveStore, settings: Settings) -> None:
         self.redis = redis
         self.store = store
-        self.stream = settings.billing_stream
+        self.stream = stream_key(settings)
         self.batch = settings.archive_batch
         self.archived = 0
 

@@ -22,14 +22,17 @@ from app.ledger.keys import AUCTION_KEY_PREFIX, as_str
 class RecordReader:
     """The stored records: Redis, then (if given) the archive."""
 
-    def __init__(self, redis: aioredis.Redis, archive: ArchiveStore | None = None) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, archive: ArchiveStore | None = None, key_prefix: str = AUCTION_KEY_PREFIX
+    ) -> None:
         self.redis = redis
         self.archive = archive
+        self.key_prefix = key_prefix  # on a Redis Cluster with the shard's tag (app.ledger.keys.hot_key)
 
     async def raw(self, auction_id: str) -> str | None:
         """The record's JSON text, or None where neither Redis nor the archive has it. A PostgreSQL
         fault raises ArchiveUnavailableError (the gateway answers 503 naming it)."""
-        found = await self.redis.get(AUCTION_KEY_PREFIX + auction_id)
+        found = await self.redis.get(self.key_prefix + auction_id)
         if found is not None:
             return as_str(found)
         if self.archive is None:

@@ -19,12 +19,15 @@ from typing import Any
 from app.auction.sampler import StageClock
 from app.contract.request import AuctionRequest
 from app.ledger.idempotency import IdempotencyClaim
-from app.ledger.keys import AUCTION_KEY_PREFIX
+from app.ledger.keys import AUCTION_KEY_PREFIX, KeySettings, auction_record_key
 from app.settings import Settings
 
 
-def auction_key(auction_id: str) -> str:
-    return f"{AUCTION_KEY_PREFIX}{auction_id}"
+def auction_key(auction_id: str, settings: KeySettings | None = None) -> str:
+    """The audit record's key; with `settings`, as named on this deployment (a cluster's shard tag)."""
+    if settings is None:
+        return AUCTION_KEY_PREFIX + auction_id
+    return auction_record_key(settings, auction_id)
 
 
 @dataclass

@@ -332,7 +332,8 @@ class AuctionService:
             signed = attest(record.model_dump(mode="json"), self.signing_keys.active)
             record.attestation = RecordAttestation.model_validate(signed)
             log_entry = statement_bytes(signed["statement"])
-        audit = (auction_key(response.auction_id), record.model_dump_json(), self.settings.audit_ttl_s)
+        key = auction_key(response.auction_id, self.settings)
+        audit = (key, record.model_dump_json(), self.settings.audit_ttl_s)
         control.billing_started = True  # no await since the last check: from here the auction stands
         mode = mode or self.bill_mode(request)
         write = asyncio.ensure_future(self.billing.record(event, audit, mode, idempotent, log_entry))

@@ -22,6 +22,7 @@ from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
 from app.campaigns.store import CampaignStore
 from app.gateway.metrics import GatewayMetrics
+from app.ledger.keys import AUCTION_KEY_PREFIX, hot_key
 from app.ledger.reader import LedgerReader
 from app.ledger.redis_health import RedisHealth
 from app.ledger.redis_supervisor import RedisSupervisor
@@ -72,7 +73,8 @@ async def _redis_supervisor(request: Request) -> RedisSupervisor | None:
 
 async def _record_reader(request: Request) -> RecordReader:
     """The records the routes read: Redis, then the archive (`app.state.archive`, with ARCHIVE_DSN)."""
-    return RecordReader(request.app.state.redis, getattr(request.app.state, "archive", None))
+    prefix = hot_key(request.app.state.settings, AUCTION_KEY_PREFIX)  # a cluster's shard tag (issue 36)
+    return RecordReader(request.app.state.redis, getattr(request.app.state, "archive", None), prefix)
 
 
 async def _running_ledger_reader(request: Request) -> LedgerReader | None:

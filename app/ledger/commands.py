@@ -21,6 +21,7 @@ from typing import Any
 
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.events import format_micro
+from app.ledger.keys import stream_key
 from app.ledger.reader import LedgerReader
 from app.ledger.reconcile import ReconcileReport, reconcile
 from app.ledger.redis_store import open_redis
@@ -47,7 +48,7 @@ async def _consume(settings: Settings, consumer_name: str) -> None:
             "ledger consumer %s started on %s (stream %s, group %s)",
             consumer_name,
             handle.url,
-            settings.billing_stream,
+            stream_key(settings),
             settings.billing_group,
         )
         trimmer = asyncio.create_task(LedgerTrimmer(handle.client, settings).run(stop), name="ledger-trim")

@@ -14,13 +14,12 @@ retried through XAUTOCLAIM, dead-lettered with the reason when its delivery coun
 BILLING_MAX_DELIVERIES). Nothing is dropped silently. With BILLING_MODE=render it also expires the
 pending charges whose RENDER_WINDOW_S passed (app.ledger.render; a rendered charge reaches it as a
 stream entry like any other), about once a second (voiding their campaign budget reservations).
-Campaign budgets: an event's reservations are posted (app.ledger.budget, idempotent) in the same MULTI
-as the applies, one script call per campaign and pacing step: the step an event billed at once carries
-makes this post the final one, once per auction (the gateway writes nothing after its reply); a rendered
-charge's event has none (the gateway posts it at render, stepped). A reservation is posted when its
-event is in the stream, whatever the apply's outcome (a dead-lettered event's reply was shown: spent
-all the same; reconcile reports the difference). Frequency caps: the slots an
-event's `fcap` names are posted after the apply, before the XACK (app.ledger.frequency).
+Campaign budgets: an event's reservations are posted (app.ledger.budget, idempotent) in the applies'
+MULTI (on a Redis Cluster in a pipeline beside it: budget keys are in their campaigns' slots, each post
+atomic on its key), one call per campaign and step: the step of an event billed at once makes this post
+final, once per auction; a rendered charge's event has none (the gateway posts it at render). It is
+posted whatever the apply's outcome (a dead-lettered event's reply was shown: spent all the same;
+reconcile reports it). Frequency caps: posted after the apply, before the XACK (app.ledger.frequency).
 """
 
 from __future__ import annotations
@@ -39,8 +38,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from app.ledger.budget import BudgetLedger, group_posts
+from app.ledger.cluster import write_and_wait
 from app.ledger.events import MalformedEventError, StreamEvent, parse_entry
-from app.ledger.keys import LedgerKeys, as_str, decode_fields
+from app.ledger.keys import LedgerKeys, as_str, dead_stream_key, decode_fields, stream_key
 from app.ledger.render import RenderLedger
 from app.ledger.scripts import APPLY_SCRIPT, DEAD_LETTER_SCRIPT
 from app.settings import Settings
@@ -82,12 +82,13 @@ def _parsed(entry_id: str, fields: Any) -> _Pending:
 class LedgerConsumer:
     """One member of the ledger consumer group. Safe to run several, and to kill at any point."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings, name: str, linger_s: float = 0.0) -> None:
-        self.redis = redis
-        self.settings = settings
-        self.name = name
+    def __init__(
+        self, redis: aioredis.Redis, settings: Settings, name: str, linger_s: float = 0.0, shard: int = 0
+    ) -> None:
+        self.redis, self.settings, self.name = redis, settings, name
         self.linger_s = linger_s  # pause between a read and its apply (the embedded consumer)
-        self.keys = LedgerKeys.default()
+        self.keys = LedgerKeys.of(settings, shard)  # on a cluster: the ledger shard's tagged keys
+        self.stream, self.dead_stream = stream_key(settings, shard), dead_stream_key(settings, shard)
         self._apply_sha: str | None = None
         self._dead_sha: str | None = None
         self._claim_cursor = "0-0"
@@ -102,12 +103,8 @@ class LedgerConsumer:
     async def ensure_group(self) -> None:
         """Create the stream and the group (from the first entry) if missing; load the scripts."""
         try:
-            await self.redis.xgroup_create(
-                self.settings.billing_stream, self.settings.billing_group, id="0", mkstream=True
-            )
-            logger.info(
-                "created consumer group %s on %s", self.settings.billing_group, self.settings.billing_stream
-            )
+            await self.redis.xgroup_create(self.stream, self.settings.billing_group, id="0", mkstream=True)
+            logger.info("created consumer group %s on %s", self.settings.billing_group, self.stream)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -128,7 +125,7 @@ class LedgerConsumer:
         reply = await self.redis.xreadgroup(
             self.settings.billing_group,
             self.name,
-            {self.settings.billing_stream: stream_id},
+            {self.stream: stream_id},
             count=count,
             block=block_ms,
         )
@@ -149,7 +146,7 @@ class LedgerConsumer:
         logged as an ALERT and recorded in the dead-letter stream (kind ``deleted``).
         """
         reply = await self.redis.xautoclaim(
-            self.settings.billing_stream,
+            self.stream,
             self.settings.billing_group,
             self.name,
             min_idle_time=self.settings.billing_claim_idle_ms,
@@ -187,31 +184,26 @@ class LedgerConsumer:
         return [*args, event.campaigns] if event.campaigns else args
 
     async def _evalsha_all(self, items: list[_Pending]) -> None:
-        """One EVALSHA per event, the batch pipelined in one MULTI/EXEC.
-
-        MULTI/EXEC: Redis appends (and with appendfsync always, fsyncs) the batch's AOF once instead of
-        once per event-loop turn - several times fewer fsyncs per batch; the price is that Redis runs
-        the batch's scripts back to back (about 40 us each). On NOSCRIPT (Redis restarted, Redis 7
-        forgets scripts) the script is loaded again and those events rerun - safe, the script is
-        idempotent. Any other error of one script makes that event "invalid" (retried, then
-        dead-lettered), so one bad entry cannot stall the consumer.
-        """
+        """One EVALSHA per event, the batch in one MULTI/EXEC: Redis fsyncs the batch's AOF once, not
+        once per event-loop turn (the scripts run back to back, ~40 us each). On NOSCRIPT (Redis 7
+        forgets scripts on restart) the script is loaded again and those events rerun (idempotent).
+        Any other script error makes that event "invalid" (retried, then dead-lettered)."""
         todo = [item for item in items if item.event is not None]
         posts = group_posts(post for item in todo if item.event for post in item.event.posts())
         for attempt in range(3):
             if not todo and not posts:
                 return
             sha = self._apply_sha or (await self._load_scripts())[0]
-            pipe = self.redis.pipeline(transaction=True)
-            for item in todo:
-                assert item.event is not None
-                pipe.execute_command("EVALSHA", sha, *self._apply_args(item.event))
+            applies = [("EVALSHA", sha, *self._apply_args(item.event)) for item in todo if item.event]
+            pipe = self.redis.pipeline(transaction=not self.settings.redis_cluster)
+            for command in [] if self.settings.redis_cluster else applies:
+                pipe.execute_command(*command)
             if posts:
                 budget_sha, now_ms = await self.budget.sha(), int(time.time() * 1000)
                 for (campaign_id, step), auction_ids in posts.items():
                     args = self.budget.consumer_post_args(step, auction_ids, now_ms)
                     self.budget.queue(pipe, budget_sha, campaign_id, args)
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._execute(pipe, applies)
             posts = self.budget.count_posts(posts, results[len(todo) :], self.stats)
             retry: list[_Pending] = []
             for item, result in zip(todo, results[: len(todo)], strict=True):
@@ -232,6 +224,17 @@ class LedgerConsumer:
             todo = retry
         raise RuntimeError("the ledger script could not be loaded")
 
+    async def _execute(self, pipe: Any, applies: list[tuple[Any, ...]]) -> list[Any]:
+        """The applies' MULTI, then the budget posts. On a Redis Cluster the applies go raw on one
+        connection to the shard's primary (app.ledger.cluster; redis-py's ClusterPipeline transaction
+        is several times slower) and `pipe` holds the posts only, each routed to its campaign's slot."""
+        if not self.settings.redis_cluster:
+            return list(await pipe.execute(raise_on_error=False))
+        results = (
+            list(await write_and_wait(self.redis, self.stream, applies, transaction=True)) if applies else []
+        )
+        return results + list(await pipe.execute(raise_on_error=False))
+
     async def _dead_letter(
         self,
         stream_id: str,
@@ -241,7 +244,7 @@ class LedgerConsumer:
         auction_id: str,
         fields: Mapping[str, str],
     ) -> bool:
-        keys = [self.keys.dead, self.settings.billing_dead_letter_stream, self.keys.meta]
+        keys = [self.keys.dead, self.dead_stream, self.keys.meta]
         args = [stream_id, kind, reason, str(deliveries), self.name, auction_id, _entry_json(fields)]
         for _ in range(2):
             sha = self._dead_sha or (await self._load_scripts())[1]
@@ -261,9 +264,7 @@ class LedgerConsumer:
     async def _deliveries(self, stream_ids: Sequence[str]) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
         for stream_id in stream_ids:
-            pipe.xpending_range(
-                self.settings.billing_stream, self.settings.billing_group, stream_id, stream_id, 1
-            )
+            pipe.xpending_range(self.stream, self.settings.billing_group, stream_id, stream_id, 1)
         counts: dict[str, int] = {}
         for stream_id, rows in zip(stream_ids, await pipe.execute(), strict=True):
             counts[stream_id] = int(rows[0]["times_delivered"]) if rows else 0
@@ -302,7 +303,7 @@ class LedgerConsumer:
             )
             await asyncio.sleep(pause)
         if done:
-            await self.redis.xack(self.settings.billing_stream, self.settings.billing_group, *done)
+            await self.redis.xack(self.stream, self.settings.billing_group, *done)
         return len(items)
 
     async def _take_entries(self, size: int) -> list[tuple[str, Any]]:

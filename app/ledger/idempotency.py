@@ -4,7 +4,7 @@ Job: the replay check before any model work (`IdempotencyStore.lookup`: one GET,
 to replay, a refusal, or free), taking the key (`claim`: SET NX of a running marker), giving it back
 when nothing is stored (`release`), storing a failure's outcome (`store_failure`), and saying what
 the final write must check and set (`IdempotencyWrite`, used by `app.ledger.producer` inside its
-MULTI/EXEC). Imports app.settings and app.ledger (keys, render, scripts:
+MULTI/EXEC). Imports app.settings and app.ledger (cluster, keys, render, scripts:
 idempotency_*.lua) only.
 
 A replay says what the answer says now where it has changed since: a render-mode auction's stored
@@ -42,7 +42,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.ledger.keys import as_str
+from app.ledger.cluster import wait_replicated
+from app.ledger.keys import as_str, hot_tag
 from app.ledger.render import RenderLedger
 from app.ledger.scripts import IDEMPOTENCY_RELEASE_SCRIPT, IDEMPOTENCY_STORE_SCRIPT
 from app.settings import Settings
@@ -73,9 +74,10 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
-def redis_key(key_id: str, idempotency_key: str) -> str:
+def redis_key(key_id: str, idempotency_key: str, tag: str = "") -> str:
+    """The key's Redis name; `tag`: the ledger shard's hash tag on a Redis Cluster (app.ledger.keys)."""
     digest = hashlib.sha256(idempotency_key.encode("ascii", errors="backslashreplace")).hexdigest()
-    return f"{IDEMPOTENCY_PREFIX}{key_id}:{digest}"
+    return f"{tag}{IDEMPOTENCY_PREFIX}{key_id}:{digest}"
 
 
 @dataclass(frozen=True)
@@ -159,11 +161,14 @@ class IdempotencyStore:
         when the key was used with other parameters, IdempotencyInProgressError while its first
         request runs.
         """
-        raw = await self.redis.get(redis_key(key_id, idempotency_key))
+        raw = await self.redis.get(redis_key(key_id, idempotency_key, hot_tag(self.settings)))
         if own is not None and raw is not None and as_str(raw) == own:
             return None
         outcome = _judge(raw, fp)
-        return None if outcome is None else await self._charge_state_now(outcome)
+        if outcome is None:
+            return None
+        await wait_replicated(self.redis, self.settings)  # a cluster: replay only what a replica has
+        return await self._charge_state_now(outcome)
 
     async def _charge_state_now(self, outcome: StoredOutcome) -> StoredOutcome:
         """`outcome` with a pending render charge's state now (one more read, only for those)."""
@@ -184,7 +189,7 @@ class IdempotencyStore:
     ) -> IdempotencyClaim:
         """Take the key: SET NX of the running marker ``running`` (default: a new one) with its
         lease. Raises as `lookup` when another request has it (IdempotencyInProgressError)."""
-        key = redis_key(key_id, idempotency_key)
+        key = redis_key(key_id, idempotency_key, hot_tag(self.settings))
         running = running if running is not None else running_value(fp)
         for _ in range(3):  # the key may lapse between the SET NX and the GET: try again
             if await self.redis.set(key, running, nx=True, px=self.lease_ms(deadline_s)):

@@ -28,13 +28,22 @@ Redis keys of the ledger (prefix ``mosaic:ledger:``):
 ``mosaic:archive:queue`` (issue 36, only with ARCHIVE_DSN) sorted set: audit record key -> ms when
              written, added in the record's own atomic write; app.archive drains it (archived, then
              dropped from Redis). ``ARCHIVE_QUEUE_KEY``; ``mosaic:archive:lease`` the archivers' lease.
-See docs/DESIGN.md § Billing and § Bounded Redis memory.
+
+On a Redis Cluster (REDIS_CLUSTER=true, issue 36) every key written together with an auction's bill -
+the billing and dead-letter streams, the audit record, the Idempotency-Key, the transparency log, the
+render charges, the archive queue, the ledger's keys above, the health probe - carries the ledger
+shard's hash tag ``{ledger:s0}`` as a prefix (`hot_tag`, `hot_key`), so each Lua script and MULTI of
+the bill, the apply, the trim, the render and the archive touches one slot. On one Redis (the embedded
+default, or REDIS_URL without REDIS_CLUSTER) the tag is empty: the key names are today's, so existing
+data is read as before (no rename, no migration). Campaign keys keep their own per-campaign tags
+(``mosaic:budget:{<id>}``, app.ledger.budget): a budget script touches one campaign's key only.
+See docs/DESIGN.md § Billing, § Bounded Redis memory and § The hot state on a Redis Cluster.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 LEDGER_PREFIX = "mosaic:ledger:"
 PLATFORM_ACCOUNT = "platform:revenue"
@@ -42,6 +51,56 @@ ADVERTISER_ACCOUNT_PREFIX = "advertiser:"
 ARCHIVE_QUEUE_KEY = "mosaic:archive:queue"
 ARCHIVE_LEASE_KEY = "mosaic:archive:lease"  # app.archive.lease: one archiver at a time
 AUCTION_KEY_PREFIX = "mosaic:auction:"  # the audit records (app.auction.run_control.auction_key)
+# REDIS_CLUSTER: the tiny write a WAIT barrier makes in the shard's slot (app.ledger.cluster.wait_replicated)
+BARRIER_KEY = "mosaic:replication:barrier"
+
+
+def shard_tag(shard: int) -> str:
+    """The hash tag of ledger shard `shard` on a Redis Cluster: all of that shard's keys in one slot."""
+    return "{ledger:s" + str(shard) + "}"
+
+
+# The hash tag of the ledger's shard 0 (the one the service writes today: DESIGN.md § The hot state
+# on a Redis Cluster; shards > 0 are the N-shard layout's, used by bench/ledger.py --cluster so far).
+CLUSTER_SHARD_TAG = shard_tag(0)
+
+
+class KeySettings(Protocol):
+    """What the key names depend on (app.settings.Settings has these fields)."""
+
+    redis_cluster: bool
+    billing_stream: str
+    billing_dead_letter_stream: str
+
+
+def hot_tag(settings: KeySettings, shard: int = 0) -> str:
+    """The prefix of every hot key: the shard's hash tag on a Redis Cluster, else '' (today's names)."""
+    return shard_tag(shard) if settings.redis_cluster else ""
+
+
+def hot_key(settings: KeySettings, name: str, shard: int = 0) -> str:
+    """`name` (a key of the single-Redis layout) as it is named on this deployment."""
+    return hot_tag(settings, shard) + name
+
+
+def stream_key(settings: KeySettings, shard: int = 0) -> str:
+    """The billing stream (BILLING_STREAM, with the shard's tag on a cluster)."""
+    return hot_key(settings, settings.billing_stream, shard)
+
+
+def dead_stream_key(settings: KeySettings, shard: int = 0) -> str:
+    """The dead-letter stream (BILLING_DEAD_LETTER_STREAM, with the shard's tag on a cluster)."""
+    return hot_key(settings, settings.billing_dead_letter_stream, shard)
+
+
+def auction_record_key(settings: KeySettings, auction_id: str) -> str:
+    """The audit record of one auction."""
+    return hot_key(settings, AUCTION_KEY_PREFIX + auction_id)
+
+
+def archive_queue_key(settings: KeySettings) -> str:
+    """The archive queue (written in the record's own atomic write: the record's slot)."""
+    return hot_key(settings, ARCHIVE_QUEUE_KEY)
 
 
 @dataclass(frozen=True)
@@ -55,8 +114,9 @@ class LedgerKeys:
     settled: str = LEDGER_PREFIX + "settled"
 
     @classmethod
-    def default(cls) -> LedgerKeys:
-        p = LEDGER_PREFIX
+    def default(cls, tag: str = "") -> LedgerKeys:
+        """The ledger's keys; `tag`: the shard's hash tag on a Redis Cluster (`hot_tag`)."""
+        p = tag + LEDGER_PREFIX
         return cls(
             applied=p + "applied",
             balances=p + "balances",
@@ -64,7 +124,12 @@ class LedgerKeys:
             duplicates=p + "duplicates",
             dead=p + "dead",
             history_prefix=p + "history:",
+            settled=p + "settled",
         )
+
+    @classmethod
+    def of(cls, settings: KeySettings, shard: int = 0) -> LedgerKeys:
+        return cls.default(hot_tag(settings, shard))
 
     def history(self, advertiser_id: str) -> str:
         return self.history_prefix + advertiser_id

@@ -29,12 +29,13 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from app.ledger.cluster import WaitShortError, write_and_wait
 from app.ledger.events import BillingEvent
 from app.ledger.idempotency import IdempotencyLostError, IdempotencyWrite, owned
-from app.ledger.keys import ARCHIVE_QUEUE_KEY, as_str
+from app.ledger.keys import archive_queue_key, as_str, hot_tag, stream_key
 from app.ledger.render import pending_commands
 from app.ledger.scripts import IDEMPOTENCY_BILL_SCRIPT
-from app.ledger.tlog import log_args, log_keys, queue_log_append
+from app.ledger.tlog import log_args, log_keys, log_keys_for, queue_log_append
 from app.settings import Settings
 
 BillMode = Literal["bill", "pending", "none"]
@@ -51,15 +52,35 @@ class BillingProducer:
         self.redis = redis
         self.settings = settings
         self._bill_keyed = redis.register_script(IDEMPOTENCY_BILL_SCRIPT)  # EVALSHA, EVAL if unknown
+        self._stream = stream_key(settings)  # the keys carry the ledger shard's tag on a cluster
+        self._log_keys = log_keys_for(hot_tag(settings))
+        # REDIS_CLUSTER: a bill is answered only once REDIS_WAIT_REPLICAS replicas have it (WAIT)
+        self._wait = settings.redis_wait_replicas if settings.redis_cluster else 0
+        # a cluster's bill goes on one raw connection (write_and_wait), WAIT or not: redis-py's
+        # ClusterPipeline transaction costs ~2 ms more per write (bench/ledger.py --cluster)
+        self._raw = settings.redis_cluster
 
     def _archive_keys(self) -> list[str]:
         """The bill script's optional KEYS[6]: the archive queue, with ARCHIVE_DSN only."""
-        return [ARCHIVE_QUEUE_KEY] if self.settings.archive_dsn else []
+        return [archive_queue_key(self.settings)] if self.settings.archive_dsn else []
 
     def _queue_archive(self, pipe: Any, record_key: str) -> None:
         """With ARCHIVE_DSN: the record's key enters the archive queue in the record's own MULTI."""
         if self.settings.archive_dsn:
-            pipe.zadd(ARCHIVE_QUEUE_KEY, {record_key: int(time.time() * 1000)})
+            pipe.zadd(archive_queue_key(self.settings), {record_key: int(time.time() * 1000)})
+
+    async def _waited(self, commands: list[tuple[Any, ...]], transaction: bool) -> Any:
+        """REDIS_CLUSTER: the write on its slot's primary, then WAIT on the same connection
+        (app.ledger.cluster.write_and_wait). Invariant: the client is told "billed" (200) only when
+        REDIS_WAIT_REPLICAS replicas have the write; else 503 and a keyed retry replays it."""
+        return await write_and_wait(
+            self.redis,
+            self._stream,
+            commands,
+            transaction=transaction,
+            replicas=self._wait,
+            timeout_ms=self.settings.redis_wait_timeout_ms,
+        )
 
     @contextlib.asynccontextmanager
     async def _write(self, event: BillingEvent) -> AsyncIterator[None]:
@@ -70,6 +91,8 @@ class BillingProducer:
         try:
             async with asyncio.timeout(self.settings.billing_append_timeout_s):
                 yield
+        except WaitShortError as error:
+            raise BillingUnavailableError(f"billing write of auction {event.auction_id}: {error}") from error
         except WatchError as error:
             raise IdempotencyLostError(
                 f"the Idempotency-Key changed during the write of auction {event.auction_id}: not written"
@@ -96,19 +119,22 @@ class BillingProducer:
         """
         fields: dict[Any, Any] = dict(event.stream_fields())
         async with self._write(event):
-            if audit is None and log_entry is None:
-                stream_id = await self.redis.xadd(self.settings.billing_stream, fields)
+            if audit is None and log_entry is None and not self._raw:
+                return as_str(await self.redis.xadd(self._stream, fields))
+            pipe: Any = _Recorder() if self._raw else self.redis.pipeline(transaction=True)
+            if audit is not None:
+                key, record, ttl_s = audit
+                pipe.set(key, record, ex=ttl_s)
+                self._queue_archive(pipe, key)
+            pipe.xadd(self._stream, fields)
+            if log_entry is not None:
+                queue_log_append(pipe, event.auction_id, log_entry, self._log_keys)
+            if self._raw:  # REDIS_CLUSTER: the same MULTI on one connection, then WAIT
+                replies = await self._waited(pipe.commands(), transaction=True)
             else:
-                pipe = self.redis.pipeline(transaction=True)
-                if audit is not None:
-                    key, record, ttl_s = audit
-                    pipe.set(key, record, ex=ttl_s)
-                    self._queue_archive(pipe, key)
-                pipe.xadd(self.settings.billing_stream, fields)
-                if log_entry is not None:
-                    queue_log_append(pipe, event.auction_id, log_entry)
-                stream_id = (await pipe.execute())[0 if audit is None else 1]
-        return as_str(stream_id)
+                replies = await pipe.execute()
+        # the XADD's reply: after the record's SET and (ARCHIVE_DSN) the archive queue's ZADD
+        return as_str(replies[0 if audit is None else (2 if self.settings.archive_dsn else 1)])
 
     async def record(
         self,
@@ -131,19 +157,22 @@ class BillingProducer:
             assert idempotency is not None
             fields = [part for pair in event.stream_fields().items() for part in pair]
             claim = idempotency.claim
+            keys = [claim.key, key, self._stream, *log_keys(self._log_keys), *self._archive_keys()]
+            args: list[Any] = [
+                claim.running_value,
+                idempotency.value,
+                idempotency.ttl_s,
+                record,
+                ttl_s,
+                *log_args(event.auction_id, log_entry),
+                *fields,
+            ]
             async with self._write(event):
-                stream_id = await self._bill_keyed(
-                    keys=[claim.key, key, self.settings.billing_stream, *log_keys(), *self._archive_keys()],
-                    args=[
-                        claim.running_value,
-                        idempotency.value,
-                        idempotency.ttl_s,
-                        record,
-                        ttl_s,
-                        *log_args(event.auction_id, log_entry),
-                        *fields,
-                    ],
-                )
+                if self._raw:
+                    script = ("EVAL", IDEMPOTENCY_BILL_SCRIPT, len(keys), *keys, *args)
+                    stream_id = await self._waited([script], transaction=False)
+                else:
+                    stream_id = await self._bill_keyed(keys=keys, args=args)
             if stream_id == 0:
                 raise IdempotencyLostError("the Idempotency-Key was taken by another request")
             return as_str(stream_id)
@@ -158,8 +187,32 @@ class BillingProducer:
             if mode == "pending":
                 pending_commands(pipe, event, self.settings)
             if log_entry is not None:
-                queue_log_append(pipe, event.auction_id, log_entry)
+                queue_log_append(pipe, event.auction_id, log_entry, self._log_keys)
             if idempotency is not None:
                 pipe.set(idempotency.claim.key, idempotency.value, ex=idempotency.ttl_s)
             await pipe.execute()
         return ""
+
+
+class _Recorder:
+    """Collects the commands a MULTI would queue (the same redis-py methods: set, zadd, xadd, eval), as
+    argument tuples for `write_and_wait`."""
+
+    def __init__(self) -> None:
+        self._commands: list[tuple[Any, ...]] = []
+
+    def set(self, key: str, value: str, ex: int) -> None:
+        self._commands.append(("SET", key, value, "EX", ex))
+
+    def zadd(self, key: str, mapping: dict[str, int]) -> None:
+        pairs = (x for member, score in mapping.items() for x in (score, member))
+        self._commands.append(("ZADD", key, *pairs))
+
+    def xadd(self, key: str, fields: dict[Any, Any]) -> None:
+        self._commands.append(("XADD", key, "*", *(x for pair in fields.items() for x in pair)))
+
+    def eval(self, script: str, numkeys: int, *args: Any) -> None:
+        self._commands.append(("EVAL", script, numkeys, *args))
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        return list(self._commands)

@@ -14,7 +14,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app.ledger.events import format_micro
-from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, LEDGER_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str
+from app.ledger.keys import (
+    ADVERTISER_ACCOUNT_PREFIX,
+    LEDGER_PREFIX,
+    PLATFORM_ACCOUNT,
+    LedgerKeys,
+    as_str,
+    dead_stream_key,
+    stream_key,
+)
 from app.ledger.render import RenderLedger
 from app.settings import Settings
 
@@ -30,7 +38,7 @@ class LedgerReader:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = LedgerKeys.default()
+        self.keys = LedgerKeys.of(settings)
 
     async def advertiser(self, advertiser_id: str, limit: int = 50) -> dict[str, Any]:
         """The advertiser's balance, number of auctions billed and its `limit` latest entries (newest first).
@@ -62,7 +70,7 @@ class LedgerReader:
 
     async def _group_info(self) -> dict[str, Any]:
         try:
-            groups = await self.redis.xinfo_groups(self.settings.billing_stream)
+            groups = await self.redis.xinfo_groups(stream_key(self.settings))
         except ResponseError:  # no stream yet
             return {}
         for group in groups:
@@ -77,8 +85,8 @@ class LedgerReader:
         pipe.hgetall(self.keys.meta)
         pipe.hlen(self.keys.applied)
         pipe.hget(self.keys.balances, PLATFORM_ACCOUNT)
-        pipe.xlen(self.settings.billing_stream)
-        pipe.xlen(self.settings.billing_dead_letter_stream)
+        pipe.xlen(stream_key(self.settings))
+        pipe.xlen(dead_stream_key(self.settings))
         pipe.hgetall(RECONCILE_KEY)
         meta_raw, applied, revenue_raw, stream_length, dead_length, reconcile_raw = await pipe.execute()
         last_reconcile = {as_str(k): int(as_str(v)) for k, v in (reconcile_raw or {}).items()}
@@ -95,7 +103,7 @@ class LedgerReader:
                 last = as_str(group.get("last-delivered-id", "0-0"))
                 # Redis 6.2 has no lag field: count what follows the last delivered id (capped)
                 after = await self.redis.xrange(
-                    self.settings.billing_stream, f"({last}", "+", count=LAG_COUNT_CAP
+                    stream_key(self.settings), f"({last}", "+", count=LAG_COUNT_CAP
                 )
                 lag = len(after or [])
                 lag_capped = lag >= LAG_COUNT_CAP

@@ -24,13 +24,22 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from app.ledger.events import to_micro_units
-from app.ledger.keys import ADVERTISER_ACCOUNT_PREFIX, PLATFORM_ACCOUNT, LedgerKeys, as_str, decode_fields
+from app.ledger.keys import (
+    ADVERTISER_ACCOUNT_PREFIX,
+    AUCTION_KEY_PREFIX,
+    PLATFORM_ACCOUNT,
+    LedgerKeys,
+    as_str,
+    decode_fields,
+    hot_key,
+    stream_key,
+)
 from app.ledger.reader import LedgerReader
 from app.ledger.reconcile_budget import add_campaign_payments, check_budgets, entry_campaign_payments
 from app.ledger.render import charge_key
 from app.settings import Settings
 
-AUDIT_KEY_PATTERN = "mosaic:auction:*"
+AUDIT_KEY_PATTERN = AUCTION_KEY_PREFIX + "*"  # on a cluster with the shard's tag (hot_key)
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class _Reconciler:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = LedgerKeys.default()
+        self.keys = LedgerKeys.of(settings)
         self.report = ReconcileReport()
         self.applied: dict[str, _AppliedEvent] = {}
         self.expected_balance: dict[str, int] = defaultdict(int)
@@ -209,7 +218,7 @@ class _Reconciler:
         start = "-"
         while group and int(group.get("pending", 0) or 0):
             rows = await self.redis.xpending_range(
-                self.settings.billing_stream, self.settings.billing_group, start, "+", 1000
+                stream_key(self.settings), self.settings.billing_group, start, "+", 1000
             )
             pending.update(as_str(r["message_id"]) for r in rows)
             if len(rows) < 1000:
@@ -228,7 +237,7 @@ class _Reconciler:
         stream_ids: list[str] = []
         start = "-"
         while True:
-            chunk: Any = await self.redis.xrange(self.settings.billing_stream, start, "+", count=1000)
+            chunk: Any = await self.redis.xrange(stream_key(self.settings), start, "+", count=1000)
             for entry_id_raw, fields_raw in chunk:
                 entry_id = as_str(entry_id_raw)
                 stream_ids.append(entry_id)
@@ -291,13 +300,13 @@ class _Reconciler:
     async def check_audit_records(self) -> None:
         """The gateway's audit records of served auctions (optional input) match what was billed."""
         add, report = self.report.add, self.report
-        prefix = AUDIT_KEY_PATTERN.removesuffix("*")
+        prefix = hot_key(self.settings, AUCTION_KEY_PREFIX)
         # An auction created before this may have been settled (its marker trimmed): trim.lua removes
         # a marker only when its entry is older than BILLING_RETENTION_S (Redis clock; the gateway's
         # created_at_ms may lag it by up to the re-append window).
         settled_before_ms = (time.time() - self.settings.billing_retention_s) * 1000
         settled_before_ms += self.settings.billing_reappend_window_s * 1000
-        async for key_raw in self.redis.scan_iter(match=AUDIT_KEY_PATTERN, count=1000):
+        async for key_raw in self.redis.scan_iter(match=prefix + "*", count=1000):
             key = as_str(key_raw)
             raw = await self.redis.get(key)
             if raw is None:
@@ -344,7 +353,7 @@ class _Reconciler:
             self.report.no_fill_records += 1
             state = "no-fill"
         elif billing == "pending":
-            raw = await self.redis.hget(charge_key(auction_id), "state")
+            raw = await self.redis.hget(charge_key(auction_id, self.settings), "state")
             state = as_str(raw) if raw is not None else "expired"
             self.report.render[state] = self.report.render.get(state, 0) + 1
             if state == "billed":

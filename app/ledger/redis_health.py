@@ -4,8 +4,9 @@ Job: `RedisHealth` probes Redis every REDIS_PROBE_INTERVAL_S (bounded by REDIS_P
 ``INFO memory`` and a tiny write (``SET mosaic:health:probe ... PX``), and keeps the result: writable
 or not, and why. ``POST /auction`` calls `check()` before any model work (no I/O: the cached state),
 so a Redis that is down or full answers 503 naming the cause in milliseconds instead of after all the
-generation and scoring; readiness reads the same state. Imports redis, app.settings and
-app.ledger.observers only (what it reports: a `RedisObserver`); see docs/DESIGN.md.
+generation and scoring; readiness reads the same state. On a Redis Cluster (issue 36) the probe goes to
+the ledger shard's primary and its write WAITs for REDIS_WAIT_REPLICAS, as a bill does. Imports redis,
+app.settings and app.ledger (cluster, keys, observers) only; see docs/DESIGN.md.
 
 Full means either the probe write failed with ``OOM command not allowed`` (``maxmemory`` reached under
 ``noeviction``), or ``maxmemory - used_memory`` < REDIS_MIN_FREE_BYTES (room for the audit records of
@@ -20,10 +21,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
+from app.ledger.cluster import write_and_wait
+from app.ledger.keys import hot_key
 from app.ledger.observers import NoopRedisObserver, RedisObserver
 from app.settings import Settings
 
@@ -69,15 +73,44 @@ class RedisHealth:
         """A write of an auction failed (passive signal): not writable until the next good probe."""
         self._set(RedisState(False, cause, self.state.used_memory, self.state.maxmemory, time.monotonic()))
 
+    async def _info_and_write(self) -> tuple[Any, Any]:
+        """INFO memory and the probe write, in one round trip; errors as values. On a Redis Cluster
+        both go to the ledger shard's primary, where every bill is written (app.ledger.keys.hot_key),
+        and the write WAITs for REDIS_WAIT_REPLICAS like a bill: a shard whose primary has no replica
+        to acknowledge is not writable (not ready, early 503) until one joins."""
+        s = self.settings
+        key, value = hot_key(s, PROBE_KEY), str(int(time.time() * 1000))
+        if s.redis_cluster:
+            node = self.redis.get_node_from_key(key)  # type: ignore[attr-defined]
+            wait_ms = max(1, min(s.redis_wait_timeout_ms, int(s.redis_probe_timeout_s * 500)))
+            write = [("SET", key, value, "PX", 60_000)]
+            replies = await asyncio.gather(
+                self.redis.info("memory", target_nodes=node),
+                write_and_wait(
+                    self.redis,
+                    key,
+                    write,
+                    transaction=False,
+                    replicas=s.redis_wait_replicas,
+                    timeout_ms=wait_ms,
+                ),
+                return_exceptions=True,
+            )
+            if isinstance(replies[0], BaseException) and not isinstance(replies[0], Exception):
+                raise replies[0]
+            return replies[0], replies[1]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.info("memory")
+        pipe.set(key, value, px=60_000)
+        info, written = await pipe.execute(raise_on_error=False)
+        return info, written
+
     async def probe(self) -> RedisState:
         timeout = self.settings.redis_probe_timeout_s
         used = maxmemory = 0
         try:
             async with asyncio.timeout(timeout):
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.info("memory")
-                pipe.set(PROBE_KEY, str(int(time.time() * 1000)), px=60_000)
-                info, written = await pipe.execute(raise_on_error=False)
+                info, written = await self._info_and_write()
         except TimeoutError:
             return self._set(RedisState(False, f"Redis did not answer a write probe within {timeout}s"))
         except (RedisError, OSError) as error:

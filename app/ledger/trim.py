@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.ledger.keys import LedgerKeys
+from app.ledger.keys import LedgerKeys, stream_key
 from app.ledger.scripts import TRIM_SCRIPT
 from app.settings import Settings
 
@@ -43,14 +43,14 @@ class LedgerTrimmer:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = LedgerKeys.default()
+        self.keys = LedgerKeys.of(settings)
         self._script = redis.register_script(TRIM_SCRIPT)
 
     async def trim_once(self, max_calls: int = 1000) -> TrimResult:
         """Trim until a call removes less than a full batch (each call is one atomic script run)."""
         s = self.settings
         total = TrimResult()
-        keys = [s.billing_stream, self.keys.applied, self.keys.settled, self.keys.duplicates]
+        keys = [stream_key(s), self.keys.applied, self.keys.settled, self.keys.duplicates]
         args: list[str | int] = [
             int(s.billing_retention_s * 1000),
             int(s.billing_reappend_window_s * 1000),

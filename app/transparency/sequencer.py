@@ -35,6 +35,9 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from app.ledger.cluster import WaitShortError, wait_replicated
+from app.ledger.keys import hot_tag
+from app.ledger.tlog import log_keys_for
 from app.settings import Settings
 from app.transparency.heads import HeadSigner, SignedTreeHead, sign_head
 from app.transparency.observers import NoopTransparencyObserver, TransparencyObserver
@@ -60,7 +63,8 @@ class TransparencyLog:
         signer: HeadSigner | None = None,
         observer: TransparencyObserver | None = None,
     ) -> None:
-        self.store = LogStore(redis, heads_kept=settings.transparency_heads_kept)
+        keys = log_keys_for(hot_tag(settings))  # the ledger shard's tag on a Redis Cluster (issue 36)
+        self.store = LogStore(redis, keys, heads_kept=settings.transparency_heads_kept)
         self.settings = settings
         self.signer = signer
         self.observer = observer or NoopTransparencyObserver()
@@ -131,10 +135,22 @@ class TransparencyLog:
                 f"the log holds {size} leaves, fewer than the signed head ({signed}) or than were read "
                 f"({self.tree.size}): leaves were deleted",
             )
+        if not await self._replicated():
+            size = self.tree.size  # not this tick: only leaves a replica has are read (next tick)
         await self._extend(size)
         self._check_head(latest)
         await self._audit()
         return size, latest
+
+    async def _replicated(self) -> bool:
+        """REDIS_CLUSTER: a barrier (app.ledger.cluster.wait_replicated) after reading the log's size, so
+        every leaf counted has reached a replica. Invariant: no head covers a leaf that a failover may
+        lose (a bill answered 503 may still have appended one on the primary): no fork."""
+        try:
+            await wait_replicated(self.store.redis, self.settings)
+        except WaitShortError:
+            return False
+        return True
 
     def _halt(self, error: LogTamperedError) -> None:
         if self.halted is None or self.halted.kind != error.kind:  # once per incident
