@@ -282,6 +282,7 @@ async def _start_archive(
     except ArchiveUnavailableError as error:  # auctions need no PostgreSQL: serve, retry in the background
         logger.error("archive unavailable at start (archived reads answer 503 until it is back): %s", error)
     app.state.archive = store
+    app.state.auctions.use_archive(store)  # keyed replays rebuild their answer from archived records
     if settings.archive_embedded:
         archiver = Archiver(redis_handle.client, store, settings, observer=metrics)
         background.append(asyncio.create_task(archiver.run(stop), name="archiver"))
