@@ -31,7 +31,7 @@ from redis.exceptions import RedisError, WatchError
 
 from app.ledger.events import BillingEvent
 from app.ledger.idempotency import IdempotencyLostError, IdempotencyWrite, owned
-from app.ledger.keys import ARCHIVE_QUEUE_KEY, as_str
+from app.ledger.keys import ARCHIVE_QUEUE_KEY, TLOG_BASE_KEY, as_str
 from app.ledger.render import pending_commands
 from app.ledger.scripts import IDEMPOTENCY_BILL_SCRIPT
 from app.ledger.tlog import log_args, log_keys, queue_log_append
@@ -53,8 +53,9 @@ class BillingProducer:
         self._bill_keyed = redis.register_script(IDEMPOTENCY_BILL_SCRIPT)  # EVALSHA, EVAL if unknown
 
     def _archive_keys(self) -> list[str]:
-        """The bill script's optional KEYS[6]: the archive queue, with ARCHIVE_DSN only."""
-        return [ARCHIVE_QUEUE_KEY] if self.settings.archive_dsn else []
+        """The bill script's optional KEYS[6] and [7]: the archive queue and the count of log leaves
+        archived (their index counts them), with ARCHIVE_DSN only."""
+        return [ARCHIVE_QUEUE_KEY, TLOG_BASE_KEY] if self.settings.archive_dsn else []
 
     def _queue_archive(self, pipe: Any, record_key: str) -> None:
         """With ARCHIVE_DSN: the record's key enters the archive queue in the record's own MULTI."""
@@ -106,7 +107,9 @@ class BillingProducer:
                     self._queue_archive(pipe, key)
                 pipe.xadd(self.settings.billing_stream, fields)
                 if log_entry is not None:
-                    queue_log_append(pipe, event.auction_id, log_entry)
+                    queue_log_append(
+                        pipe, event.auction_id, log_entry, archived=bool(self.settings.archive_dsn)
+                    )
                 stream_id = (await pipe.execute())[0 if audit is None else 1]
         return as_str(stream_id)
 
@@ -147,6 +150,7 @@ class BillingProducer:
             if stream_id == 0:
                 raise IdempotencyLostError("the Idempotency-Key was taken by another request")
             return as_str(stream_id)
+        archiving = bool(self.settings.archive_dsn)
         async with self._write(event), self.redis.pipeline(transaction=True) as pipe:
             if idempotency is not None:
                 await pipe.watch(idempotency.claim.key)
@@ -158,7 +162,7 @@ class BillingProducer:
             if mode == "pending":
                 pending_commands(pipe, event, self.settings)
             if log_entry is not None:
-                queue_log_append(pipe, event.auction_id, log_entry)
+                queue_log_append(pipe, event.auction_id, log_entry, archived=archiving)
             if idempotency is not None:
                 pipe.set(idempotency.claim.key, idempotency.value, ex=idempotency.ttl_s)
             await pipe.execute()
