@@ -117,7 +117,7 @@ def test_sigkilled_archiver_loses_and_duplicates_no_leaf(
 ) -> None:
     """Killed at random and between a commit and its trim: PostgreSQL ends with every leaf once, at its
     index, and every index entry; Redis with none of them and ``base`` = N."""
-    n = 30_000
+    n = 100_000
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     hashes = fill_leaves(client, n)
     migrate = archive_process("migrate", redis_server.url, archive_dsn, tmp_path)
