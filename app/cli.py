@@ -240,10 +240,13 @@ def archive_retention(days: Annotated[int, typer.Option(min=1, help="Keep the la
 @ledger_cli.command("reconcile")
 def ledger_reconcile() -> None:
     """Recompute every balance from the event history; exit 1 on any difference."""
+    from app.archive.commands import archived_records
     from app.ledger.commands import reconcile_command
     from app.settings import Settings
 
-    raise typer.Exit(reconcile_command(Settings()))
+    settings = Settings()  # with ARCHIVE_DSN the archived records are checked too (issue 36)
+    archive = (lambda: archived_records(settings)) if settings.archive_dsn else None
+    raise typer.Exit(reconcile_command(settings, archive))
 
 
 @cli.command()

@@ -277,6 +277,14 @@ class Settings(AdServerSettings):
                 f"BILLING_RETENTION_S={self.billing_retention_s} must exceed AUCTION_DEADLINE_S + "
                 f"BILLING_APPEND_TIMEOUT_S = {window} (an auction's billing event may be appended that late)"
             )
+        # issue 36: with ARCHIVE_DSN an Idempotency-Key's answer is rebuilt from its archived record, so
+        # the archive must keep a record at least as long as its key is kept.
+        kept_s = self.archive_retention_days * 86_400
+        if self.archive_dsn and kept_s and kept_s < self.idempotency_ttl_s:
+            raise ValueError(
+                f"ARCHIVE_RETENTION_DAYS={self.archive_retention_days} keeps records less than "
+                f"IDEMPOTENCY_TTL_S={self.idempotency_ttl_s}s (a key's replay is rebuilt from its record)"
+            )
         return self
 
     @model_validator(mode="after")

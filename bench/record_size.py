@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 
 def record(extra: bool, args: argparse.Namespace, identity: dict[str, object]) -> object:
+    from app.contract.disclosure import disclose
     from app.contract.engine import EngineIdentity, EngineRecord
     from app.contract.result import AdvertiserResult, AuctionRecord, AuctionTimings, CandidateRecord
 
@@ -56,6 +57,7 @@ def record(extra: bool, args: argparse.Namespace, identity: dict[str, object]) -
     return AuctionRecord(
         auction_id="f" * 32,
         reply="word " * args.tokens,
+        disclosure=disclose(((a, a) for a in ids), {a: 1 for a in ids}, auction_id="f" * 32),
         chosen_index=0,
         tau=1.5,
         proposal="mixture",

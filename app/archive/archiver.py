@@ -9,9 +9,10 @@ loses nothing (before the commit Redis still holds every record; after it, Postg
 duplicates nothing (the next pass writes the same rows again: conflicts, stored once; then drops them).
 A queued key whose record expired (AUDIT_TTL_S passed before archiving) is dropped from the queue and
 counted. Each pass also archives a batch of the billing stream (app.archive.events: the ledger's
-history). Only the holder of the lease (app.archive.lease) works. `run` loops until stopped, with
-retention (ARCHIVE_RETENTION_DAYS) once an hour. Imports redis, app.archive (store, schema, events,
-lease, observers), app.ledger.keys and app.settings. See docs/DESIGN.md § Archive.
+history) and one of the transparency log's leaves and index (app.archive.tlog). Only the holder of
+the lease (app.archive.lease) works. `run` loops until stopped, with retention
+(ARCHIVE_RETENTION_DAYS) once an hour. Imports redis, app.archive (store, schema, events,
+lease, observers, tlog), app.ledger.keys and app.settings. See docs/DESIGN.md § Archive.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from app.archive.lease import ArchiveLease
 from app.archive.observers import ArchiveObserver, NoopArchiveObserver
 from app.archive.schema import EVENTS_TABLE, RECORDS_TABLE, drop_before
 from app.archive.store import ArchiveStore, ArchiveUnavailableError, archived_record
-from app.ledger.keys import archive_queue_key, as_str
+from app.archive.tlog import LeafArchiver
+from app.ledger.keys import archive_queue_key, as_str, hot_tag
+from app.ledger.tlog import log_keys_for
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class Archiver:
         self.observer: ArchiveObserver = observer or NoopArchiveObserver()
         self.stats = ArchiverStats()
         self.events = EventArchiver(redis, store, settings)
+        self.leaves = LeafArchiver(redis, store, settings.archive_batch, log_keys_for(hot_tag(settings)))
         self.lease = ArchiveLease(redis, settings.archive_lease_s)
 
     async def archive_once(self) -> int:
@@ -144,7 +148,10 @@ class Archiver:
         if events:
             new = self.events.archived - events_before
             self.observer.archive_batch("events", new, events - new, 0)
-        return max(records, events)
+        leaves = await self.leaves.archive_once()  # the transparency log's (app.archive.tlog)
+        if leaves:
+            self.observer.archive_batch("leaves", leaves, 0, 0)
+        return max(records, events, leaves)
 
     async def _observe_queue(self) -> None:
         depth = await self.redis.zcard(archive_queue_key(self.settings))

@@ -2,7 +2,8 @@
 
 Job: `migrate_command` applies the pending SQL migrations to ARCHIVE_DSN; `run_forever` runs one
 `Archiver` until SIGTERM/SIGINT (the current batch finishes: a SIGKILL is safe too, see
-app.archive.archiver); `retention_command` drops the day partitions older than N days once. Each
+app.archive.archiver); `retention_command` drops the day partitions older than N days once;
+`archived_records` opens the archive for `mosaic ledger reconcile`. Each
 opens Redis (app.ledger.redis_store) and PostgreSQL itself. Imports app.archive, app.ledger.redis_store,
 app.logging_setup and app.settings. See docs/DESIGN.md § Archive.
 """
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import psycopg
 
@@ -40,6 +42,17 @@ def _dsn(settings: Settings) -> str:
 async def _migrate(settings: Settings) -> list[str]:
     async with await psycopg.AsyncConnection.connect(_dsn(settings), autocommit=True) as conn:
         return await migrate(conn)
+
+
+@contextlib.asynccontextmanager
+async def archived_records(settings: Settings) -> AsyncIterator[ArchiveStore]:
+    """The archive, open for `mosaic ledger reconcile` (its archived records: app.ledger.reconcile_audit)."""
+    store = ArchiveStore(_dsn(settings), settings.archive_pool_max)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def migrate_command(settings: Settings) -> list[str]:

@@ -13,8 +13,9 @@ from typing import Protocol
 
 class ArchiveObserver(Protocol):
     def archive_batch(self, kind: str, archived: int, repeated: int, expired: int) -> None:
-        """One batch of `kind` ("records" or "events") settled: rows new in PostgreSQL, rows found
-        already there (a pass after a kill), records gone before archiving (lost: AUDIT_TTL_S)."""
+        """One batch of `kind` ("records", "events", or "leaves": the log's, counted once trimmed)
+        settled: rows new in PostgreSQL, rows found already there (a pass after a kill), records gone
+        before archiving (lost: AUDIT_TTL_S)."""
 
     def archive_queue(self, depth: int, oldest_age_s: float) -> None:
         """Records queued for archiving, and the age of the oldest (0 when none): alert well before

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import psycopg
@@ -159,6 +160,34 @@ class ArchiveStore:
         except (psycopg.Error, TimeoutError) as error:
             raise ArchiveUnavailableError(f"PostgreSQL archive read failed: {_named(error)}") from error
         return None if row is None else str(row[0])
+
+    async def archived_records(
+        self, since_ms: int | None, batch: int = 1000
+    ) -> AsyncIterator[tuple[str, str]]:
+        """(auction id, exact text) of every archived record created at or after `since_ms` (all when
+        None), read by a server-side cursor in batches (app.ledger.reconcile_audit.ArchivedRecords)."""
+        since = dt.datetime.fromtimestamp((since_ms or 0) / 1000, tz=dt.UTC)
+        async with (
+            self.pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor(name="archived_records") as cursor,
+        ):
+            await cursor.execute(
+                f"SELECT auction_id, record FROM {RECORDS_TABLE} WHERE created_at >= %s", (since,)
+            )
+            while rows := await cursor.fetchmany(batch):
+                for auction_id, record in rows:
+                    yield str(auction_id), str(record)
+
+    async def archived_count_before(self, before_ms: int) -> int:
+        """How many archived records were created before `before_ms`."""
+        before = dt.datetime.fromtimestamp(before_ms / 1000, tz=dt.UTC)
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT count(*) FROM {RECORDS_TABLE} WHERE created_at < %s", (before,)
+            )
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def by_advertiser(self, advertiser_id: str, limit: int = 100) -> list[str]:
         """The ids of the latest `limit` archived auctions `advertiser_id` took part in, newest first."""

@@ -20,8 +20,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app import mechanism
+from app.archive.reader import RecordReader
+from app.archive.store import ArchiveStore
 from app.attestation.keys import SigningKeyRing, load_signing_keys
 from app.attestation.statement import attest, statement_bytes
+from app.auction.answers import RecordAnswers, outcome_write
 from app.auction.campaign_spend import CampaignSpend
 from app.auction.cost import enforce_cost_limit
 from app.auction.engine_client import EngineClient, WorkerCallStats, derive_seed
@@ -75,7 +78,10 @@ class AuctionService:
         self.sampler = CandidateSampler(settings, engine)
         self.billing = billing
         self.observer = observer or NoopAuctionObserver()
-        self.idempotency = IdempotencyStore(billing.redis, settings)
+        # Keyed answers are stored by reference to their record with ARCHIVE_DSN (issue 36): replays
+        # rebuild them from the record read through Redis, then the archive (`use_archive`).
+        self.records = RecordReader(billing.redis, key_prefix=auction_key("", settings))  # a cluster's tag
+        self.idempotency = IdempotencyStore(billing.redis, settings, RecordAnswers(self.records))
         self.campaign_store = CampaignStore(billing.redis, settings)
         self.budgets = BudgetLedger(billing.redis, settings)
         self.campaigns = CampaignResolver(self.campaign_store, self.budgets, settings)
@@ -179,6 +185,10 @@ class AuctionService:
             self.observer, bidding, response, len(resolved.scored.candidate_set.candidates), timings
         )
         return response
+
+    def use_archive(self, archive: ArchiveStore | None) -> None:
+        """Replays read records the archive holds too (ARCHIVE_DSN: the gateway opens the pool later)."""
+        self.records.archive = archive
 
     async def post_rendered(self, record: dict[str, Any]) -> None:
         """A pending charge was just rendered (billed): post its campaigns' reservations."""
@@ -326,14 +336,18 @@ class AuctionService:
             control.claim = await asyncio.shield(control.claim_ready)
         if control.claim is not None:
             control.body = response.model_dump_json(exclude_none=True)
-            idempotent = self.idempotency.write_for(control.claim, 200, control.body, response.auction_id)
         log_entry = None  # the record's leaf in the transparency log: its signed statement's bytes
         if self.settings.attestation_enabled:  # before the write: a record that cannot be signed fails
             signed = attest(record.model_dump(mode="json"), self.signing_keys.active)
             record.attestation = RecordAttestation.model_validate(signed)
             log_entry = statement_bytes(signed["statement"])
-        key = auction_key(response.auction_id, self.settings)
-        audit = (key, record.model_dump_json(), self.settings.audit_ttl_s)
+        audit = (
+            auction_key(response.auction_id, self.settings),
+            record.model_dump_json(),
+            self.settings.audit_ttl_s,
+        )
+        if control.claim is not None and control.body is not None:  # by reference to `audit`, or a copy
+            idempotent = outcome_write(self.idempotency, control.claim, response, control.body, audit[1])
         control.billing_started = True  # no await since the last check: from here the auction stands
         mode = mode or self.bill_mode(request)
         write = asyncio.ensure_future(self.billing.record(event, audit, mode, idempotent, log_entry))

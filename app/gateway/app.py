@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 
 from app.archive.archiver import Archiver
 from app.archive.store import ArchiveSchemaError, ArchiveStore, ArchiveUnavailableError
+from app.archive.tlog import ArchivedLog
 from app.auction.admission import AdmissionController, AdmissionLimits
 from app.auction.engine_client import EngineClient
 from app.auction.service import AuctionService
@@ -282,6 +283,8 @@ async def _start_archive(
     except ArchiveUnavailableError as error:  # auctions need no PostgreSQL: serve, retry in the background
         logger.error("archive unavailable at start (archived reads answer 503 until it is back): %s", error)
     app.state.archive = store
+    app.state.auctions.use_archive(store)  # keyed replays rebuild their answer from archived records
+    app.state.transparency.store.archived = ArchivedLog(store)  # the log's archived leaves (proofs)
     if settings.archive_embedded:
         archiver = Archiver(redis_handle.client, store, settings, observer=metrics)
         background.append(asyncio.create_task(archiver.run(stop), name="archiver"))

@@ -41,6 +41,7 @@ from app.ledger.idempotency import (
     IdempotencyInProgressError,
     IdempotencyLostError,
     IdempotencyMismatchError,
+    IdempotencyOutcomeError,
 )
 from app.ledger.producer import BillingUnavailableError
 from app.ledger.redis_health import RedisUnwritableError
@@ -74,6 +75,7 @@ _FAULTS: tuple[tuple[type[Exception], int, str | None, str], ...] = (
     (IdempotencyInProgressError, 409, None, ""),
     (IdempotencyLostError, 409, "idempotency_lost", ""),
     (ArchiveUnavailableError, 503, None, ""),  # issue 36: an archived record could not be read
+    (IdempotencyOutcomeError, 500, None, ""),  # issue 36: by reference
 )
 
 

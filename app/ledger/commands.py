@@ -16,14 +16,15 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from app.ledger.consumer import LedgerConsumer
 from app.ledger.events import format_micro
 from app.ledger.keys import stream_key
 from app.ledger.reader import LedgerReader
-from app.ledger.reconcile import ReconcileReport, reconcile
+from app.ledger.reconcile import ArchivedRecords, ReconcileReport, reconcile
 from app.ledger.redis_store import open_redis
 from app.ledger.trim import LedgerTrimmer
 from app.settings import Settings
@@ -66,10 +67,21 @@ def run_consumer_forever(settings: Settings, consumer_name: str | None = None) -
     asyncio.run(_consume(settings, consumer_name or default_consumer_name()))
 
 
-async def _reconcile_once(settings: Settings) -> tuple[ReconcileReport, dict[str, Any]]:
+# Opens the PostgreSQL archive's records for reconcile (app.archive.commands.archived_records; the CLI
+# passes it with ARCHIVE_DSN: this layer may not import the archive).
+ArchiveOpener = Callable[[], AbstractAsyncContextManager[ArchivedRecords]]
+
+
+async def _reconcile_once(
+    settings: Settings, archive: ArchiveOpener | None = None
+) -> tuple[ReconcileReport, dict[str, Any]]:
     handle = await open_redis(settings)
     try:
-        report = await reconcile(handle.client, settings)
+        if archive is None:
+            report = await reconcile(handle.client, settings)
+        else:
+            async with archive() as archived:
+                report = await reconcile(handle.client, settings, archived)
         reader = LedgerReader(handle.client, settings)
         await reader.record_reconcile(len(report.differences), int(time.time()))
         return report, await reader.summary()
@@ -77,12 +89,13 @@ async def _reconcile_once(settings: Settings) -> tuple[ReconcileReport, dict[str
         await handle.close()
 
 
-def reconcile_command(settings: Settings) -> int:
-    """`mosaic ledger reconcile`: print the result as tables; 0 when the ledger is consistent, else 1."""
+def reconcile_command(settings: Settings, archive: ArchiveOpener | None = None) -> int:
+    """`mosaic ledger reconcile`: print the result as tables; 0 when the ledger is consistent, else 1.
+    `archive`: the archived records are checked too (ARCHIVE_DSN)."""
     from rich.console import Console
     from rich.table import Table
 
-    report, summary = asyncio.run(_reconcile_once(settings))
+    report, summary = asyncio.run(_reconcile_once(settings, archive))
     console = Console()
     overview = Table(title="MOSAIC ledger reconcile")
     overview.add_column("check")
@@ -101,6 +114,7 @@ def reconcile_command(settings: Settings) -> int:
         ("conflicts", summary["conflicts"]),
         ("dead letters", report.dead_letters),
         ("audit records checked", report.audit_records),
+        ("of which archived (PostgreSQL)", report.archived_records),
         ("  of which test auctions (never billed)", report.test_records),
         ("  of which no-fills (never billed)", report.no_fill_records),
         *((f"  render charges {state}", n) for state, n in sorted(report.render.items())),

@@ -17,7 +17,13 @@ key id is a prefix of the SHA-256 of the bearer token, never the token). Its JSO
 * running: ``{"state": "running", "fp": <fingerprint>, "owner": <random>}``, SET NX with a lease
   (PX) of the auction's deadline + BILLING_APPEND_TIMEOUT_S + LEASE_MARGIN_S: a gateway killed
   mid-auction leaves it, and it lapses on its own, so a retry runs the auction afresh;
-* done: ``{"state": "done", "fp", "status", "body", "auction_id"}``, kept IDEMPOTENCY_TTL_S.
+* done: ``{"state": "done", "fp", "status", "body", "auction_id"}``, kept IDEMPOTENCY_TTL_S;
+* done by reference (issue 36, with ARCHIVE_DSN, a stored auction's answer): ``{"state": "done", "fp",
+  "status", "auction_id", "ref": {"c": include_candidates, "h": <first 128 bits of the answer's
+  SHA-256, hex>}}`` (~200 B instead of the answer's ~1-6 KB): the answer is rebuilt from the auction's
+  record (`AnswerSource`: Redis, then the PostgreSQL archive) and must hash to ``h``, else the replay
+  fails (`IdempotencyOutcomeError`, 500) rather than answer other bytes. The writer stores a reference
+  only after checking that the record's text rebuilds the answer byte for byte (app.auction.answers).
 
 With appendfsync always every Redis write waits for an fsync (~4 ms on a plain disk), reads do not:
 so the replay check is a read, and the claim's write is sent as model work begins and overlaps it;
@@ -38,7 +44,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -68,6 +74,11 @@ class IdempotencyLostError(Exception):
     """This request's lease lapsed and another request took the key: nothing written (409)."""
 
 
+class IdempotencyOutcomeError(Exception):
+    """A by-reference outcome cannot be replayed byte for byte (its record is gone, or rebuilds to other
+    bytes): 500 naming the cause, never a different answer."""
+
+
 def fingerprint(payload: Mapping[str, Any]) -> str:
     """SHA-256 of the request's parameters as canonical JSON."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -90,12 +101,35 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True)
+class AnswerRef:
+    """Where a by-reference outcome's answer is rebuilt from: its auction's record, shown with or without
+    the candidate table, and the digest the rebuilt bytes must have."""
+
+    auction_id: str
+    candidates: bool
+    digest: str
+
+
+class AnswerSource(Protocol):
+    """Rebuilds an answer from its auction's record (app.auction.answers); None when no record is found."""
+
+    async def answer(self, ref: AnswerRef) -> str | None: ...
+
+
+def answer_digest(body: str) -> str:
+    """The first 128 bits of the answer's SHA-256 (hex): what a rebuilt answer must hash to."""
+    return hashlib.sha256(body.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
 class StoredOutcome:
-    """A finished request's answer, replayed as is (but for a render charge's state)."""
+    """A finished request's answer, replayed as is (but for a render charge's state); `body` is None
+    while a by-reference outcome is not yet rebuilt (`ref`)."""
 
     status: int
-    body: str
+    body: str | None
     auction_id: str | None = None
+    ref: AnswerRef | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +148,20 @@ def done_value(claim: IdempotencyClaim, status: int, body: str, auction_id: str 
     )
 
 
+def done_ref_value(claim: IdempotencyClaim, status: int, ref: AnswerRef) -> str:
+    """The done value that names the answer by its record instead of copying it (module docstring)."""
+    return json.dumps(
+        {
+            "state": "done",
+            "fp": claim.fingerprint,
+            "status": status,
+            "auction_id": ref.auction_id,
+            "ref": {"c": ref.candidates, "h": ref.digest},
+        },
+        separators=(",", ":"),
+    )
+
+
 def _judge(raw: Any, fp: str) -> StoredOutcome | None:
     """What a key's current value means for a request with fingerprint `fp` (None: free)."""
     if raw is None:
@@ -128,6 +176,10 @@ def _judge(raw: Any, fp: str) -> StoredOutcome | None:
         raise IdempotencyInProgressError(
             f"a request with this {HEADER} is still running; retry after it finishes"
         )
+    ref = record.get("ref")
+    if isinstance(ref, dict):
+        answer = AnswerRef(str(record["auction_id"]), bool(ref["c"]), str(ref["h"]))
+        return StoredOutcome(int(record["status"]), None, answer.auction_id, answer)
     return StoredOutcome(int(record["status"]), str(record["body"]), record.get("auction_id"))
 
 
@@ -144,9 +196,14 @@ def owned(current: Any, claim: IdempotencyClaim) -> bool:
 class IdempotencyStore:
     """Claims, releases and failure outcomes of idempotency keys (the success is the producer's write)."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, settings: Settings, answers: AnswerSource | None = None
+    ) -> None:
         self.redis = redis
         self.settings = settings
+        # Where by-reference outcomes are rebuilt from (set by app.auction.service); without one, none
+        # is written (`by_reference`) and none can be replayed.
+        self.answers = answers
 
     def lease_ms(self, deadline_s: float) -> int:
         return int((deadline_s + self.settings.billing_append_timeout_s + LEASE_MARGIN_S) * 1000)
@@ -168,13 +225,36 @@ class IdempotencyStore:
         if outcome is None:
             return None
         await wait_replicated(self.redis, self.settings)  # a cluster: replay only what a replica has
-        return await self._charge_state_now(outcome)
+        return await self._charge_state_now(await self._rebuilt(outcome))
+
+    async def _rebuilt(self, outcome: StoredOutcome) -> StoredOutcome:
+        """A by-reference outcome with its answer rebuilt from the record, checked against its digest."""
+        ref = outcome.ref
+        if ref is None:
+            return outcome
+        if self.answers is None:
+            raise IdempotencyOutcomeError(f"{HEADER}: the stored answer names a record; no reader is set")
+        body = await self.answers.answer(ref)  # Redis, then the archive (ArchiveUnavailableError: 503)
+        if body is None:
+            raise IdempotencyOutcomeError(
+                f"{HEADER}: the record of auction {ref.auction_id} that holds the stored answer is gone "
+                "(expired unarchived, or dropped by the archive's retention)"
+            )
+        if answer_digest(body) != ref.digest:
+            raise IdempotencyOutcomeError(
+                f"{HEADER}: the record of auction {ref.auction_id} no longer rebuilds the stored answer "
+                "(its digest differs): not replayed"
+            )
+        return replace(outcome, body=body)
 
     async def _charge_state_now(self, outcome: StoredOutcome) -> StoredOutcome:
         """`outcome` with a pending render charge's state now (one more read, only for those)."""
-        if outcome.status != 200 or outcome.auction_id is None or '"billing":"pending"' not in outcome.body:
+        body = outcome.body
+        if outcome.status != 200 or outcome.auction_id is None or body is None:
             return outcome
-        answer = json.loads(outcome.body)
+        if '"billing":"pending"' not in body:
+            return outcome
+        answer = json.loads(body)
         if answer.get("billing") != "pending":
             return outcome
         # As GET /auctions/{id}: a charge gone with its hash (AUDIT_TTL_S) was never rendered in time.
@@ -204,6 +284,16 @@ class IdempotencyStore:
         return IdempotencyWrite(
             claim, done_value(claim, status, body, auction_id), self.settings.idempotency_ttl_s
         )
+
+    @property
+    def by_reference(self) -> bool:
+        """Store stored auctions' outcomes by reference: only with an archive (ARCHIVE_DSN), where a
+        record outlives the key (archived before AUDIT_TTL_S ends, kept ARCHIVE_RETENTION_DAYS >= 1 day),
+        and a source to rebuild them from. Without one a record may expire before its key: a copy."""
+        return bool(self.settings.archive_dsn) and self.answers is not None
+
+    def write_ref_for(self, claim: IdempotencyClaim, status: int, ref: AnswerRef) -> IdempotencyWrite:
+        return IdempotencyWrite(claim, done_ref_value(claim, status, ref), self.settings.idempotency_ttl_s)
 
     async def store_failure(self, claim: IdempotencyClaim, status: int, body: str) -> bool:
         """Store a failure's outcome (a 5xx after model work began) if the key is still ours."""

@@ -1,7 +1,8 @@
 -- The keyed auction's final write in bill mode (BillingProducer.record): one script, so one round
 -- trip and one fsync, like the unkeyed MULTI (a WATCH + GET + MULTI/EXEC costs two more round trips).
 -- KEYS: 1 idempotency key, 2 audit record key, 3 billing stream, 4 transparency log leaves,
---       5 transparency log index (app.ledger.tlog), 6 (optional, ARCHIVE_DSN) the archive queue.
+--       5 transparency log index (app.ledger.tlog), 6 (optional, ARCHIVE_DSN) the archive queue,
+--       7 (with 6) the count of log leaves archived and trimmed (leaf index = it + list position).
 -- ARGV: 1 this request's running value, 2 the done value, 3 its ttl s, 4 the audit record, 5 its ttl s,
 --       6 the log entry's leaf hash (64 hex) or '' (no entry), 7 the auction id,
 --       8.. the billing event's field, value pairs.
@@ -17,8 +18,9 @@ if current and current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
 local id = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 8))
 if ARGV[6] ~= '' and not redis.call('HGET', KEYS[5], ARGV[7]) then
+  local base = KEYS[7] and tonumber(redis.call('GET', KEYS[7]) or '0') or 0
   local size = redis.call('RPUSH', KEYS[4], ARGV[6])
-  redis.call('HSET', KEYS[5], ARGV[7], size - 1)
+  redis.call('HSET', KEYS[5], ARGV[7], base + size - 1)
 end
 if KEYS[6] then
   local now = redis.call('TIME')

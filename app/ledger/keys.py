@@ -28,6 +28,10 @@ Redis keys of the ledger (prefix ``mosaic:ledger:``):
 ``mosaic:archive:queue`` (issue 36, only with ARCHIVE_DSN) sorted set: audit record key -> ms when
              written, added in the record's own atomic write; app.archive drains it (archived, then
              dropped from Redis). ``ARCHIVE_QUEUE_KEY``; ``mosaic:archive:lease`` the archivers' lease.
+``mosaic:tlog:base`` (issue 36, only with ARCHIVE_DSN) integer: how many of the transparency log's
+             first leaves were archived to PostgreSQL and trimmed from the front of ``mosaic:tlog:leaves``
+             (a leaf's index is base + its list position). Only app.archive.tlog writes it (LTRIM and
+             INCRBY in one MULTI, after the commit); absent = 0. ``TLOG_BASE_KEY``.
 
 On a Redis Cluster (REDIS_CLUSTER=true, issue 36) every key written together with an auction's bill -
 the billing and dead-letter streams, the audit record, the Idempotency-Key, the transparency log, the
@@ -50,6 +54,7 @@ PLATFORM_ACCOUNT = "platform:revenue"
 ADVERTISER_ACCOUNT_PREFIX = "advertiser:"
 ARCHIVE_QUEUE_KEY = "mosaic:archive:queue"
 ARCHIVE_LEASE_KEY = "mosaic:archive:lease"  # app.archive.lease: one archiver at a time
+TLOG_BASE_KEY = "mosaic:tlog:base"  # leaves archived and trimmed from the log's list (app.archive.tlog)
 AUCTION_KEY_PREFIX = "mosaic:auction:"  # the audit records (app.auction.run_control.auction_key)
 # REDIS_CLUSTER: the tiny write a WAIT barrier makes in the shard's slot (app.ledger.cluster.wait_replicated)
 BARRIER_KEY = "mosaic:replication:barrier"

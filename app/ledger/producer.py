@@ -61,8 +61,11 @@ class BillingProducer:
         self._raw = settings.redis_cluster
 
     def _archive_keys(self) -> list[str]:
-        """The bill script's optional KEYS[6]: the archive queue, with ARCHIVE_DSN only."""
-        return [archive_queue_key(self.settings)] if self.settings.archive_dsn else []
+        """The bill script's optional KEYS[6] and [7]: the archive queue and the count of log leaves
+        archived (their index counts them), with ARCHIVE_DSN only."""
+        if not self.settings.archive_dsn:
+            return []
+        return [archive_queue_key(self.settings), self._log_keys.base]
 
     def _queue_archive(self, pipe: Any, record_key: str) -> None:
         """With ARCHIVE_DSN: the record's key enters the archive queue in the record's own MULTI."""
@@ -128,7 +131,8 @@ class BillingProducer:
                 self._queue_archive(pipe, key)
             pipe.xadd(self._stream, fields)
             if log_entry is not None:
-                queue_log_append(pipe, event.auction_id, log_entry, self._log_keys)
+                archived = bool(self.settings.archive_dsn)
+                queue_log_append(pipe, event.auction_id, log_entry, self._log_keys, archived=archived)
             if self._raw:  # REDIS_CLUSTER: the same MULTI on one connection, then WAIT
                 replies = await self._waited(pipe.commands(), transaction=True)
             else:
@@ -176,6 +180,7 @@ class BillingProducer:
             if stream_id == 0:
                 raise IdempotencyLostError("the Idempotency-Key was taken by another request")
             return as_str(stream_id)
+        archiving = bool(self.settings.archive_dsn)
         async with self._write(event), self.redis.pipeline(transaction=True) as pipe:
             if idempotency is not None:
                 await pipe.watch(idempotency.claim.key)
@@ -187,7 +192,7 @@ class BillingProducer:
             if mode == "pending":
                 pending_commands(pipe, event, self.settings)
             if log_entry is not None:
-                queue_log_append(pipe, event.auction_id, log_entry, self._log_keys)
+                queue_log_append(pipe, event.auction_id, log_entry, self._log_keys, archived=archiving)
             if idempotency is not None:
                 pipe.set(idempotency.claim.key, idempotency.value, ex=idempotency.ttl_s)
             await pipe.execute()

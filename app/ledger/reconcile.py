@@ -6,78 +6,36 @@ records against what was billed (``mosaic ledger reconcile``, app.ledger.command
 result): a test auction, a no-fill and a render charge pending or expired must not be billed; a billed one
 must. Markers and history entries that trim.lua removed (older than BILLING_RETENTION_S) are
 counted from their settled totals (``mosaic:ledger:settled``): balance = settled + remaining
-markers. The campaign budgets are checked against the same events by app.ledger.reconcile_budget.
-Reads everything into memory. Imports app.settings and app.ledger (events, keys, reader,
-reconcile_budget, render) only.
-See docs/DESIGN.md § Billing.
+markers. The campaign budgets are checked against the same events by app.ledger.reconcile_budget,
+the audit records (in Redis and, with ARCHIVE_DSN, archived to PostgreSQL) by
+app.ledger.reconcile_audit. Reads everything into memory. Imports app.settings and app.ledger (keys,
+reader, reconcile_audit, reconcile_budget) only. See docs/DESIGN.md § Billing.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.ledger.events import to_micro_units
 from app.ledger.keys import (
     ADVERTISER_ACCOUNT_PREFIX,
-    AUCTION_KEY_PREFIX,
     PLATFORM_ACCOUNT,
     LedgerKeys,
     as_str,
     decode_fields,
-    hot_key,
     stream_key,
 )
 from app.ledger.reader import LedgerReader
+from app.ledger.reconcile_audit import ArchivedRecords, AuditRecordChecks, Difference, ReconcileReport
 from app.ledger.reconcile_budget import add_campaign_payments, check_budgets, entry_campaign_payments
-from app.ledger.render import charge_key
 from app.settings import Settings
 
-AUDIT_KEY_PATTERN = AUCTION_KEY_PREFIX + "*"  # on a cluster with the shard's tag (hot_key)
-
-
-@dataclass(frozen=True)
-class Difference:
-    kind: str
-    subject: str
-    expected: str
-    actual: str
-    detail: str = ""
-
-
-@dataclass
-class ReconcileReport:
-    """What `reconcile` found; `ok` when there is no difference (dead letters are reported, not errors)."""
-
-    differences: list[Difference] = field(default_factory=list)
-    events_applied: int = 0
-    accounts: int = 0
-    accounts_sum_micro: int = 0
-    revenue_micro: int = 0
-    stream_entries: int = 0
-    in_flight: int = 0
-    dead_letters: int = 0
-    audit_records: int = 0
-    test_records: int = 0
-    no_fill_records: int = 0  # no-fills (billing "none": nobody bid, nothing to bill)
-    # BILLING_MODE=render: audit records by the state of their charge (pending, billed, expired)
-    render: dict[str, int] = field(default_factory=dict)
-    settled_events: int = 0
-    campaigns: int = 0  # campaign budget keys checked
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.differences
-
-    def add(self, kind: str, subject: str, expected: object, actual: object, detail: str = "") -> None:
-        self.differences.append(Difference(kind, subject, str(expected), str(actual), detail))
+__all__ = ["ArchivedRecords", "Difference", "ReconcileReport", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -94,28 +52,20 @@ async def _scan_hash(redis: aioredis.Redis, key: str) -> dict[str, str]:
     return out
 
 
-def _audit_payments(record: Mapping[str, Any]) -> dict[str, int] | None:
-    """The payments of a gateway audit record in micro-units (payments_micro, payments or advertisers)."""
-    if isinstance(record.get("payments_micro"), dict):
-        return {str(k): int(v) for k, v in record["payments_micro"].items()}
-    if isinstance(record.get("payments"), dict):
-        return {str(k): to_micro_units(float(v)) for k, v in record["payments"].items()}
-    if isinstance(record.get("advertisers"), list):
-        return {str(a["id"]): to_micro_units(float(a["payment"])) for a in record["advertisers"]}
-    return None
-
-
 def _id_tuple(stream_id: str) -> tuple[int, int]:
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
 
 
-class _Reconciler:
+class _Reconciler(AuditRecordChecks):
     """The checks of `reconcile`, one method each, sharing what was read."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, settings: Settings, archived: ArchivedRecords | None = None
+    ) -> None:
         self.redis = redis
         self.settings = settings
+        self.archived = archived
         self.keys = LedgerKeys.of(settings)
         self.report = ReconcileReport()
         self.applied: dict[str, _AppliedEvent] = {}
@@ -297,76 +247,12 @@ class _Reconciler:
                 f"{trimmed} applied events are older than the stream's first entry (trimmed)"
             )
 
-    async def check_audit_records(self) -> None:
-        """The gateway's audit records of served auctions (optional input) match what was billed."""
-        add, report = self.report.add, self.report
-        prefix = hot_key(self.settings, AUCTION_KEY_PREFIX)
-        # An auction created before this may have been settled (its marker trimmed): trim.lua removes
-        # a marker only when its entry is older than BILLING_RETENTION_S (Redis clock; the gateway's
-        # created_at_ms may lag it by up to the re-append window).
-        settled_before_ms = (time.time() - self.settings.billing_retention_s) * 1000
-        settled_before_ms += self.settings.billing_reappend_window_s * 1000
-        async for key_raw in self.redis.scan_iter(match=prefix + "*", count=1000):
-            key = as_str(key_raw)
-            raw = await self.redis.get(key)
-            if raw is None:
-                continue  # expired meanwhile
-            try:
-                record = json.loads(as_str(raw))
-                audit = _audit_payments(record)
-            except (ValueError, TypeError, KeyError):
-                report.notes.append(f"unreadable audit record {key}")
-                continue
-            if audit is None:
-                report.notes.append(f"audit record {key} has no payments")
-                continue
-            report.audit_records += 1
-            auction_id = str(record.get("auction_id") or key.removeprefix(prefix))
-            if await self._never_billed(record, auction_id):
-                continue
-            applied = self.applied.get(auction_id)
-            if applied is None:
-                created = record.get("created_at_ms")
-                if report.settled_events and isinstance(created, int) and created < settled_before_ms:
-                    continue  # billed and settled by the trim (its amounts are in the settled totals)
-                if auction_id not in self.stream_auctions:
-                    add(
-                        "served_not_billed", auction_id, "a billing event", "none in the stream or the ledger"
-                    )
-                continue  # in flight, or dead-lettered (the dead letter carries the reason)
-            if applied.payments != audit:
-                add(
-                    "audit_mismatch",
-                    auction_id,
-                    json.dumps(audit, sort_keys=True),
-                    json.dumps(applied.payments),
-                )
 
-    async def _never_billed(self, record: Mapping[str, Any], auction_id: str) -> bool:
-        """A test auction, a no-fill, or a render charge still pending or expired: it must not be billed (a
-        difference if it is). False for the records that must be (billed, the default)."""
-        billing = record.get("billing", "billed")
-        if billing == "test" or record.get("test"):
-            self.report.test_records += 1
-            state = "test"
-        elif billing == "none":
-            self.report.no_fill_records += 1
-            state = "no-fill"
-        elif billing == "pending":
-            raw = await self.redis.hget(charge_key(auction_id, self.settings), "state")
-            state = as_str(raw) if raw is not None else "expired"
-            self.report.render[state] = self.report.render.get(state, 0) + 1
-            if state == "billed":
-                return False
-        else:
-            return False
-        if auction_id in self.applied or auction_id in self.stream_auctions:
-            self.report.add("billed_unbillable", auction_id, f"never billed ({state})", "billed")
-        return True
-
-
-async def reconcile(redis: aioredis.Redis, settings: Settings) -> ReconcileReport:
+async def reconcile(
+    redis: aioredis.Redis, settings: Settings, archived: ArchivedRecords | None = None
+) -> ReconcileReport:
     """Recompute every balance from the applied events; compare with the ledger's accounts, counters
-    and histories, with the stream, and with the gateway's audit records. Reads it all into memory.
+    and histories, with the stream, and with the gateway's audit records: those in Redis and, with
+    `archived` (ARCHIVE_DSN: app.archive's store), those archived to PostgreSQL. Reads it all into memory.
     """
-    return await _Reconciler(redis, settings).run()
+    return await _Reconciler(redis, settings, archived).run()

@@ -10,7 +10,8 @@ app.settings and app.transparency only. See docs/DESIGN.md § Verifiable auction
 
 Checks before each head (any failure: logged, `log_tampered` counted, no head signed, and the log
 stays halted until the stored leaves agree again):
-* `deleted`: Redis holds fewer leaves than the latest signed head, or than this process read;
+* `deleted`: Redis holds fewer leaves than the latest signed head, or than this process read, or a
+  leaf archived and trimmed from Redis (issue 36) is missing from the PostgreSQL archive;
 * `rewritten`: the leaves give another root at the latest head's size than the head (a rewrite
   before this process read them: after a restart, or on another gateway), or a leaf read earlier
   differs from Redis now (TRANSPARENCY_AUDIT_LEAVES re-read per tick, in rotation: every leaf is
@@ -41,7 +42,7 @@ from app.ledger.tlog import log_keys_for
 from app.settings import Settings
 from app.transparency.heads import HeadSigner, SignedTreeHead, sign_head
 from app.transparency.observers import NoopTransparencyObserver, TransparencyObserver
-from app.transparency.store import LogStore, MalformedLeafError
+from app.transparency.store import ArchivedLeaves, LogStore, MalformedLeafError, MissingLeafError
 from app.transparency.tree import LogTree
 
 logger = logging.getLogger(__name__)
@@ -62,9 +63,11 @@ class TransparencyLog:
         settings: Settings,
         signer: HeadSigner | None = None,
         observer: TransparencyObserver | None = None,
+        archived: ArchivedLeaves | None = None,
     ) -> None:
         keys = log_keys_for(hot_tag(settings))  # the ledger shard's tag on a Redis Cluster (issue 36)
-        self.store = LogStore(redis, keys, heads_kept=settings.transparency_heads_kept)
+        # `archived`: the leaves archived to PostgreSQL (ARCHIVE_DSN, issue 36; the gateway sets it)
+        self.store = LogStore(redis, keys, heads_kept=settings.transparency_heads_kept, archived=archived)
         self.settings = settings
         self.signer = signer
         self.observer = observer or NoopTransparencyObserver()
@@ -80,6 +83,8 @@ class TransparencyLog:
                 hashes = await self.store.leaf_hashes(self.tree.size, size)
             except MalformedLeafError as error:
                 raise LogTamperedError("malformed", str(error)) from error
+            except MissingLeafError as error:
+                raise LogTamperedError("deleted", str(error)) from error
             self.tree.append_leaf_hashes(hashes)
 
     def _check_head(self, head: SignedTreeHead | None) -> None:
@@ -114,6 +119,8 @@ class TransparencyLog:
             stored = await self.store.leaf_hashes(start, stop)
         except MalformedLeafError as error:
             raise LogTamperedError("malformed", str(error)) from error
+        except MissingLeafError as error:
+            raise LogTamperedError("deleted", str(error)) from error
         for offset, digest in enumerate(stored):
             if digest != self.tree.leaf(start + offset):
                 raise LogTamperedError(

@@ -4,7 +4,8 @@ Invariant (real worker, Redis, PostgreSQL; the gateway's embedded archiver): eve
 record - `GET /auctions/{id}` (platform key and an advertiser's sealed view), the what-if
 (`POST /auctions/{id}/resolve`), `GET /auctions/{id}/why`, `GET /auctions/{id}/proof` (its leaf, or
 "not in the transparency log": past the record check either way) - answers the same status and the
-same body once the archiver has moved the record to PostgreSQL and Redis no longer holds it; an
+same body once the archiver has moved the record (and its transparency log leaf) to PostgreSQL and Redis no
+longer holds it; an
 unknown id is 404 before and after; and without ARCHIVE_DSN the same gateway answers 404 for the
 archived auction (so the answers above did come from the archive). /metrics counts the record and
 its billing event archived, and an empty queue.
@@ -103,6 +104,10 @@ def test_archived_record_reads_the_same(
         ):
             assert time.monotonic() < deadline, metrics
             time.sleep(0.05)
+        # the log's leaf and index entry left Redis too (PostgreSQL serves the proof above)
+        assert store.llen("mosaic:tlog:leaves") == 0 and store.hlen("mosaic:tlog:index") == 0
+        assert int(store.get("mosaic:tlog:base")) == 1
+        assert reads(client, auction_id) == before
         assert 'mosaic_archive_rows_total{kind="records",outcome="archived"} 1.0' in metrics
         assert 'mosaic_archive_rows_total{kind="events",outcome="archived"} 1.0' in metrics  # its bill
     with make_gateway(tiny_worker, redis_server, tmp_path, "") as plain:
