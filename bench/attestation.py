@@ -27,6 +27,7 @@ import contextlib
 import functools
 import gc
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ import httpx
 import numpy as np
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,7 +60,7 @@ from app.contract.result import AuctionRecord, AuctionTimings
 from app.ledger.events import make_billing_event
 from bench import common
 from bench.common import rich_table
-from bench.latency import interleaved_pairs, overhead_table
+from bench.latency import overhead_table
 
 WORDS = [
     "the",
@@ -125,6 +127,7 @@ def make_record(n: int, m: int, seed: int) -> AuctionRecord:
     timings = AuctionTimings(
         tokenize=1, generate=812, score=95, mechanism=0.08, billing=0, total=911, workers=905
     )
+    event = make_billing_event(auction_id, resolved.payments(ids), "USD")
     response = auction_response(
         resolved,
         participants,
@@ -133,8 +136,8 @@ def make_record(n: int, m: int, seed: int) -> AuctionRecord:
         currency="USD",
         timings=timings,
         billing="billed",
+        payments_micro=event.payments_micro,
     )
-    event = make_billing_event(auction_id, resolved.payments(ids), "USD")
     return auction_record(response, candidate_records(resolved, ids), participants, event)
 
 
@@ -168,60 +171,155 @@ def _time(work: Callable[[Any], object], records: list[Any], repeats: int) -> tu
 
 
 @contextlib.contextmanager
-def _unsigned_gateway(worker_url: str) -> Iterator[str]:
-    """A second gateway (ATTESTATION_ENABLED=false, its own embedded Redis) in front of `worker_url`."""
+def _process(argv: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+    """`argv` in its own session with `env`, ready when `ready_url` answers 200; SIGTERM'd on exit."""
+    process = subprocess.Popen(argv, cwd=common.REPO, env=env, start_new_session=True)
+    try:
+        common.wait_ready(ready_url, process, 300)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def _worker(model: str) -> Iterator[str]:
+    """One worker (`python -m workers.server --model`) on a free loopback port: its URL."""
+    port = common.free_port()
+    argv = [sys.executable, "-m", "workers.server", "--model", model, "--port", str(port)]
+    # one torch thread unless told: on a crowded machine a worker's spinning threads slow the gateways
+    # whose overhead is measured (the worker's own time is subtracted either way)
+    env = {"LOG_LEVEL": "WARNING", "WORKER_TORCH_THREADS": os.environ.get("WORKER_TORCH_THREADS", "1")}
+    with _process(argv, {**os.environ, **env}, f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def _gateway(worker_url: str, settings: dict[str, str]) -> Iterator[str]:
+    """A gateway (`mosaic serve`, its own embedded Redis in a temp dir, the defaults of `make serve`
+    plus `settings`) in front of `worker_url`: its URL. Both gateways of a comparison start here, the
+    same way, so they differ only by `settings`."""
     port = common.free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         env = {**os.environ, "LOG_LEVEL": "WARNING", "WORKER_URLS": worker_url, "PORT": str(port)}
-        env |= {"DATA_DIR": data_dir, "ATTESTATION_ENABLED": "false"}
+        env |= {"DATA_DIR": data_dir, **settings}
         env.pop("REDIS_URL", None)
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=common.REPO, env=env, start_new_session=True
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            common.wait_ready(url + "/readyz", gateway, 300)
+        url = f"http://127.0.0.1:{port}"
+        with _process([sys.executable, "-m", "app.cli", "serve"], env, url + "/readyz"):
             yield url
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(gateway.pid, signal.SIGTERM)
-            gateway.wait(timeout=30)
 
 
-def gateway_overhead(args: argparse.Namespace) -> None:
-    """Interleaved pairs (signed, unsigned) through two gateways over one worker."""
-    env = {**os.environ, "LOG_LEVEL": "WARNING"}
-    stack = common.local_stack(args.model, [], env, {}, {}, ready_timeout_s=300, stop_timeout_s=20)
-    with (
-        stack as (signed_url, worker_url),
-        _unsigned_gateway(worker_url) as unsigned_url,
-        httpx.Client(timeout=900) as client,
-    ):
+# What each gateway of `--signing` runs with: B (signed: the defaults) vs A (ATTESTATION_ENABLED=false);
+# with --aa both run B's settings, so the paired difference measures the bench alone (must be ≈ 0).
+SIGNED: dict[str, str] = {}
+UNSIGNED = {"ATTESTATION_ENABLED": "false"}
 
-        def one(repeat: int, signed: bool) -> float:
-            payload: dict[str, Any] = {
-                "query": "Learning to play the guitar.",
-                "advertisers": GATEWAY_ADVERTISERS,
-            }
-            payload |= {"candidates": args.candidates, "max_tokens": args.max_tokens, "seed": repeat}
-            started = time.perf_counter()
-            answer = client.post(f"{signed_url if signed else unsigned_url}/auction", json=payload)
-            wall_ms = (time.perf_counter() - started) * 1000
-            answer.raise_for_status()
-            return wall_ms - float(answer.json()["timings_ms"]["workers"])
 
-        overhead = interleaved_pairs(one, args.repeats, "signed and unsigned")
-    added = [s - u for s, u in zip(overhead[True], overhead[False], strict=True)]
-    rows = [("unsigned", overhead[False]), ("signed", overhead[True]), ("added by signing (paired)", added)]
-    overhead_table(args, rows)
-    print(
-        f"overhead_ms_p50_unsigned={statistics.median(overhead[False]):.3f} "
-        f"overhead_ms_p50_signed={statistics.median(overhead[True]):.3f} "
-        f"signing_added_ms_p50={statistics.median(added):.3f}"
+def pair_order(repeats: int, seed: int = 35) -> list[bool]:
+    """Which variant goes first in each pair: a seeded shuffle with exactly half of each, so an order
+    effect (the first auction of a pair meets a colder cache, the other gateway's billing consumer
+    waking) weighs on both variants alike, and no period of the machine lines up with one order."""
+    order = [index % 2 == 0 for index in range(repeats)]
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def shuffled_pairs(
+    one: Callable[[int, bool], float], repeats: int, desc: str, warmup: int = 10
+) -> tuple[dict[bool, list[float]], list[bool]]:
+    """`one(repeat, variant)` for both variants per repeat, in `pair_order` (after `warmup` untimed
+    pairs): the values by variant, index-aligned for paired differences, and the order (True: the
+    variant True went first)."""
+    for repeat in range(warmup):
+        one(repeat, repeat % 2 == 0)
+        one(repeat, repeat % 2 != 0)
+    values: dict[bool, list[float]] = {False: [], True: []}
+    order = pair_order(repeats)
+    for repeat, first in enumerate(tqdm(order, desc=desc)):
+        values[first].append(one(repeat, first))
+        values[not first].append(one(repeat, not first))
+    return values, order
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """--aa and --set, for the two-gateway comparison (here and `bench/latency.py --signing`)."""
+    parser.add_argument(
+        "--aa",
+        action="store_true",
+        help="A/A: both gateways signed (the same settings); the paired difference must come out ≈ 0",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for both gateways (e.g. TRANSPARENCY_SEQUENCER=false); repeatable",
+    )
+    parser.add_argument(
+        "--set-a",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for gateway A only (with --aa: what that setting costs B); repeatable",
     )
 
 
-def main() -> None:
+def _settings(items: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in items)
+
+
+def gateway_overhead(args: argparse.Namespace) -> None:
+    """Pairs (B, A) through two gateways over one worker, in a shuffled balanced order: B signed, A
+    unsigned (`--aa`: A signed too). Prints the paired difference B − A, the order effect (first −
+    second of each pair) that the balanced order cancels, and the in-body figures of each (the
+    reply's timings_ms: total − workers, and the billing write)."""
+    # SIGTERM (a `timeout`) unwinds the context managers, so the worker and gateways are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    settings_b = {**SIGNED, **_settings(args.set)}
+    settings_a = {**(settings_b if args.aa else {**UNSIGNED, **_settings(args.set)}), **_settings(args.set_a)}
+    payload: dict[str, Any] = {"query": "Learning to play the guitar.", "advertisers": GATEWAY_ADVERTISERS}
+    payload |= {"candidates": args.candidates, "max_tokens": args.max_tokens}
+    in_body: dict[str, list[float]] = {}
+    with (
+        _worker(args.model) as worker_url,
+        _gateway(worker_url, settings_a) as url_a,
+        _gateway(worker_url, settings_b) as url_b,
+        httpx.Client(timeout=900) as client,
+    ):
+
+        def one(repeat: int, is_b: bool) -> float:
+            started = time.perf_counter()
+            answer = client.post(f"{url_b if is_b else url_a}/auction", json={**payload, "seed": repeat})
+            wall_ms = (time.perf_counter() - started) * 1000
+            answer.raise_for_status()
+            timings = answer.json()["timings_ms"]
+            variant, in_body_ms = "B" if is_b else "A", timings["total"] - timings["workers"]
+            in_body.setdefault(f"{variant} in-body: total − workers", []).append(in_body_ms)
+            in_body.setdefault(f"{variant} in-body: billing write", []).append(timings["billing"])
+            return wall_ms - float(timings["workers"])
+
+        overhead, order = shuffled_pairs(one, args.repeats, "A/A" if args.aa else "signed and unsigned")
+    added = [b - a for b, a in zip(overhead[True], overhead[False], strict=True)]
+    order_effect = [d if b_first else -d for d, b_first in zip(added, order, strict=True)]
+    label = "A/A: B − A, same settings (paired)" if args.aa else "added by signing (paired)"
+    rows = [
+        (f"A {settings_a or '(defaults)'}", overhead[False]),
+        (f"B {settings_b or '(defaults)'}", overhead[True]),
+        (label, added),
+        ("order effect: first − second of a pair", order_effect),
+        *sorted(in_body.items()),
+    ]
+    overhead_table(args, rows)
+    name = "aa_difference_ms_p50" if args.aa else "signing_added_ms_p50"
+    print(
+        f"overhead_ms_p50_a={statistics.median(overhead[False]):.3f} "
+        f"overhead_ms_p50_b={statistics.median(overhead[True]):.3f} "
+        f"order_effect_ms_p50={statistics.median(order_effect):.3f} {name}={statistics.median(added):.3f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -230,7 +328,8 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-random", help="the worker's model (with --gateway)")
     parser.add_argument("--candidates", type=int, default=8, help="M (with --gateway)")
     parser.add_argument("--max-tokens", type=int, default=64, help="reply length (with --gateway)")
-    args = parser.parse_args()
+    add_pair_arguments(parser)
+    args = parser.parse_args(argv)
     if args.gateway:
         gateway_overhead(args)
         return
