@@ -13,11 +13,24 @@ thread-CPU p50 µs and wall p99, then ``attest_us_p50_n3_m8=<wall> attest_cpu_us
 
     .venv/bin/python bench/attestation.py --gateway [--model tiny-random] [--repeats 200]
 
-`--gateway`: the same through HTTP — one worker, two gateways in front of it (ATTESTATION_ENABLED true
-and false, each with its embedded Redis), auctions in interleaved pairs (same seed, M = 8, 64 tokens
-unless told, two advertisers); gateway overhead = client wall time − wall time with a worker request
-in flight. Last line: `overhead_ms_p50_unsigned=<ms> overhead_ms_p50_signed=<ms>
-signing_added_ms_p50=<ms>` (the median of the paired differences). See docs/DESIGN.md § Verifiable auctions.
+`--gateway`: the same through HTTP — one worker (one torch thread unless WORKER_TORCH_THREADS says
+otherwise) and two gateways in front of it, started alike, each with its embedded Redis: B with the
+defaults of `make serve` (signed, the sequencer on), A with ATTESTATION_ENABLED=false. Auctions in
+pairs (same seed, M = 8, 64 tokens unless told, two advertisers), which of A and B goes first drawn by
+a seeded shuffle with exactly half each: on a 2-core machine the first and the second auction of a
+pair differ by up to ±1 ms (the median of first − second ranged −1.0 to +0.6 ms over six runs: the
+first's aftermath — its billing consumer waking, Redis' fsync — meets the second), and a fixed order
+would put that on one side. Gateway overhead = client wall time − wall time with a worker
+request in flight. `--aa`: A runs B's settings too (an A/A run: the paired difference is the bench's
+own error, ≈ 0); `--set NAME=VALUE` a setting of both, `--set-a NAME=VALUE` of A only (with --aa:
+what that setting costs, e.g. `--set-a TRANSPARENCY_SEQUENCER=false`); `--repo-a DIR` runs A from
+another checkout (old vs new code in one run). Last line: `overhead_ms_p50_a=<ms>
+overhead_ms_p50_b=<ms> order_effect_ms_p50=<ms> signing_added_ms_p50=<ms> ci95=[lo,hi]`
+(`aa_difference_ms_p50` with --aa): the median of the paired differences B − A and its 95% bootstrap
+interval. It also prints each gateway's CPU per auction (the gateway and its embedded Redis, from
+/proc, background work such as the sequencer included): on a loaded machine the wall-clock
+difference swells with the load (a preempted gateway waits), the CPU difference much less.
+`bench/latency.py --signing ...` runs the same. See docs/DESIGN.md § Verifiable auctions.
 """
 
 from __future__ import annotations
@@ -171,9 +184,9 @@ def _time(work: Callable[[Any], object], records: list[Any], repeats: int) -> tu
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+def _process(argv: list[str], env: dict[str, str], ready_url: str, cwd: Path = common.REPO) -> Iterator[None]:
     """`argv` in its own session with `env`, ready when `ready_url` answers 200; SIGTERM'd on exit."""
-    process = subprocess.Popen(argv, cwd=common.REPO, env=env, start_new_session=True)
+    process = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True)
     try:
         common.wait_ready(ready_url, process, 300)
         yield
@@ -196,18 +209,22 @@ def _worker(model: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _gateway(worker_url: str, settings: dict[str, str]) -> Iterator[str]:
-    """A gateway (`mosaic serve`, its own embedded Redis in a temp dir, the defaults of `make serve`
-    plus `settings`) in front of `worker_url`: its URL. Both gateways of a comparison start here, the
-    same way, so they differ only by `settings`."""
+def _gateway(
+    worker_url: str, settings: dict[str, str], repo: Path = common.REPO
+) -> Iterator[tuple[str, int]]:
+    """A gateway (`mosaic serve` of the checkout `repo`, its own embedded Redis in a temp dir, the
+    defaults of `make serve` plus `settings`) in front of `worker_url`: its URL. Both gateways of a
+    comparison start here, the same way, so they differ only by `settings` (and `repo`). Yields
+    (URL, pid)."""
     port = common.free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         env = {**os.environ, "LOG_LEVEL": "WARNING", "WORKER_URLS": worker_url, "PORT": str(port)}
         env |= {"DATA_DIR": data_dir, **settings}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
         env.pop("REDIS_URL", None)
         url = f"http://127.0.0.1:{port}"
-        with _process([sys.executable, "-m", "app.cli", "serve"], env, url + "/readyz"):
-            yield url
+        with _process([sys.executable, "-m", "app.cli", "serve"], env, url + "/readyz", cwd=repo) as pid:
+            yield url, pid
 
 
 # What each gateway of `--signing` runs with: B (signed: the defaults) vs A (ATTESTATION_ENABLED=false);
@@ -225,15 +242,33 @@ def pair_order(repeats: int, seed: int = 35) -> list[bool]:
     return order
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and its children (a gateway and its embedded
+    Redis), from /proc (Linux; 0.0 elsewhere)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def shuffled_pairs(
-    one: Callable[[int, bool], float], repeats: int, desc: str, warmup: int = 10
+    one: Callable[[int, bool], float],
+    repeats: int,
+    desc: str,
+    warmup: int = 10,
+    started: Callable[[], None] | None = None,
 ) -> tuple[dict[bool, list[float]], list[bool]]:
     """`one(repeat, variant)` for both variants per repeat, in `pair_order` (after `warmup` untimed
-    pairs): the values by variant, index-aligned for paired differences, and the order (True: the
-    variant True went first)."""
+    pairs, then `started()`): the values by variant, index-aligned for paired differences, and the
+    order (True: the variant True went first)."""
     for repeat in range(warmup):
         one(repeat, repeat % 2 == 0)
         one(repeat, repeat % 2 != 0)
+    if started is not None:
+        started()
     values: dict[bool, list[float]] = {False: [], True: []}
     order = pair_order(repeats)
     for repeat, first in enumerate(tqdm(order, desc=desc)):
@@ -263,6 +298,12 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="a setting for gateway A only (with --aa: what that setting costs B); repeatable",
     )
+    parser.add_argument(
+        "--repo-a",
+        metavar="DIR",
+        help="gateway A runs the code of this checkout (e.g. `git worktree add` of the commit before a "
+        "change): with --aa, old vs new code in one interleaved run",
+    )
 
 
 def _settings(items: list[str]) -> dict[str, str]:
@@ -283,8 +324,8 @@ def gateway_overhead(args: argparse.Namespace) -> None:
     in_body: dict[str, list[float]] = {}
     with (
         _worker(args.model) as worker_url,
-        _gateway(worker_url, settings_a) as url_a,
-        _gateway(worker_url, settings_b) as url_b,
+        _gateway(worker_url, settings_a, Path(args.repo_a or common.REPO)) as (url_a, pid_a),
+        _gateway(worker_url, settings_b) as (url_b, pid_b),
         httpx.Client(timeout=900) as client,
     ):
 
@@ -299,24 +340,50 @@ def gateway_overhead(args: argparse.Namespace) -> None:
             in_body.setdefault(f"{variant} in-body: billing write", []).append(timings["billing"])
             return wall_ms - float(timings["workers"])
 
-        overhead, order = shuffled_pairs(one, args.repeats, "A/A" if args.aa else "signed and unsigned")
+        cpu: dict[str, float] = {}
+
+        def snapshot() -> None:
+            cpu.update(a=-process_cpu_s(pid_a), b=-process_cpu_s(pid_b))
+
+        overhead, order = shuffled_pairs(
+            one, args.repeats, "A/A" if args.aa else "signed and unsigned", started=snapshot
+        )
+        cpu_ms = {  # per auction: CPU of the gateway and its Redis, background work included
+            "a": (cpu["a"] + process_cpu_s(pid_a)) * 1000 / args.repeats,
+            "b": (cpu["b"] + process_cpu_s(pid_b)) * 1000 / args.repeats,
+        }
     added = [b - a for b, a in zip(overhead[True], overhead[False], strict=True)]
     order_effect = [d if b_first else -d for d, b_first in zip(added, order, strict=True)]
     label = "A/A: B − A, same settings (paired)" if args.aa else "added by signing (paired)"
     rows = [
-        (f"A {settings_a or '(defaults)'}", overhead[False]),
+        (f"A {settings_a or '(defaults)'}{' ' + args.repo_a if args.repo_a else ''}", overhead[False]),
         (f"B {settings_b or '(defaults)'}", overhead[True]),
         (label, added),
         ("order effect: first − second of a pair", order_effect),
         *sorted(in_body.items()),
     ]
     overhead_table(args, rows)
+    print(
+        f"CPU per auction, gateway + its Redis (background work included): A {cpu_ms['a']:.3f} ms, "
+        f"B {cpu_ms['b']:.3f} ms, B − A {cpu_ms['b'] - cpu_ms['a']:.3f} ms"
+    )
+    low, high = median_interval(added)
     name = "aa_difference_ms_p50" if args.aa else "signing_added_ms_p50"
     print(
         f"overhead_ms_p50_a={statistics.median(overhead[False]):.3f} "
         f"overhead_ms_p50_b={statistics.median(overhead[True]):.3f} "
-        f"order_effect_ms_p50={statistics.median(order_effect):.3f} {name}={statistics.median(added):.3f}"
+        f"order_effect_ms_p50={statistics.median(order_effect):.3f} {name}={statistics.median(added):.3f} "
+        f"ci95=[{low:.3f},{high:.3f}] cpu_ms_per_auction_b_minus_a={cpu_ms['b'] - cpu_ms['a']:.3f}"
     )
+
+
+def median_interval(values: list[float], resamples: int = 2000, seed: int = 35) -> tuple[float, float]:
+    """A 95% bootstrap interval of the median of `values` (percentile method): on a shared machine the
+    paired differences spread over milliseconds, and this says how far their median can be trusted."""
+    rng = np.random.default_rng(seed)
+    data = np.asarray(values)
+    medians = np.median(rng.choice(data, size=(resamples, len(data)), replace=True), axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
 
 
 def main(argv: list[str] | None = None) -> None:

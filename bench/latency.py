@@ -13,8 +13,10 @@ Last line: `ratio=<auction/single> overhead_ms_p50=<ms>`.
     .venv/bin/python bench/latency.py --signing --model tiny-random --candidates 8 --max-tokens 64 \
         --repeats 100                                     # what signed records + the log add (issue 35)
 
-`--signing`: two gateways over one worker, ATTESTATION_ENABLED true and false (bench/attestation.py
---gateway); last line `overhead_ms_p50_unsigned=<ms> overhead_ms_p50_signed=<ms> signing_added_ms_p50=<ms>`.
+`--signing`: two gateways over one worker, the defaults (signed) vs ATTESTATION_ENABLED=false, pairs
+in a seeded balanced order; the same as `bench/attestation.py --gateway` with its options (`--aa`: an
+A/A run, both signed; `--set`, `--set-a`, `--repo-a`); last line `overhead_ms_p50_a=<ms>
+overhead_ms_p50_b=<ms> order_effect_ms_p50=<ms> signing_added_ms_p50=<ms> ci95=[lo,hi]`.
 
     .venv/bin/python bench/latency.py --idempotency --model tiny-random --candidates 2 --max-tokens 4 \
         --repeats 200                                     # what an Idempotency-Key adds
