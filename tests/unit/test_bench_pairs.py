@@ -8,7 +8,7 @@ import statistics
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.attestation import median_interval, pair_order, shuffled_pairs
+from bench.signing_pairs import median_interval, pair_order, shuffled_pairs
 
 
 @given(repeats=st.integers(2, 400))
