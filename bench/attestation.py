@@ -13,31 +13,38 @@ thread-CPU p50 µs and wall p99, then ``attest_us_p50_n3_m8=<wall> attest_cpu_us
 
     .venv/bin/python bench/attestation.py --gateway [--model tiny-random] [--repeats 200]
 
-`--gateway`: the same through HTTP — one worker, two gateways in front of it (ATTESTATION_ENABLED true
-and false, each with its embedded Redis), auctions in interleaved pairs (same seed, M = 8, 64 tokens
-unless told, two advertisers); gateway overhead = client wall time − wall time with a worker request
-in flight. Last line: `overhead_ms_p50_unsigned=<ms> overhead_ms_p50_signed=<ms>
-signing_added_ms_p50=<ms>` (the median of the paired differences). See docs/DESIGN.md § Verifiable auctions.
+`--gateway`: the same through HTTP (bench/signing_pairs.py) — one worker (one torch thread unless
+WORKER_TORCH_THREADS says otherwise) and two gateways in front of it, started alike, each with its
+embedded Redis: B with the defaults of `make serve` (signed, the sequencer on), A with
+ATTESTATION_ENABLED=false. Auctions in pairs (same seed, M = 8, 64 tokens unless told, two advertisers),
+which of A and B goes first drawn by a seeded shuffle with exactly half each: on a 2-core machine the
+first and the second auction of a pair differ by up to ±1 ms (the median of first − second ranged −1.0
+to +0.6 ms over six runs: the first's aftermath — its billing consumer waking, Redis' fsync — meets the
+second), and a fixed order would put that on one side. Gateway overhead = client wall time − wall time
+with a worker request in flight. `--aa`: A runs B's settings too (an A/A run: the paired difference is
+the bench's own error, ≈ 0); `--set NAME=VALUE` a setting of both, `--set-a NAME=VALUE` of A only (with
+--aa: what that setting costs, e.g. `--set-a TRANSPARENCY_SEQUENCER=false`); `--repo-a DIR` runs A from
+another checkout (old vs new code in one run). Last line: `overhead_ms_p50_a=<ms> overhead_ms_p50_b=<ms>
+order_effect_ms_p50=<ms> signing_added_ms_p50=<ms> ci95=[lo,hi]` (`aa_difference_ms_p50` with --aa): the
+median of the paired differences B − A and its 95% bootstrap interval. It also prints each gateway's CPU
+per auction (the gateway and its embedded Redis, from /proc, background work such as the sequencer
+included): on a loaded machine the wall-clock difference swells with the load (a preempted gateway
+waits), the CPU difference much less. `bench/latency.py --signing ...` runs the same. See docs/DESIGN.md
+§ Verifiable auctions.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gc
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -56,9 +63,8 @@ from app.contract.attestation import RecordAttestation
 from app.contract.request import AdvertiserIn, AuctionRequest
 from app.contract.result import AuctionRecord, AuctionTimings
 from app.ledger.events import make_billing_event
-from bench import common
 from bench.common import rich_table
-from bench.latency import interleaved_pairs, overhead_table
+from bench.signing_pairs import add_pair_arguments, gateway_overhead
 
 WORDS = [
     "the",
@@ -76,16 +82,6 @@ WORDS = [
     "chords",
     "and",
     "scales",
-]
-
-
-GATEWAY_ADVERTISERS = [
-    {
-        "id": "strummaster",
-        "name": "StrumMaster",
-        "description": "selling guitars, tuners, and learning materials",
-    },
-    {"id": "chordify", "name": "Chordify", "description": "offering online guitar lessons"},
 ]
 
 
@@ -125,6 +121,7 @@ def make_record(n: int, m: int, seed: int) -> AuctionRecord:
     timings = AuctionTimings(
         tokenize=1, generate=812, score=95, mechanism=0.08, billing=0, total=911, workers=905
     )
+    event = make_billing_event(auction_id, resolved.payments(ids), "USD")
     response = auction_response(
         resolved,
         participants,
@@ -133,8 +130,8 @@ def make_record(n: int, m: int, seed: int) -> AuctionRecord:
         currency="USD",
         timings=timings,
         billing="billed",
+        payments_micro=event.payments_micro,
     )
-    event = make_billing_event(auction_id, resolved.payments(ids), "USD")
     return auction_record(response, candidate_records(resolved, ids), participants, event)
 
 
@@ -167,61 +164,7 @@ def _time(work: Callable[[Any], object], records: list[Any], repeats: int) -> tu
     return wall, cpu
 
 
-@contextlib.contextmanager
-def _unsigned_gateway(worker_url: str) -> Iterator[str]:
-    """A second gateway (ATTESTATION_ENABLED=false, its own embedded Redis) in front of `worker_url`."""
-    port = common.free_port()
-    with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "LOG_LEVEL": "WARNING", "WORKER_URLS": worker_url, "PORT": str(port)}
-        env |= {"DATA_DIR": data_dir, "ATTESTATION_ENABLED": "false"}
-        env.pop("REDIS_URL", None)
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], cwd=common.REPO, env=env, start_new_session=True
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            common.wait_ready(url + "/readyz", gateway, 300)
-            yield url
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(gateway.pid, signal.SIGTERM)
-            gateway.wait(timeout=30)
-
-
-def gateway_overhead(args: argparse.Namespace) -> None:
-    """Interleaved pairs (signed, unsigned) through two gateways over one worker."""
-    env = {**os.environ, "LOG_LEVEL": "WARNING"}
-    stack = common.local_stack(args.model, [], env, {}, {}, ready_timeout_s=300, stop_timeout_s=20)
-    with (
-        stack as (signed_url, worker_url),
-        _unsigned_gateway(worker_url) as unsigned_url,
-        httpx.Client(timeout=900) as client,
-    ):
-
-        def one(repeat: int, signed: bool) -> float:
-            payload: dict[str, Any] = {
-                "query": "Learning to play the guitar.",
-                "advertisers": GATEWAY_ADVERTISERS,
-            }
-            payload |= {"candidates": args.candidates, "max_tokens": args.max_tokens, "seed": repeat}
-            started = time.perf_counter()
-            answer = client.post(f"{signed_url if signed else unsigned_url}/auction", json=payload)
-            wall_ms = (time.perf_counter() - started) * 1000
-            answer.raise_for_status()
-            return wall_ms - float(answer.json()["timings_ms"]["workers"])
-
-        overhead = interleaved_pairs(one, args.repeats, "signed and unsigned")
-    added = [s - u for s, u in zip(overhead[True], overhead[False], strict=True)]
-    rows = [("unsigned", overhead[False]), ("signed", overhead[True]), ("added by signing (paired)", added)]
-    overhead_table(args, rows)
-    print(
-        f"overhead_ms_p50_unsigned={statistics.median(overhead[False]):.3f} "
-        f"overhead_ms_p50_signed={statistics.median(overhead[True]):.3f} "
-        f"signing_added_ms_p50={statistics.median(added):.3f}"
-    )
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -230,7 +173,8 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-random", help="the worker's model (with --gateway)")
     parser.add_argument("--candidates", type=int, default=8, help="M (with --gateway)")
     parser.add_argument("--max-tokens", type=int, default=64, help="reply length (with --gateway)")
-    args = parser.parse_args()
+    add_pair_arguments(parser)
+    args = parser.parse_args(argv)
     if args.gateway:
         gateway_overhead(args)
         return

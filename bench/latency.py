@@ -13,8 +13,10 @@ Last line: `ratio=<auction/single> overhead_ms_p50=<ms>`.
     .venv/bin/python bench/latency.py --signing --model tiny-random --candidates 8 --max-tokens 64 \
         --repeats 100                                     # what signed records + the log add (issue 35)
 
-`--signing`: two gateways over one worker, ATTESTATION_ENABLED true and false (bench/attestation.py
---gateway); last line `overhead_ms_p50_unsigned=<ms> overhead_ms_p50_signed=<ms> signing_added_ms_p50=<ms>`.
+`--signing`: two gateways over one worker, the defaults (signed) vs ATTESTATION_ENABLED=false, pairs
+in a seeded balanced order; the same as `bench/attestation.py --gateway` with its options (`--aa`: an
+A/A run, both signed; `--set`, `--set-a`, `--repo-a`); last line `overhead_ms_p50_a=<ms>
+overhead_ms_p50_b=<ms> order_effect_ms_p50=<ms> signing_added_ms_p50=<ms> ci95=[lo,hi]`.
 
     .venv/bin/python bench/latency.py --idempotency --model tiny-random --candidates 2 --max-tokens 4 \
         --repeats 200                                     # what an Idempotency-Key adds
@@ -78,6 +80,11 @@ def local_stack(model: str, dtype: str) -> contextlib.AbstractContextManager[tup
 
 
 def main() -> None:
+    if "--signing" in sys.argv[1:]:  # two gateways: its own options (--aa, --set), bench/attestation.py
+        from bench import attestation  # it imports this module: imported here, not on top
+
+        attestation.main(["--gateway", *(arg for arg in sys.argv[1:] if arg != "--signing")])
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -112,14 +119,10 @@ def main() -> None:
         "--signing",
         action="store_true",
         help="gateway overhead of signed records + the transparency log vs ATTESTATION_ENABLED=false "
-        "(two gateways over one worker: bench/attestation.py --gateway)",
+        "(two gateways over one worker): the same as bench/attestation.py --gateway, with its options "
+        "(--aa, --set NAME=VALUE)",
     )
     args = parser.parse_args()
-    if args.signing:
-        from bench import attestation  # it imports this module: imported here, not on top
-
-        attestation.gateway_overhead(args)
-        return
     if bool(args.url) != bool(args.worker_url):
         parser.error("--url and --worker-url go together")
     if args.idempotency:

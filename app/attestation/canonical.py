@@ -10,22 +10,29 @@ signed, so `canonical_bytes` raises `NonCanonicalError` (a ValueError) naming th
 (`candidates[3].log_ref`). The auction then fails before its billing write (500 naming the cause):
 nothing is stored unsigned and nothing is billed. The mechanism refuses non-finite inputs before
 that (`app.mechanism`), so this is the last guard, not a path taken. Integers beyond ±(2^53 − 1) are
-refused the same way (JCS numbers are IEEE doubles). Pure: imports `rfc8785` and the standard
-library only. See docs/DESIGN.md § Verifiable auctions.
+refused the same way (JCS numbers are IEEE doubles). Pure: imports `rfc8785`, pydantic-core's JSON
+writer (`to_json`: no models) and the standard library only. See docs/DESIGN.md § Verifiable auctions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import secrets
 from typing import Any
 
 import rfc8785
+from pydantic_core import PydanticSerializationError, to_json
 
-__all__ = ["Canonicaliser", "FastPathError", "NonCanonicalError", "canonical_bytes", "sha256_hex"]
+__all__ = [
+    "Canonicaliser",
+    "FastPathError",
+    "NonCanonicalError",
+    "canonical_bytes",
+    "ordered",
+    "sha256_hex",
+]
 
 _MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -65,44 +72,56 @@ def _offending(value: Any, path: str) -> tuple[str, str] | None:
 
 
 # Floats Python's repr already writes as ECMAScript does: non-integral, 1e-4 <= |x| < 1e16 (both
-# use fixed notation there, with the shortest round-trip digits).
+# use fixed notation there, with the shortest round-trip digits). pydantic-core's JSON writer (Rust,
+# serde_json with ryu: the shortest round-trip digits, fixed notation for 1e-5 <= |x| < 1e16) writes
+# them alike too.
 _REPR_LOW, _REPR_HIGH = 1e-4, 1e16
 # Markers stand for the other floats: "\x00<nonce>:<n>\x00". The input's strings may not hold a NUL
 # (those values go to rfc8785), so a marker in the output is always one of ours.
 _NONCE = secrets.token_hex(8)
 _MARKER = re.compile(rb'"\\u0000' + _NONCE.encode() + rb':([0-9]+)\\u0000"')
-_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 class FastPathError(Exception):
     """The fast path cannot write this value exactly: use `rfc8785` (`canonical_bytes` does)."""
 
 
-def _safe_integers(values: list[Any] | tuple[Any, ...]) -> bool:
-    """Every item a plain int (not a bool) within ±(2^53 − 1): written by JSON as JCS writes it."""
+def _safe_floats(values: list[Any] | tuple[Any, ...]) -> bool:
+    """Every item a plain float that repr (and ECMAScript) write in fixed notation as they are:
+    non-integral with 1e-4 <= |x| < 1e16 (C loops: min, max, any)."""
+    magnitudes = list(map(abs, values))
     return (
-        set(map(type, values)) == {int}
-        and min(values) >= -_MAX_SAFE_INTEGER
-        and max(values) <= _MAX_SAFE_INTEGER
+        min(magnitudes) >= _REPR_LOW
+        and max(magnitudes) < _REPR_HIGH
+        and not any(map(float.is_integer, values))
     )
 
 
+def ordered(value: dict[str, Any]) -> dict[str, Any]:
+    """`value` with its keys in sorted order (a shallow copy): a dict built from prepared values
+    (a record's shared part, a salted part) must be made so before `Canonicaliser.encode`."""
+    return {key: value[key] for key in sorted(value)}
+
+
 class Canonicaliser:
-    """RFC 8785 through the C `json` encoder: `prepare(value)` makes a copy that
-    `json.dumps(sort_keys=True)` writes as RFC 8785 does — integral floats below 2^53 as ints (ES
-    writes 5.0 as 5, -0.0 as 0), floats whose ES form differs from repr's (exponents, |x| < 1e-4) as
-    marker strings — and `encode(prepared)` writes it, swapping each marker for its ES form (by
-    `rfc8785`). Anything it cannot write exactly raises `FastPathError`: a NaN or ±inf, an integer past
-    2^53, a string holding a NUL, a key past U+FFFF (Python sorts keys by code point, JCS by UTF-16
-    unit: the same within the BMP), a non-JSON type. Parts of one prepared value (a record's
-    candidates) encode without walking them again. Byte-identical to `rfc8785.dumps`
-    (property-tested, tests/unit/test_attestation.py)."""
+    """RFC 8785 through a JSON writer in C or Rust: `prepare(value)` makes a copy that a writer
+    keeping dicts' insertion order writes as RFC 8785 does — every dict's keys in sorted order
+    (code-point order = UTF-16 order within the BMP), integral floats below 2^53 as ints (ES writes
+    5.0 as 5, -0.0 as 0), floats whose ES form differs from repr's (exponents, |x| < 1e-4) as marker
+    strings — and `encode(prepared)` writes it with pydantic-core's `to_json` (Rust, ~7x the C
+    `json` encoder), swapping each marker for its ES form (by `rfc8785`). Anything it cannot write
+    exactly raises `FastPathError`: a NaN or ±inf, an integer past 2^53, a string holding a NUL, a
+    key past U+FFFF, a lone surrogate, a non-JSON type. Parts of one prepared value (a record's
+    candidates) encode without walking them again; a dict built from them must be `ordered`.
+    Byte-identical to `rfc8785.dumps` (property-tested, tests/unit/test_attestation.py)."""
 
     def __init__(self) -> None:
         self.markers: list[bytes] = []  # the ES form of marker n
 
     def prepare(self, value: Any) -> Any:
         kind = type(value)
+        if kind is dict:
+            return self._dict(value)
         if kind is float:
             if _REPR_LOW <= abs(value) < _REPR_HIGH and not value.is_integer():
                 return value  # the common case, inline
@@ -111,28 +130,50 @@ class Canonicaliser:
             if "\x00" in value:
                 raise FastPathError
             return value
+        if kind is list or kind is tuple:
+            return self._list(value)
         if value is None or kind is bool:
             return value
-        if kind is dict:
-            self._check_keys(value)
-            prepare = self.prepare
-            return {key: prepare(item) for key, item in value.items()}
-        if kind is list or kind is tuple:
-            if value and _safe_integers(value):  # token ids: checked by C loops, copied as they are
-                return list(value)
-            return [self.prepare(item) for item in value]
         if kind is int and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
             return value
         raise FastPathError  # bool and int subclasses, other types, big integers: rfc8785 decides
 
-    @staticmethod
-    def _check_keys(value: dict[Any, Any]) -> None:
+    def _dict(self, value: dict[Any, Any]) -> dict[str, Any]:
+        """Sorted keys; scalar values checked inline (most of a record), the rest by `prepare`."""
         try:
-            keys = "".join(value)  # one C pass; TypeError: a key that is not a string
+            keys = sorted(value)
+            joined = "".join(keys)  # one C pass; TypeError: a key that is not a string
         except TypeError as error:
             raise FastPathError from error
-        if "\x00" in keys or (not keys.isascii() and max(keys) > "\uffff"):
+        if "\x00" in joined or (not joined.isascii() and max(joined) > "\uffff"):
             raise FastPathError
+        prepared: dict[str, Any] = {}
+        for key in keys:
+            item = value[key]
+            kind = type(item)
+            plain = (  # written as it is: no call
+                (kind is float and _REPR_LOW <= abs(item) < _REPR_HIGH and not item.is_integer())
+                or (kind is str and "\x00" not in item)
+                or item is None
+                or kind is bool
+                or (kind is int and -_MAX_SAFE_INTEGER <= item <= _MAX_SAFE_INTEGER)
+            )
+            prepared[key] = item if plain else self.prepare(item)
+        return prepared
+
+    def _list(self, value: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+        """Lists of one kind checked by C loops (token ids, per-candidate figures), kept as they are."""
+        if not value:
+            return value
+        kinds = set(map(type, value))
+        if kinds == {int}:  # token ids
+            if min(value) >= -_MAX_SAFE_INTEGER and max(value) <= _MAX_SAFE_INTEGER:
+                return value
+            raise FastPathError
+        if kinds == {float} and _safe_floats(value):
+            return value
+        prepare = self.prepare
+        return [prepare(item) for item in value]
 
     def _number(self, value: float) -> Any:
         magnitude = abs(value)
@@ -146,10 +187,13 @@ class Canonicaliser:
         return f"\x00{_NONCE}:{len(self.markers) - 1}\x00"
 
     def encode(self, prepared: Any) -> bytes:
-        """The RFC 8785 bytes of a value made by `prepare` (or built of such values)."""
+        """The RFC 8785 bytes of a value made by `prepare` (or built of such values, its dicts
+        `ordered`). pydantic-core writes dicts in their order, no whitespace, non-ASCII as UTF-8, and
+        escapes strings as RFC 8785 does (\\b \\t \\n \\f \\r \\" \\\\, other controls as
+        \\u00xx in lower case)."""
         try:
-            data = _ENCODER.encode(prepared).encode("utf-8")
-        except UnicodeEncodeError as error:  # a lone surrogate: not UTF-8 (rfc8785 refuses it too)
+            data = to_json(prepared)
+        except PydanticSerializationError as error:  # a lone surrogate (not UTF-8), too deep a value
             raise FastPathError from error
         if self.markers and b"\\u0000" in data:
             data = _MARKER.sub(lambda found: self.markers[int(found[1])], data)
@@ -159,7 +203,7 @@ class Canonicaliser:
 def canonical_bytes(obj: Any) -> bytes:
     """The RFC 8785 bytes of a JSON value (dicts, lists, str, int, float, bool, None).
 
-    Fast path: `Canonicaliser` (the C `json` encoder on a prepared copy), byte-identical to `rfc8785`
+    Fast path: `Canonicaliser` (pydantic-core's Rust writer on a prepared copy), byte-identical to `rfc8785`
     (property-tested on random JSON values, tests/unit/test_attestation.py); whatever it cannot
     write exactly goes to `rfc8785` itself."""
     try:

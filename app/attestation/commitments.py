@@ -29,7 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.attestation.canonical import Canonicaliser, FastPathError, canonical_bytes, sha256_hex
+from app.attestation.canonical import (
+    Canonicaliser,
+    FastPathError,
+    canonical_bytes,
+    ordered,
+    sha256_hex,
+)
 
 # Fields of the stored record left out of what is signed (the charge's state changes after signing).
 UNSIGNED_FIELDS = ("attestation", "billing")
@@ -159,21 +165,23 @@ def commit(record: dict[str, Any], salts: dict[str, str]) -> Commitments:
     """The record's digests; `salts` has one salt per advertiser who bid (KeyError naming one missing).
 
     The same digests as `commit_slowly` (the definitions), faster: the record is prepared for the
-    canonical encoder once (`Canonicaliser`) and its shared part and candidates are cut from that
-    copy, and so are the parts (only the others' sums, computed from the record, are prepared
-    anew); a record the fast path cannot write goes to `commit_slowly` (rfc8785 throughout)."""
+    canonical encoder once (`Canonicaliser`: one walk) and its shared part, candidates and parts are
+    cut from that copy (only the others' sums, computed from the record, are prepared anew), each dict
+    built here `ordered` as the encoder needs; a record the fast path cannot write goes to
+    `commit_slowly` (rfc8785 throughout)."""
     canon = Canonicaliser()
     try:
         prepared = canon.prepare(signed_record(record))
         shared = shared_part(prepared)
-        candidates = [_sha256(canon.encode(row)) for row in shared["candidates"]]
+        candidates = [_sha256(canon.encode(ordered(row))) for row in shared["candidates"]]
+        shared |= {"candidates": candidates, "request": ordered(shared["request"])}
         parts = [
-            [salts[aid], advertiser_part(prepared, aid, canon.prepare(others_rewards(record, aid)))]
+            [salts[aid], ordered(advertiser_part(prepared, aid, canon.prepare(others_rewards(record, aid))))]
             for aid in advertiser_ids(record)
         ]
         return Commitments(
             record_sha256=_sha256(canon.encode(prepared)),
-            shared_sha256=_sha256(canon.encode({**shared, "candidates": candidates})),
+            shared_sha256=_sha256(canon.encode(ordered(shared))),
             candidates_sha256=candidates,
             parts_sha256=sorted(_sha256(canon.encode(part)) for part in parts),
         )

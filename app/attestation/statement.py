@@ -1,6 +1,7 @@
 """The signed statement of one auction, and a record's `attestation`.
 
-Job: `attest(record, signer)` → the `attestation` a stored record carries:
+Job: `attest(record, signer)` → the `attestation` a stored record carries (`attest_entry`: with the
+statement's canonical bytes, the record's log entry):
 ``{"statement": {...}, "signature": base64url Ed25519 over canonical_bytes(statement), "salts":
 {advertiser id: salt}}``, where the statement is
 
@@ -39,6 +40,14 @@ def statement_bytes(statement: dict[str, Any]) -> bytes:
 
 def attest(record: dict[str, Any], signer: Signer, salts: dict[str, str] | None = None) -> dict[str, Any]:
     """The attestation of `record` (its JSON, without `attestation`): fresh salts unless given."""
+    return attest_entry(record, signer, salts)[0]
+
+
+def attest_entry(
+    record: dict[str, Any], signer: Signer, salts: dict[str, str] | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """`attest`, and the statement's canonical bytes it signed: the record's transparency-log entry
+    (`statement_bytes` of its statement, not encoded twice)."""
     salts = salts if salts is not None else {aid: new_salt() for aid in advertiser_ids(record)}
     digests = commit(record, salts)
     statement = {
@@ -51,11 +60,9 @@ def attest(record: dict[str, Any], signer: Signer, salts: dict[str, str] | None 
         "candidates_sha256": digests.candidates_sha256,
         "parts_sha256": digests.parts_sha256,
     }
-    return {
-        "statement": statement,
-        "signature": b64url(signer.sign(statement_bytes(statement))),
-        "salts": salts,
-    }
+    entry = statement_bytes(statement)
+    attestation = {"statement": statement, "signature": b64url(signer.sign(entry)), "salts": salts}
+    return attestation, entry
 
 
 def sealed_attestation(record: dict[str, Any], advertiser_id: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from app import mechanism
 from app.archive.reader import RecordReader
 from app.archive.store import ArchiveStore
 from app.attestation.keys import SigningKeyRing, load_signing_keys
-from app.attestation.statement import attest, statement_bytes
+from app.attestation.statement import attest_entry
 from app.auction.answers import RecordAnswers, outcome_write
 from app.auction.campaign_spend import CampaignSpend
 from app.auction.cost import enforce_cost_limit
@@ -338,9 +338,8 @@ class AuctionService:
             control.body = response.model_dump_json(exclude_none=True)
         log_entry = None  # the record's leaf in the transparency log: its signed statement's bytes
         if self.settings.attestation_enabled:  # before the write: a record that cannot be signed fails
-            signed = attest(record.model_dump(mode="json"), self.signing_keys.active)
+            signed, log_entry = attest_entry(record.model_dump(mode="json"), self.signing_keys.active)
             record.attestation = RecordAttestation.model_validate(signed)
-            log_entry = statement_bytes(signed["statement"])
         audit = (
             auction_key(response.auction_id, self.settings),
             record.model_dump_json(),

@@ -91,6 +91,38 @@ def test_canonical_bytes_are_rfc8785(value: Any) -> None:
     assert canonical_bytes(value) == rfc8785.dumps(value)
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(allow_nan=False, allow_infinity=False)
+        | st.floats(1e-4, 1e16, exclude_max=True)
+        | st.floats(-1e16, -1e-4, exclude_min=True)
+        | st.integers(-(2**53) + 1, 2**53 - 1).map(float)
+        | st.builds(
+            lambda mantissa, exponent: mantissa * 10.0**exponent, st.floats(-10, 10), st.integers(-30, 30)
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_floats_are_written_as_rfc8785_writes_them(values: list[float]) -> None:
+    """Every finite double, alone, in a list (the C-loop path for lists of floats in repr's fixed
+    range) and as a dict's value (the inline path), is written byte for byte as `rfc8785` writes it:
+    pydantic-core's writer is trusted only where its digits and notation are ECMAScript's."""
+    assert canonical_bytes(values) == rfc8785.dumps(values)
+    as_dict = {f"k{index}": value for index, value in enumerate(values)}
+    assert canonical_bytes(as_dict) == rfc8785.dumps(as_dict)
+    assert [canonical_bytes(value) for value in values] == [rfc8785.dumps(value) for value in values]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.characters(exclude_categories=["Cs"]), max_size=40))
+def test_strings_are_escaped_as_rfc8785_escapes_them(text: str) -> None:
+    """Control characters, quotes, backslashes, U+2028/9, astral characters: the writer's escapes
+    are RFC 8785's (a string holding a NUL goes to rfc8785 itself)."""
+    assert canonical_bytes({text: [text]}) == rfc8785.dumps({text: [text]})
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
