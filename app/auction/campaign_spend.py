@@ -136,6 +136,10 @@ class CampaignSpend:
             withdrawn=beside.withdrawn if beside is not None else (),
         )
         for record in budgeted.records:
+            if record.remaining_micro is not None and record.reserved_micro >= record.remaining_micro > 0:
+                # this auction takes what remained: the next one here must read it (out_of_budget before
+                # any model work), not enter from the recent read taken before this reservation
+                self.campaigns.store.recent.drop(record.campaign_id)
             if record.budget_multiplier < 1.0:
                 self.observer.campaign_counted("dropped" if record.budget_multiplier == 0.0 else "lowered")
         clock.stages_ms["mechanism"] += (time.perf_counter() - begin) * 1000

@@ -227,30 +227,37 @@ class CampaignResolver:
 
     async def recheck(self, participants: Participants, now_ms: int) -> tuple[Participants, list[int]]:
         """Entries decided from a recent read (`Participants.recheck`), read again before any hold or
-        reservation (ONE round trip, run beside the model work): one found deleted, paused, archived or
-        out of its schedule is withdrawn — listed in `excluded` with that reason, its row left out of the
-        draw (α_b = 0: never charged, nothing reserved or posted), its cap slot voided; the others go on
-        with the budget limits and state of this read (the charge's: a cached limit never reaches a
-        reservation). Their text, value scale and α stay those the auction began with. Returns the
-        participants and the withdrawn rows."""
+        reservation (ONE round trip, run beside the model work): one found deleted, paused, archived
+        or out of its schedule is withdrawn — listed in `excluded` with that reason, its
+        row left out of the draw (α_b = 0: never charged, nothing reserved or posted), its cap slot
+        voided; the others go on with the budget limits and state of this read (the charge's: a cached
+        limit never reaches a reservation). Their text, value scale and α stay those the auction began
+        with. The request's badv/bcat apply again; a frequency cap changed since is withdrawn as
+        `frequency_capped` (the slot was reserved under the old one). Returns the participants and the
+        withdrawn rows."""
         if not participants.recheck:
             return participants, []
         found, states = await self._read([e.campaign.id for e in participants.entries], now_ms)
         kept: list[CampaignEntry] = []
         withdrawn: list[CampaignEntry] = []
         excluded = list(participants.excluded)
+        request = participants.request
+        rows = {entry.row for entry in participants.entries}
+        inline = {a.id for i, a in enumerate(request.advertisers) if i not in rows}
         for entry, fresh in zip(participants.entries, found, strict=True):
-            reason = "not_found" if fresh is None else schedule_exclusion(fresh, now_ms)
-            if reason is not None or fresh is None:
-                excluded.append(
-                    CampaignExclusion(campaign_id=entry.campaign.id, reason=reason or "not_found")
-                )
-                withdrawn.append(entry)
+            reason = _exclusion(request, fresh, now_ms, inline)
+            if reason is None and fresh is not None and fresh.frequency_cap != entry.campaign.frequency_cap:
+                reason = "frequency_capped"  # its slot was taken under the old cap (or none): not now
+            if reason is None and fresh is not None:
+                # out of budget now: it stays in, the fit finds nothing left (α_b = 0, charged 0), as
+                # when others spend it between any read and the reservation
+                state = states.get((fresh.id, entry.day))
+                if state is None:  # its day began since (read it as the auction's)
+                    (state,) = await self.budgets.states([fresh.id], [entry.day], now_ms)
+                kept.append(replace(entry, limits=budget_limits(fresh), state=state))
                 continue
-            state = states.get((fresh.id, entry.day))
-            if state is None:  # its day began since (read it as the auction's)
-                (state,) = await self.budgets.states([fresh.id], [entry.day], now_ms)
-            kept.append(replace(entry, limits=budget_limits(fresh), state=state))
+            excluded.append(CampaignExclusion(campaign_id=entry.campaign.id, reason=reason or "not_found"))
+            withdrawn.append(entry)
         slots = [(e.frequency.campaign_id, e.frequency.user) for e in withdrawn if e.frequency is not None]
         if slots:
             await self.frequency.void_all(slots, participants.auction_id, now_ms)
