@@ -144,3 +144,27 @@ def test_a_write_through_this_gateway_is_seen_by_its_next_auction(client: TestCl
     answer = auction(client, 52, advertisers=[OTHER], campaigns=["recent-local"])
     assert answer["excluded"] == [{"campaign_id": "recent-local", "reason": "paused"}]
     assert [r["id"] for r in answer["advertisers"]] == [OTHER["id"]]
+
+
+def test_a_cap_changed_by_another_gateway_withdraws_the_campaign_and_frees_its_slot(
+    client: TestClient, redis_process: RedisServerProcess
+) -> None:
+    """Invariant: a frequency cap slot taken under a cached cap that changed since is never billed: the
+    campaign is withdrawn (`frequency_capped`, charged 0) and its slot voided at once, so the user's next
+    auction counts only what was billed under the new cap."""
+    cap = {"max_auctions": 5, "per_seconds": 3600}
+    created = create(client, "recent-cap", "recent-capper", frequency_cap=cap)
+    auction(client, 61, advertisers=[OTHER], campaigns=["recent-cap"])  # fills the cache (no user: no slot)
+    patch_elsewhere(
+        client,
+        redis_process.url,
+        "recent-cap",
+        created["version"],
+        frequency_cap={"max_auctions": 1, "per_seconds": 3600},
+    )
+    answer = auction(client, 62, advertisers=[OTHER], campaigns=["recent-cap"], user_id="u-recent")
+    assert answer["excluded"] == [{"campaign_id": "recent-cap", "reason": "frequency_capped"}]
+    assert row_of(answer, "recent-capper")["payment"] == 0.0
+    # the fresh read is cached now; the voided slot does not count against the new cap of 1
+    again = auction(client, 63, advertisers=[OTHER], campaigns=["recent-cap"], user_id="u-recent")
+    assert row_of(again, "recent-capper")["campaign_id"] == "recent-cap" and "excluded" not in again
