@@ -76,13 +76,13 @@ class AdServerSettings(WorkerSettings):
         "holds of concurrent auctions leave room for each other's payments.",
     )
     campaign_cache_s: float = Field(
-        0.5,
+        1.0,
         ge=0,
         le=1,
         description="How long a gateway decides which campaigns enter an auction from its last read of them "
         "(no Redis round trip before the model work); each is read again beside the model work before any "
         "hold or reservation, and one found paused, archived or deleted then is withdrawn, never charged. "
-        "0: read before every auction.",
+        'At most 1 (the registry\'s "visible to every gateway within 1 s"); 0: read before every auction.',
     )
     pacing: bool = Field(
         True, description="Pace campaigns with a daily budget (α = 1/(1+μ) on their value scale); off: α = 1."
