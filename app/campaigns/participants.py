@@ -2,10 +2,12 @@
 
 Job: turn `POST /auction`'s `campaigns: [ids]` (or those a selection chose) into advertisers of the
 auction, before any model work and before admission (their texts are part of its cost): read the
-campaigns and their budgets (one round trip), leave out those paused, archived, outside their schedule,
-of an owner in the request's `badv`, in a category of its `bcat`, out of budget, or of an owner already
-in the auction (one campaign per owner: two would form a coalition that reads a third party's rewards by
-subtraction), reserve each capped campaign's frequency cap slot for the request's `user_id` (one round
+campaigns and their budgets (one round trip; or none: this process's recent read,
+`app.campaigns.recent`, and `recheck` reads them again beside the model work before anything is
+reserved), leave out those paused, archived, outside their schedule, of an owner in the request's
+`badv`, in a category of its `bcat`, out of budget, or of an owner already in the auction (one
+campaign per owner: two would form a coalition that reads a third party's rewards by subtraction),
+reserve each capped campaign's frequency cap slot for the request's `user_id` (one round
 trip; a cap reached: `frequency_capped`), and fix each one's pacing multiplier α = 1/(1+μ) from spend
 before this auction. Nobody left and nobody inline: the participants carry the no-fill reason. The
 auction then runs on the `Participants.request`, whose campaign advertisers bid α·s_i. Which enter
