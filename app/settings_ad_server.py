@@ -75,6 +75,15 @@ class AdServerSettings(WorkerSettings):
         description="A hold is at most this share of what remains of the campaign's budget, so that the "
         "holds of concurrent auctions leave room for each other's payments.",
     )
+    campaign_cache_s: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="How long a gateway decides which campaigns enter an auction from its last read of them "
+        "(no Redis round trip before the model work); each is read again beside the model work before any "
+        "hold or reservation, and one found paused, archived or deleted then is withdrawn, never charged. "
+        'At most 1 (the registry\'s "visible to every gateway within 1 s"); 0: read before every auction.',
+    )
     pacing: bool = Field(
         True, description="Pace campaigns with a daily budget (α = 1/(1+μ) on their value scale); off: α = 1."
     )

@@ -39,7 +39,8 @@ after). Gateway overhead of each = client-side wall time − wall time with a wo
 Last line: `overhead_ms_p50_inline=<ms> overhead_ms_p50_campaign=<ms> campaign_overhead_p50_ms=<ms>`
 (the median of the paired differences; issue 33's target is ≤ 1 ms). `--frequency-cap`: the campaign has
 a frequency cap it never reaches and each auction a `user_id`: its cap slot is reserved (one more round
-trip before the model work) and posted after the reply (issue 34).
+trip before the model work) and posted after the reply (issue 34). `--aa`: both auctions of each pair
+inline (A/A: the paired difference is the bench's own asymmetry, ≈ 0; rows split by which went first).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def main() -> None:
         help="with --campaign: the campaign has a frequency cap (never reached) and each auction a "
         "user_id, so its cap slot is reserved before the model work and posted after the reply",
     )
+    parser.add_argument("--aa", action="store_true", help="with --campaign: A/A, both of each pair inline")
     parser.add_argument(
         "--signing",
         action="store_true",
@@ -342,9 +344,10 @@ def campaign_overhead(args: argparse.Namespace) -> None:
             raise SystemExit(f"POST /campaigns answered {created.status_code}: {created.text}")
         campaign_id = created.json()["id"]
 
-        def one(repeat: int, via_campaign: bool) -> float:
+        def one(repeat: int, variant: bool) -> float:
             # the campaign's advertiser bids after the inline ones: the inline twin lists them in that
             # order, so both auctions render the same prompts and draw the same candidates
+            via_campaign = variant and not args.aa  # --aa: both inline (in_body keyed by variant)
             payload: dict[str, object] = {
                 "query": QUERY,
                 "candidates": args.candidates,
@@ -364,17 +367,19 @@ def campaign_overhead(args: argparse.Namespace) -> None:
             if via_campaign and body["advertisers"][-1].get("campaign_id") != campaign_id:
                 raise SystemExit(f"the campaign did not enter the auction: {body.get('excluded')}")
             timings = body["timings_ms"]
-            in_body[via_campaign].append(timings["total"] - timings["workers"])
+            in_body[variant].append(timings["total"] - timings["workers"])
             return wall_ms - timings["workers"]
 
-        overhead = interleaved_pairs(one, args.repeats, "inline vs campaign")
+        overhead = interleaved_pairs(one, args.repeats, "A/A" if args.aa else "inline vs campaign")
     added = [c - i for c, i in zip(overhead[True], overhead[False], strict=True)]
     overhead_table(
         args,
         [
             ("StrumMaster inline", overhead[False]),
-            ("StrumMaster as a campaign, by id", overhead[True]),
+            ("StrumMaster inline, A/A" if args.aa else "StrumMaster as a campaign, by id", overhead[True]),
             ("added by the campaign (paired)", added),
+            ("  paired, campaign measured first", added[0::2]),  # even pairs (interleaved_pairs)
+            ("  paired, inline measured first", added[1::2]),
             ("in-body (total − workers), inline", in_body[False]),
             ("in-body (total − workers), campaign", in_body[True]),
         ],

@@ -153,11 +153,12 @@ class AuctionService:
 
             def build(budgeted: BudgetedOutcome | None) -> Built:
                 # Timings up to here; the stored record keeps these (billing 0: the write of the record).
-                fitted = resolved
+                fitted, entered = resolved, participants
                 if budgeted is not None:
                     fitted = ResolvedAuction(resolved.scored, budgeted.rewards, budgeted.outcome)
+                    entered = budgeted.participants or participants  # rechecked (app.campaigns.recent)
                 so_far = clock.timings(worker_stats)
-                return self._build_result(participants, fitted, auction_id, seed, so_far, budgeted)
+                return self._build_result(entered, fitted, auction_id, seed, so_far, budgeted)
 
             built_one = lambda b: built.append((b, build(b)))  # noqa: E731 (built while reserving)
             budgeted = await self.spend.fit(

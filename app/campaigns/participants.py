@@ -2,10 +2,12 @@
 
 Job: turn `POST /auction`'s `campaigns: [ids]` (or those a selection chose) into advertisers of the
 auction, before any model work and before admission (their texts are part of its cost): read the
-campaigns and their budgets (one round trip), leave out those paused, archived, outside their schedule,
-of an owner in the request's `badv`, in a category of its `bcat`, out of budget, or of an owner already
-in the auction (one campaign per owner: two would form a coalition that reads a third party's rewards by
-subtraction), reserve each capped campaign's frequency cap slot for the request's `user_id` (one round
+campaigns and their budgets (one round trip; or none: this process's recent read,
+`app.campaigns.recent`, and `recheck` reads them again beside the model work before anything is
+reserved), leave out those paused, archived, outside their schedule, of an owner in the request's
+`badv`, in a category of its `bcat`, out of budget, or of an owner already in the auction (one
+campaign per owner: two would form a coalition that reads a third party's rewards by subtraction),
+reserve each capped campaign's frequency cap slot for the request's `user_id` (one round
 trip; a cap reached: `frequency_capped`), and fix each one's pacing multiplier α = 1/(1+μ) from spend
 before this auction. Nobody left and nobody inline: the participants carry the no-fill reason. The
 auction then runs on the `Participants.request`, whose campaign advertisers bid α·s_i. Which enter
@@ -24,6 +26,7 @@ from datetime import UTC, datetime
 
 from app.campaigns.eligibility import campaign_day, day_bounds_ms, schedule_exclusion
 from app.campaigns.pacing import TrafficCurve, day_fraction, pacing_multiplier, pacing_step
+from app.campaigns.recent import RecentRead
 from app.campaigns.store import CampaignStore, campaign_key, parse_stored
 from app.contract.campaign import Campaign
 from app.contract.request import AdvertiserIn, AuctionRequest
@@ -64,6 +67,9 @@ class Participants:
     auction_id: str = ""  # given before the auction runs: its cap slots are reserved under it
     no_fill: NoFill | None = None  # nobody bids: the reply is organic (app.auction.no_fill)
     selection: SelectionReport | None = None  # a `select` request's: what the selection saw
+    # entry decided from this process's recent read (app.campaigns.recent): `CampaignResolver.recheck`
+    # reads the entries again before any hold or reservation
+    recheck: bool = False
 
     @property
     def frequency_holds(self) -> list[FrequencyHold]:
@@ -117,7 +123,8 @@ class CampaignResolver:
         if not requested:
             return _participants(request, [], [], auction_id, selected_none=request.select is not None)
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        found, states = await self._read(requested, now)
+        recent = self._recent(requested, now)
+        found, states = recent if recent is not None else await self._read(requested, now)
         excluded: list[CampaignExclusion] = []
         candidates: list[tuple[Campaign, BudgetState]] = []
         inline_owners = {advertiser.id for advertiser in request.advertisers}
@@ -150,7 +157,24 @@ class CampaignResolver:
             entries.append(replace(entry, frequency=hold))
         if extra:  # a second campaign of one owner: its slot goes back at once
             await self.frequency.void_all([(h.campaign_id, h.user) for h in extra], auction_id, now)
-        return _participants(request, entries, excluded, auction_id, selected_none=False)
+        participants = _participants(request, entries, excluded, auction_id, selected_none=False)
+        return replace(participants, recheck=recent is not None and bool(entries))
+
+    def _recent(
+        self, campaign_ids: list[str], now_ms: int
+    ) -> tuple[list[Campaign | None], dict[tuple[str, str], BudgetState]] | None:
+        """`_read`'s answer from this process's recent reads (≤ CAMPAIGN_CACHE_S old), or None when one
+        campaign is missing, too old, or lacks its state for its day as of `now_ms`."""
+        reads = self.store.recent.get_all(campaign_ids)
+        if reads is None:
+            return None
+        states: dict[tuple[str, str], BudgetState] = {}
+        for read in reads:
+            day = campaign_day(read.campaign, now_ms)
+            if day not in read.states:
+                return None
+            states[read.campaign.id, day] = read.states[day]
+        return [read.campaign for read in reads], states
 
     async def _reserve_caps(
         self, request: AuctionRequest, campaigns: list[Campaign], auction_id: str, now_ms: int
@@ -185,6 +209,7 @@ class CampaignResolver:
         """The campaigns and their budget states in ONE round trip: the day a budget counts on is the
         campaign's own (its time zone), unknown before it is read, so each campaign's state is read for
         every date some time zone has now (UTC−12 … UTC+14: at most three)."""
+        sent = time.monotonic()  # what it reads is kept for the next auctions (app.campaigns.recent)
         days = sorted({_utc_date(now_ms + offset_h * 3_600_000) for offset_h in (-12, 0, 14)})
         pairs = [(campaign_id, day) for campaign_id in campaign_ids for day in days]
         docs, states = await self.budgets.states_beside(
@@ -196,7 +221,50 @@ class CampaignResolver:
             if campaign is not None and (campaign.id, campaign_day(campaign, now_ms)) not in by_pair:
                 day = campaign_day(campaign, now_ms)
                 (by_pair[campaign.id, day],) = await self.budgets.states([campaign.id], [day], now_ms)
+        for campaign in found:
+            if campaign is not None:
+                mine = {day: state for (cid, day), state in by_pair.items() if cid == campaign.id}
+                self.store.recent.put(RecentRead(campaign, mine, sent))
         return found, by_pair
+
+    async def recheck(self, participants: Participants, now_ms: int) -> tuple[Participants, list[int]]:
+        """Entries decided from a recent read (`Participants.recheck`), read again before any hold or
+        reservation (ONE round trip, run beside the model work): one found deleted, paused, archived
+        or out of its schedule is withdrawn — listed in `excluded` with that reason, its
+        row left out of the draw (α_b = 0: never charged, nothing reserved or posted), its cap slot
+        voided; the others go on with the budget limits and state of this read (the charge's: a cached
+        limit never reaches a reservation). Their text, value scale and α stay those the auction began
+        with. The request's badv/bcat apply again; a frequency cap changed since is withdrawn as
+        `frequency_capped` (the slot was reserved under the old one). Returns the participants and the
+        withdrawn rows."""
+        if not participants.recheck:
+            return participants, []
+        found, states = await self._read([e.campaign.id for e in participants.entries], now_ms)
+        kept: list[CampaignEntry] = []
+        withdrawn: list[CampaignEntry] = []
+        excluded = list(participants.excluded)
+        request = participants.request
+        rows = {entry.row for entry in participants.entries}
+        inline = {a.id for i, a in enumerate(request.advertisers) if i not in rows}
+        for entry, fresh in zip(participants.entries, found, strict=True):
+            reason = _exclusion(request, fresh, now_ms, inline)
+            if reason is None and fresh is not None and fresh.frequency_cap != entry.campaign.frequency_cap:
+                reason = "frequency_capped"  # its slot was taken under the old cap (or none): not now
+            if reason is None and fresh is not None:
+                # out of budget now: it stays in, the fit finds nothing left (α_b = 0, charged 0), as
+                # when others spend it between any read and the reservation
+                state = states.get((fresh.id, entry.day))
+                if state is None:  # its day began since (read it as the auction's)
+                    (state,) = await self.budgets.states([fresh.id], [entry.day], now_ms)
+                kept.append(replace(entry, limits=budget_limits(fresh), state=state))
+                continue
+            excluded.append(CampaignExclusion(campaign_id=entry.campaign.id, reason=reason or "not_found"))
+            withdrawn.append(entry)
+        slots = [(e.frequency.campaign_id, e.frequency.user) for e in withdrawn if e.frequency is not None]
+        if slots:
+            await self.frequency.void_all(slots, participants.auction_id, now_ms)
+        rechecked = replace(participants, entries=tuple(kept), excluded=tuple(excluded), recheck=False)
+        return rechecked, [entry.row for entry in withdrawn]
 
     async def pacing_steps(self, campaign_ids: list[str], now_ms: int) -> list[PacingStep | None]:
         """Each campaign's pacing step as of now (a pending render charge is posted when rendered, long

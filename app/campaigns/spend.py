@@ -29,7 +29,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +61,8 @@ class BudgetedOutcome:
     rounds: int
     records: tuple[BudgetRecord, ...]
     reserved: bool  # whether reservations are held (not for a test auction)
+    # the participants it was fitted for (`CampaignResolver.recheck`: withdrawn campaigns left out)
+    participants: Participants | None = None
 
 
 @dataclass(frozen=True)
@@ -157,16 +159,19 @@ class BudgetSpender:
         render: bool,
         overlap: Callable[[BudgetedOutcome], None] | None = None,
         held: list[int] | None = None,
+        withdrawn: Sequence[int] = (),
     ) -> BudgetedOutcome:
         """The outcome with every payment within its campaign's budget, reserved when `reserve`.
 
         `overlap(outcome)` runs while the reservations of `outcome` are in flight (the caller builds its
         answer meanwhile: the round trip costs the reply path nothing more); `outcome` stands only if
         they are all accepted - the object returned is then that same one. `held`: each row's hold
-        (`hold`); payments within them are reserved already (no round trip)."""
+        (`hold`); payments within them are reserved already (no round trip). `withdrawn`: rows of
+        campaigns withdrawn by `CampaignResolver.recheck`, left out of the draw (α_b = 0, charged 0)."""
         entries = participants.entries
         n = inputs.rewards.shape[0]
         alphas = np.ones(n)
+        alphas[list(withdrawn)] = 0.0
         remaining: list[int | None] = [None] * n
         for entry in entries:
             remaining[entry.row] = entry.remaining
@@ -176,7 +181,7 @@ class BudgetSpender:
             rounds += fit_rounds
             records = _records(participants, remaining, alphas, rounds, payments if reserve else None)
             result = BudgetedOutcome(
-                rewards, outcome, alphas.copy(), rounds, records, reserve and bool(entries)
+                rewards, outcome, alphas.copy(), rounds, records, reserve and bool(entries), participants
             )
             if not reserve or not entries:
                 return result

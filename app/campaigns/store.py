@@ -19,8 +19,9 @@ campaign key is written and once more after it. So every campaign that exists is
 never misses one); an index entry whose campaign does not exist (a gateway died between the two
 writes) is skipped by listings, and removed by the listing that finds it more than
 `DANGLING_GRACE_MS` after its creation time (a create still under way re-adds it after its write).
-No process-local cache: every read goes to Redis, so every gateway sees a change at once. Writes go
-to the ledger's Redis (AOF). Imports redis-py, the settings and the contract's campaign models only;
+Reads here go to Redis; the auction's resolver keeps what it read for CAMPAIGN_CACHE_S in `recent`
+(`app.campaigns.recent`: entry only, never a charge), which every write of this store drops at once.
+Writes go to the ledger's Redis (AOF). Imports redis-py, the settings and the contract's campaign models only;
 see docs/DESIGN.md § Campaigns.
 """
 
@@ -35,6 +36,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import WatchError
 
+from app.campaigns.recent import RecentCampaigns
 from app.contract.campaign import STORED, Campaign, CampaignCreate, CampaignPage, CampaignPatch
 from app.settings import Settings
 
@@ -108,6 +110,8 @@ class CampaignStore:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        # what the auction's resolver read last (this process; the gateway's routes share this store)
+        self.recent = RecentCampaigns(settings.campaign_cache_s)
 
     async def create(self, body: CampaignCreate, owner: str, now_ms: int | None = None) -> Campaign:
         """Store a new campaign at version 1 (CampaignExistsError when its id is taken)."""
@@ -136,7 +140,9 @@ class CampaignStore:
 
     async def _log_change(self, campaign_id: str) -> None:
         """Note the change in the change log (after the write: a reader of the entry reads the new
-        campaign; a gateway dying before this line leaves it to the catalogs' periodic full resync)."""
+        campaign; a gateway dying before this line leaves it to the catalogs' periodic full resync).
+        This process's cached read of it is dropped first (`RecentCampaigns.drop`)."""
+        self.recent.drop(campaign_id)
         await self.redis.xadd(CHANGES_KEY, {"id": campaign_id}, maxlen=CHANGES_MAXLEN, approximate=True)
 
     async def _index(self, campaign: Campaign) -> list[int]:

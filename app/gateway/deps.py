@@ -102,9 +102,10 @@ async def _ledger_reader(redis: RedisDep, settings: SettingsDep) -> LedgerReader
 LedgerDep = Annotated[LedgerReader, Depends(_ledger_reader)]
 
 
-async def _campaign_store(redis: RedisDep, settings: SettingsDep) -> CampaignStore:
-    return CampaignStore(redis, settings)
+async def _campaign_store(service: AuctionServiceDep) -> CampaignStore:
+    return service.campaign_store
 
 
-# The /campaigns routes' registry, over the gateway's Redis (it holds no state: one per request).
+# The /campaigns routes' registry: the auction service's, so that a write here drops the auction
+# resolver's cached read of that campaign at once (app.campaigns.recent).
 CampaignStoreDep = Annotated[CampaignStore, Depends(_campaign_store)]
