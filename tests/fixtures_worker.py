@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -122,14 +123,21 @@ def start_worker_process(
     raise TimeoutError(f"worker {model} not healthy after {startup_timeout:.0f} s:\n{tail}")
 
 
-@pytest.fixture(scope="session")
-def tiny_worker() -> Iterator[WorkerProcess]:
-    """One tiny-random worker process shared by the whole session."""
-    worker = start_worker_process("tiny-random")
+@contextlib.contextmanager
+def running_worker(model: str, **kwargs: Any) -> Iterator[WorkerProcess]:
+    """A worker process (`start_worker_process(model, **kwargs)`), stopped on exit: for fixtures."""
+    worker = start_worker_process(model, **kwargs)
     try:
         yield worker
     finally:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_worker() -> Iterator[WorkerProcess]:
+    """One tiny-random worker process shared by the whole session."""
+    with running_worker("tiny-random") as worker:
+        yield worker
 
 
 @contextlib.contextmanager

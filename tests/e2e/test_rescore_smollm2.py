@@ -22,7 +22,7 @@ import pytest
 from app.verification.rescore import rescore_checks
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
-from tests.fixtures_worker import WorkerProcess, start_worker_process
+from tests.fixtures_worker import WorkerProcess, running_worker, start_worker_process
 
 pytestmark = pytest.mark.e2e
 
@@ -32,11 +32,8 @@ LIMITS = {"MAX_CANDIDATES": "8", "MAX_TOKENS_LIMIT": "64", "MAX_ADVERTISERS": "4
 
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[WorkerProcess]:
-    worker = start_worker_process("smollm2", env={"WORKER_TORCH_THREADS": "1"})
-    try:
+    with running_worker("smollm2", env={"WORKER_TORCH_THREADS": "1"}) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture(scope="module")

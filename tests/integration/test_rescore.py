@@ -30,7 +30,7 @@ from app.auction.engine_identity import EngineIdentities, identity_digest
 from app.verification.rescore import rescore_checks
 from tests.fixtures_gateway import GatewayProcess, start_gateway_process
 from tests.fixtures_redis import RedisServerProcess
-from tests.fixtures_worker import WorkerProcess, free_port, start_worker_process
+from tests.fixtures_worker import WorkerProcess, free_port, running_worker, start_worker_process
 
 PLATFORM_KEY = "rescore-platform-key"
 ALPHA_KEY = "rescore-alpha-key"
@@ -50,11 +50,8 @@ ADVERTISERS = [
 
 @pytest.fixture(scope="module")
 def worker_a() -> Iterator[WorkerProcess]:
-    worker = start_worker_process("tiny-random", env={"WORKER_TORCH_THREADS": "1"})
-    try:
+    with running_worker("tiny-random", env={"WORKER_TORCH_THREADS": "1"}) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture(scope="module")
